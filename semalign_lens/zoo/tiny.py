@@ -1,0 +1,95 @@
+"""Tiny random teacher/student pairs for tests and the notebooks' fast mode. Nothing is downloaded.
+
+One byte-level BPE tokenizer is trained with `tokenizers` on a few hundred lines of the standard library
+(fast and deterministic), and two Llama models are built from configs: the teacher deeper and wider than the
+student, as in SemAlign. `tiny_hf_pair` returns the raw HF models (the independent reference in tests);
+`tiny_pair` returns them booted as TransformerBridge models in a `ModelPair`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..paths import cache_dir
+
+TINY_VOCAB = 384
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+
+
+TINY_TEACHER = TinyArch(n_layers=6, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
+TINY_STUDENT = TinyArch(n_layers=3, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+
+
+def _training_text() -> list[str]:
+    import collections
+    import json
+    import textwrap
+
+    sources = [inspect.getsource(m) for m in (collections, json, textwrap)]
+    return [line for src in sources for line in src.splitlines() if line.strip()]
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A byte-level BPE tokenizer with `<|endoftext|>` (id 0) as BOS/EOS/PAD, like SmolLM2's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    # Saved and reloaded from disk: TransformerBridge re-opens tokenizers by `name_or_path`.
+    folder = cache_dir("tiny", f"tokenizer-v1-{vocab_size}")
+    if (folder / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(folder))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_training_text(), trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tiny_hf_model(arch: TinyArch, vocab_size: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=arch.d_model, intermediate_size=arch.d_mlp,
+                      num_hidden_layers=arch.n_layers, num_attention_heads=arch.n_heads,
+                      num_key_value_heads=arch.n_kv_heads, max_position_embeddings=256, tie_word_embeddings=False,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    # Random init leaves the final norm at 1 and everything tiny; widen the scales a little so that layers
+    # differ from each other and logits are not all equal (tests need non-degenerate structure).
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+    return model
+
+
+def tiny_hf_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch = TINY_STUDENT):
+    """(teacher_hf, student_hf, tokenizer): plain HF models, the reference for the bridge."""
+    tok = tiny_tokenizer()
+    return tiny_hf_model(teacher, len(tok), seed), tiny_hf_model(student, len(tok), seed + 1), tok
+
+
+def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch = TINY_STUDENT):
+    """A `ModelPair` of tiny TransformerBridge models sharing one tokenizer."""
+    from ..models import ModelPair, load_model
+
+    t_hf, s_hf, tok = tiny_hf_pair(seed, teacher, student)
+    return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher"),
+                     load_model(s_hf, tokenizer=tok, name="tiny-student"))

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random models built from configs (nothing downloaded), offline Hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    """ModelPair of tiny TransformerBridge Llamas: teacher 6 layers d64, student 3 layers d32, vocab 384."""
+    from semalign_lens.zoo.tiny import tiny_pair as build
+
+    return build(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """(teacher_hf, student_hf, tokenizer): the same tiny models as plain HF modules, the reference."""
+    from semalign_lens.zoo.tiny import tiny_hf_pair
+
+    return tiny_hf_pair(seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M teacher (slow: ~3 s warm, ~20 s on first conversion)."""
+    from semalign_lens.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
