@@ -1,0 +1,205 @@
+"""Narrow capture of residual streams: only the hooks asked for, only as deep as needed.
+
+Points, for block `l` (0-based, TransformerLens numbering):
+- `resid_pre`  — the residual entering block l (`blocks.{l}.hook_in`, alias `hook_resid_pre`);
+- `resid_post` — the residual leaving block l (`blocks.{l}.hook_out`, alias `hook_resid_post`);
+- `block_write` — what block l adds to the stream, resid_post − resid_pre (what attribution should score).
+
+Why narrow: a full `run_with_cache` on SmolLM2 keeps ~3.6 MB per token (1333 tensors, logits-sized ones
+included); resid_post at 30 layers is 66 KB per token. The forward also stops after the deepest block
+needed (`stop_at_layer`), so no final norm, unembedding or logits are computed. Results are float32 on the
+CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to a safetensors shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import TokenBatch
+from .errors import SemalignError
+
+Point = Literal["resid_pre", "resid_post", "block_write"]
+POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
+_HOOK_OF = {"resid_pre": "hook_in", "resid_post": "hook_out"}
+
+
+def hook_name(point: str, layer: int) -> str:
+    """Canonical TransformerBridge hook name of a residual point (block_write is derived, not hooked)."""
+    if point not in _HOOK_OF:
+        raise SemalignError(f"point {point!r} has no single hook; hookable points: {sorted(_HOOK_OF)}")
+    return f"blocks.{layer}.{_HOOK_OF[point]}"
+
+
+def check_layers(model, layers: Iterable[int]) -> list[int]:
+    n = model.cfg.n_layers
+    layers = sorted(set(int(x) for x in layers))
+    if not layers:
+        raise SemalignError("no layers requested; pass at least one block index")
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise SemalignError(f"layer index {bad[0]} is out of range for {n}-layer model "
+                            f"{getattr(model.cfg, 'model_name', '')!s}; valid layers are 0..{n - 1}")
+    return layers
+
+
+def check_points(points: Iterable[str]) -> tuple[str, ...]:
+    points = tuple(points)
+    bad = [p for p in points if p not in POINTS]
+    if bad or not points:
+        raise SemalignError(f"unknown capture point(s) {bad}; valid points: {POINTS}")
+    return points
+
+
+def _needed_hooks(points: Sequence[str], layers: Sequence[int]) -> list[tuple[str, int]]:
+    need = set()
+    for point in points:
+        for layer in layers:
+            if point == "block_write":
+                need.update({("resid_pre", layer), ("resid_post", layer)})
+            else:
+                need.add((point, layer))
+    return sorted(need)
+
+
+def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequence[int],
+              keep_graph: bool = False) -> dict[tuple[str, int], torch.Tensor]:
+    """One forward over `tokens`, returning {(point, layer): [batch, pos, d]} in the model's dtype.
+
+    Stops after the deepest requested block. With `keep_graph=True` the tensors stay attached to the
+    autograd graph (for losses and gradient attribution); otherwise the forward runs under no_grad.
+    """
+    layers = check_layers(model, layers)
+    points = check_points(points)
+    hooked = _needed_hooks(points, layers)
+    store: dict[str, torch.Tensor] = {}
+
+    def save(tensor, hook):
+        store[hook.name] = tensor if keep_graph else tensor.detach()
+        return tensor
+
+    fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
+    with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
+        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1, return_type=None)
+    out = {}
+    for point in points:
+        for layer in layers:
+            if point == "block_write":
+                out[(point, layer)] = store[hook_name("resid_post", layer)] - store[hook_name("resid_pre", layer)]
+            else:
+                out[(point, layer)] = store[hook_name(point, layer)]
+    return out
+
+
+@dataclass
+class Capture:
+    """Captured residuals: `acts[(point, layer)]` is float32 [n_seq, pos, d]; `mask` marks real tokens."""
+
+    acts: dict[tuple[str, int], Float[torch.Tensor, "seq pos d"]]
+    mask: Bool[torch.Tensor, "seq pos"]
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def get(self, point: str, layer: int) -> Float[torch.Tensor, "seq pos d"]:
+        try:
+            return self.acts[(point, layer)]
+        except KeyError:
+            raise SemalignError(f"({point!r}, {layer}) was not captured; captured: {sorted(self.acts)}") from None
+
+    def tokens_of(self, point: str, layer: int) -> Float[torch.Tensor, "n d"]:
+        """The real (unpadded) positions of one point as a [n_tokens, d] matrix."""
+        return self.get(point, layer)[self.mask]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for _, layer in self.acts})
+
+    @property
+    def points(self) -> list[str]:
+        return sorted({p for p, _ in self.acts})
+
+    def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        """All captured layers of `point` as [layer, n_tokens, d] (real positions only)."""
+        return torch.stack([self.tokens_of(point, layer) for layer in self.layers if (point, layer) in self.acts])
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    if x.shape[1] == width:
+        return x
+    pad = x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))
+    return torch.cat([x, pad], dim=1)
+
+
+def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[str] = ("resid_post",),
+            batch_size: int = 8, shard_dir: str | Path | None = None, progress: bool = True):
+    """Capture residual `points` at `layers` for every sequence of `batch`.
+
+    Returns a `Capture` in memory, or — with `shard_dir` — writes one safetensors shard per batch and
+    returns a `ShardedCapture` that loads layers on demand.
+    """
+    if len(batch) == 0:
+        raise SemalignError("empty batch: pass at least one sequence")
+    layers = check_layers(model, layers)
+    points = check_points(points)
+    if model.training:
+        raise SemalignError("capture needs the model in eval mode (dropout would make activations random); "
+                            "call model.eval() first")
+    chunks: dict[tuple[str, int], list[torch.Tensor]] = {(p, layer): [] for p in points for layer in layers}
+    if shard_dir is not None:
+        shard_dir = Path(shard_dir)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    width = batch.tokens.shape[1]
+    parts = list(batch.split(batch_size))
+    for i, part in enumerate(tqdm(parts, desc=f"capture {getattr(model.cfg, 'model_name', '')}",
+                                  disable=not progress or len(parts) < 2, leave=False)):
+        acts = residuals(model, part.tokens, points, layers)
+        if shard_dir is not None:
+            tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
+            save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
+            continue
+        for key, value in acts.items():
+            chunks[key].append(_pad_to(value.float().cpu(), width))
+    name = getattr(model.cfg, "model_name", "")
+    if shard_dir is not None:
+        index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts)}
+        (shard_dir / "index.json").write_text(json.dumps(index, indent=2))
+        return ShardedCapture(shard_dir)
+    return Capture({k: torch.cat(v) for k, v in chunks.items()}, batch.mask.clone(), model=str(name))
+
+
+class ShardedCapture:
+    """A capture on disk (one safetensors file per batch); loads one (point, layer) at a time."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index_path = self.folder / "index.json"
+        if not index_path.exists():
+            raise SemalignError(f"{self.folder} has no index.json; it is not a semalign_lens capture directory")
+        self.index = json.loads(index_path.read_text())
+        self.files = [self.folder / f"shard-{i:05d}.safetensors" for i in range(self.index["shards"])]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.index["layers"])
+
+    def tokens_of(self, point: str, layer: int) -> Float[torch.Tensor, "n d"]:
+        """Real positions of one point over all shards, [n_tokens, d]."""
+        key = f"{point}.{layer}"
+        out = []
+        for f in self.files:
+            shard = load_file(str(f))
+            if key not in shard:
+                raise SemalignError(f"({point!r}, {layer}) was not captured in {self.folder}")
+            out.append(shard[key][shard["mask"]])
+        return torch.cat(out)
+
+    def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        return torch.stack([self.tokens_of(point, layer) for layer in self.layers])
