@@ -13,6 +13,7 @@ alternatives).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.metadata
 import os
@@ -118,15 +119,17 @@ def _resolve_source(source: str | os.PathLike) -> tuple[str, Path]:
 def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device | None = None, mode: str = "raw"):
     """Load `source` as a TransformerBridge in eval mode, raw mode by default, with `.provenance` set."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     if mode not in MODES:
         raise SemalignError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
-        hf_model, kind, path, label = source.to(dtype), "memory", None, name or source.config.name_or_path or "memory"
+        # The bridge rewires the HF modules it wraps, so wrap a copy and leave the caller's model intact.
+        hf_model = copy.deepcopy(source).to(dtype)
+        kind, path, label = "memory", None, name or source.config.name_or_path or "memory"
         weights_hash = None
     elif isinstance(source, (str, os.PathLike)):
         kind, folder = _resolve_source(source)

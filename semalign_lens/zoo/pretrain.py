@@ -66,7 +66,7 @@ class StudentArch:
 @dataclass
 class PretrainConfig:
     arch: StudentArch = field(default_factory=StudentArch)
-    teacher: str = "smollm2-135m"  # supplies the tokenizer (and logits when distill_weight > 0)
+    teacher: str = "smollm2-135m"  # zoo name or HF directory: supplies the tokenizer (and logits if distilling)
     corpus: str | None = None  # directory of .py files; None = this interpreter's standard library
     val_fraction: float = 0.02
     seq_len: int = 512
@@ -98,6 +98,19 @@ class PretrainConfig:
     @property
     def steps(self) -> int:
         return max(1, self.total_tokens // (self.batch_size * self.seq_len))
+
+
+def source_dir(source: str) -> Path:
+    """A zoo name or an existing directory (with tokenizer files) as a local path."""
+    from . import ZOO_NAMES, resolve
+
+    if source in ZOO_NAMES:
+        return resolve(source)
+    path = Path(source)
+    if not path.is_dir():
+        raise SemalignError(f"teacher {source!r} is neither a zoo name ({', '.join(sorted(ZOO_NAMES))}) nor a "
+                            "directory with tokenizer files")
+    return path
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
@@ -175,14 +188,12 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, stop_after_steps: int | N
     """
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from . import resolve
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume_config(run_dir, cfg)
     write_json_atomic(run_dir / "config.json", to_dict(cfg))
 
-    teacher_dir = resolve(cfg.teacher)
+    teacher_dir = source_dir(cfg.teacher)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
     train, val, info = load_corpus(cfg, tokenizer)
     write_json_atomic(run_dir / "corpus.json", info)
@@ -268,14 +279,12 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     """Write the latest checkpoint of `run_dir` as a loadable HF directory (weights in `dtype`)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from . import resolve
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = from_dict(PretrainConfig, json.loads((run_dir / "config.json").read_text()))
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise SemalignError(f"{run_dir} has no checkpoint to export; run `semalign zoo pretrain-student` first")
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve(cfg.teacher)))
+    tokenizer = AutoTokenizer.from_pretrained(str(source_dir(cfg.teacher)))
     eos = tokenizer.convert_tokens_to_ids(corpus.DOC_SEPARATOR)
     model = LlamaForCausalLM(cfg.arch.hf_config(len(tokenizer), bos_id=eos, eos_id=eos))
     load_checkpoint(ckpt, model, None)

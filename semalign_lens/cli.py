@@ -1,0 +1,83 @@
+"""The `semalign` command line. Each subcommand is a thin call into the Python API.
+
+User-fixable problems (`SemalignError`) print as one line on stderr with exit code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SemalignError
+
+
+def _cmd_info(args) -> None:
+    import pandas as pd
+
+    from .models import describe, load_model, vocabulary_mismatch
+
+    models = [load_model(s) for s in args.sources]
+    table = pd.DataFrame([describe(m) for m in models]).set_index("model").T
+    print(table.to_string())
+    if len(models) == 2:
+        problem = vocabulary_mismatch(*models)
+        modes = {m.provenance.mode for m in models}
+        if problem is None and len(modes) == 1:
+            print(f"\npairable: yes (shared vocabulary of {models[0].cfg.d_vocab} tokens, mode {modes.pop()})")
+        else:
+            print(f"\npairable: no — {problem or 'loading modes differ'}")
+
+
+def _cmd_zoo_list(args) -> None:
+    from .zoo import ZOO_NAMES
+
+    for name, text in sorted(ZOO_NAMES.items()):
+        print(f"{name:16s} {text}")
+
+
+def _cmd_pretrain(args) -> None:
+    from .config import load_config
+    from .zoo.pretrain import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, args.config)
+    print(json.dumps(pretrain(cfg, args.run_dir), indent=2))
+
+
+def _cmd_export(args) -> None:
+    from .zoo.pretrain import export_student
+
+    print(export_student(args.run_dir, args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semalign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="layers, widths, heads, vocabulary and norm of 1-2 models; pairability")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="zoo name, HF directory, .gguf file or Hub name")
+    p.set_defaults(func=_cmd_info)
+
+    zoo = sub.add_parser("zoo", help="the built-in model zoo").add_subparsers(dest="zoo_command", required=True)
+    zoo.add_parser("list", help="list zoo names").set_defaults(func=_cmd_zoo_list)
+    p = zoo.add_parser("pretrain-student", help="pretrain the embedded student (resumes if RUN_DIR has a checkpoint)")
+    p.add_argument("--config", default=str(Path(__file__).parent / "zoo" / "configs" / "stdlib_student.json"))
+    p.add_argument("--run-dir", default="runs/stdlib-student")
+    p.set_defaults(func=_cmd_pretrain)
+    p = zoo.add_parser("export-student", help="write a pretraining run's latest checkpoint as an HF directory")
+    p.add_argument("--run-dir", default="runs/stdlib-student")
+    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student"))
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SemalignError as err:
+        print(f"semalign: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,91 @@
+"""Narrow residual capture against HF hidden states (the independent reference)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semalign_lens.activations import ShardedCapture, capture, residuals
+from semalign_lens.data import tokenize
+from semalign_lens.errors import SemalignError
+
+TEXTS = ["def add(a, b):\n    return a + b\n", "import os", "class Point:\n    x: int = 0"]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_hf):
+    return tokenize(tiny_hf[2], TEXTS)
+
+
+def test_resid_post_equals_hf_hidden_states(tiny_pair, tiny_hf, batch):
+    teacher_hf = tiny_hf[0]
+    n = teacher_hf.config.num_hidden_layers
+    cap = capture(tiny_pair.teacher, batch, range(n), points=("resid_pre", "resid_post"))
+    with torch.no_grad():
+        hidden = teacher_hf(input_ids=batch.tokens, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(cap.get("resid_pre", 0)[batch.mask], hidden[0][batch.mask])
+    for layer in range(n - 1):
+        torch.testing.assert_close(cap.get("resid_post", layer)[batch.mask], hidden[layer + 1][batch.mask])
+    # HF's last entry is after the final norm: hidden[-1] = RMSNorm(resid_post of the last block).
+    last = cap.get("resid_post", n - 1)
+    normed = teacher_hf.model.norm(last)
+    torch.testing.assert_close(normed[batch.mask], hidden[-1][batch.mask], atol=1e-5, rtol=1e-5)
+    assert (last - hidden[-1])[batch.mask].abs().max() > 1e-2
+
+
+def test_block_write_is_post_minus_pre(tiny_pair, batch):
+    cap = capture(tiny_pair.teacher, batch, [1, 4], points=("resid_pre", "resid_post", "block_write"))
+    for layer in (1, 4):
+        torch.testing.assert_close(cap.get("block_write", layer),
+                                   cap.get("resid_post", layer) - cap.get("resid_pre", layer))
+
+
+def test_padding_is_masked_and_does_not_leak(tiny_pair, tiny_hf, batch):
+    cap = capture(tiny_pair.student, batch, [0, 2])
+    assert cap.mask.tolist() == batch.mask.tolist()
+    assert cap.tokens_of("resid_post", 2).shape[0] == batch.mask.sum()
+    for i, text in enumerate(TEXTS):  # each sequence alone, unpadded, gives the same states
+        alone = tokenize(tiny_hf[2], [text])
+        ref = capture(tiny_pair.student, alone, [2]).get("resid_post", 2)[0]
+        torch.testing.assert_close(cap.get("resid_post", 2)[i, : ref.shape[0]], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_stops_after_deepest_layer(tiny_pair, batch):
+    fired = []
+    model = tiny_pair.teacher
+    model.add_hook("blocks.3.hook_out", lambda t, hook: fired.append(hook.name))
+    try:
+        residuals(model, batch.tokens, ["resid_post"], [1])
+        assert fired == []
+        residuals(model, batch.tokens, ["resid_post"], [3])
+        assert fired == ["blocks.3.hook_out"]
+    finally:
+        model.reset_hooks()
+
+
+def test_sharded_capture_matches_memory(tiny_pair, batch, tmp_path):
+    mem = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2)
+    disk = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2, shard_dir=tmp_path)
+    assert isinstance(disk, ShardedCapture) and len(disk.files) == 2
+    torch.testing.assert_close(disk.stack("resid_post"), mem.stack("resid_post"))
+
+
+def test_results_are_float32_on_cpu(tiny_pair, batch):
+    cap = capture(tiny_pair.teacher, batch, [2])
+    t = cap.get("resid_post", 2)
+    assert t.dtype == torch.float32 and t.device.type == "cpu"
+
+
+def test_layer_out_of_range_gives_valid_range(tiny_pair, batch):
+    with pytest.raises(SemalignError, match=r"valid layers are 0\.\.5"):
+        capture(tiny_pair.teacher, batch, [6])
+
+
+def test_empty_prompt_list(tiny_hf):
+    with pytest.raises(SemalignError, match="empty prompt list"):
+        tokenize(tiny_hf[2], [])
+
+
+def test_unknown_point(tiny_pair, batch):
+    with pytest.raises(SemalignError, match="valid points"):
+        capture(tiny_pair.teacher, batch, [0], points=("resid_mid",))
