@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -41,16 +42,18 @@ def _training_text() -> list[str]:
     return [line for src in sources for line in src.splitlines() if line.strip()]
 
 
-@functools.lru_cache(maxsize=4)
-def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
-    """A byte-level BPE tokenizer with `<|endoftext|>` (id 0) as BOS/EOS/PAD, like SmolLM2's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB) -> Path:
+    """A directory holding the tiny byte-level BPE tokenizer (trained once, then cached).
 
-    # Saved and reloaded from disk: TransformerBridge re-opens tokenizers by `name_or_path`.
+    `<|endoftext|>` (id 0) is BOS/EOS/PAD, like SmolLM2's document separator. It lives on disk because
+    TransformerBridge re-opens tokenizers by `name_or_path`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     folder = cache_dir("tiny", f"tokenizer-v1-{vocab_size}")
     if (folder / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(folder))
+        return folder
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -59,7 +62,14 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
     tok.train_from_iterator(_training_text(), trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(str(folder))
-    return AutoTokenizer.from_pretrained(str(folder))
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(vocab_size)))
 
 
 def tiny_hf_model(arch: TinyArch, vocab_size: int, seed: int):

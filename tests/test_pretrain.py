@@ -1,0 +1,129 @@
+"""Student pretraining: exact resume, atomic checkpoints, clear errors (a tiny config on a tiny corpus)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from semalign_lens import checkpoint
+from semalign_lens.config import from_dict
+from semalign_lens.errors import SemalignError
+from semalign_lens.zoo import corpus
+from semalign_lens.zoo.pretrain import PretrainConfig, batch_indices, lr_at, pretrain
+from semalign_lens.zoo.tiny import tiny_tokenizer_dir
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for name in ("abc.py", "bisect.py", "colorsys.py", "copy.py", "fnmatch.py", "glob.py", "heapq.py",
+                 "keyword.py", "numbers.py", "shlex.py", "stat.py", "string.py"):
+        shutil.copy(STDLIB / name, root / name)
+    (root / "test").mkdir()
+    shutil.copy(STDLIB / "this.py", root / "test" / "test_this.py")
+    return root
+
+
+def tiny_config(root: Path, **overrides) -> PretrainConfig:
+    data = {"arch": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "d_mlp": 64,
+                     "max_position_embeddings": 128},
+            "teacher": str(tiny_tokenizer_dir()), "corpus": str(root), "val_fraction": 0.3, "seq_len": 64,
+            "batch_size": 4, "total_tokens": 4 * 64 * 6, "warmup_steps": 2, "eval_every": 3, "log_every": 1,
+            "eval_blocks": 4, "lr": 3e-3}
+    data.update(overrides)
+    return from_dict(PretrainConfig, data)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_corpus_excludes_test_directories(tiny_corpus):
+    files = corpus.stdlib_files(tiny_corpus)
+    assert len(files) == 12 and not any("test" in p.parts for p in files)
+    assert corpus.stdlib_test_files(tiny_corpus) == [tiny_corpus / "test" / "test_this.py"]
+
+
+def test_real_stdlib_split_is_deterministic_and_disjoint():
+    files = corpus.stdlib_files()
+    train, val = corpus.split_files(files, corpus.stdlib_root(), 0.02)
+    assert not set(train) & set(val) and len(train) + len(val) == len(files)
+    assert 0.005 < len(val) / len(files) < 0.05
+    assert any(p.name == "topics.py" for p in files)
+    assert corpus.split_files(files, corpus.stdlib_root(), 0.02)[1] == val
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    a = batch_indices(10, 4, step=7, seed=1)
+    assert torch.equal(a, batch_indices(10, 4, step=7, seed=1))
+    epoch = torch.cat([batch_indices(10, 5, step=s, seed=1) for s in range(2)])
+    assert sorted(epoch.tolist()) == list(range(10))  # one epoch visits every block once
+
+
+def test_lr_schedule_warms_up_then_decays(tiny_corpus):
+    cfg = tiny_config(tiny_corpus, total_tokens=4 * 64 * 100, warmup_steps=10)
+    assert lr_at(cfg, 0) == pytest.approx(cfg.lr / 10)
+    assert lr_at(cfg, 9) == pytest.approx(cfg.lr)
+    assert lr_at(cfg, cfg.steps - 1) == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.01)
+
+
+def test_resume_after_stop_reproduces_uninterrupted_run(tiny_corpus, tmp_path):
+    cfg = tiny_config(tiny_corpus)
+    whole = pretrain(cfg, tmp_path / "whole", progress=False)
+    first = pretrain(cfg, tmp_path / "split", stop_after_steps=2, progress=False)
+    assert not first["finished"]
+    resumed = pretrain(cfg, tmp_path / "split", progress=False)
+    assert resumed["finished"] and whole["finished"]
+    split_losses = _losses(tmp_path / "split")
+    assert split_losses.keys() == _losses(tmp_path / "whole").keys()
+    for step, loss in _losses(tmp_path / "whole").items():
+        assert split_losses[step] == pytest.approx(loss, abs=1e-6), step
+    assert resumed["val_loss_full"] == pytest.approx(whole["val_loss_full"], abs=1e-6)
+    assert whole["val_loss_full"] < math.log(384) - 0.1  # it learns: below chance after 6 steps
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(tiny_corpus, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_corpus)
+    pretrain(cfg, tmp_path, stop_after_steps=2, progress=False)
+    good = checkpoint.latest_checkpoint(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, tmp_path, stop_after_steps=1, progress=False)
+    assert checkpoint.latest_checkpoint(tmp_path) == good
+    monkeypatch.undo()
+    assert pretrain(cfg, tmp_path, progress=False)["finished"]
+
+
+def test_resume_with_other_config_is_refused(tiny_corpus, tmp_path):
+    pretrain(tiny_config(tiny_corpus), tmp_path, stop_after_steps=1, progress=False)
+    with pytest.raises(SemalignError, match=r"keys differ: \['lr'\]"):
+        pretrain(tiny_config(tiny_corpus, lr=1e-3), tmp_path, progress=False)
+
+
+def test_corpus_without_python_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("no python here")
+    with pytest.raises(SemalignError, match="no .py files"):
+        corpus.stdlib_files(tmp_path)
+
+
+def test_heads_must_divide_width(tiny_corpus):
+    with pytest.raises(SemalignError, match="not divisible by n_heads"):
+        tiny_config(tiny_corpus, arch={"d_model": 30, "n_heads": 4, "n_kv_heads": 2})
+
+
+def test_unknown_config_key_is_named(tiny_corpus):
+    with pytest.raises(SemalignError, match=r"unknown key\(s\) \['learning_rate'\].*valid keys"):
+        tiny_config(tiny_corpus, learning_rate=1.0)
