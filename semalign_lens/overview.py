@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from .activations import capture
 from .data import TokenBatch
