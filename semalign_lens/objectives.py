@@ -1,0 +1,364 @@
+"""SemAlign's training objectives: plain tensor functions plus a registry that selects them by name.
+
+Each loss is first a plain function of tensors (tested against explicit reference formulas), then registered
+as an `Objective` that adapts it to what the trainer hands over (`LayerInputs` for a paired layer,
+`OutputInputs` for the final logits). Baselines register more objectives with `register_objective`; a
+method is then nothing but a dict of term names and weights.
+
+What is the paper's and what is inferred (see `research/paper.md` §2):
+
+| name            | kind   | source |
+|-----------------|--------|--------|
+| `cosine`        | layer  | v1 Eq. 3: L_layer = 1 − Avg cos(h^(k), h_⋆^(k)), averaged over supervised positions. *Inferred*: the interface (v1 says "sublayer output before residual addition"; we default to the layer's residual contribution, see below) and which positions (all real tokens). |
+| `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate forms in paper.md coincide (up to the factor ½). |
+| `fisher`        | layer  | ACL abstract: "Fisher-weighted quadratic surrogate on target-space aligned logits". *Inferred*: ½ (z − z̃)ᵀ F (z − z̃), F = diag(p̃) − p̃p̃ᵀ, p̃ = softmax(z̃), z = student logit lens of the student state, z̃ = student logit lens of the aligned target (the second-order expansion of KL(p̃‖p) around z̃). |
+| `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. |
+| `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |
+| `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
+
+Interfaces of the layer losses (the `interface` option):
+- `state`: the student's residual stream after block k (resid_post) against the mapped teacher state.
+- `contribution`: what the student wrote into the stream since the previous supervised interface,
+  h_S(k) − h_S(k_prev), against the mapped teacher residual change over the paired teacher depth span,
+  map(h_T(τ_k) − h_T(τ_prev)). When every student layer is paired (the usual pairing) this is exactly the
+  block write resid_post − resid_pre of block k; the first pair's predecessor is the embedding output on
+  both sides. *Inferred*: the papers do not say which teacher quantity is the "aligned supervisory residual";
+  a single teacher block's write would be a fraction of the change a student block must make when
+  L_T > L_S, so we use the change over the paired span.
+
+Masks: padding positions never enter any loss. Output losses that score next-token predictions use
+positions t with both t and t+1 real; `kl` uses every real position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch.utils.checkpoint import checkpoint
+
+from .errors import SemalignError
+
+Lens = Callable[[Float[torch.Tensor, "n d"]], Float[torch.Tensor, "n vocab"]]
+INTERFACES = ("state", "contribution")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _masked_mean(values: Float[torch.Tensor, "batch pos"], mask: Bool[torch.Tensor, "batch pos"]) -> torch.Tensor:
+    """Mean over real positions; 0 (still differentiable) when there are none."""
+    n = mask.sum()
+    return (values * mask).sum() / n.clamp(min=1)
+
+
+def next_token_mask(mask: Bool[torch.Tensor, "batch pos"]) -> Bool[torch.Tensor, "batch pos_1"]:
+    """Positions t whose prediction of token t+1 is supervised: both t and t+1 are real tokens."""
+    return mask[:, :-1] & mask[:, 1:]
+
+
+# ----------------------------------------------------------------------------------------------- layer losses
+
+def cosine_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tensor, "batch pos d"],
+                mask: Bool[torch.Tensor, "batch pos"], eps: float = 1e-8) -> torch.Tensor:
+    """v1's layer loss: 1 − mean cosine between `h` and `target` over real positions.
+
+    The target is a constant (the mapped teacher activation); it is detached here so that no caller can
+    push gradients into the teacher side by accident.
+    """
+    cos = F.cosine_similarity(h.float(), target.detach().float(), dim=-1, eps=eps)
+    return 1.0 - _masked_mean(cos, mask)
+
+
+def _centre(x: Float[torch.Tensor, "batch pos d"], mask: Bool[torch.Tensor, "batch pos"]) -> torch.Tensor:
+    """Subtract each sequence's mean over its real tokens and zero the padding rows."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+    return (x - mean) * m
+
+
+def relation_cka(x: Float[torch.Tensor, "batch pos dx"], y: Float[torch.Tensor, "batch pos dy"],
+                 mask: Bool[torch.Tensor, "batch pos"], normalize_tokens: bool = False,
+                 eps: float = 1e-12) -> tuple[Float[torch.Tensor, " batch"], Bool[torch.Tensor, " batch"]]:
+    """Per-sequence linear CKA of the centred token-token geometry of `x` and `y` (widths may differ).
+
+    CKA = ⟨G_x, G_y⟩_F / (‖G_x‖_F ‖G_y‖_F) with G = X_c X_cᵀ over the sequence's real tokens. The inner
+    products are evaluated in whichever space is smaller (token x token, or feature x feature, using
+    ⟨XXᵀ, YYᵀ⟩ = ‖XᵀY‖²_F); the result is identical. Returns (cka [batch], valid [batch]); a sequence is
+    valid when it has at least two real tokens and both centred matrices are non-zero.
+    """
+    x, y = x.float(), y.float()
+    if normalize_tokens:  # cosine geometry instead of inner-product geometry (option)
+        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    xc, yc = _centre(x, mask), _centre(y, mask)
+    n_tok, dx, dy = x.shape[1], x.shape[2], y.shape[2]
+    if n_tok * n_tok <= dx * dy:
+        gx, gy = xc @ xc.transpose(1, 2), yc @ yc.transpose(1, 2)
+        cross = (gx * gy).sum((1, 2))
+        nx, ny = gx.pow(2).sum((1, 2)).sqrt(), gy.pow(2).sum((1, 2)).sqrt()
+    else:
+        cross = (xc.transpose(1, 2) @ yc).pow(2).sum((1, 2))
+        nx = (xc.transpose(1, 2) @ xc).pow(2).sum((1, 2)).sqrt()
+        ny = (yc.transpose(1, 2) @ yc).pow(2).sum((1, 2)).sqrt()
+    valid = (mask.sum(1) >= 2) & (nx > eps) & (ny > eps)
+    cka = cross / (nx * ny).clamp(min=eps)
+    return cka, valid
+
+
+def relation_loss(dh: Float[torch.Tensor, "batch pos d"], dt: Float[torch.Tensor, "batch pos d_t"],
+                  mask: Bool[torch.Tensor, "batch pos"], normalize_tokens: bool = False) -> torch.Tensor:
+    """v2's layer loss (form inferred): mean over sequences of 1 − CKA(ΔH_S, ΔH̃_T).
+
+    Equal to ½‖G_S/‖G_S‖_F − G_T/‖G_T‖_F‖²_F for the centred token-token Grams G = ΔH_c ΔH_cᵀ, so this is
+    also the Frobenius form. It compares only the *geometry* among tokens, so it is invariant to scale and
+    rotation of either side and never needs the two widths to match. Sequences with fewer than two real
+    tokens are skipped (their centred Gram is zero).
+    """
+    cka, valid = relation_cka(dh, dt.detach(), mask, normalize_tokens=normalize_tokens)
+    weights = valid.to(cka.dtype)
+    return ((1.0 - cka) * weights).sum() / weights.sum().clamp(min=1)
+
+
+def fisher_quadratic(z: Float[torch.Tensor, "n vocab"], z_target: Float[torch.Tensor, "n vocab"]
+                     ) -> Float[torch.Tensor, " n"]:
+    """½ (z − z̃)ᵀ (diag(p̃) − p̃p̃ᵀ) (z − z̃) per row, without the [vocab, vocab] matrix.
+
+    With δ = z − z̃: δᵀ diag(p̃) δ − (p̃ᵀδ)² = Σ p̃δ² − (Σ p̃δ)², i.e. half the variance of δ under p̃ — which
+    also shows the loss ignores a constant shift of the logits, as softmax does.
+    """
+    p = torch.softmax(z_target.float(), dim=-1)
+    delta = z.float() - z_target.float()
+    mean = (p * delta).sum(-1)
+    return 0.5 * ((p * delta * delta).sum(-1) - mean * mean)
+
+
+def fisher_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tensor, "batch pos d"],
+                mask: Bool[torch.Tensor, "batch pos"], lens: Lens, chunk: int = 512) -> torch.Tensor:
+    """ACL layer loss (form inferred): mean over real positions of ½(z − z̃)ᵀF(z − z̃), F = diag(p̃) − p̃p̃ᵀ.
+
+    z = lens(h) and z̃ = lens(target), where `lens` is the student's logit lens (final norm + LM head).
+    z̃ and p̃ are constants (computed under no_grad). Vocabulary-sized tensors exist for `chunk` tokens at a
+    time only, and each chunk is recomputed in the backward pass (activation checkpointing), so memory is
+    O(chunk x vocab) instead of O(tokens x vocab).
+    """
+    hs, ts = h[mask], target[mask].detach()
+    if hs.shape[0] == 0:
+        return h.sum() * 0.0
+
+    def piece(h_chunk: torch.Tensor, t_chunk: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z_target = lens(t_chunk).float()
+        return fisher_quadratic(lens(h_chunk), z_target).sum()
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, hs.shape[0], chunk):
+        h_chunk, t_chunk = hs[i: i + chunk], ts[i: i + chunk]
+        if torch.is_grad_enabled() and h_chunk.requires_grad:
+            total = total + checkpoint(piece, h_chunk, t_chunk, use_reentrant=False)
+        else:
+            total = total + piece(h_chunk, t_chunk)
+    return total / hs.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------- output losses
+
+def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"], teacher_logits: Float[torch.Tensor, "batch pos vocab"],
+            mask: Bool[torch.Tensor, "batch pos"], direction: Literal["forward", "reverse"] = "forward",
+            temperature: float = 1.0, scale_by_t2: bool = True) -> torch.Tensor:
+    """Output distillation: mean over real positions of KL at temperature τ, times τ² (option).
+
+    `forward` = KL(p_T ‖ p_S) (mean-seeking, the usual distillation direction, our default — the papers do
+    not say); `reverse` = KL(p_S ‖ p_T) (mode-seeking). The τ² factor keeps gradient magnitudes comparable
+    across temperatures (Hinton et al. 2015).
+    """
+    if direction not in ("forward", "reverse"):
+        raise SemalignError(f"kl direction must be 'forward' or 'reverse', got {direction!r}")
+    if not temperature > 0:
+        raise SemalignError(f"kl temperature must be positive, got {temperature!r}")
+    s = student_logits.float() / temperature
+    t = teacher_logits.detach().float() / temperature
+    if not bool(mask.all()):
+        s, t, mask = s[mask], t[mask], mask[mask]
+    log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    if direction == "forward":
+        per_pos = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    else:
+        per_pos = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
+    loss = per_pos.sum() / max(1, int(mask.sum()))
+    return loss * (temperature ** 2 if scale_by_t2 else 1.0)
+
+
+def cosine_onehot_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],
+                       mask: Bool[torch.Tensor, "batch pos"], label_smoothing: float = 0.0,
+                       eps: float = 1e-8) -> torch.Tensor:
+    """v1's output loss: 1 − mean cos(z_t, y_{t+1}), y the (label-smoothed) one-hot of the next token.
+
+    Computed without a one-hot tensor: ⟨z, y⟩ = (1−ε) z_label + (ε/V) Σz and
+    ‖y‖² = (1−ε+ε/V)² + (V−1)(ε/V)².
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise SemalignError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    z = logits[:, :-1].float()
+    labels = tokens[:, 1:]
+    valid = next_token_mask(mask)
+    vocab = z.shape[-1]
+    eps_ls = label_smoothing
+    dot = (1 - eps_ls) * z.gather(-1, labels.unsqueeze(-1)).squeeze(-1) + (eps_ls / vocab) * z.sum(-1)
+    y_norm = math.sqrt((1 - eps_ls + eps_ls / vocab) ** 2 + (vocab - 1) * (eps_ls / vocab) ** 2)
+    cos = dot / (z.norm(dim=-1).clamp(min=eps) * y_norm)
+    return 1.0 - _masked_mean(cos, valid)
+
+
+def ce_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],
+            mask: Bool[torch.Tensor, "batch pos"]) -> torch.Tensor:
+    """Plain next-token cross-entropy (nats/token) over supervised positions: the SFT control's loss."""
+    valid = next_token_mask(mask)
+    z = logits[:, :-1]
+    if bool(valid.all()):
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+    return F.cross_entropy(z[valid].float(), tokens[:, 1:][valid])
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+@dataclass
+class LayerInputs:
+    """Everything a layer objective may use for one paired student layer (one global batch shard).
+
+    `state`/`contribution` carry gradients; the targets are constants mapped into the student's space by the
+    TransferMap; `teacher_state` is the raw interpolated teacher activation (for baselines that learn their
+    own map, e.g. FitNets). `lens` is the student's logit lens (final norm + LM head).
+    """
+
+    student_layer: int
+    state: Float[torch.Tensor, "batch pos d_s"]
+    contribution: Float[torch.Tensor, "batch pos d_s"]
+    target: Float[torch.Tensor, "batch pos d_s"]
+    target_contribution: Float[torch.Tensor, "batch pos d_s"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    lens: Lens
+    teacher_state: Float[torch.Tensor, "batch pos d_t"] | None = None
+    teacher_contribution: Float[torch.Tensor, "batch pos d_t"] | None = None
+
+    def pick(self, interface: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, target) at `interface` ('state' or 'contribution')."""
+        if interface == "state":
+            return self.state, self.target
+        if interface == "contribution":
+            return self.contribution, self.target_contribution
+        raise SemalignError(f"interface must be one of {INTERFACES}, got {interface!r}")
+
+
+@dataclass
+class OutputInputs:
+    """Everything an output objective may use: the student's final logits, tokens, mask, teacher logits."""
+
+    logits: Float[torch.Tensor, "batch pos vocab"]
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    teacher_logits: Float[torch.Tensor, "batch pos vocab"] | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named loss term. `fn(inputs, **options)` returns a scalar; `defaults` lists the valid options."""
+
+    name: str
+    kind: Literal["layer", "output"]
+    fn: Callable[..., torch.Tensor]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_teacher_logits: bool = False
+    source: str = ""  # what is from the paper and what is inferred, one line
+
+    def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """`defaults` updated with `given`; unknown option names are an error naming the valid ones."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            raise SemalignError(f"unknown option(s) {unknown} for objective {self.name!r}; valid options: "
+                                f"{sorted(self.defaults) or 'none'}")
+        return {**self.defaults, **given}
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
+    """Add `objective` to the registry (baselines call this at import time)."""
+    if objective.kind not in ("layer", "output"):
+        raise SemalignError(f"objective kind must be 'layer' or 'output', got {objective.kind!r}")
+    if objective.name in OBJECTIVES and not replace:
+        raise SemalignError(f"an objective named {objective.name!r} is already registered; pick another name "
+                            "or pass replace=True")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        _load_plugins()
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise SemalignError(f"unknown objective {name!r}; registered objectives: {sorted(OBJECTIVES)}") from None
+
+
+def _load_plugins() -> None:
+    """Import `semalign_lens.baselines` (if present) so that its objectives register themselves."""
+    try:
+        import semalign_lens.baselines  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _check_interface(value: str) -> str:
+    if value not in INTERFACES:
+        raise SemalignError(f"interface must be one of {INTERFACES}, got {value!r}")
+    return value
+
+
+def _cosine(x: LayerInputs, interface: str) -> torch.Tensor:
+    return cosine_loss(*x.pick(_check_interface(interface)), x.mask)
+
+
+def _relation(x: LayerInputs, interface: str, normalize_tokens: bool) -> torch.Tensor:
+    return relation_loss(*x.pick(_check_interface(interface)), x.mask, normalize_tokens=bool(normalize_tokens))
+
+
+def _fisher(x: LayerInputs, chunk: int) -> torch.Tensor:
+    if not (isinstance(chunk, int) and chunk > 0):
+        raise SemalignError(f"fisher chunk must be a positive integer, got {chunk!r}")
+    return fisher_loss(x.state, x.target, x.mask, x.lens, chunk=chunk)
+
+
+def _kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2: bool) -> torch.Tensor:
+    if x.teacher_logits is None:
+        raise SemalignError("the 'kl' objective needs teacher logits; use targets.mode = 'online' or cache "
+                            "the logits (targets.cache_logits = true)")
+    return kl_loss(x.logits, x.teacher_logits, x.mask, direction=direction, temperature=temperature,
+                   scale_by_t2=scale_by_t2)
+
+
+for _obj in (
+    Objective("cosine", "layer", _cosine, {"interface": "contribution"},
+              source="paper v1 (1 − cos); interface and positions inferred"),
+    Objective("relation", "layer", _relation, {"interface": "contribution", "normalize_tokens": False},
+              source="paper v2 abstract (centred token-token geometry of the residual contribution); form "
+                     "1 − linear CKA per sequence inferred"),
+    Objective("fisher", "layer", _fisher, {"chunk": 512},
+              source="ACL abstract (Fisher-weighted quadratic on aligned logits); ½δᵀFδ with the student "
+                     "logit lens inferred"),
+    Objective("kl", "output", _kl, {"direction": "forward", "temperature": 1.0, "scale_by_t2": True},
+              needs_teacher_logits=True,
+              source="paper v2/ACL (output KL distillation); direction and temperature inferred"),
+    Objective("cosine_onehot", "output",
+              lambda x, label_smoothing: cosine_onehot_loss(x.logits, x.tokens, x.mask, label_smoothing),
+              {"label_smoothing": 0.0}, source="paper v1 (1 − cos(logits, one-hot))"),
+    Objective("ce", "output", lambda x: ce_loss(x.logits, x.tokens, x.mask),
+              source="not SemAlign: supervised next-token cross-entropy (SFT control)"),
+):
+    register_objective(_obj)

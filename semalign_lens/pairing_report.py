@@ -1,0 +1,315 @@
+"""The layer-pairing inspection report: why each student layer is supervised by the teacher layer it gets.
+
+`pairing_report(teacher, student, task, out_path)` is what `semalign report pairing TEACHER STUDENT --task ...`
+runs. It writes one self-contained HTML file (`report.Report`) with:
+
+1. model cards of both models (depth, width, heads, vocabulary, norm, mode) and the task (pairs, examples,
+   how much the corruption moves the metric);
+2. teacher layer attribution: one bar chart per ranker with bootstrap CIs (`attribution.rank_layers`), the
+   top layers per method, and the Kendall-tau agreement table between methods;
+3. teacher × student linear CKA (`similarity.cka_matrix`, embeddings + every block output, on the task's clean
+   prompts with their answers) as a heatmap with the chosen pairs drawn on it;
+4. the pairing table of the chosen strategy (`pairing.make_pairing`: score, CKA, attribution rank and the
+   reason per pair) and a side-by-side comparison of all strategies;
+5. semantic-basis fidelity on the paired layers (`semantics.fidelity` round trips on each model's own basis,
+   `semantics.transfer_fidelity` of teacher targets read by the student head), skipped with a note if the
+   semantics module is unavailable;
+6. timings and provenance (package versions, model sources, mode, dtype, weight hashes, seed).
+
+Cost: the rankers dominate; on SmolLM2 (30 blocks) with 24 prompts and all methods it is measured in
+`benchmarks/RESULTS.md` ("Pairing report (issue 5)"). Lower `n_prompts`, drop `seeking` (one backward per
+prompt) or pass fewer `methods` to go faster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .attribution import METHODS, rank_agreement, rank_layers
+from .errors import SemalignError
+from .report import Report
+
+FIDELITY_KINDS = ("paper", "dual", "logits")
+
+
+@dataclass
+class PairingReport:
+    """What the report shows, as data (for notebooks and tests), plus where the HTML went."""
+
+    path: Path
+    attribution: pd.DataFrame
+    agreement: pd.DataFrame
+    cka: pd.DataFrame  # wide: index teacher points ("embed", "0", ...), columns student points
+    pairing: Any  # pairing.LayerPairing of the chosen strategy
+    pairings: dict[str, Any]
+    fidelity: pd.DataFrame | None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Clock:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = round(now - since, 2)
+        return now
+
+
+def _as_model(source, role: str, **load_kwargs):
+    if isinstance(source, (str, Path)):
+        from .models import load_model
+
+        return load_model(source, **load_kwargs)
+    if not hasattr(source, "cfg") or not hasattr(source, "run_with_hooks"):
+        raise SemalignError(f"the {role} must be a model source (zoo name, HF directory, .gguf, Hub name) or a "
+                            f"loaded TransformerBridge, got {type(source).__name__}")
+    return source
+
+
+def _residual_states(model, batch, progress: bool) -> list[torch.Tensor]:
+    """[embed, block 0 ... block L-1] residual states on `batch` ([seq, pos, d] each, float32, CPU)."""
+    from .activations import capture
+
+    layers = range(model.cfg.n_layers)
+    post = capture(model, batch, layers, points=("resid_post",), progress=progress)
+    pre = capture(model, batch, [0], points=("resid_pre",), progress=False)
+    return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in layers]
+
+
+def _cka(teacher, student, cka_batch, *, debiased: bool, drop_first: bool, progress: bool):
+    """(wide CKA table, teacher states, student states); states are reused for fidelity."""
+    from .similarity import cka_matrix, cka_wide, residual_labels
+
+    t_states = _residual_states(teacher, cka_batch, progress)
+    s_states = _residual_states(student, cka_batch, progress)
+    matrix = cka_matrix(t_states, s_states, mask=cka_batch.mask, drop_first=drop_first, debiased=debiased)
+    return cka_wide(matrix, residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)), \
+        t_states, s_states
+
+
+def _fidelity(teacher, student, pairing, t_states, s_states, mask, *, kinds, n_tokens: int, seed: int,
+              progress: bool) -> pd.DataFrame:
+    """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets."""
+    from .semantics import SemanticBasis, TransferMap, fidelity, transfer_fidelity
+
+    keep = mask.clone()
+    keep[:, 0] = False  # the document-start token's state is an outlier on every layer
+    flat = keep.flatten().nonzero().flatten()
+    pick = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:n_tokens]].sort().values
+
+    def tokens(states, block):  # states[0] is the embeddings, states[b + 1] block b's output
+        s = states[block + 1]
+        return s.reshape(-1, s.shape[-1])[pick]
+
+    t_basis, s_basis = SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)
+    targets = {p.student_layer: p.target({b: tokens(t_states, b) for b in p.teacher_layers}) for p in pairing}
+    student_h = {p.student_layer: tokens(s_states, p.student_layer) for p in pairing}
+    teacher_h = {p.nearest_teacher_layer: tokens(t_states, p.nearest_teacher_layer) for p in pairing}
+    frames = [
+        fidelity(teacher_h, t_basis, teacher, kinds, progress=progress).assign(side="teacher round trip"),
+        fidelity(student_h, s_basis, student, kinds, progress=progress).assign(side="student round trip"),
+        transfer_fidelity(targets, [TransferMap(t_basis, s_basis, k) for k in kinds], teacher, student,
+                          student_states=student_h, progress=progress).assign(side="teacher -> student"),
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _top_table(df: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+    rows = []
+    for method, part in df.groupby("method", sort=False):
+        best = part.sort_values("rank").head(k)
+        rows.append({"method": method, "unit": best["unit"].iloc[0],
+                     **{f"#{i + 1}": f"{int(r.layer)} ({r.score:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}], "
+                                      f"p_top {r.p_top:.2f})" for i, r in enumerate(best.itertuples())}})
+    return pd.DataFrame(rows)
+
+
+def _strategy_table(pairings: dict[str, Any], n_student: int) -> pd.DataFrame:
+    rows = []
+    for s in range(n_student):
+        row = {"student_layer": s}
+        for name, pairing in pairings.items():
+            pair = pairing.pair_for(s)
+            row[name] = "—" if pair is None else pair.target_label()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path = "pairing_report.html", *,
+                   n_prompts: int = 24, methods: Sequence[str] = METHODS, metric: str = "logprob",
+                   align: str = "left_pad", strategy: str = "attribution", attribution_method: str = "grad_x_act",
+                   top_k: int = 1, cka_prompts: int = 128, debiased: bool = True, drop_first: bool = True,
+                   fidelity_kinds: Sequence[str] = FIDELITY_KINDS, fidelity_tokens: int = 256, batch_size: int = 8,
+                   n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True) -> PairingReport:
+    """Build the layer-pairing report and write it to `out_path` (one self-contained HTML file).
+
+    teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
+        name); they must share a vocabulary and a loading mode (`models.ModelPair`).
+    task: a built-in task name ("facts", "humaneval"), a .json/.jsonl task file, or a `tasks.Task`.
+    n_prompts: pairs used by the rankers (seeded sample). cka_prompts: pairs whose clean prompt + answer feed
+        CKA and fidelity (more tokens than the rankers need; capture is cheap).
+    methods: rankers from `attribution.METHODS`; metric: "logprob" or "logit_diff"; align: how clean/corrupted
+        prompts of different token lengths are handled (`tasks.tokenize_pairs`).
+    strategy: the pairing drawn on the CKA map and tabulated ("proportional", "attribution", "cka"); all three
+        are compared in a side table. attribution_method / top_k: which ranker's scores the attribution strategy
+        (and every pair's attribution rank) uses, and how many critical teacher layers it places.
+    debiased / drop_first: the CKA estimator (unbiased HSIC, needs >= 4 tokens) and whether each sequence's
+        document-start token is left out.
+    fidelity_kinds / fidelity_tokens: semantic-basis variants and how many tokens they are measured on.
+    batch_size, n_boot, seed: ranker batch size, bootstrap resamples and the seed of every sample drawn.
+    png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
+    Returns a `PairingReport` (the tables and pairings as data, timings, notes, the path).
+    """
+    from .data import tokenize
+    from .models import ModelPair, describe
+    from .pairing import STRATEGIES, make_pairing
+    from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars
+    from .similarity import cka_heatmap
+    from .tasks import load_task, tokenize_pairs
+
+    if strategy not in STRATEGIES:
+        raise SemalignError(f"unknown pairing strategy {strategy!r}; choose one of {STRATEGIES}")
+    if attribution_method not in methods:
+        raise SemalignError(f"attribution_method {attribution_method!r} must be one of the methods run "
+                            f"({list(methods)}); add it to methods or pick another")
+    clock = _Clock()
+    t0 = clock.start
+    teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
+    ModelPair(teacher, student)  # shared vocabulary and mode, or a clear error
+    torch.manual_seed(seed)
+    t0 = clock.lap("load models", t0)
+
+    full = load_task(task, tokenizer=teacher.tokenizer, seed=seed)
+    batch = tokenize_pairs(teacher.tokenizer, full.subset(n_prompts, seed), align=align)
+    cka_task = full.subset(cka_prompts, seed + 1)
+    cka_batch = tokenize(teacher.tokenizer, [p.clean + p.answer for p in cka_task])
+    t0 = clock.lap("task", t0)
+
+    attribution = rank_layers(teacher, batch, methods=methods, metric=metric, batch_size=batch_size, n_boot=n_boot,
+                              seed=seed, progress=progress)
+    agreement = rank_agreement(attribution)
+    t0 = clock.lap("attribution (teacher)", t0)
+
+    cka, t_states, s_states = _cka(teacher, student, cka_batch, debiased=debiased, drop_first=drop_first,
+                                   progress=progress)
+    t0 = clock.lap("CKA", t0)
+
+    n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
+    options = {"attribution": {"top_k": top_k}}
+    pairings = {name: make_pairing(name, n_t, n_s, scores=attribution, cka=cka, method=attribution_method,
+                                   **options.get(name, {})) for name in STRATEGIES}
+    pairing = pairings[strategy]
+    t0 = clock.lap("pairing", t0)
+
+    notes: list[str] = []
+    fid = None
+    try:
+        from . import semantics  # noqa: F401  (being written alongside; the report works without it)
+    except ImportError as err:
+        notes.append(f"Semantic-basis fidelity skipped: the semantics module is unavailable ({err}).")
+    else:
+        fid = _fidelity(teacher, student, pairing, t_states, s_states, cka_batch.mask, kinds=fidelity_kinds,
+                        n_tokens=fidelity_tokens, seed=seed, progress=progress)
+    del t_states, s_states
+    t0 = clock.lap("semantic fidelity", t0)
+
+    # ------------------------------------------------------------------------------------------ the page
+    t_name, s_name = describe(teacher)["model"], describe(student)["model"]
+    report = Report(f"Layer pairing: {t_name} → {s_name}",
+                    subtitle=f"task `{full.name}`, {len(batch)} prompt pairs for attribution, "
+                             f"{cka_batch.n_tokens} tokens for CKA; strategy `{strategy}`")
+    report.add_heading("Summary")
+    pairs_text = ", ".join(f"student {p.student_layer} ← teacher {p.target_label()}" for p in pairing)
+    firsts = attribution[attribution["rank"] == 1].set_index("method")["layer"]
+    report.add_markdown(
+        f"- **Chosen pairing** (`{strategy}`): {pairs_text}.\n"
+        f"- **Top teacher layer per method**: "
+        + ", ".join(f"{m} → {int(layer)}" for m, layer in firsts.items()) + ".\n"
+        f"- Layers are 0-based block indices (layer b = output of block b); the paper numbers them b + 1.\n"
+        f"- Scores are oriented so that higher = more important; CIs are 95% bootstrap intervals over prompts "
+        f"({n_boot} resamples, seed {seed}).")
+    for note in notes:
+        report.add_note(note)
+
+    report.add_heading("Models")
+    cards = pd.DataFrame([dict(role="teacher", **describe(teacher)), dict(role="student", **describe(student))])
+    report.add_table(cards, caption="Model cards")
+
+    report.add_heading("Task")
+    gap = attribution["gap"].dropna()
+    report.add_markdown(f"**{full.name}** — {full.description or 'user task'} (source: `{full.source or 'memory'}`). "
+                        f"{len(full)} pairs in the task; {len(batch)} used by the rankers (align=`{align}`, "
+                        f"{batch.n_padded} padded, {len(batch.dropped)} dropped)."
+                        + (f" Mean clean − corrupted {metric} on the teacher: {gap.iloc[0]:.3f}." if len(gap) else ""))
+    examples = pd.DataFrame([{"clean": p.clean[-80:], "corrupted": p.corrupted[-80:], "answer": p.answer[:40],
+                              "corrupted_answer": (p.corrupted_answer or "")[:40]} for p in batch.pairs[:6]])
+    report.add_table(examples, caption="Example pairs (prompt tails); the answer is teacher-forced in both runs")
+
+    report.add_heading("Layer attribution (teacher)")
+    report.add_markdown("Methods: `grad_x_act` is the paper's (gradient × activation on the block write, signed); "
+                        "patching is normalised by the clean − corrupted gap; ablations are in metric units; "
+                        "`seeking` is Seeking's Σ|θ·∇θ| per block; `laten` is LaTen's log-prob increase with a "
+                        "frozen final norm (see `semalign_lens.attribution`).")
+    report.add_figure(attribution_bars(attribution, title=f"Teacher layer attribution ({t_name}, metric {metric})"),
+                      caption="Score per teacher layer with 95% bootstrap CI; the top layer is outlined.",
+                      name="attribution")
+    report.add_table(_top_table(attribution), caption="Top 3 layers per method: score [95% CI], p_top = share of "
+                                                      "bootstrap resamples in which the layer ranks first")
+    report.add_heading("Method agreement")
+    report.add_figure(agreement_heatmap(agreement), caption="Kendall tau between the methods' layer scores",
+                      name="agreement")
+    report.add_table(agreement.round(3).reset_index(names="method"), caption="Kendall tau")
+
+    report.add_heading("Teacher × student CKA")
+    estimator = "debiased (unbiased HSIC)" if debiased else "linear (biased)"
+    report.add_markdown(f"Linear CKA, {estimator}, on {cka_batch.n_tokens} tokens of {len(cka_task)} clean prompts "
+                        f"with their answers{' (document-start token dropped)' if drop_first else ''}. Rows: teacher "
+                        "embeddings and block outputs; columns: the student's. Crosses: the chosen pairing.")
+    report.add_figure(cka_heatmap(torch.tensor(cka.to_numpy()), list(cka.columns), list(cka.index),
+                                  title=f"CKA {t_name} × {s_name}", pairs=pairing),
+                      caption="CKA (0..1) with the chosen pairs", name="cka")
+
+    report.add_heading("Pairing")
+    report.add_table(pairing.to_frame(), caption=f"Chosen pairing (`{strategy}`), with the reason for each pair")
+    report.add_table(_strategy_table(pairings, n_s), caption="Teacher target per student layer under each strategy "
+                                                             "(— = not paired)")
+
+    report.add_heading("Semantic-basis fidelity")
+    if fid is None:
+        report.add_note(notes[-1] if notes else "Semantic-basis fidelity skipped.")
+    else:
+        report.add_markdown("Round trip: cos(h, recompose(decompose(h))) and top-1 agreement of the logit-lens "
+                            "readouts, on each model's own basis, for the paired layers. Transfer: the teacher "
+                            "target mapped to the student space and read by the student's head, against the "
+                            "teacher's own readout (kind `student` = the student's actual state, the baseline).")
+        top1 = fid[fid["metric"] == "top1"]
+        report.add_figure(layer_metric_bars(top1.assign(series=top1["side"] + " / " + top1["kind"].astype(str)),
+                                            x="layer", y="value", color="series", y_range=(0, 1),
+                                            x_title="layer (teacher layer for teacher round trip, else student)",
+                                            y_title="top-1 agreement", title="Top-1 readout agreement"),
+                          name="fidelity")
+        wide = fid.pivot_table(index=["side", "layer", "kind"], columns="metric", values="value", sort=False)
+        report.add_table(wide.reset_index(), caption="Fidelity per paired layer and basis variant")
+
+    report.add_heading("Timings")
+    clock.lap("report assembly", t0)
+    report.add_table(pd.DataFrame({"stage": list(clock.timings), "seconds": list(clock.timings.values())}),
+                     caption=f"Wall-clock seconds ({torch.get_num_threads()} torch threads)")
+    report.add_provenance(("teacher", teacher), ("student", student), seed=seed,
+                          extra={"task": full.name, "n_prompts": len(batch), "methods": ", ".join(methods),
+                                 "metric": metric, "strategy": strategy, "attribution_method": attribution_method,
+                                 "cka": estimator, "align": align})
+    path = report.write(out_path, png=png)
+    notes += [n for n in report.notes if n not in notes]
+    clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
+    return PairingReport(Path(path), attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes)

@@ -1,0 +1,21 @@
+"""The alignment trainer, split by concern: config, dataset, targets, schedule, diagnostics, loop.
+
+The public entry points are re-exported by `semalign_lens.trainer`.
+"""
+
+from .config import (
+                     AlignConfig,
+                     DataConfig,
+                     ObjectiveConfig,
+                     PairingConfig,
+                     ScheduleConfig,
+                     TargetsConfig,
+                     TransferConfig,
+                     load_align_config,
+)
+from .loop import AlignResult, NonFiniteLossError, Trainer, align, align_main
+from .schedule import Pair
+
+__all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
+           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",
+           "load_align_config"]

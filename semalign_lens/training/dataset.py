@@ -1,0 +1,134 @@
+"""Training blocks for an alignment run, and the deterministic order in which batches visit them.
+
+Sources: `code-transfer` is the project's code transfer set (`evaluation.code_transfer_data`: chunks of the
+standard library's test files outside the evaluation slice, unseen by the shipped student), so alignment
+runs and the transfer benchmark train on the same sequences. Any other source (`stdlib`, a directory, a
+.txt/.jsonl file) is read file by file in a fixed pseudo-random order (a hash of each path), joined into one
+token stream with `<|endoftext|>` before each document (the convention of `semalign_lens.data`), and cut
+into fixed-length blocks. Either way there is no padding, so every process of a multi-process run sees the
+same number of real tokens. The last `diag_sequences` blocks are held out for diagnostics.
+
+Batch `s` is a pure function of (seed, s) (`zoo.pretrain.batch_indices`), so resuming needs no loader
+state, and under `accelerate launch` process r takes the r-th contiguous slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Int
+
+from ..data import DOC_START, TokenBatch
+from ..errors import SemalignError
+from ..zoo import corpus
+from ..zoo.pretrain import batch_indices
+from .config import DataConfig
+
+TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
+
+
+@dataclass
+class AlignData:
+    """Training sequences (with their mask) and a held-out diagnostic batch."""
+
+    tokens: Int[torch.Tensor, "n pos"]
+    mask: Bool[torch.Tensor, "n pos"]
+    diag: TokenBatch
+    source: str = "memory"
+
+    def __post_init__(self) -> None:
+        if self.tokens.shape != self.mask.shape or self.tokens.ndim != 2 or len(self.tokens) == 0:
+            raise SemalignError(f"training tokens {tuple(self.tokens.shape)} and mask {tuple(self.mask.shape)} must "
+                                "be the same non-empty [n_sequences, pos] shape")
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the training and diagnostic tokens and masks: the data part of a target-cache key."""
+        h = hashlib.sha256()
+        for t in (self.tokens, self.mask, self.diag.tokens, self.diag.mask):
+            t = t.contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        return h.hexdigest()
+
+    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        return batch_indices(len(self), batch_size, step, seed)
+
+    def batch(self, index: torch.Tensor) -> TokenBatch:
+        return TokenBatch(self.tokens[index], self.mask[index])
+
+    @classmethod
+    def from_batches(cls, data: TokenBatch, diag: TokenBatch | None, diag_sequences: int) -> AlignData:
+        """Wrap token batches given through the Python API (diagnostics default to the first sequences)."""
+        if diag is None:
+            diag = data.select(torch.arange(min(diag_sequences, len(data))))
+        return cls(data.tokens.clone(), data.mask.clone(), diag, source="memory")
+
+
+def source_files(source: str) -> list[Path]:
+    """The text files a data source names, in a fixed hash order."""
+    if source == "stdlib":
+        files, root = corpus.stdlib_files(), corpus.stdlib_root()
+    else:
+        path = Path(source).expanduser()
+        if path.is_file():
+            return [path]
+        if not path.is_dir():
+            raise SemalignError(f"data.source {source!r} is neither 'code-transfer', 'stdlib', a directory nor a "
+                                "file; point it at text (.py .txt .md .rst files, or one .jsonl with a 'text' field)")
+        root = path
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise SemalignError(f"no {'/'.join(TEXT_SUFFIXES)} files under {path}")
+    return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
+
+
+def _documents(path: Path):
+    if path.suffix == ".jsonl":
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                try:
+                    yield json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SemalignError(f"{path} line {i + 1} is not a JSON object with a 'text' field") from None
+    else:
+        yield corpus.read_text(path)
+
+
+def build_data(cfg: DataConfig, tokenizer) -> AlignData:
+    """Read `cfg.source` until `n_sequences + diag_sequences` blocks of `seq_len` tokens exist."""
+    if cfg.source == "code-transfer":
+        from ..evaluation import code_transfer_data
+
+        blocks = code_transfer_data(tokenizer, cfg.n_sequences + cfg.diag_sequences, cfg.seq_len)[0].tokens
+        return _split(blocks, cfg, cfg.source)
+    need = (cfg.n_sequences + cfg.diag_sequences) * cfg.seq_len
+    start = tokenizer.convert_tokens_to_ids(DOC_START)
+    if start is None or DOC_START not in tokenizer.get_vocab():
+        raise SemalignError(f"the tokenizer has no {DOC_START!r} token to separate documents; pass token batches "
+                            "through the Python API instead")
+    stream: list[int] = []
+    for path in source_files(cfg.source):
+        for text in _documents(path):
+            stream.append(start)
+            stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(stream) >= need:
+            break
+    if len(stream) < need:
+        raise SemalignError(f"data.source {cfg.source!r} gives {len(stream)} tokens, fewer than the "
+                            f"{need} needed for {cfg.n_sequences} + {cfg.diag_sequences} sequences of {cfg.seq_len}; "
+                            "lower data.n_sequences or data.seq_len, or add text")
+    return _split(torch.tensor(stream[:need], dtype=torch.long).view(-1, cfg.seq_len), cfg, cfg.source)
+
+
+def _split(blocks: torch.Tensor, cfg: DataConfig, source: str) -> AlignData:
+    train, diag = blocks[: cfg.n_sequences].long(), blocks[cfg.n_sequences:].long()
+    return AlignData(train, torch.ones_like(train, dtype=torch.bool),
+                     TokenBatch(diag, torch.ones_like(diag, dtype=torch.bool)), source=source)

@@ -1,0 +1,173 @@
+"""What the trainer measures besides its losses, and the figures it writes into the run directory.
+
+Per paired layer, on the held-out diagnostic batch (no grad):
+- `cos_state` / `cos_contribution`: mean cosine between the student's state (residual change) and its mapped
+  teacher target;
+- `relation_cka`: 1 − the relation loss, per-sequence linear CKA of the two residual changes;
+- `span_share` (our definition): the share of the student states' energy inside the principal subspace of
+  the mapped targets, the smallest r directions holding 90 % of the targets' energy (r = `span_rank`).
+  With more tokens than dimensions the targets span everything, so the *principal* span is what says
+  whether the student writes where the teacher's semantics live;
+- `top1_teacher`: logit-lens top-1 agreement of the student at its layer and the teacher at the paired
+  teacher layer (the nearer one when the target interpolates two), each read with its own head;
+- `top1_target`: top-1 agreement of the student's lens on its state and on the mapped target.
+And at the start and end of every stage, the teacher x student linear CKA of every block's resid_post.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+
+from ..objectives import relation_cka
+
+SPAN_ENERGY = 0.9
+
+
+@torch.no_grad()
+def projection_metrics(state: Float[torch.Tensor, "b t d"], target: Float[torch.Tensor, "b t d"],
+                       contribution: Float[torch.Tensor, "b t d"], target_contribution: Float[torch.Tensor, "b t d"],
+                       mask: Bool[torch.Tensor, "b t"], lens, teacher_top1: torch.Tensor | None) -> dict[str, float]:
+    hs, ts = state[mask].float(), target[mask].float()
+    out = {"cos_state": float(F.cosine_similarity(hs, ts, dim=-1).mean()),
+           "cos_contribution": float(F.cosine_similarity(contribution[mask].float(),
+                                                         target_contribution[mask].float(), dim=-1).mean())}
+    cka, valid = relation_cka(contribution.float(), target_contribution.float(), mask)
+    out["relation_cka"] = float(cka[valid].mean()) if bool(valid.any()) else float("nan")
+    _, sing, vh = torch.linalg.svd(ts.double(), full_matrices=False)
+    energy = sing.pow(2).cumsum(0) / sing.pow(2).sum().clamp_min(1e-30)
+    rank = int((energy < SPAN_ENERGY).sum()) + 1
+    basis = vh[:rank].to(hs.dtype)
+    out["span_share"] = float((hs @ basis.T).pow(2).sum() / hs.pow(2).sum().clamp_min(1e-30))
+    out["span_rank"] = rank
+    student_top1 = lens(hs).argmax(-1)
+    out["top1_target"] = float((student_top1 == lens(ts).argmax(-1)).float().mean())
+    if teacher_top1 is not None:
+        out["top1_teacher"] = float((student_top1 == teacher_top1.to(student_top1.device)[mask]).float().mean())
+    return out
+
+
+def cka_grid(teacher_states: dict[str, torch.Tensor], student_states: dict[str, torch.Tensor],
+             mask: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Linear CKA [teacher points, student points] over the diagnostic tokens ("embed", then blocks 0..L-1)."""
+    from ..similarity import cka_matrix
+
+    def ordered(states):
+        keys = ["embed"] * ("embed" in states) + sorted((k for k in states if k.startswith("post.")),
+                                                        key=lambda k: int(k.split(".")[1]))
+        return keys, [states[k].float().cpu() for k in keys]
+
+    keep = mask.clone()
+    if int(keep.sum()) > max_tokens:  # the first max_tokens real tokens (deterministic)
+        order = keep.flatten().cumsum(0).view_as(keep)
+        keep &= order <= max_tokens
+    t_keys, t_vals = ordered(teacher_states)
+    s_keys, s_vals = ordered(student_states)
+    matrix = cka_matrix(t_vals, s_vals, mask=keep.cpu())
+    label = lambda k: "embed" if k == "embed" else k.split(".")[1]  # noqa: E731
+    return matrix, [label(k) for k in t_keys], [label(k) for k in s_keys]
+
+
+def write_figure(fig, path: Path) -> None:
+    """HTML next to a shared plotly.min.js (one copy per figure folder, offline)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def loss_figure(records: list[dict], terms: list[str]):
+    """Loss per term (and the total) against the step, one colour per term, stage boundaries marked."""
+    import pandas as pd
+    import plotly.express as px
+
+    rows = [{"step": r["step"], "term": t, "value": r[t], "stage": r["stage_label"]}
+            for r in records if r.get("kind") == "train" for t in ["loss", *terms] if t in r]
+    frame = pd.DataFrame(rows, columns=["step", "term", "value", "stage"])
+    fig = px.line(frame, x="step", y="value", color="term", hover_data=["stage"], log_y=False,
+                  title="Training loss per term (weighted total = loss)")
+    for r in records:
+        if r.get("kind") == "stage" and r.get("when") == "start" and r["step"] > 0:
+            fig.add_vline(x=r["step"], line_dash="dot", line_color="grey")
+    fig.update_layout(xaxis_title="step", yaxis_title="loss")
+    return fig
+
+
+def projection_figure(records: list[dict]):
+    """Projection diagnostics per paired student layer over the run (facets: metric)."""
+    import pandas as pd
+    import plotly.express as px
+
+    metrics = ["cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"]
+    rows = [{"step": r["step"], "layer": f"student L{r['student_layer']}", "metric": m, "value": r[m]}
+            for r in records if r.get("kind") == "diag" for m in metrics if m in r]
+    frame = pd.DataFrame(rows, columns=["step", "layer", "metric", "value"])
+    fig = px.line(frame, x="step", y="value", color="layer", facet_col="metric", facet_col_wrap=3, markers=True,
+                  title="Projection diagnostics on the held-out batch")
+    fig.update_yaxes(matches=None, showticklabels=True)
+    return fig
+
+
+def _figure(run_dir: Path, name: str):
+    import plotly.io as pio
+
+    path = run_dir / "figures" / f"{name}.json"
+    return pio.from_json(path.read_text()) if path.exists() else None
+
+
+def write_report(run_dir: Path, config: dict, final: dict, stages, pairs, models: dict, provenance: dict) -> Path:
+    """`report.html`: summary, pairing, per-stage losses, loss curves, projections, CKA heatmaps, provenance."""
+    import html
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ..report import Report
+
+    terms = config["objective"]["terms"]
+    sched = config["schedule"]
+    rep = Report(f"SemAlign run: {provenance.get('teacher', {}).get('source', 'teacher')} → "
+                 f"{provenance.get('student', {}).get('source', 'student')}",
+                 subtitle=f"run directory `{run_dir}`")
+    rep.add_heading("Summary")
+    rep.add_markdown(
+        f"Objective: {', '.join(f'**{k}** x {v:g}' for k, v in terms.items())}. Schedule: **{sched['mode']}**, "
+        f"trainable **{sched['trainable']}** ({sched['adapter']}), {final['step']} steps in {len(stages)} stage(s), "
+        f"global batch {config['data']['batch_size']} x {config['data']['seq_len']} tokens, "
+        f"{provenance.get('processes', 1)} process(es). Transfer map: `{provenance.get('transfer', '')}`. "
+        f"Targets: {config['targets']['mode']}.")
+    rep.add_table(pd.DataFrame([p.__dict__ for p in pairs]), caption="Layer pairing (0-based blocks)")
+    if final.get("stages"):
+        rep.add_table(pd.DataFrame(final["stages"]).drop(columns=["kind", "when"], errors="ignore"),
+                      caption="Loss terms at the end of each stage (global-batch means)")
+    rep.add_heading("Training curves")
+    for name, caption in (("loss_curves", "Loss per term against the step; dotted lines mark stage starts."),
+                          ("projections", "Projection diagnostics per paired layer on the held-out batch "
+                                          "(see semalign_lens.training.diagnostics).")):
+        fig = _figure(run_dir, name)
+        if fig is not None:
+            rep.add_figure(fig, caption=caption, name=name)
+    if final.get("diagnostics"):
+        rep.add_table(pd.DataFrame(final["diagnostics"]).T.reset_index(names="layer"),
+                      caption="Final projection diagnostics per paired student layer")
+    rep.add_heading("Teacher x student CKA per stage")
+    for stage in stages:
+        for when in ("start", "end"):
+            fig = _figure(run_dir, f"cka_stage{stage.index}_{when}")
+            if fig is not None:
+                rep.add_figure(fig, caption=f"Linear CKA of every block's resid_post, stage {stage.index} "
+                                            f"({stage.label}) {when}; x marks the pairing.",
+                               name=f"cka-stage{stage.index}-{when}")
+    shims = [(role, SimpleNamespace(provenance=prov)) for role, prov in models.items() if prov is not None]
+    rep.add_provenance(*shims, seed=config.get("seed"), extra={"processes": provenance.get("processes", 1)})
+    rep.add_heading("Resolved config")
+    rep.add_html("<pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+    return rep.write(run_dir / "report.html")

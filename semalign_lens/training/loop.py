@@ -1,0 +1,672 @@
+"""The alignment trainer: setup with every check up front, the step, checkpoints, resume, scale-out.
+
+One step (global batch split over processes):
+1. teacher activations for the batch (online forward under no_grad, truncated at the deepest paired block,
+   or read from the cache);
+2. one student forward capturing the resid_post of the paired blocks (stopping after the deepest one that the
+   stage needs when no output term wants logits);
+3. per active pair, targets = TransferMap(teacher state / teacher residual change) — a d_S x d_T matmul per
+   token, the "Gram trick" reduced to its essence: no vocabulary-sized coefficients ever exist;
+4. weighted sum of the objective terms; non-finite values stop the run naming step, stage and term;
+5. backward, gradient averaging across processes, clipping, AdamW.
+
+Scale-out uses Hugging Face Accelerate for the process group, device placement and collective ops, but
+averages gradients itself (one flat all-reduce per step) instead of wrapping the student in DDP: the set of
+trainable parameters changes at every stage (DDP fixes it at wrap time) and the student's forward may stop
+early (DDP expects every forward to finish). Each process scales its loss by its share of the global batch's
+tokens, so averaged gradients and logged losses equal the single-process ones on the same global batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..data import TokenBatch
+from ..errors import SemalignError
+from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
+from . import diagnostics as diag
+from .config import AlignConfig, load_align_config
+from .dataset import AlignData, build_data
+from .hfmodel import capture, clean_copy, lens_fn, parts, weights_fingerprint
+from .schedule import Pair, Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
+from .targets import (
+    CachedTargets,
+    OnlineTargets,
+    TeacherBatch,
+    build_cache,
+    cache_identity,
+    check_cache,
+    default_cache_path,
+    diagnostic_states,
+    tokenizer_fingerprint,
+)
+
+# Keys that may change between a run and its resumption (they do not change what is trained).
+RESUMABLE_KEYS = {"progress", "log_every", "report", "checkpoint_every", "keep_checkpoints", "diag_every",
+                  "cka_max_tokens", "run_dir"}
+
+
+class NonFiniteLossError(SemalignError):
+    """A loss term or the gradient became NaN/inf; names the step (1-based, as in metrics.jsonl), the stage and
+    the term. Raised before the optimizer step, so no checkpoint ever holds the diverged weights."""
+
+    def __init__(self, step: int, stage: Stage, term: str, value: float):
+        self.step, self.stage, self.term, self.value = step, stage.index, term, value
+        super().__init__(f"non-finite {term} ({value}) at step {step}, stage {stage.index} ({stage.label}); "
+                         f"lower the learning rate (stage lr {stage.lr}) or the term's weight, then resume from the "
+                         "last checkpoint")
+
+
+@dataclass
+class AlignResult:
+    """What a run leaves: its directory, the saved student, the final numbers and the report."""
+
+    run_dir: Path
+    final: dict
+    student_path: Path | None = None
+    report_path: Path | None = None
+    student: nn.Module | None = None  # the trained plain HF student (in memory)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.final.get("finished"))
+
+    def metrics(self):
+        """metrics.jsonl as a DataFrame (kinds: train, diag, cka, stage)."""
+        import pandas as pd
+
+        return pd.DataFrame(diag.read_metrics(self.run_dir / "metrics.jsonl"))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _pairs_from(pairing: Any) -> list[Pair]:
+    """Pairs from a `pairing.LayerPairing` (duck-typed), a list of Pair, or rows [s, low, high, weight]."""
+    rows = getattr(pairing, "pairs", pairing)
+    out = []
+    for row in rows:
+        if isinstance(row, Pair):
+            out.append(row)
+        elif hasattr(row, "student_layer"):
+            out.append(Pair(int(row.student_layer), int(row.teacher_low), int(row.teacher_high),
+                            float(getattr(row, "weight", 0.0)), str(getattr(row, "reason", ""))))
+        else:
+            row = list(row)
+            if len(row) not in (2, 4):
+                raise SemalignError(f"pairing row {row} must be [student_layer, teacher_layer] or "
+                                    "[student_layer, teacher_low, teacher_high, weight]")
+            if len(row) == 2:
+                row = [row[0], row[1], row[1], 0.0]
+            out.append(Pair(int(row[0]), int(row[1]), int(row[2]), float(row[3]), "explicit"))
+    return out
+
+
+def check_pairs(pairs: list[Pair], n_teacher: int, n_student: int, teacher: str, student: str) -> None:
+    """Refuse pairs that do not fit the models, before anything else runs."""
+    if not pairs:
+        raise SemalignError("the pairing has no pairs; pair at least one student layer with a teacher layer")
+    seen = set()
+    for p in pairs:
+        if not 0 <= p.student_layer < n_student:
+            raise SemalignError(f"pairing uses student layer {p.student_layer}, but student {student} has {n_student} "
+                                f"blocks (valid 0..{n_student - 1}); build the pairing for these models")
+        for t in (p.teacher_low, p.teacher_high):
+            if not 0 <= t < n_teacher:
+                raise SemalignError(f"pairing uses teacher layer {t}, but teacher {teacher} has {n_teacher} blocks "
+                                    f"(valid 0..{n_teacher - 1}); build the pairing for these models")
+        if p.teacher_low > p.teacher_high or not 0.0 <= p.weight <= 1.0:
+            raise SemalignError(f"pair {p} needs teacher_low <= teacher_high and a weight in [0, 1]")
+        if p.student_layer in seen:
+            raise SemalignError(f"student layer {p.student_layer} is paired twice; SemAlign pairs exactly one teacher "
+                                "target with each student layer")
+        seen.add(p.student_layer)
+
+
+def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int,
+                    cka: torch.Tensor | None = None) -> list[Pair]:
+    """Pairs from the API argument, or the config (explicit rows, a saved LayerPairing, or a strategy).
+
+    `cka` [teacher blocks, student blocks] is needed by the `cka` strategy (computed on the diagnostic batch).
+    """
+    from .. import pairing as pairing_module
+
+    pc = cfg.pairing
+    if given is not None:
+        obj = given
+    elif pc.pairs is not None:
+        obj = pc.pairs
+    elif pc.path:
+        obj = pairing_module.LayerPairing.load(pc.path)
+    elif pc.strategy == "cka":
+        obj = pairing_module.make_pairing("cka", n_teacher, n_student, cka=cka.numpy())
+    else:
+        obj = pairing_module.make_pairing("proportional", n_teacher, n_student, interpolate=pc.interpolate,
+                                          student_layers=pc.student_layers)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(n_teacher, n_student)
+    pairs = _pairs_from(obj)
+    if pc.student_layers is not None and given is None and pc.pairs is None:
+        pairs = [p for p in pairs if p.student_layer in set(pc.student_layers)]
+    return pairs
+
+
+def zero_head_rows(*models) -> torch.Tensor:
+    """Vocabulary ids whose LM-head row is all zero in any of `models` (e.g. a padding token's tied embedding,
+    which `nn.Embedding(padding_idx=...)` keeps at zero). Such a row has no pinv direction (its basis column
+    is 0, and unit-normalising it gives NaN), so the semantic bases leave those ids out."""
+    from ..semantics import unembedding
+
+    zero = None
+    for model in models:
+        rows = (unembedding(model) == 0).all(0)
+        zero = rows if zero is None else zero | rows.to(zero.device)
+    return zero.nonzero().flatten().cpu()
+
+
+def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student):
+    """The TransferMap from the API argument, a saved file, or built from both models' semantic bases.
+
+    Built maps leave out token ids with an all-zero head row in either model (see `zero_head_rows`); the
+    excluded ids are listed in the run's provenance (`transfer_excluded_ids`).
+    """
+    from ..semantics import SemanticBasis, TransferMap
+
+    excluded = torch.empty(0, dtype=torch.long)
+    if given is not None:
+        transfer = given
+    elif cfg.transfer.path:
+        transfer = TransferMap.load(cfg.transfer.path)
+    else:
+        excluded = zero_head_rows(teacher, student)
+        tokens = None
+        if excluded.numel():
+            keep = torch.ones(teacher.cfg.d_vocab, dtype=torch.bool)
+            keep[excluded] = False
+            tokens = keep.nonzero().flatten()
+        kw = {"fold_final_norm": cfg.transfer.fold_final_norm, "tokens": tokens}
+        transfer = TransferMap(SemanticBasis.from_model(teacher, **kw), SemanticBasis.from_model(student, **kw),
+                               kind=cfg.transfer.kind)
+    matrix = getattr(transfer, "matrix", None)
+    want = (student.cfg.d_model, teacher.cfg.d_model)
+    if matrix is None or tuple(matrix.shape) != want or not callable(transfer):
+        got = None if matrix is None else tuple(matrix.shape)
+        raise SemalignError(f"the transfer map has shape {got}, but these models need [d_S, d_T] = {list(want)}; "
+                            "build it with TransferMap(SemanticBasis.from_model(teacher), "
+                            "SemanticBasis.from_model(student), kind=...)")
+    if not torch.isfinite(matrix).all():
+        raise SemalignError("the transfer map has NaN/inf entries; check both models' LM heads (an all-zero row "
+                            "gives an undefined basis direction: build the bases with tokens= that leave it out)")
+    return transfer, excluded.tolist()
+
+
+def _interp(states: dict[str, torch.Tensor], pair: Pair) -> torch.Tensor:
+    low = states[f"post.{pair.teacher_low}"]
+    if pair.weight == 0 or pair.teacher_low == pair.teacher_high:
+        return low
+    return (1 - pair.weight) * low + pair.weight * states[f"post.{pair.teacher_high}"]
+
+
+def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if not prefix and key in RESUMABLE_KEYS:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """SemAlign training of a student against a teacher; `run()` trains (or resumes) and returns the result.
+
+    Everything that can be wrong with the input is checked in the constructor, before any training: the
+    config (strict keys, positive rates and weights), the models' shared vocabulary and mode, the pairing
+    against both models, the transfer map's shape, and a target cache's identity.
+
+    The Python API may pass already-loaded models (TransformerBridges from `load_model`), a pairing (a
+    `LayerPairing`, `Pair`s or rows), a `TransferMap` and token batches instead of the config's sources.
+    """
+
+    def __init__(self, config: AlignConfig | None = None, *, teacher=None, student=None, pairing=None,
+                 transfer=None, data: TokenBatch | None = None, diag_data: TokenBatch | None = None,
+                 run_dir: str | Path | None = None, accelerator=None):
+        from accelerate import Accelerator
+
+        from ..models import ModelPair, load_model, model_name
+
+        self.cfg = cfg = config or AlignConfig()
+        cfg.validate()
+        # cpu=True on machines without an accelerator: only then does Accelerate recognise a multi-process
+        # CPU launch (torchrun / `accelerate launch --multi_gpu`) and use the gloo backend.
+        self.acc = accelerator or Accelerator(cpu=not torch.accelerator.is_available())
+        self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        self.main = self.acc.is_main_process
+        self.device = self.acc.device
+        if cfg.data.batch_size % self.world:
+            raise SemalignError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} "
+                                "processes; choose a multiple of the process count")
+        self.run_dir = Path(run_dir or cfg.run_dir)
+        self.objectives: list[tuple[str, Objective, float, dict]] = [
+            (name, get_objective(name), float(w), get_objective(name).options(cfg.objective.options.get(name)))
+            for name, w in cfg.objective.terms.items()]
+        self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
+        self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
+        bf16 = cfg.precision == "bf16"
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+        teacher = teacher if teacher is not None else load_model(cfg.teacher)
+        student = student if student is not None else load_model(cfg.student)
+        ModelPair(teacher, student)  # shared vocabulary, same loading mode
+        self.names = {"teacher": model_name(teacher), "student": model_name(student)}
+        self.models_provenance = {"teacher": getattr(teacher, "provenance", None),
+                                  "student": getattr(student, "provenance", None)}
+        self.tokenizer = student.tokenizer
+        n_teacher, n_student = teacher.cfg.n_layers, student.cfg.n_layers
+        self.data = (AlignData.from_batches(data, diag_data, cfg.data.diag_sequences) if data is not None
+                     else build_data(cfg.data, self.tokenizer))
+        if len(self.data) < cfg.data.batch_size:
+            raise SemalignError(f"{len(self.data)} training sequences are fewer than one batch of "
+                                f"{cfg.data.batch_size}; add data or lower data.batch_size")
+
+        # plain HF copies: the teacher's weights shared, the student's copied (the caller's model is untouched)
+        self.teacher = clean_copy(teacher, share_weights=True).to(self.device).eval().requires_grad_(False)
+        self.student = clean_copy(student, share_weights=False).to(self.device)
+        self.student.requires_grad_(False).train()
+        self.n_student_layers = len(parts(self.student).layers)
+        self.lens = lens_fn(self.student)
+        diag_tokens = self.data.diag.tokens.to(self.device)
+        self.teacher_diag = {k: v.to(self.device) for k, v in
+                             diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
+        cka = None
+        if pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path and cfg.pairing.strategy == "cka":
+            cka = self._cka_blocks()
+
+        self.pairs = resolve_pairing(cfg, pairing, n_teacher, n_student, cka)
+        check_pairs(self.pairs, n_teacher, n_student, *self.names.values())
+        self.pairs.sort(key=lambda p: p.student_layer)
+        self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
+        self.stages = build_stages(cfg.schedule, self.pairs)
+        self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student)
+        self.provenance = {"transfer_excluded_ids": excluded, "teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
+                           "processes": self.world, "pairing": [p.__dict__ for p in self.pairs],
+                           "transfer": repr(self.transfer), "data": self.data.source}
+        self.provenance = json.loads(json.dumps(
+            self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+        self.identity = {"teacher_hash": weights_fingerprint(self.teacher),
+                         "student_hash": weights_fingerprint(self.student),
+                         "tokenizer_hash": tokenizer_fingerprint(self.tokenizer),
+                         "data_hash": self.data.fingerprint,
+                         "transfer": repr(self.transfer), "pairs": [p.__dict__ for p in self.pairs]}
+        self._check_resume_identity()
+        self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
+        self.targets = self._make_targets()
+        if self.targets.mode == "cached":
+            self.teacher = None  # not held during training
+            del teacher
+            gc.collect()
+        self._opt: torch.optim.Optimizer | None = None
+        self._params: list[nn.Parameter] = []
+        self._open: int | None = None
+        self._metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _cka_blocks(self) -> torch.Tensor:
+        """Teacher x student linear CKA of every block's resid_post on the diagnostic batch (for `cka` pairing)."""
+        with torch.no_grad(), self.autocast():
+            s_states, _ = capture(self.student, self.data.diag.tokens.to(self.device), range(self.n_student_layers))
+        t_states = {k: v for k, v in self.teacher_diag.items() if k.startswith("post.")}
+        matrix, _, _ = diag.cka_grid(t_states, s_states, self.data.diag.mask, self.cfg.cka_max_tokens)
+        return matrix
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _check_resume_identity(self) -> None:
+        """A run directory with checkpoints resumes only with the same models, data, pairing and config."""
+        if latest_checkpoint(self.run_dir) is None:
+            return
+        path = self.run_dir / "identity.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        now = json.loads(json.dumps(self.identity))
+        diff = sorted(k for k in now if saved.get(k) != now[k])
+        cfg_path = self.run_dir / "config.json"
+        if cfg_path.exists():
+            diff += [f"config.{k}" for k in _config_diff(json.loads(cfg_path.read_text()), self.cfg.to_dict())]
+        if diff:
+            raise SemalignError(f"run directory {self.run_dir} holds a run with other inputs ({', '.join(diff)}); "
+                                "resume with the same config and models, or choose a new run_dir")
+
+    def _make_targets(self):
+        if self.cfg.targets.mode == "online":
+            return OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
+        ident = cache_identity(self.identity["teacher_hash"], self.identity["tokenizer_hash"], self.teacher_layers,
+                               self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
+                               self.teacher.config.hidden_size, self.cfg.targets.cache_logits and
+                               self.need_teacher_logits, self.names["teacher"])
+        path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
+        meta = check_cache(path, ident)
+        if meta is None:
+            if self.main:
+                build_cache(path, ident, self.teacher, self.data.tokens.to(self.device),
+                            self.cfg.targets.shard_sequences, self.cfg.data.batch_size, self.autocast,
+                            progress=self.cfg.progress)
+            self.acc.wait_for_everyone()
+            meta = check_cache(path, ident)
+        self.cache_path = path
+        return CachedTargets(path, meta, logits=ident["logits"], device=self.device)
+
+    # ------------------------------------------------------------------------------------------- logging
+    def _log(self, record: dict) -> None:
+        if self.main:
+            with open(self._metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _metric_lines(self) -> int:
+        return len(self._metrics_path.read_text().splitlines()) if self._metrics_path.exists() else 0
+
+    # ------------------------------------------------------------------------------------------- stages
+    def _open_stage(self, stage: Stage) -> None:
+        self._params = open_stage(self.student, self.cfg.schedule, stage, self.cfg.seed)
+        self._opt = make_optimizer(self._params, self.cfg.schedule, stage.lr)
+        self._open = stage.index
+
+    def _close_stage(self) -> None:
+        close_stage(self.student)
+        self._opt, self._params, self._open = None, [], None
+
+    def _save(self, step: int, stage: Stage, closed: bool, elapsed: float) -> None:
+        if self.main:
+            state = {"stage": stage.index, "closed": closed, "elapsed_s": elapsed,
+                     "metrics_lines": self._metric_lines()}
+            save_checkpoint(self.run_dir, step, self.student, None if closed else self._opt, state,
+                            keep=self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> tuple[int, float]:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0, 0.0
+        state = json.loads((ckpt / "state.json").read_text())
+        stage = self.stages[state["stage"]]
+        if not state["closed"]:
+            self._open_stage(stage)
+        load_checkpoint(ckpt, self.student, self._opt)
+        if self.main and self._metrics_path.exists():  # drop records written after the checkpoint
+            lines = self._metrics_path.read_text().splitlines(keepends=True)[: state["metrics_lines"]]
+            self._metrics_path.write_text("".join(lines))
+        return int(state["step"]), float(state["elapsed_s"])
+
+    # ------------------------------------------------------------------------------------------- the step
+    def _layer_inputs(self, pair: Pair, s_states: dict, t_states: dict, mask: torch.Tensor) -> LayerInputs:
+        prev = self.prev[pair.student_layer]
+        t = _interp(t_states, pair)
+        t_prev = _interp(t_states, prev) if prev is not None else t_states["embed"]
+        s = s_states[f"post.{pair.student_layer}"]
+        s_prev = s_states[f"post.{prev.student_layer}"] if prev is not None else s_states["embed"]
+        t, t_prev = t.to(s.dtype), t_prev.to(s.dtype)
+        return LayerInputs(pair.student_layer, s, s - s_prev, self.transfer(t), self.transfer(t - t_prev), mask,
+                           self.lens, teacher_state=t, teacher_contribution=t - t_prev)
+
+    def _student_layers(self, pairs: tuple[Pair, ...]) -> list[int]:
+        out = set()
+        for p in pairs:
+            out.add(p.student_layer)
+            if self.prev[p.student_layer] is not None:
+                out.add(self.prev[p.student_layer].student_layer)
+        return sorted(out)
+
+    def _local_batch(self, step: int) -> tuple[torch.Tensor, TokenBatch]:
+        index = self.data.indices(step, self.cfg.data.batch_size, self.cfg.seed)
+        per = len(index) // self.world
+        index = index[self.rank * per: (self.rank + 1) * per]
+        batch = self.data.batch(index)
+        return index, TokenBatch(batch.tokens.to(self.device), batch.mask.to(self.device))
+
+    def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.acc.reduce(values, reduction="sum") if self.world > 1 else values
+
+    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
+        layers = self._student_layers(stage.pairs)
+        with self.autocast():
+            s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
+        layer_inputs = [self._layer_inputs(p, s_states, teacher.states, batch.mask) for p in stage.pairs]
+        out_inputs = OutputInputs(logits, batch.tokens, batch.mask, teacher.logits) if self.need_logits else None
+        values = {}
+        for name, obj, _, options in self.objectives:
+            if obj.kind == "layer":
+                values[name] = torch.stack([obj.fn(x, **options) for x in layer_inputs]).mean()
+            else:
+                values[name] = obj.fn(out_inputs, **options)
+        return values
+
+    def _step(self, step: int, stage: Stage) -> dict[str, float]:
+        t0 = time.time()
+        index, batch = self._local_batch(step)
+        lr = lr_at(self.cfg.schedule, stage, step)
+        for group in self._opt.param_groups:
+            group["lr"] = lr
+        teacher = self.targets(batch.tokens, index)
+        values = self._terms(stage, batch, teacher)
+        local_tokens = batch.mask.sum().float()
+        global_tokens = self._reduce_sum(local_tokens.detach().clone())
+        share = local_tokens / global_tokens  # this process's part of every global mean
+        names = list(values)
+        reduced = self._reduce_sum(torch.stack([values[n].detach().float() for n in names]) * share)
+        for name, value in zip(names, reduced.tolist(), strict=True):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(step + 1, stage, name, value)
+        loss = sum(w * values[n] for n, _, w, _ in self.objectives)
+        (loss * share * self.world).backward()  # the all-reduce below averages over processes
+        grads = [p for p in self._params if p.grad is not None]
+        if self.world > 1 and grads:
+            flat = self.acc.reduce(torch.cat([p.grad.flatten() for p in grads]), reduction="mean")
+            offset = 0
+            for p in grads:
+                p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
+                offset += p.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.schedule.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(step + 1, stage, "gradient norm (terms: " + ", ".join(names) + ")",
+                                     float(grad_norm))
+        self._opt.step()
+        self._opt.zero_grad(set_to_none=True)
+        record = {n: v for n, v in zip(names, reduced.tolist(), strict=True)}
+        record["loss"] = sum(w * record[n] for n, _, w, _ in self.objectives)
+        record.update(lr=lr, grad_norm=float(grad_norm), tok_s=float(global_tokens) / max(1e-9, time.time() - t0))
+        return record
+
+    # ------------------------------------------------------------------------------------------- diagnostics
+    @torch.no_grad()
+    def _diagnose(self, step: int, stage: Stage, when: str, cka: bool) -> None:
+        if not self.main:
+            return
+        was_training = self.student.training
+        self.student.eval()
+        tokens, mask = self.data.diag.tokens.to(self.device), self.data.diag.mask.to(self.device)
+        with self.autocast():
+            s_states, _ = capture(self.student, tokens, range(self.n_student_layers), embed=True)
+        s_states = {k: v.float() for k, v in s_states.items()}
+        for pair in self.pairs:
+            x = self._layer_inputs(pair, s_states, self.teacher_diag, mask)
+            top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")
+            metrics = diag.projection_metrics(x.state, x.target, x.contribution, x.target_contribution, mask,
+                                              self.lens, top1)
+            self._log({"kind": "diag", "step": step, "stage": stage.index, "when": when,
+                       "student_layer": pair.student_layer, **metrics})
+        if cka:
+            t_states = {k: v for k, v in self.teacher_diag.items() if not k.startswith("top1.")}
+            matrix, t_labels, s_labels = diag.cka_grid(t_states, s_states, mask, self.cfg.cka_max_tokens)
+            name = f"cka_stage{stage.index}_{when}"
+            title = f"Teacher x student CKA, stage {stage.index} ({stage.label}) {when}, step {step}"
+            self._write_cka(name, title, matrix, t_labels, s_labels)
+            self._log({"kind": "cka", "step": step, "stage": stage.index, "when": when,
+                       "file": f"figures/{name}.html", "diagonal_mean": self._paired_cka(matrix, t_labels, s_labels)})
+        self.student.train(was_training)
+
+    def _paired_cka(self, matrix, t_labels, s_labels) -> float:
+        vals = [float(matrix[t_labels.index(str(p.nearest_teacher_layer)), s_labels.index(str(p.student_layer))])
+                for p in self.pairs]
+        return sum(vals) / len(vals)
+
+    def _write_cka(self, name, title, matrix, t_labels, s_labels) -> None:
+        from ..similarity import cka_heatmap
+
+        (self.run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json",
+                          {"matrix": matrix.tolist(), "teacher_labels": t_labels, "student_labels": s_labels})
+        marks = [(t_labels.index(str(p.nearest_teacher_layer)), s_labels.index(str(p.student_layer)))
+                 for p in self.pairs]
+        fig = cka_heatmap(matrix, s_labels, t_labels, title=title, pairs=marks)
+        self._write_fig(fig, name)
+
+    def _write_fig(self, fig, name: str) -> None:
+        diag.write_figure(fig, self.run_dir / "figures" / f"{name}.html")
+        (self.run_dir / "figures" / f"{name}.json").write_text(fig.to_json())
+
+    # ------------------------------------------------------------------------------------------- run
+    def _prepare_run_dir(self) -> None:
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
+            write_json_atomic(self.run_dir / "identity.json", json.loads(json.dumps(self.identity)))
+            write_json_atomic(self.run_dir / "provenance.json", self.provenance)
+            write_json_atomic(self.run_dir / "pairing.json", [p.__dict__ for p in self.pairs])
+            if hasattr(self.transfer, "save") and not (self.run_dir / "transfer.safetensors").exists():
+                self.transfer.save(self.run_dir / "transfer.safetensors")
+        self.acc.wait_for_everyone()
+
+    def run(self, stop_after_steps: int | None = None) -> AlignResult:
+        """Train from the last checkpoint (or the start) to the end, or for `stop_after_steps` steps.
+
+        With `stop_after_steps` the call ends after that many steps, having checkpointed: the run directory is
+        then exactly what a kill right after a checkpoint leaves (what the resume test uses).
+        """
+        self._prepare_run_dir()
+        step, elapsed = self._resume()
+        total = self.stages[-1].end
+        end = total if stop_after_steps is None else min(total, step + stop_after_steps)
+        t_start = time.time() - elapsed
+        bar = tqdm(total=total, initial=step, desc="align", unit="step", dynamic_ncols=True,
+                   disable=not (self.cfg.progress and self.main))
+        record: dict = {}
+        while step < end:
+            stage = stage_at(self.stages, step)
+            if self._open != stage.index:
+                self._open_stage(stage)
+                if step == stage.start:
+                    self._log({"kind": "stage", "when": "start", "step": step, "stage": stage.index,
+                               "label": stage.label, "lr": stage.lr, "steps": stage.steps})
+                    self._diagnose(step, stage, "start", cka=True)
+            record = self._step(step, stage)
+            step += 1
+            record.update(kind="train", step=step, stage=stage.index, stage_label=stage.label,
+                          elapsed_s=time.time() - t_start)
+            if step % self.cfg.log_every == 0 or step == stage.end:
+                self._log(record)
+            bar.update(1)
+            bar.set_postfix(stage=stage.label, loss=f"{record['loss']:.4f}")
+            if self.cfg.diag_every and step % self.cfg.diag_every == 0 and step != stage.end:
+                self._diagnose(step, stage, "during", cka=False)
+            if step == stage.end:
+                self._close_stage()
+                self._diagnose(step, stage, "end", cka=True)
+                self._log({"kind": "stage", "when": "end", "step": step, "stage": stage.index, "label": stage.label,
+                           **{k: record[k] for k in ["loss", *self._term_names()]}})
+                self._save(step, stage, closed=True, elapsed=time.time() - t_start)
+            elif step % self.cfg.checkpoint_every == 0 or step == end:
+                self._save(step, stage, closed=False, elapsed=time.time() - t_start)
+        bar.close()
+        if step < total:
+            return AlignResult(self.run_dir, {"step": step, "finished": False}, student=self.student)
+        return self._finish(total, time.time() - t_start)
+
+    def _term_names(self) -> list[str]:
+        return [n for n, _, _, _ in self.objectives]
+
+    def _finish(self, total: int, elapsed: float) -> AlignResult:
+        final_path = self.run_dir / "final.json"
+        student_dir = self.run_dir / "student"
+        report = None
+        if self.main:
+            records = diag.read_metrics(self._metrics_path)
+            stages = [r for r in records if r.get("kind") == "stage" and r["when"] == "end"]
+            last_diag = {r["student_layer"]: r for r in records if r.get("kind") == "diag"}
+            final = {"finished": True, "step": total, "elapsed_s": elapsed, "stages": stages,
+                     "diagnostics": {f"L{k}": {m: v for m, v in r.items() if m not in ("kind", "stage", "when")}
+                                     for k, r in sorted(last_diag.items())}}
+            self._save_student(student_dir)
+            final["student_path"] = str(student_dir)
+            write_json_atomic(final_path, final)
+            self._write_fig(diag.loss_figure(records, self._term_names()), "loss_curves")
+            self._write_fig(diag.projection_figure(records), "projections")
+            if self.cfg.report:
+                report = diag.write_report(self.run_dir, self.cfg.to_dict(), final, self.stages, self.pairs,
+                                           self.models_provenance, self.provenance)
+        self.acc.wait_for_everyone()
+        final = json.loads(final_path.read_text())
+        return AlignResult(self.run_dir, final, student_dir, report, self.student)
+
+    def _save_student(self, out: Path) -> None:
+        """The trained student as an HF directory (config, model.safetensors, tokenizer): `load_model(out)`."""
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.student
+        model.config._attn_implementation = "sdpa"
+        model.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        write_json_atomic(out / "semalign_align.json", {"config": self.cfg.to_dict(), "provenance": self.provenance})
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+def align(config: AlignConfig | None = None, *, stop_after_steps: int | None = None, **inputs) -> AlignResult:
+    """Run (or resume) one alignment. `inputs`: teacher, student, pairing, transfer, data, diag_data, run_dir,
+    accelerator — each optional, overriding the config's sources."""
+    return Trainer(config, **inputs).run(stop_after_steps=stop_after_steps)
+
+
+def align_main(config_path: str | Path | None, overrides: dict[str, Any] | list[str] | None = None,
+               stop_after_steps: int | None = None) -> AlignResult:
+    """What `semalign align --config run.toml [--set key=value ...]` runs; prints a one-line summary."""
+    cfg = load_align_config(config_path, overrides)
+    result = align(cfg, stop_after_steps=stop_after_steps)
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        done = "finished" if result.finished else f"stopped at step {result.final.get('step')}"
+        print(f"semalign align: {done}; run directory {result.run_dir}"
+              + (f", student {result.student_path}" if result.finished else ""))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m semalign_lens.trainer` (and `accelerate launch -m semalign_lens.trainer`)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training")
+    parser.add_argument("--config", help="TOML or JSON config (default: all defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted for sections (e.g. schedule.lr=1e-3); repeatable")
+    parser.add_argument("--stop-after-steps", type=int, default=None, help="stop (checkpointed) after N steps")
+    args = parser.parse_args(argv)
+    try:
+        align_main(args.config, args.overrides, stop_after_steps=args.stop_after_steps)
+    except SemalignError as err:
+        print(f"semalign: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+

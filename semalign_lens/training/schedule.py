@@ -1,0 +1,140 @@
+"""Stages of an alignment run and which student parameters each one trains.
+
+Frontier (v2/ACL: "shallow-to-deep ... only the frontier target layer is trainable"): one stage per paired
+student layer, in depth order; at stage i only layer k_i trains and only its layer loss (plus the output
+terms) is optimised; layers before it were trained in earlier stages and stay frozen, layers after it are
+frozen until their own stage. Joint (v1): one stage in which all paired layers train on all their layer
+losses at once. `trainable = "all"` trains every student parameter instead (SFT-style controls with the
+same stages, data and steps). Each stage gets a fresh AdamW (its parameter set differs) and its own
+learning rate; LoRA adapters are merged into the weights at the end of their stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import SemalignError
+from ..lora import add_lora, lora_parameters, merge_lora
+from .config import ScheduleConfig
+from .hfmodel import parts
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Student block `student_layer` is supervised by (1-weight)·h_T[teacher_low] + weight·h_T[teacher_high]."""
+
+    student_layer: int
+    teacher_low: int
+    teacher_high: int
+    weight: float = 0.0
+    reason: str = ""
+
+    @property
+    def teacher_layers(self) -> tuple[int, ...]:
+        return (self.teacher_low,) if self.weight == 0 or self.teacher_low == self.teacher_high else \
+            (self.teacher_low, self.teacher_high)
+
+    @property
+    def nearest_teacher_layer(self) -> int:
+        return self.teacher_high if self.weight > 0.5 else self.teacher_low
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    pairs: tuple[Pair, ...]  # pairs whose layer losses are active
+    steps: int
+    lr: float
+    start: int  # first global step of the stage
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+    @property
+    def label(self) -> str:
+        return "+".join(f"L{p.student_layer}" for p in self.pairs)
+
+
+def _per_stage(value, n: int, name: str) -> list:
+    if isinstance(value, list):
+        if len(value) != n:
+            raise SemalignError(f"schedule.{name} lists {len(value)} values but there are {n} stages; give one value "
+                                "per stage or a single value for all")
+        return list(value)
+    return [value] * n
+
+
+def build_stages(cfg: ScheduleConfig, pairs: list[Pair]) -> list[Stage]:
+    pairs = sorted(pairs, key=lambda p: p.student_layer)
+    groups = [(p,) for p in pairs] if cfg.mode == "frontier" else [tuple(pairs)]
+    steps = [int(s) for s in _per_stage(cfg.stage_steps, len(groups), "stage_steps")]
+    lrs = [float(v) for v in _per_stage(cfg.lr, len(groups), "lr")]
+    stages, start = [], 0
+    for i, (group, n, lr) in enumerate(zip(groups, steps, lrs, strict=True)):
+        stages.append(Stage(i, group, n, lr, start))
+        start += n
+    return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> Stage:
+    for stage in stages:
+        if step < stage.end:
+            return stage
+    return stages[-1]
+
+
+def lr_at(cfg: ScheduleConfig, stage: Stage, step: int) -> float:
+    """Linear warmup over `warmup_steps` (capped at the stage length), then constant or cosine decay."""
+    local = step - stage.start
+    warm = min(cfg.warmup_steps, stage.steps)
+    if local < warm:
+        return stage.lr * (local + 1) / warm
+    if cfg.lr_decay == "constant":
+        return stage.lr
+    progress = (local - warm) / max(1, stage.steps - warm)
+    return stage.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def trainable_modules(student: nn.Module, cfg: ScheduleConfig, stage: Stage) -> list[nn.Module]:
+    layers = parts(student).layers
+    if cfg.trainable == "all":
+        return [student] if cfg.adapter == "full" else list(layers)
+    return [layers[p.student_layer] for p in stage.pairs]
+
+
+def open_stage(student: nn.Module, cfg: ScheduleConfig, stage: Stage, seed: int) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze (or attach LoRA to) the stage's modules; return its parameters."""
+    student.requires_grad_(False)
+    modules = trainable_modules(student, cfg, stage)
+    if cfg.adapter == "full":
+        for m in modules:
+            m.requires_grad_(True)
+        params = [p for m in modules for p in m.parameters()]
+    else:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + stage.index)  # resume-safe adapter init
+        for m in modules:
+            add_lora(m, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, gen)
+        params = [p for m in modules for p in lora_parameters(m)]
+    unique = list({id(p): p for p in params}.values())  # tied embeddings appear twice
+    if not unique:
+        raise SemalignError(f"stage {stage.index} ({stage.label}) has no trainable parameters")
+    return unique
+
+
+def close_stage(student: nn.Module) -> None:
+    """Merge LoRA adapters into their weights and freeze everything."""
+    merge_lora(student)
+    student.requires_grad_(False)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: ScheduleConfig, lr: float) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))

@@ -1,0 +1,194 @@
+"""Teacher activations for the alignment losses: computed on the fly, or cached on disk once.
+
+What the trainer needs from the teacher per batch: the residual stream after every teacher block named by
+the pairing (`post.{l}`), the embedding output (`embed`, the predecessor of the first pair's residual
+change) and — only for `kl` — the final logits. Raw teacher states are stored, not mapped targets, so one
+cache serves any student basis and TransferMap.
+
+Online: a forward under `no_grad` that stops after the deepest paired block (no head, no logits) unless
+logits are needed.
+
+Cached: safetensors shards of `shard_sequences` blocks each, fp16, under a directory whose `meta.json`
+records what the states are: the teacher's weight fingerprint, its tokenizer's fingerprint, the layers, the
+data fingerprint, the shapes. A cache is used only when all of these match the run (a cache with more layers
+than needed is fine); anything else is refused before training with the differing field named. `meta.json`
+is written last, so an interrupted build is never mistaken for a cache. (The teacher is still loaded once
+at setup, to fingerprint it, build the TransferMap and compute its diagnostic states; it is released
+before training.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..checkpoint import write_json_atomic
+from ..errors import SemalignError
+from ..paths import cache_dir
+from .hfmodel import capture, lens_fn, parts
+
+CACHE_FORMAT = 1
+_FP16_MAX = 65504.0
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary (token -> id) and the special tokens."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    special = sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", []))
+    return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()
+
+
+@dataclass
+class TeacherBatch:
+    """Teacher activations for one batch: {"post.{l}" | "embed": [batch, pos, d_T]} and optional logits."""
+
+    states: dict[str, torch.Tensor]
+    logits: torch.Tensor | None = None
+
+
+def teacher_keys(layers: list[int]) -> list[str]:
+    return ["embed"] + [f"post.{layer}" for layer in sorted(set(layers))]
+
+
+class OnlineTargets:
+    """Teacher forward per batch under no_grad, truncated at the deepest needed block."""
+
+    mode = "online"
+
+    def __init__(self, teacher, layers: list[int], logits: bool, autocast=None):
+        self.teacher, self.layers, self.logits = teacher, sorted(set(layers)), logits
+        self.autocast = autocast
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+        with self.autocast():
+            store, logits = capture(self.teacher, tokens, self.layers, embed=True, logits=self.logits)
+        return TeacherBatch({k: v.float() for k, v in store.items()}, None if logits is None else logits.float())
+
+
+def _to_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    if not peak < _FP16_MAX:
+        raise SemalignError(f"teacher activation {name} reaches {peak:.3g}, beyond float16's range; use "
+                            "targets.mode = 'online' for this teacher")
+    return t.to(torch.float16).contiguous()
+
+
+def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], data_hash: str, n_sequences: int,
+                   seq_len: int, d_teacher: int, logits: bool, teacher_name: str) -> dict:
+    return {"format": CACHE_FORMAT, "teacher": teacher_name, "teacher_hash": teacher_hash,
+            "tokenizer_hash": tokenizer_hash, "layers": sorted(set(layers)), "data_hash": data_hash,
+            "n_sequences": n_sequences, "seq_len": seq_len, "d_teacher": d_teacher, "logits": bool(logits)}
+
+
+def default_cache_path(identity: dict) -> Path:
+    key = hashlib.sha256(json.dumps({k: v for k, v in identity.items() if k != "teacher"},
+                                    sort_keys=True).encode()).hexdigest()
+    return cache_dir("targets") / key[:20]
+
+
+def check_cache(path: Path, identity: dict) -> dict | None:
+    """The cache's meta when it serves `identity`; None when there is no complete cache; else an error."""
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    what = {"teacher_hash": "teacher weights", "tokenizer_hash": "tokenizer", "data_hash": "training data",
+            "n_sequences": "number of sequences", "seq_len": "sequence length", "d_teacher": "teacher width",
+            "format": "cache format"}
+    for key, label in what.items():
+        if meta.get(key) != identity[key]:
+            raise SemalignError(
+                f"target cache {path} was built for another {label} ({key}: cached {str(meta.get(key))[:16]!r}, "
+                f"this run {str(identity[key])[:16]!r}; cached teacher {meta.get('teacher')!r}, this run "
+                f"{identity['teacher']!r}); point targets.cache_dir at another directory (or leave it unset for "
+                "an automatic one), or delete the stale cache")
+    missing = sorted(set(identity["layers"]) - set(meta["layers"]))
+    if missing:
+        raise SemalignError(f"target cache {path} holds teacher layers {meta['layers']}, but this run's pairing needs "
+                            f"{missing} too; use another targets.cache_dir (or leave it unset)")
+    if identity["logits"] and not meta["logits"]:
+        raise SemalignError(f"target cache {path} has no teacher logits, but the objective needs them; set "
+                            "targets.mode = 'online' or use another targets.cache_dir with cache_logits = true")
+    return meta
+
+
+@torch.no_grad()
+def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard_sequences: int, batch_size: int,
+                autocast, progress: bool = True) -> dict:
+    """Run the teacher once over `tokens` and write fp16 shards, then `meta.json`."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    layers = identity["layers"]
+    n = tokens.shape[0]
+    shards = list(range(0, n, shard_sequences))
+    for i, start in enumerate(tqdm(shards, desc="caching teacher targets", disable=not progress, leave=False)):
+        out: dict[str, list[torch.Tensor]] = {}
+        block = tokens[start: start + shard_sequences]
+        for j in range(0, len(block), batch_size):
+            with autocast():
+                store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
+                                        logits=identity["logits"])
+            if logits is not None:
+                store["logits"] = logits
+            for key, value in store.items():
+                out.setdefault(key, []).append(value.float().cpu())
+        save_file({k: _to_fp16(k, torch.cat(v)) for k, v in out.items()}, str(path / f"shard-{i:05d}.safetensors"))
+    meta = {**identity, "shards": len(shards), "shard_sequences": shard_sequences, "dtype": "float16",
+            "keys": teacher_keys(layers) + (["logits"] if identity["logits"] else [])}
+    write_json_atomic(path / "meta.json", meta)
+    return meta
+
+
+@torch.no_grad()
+def diagnostic_states(teacher, tokens: torch.Tensor, autocast) -> dict[str, torch.Tensor]:
+    """Every teacher block's resid_post on the diagnostic batch (float32), the embedding, and lens top-1 ids."""
+    n_layers = len(parts(teacher).layers)
+    with autocast():
+        store, _ = capture(teacher, tokens, range(n_layers), embed=True)
+    lens = lens_fn(teacher)
+    out = {k: v.float().cpu().contiguous() for k, v in store.items()}
+    for layer in range(n_layers):
+        with autocast():
+            out[f"top1.{layer}"] = lens(store[f"post.{layer}"]).argmax(-1).cpu().contiguous()
+    return out
+
+
+class CachedTargets:
+    """Reads teacher activations of dataset blocks from the shards (memory-mapped, row by row)."""
+
+    mode = "cached"
+
+    def __init__(self, path: Path, meta: dict, logits: bool, device: torch.device | str = "cpu"):
+        self.path, self.meta, self.logits, self.device = path, meta, logits, device
+        self.keys = [k for k in teacher_keys(meta["layers"])]
+        self._files: dict[int, object] = {}
+
+    def _file(self, shard: int):
+        if shard not in self._files:
+            self._files[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), "pt")
+        return self._files[shard]
+
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+        if index is None:
+            raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
+        per = self.meta["shard_sequences"]
+        keys = self.keys + (["logits"] if self.logits else [])
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        for i in index.tolist():
+            f = self._file(i // per)
+            for key in keys:
+                rows[key].append(f.get_slice(key)[i % per: i % per + 1])
+        out = {k: torch.cat(v).to(self.device, torch.float32) for k, v in rows.items()}
+        logits = out.pop("logits", None)
+        return TeacherBatch(out, logits)
+

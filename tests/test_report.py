@@ -1,0 +1,170 @@
+"""HTML report builder, figure builders and the pairing report on the tiny pair."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from semalign_lens import report as R
+from semalign_lens.errors import SemalignError
+from semalign_lens.plotting import agreement_heatmap, attribution_bars, layer_metric_bars
+from semalign_lens.report import Report, markdown_to_html
+
+PLOTLY_BANNER = "plotly.js v"  # first line of the inlined bundle
+
+
+def ranker_table() -> pd.DataFrame:
+    rows = []
+    for method, scores in {"grad_x_act": [-0.5, 0.2, 1.0], "seeking": [3.0, 1.0, 2.0]}.items():
+        for layer, s in enumerate(scores):
+            rows.append({"method": method, "layer": layer, "score": s, "ci_low": s - 0.1, "ci_high": s + 0.2,
+                         "unit": "u"})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ builder
+
+
+def test_report_is_self_contained_with_plotly_once(tmp_path, tiny_pair):
+    rep = Report("My <run>", subtitle="sub *title*")
+    rep.add_heading("Section A").add_markdown("Hello **world** with `code` and <script>alert(1)</script>\n\n- one\n- two")
+    rep.add_figure(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), caption="first", name="first")
+    rep.add_figure(go.Figure(go.Bar(x=[1, 2], y=[3, 4])), caption="second")
+    rep.add_table(pd.DataFrame({"layer": [0, 1], "score": [0.123456, 2.5], "text": ["<b>x</b>", "y"]}),
+                  caption="Scores")
+    rep.add_provenance(("teacher", tiny_pair.teacher), ("student", tiny_pair.student), seed=7, extra={"task": "facts"})
+    path = rep.write(tmp_path / "out" / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert page.count(PLOTLY_BANNER) == 1  # the bundle is inlined once for two figures
+    assert not re.search(r"<script[^>]*\ssrc=", page)  # no script is fetched when the page is opened
+    assert page.count('class="plotly-graph-div"') == 2 and "semalign-fig-2" in page
+    assert "<strong>world</strong>" in page and "<code>code</code>" in page and "<li>two</li>" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;x&lt;/b&gt;" in page  # escaped
+    assert "0.1235" in page and "Scores" in page and "My &lt;run&gt;" in page
+    # provenance: model sources, mode, dtype, seed, package versions
+    assert "tiny-teacher" in page and "tiny-student" in page and ">raw<" in page and ">float32<" in page
+    assert re.search(r"<td>seed</td>\s*<td>7</td>", page)
+    assert re.search(r"<td>version: torch</td>\s*<td>\d", page) and "version: transformer-lens" in page
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_report_without_figures_has_no_plotly_and_checks_input(tmp_path):
+    page = Report("t").add_markdown("x").to_html()
+    assert PLOTLY_BANNER not in page
+    with pytest.raises(SemalignError, match="must end in .html"):
+        Report("t").write(tmp_path / "r.txt")
+    with pytest.raises(SemalignError, match="plotly figure"):
+        Report("t").add_figure("not a figure")
+    with pytest.raises(SemalignError, match="DataFrame"):
+        Report("t").add_table([1, 2])
+
+
+def test_png_export_is_skipped_cleanly_without_kaleido_or_browser(tmp_path, monkeypatch):
+    real = R.importlib.util.find_spec
+    monkeypatch.setattr(R.importlib.util, "find_spec", lambda name, *a: None if name == "kaleido" else real(name, *a))
+    ok, reason = R.png_export_available()
+    assert not ok and "kaleido" in reason
+    rep = Report("t").add_figure(go.Figure(), name="fig")
+    path = rep.write(tmp_path / "r.html", png=True)
+    assert path.exists() and not (tmp_path / "r_figures").exists()
+    assert rep.notes and "PNG export skipped" in rep.notes[0] and "PNG export skipped" in path.read_text()
+    rep.write(tmp_path / "r.html", png=True)
+    assert len(rep.notes) == 1  # written twice, noted once
+
+
+def test_png_export_when_available(tmp_path):
+    ok, reason = R.png_export_available()
+    if not ok:
+        pytest.skip(f"PNG export unavailable: {reason}")
+    rep = Report("t").add_figure(go.Figure(go.Bar(x=[1], y=[2])), name="bar")
+    rep.write(tmp_path / "r.html", png=True)
+    assert (tmp_path / "r_figures" / "bar.png").stat().st_size > 0
+
+
+def test_markdown_subset():
+    html = markdown_to_html("# Title\npara *it* [link](http://x.y)\nsame para\n\n1. a\n2. b\n- c")
+    assert html.startswith("<h1>Title</h1>")
+    assert "<p>para <em>it</em> <a href=\"http://x.y\">link</a> same para</p>" in html
+    assert "<ol><li>a</li><li>b</li></ol><ul><li>c</li></ul>" in html.replace("\n", "")
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def test_attribution_bars_centre_signed_rows_on_zero():
+    fig = attribution_bars(ranker_table())
+    assert isinstance(fig, go.Figure) and len(fig.data) == 2
+    signed, positive = fig.layout.yaxis.range, fig.layout.yaxis2.range
+    assert signed is not None and signed[0] == pytest.approx(-signed[1])  # grad_x_act has negative bars
+    assert positive is None  # one-signed scores keep plotly's range
+    assert fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
+    bar = fig.data[0]
+    assert list(bar.error_y.array) == pytest.approx([0.2, 0.2, 0.2])
+    assert list(bar.error_y.arrayminus) == pytest.approx([0.1, 0.1, 0.1])
+    with pytest.raises(SemalignError, match="lacks columns"):
+        attribution_bars(pd.DataFrame({"method": ["a"]}))
+
+
+def test_agreement_heatmap_and_grouped_bars():
+    table = pd.DataFrame(np.array([[1.0, -0.5], [-0.5, 1.0]]), index=["a", "b"], columns=["a", "b"])
+    fig = agreement_heatmap(table)
+    assert isinstance(fig, go.Figure)
+    axis = fig.layout.coloraxis
+    assert (axis.cmin, axis.cmax, axis.cmid) == (-1, 1, 0.0)
+    assert fig.layout.xaxis.title.text == "method"
+    bars = layer_metric_bars(pd.DataFrame({"layer": [0, 1], "value": [0.2, 0.9], "kind": ["p", "p"]}),
+                             x="layer", y="value", color="kind", y_range=(0, 1))
+    assert tuple(bars.layout.yaxis.range) == (0, 1) and bars.layout.xaxis.title.text == "layer"
+
+
+# ------------------------------------------------------------------------------------------ pairing report
+
+
+def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
+    from semalign_lens.pairing_report import pairing_report
+
+    out = pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "pairing.html", n_prompts=8,
+                         cka_prompts=24, n_boot=50, strategy="cka", progress=False)
+    page = out.path.read_text(encoding="utf-8")
+    assert page.count(PLOTLY_BANNER) == 1
+    for section in ("Models", "Layer attribution (teacher)", "Method agreement", "Teacher × student CKA", "Pairing",
+                    "Semantic-basis fidelity", "Timings", "Provenance"):
+        assert f">{section}</h2>" in page, section
+    assert page.count('class="plotly-graph-div"') == 4  # attribution, agreement, CKA, fidelity
+    assert "monotone CKA path" in page and "Kendall tau" in page and "tiny-teacher" in page
+    assert set(out.attribution["method"]) == set(__import__("semalign_lens.attribution").attribution.METHODS)
+    assert out.cka.shape == (tiny_pair.teacher.cfg.n_layers + 1, tiny_pair.student.cfg.n_layers + 1)
+    assert out.pairing.strategy == "cka" and len(out.pairing) == tiny_pair.student.cfg.n_layers
+    assert set(out.pairings) == {"proportional", "attribution", "cka"}
+    assert out.fidelity is not None and {"teacher round trip", "teacher -> student"} <= set(out.fidelity["side"])
+    assert out.timings["total"] > 0
+
+
+def test_pairing_report_bad_input(tmp_path, tiny_pair):
+    from semalign_lens.pairing_report import pairing_report
+
+    with pytest.raises(SemalignError, match="unknown pairing strategy"):
+        pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "x.html", strategy="random")
+    with pytest.raises(SemalignError, match="attribution_method 'seeking' must be one of the methods run"):
+        pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "x.html",
+                       methods=["grad_x_act"], attribution_method="seeking")
+    with pytest.raises(SemalignError, match="must be a model source"):
+        pairing_report(object(), tiny_pair.student, "facts", tmp_path / "x.html")
+
+
+@pytest.mark.slow
+def test_pairing_report_on_smollm2(tmp_path, smollm2):
+    from semalign_lens.models import load_model
+    from semalign_lens.pairing_report import pairing_report
+
+    try:
+        student = load_model("stdlib-student")
+    except SemalignError as err:
+        pytest.skip(str(err))
+    out = pairing_report(smollm2, student, "facts", tmp_path / "smol.html", n_prompts=8, cka_prompts=16, n_boot=100,
+                         methods=["grad_x_act", "patch_denoise", "ablate_zero"], progress=False)
+    assert out.path.exists() and len(out.attribution) == 3 * smollm2.cfg.n_layers
