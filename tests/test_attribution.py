@@ -137,6 +137,19 @@ def test_engines_agree_with_transformer_lens_patching(tiny_pair, teacher_batch):
                                atol=2e-4)
 
 
+def test_fast_engine_falls_back_to_full_logits_when_the_head_differs(tiny_pair, teacher_batch, monkeypatch):
+    """A head the logit-lens readout does not reproduce (e.g. soft-capped logits) must not change the scores."""
+    from semalign_lens import semantics
+
+    model = tiny_pair.teacher
+    kwargs = dict(methods=["patch_denoise", "ablate_zero"], progress=False, n_boot=20, batch_size=4)
+    ref = A.intervention_scan(model, teacher_batch, **kwargs)
+    real = semantics.Readout.from_model
+    monkeypatch.setattr(semantics.Readout, "from_model",
+                        classmethod(lambda cls, m: (lambda h, r=real(m): r(h) * 2.0)))
+    np.testing.assert_allclose(A.intervention_scan(model, teacher_batch, **kwargs)["score"], ref["score"], atol=1e-5)
+
+
 def test_grad_x_act_is_the_derivative_along_the_write(tiny_pair, teacher_batch):
     """Σ w·∇M = d/dα M(resid_pre + α·write) at α = 1, by autograd on α (an independent mechanism)."""
     model = tiny_pair.teacher

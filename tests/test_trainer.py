@@ -15,7 +15,14 @@ import torch
 from semalign_lens.data import TokenBatch
 from semalign_lens.errors import SemalignError
 from semalign_lens.objectives import OBJECTIVES, Objective, register_objective
-from semalign_lens.trainer import AlignConfig, NonFiniteLossError, Trainer, align, align_main, load_align_config
+from semalign_lens.trainer import (
+    AlignConfig,
+    NonFiniteLossError,
+    Trainer,
+    align,
+    align_main,
+    load_align_config,
+)
 from semalign_lens.training.hfmodel import clean_copy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +168,47 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, tiny_pair, tokens,
     ta = whole.metrics().query("kind == 'train'")[cols].reset_index(drop=True)
     tb = resumed.metrics().query("kind == 'train'")[cols].reset_index(drop=True)
     assert ta.equals(tb)  # no duplicated or missing records after the resume
+
+
+class ProjectorPlugin:
+    """A method with its own trainable parameters (a FitNets-style projector), checkpointed with the student."""
+
+    def __init__(self):
+        self.module, self.extras = None, {}
+
+    def open_stage(self, trainer, stage, params):
+        gen = torch.Generator().manual_seed(stage.index)
+        self.module = torch.nn.Linear(64, 32, bias=False)
+        with torch.no_grad():
+            self.module.weight.copy_(torch.randn(32, 64, generator=gen) * 0.1)
+        self.extras = {"projector": self.module}
+        return [*params, *self.module.parameters()]
+
+    def close_stage(self, trainer, stage):
+        self.module, self.extras = None, {}
+
+
+def _projected_mse(x):
+    return (x.extras["projector"](x.teacher_state) - x.state).pow(2)[x.mask].mean()
+
+
+def test_plugins_add_parameters_and_resume_exactly(tmp_path, tiny_pair, tokens):
+    register_objective(Objective("projected_mse_test", "layer", _projected_mse, source="test"), replace=True)
+    try:
+        over = {"objective.terms": {"projected_mse_test": 1.0}, "schedule.stage_steps": 3}
+        whole = Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                        data=tokens, plugins=[ProjectorPlugin()])
+        a = whole.run()
+        layer_params = sum(p.numel() for p in whole.student.model.layers[0].parameters())
+        assert whole.stage_params[0] == layer_params + 32 * 64
+        b1 = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                     data=tokens, plugins=[ProjectorPlugin()]).run(stop_after_steps=2)  # mid-stage 0
+        assert not b1.finished
+        b = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                    data=tokens, plugins=[ProjectorPlugin()]).run()
+        assert b.final["stages"] == a.final["stages"]
+    finally:
+        OBJECTIVES.pop("projected_mse_test", None)
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tiny_pair, tokens):

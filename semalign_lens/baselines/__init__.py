@@ -11,7 +11,8 @@ So a method may change only
   when a stage opens or closes (`adapter.MethodTrainer`).
 
 Data, pairing, schedule (frontier stages, LoRA rank and targets, learning rates, steps) come from one base
-`AlignConfig` shared by all rows. `method_config(base, name)` returns that config with only the method's
+`AlignConfig` shared by all rows. Every row with an output KL term uses the same one (forward KL(p_T‖p_S),
+τ = 2, τ²-scaled), so `semalign` − `kd` is exactly the contribution of SemAlign's layer term. `method_config(base, name)` returns that config with only the method's
 fields replaced, and `run_method` trains it.
 
 | name | terms | what it is |

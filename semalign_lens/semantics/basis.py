@@ -303,6 +303,11 @@ class SemanticBasis:
             S_raw, used = _pinv_qr(W, method)
             del W
             norms = torch.linalg.vector_norm(S_raw, dim=0)
+            zero = (norms == 0).nonzero()
+            if zero.numel():
+                raise SemalignError(f"{zero.numel()} rows of the head are zero (first: token id "
+                                    f"{int(ids[zero[0]])}), so their pinv columns have no direction; leave them "
+                                    "out with tokens=[...]")
             S = (S_raw / norms).contiguous()  # row-major: column chunks then take the same BLAS path
         proto.S, proto.norms, proto.method = S, norms, used
         if path is not None:
@@ -326,8 +331,8 @@ class SemanticBasis:
         if zero.numel():
             raise SemalignError(f"{zero.numel()} columns are zero (first: token id {int(ids[zero[0]])}); a zero "
                                 "vector has no direction: drop those ids with a token subset")
-        return cls(S=(vectors / norms).contiguous(), norms=norms, token_ids=ids, vocab_size=vocab_size or V, source=source,
-                   weight_hash=tensor_hash(vectors), model=name, method="normalise")
+        return cls(S=(vectors / norms).contiguous(), norms=norms, token_ids=ids, vocab_size=vocab_size or V,
+                   source=source, weight_hash=tensor_hash(vectors), model=name, method="normalise")
 
     @classmethod
     def from_embedding(cls, model_or_W_E, *, tokens: Any = None, dtype: torch.dtype = torch.float32) -> SemanticBasis:

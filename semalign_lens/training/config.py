@@ -188,7 +188,8 @@ class AlignConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     cka_max_tokens: int = 2048
-    report: bool = True
+    figures: bool = True  # CKA heatmaps per stage, loss/projection figures (False: metrics JSONL only)
+    report: bool = True  # report.html (needs figures)
     progress: bool = True
 
     def validate(self) -> None:

@@ -23,6 +23,7 @@ import gc
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from .targets import (
 )
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
-RESUMABLE_KEYS = {"progress", "log_every", "report", "checkpoint_every", "keep_checkpoints", "diag_every",
+RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
                   "cka_max_tokens", "run_dir"}
 
 
@@ -242,11 +243,19 @@ class Trainer:
 
     The Python API may pass already-loaded models (TransformerBridges from `load_model`), a pairing (a
     `LayerPairing`, `Pair`s or rows), a `TransferMap` and token batches instead of the config's sources.
+
+    `plugins` (duck-typed, every hook optional) extend a run for methods that need more than loss terms:
+    `setup(trainer, teacher)` once after construction (`teacher` is the caller's model, there even when the
+    trainer runs from cached targets); `open_stage(trainer, stage, params) -> params` after the stage's
+    parameters are unfrozen / LoRA-wrapped (return the list to optimise, extended or replaced);
+    `close_stage(trainer, stage)` before LoRA is merged; `extras` — a dict attached to every `LayerInputs`;
+    `module` — an `nn.Module` (or None) checkpointed with the student while it exists, so a mid-stage resume
+    restores it (`open_stage` must recreate it with the same structure).
     """
 
     def __init__(self, config: AlignConfig | None = None, *, teacher=None, student=None, pairing=None,
                  transfer=None, data: TokenBatch | None = None, diag_data: TokenBatch | None = None,
-                 run_dir: str | Path | None = None, accelerator=None):
+                 run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
         from ..models import ModelPair, load_model, model_name
@@ -325,6 +334,11 @@ class Trainer:
         self._params: list[nn.Parameter] = []
         self._open: int | None = None
         self._metrics_path = self.run_dir / "metrics.jsonl"
+        self.stage_params: dict[int, int] = {}  # trainable parameter count per stage (fairness record)
+        self.plugins = list(plugins)
+        for plugin in self.plugins:
+            if hasattr(plugin, "setup"):
+                plugin.setup(self, teacher)
 
     def _cka_blocks(self) -> torch.Tensor:
         """Teacher x student linear CKA of every block's resid_post on the diagnostic batch (for `cka` pairing)."""
@@ -380,19 +394,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- stages
     def _open_stage(self, stage: Stage) -> None:
-        self._params = open_stage(self.student, self.cfg.schedule, stage, self.cfg.seed)
+        params = open_stage(self.student, self.cfg.schedule, stage, self.cfg.seed)
+        for plugin in self.plugins:
+            if hasattr(plugin, "open_stage"):
+                params = list(plugin.open_stage(self, stage, params))
+        self._params = params
         self._opt = make_optimizer(self._params, self.cfg.schedule, stage.lr)
         self._open = stage.index
+        self.stage_params[stage.index] = sum(p.numel() for p in self._params)
 
     def _close_stage(self) -> None:
+        for plugin in self.plugins:
+            if hasattr(plugin, "close_stage"):
+                plugin.close_stage(self, self.stages[self._open])
         close_stage(self.student)
         self._opt, self._params, self._open = None, [], None
+
+    def _checkpointed(self) -> nn.Module:
+        """The student, plus every plugin's `module` that exists now (FitNets' projector, ...), as one module."""
+        extra = {f"plugin{i}": p.module for i, p in enumerate(self.plugins)
+                 if isinstance(getattr(p, "module", None), nn.Module)}
+        return nn.ModuleDict({"student": self.student, **extra}) if extra else self.student
 
     def _save(self, step: int, stage: Stage, closed: bool, elapsed: float) -> None:
         if self.main:
             state = {"stage": stage.index, "closed": closed, "elapsed_s": elapsed,
                      "metrics_lines": self._metric_lines()}
-            save_checkpoint(self.run_dir, step, self.student, None if closed else self._opt, state,
+            save_checkpoint(self.run_dir, step, self._checkpointed(), None if closed else self._opt, state,
                             keep=self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
 
@@ -404,7 +432,7 @@ class Trainer:
         stage = self.stages[state["stage"]]
         if not state["closed"]:
             self._open_stage(stage)
-        load_checkpoint(ckpt, self.student, self._opt)
+        load_checkpoint(ckpt, self._checkpointed(), self._opt)
         if self.main and self._metrics_path.exists():  # drop records written after the checkpoint
             lines = self._metrics_path.read_text().splitlines(keepends=True)[: state["metrics_lines"]]
             self._metrics_path.write_text("".join(lines))
@@ -418,8 +446,9 @@ class Trainer:
         s = s_states[f"post.{pair.student_layer}"]
         s_prev = s_states[f"post.{prev.student_layer}"] if prev is not None else s_states["embed"]
         t, t_prev = t.to(s.dtype), t_prev.to(s.dtype)
+        extras = {k: v for p in self.plugins for k, v in getattr(p, "extras", {}).items()}
         return LayerInputs(pair.student_layer, s, s - s_prev, self.transfer(t), self.transfer(t - t_prev), mask,
-                           self.lens, teacher_state=t, teacher_contribution=t - t_prev)
+                           self.lens, teacher_state=t, teacher_contribution=t - t_prev, extras=extras)
 
     def _student_layers(self, pairs: tuple[Pair, ...]) -> list[int]:
         out = set()
@@ -570,7 +599,7 @@ class Trainer:
                 if step == stage.start:
                     self._log({"kind": "stage", "when": "start", "step": step, "stage": stage.index,
                                "label": stage.label, "lr": stage.lr, "steps": stage.steps})
-                    self._diagnose(step, stage, "start", cka=True)
+                    self._diagnose(step, stage, "start", cka=self.cfg.figures)
             record = self._step(step, stage)
             step += 1
             record.update(kind="train", step=step, stage=stage.index, stage_label=stage.label,
@@ -583,7 +612,7 @@ class Trainer:
                 self._diagnose(step, stage, "during", cka=False)
             if step == stage.end:
                 self._close_stage()
-                self._diagnose(step, stage, "end", cka=True)
+                self._diagnose(step, stage, "end", cka=self.cfg.figures)
                 self._log({"kind": "stage", "when": "end", "step": step, "stage": stage.index, "label": stage.label,
                            **{k: record[k] for k in ["loss", *self._term_names()]}})
                 self._save(step, stage, closed=True, elapsed=time.time() - t_start)
@@ -611,8 +640,9 @@ class Trainer:
             self._save_student(student_dir)
             final["student_path"] = str(student_dir)
             write_json_atomic(final_path, final)
-            self._write_fig(diag.loss_figure(records, self._term_names()), "loss_curves")
-            self._write_fig(diag.projection_figure(records), "projections")
+            if self.cfg.figures:
+                self._write_fig(diag.loss_figure(records, self._term_names()), "loss_curves")
+                self._write_fig(diag.projection_figure(records), "projections")
             if self.cfg.report:
                 report = diag.write_report(self.run_dir, self.cfg.to_dict(), final, self.stages, self.pairs,
                                            self.models_provenance, self.provenance)
