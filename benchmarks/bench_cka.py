@@ -158,8 +158,10 @@ def student_model():
         return load_model("stdlib-student")
     from semalign_lens.zoo.pretrain import export_student
 
-    out = export_student("runs/stdlib-student", Path("/tmp/bench_cka_student"), dtype=torch.float32)
-    return load_model(str(out), name="stdlib-student (in-progress checkpoint)")
+    run = Path("runs/stdlib-student")
+    step = json.loads((run / "latest.json").read_text())["step"]
+    out = export_student(run, Path("/tmp/bench_cka_student"), dtype=torch.float32)
+    return load_model(str(out), name=f"stdlib-student (pretraining checkpoint, step {step})")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ prompt) or pass fewer `methods` to go faster.
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,15 @@ def _fidelity(teacher, student, pairing, t_states, s_states, mask, *, kinds, n_t
                           student_states=student_h, progress=progress).assign(side="teacher -> student"),
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def _model_card(model) -> tuple[str, str] | None:
+    """(file name, text) of a MODEL_CARD.md / README.md shipped beside the model's weights, if any."""
+    path = getattr(getattr(model, "provenance", None), "path", None)
+    for name in ("MODEL_CARD.md", "README.md"):
+        if path and (Path(path) / name).is_file():
+            return name, (Path(path) / name).read_text(encoding="utf-8", errors="replace")[:20000]
+    return None
 
 
 def _top_table(df: pd.DataFrame, k: int = 3) -> pd.DataFrame:
@@ -244,9 +254,14 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     report.add_heading("Models")
     cards = pd.DataFrame([dict(role="teacher", **describe(teacher)), dict(role="student", **describe(student))])
     report.add_table(cards, caption="Model cards")
+    for role, model in (("teacher", teacher), ("student", student)):
+        card = _model_card(model)
+        if card:
+            report.add_html(f"<details><summary>{role} model card ({html.escape(card[0])})</summary>"
+                            f"<pre>{html.escape(card[1])}</pre></details>")
 
     report.add_heading("Task")
-    gap = attribution["gap"].dropna()
+    gap = attribution["gap"].dropna() if "gap" in attribution else pd.Series(dtype=float)
     report.add_markdown(f"**{full.name}** — {full.description or 'user task'} (source: `{full.source or 'memory'}`). "
                         f"{len(full)} pairs in the task; {len(batch)} used by the rankers (align=`{align}`, "
                         f"{batch.n_padded} padded, {len(batch.dropped)} dropped)."

