@@ -27,9 +27,13 @@ a tokenizer, so one `mask` (`[batch, pos]`, True = real token) serves both. Padd
 
 **Precision.** `precision="float64"` does everything in float64. The default `"mixed"` centres each layer
 with a float64 mean, multiplies in float32 over chunks of `chunk_size` (8192) tokens and sums the chunks' products
-in float64 (so float32 rounding never accumulates over more than `chunk_size` terms); it is ~2x faster on
-CPU and agrees with a float64 n x n reference to ~1e-9 on random data (tests/test_similarity.py,
-benchmarks/RESULTS.md). The naive n x n Gram approach in float32 is off by up to 6e-3 at n = 8192.
+in float64 (so float32 rounding never accumulates over more than `chunk_size` terms); it is 2x faster on
+CPU and within 6e-9 (random data) / 5e-8 (real SmolLM2 states) of float64 (benchmarks/RESULTS.md). The naive
+n x n Gram approach in float32 is off by 6e-3 at n = 8192 and takes 11x the CPU time.
+
+**Cost** (benchmarks/bench_cka.py): SmolLM2's 31 points x the student's 7, 8192 tokens, is 700 GFLOP: 5.1-5.5
+CPU-seconds (~2.7 s on two idle cores; the fp32 GEMM floor there is 2.2 s). The minibatch estimator takes
+~1 s for the same grid.
 
 **Debiased HSIC in feature space** (our derivation). With K = XXᵀ, L = YYᵀ, K̃, L̃ their copies with a zero
 diagonal, and centred columns (Xᵀ1 = 0, so K1 = 0): tr(K̃L̃) = ‖YᵀX‖² − kᵀl, 1ᵀK̃1 = −Σk, K̃1 = −k, where
