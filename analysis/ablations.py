@@ -134,7 +134,7 @@ class Runner:
         score = self.task.evaluate(result.student)[self.task.metric]
         shutil.rmtree(run_dir, ignore_errors=True)
         row = {"axis": axis, "variant": variant, "method": m.name, "terms": json.dumps(m.terms),
-               "map": cfg.transfer.kind if m.uses_teacher and m.name not in ("kd",) else "-",
+               "map": (m.transfer_kind or cfg.transfer.kind) if m.name not in ("kd", "sft") else "-",
                "pairing": pairs_text(pairing), "seed": seed, "steps": result.steps,
                "trainable_params": sum(result.trainable_params.values()), "score": score,
                "gap_closed": ev.gap_closed(self.before, score, self.teacher_score, self.task.higher_is_better),
@@ -210,12 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--humaneval-limit", type=int, default=None, help="HumanEval problems scored (default 24; fast 4)")
     p.add_argument("--attribution-pairs", type=int, default=None, help="prompt pairs for the rankers "
                    "(default 16; fast 6)")
+    p.add_argument("--rankers", nargs="*", default=None, choices=RANKERS,
+                   help=f"attribution methods compared (default {' '.join(RANKERS)}; fast: 3 of them)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     sizes = {"noise_seeds": ([0, 1, 2], [0, 1]), "steps": (4, 2), "n_transfer": (64, 12), "seq_len": (64, 24),
              "batch_size": (8, 4), "lora_rank": (16, 4), "lr": (1e-3, 1e-2), "humaneval_limit": (24, 4),
-             "attribution_pairs": (16, 6)}
+             "attribution_pairs": (16, 6), "rankers": (list(RANKERS), ["grad_x_act", "patch_denoise", "laten"])}
     for key, (full, fast) in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, fast if args.fast else full)
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         attribution_scores = None
         if "attribution" in args.axes or "pairing" in args.axes:
             batch = code_attribution_batch(tok, args.attribution_pairs, args.seed)
-            rankers = list(RANKERS) if "attribution" in args.axes else ["grad_x_act"]
+            rankers = list(dict.fromkeys(["grad_x_act", *(args.rankers if "attribution" in args.axes else [])]))
             attribution_scores = rank_layers(teacher, batch, methods=rankers, n_boot=1000, seed=args.seed,
                                              progress=False)
             attribution_scores.to_csv(out / "attribution.csv", index=False)
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             frames["agreement"] = agreement
             top = attribution_scores[attribution_scores["rank"] == 1].set_index("method")
             rows = []
-            for method in RANKERS:
+            for method in args.rankers:
                 pairing = make_pairing("attribution", n_t, n_s, scores=attribution_scores, method=method)
                 row = runner.run("attribution", f"top-1 of {method}", REFERENCE, pairing, args.seed)
                 rows.append({"method": method, "top_teacher_block": int(top.loc[method, "layer"]),

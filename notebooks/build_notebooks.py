@@ -580,7 +580,7 @@ Measured on held-out diagnostic sequences at the start and end of every stage:
 much of the student's energy lies in the principal span of the targets), `top1_teacher` (the student's logit
 lens at its layer agrees with the teacher's at the paired layer) and `top1_target`."""),
     ("code", '''\
-diag = metrics[metrics["kind"] == "diag"]
+diag = metrics[metrics["kind"] == "diag"].astype({"student_layer": int})
 cols = ["cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"]
 diag.pivot_table(index="student_layer", columns="when", values=cols, sort=False).round(3)'''),
     ("md", "The trainer also writes the teacher × student CKA map at the start and end of every stage; here the "

@@ -32,9 +32,11 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .attribution import METHODS, rank_agreement, rank_layers
 from .errors import SemalignError
+from .models import model_name
 from .report import Report
 
 FIDELITY_KINDS = ("paper", "dual", "logits")
@@ -51,18 +53,26 @@ class PairingReport:
     pairing: Any  # pairing.LayerPairing of the chosen strategy
     pairings: dict[str, Any]
     fidelity: pd.DataFrame | None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall-clock seconds per stage, and "total"
     notes: list[str] = field(default_factory=list)
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds (all threads) per stage
 
 
 class _Clock:
+    """Wall-clock and process CPU seconds per stage (CPU time is what a shared, oversubscribed machine can
+    still measure: wall time there depends on the neighbours)."""
+
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.start = time.perf_counter()
+        self._cpu = time.process_time()
 
     def lap(self, name: str, since: float) -> float:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.timings[name] = round(now - since, 2)
+        self.cpu[name] = round(cpu - self._cpu, 2)
+        self._cpu = cpu
         return now
 
 
@@ -77,40 +87,57 @@ def _as_model(source, role: str, **load_kwargs):
     return source
 
 
-def _residual_states(model, batch, progress: bool) -> list[torch.Tensor]:
-    """[embed, block 0 ... block L-1] residual states on `batch` ([seq, pos, d] each, float32, CPU)."""
-    from .activations import capture
+def _token_states(model, batch, drop_first: bool, progress: bool, batch_size: int = 16) -> list[torch.Tensor]:
+    """[embed, block 0 ... block L-1] residual states of the real tokens of `batch`, each [n_tokens, d] float32.
 
-    layers = range(model.cfg.n_layers)
-    post = capture(model, batch, layers, points=("resid_post",), progress=progress)
-    pre = capture(model, batch, [0], points=("resid_pre",), progress=False)
-    return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in layers]
+    Flattened per sub-batch, so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens).
+    `drop_first` leaves out each sequence's document-start token, whose state is an outlier on every layer.
+    """
+    from .activations import residuals
+
+    layers = list(range(model.cfg.n_layers))
+    out: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    parts = list(batch.split(batch_size))
+    for part in tqdm(parts, desc=f"states {model_name(model)}", disable=not progress or len(parts) < 2, leave=False):
+        keep = part.mask.clone()
+        if drop_first:
+            keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+        post = residuals(model, part.tokens, ["resid_post"], layers)
+        pre = residuals(model, part.tokens, ["resid_pre"], [0])
+        out[0].append(pre[("resid_pre", 0)][keep].float().cpu())
+        for layer in layers:
+            out[layer + 1].append(post[("resid_post", layer)][keep].float().cpu())
+    return [torch.cat(chunks) for chunks in out]
 
 
-def _cka(teacher, student, cka_batch, *, debiased: bool, drop_first: bool, progress: bool):
-    """(wide CKA table, teacher states, student states); states are reused for fidelity."""
+def _cka_batch(tokenizer, task, n_tokens: int):
+    """Clean prompt + answer of the task's pairs, as many as fit in `n_tokens` real tokens (at least 4)."""
+    from .data import tokenize
+
+    batch = tokenize(tokenizer, [p.clean + p.answer for p in task])
+    lengths = batch.mask.sum(1).cumsum(0)
+    keep = max(4, int((lengths <= n_tokens).sum()))
+    return batch.select(range(min(keep, len(batch))))
+
+
+def _cka(t_states, s_states, *, debiased: bool):
+    """Wide CKA table (rows: teacher embed, 0..; columns: the student's) from flat token states."""
     from .similarity import cka_matrix, cka_wide, residual_labels
 
-    t_states = _residual_states(teacher, cka_batch, progress)
-    s_states = _residual_states(student, cka_batch, progress)
-    matrix = cka_matrix(t_states, s_states, mask=cka_batch.mask, drop_first=drop_first, debiased=debiased)
-    return cka_wide(matrix, residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)), \
-        t_states, s_states
+    matrix = cka_matrix(t_states, s_states, debiased=debiased)
+    return cka_wide(matrix, residual_labels(len(t_states) - 1), residual_labels(len(s_states) - 1))
 
 
-def _fidelity(teacher, student, pairing, t_states, s_states, mask, *, kinds, n_tokens: int, seed: int,
+def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens: int, seed: int,
               progress: bool) -> pd.DataFrame:
     """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets."""
     from .semantics import SemanticBasis, TransferMap, fidelity, transfer_fidelity
 
-    keep = mask.clone()
-    keep[:, 0] = False  # the document-start token's state is an outlier on every layer
-    flat = keep.flatten().nonzero().flatten()
-    pick = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:n_tokens]].sort().values
+    n = t_states[0].shape[0]
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_tokens].sort().values
 
     def tokens(states, block):  # states[0] is the embeddings, states[b + 1] block b's output
-        s = states[block + 1]
-        return s.reshape(-1, s.shape[-1])[pick]
+        return states[block + 1][pick]
 
     t_basis, s_basis = SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)
     targets = {p.student_layer: p.target({b: tokens(t_states, b) for b in p.teacher_layers}) for p in pairing}
@@ -158,7 +185,8 @@ def _strategy_table(pairings: dict[str, Any], n_student: int) -> pd.DataFrame:
 def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path = "pairing_report.html", *,
                    n_prompts: int = 24, methods: Sequence[str] = METHODS, metric: str = "logprob",
                    align: str = "left_pad", strategy: str = "attribution", attribution_method: str = "grad_x_act",
-                   top_k: int = 1, cka_prompts: int = 128, debiased: bool = True, drop_first: bool = True,
+                   top_k: int = 1, cka_prompts: int = 128, cka_tokens: int = 4096, debiased: bool = True,
+                   drop_first: bool = True,
                    fidelity_kinds: Sequence[str] = FIDELITY_KINDS, fidelity_tokens: int = 256, batch_size: int = 8,
                    n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True) -> PairingReport:
     """Build the layer-pairing report and write it to `out_path` (one self-contained HTML file).
@@ -166,8 +194,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
         name); they must share a vocabulary and a loading mode (`models.ModelPair`).
     task: a built-in task name ("facts", "humaneval"), a .json/.jsonl task file, or a `tasks.Task`.
-    n_prompts: pairs used by the rankers (seeded sample). cka_prompts: pairs whose clean prompt + answer feed
-        CKA and fidelity (more tokens than the rankers need; capture is cheap).
+    n_prompts: pairs used by the rankers (seeded sample). cka_prompts / cka_tokens: pairs whose clean prompt +
+        answer feed CKA and fidelity, as many as fit in `cka_tokens` real tokens (capture is cheap).
     methods: rankers from `attribution.METHODS`; metric: "logprob" or "logit_diff"; align: how clean/corrupted
         prompts of different token lengths are handled (`tasks.tokenize_pairs`).
     strategy: the pairing drawn on the CKA map and tabulated ("proportional", "attribution", "cka"); all three
@@ -180,7 +208,6 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
     Returns a `PairingReport` (the tables and pairings as data, timings, notes, the path).
     """
-    from .data import tokenize
     from .models import ModelPair, describe
     from .pairing import STRATEGIES, make_pairing
     from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars
@@ -201,8 +228,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
 
     full = load_task(task, tokenizer=teacher.tokenizer, seed=seed)
     batch = tokenize_pairs(teacher.tokenizer, full.subset(n_prompts, seed), align=align)
-    cka_task = full.subset(cka_prompts, seed + 1)
-    cka_batch = tokenize(teacher.tokenizer, [p.clean + p.answer for p in cka_task])
+    cka_batch = _cka_batch(teacher.tokenizer, full.subset(cka_prompts, seed + 1), cka_tokens)
     t0 = clock.lap("task", t0)
 
     attribution = rank_layers(teacher, batch, methods=methods, metric=metric, batch_size=batch_size, n_boot=n_boot,
@@ -210,8 +236,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     agreement = rank_agreement(attribution)
     t0 = clock.lap("attribution (teacher)", t0)
 
-    cka, t_states, s_states = _cka(teacher, student, cka_batch, debiased=debiased, drop_first=drop_first,
-                                   progress=progress)
+    t_states = _token_states(teacher, cka_batch, drop_first, progress)
+    s_states = _token_states(student, cka_batch, drop_first, progress)
+    cka, n_cka_tokens = _cka(t_states, s_states, debiased=debiased), len(t_states[0])
     t0 = clock.lap("CKA", t0)
 
     n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
@@ -228,7 +255,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     except ImportError as err:
         notes.append(f"Semantic-basis fidelity skipped: the semantics module is unavailable ({err}).")
     else:
-        fid = _fidelity(teacher, student, pairing, t_states, s_states, cka_batch.mask, kinds=fidelity_kinds,
+        fid = _fidelity(teacher, student, pairing, t_states, s_states, kinds=fidelity_kinds,
                         n_tokens=fidelity_tokens, seed=seed, progress=progress)
     del t_states, s_states
     t0 = clock.lap("semantic fidelity", t0)
@@ -237,7 +264,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     t_name, s_name = describe(teacher)["model"], describe(student)["model"]
     report = Report(f"Layer pairing: {t_name} → {s_name}",
                     subtitle=f"task `{full.name}`, {len(batch)} prompt pairs for attribution, "
-                             f"{cka_batch.n_tokens} tokens for CKA; strategy `{strategy}`")
+                             f"{n_cka_tokens} tokens for CKA; strategy `{strategy}`")
     report.add_heading("Summary")
     pairs_text = ", ".join(f"student {p.student_layer} ← teacher {p.target_label()}" for p in pairing)
     firsts = attribution[attribution["rank"] == 1].set_index("method")["layer"]
@@ -287,7 +314,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
 
     report.add_heading("Teacher × student CKA")
     estimator = "debiased (unbiased HSIC)" if debiased else "linear (biased)"
-    report.add_markdown(f"Linear CKA, {estimator}, on {cka_batch.n_tokens} tokens of {len(cka_task)} clean prompts "
+    report.add_markdown(f"Linear CKA, {estimator}, on {n_cka_tokens} tokens of {len(cka_batch)} clean prompts "
                         f"with their answers{' (document-start token dropped)' if drop_first else ''}. Rows: teacher "
                         "embeddings and block outputs; columns: the student's. Crosses: the chosen pairing.")
     report.add_figure(cka_heatmap(torch.tensor(cka.to_numpy()), list(cka.columns), list(cka.index),
@@ -318,8 +345,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
 
     report.add_heading("Timings")
     clock.lap("report assembly", t0)
-    report.add_table(pd.DataFrame({"stage": list(clock.timings), "seconds": list(clock.timings.values())}),
-                     caption=f"Wall-clock seconds ({torch.get_num_threads()} torch threads)")
+    report.add_table(pd.DataFrame({"stage": list(clock.timings), "wall seconds": list(clock.timings.values()),
+                                   "CPU seconds": [clock.cpu[k] for k in clock.timings]}),
+                     caption=f"Per stage, {torch.get_num_threads()} torch threads; CPU seconds sum all threads")
     report.add_provenance(("teacher", teacher), ("student", student), seed=seed,
                           extra={"task": full.name, "n_prompts": len(batch), "methods": ", ".join(methods),
                                  "metric": metric, "strategy": strategy, "attribution_method": attribution_method,
@@ -327,4 +355,6 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     path = report.write(out_path, png=png)
     notes += [n for n in report.notes if n not in notes]
     clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
-    return PairingReport(Path(path), attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes)
+    clock.cpu["total"] = round(sum(clock.cpu.values()), 2)
+    return PairingReport(Path(path), attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes,
+                         clock.cpu)

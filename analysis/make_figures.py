@@ -1,0 +1,150 @@
+"""Regenerate every figure and table of the paper analogue into `analysis/out/`, or execute the notebooks.
+
+    python analysis/make_figures.py                  # all figures on the embedded pair (what `make figures` runs)
+    python analysis/make_figures.py --fast           # the same pipeline on tiny random models (CI smoke test)
+    python analysis/make_figures.py --only fig45 ablations
+    python analysis/make_figures.py --notebooks      # execute notebooks/*.ipynb (full mode) into out/notebooks/
+
+Targets, each a separate script run in its own process (a fresh interpreter, so memory is returned):
+
+| target | script | writes |
+|---|---|---|
+| fig2 | `fig2_resolution.py` (resolution of semantics per layer, Fig. 2) | out/fig2/ |
+| fig45 | `fig45_cka.py` (CKA heatmaps without / with alignment, Figs. 4-5) | out/fig45/ |
+| transfer | `transfer_table.py` (Tables 1-2 analogue: methods x tasks, gap closed) | out/transfer/ |
+| ablations | `ablations.py` (attribution method, pairing, layer objective, map kind) | out/ablations/ |
+
+`--fast` passes each script its fast mode: `--fast` for fig45 and ablations, `--profile tiny` (one seed, three
+methods, the code task) for transfer_table, and for fig2 — which has no fast flag — a tiny random teacher
+saved to `out/_tiny/teacher` (its document-start embedding row made non-zero, because the input basis cannot
+use a zero row) passed as `--model`. Wall times go to `out/timings.json`; the run stops at the first failure
+and names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TARGETS = ("fig2", "fig45", "transfer", "ablations")
+
+
+def tiny_teacher_dir(folder: Path) -> Path:
+    """Save the tiny random teacher (and its tokenizer) as a local HF directory that `load_model` reads."""
+    import torch
+
+    from semalign_lens.zoo.tiny import tiny_hf_pair
+
+    if (folder / "config.json").exists():
+        return folder
+    teacher, _, tok = tiny_hf_pair(seed=0)
+    with torch.no_grad():  # id 0 is the padding row of the embedding: give it a direction
+        emb = teacher.get_input_embeddings().weight
+        emb[0] = emb[1:].mean(0) + 0.1 * torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(0))
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def commands(target: str, fast: bool, out: Path, args) -> list[str]:
+    py = [sys.executable]
+    if target == "fig2":
+        if fast:
+            model = tiny_teacher_dir(out / "_tiny" / "teacher")
+            return py + [str(HERE / "fig2_resolution.py"), "--model", str(model), "--n-prompts", "2", "--max-len", "24",
+                         "--readout-tokens", "32", "--readout-every", "3", "--out", str(out / "fig2")]
+        return py + [str(HERE / "fig2_resolution.py"), "--student", args.student, "--out", str(out / "fig2")]
+    if target == "fig45":
+        return py + [str(HERE / "fig45_cka.py"), *(["--fast"] if fast else ["--student", args.student]),
+                     "--out", str(out / "fig45")]
+    if target == "ablations":
+        return py + [str(HERE / "ablations.py"), *(["--fast"] if fast else ["--student", args.student]),
+                     "--out", str(out / "ablations")]
+    if target == "transfer":
+        common = ["--out", str(out / "transfer"), "--summary", str(out / "transfer" / "TRANSFER.md")]
+        if fast:
+            return py + [str(HERE / "transfer_table.py"), "--profile", "tiny", "--methods", "sft", "kd", "semalign",
+                         "--seeds", "0", "--tasks", "code", "--no-budget-curve", *common]
+        return py + [str(HERE / "transfer_table.py"), "--profile", args.transfer_profile, "--student", args.student,
+                     "--budget-minutes", str(args.transfer_minutes), *common]
+    raise ValueError(target)
+
+
+def run_notebooks(fast: bool, out: Path) -> int:
+    """Execute every notebook with nbclient; executed copies (with outputs) go to out/notebooks/."""
+    import nbclient
+    import nbformat
+
+    env_fast = "1" if fast else "0"
+    os.environ["SEMALIGN_FAST"] = env_fast
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dest = out / "notebooks"
+    dest.mkdir(parents=True, exist_ok=True)
+    timings, failed = {}, []
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
+                                         resources={"metadata": {"path": str(path.parent)}})
+        t0 = time.perf_counter()
+        try:
+            client.execute()
+            status = "ok"
+        except nbclient.exceptions.CellExecutionError as err:
+            status = "FAILED"
+            failed.append(path.name)
+            print(str(err)[-3000:], file=sys.stderr)
+        timings[path.stem] = round(time.perf_counter() - t0, 1)
+        nbformat.write(nb, dest / path.name)
+        print(f"{path.name}: {status} in {timings[path.stem]} s (SEMALIGN_FAST={env_fast})", flush=True)
+    _record(out, {f"notebooks{'_fast' if fast else ''}": timings})
+    return 1 if failed else 0
+
+
+def _record(out: Path, entries: dict) -> None:
+    path = out / "timings.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(entries)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fast", action="store_true", help="tiny random models (pipeline check, numbers meaningless)")
+    p.add_argument("--only", nargs="*", choices=TARGETS, default=list(TARGETS))
+    p.add_argument("--notebooks", action="store_true", help="execute the notebooks instead of the figure scripts")
+    p.add_argument("--student", default="stdlib-student", help="student source for the full-mode scripts")
+    p.add_argument("--transfer-profile", default="quick", help="transfer_table.py profile in full mode")
+    p.add_argument("--transfer-minutes", type=float, default=20.0, help="transfer_table.py time budget")
+    p.add_argument("--out", default=str(HERE / "out"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.notebooks:
+        return run_notebooks(args.fast, out)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    for target in args.only:
+        cmd = commands(target, args.fast, out, args)
+        print(f"[make_figures] {target}: {' '.join(Path(c).name if c.endswith('.py') else c for c in cmd[1:])}",
+              flush=True)
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd, cwd=ROOT, env=env)
+        wall = round(time.perf_counter() - t0, 1)
+        _record(out, {f"{target}{'_fast' if args.fast else ''}": {"wall_s": wall, "exit": code,
+                                                                  "command": " ".join(cmd[1:])}})
+        if code != 0:
+            print(f"[make_figures] {target} FAILED (exit {code}) after {wall} s", file=sys.stderr)
+            return code
+        print(f"[make_figures] {target} done in {wall} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
