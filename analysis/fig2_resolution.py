@@ -30,6 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work, not threads spinning
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-prompts", type=int, default=40, help="HumanEval prompts, in task order")
     p.add_argument("--max-len", type=int, default=128, help="tokens per prompt (doc-start included)")
     p.add_argument("--readout-tokens", type=int, default=256, help="tokens sampled for the readout metrics")
-    p.add_argument("--readout-every", type=int, default=2, help="readout metrics at every k-th layer (+ last)")
+    p.add_argument("--readout-every", type=int, default=3, help="readout metrics at every k-th layer (+ last)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-doc-start", action="store_true", help="also use the doc-start position")
     p.add_argument("--student", default=None, help="optional student (zoo name or path) for transfer fidelity")

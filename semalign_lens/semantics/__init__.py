@@ -9,11 +9,16 @@ recomposed on the student's directions, h̃ = Ŝ_S a (Eq. 2). Both steps are imp
 **What we decided where the paper is silent or wrong** (design.md §3; our inference, not the paper's):
 
 - *Final norm.* `fold_final_norm=True` by default: W = W_U.T · diag(g), g the final RMSNorm gain, so that
-  the basis matches what the model actually reads from its raw residual stream (RMSNorm only rescales a
-  vector, then multiplies by g). Measured on SmolLM2 (feasibility.md §3) this raises the mid-layer top-1
-  agreement of the paper's recomposition from 4 % to 25-29 %. `fold_final_norm=False` is the literal VDS
-  basis (pinv of the LM head). `center=False` by default: centring W over the vocabulary only shifts
-  logits by a constant per state, so it changes the basis without changing any readout.
+  the basis describes what the model reads from its raw residual stream (RMSNorm only rescales a vector,
+  then multiplies by g): the `logits` kind's coefficients are then the model's own logits
+  (W h = rms(h) · (logits - b_U)) and `TransferMap(kind="logits")` matches the two models' actual readouts.
+  `fold_final_norm=False` is the literal VDS basis (pinv of the LM head). Measured on SmolLM2 with
+  HumanEval prompts (`analysis/fig2_resolution.py`): for the paper kind, folding raises cos(h, recomposed)
+  a little (mean over layers 0.778 vs 0.743) but *lowers* how often the recomposition keeps the logit-lens
+  top-1 token (15 % vs 36 %; top-10 overlap 0.12 vs 0.60). This contradicts feasibility.md §3 ("folding
+  raises mid-layer top-1 from 4 % to 25-29 %"); for paper-kind work compare both. The exact kinds are exact
+  either way. `center=False` by default: centring W over the vocabulary only shifts logits by a constant per
+  state, so it changes the basis without changing any readout (and measured, it lowers paper-kind fidelity).
 - *Exactness.* With unit-normalised columns Ŝ is a far-from-tight frame (eigenvalue ratio of ŜŜᵀ
   1.8k-8.4k on SmolLM2), so Ŝ Ŝᵀ h is not parallel to h (cos 0.7-0.8, top-1 token rarely kept). Two exact
   variants are offered under their own names, never substituted silently:
