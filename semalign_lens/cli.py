@@ -52,6 +52,29 @@ def _cmd_export(args) -> None:
     print(export_student(args.run_dir, args.out))
 
 
+def _cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    result = run_demo(args.profile, out_dir=args.out, progress=not args.no_progress)
+    print(result.results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nreport: {result.report_path}\nstage times (s): {json.dumps(result.timings)}")
+
+
+def _cmd_align(args) -> None:
+    from .trainer import align_main
+
+    align_main(args.config, args.set, stop_after_steps=args.stop_after_steps)
+
+
+def _cmd_report_pairing(args) -> None:
+    from .pairing_report import pairing_report
+
+    result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
+                            n_prompts=args.prompts, png=args.png, progress=not args.no_progress)
+    print(result.pairing.to_frame().to_string(index=False))
+    print(f"\nreport: {result.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="layers, widths, heads, vocabulary and norm of 1-2 models; pairability")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="zoo name, HF directory, .gguf file or Hub name")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded pair, one HTML report (the main job)")
+    p.add_argument("--profile", default="demo", help="demo (<= 10 min on 2 cores), quick (<= 2 min) or tiny")
+    p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="same as --profile quick")
+    p.add_argument("--out", default="runs/demo", help="output directory (report.html, results.csv, runs/)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("align", help="run a SemAlign alignment from a TOML/JSON config (see configs/)")
+    p.add_argument("--config", help="config file; omitted = the defaults (teacher smollm2-135m, stdlib-student)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set schedule.stage_steps=20 (repeatable)")
+    p.add_argument("--stop-after-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
+    p.set_defaults(func=_cmd_align)
+
+    report = sub.add_parser("report", help="HTML reports").add_subparsers(dest="report_command", required=True)
+    p = report.add_parser("pairing", help="layer attribution, CKA and pairing of TEACHER and STUDENT, one HTML file")
+    p.add_argument("teacher", metavar="TEACHER")
+    p.add_argument("student", metavar="STUDENT")
+    p.add_argument("--task", default="facts", help="facts, humaneval, or a .json/.jsonl task file")
+    p.add_argument("--strategy", default="attribution", help="proportional, attribution or cka")
+    p.add_argument("--prompts", type=int, default=24, help="prompt pairs for the attribution rankers")
+    p.add_argument("--out", default="pairing_report.html")
+    p.add_argument("--png", action="store_true", help="also export PNGs (needs kaleido and a Chromium)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_report_pairing)
 
     zoo = sub.add_parser("zoo", help="the built-in model zoo").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list zoo names").set_defaults(func=_cmd_zoo_list)

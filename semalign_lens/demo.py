@@ -1,0 +1,222 @@
+"""`semalign demo`: the whole SemAlign pipeline on one pair, ending in one self-contained HTML report.
+
+Stages (each a step of the progress bar):
+1. load the pair (vocabulary and mode checked) and look at it: architecture, residual norms per block;
+2. layer pairing: rank the teacher's layers on a factual-recall task (attribution methods with bootstrap
+   CIs), teacher x student CKA, the three pairing strategies (`pairing_report`);
+3. transfer data and evaluation: code transfer on the standard library's test files (never seen by the
+   student), scored by HumanEval solution cross-entropy given the prompt and by held-out stdlib-test CE;
+4. train the SFT control and SemAlign on exactly the same data, steps and trainable parameters
+   (`semalign_lens.baselines.run_method`; frontier schedule over the proportionally paired layers);
+5. evaluate before/after against the teacher: gap closed = (after − before) / (teacher − before);
+6. write `report.html` (overview, pairing, training diagnostics, results, provenance).
+
+Profiles: `demo` (the README's main job, ≤ 10 min on 2 cores), `quick` (≤ 2 min), `tiny` (random tiny
+pair, seconds: tests and notebooks' fast mode). One seed: the demo shows the pipeline; the transfer table
+(`analysis/transfer_table.py`) is where seeds and intervals live.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .errors import SemalignError
+
+
+@dataclass
+class DemoProfile:
+    """Sizes of one demo run; every trained method shares them (the fairness rule)."""
+
+    teacher: str = "smollm2-135m"
+    student: str = "stdlib-student"
+    attribution_task: str = "facts"
+    attribution_prompts: int = 16
+    attribution_methods: tuple[str, ...] = ("grad_x_act", "patch_denoise", "ablate_mean", "seeking")
+    cka_prompts: int = 64
+    overview_prompts: int = 8
+    n_transfer: int = 128
+    diag_sequences: int = 4
+    seq_len: int = 128
+    batch_size: int = 8
+    student_layers: tuple[int, ...] = (1, 3, 5)
+    stage_steps: int = 8
+    lr: float = 1e-3
+    lora_rank: int = 16
+    precision: str = "bf16"
+    humaneval_limit: int = 32
+    heldout_tokens: int = 2048
+    methods: tuple[str, ...] = ("sft", "semalign")
+    seed: int = 0
+
+
+PROFILES = {
+    "demo": DemoProfile(),
+    "quick": DemoProfile(attribution_prompts=8, attribution_methods=("grad_x_act", "patch_denoise"), cka_prompts=32,
+                         overview_prompts=4, n_transfer=48, stage_steps=3, humaneval_limit=8, heldout_tokens=512,
+                         student_layers=(2, 5)),
+    "tiny": DemoProfile(teacher="tiny", student="tiny", attribution_prompts=6,
+                        attribution_methods=("grad_x_act", "patch_denoise"), cka_prompts=12, overview_prompts=2,
+                        n_transfer=12, diag_sequences=2, seq_len=32, batch_size=4, student_layers=(0, 2),
+                        stage_steps=2, lr=1e-2, lora_rank=4, precision="fp32", humaneval_limit=3, heldout_tokens=128),
+}
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    report_path: Path
+    results: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _load_pair(profile: DemoProfile):
+    from .models import ModelPair
+
+    if profile.teacher == "tiny":
+        from .zoo.tiny import tiny_pair
+
+        return tiny_pair(seed=0)
+    return ModelPair.load(profile.teacher, profile.student)
+
+
+def _base_config(profile: DemoProfile, n_sequences: int, run_root: Path):
+    from .config import from_dict
+    from .trainer import AlignConfig
+
+    return from_dict(AlignConfig, {
+        "teacher": profile.teacher, "student": profile.student, "run_dir": str(run_root), "seed": profile.seed,
+        "data": {"seq_len": profile.seq_len, "n_sequences": n_sequences, "batch_size": profile.batch_size,
+                 "diag_sequences": profile.diag_sequences},
+        "pairing": {"strategy": "proportional", "student_layers": list(profile.student_layers)},
+        "schedule": {"mode": "frontier", "trainable": "paired", "adapter": "lora", "lora_rank": profile.lora_rank,
+                     "lora_alpha": 2.0 * profile.lora_rank, "stage_steps": profile.stage_steps, "lr": profile.lr},
+        "precision": profile.precision, "report": False, "progress": False,
+        "cka_max_tokens": 512})
+
+
+def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> pd.DataFrame:
+    """Rows: student before, teacher, each method; columns: every metric, and gap closed on the headline one."""
+    from .evaluation import gap_closed
+
+    rows = [{"model": "student (before)", **before}, {"model": "teacher", **teacher}]
+    rows += [{"model": f"student + {name}", **scores} for name, scores in after.items()]
+    table = pd.DataFrame(rows)
+    table[f"gap_closed ({task.metric})"] = [
+        gap_closed(before[task.metric], r[task.metric], teacher[task.metric], task.higher_is_better) for r in rows]
+    return table
+
+
+def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
+             **overrides) -> DemoResult:
+    """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
+    from . import evaluation as ev
+    from .baselines import run_method
+    from .data import tokenize
+    from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
+    from .pairing import make_pairing
+    from .pairing_report import pairing_report
+    from .report import Report
+    from .training.diagnostics import loss_figure, projection_figure, read_metrics
+
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise SemalignError(f"unknown demo profile {profile!r}; valid: {', '.join(PROFILES)}")
+        profile = PROFILES[profile]
+    profile = replace(profile, **overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = ["load pair", "overview", "layer pairing", "transfer task", *[f"train {m}" for m in profile.methods],
+              "report"]
+    bar = tqdm(stages, desc="semalign demo", disable=not progress, unit="stage", dynamic_ncols=True)
+    timings: dict[str, float] = {}
+    clock = time.time()
+
+    def advance(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.time() - clock, 1)
+        clock = time.time()
+        bar.update(1)
+        bar.set_postfix_str(name + " done")
+
+    torch.manual_seed(profile.seed)
+    pair = _load_pair(profile)
+    teacher, student = pair.teacher, pair.student
+    advance("load pair")
+
+    prompts = humaneval_prompts(profile.overview_prompts)
+    batch = tokenize(pair.tokenizer, prompts, max_len=profile.seq_len)
+    arch = architecture_table(teacher, student)
+    norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)])
+    advance("overview")
+
+    pr = pairing_report(teacher, student, task=profile.attribution_task, out_path=out / "pairing_report.html",
+                        n_prompts=profile.attribution_prompts, methods=profile.attribution_methods,
+                        cka_prompts=profile.cka_prompts, n_boot=200, seed=profile.seed, progress=False)
+    pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
+                           student_layers=list(profile.student_layers))
+    advance("layer pairing")
+
+    task = ev.code_task(pair.tokenizer, profile.n_transfer + profile.diag_sequences, profile.seq_len,
+                        profile.humaneval_limit, heldout_tokens=profile.heldout_tokens)
+    n_train = len(task.transfer) - profile.diag_sequences
+    train = task.transfer.select(torch.arange(n_train))
+    diag = task.transfer.select(torch.arange(n_train, len(task.transfer)))
+    before, teacher_scores = task.evaluate(student), task.evaluate(teacher)
+    advance("transfer task")
+
+    base = _base_config(profile, len(train), out / "runs")
+    after, runs = {}, {}
+    for method in profile.methods:
+        result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
+                            run_dir=out / "runs" / method, pairing=pairing)
+        after[method] = task.evaluate(result.student)
+        runs[method] = result
+        advance(f"train {method}")
+
+    results = results_table(task, before, teacher_scores, after)
+    report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
+                    subtitle=f"profile: {json.dumps(asdict(profile))}")
+    report.add_heading("Results")
+    report.add_markdown(
+        f"Code transfer: {n_train} sequences of {profile.seq_len} tokens from the standard library's test files "
+        f"(unseen by the student); {profile.stage_steps} steps per paired student layer "
+        f"({', '.join(map(str, profile.student_layers))}), LoRA rank {profile.lora_rank}, lr {profile.lr:g}, "
+        f"seed {profile.seed}. Headline metric: `{task.metric}` (HumanEval canonical-solution cross-entropy given "
+        "the prompt, nats/token, lower is better); `stdlib_test_ce` is cross-entropy on held-out stdlib test files. "
+        "Gap closed = (after − before) / (teacher − before). Every method trains the same LoRA parameters on the "
+        "same data for the same steps; only the loss terms differ. One seed: see `analysis/TRANSFER.md` for "
+        "intervals over seeds.")
+    report.add_table(results, caption="Before, teacher, and after each method")
+    report.add_heading("Models")
+    report.add_table(arch.reset_index(), caption="Architecture side by side")
+    report.add_figure(residual_norm_figure(norms), caption=f"On {len(prompts)} HumanEval prompts", name="norms")
+    report.add_heading("Layer pairing")
+    report.add_markdown(f"The full pairing report (attribution with CIs, method agreement, CKA, strategies, "
+                        f"semantic fidelity) is `{(out / 'pairing_report.html').name}` next to this file. "
+                        "Training used the paper's proportional pairing on the student layers listed below.")
+    report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks)")
+    report.add_table(pr.agreement.round(3).reset_index(names="method"), caption="Kendall tau between rankers")
+    for method, result in runs.items():
+        records = read_metrics(result.run_dir / "metrics.jsonl")
+        terms = list(base.objective.terms) if method == "semalign" else []
+        report.add_heading(f"Training: {method}")
+        report.add_figure(loss_figure(records, sorted({k for r in records for k in r
+                                                       if k in ("ce", "kl", "relation", "cosine", "fisher")}
+                                                      | set(terms))), name=f"loss-{method}")
+        if any(r.get("kind") == "diag" for r in records):
+            report.add_figure(projection_figure(records), name=f"proj-{method}")
+    report.add_provenance(("teacher", teacher), ("student", student), seed=profile.seed,
+                          extra={"timings_s": json.dumps(timings)})
+    report_path = report.write(out / "report.html")
+    advance("report")
+    bar.close()
+    results.to_csv(out / "results.csv", index=False)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    return DemoResult(out, report_path, results, timings)
