@@ -33,7 +33,8 @@ def _hardware() -> str:
 
 def _curve(run_dir: Path) -> pd.DataFrame:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return pd.DataFrame([r for r in rows if "val_loss" in r])[["step", "tokens", "val_loss"]].drop_duplicates("step")
+    curve = pd.DataFrame([r for r in rows if "val_loss" in r])[["step", "tokens", "val_loss"]]
+    return curve.drop_duplicates("step").astype({"step": int, "tokens": int})
 
 
 def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
