@@ -81,7 +81,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
         f"{cfg.seq_len}, fp32 evaluation of the bf16 weights): **{val_loss:.3f} nats/token** "
         "(`tests/test_stdlib_student.py` recomputes it with Hugging Face's own loss).", "",
         "Validation curve (first 64 validation blocks during training, bf16 autocast):", "",
-        curve.to_markdown(index=False, floatfmt=".3f"), "",
+        curve.to_markdown(index=False, floatfmt=(".0f", ".0f", ".3f")), "",
     ]
     if cross_entropy is not None:
         lines += ["Teacher and student side by side (cross-entropy, nats/token; lower is better). "
