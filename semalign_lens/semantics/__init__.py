@@ -15,7 +15,7 @@ recomposed on the student's directions, h̃ = Ŝ_S a (Eq. 2). Both steps are imp
   `fold_final_norm=False` is the literal VDS basis (pinv of the LM head). Measured on SmolLM2 with
   HumanEval prompts (`analysis/fig2_resolution.py`): for the paper kind, folding raises cos(h, recomposed)
   a little (mean over layers 0.778 vs 0.743) but *lowers* how often the recomposition keeps the logit-lens
-  top-1 token (15 % vs 36 %; top-10 overlap 0.12 vs 0.60). This contradicts feasibility.md §3 ("folding
+  top-1 token (18 % vs 38 %; top-10 overlap 0.14 vs 0.58). This contradicts feasibility.md §3 ("folding
   raises mid-layer top-1 from 4 % to 25-29 %"); for paper-kind work compare both. The exact kinds are exact
   either way. `center=False` by default: centring W over the vocabulary only shifts logits by a constant per
   state, so it changes the basis without changing any readout (and measured, it lowers paper-kind fidelity).
@@ -34,6 +34,10 @@ recomposed on the student's directions, h̃ = Ŝ_S a (Eq. 2). Both steps are imp
   on SmolLM2 (benchmarks/RESULTS.md): relative error of S against float64 Householder is ~2e-15 in float64
   and ~1e-6 in float32. All d x d operators (frame operator, Grams, transfer matrices) are accumulated in
   float64 over vocabulary chunks, so V-sized float64 tensors never exist.
+- *Cache and subsets.* Bases are cached as safetensors under `paths.cache_dir("bases")`, keyed by a sha256
+  of the head's bytes (and the folded gain) plus the options, dtype and algorithm; `SemanticBasis.key`
+  (weights + options) is what a saved `TransferMap` checks. `tokens=` restricts a basis to an id list
+  (e.g. `most_frequent_tokens(counts, k)`), i.e. the pinv of those rows of the head.
 - *Memory.* Vocabulary-sized coefficient tensors (192 MB per 1024 states at V = 49152) are produced in
   chunks of states; recompose(decompose(h)) is a d x d operator (`roundtrip`), and inner-product losses
   between coefficient vectors reduce to d x d Grams (`CoefficientGram`, the "Gram trick").
