@@ -50,7 +50,7 @@ def cache_bytes(obj):
 with torch.no_grad():
     model(tokens[:1, :8])  # warm-up
     if what == "narrow":
-        fn = lambda: capture(model, batch, range(model.cfg.n_layers), points=("resid_post",), batch_size=8, progress=False)
+        fn = lambda: capture(model, batch, range(model.cfg.n_layers), points=("resid_post",), progress=False)
     else:
         fn = lambda: model.run_with_cache(tokens)[1]
     result, seconds, peak = peak_rss_delta(fn)

@@ -131,19 +131,14 @@ class Capture:
         return torch.stack([self.tokens_of(point, layer) for layer in self.layers if (point, layer) in self.acts])
 
 
-def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
-    if x.shape[1] == width:
-        return x
-    pad = x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))
-    return torch.cat([x, pad], dim=1)
-
-
 def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[str] = ("resid_post",),
-            batch_size: int = 8, shard_dir: str | Path | None = None, progress: bool = True):
+            batch_size: int = 1, shard_dir: str | Path | None = None, progress: bool = True):
     """Capture residual `points` at `layers` for every sequence of `batch`.
 
     Returns a `Capture` in memory, or — with `shard_dir` — writes one safetensors shard per batch and
-    returns a `ShardedCapture` that loads layers on demand.
+    returns a `ShardedCapture` that loads layers on demand. `batch_size` sequences go through each forward:
+    1 (the default) keeps peak memory at the result plus one sequence's forward, and on a CPU costs little
+    speed (benchmarks/RESULTS.md); raise it on a GPU.
     """
     if len(batch) == 0:
         raise SemalignError("empty batch: pass at least one sequence")
@@ -152,12 +147,14 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     if model.training:
         raise SemalignError("capture needs the model in eval mode (dropout would make activations random); "
                             "call model.eval() first")
-    chunks: dict[tuple[str, int], list[torch.Tensor]] = {(p, layer): [] for p in points for layer in layers}
     if shard_dir is not None:
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
-    width = batch.tokens.shape[1]
+    # Outputs are preallocated and filled batch by batch: no list of chunks and no final concatenation,
+    # so peak memory is the result plus one sub-batch's forward.
+    out: dict[tuple[str, int], torch.Tensor] = {}
     parts = list(batch.split(batch_size))
+    row = 0
     for i, part in enumerate(tqdm(parts, desc=f"capture {getattr(model.cfg, 'model_name', '')}",
                                   disable=not progress or len(parts) < 2, leave=False)):
         acts = residuals(model, part.tokens, points, layers)
@@ -166,13 +163,16 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
             save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
             continue
         for key, value in acts.items():
-            chunks[key].append(_pad_to(value.float().cpu(), width))
+            if key not in out:
+                out[key] = torch.zeros((len(batch), batch.tokens.shape[1], value.shape[-1]), dtype=torch.float32)
+            out[key][row: row + len(part), : value.shape[1]] = value
+        row += len(part)
     name = getattr(model.cfg, "model_name", "")
     if shard_dir is not None:
         index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts)}
         (shard_dir / "index.json").write_text(json.dumps(index, indent=2))
         return ShardedCapture(shard_dir)
-    return Capture({k: torch.cat(v) for k, v in chunks.items()}, batch.mask.clone(), model=str(name))
+    return Capture(out, batch.mask.clone(), model=str(name))
 
 
 class ShardedCapture:
