@@ -14,7 +14,8 @@ canonical solutions given the prompt, lower is better; gap closed = (after − b
 
 Every run is `baselines.run_method` on one shared `AlignConfig` (the fairness rule of the transfer benchmark):
 same transfer data, LoRA adapters on the frontier layer, learning rate, and the same **total** number of
-optimizer steps (a pairing with fewer pairs gets proportionally more steps per stage). The reference run
+optimizer steps (a pairing with fewer pairs gets proportionally more steps per stage; it then trains fewer
+layers, so its summed trainable-parameter count is smaller). The reference run
 (SemAlign: relation + KL, dual map, proportional pairing) is shared by the pairing, objective and map axes
 and is repeated over `--noise-seeds`, whose spread is the yardstick: one-seed differences smaller than the
 reference's seed spread are not evidence. Teacher targets are cached once per pairing (states + logits).
@@ -202,22 +203,22 @@ def main(argv: list[str] | None = None) -> int:
                    "(default 0 1 2; fast 0 1)")
     p.add_argument("--steps", type=int, default=None, help="steps per student layer (total = steps x student "
                    "layers, for every pairing; default 4, fast 2)")
-    p.add_argument("--n-transfer", type=int, default=None, help="transfer sequences (default 64; fast 12)")
+    p.add_argument("--n-transfer", type=int, default=None, help="transfer sequences (default 32; fast 12)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per transfer sequence (default 64; fast 24)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 8; fast 4")
+    p.add_argument("--batch-size", type=int, default=None, help="default 4; fast 4")
     p.add_argument("--lora-rank", type=int, default=None, help="default 16; fast 4")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3; fast 1e-2")
     p.add_argument("--humaneval-limit", type=int, default=None, help="HumanEval problems scored (default 24; fast 4)")
     p.add_argument("--attribution-pairs", type=int, default=None, help="prompt pairs for the rankers "
-                   "(default 16; fast 6)")
+                   "(default 12; fast 6)")
     p.add_argument("--rankers", nargs="*", default=None, choices=RANKERS,
                    help=f"attribution methods compared (default {' '.join(RANKERS)}; fast: 3 of them)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
-    sizes = {"noise_seeds": ([0, 1, 2], [0, 1]), "steps": (4, 2), "n_transfer": (64, 12), "seq_len": (64, 24),
-             "batch_size": (8, 4), "lora_rank": (16, 4), "lr": (1e-3, 1e-2), "humaneval_limit": (24, 4),
-             "attribution_pairs": (16, 6), "rankers": (list(RANKERS), ["grad_x_act", "patch_denoise", "laten"])}
+    sizes = {"noise_seeds": ([0, 1, 2], [0, 1]), "steps": (4, 2), "n_transfer": (32, 12), "seq_len": (64, 24),
+             "batch_size": (4, 4), "lora_rank": (16, 4), "lr": (1e-3, 1e-2), "humaneval_limit": (24, 4),
+             "attribution_pairs": (12, 6), "rankers": (list(RANKERS), ["grad_x_act", "patch_denoise", "laten"])}
     for key, (full, fast) in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, fast if args.fast else full)
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.noise_seeds:
             runner.run("reference", "semalign (relation+kl, dual, proportional)", REFERENCE, proportional, seed)
         ref = pd.DataFrame([r for r in runner.rows if r["axis"] == "reference"])
-        noise = {"reference_score": float(ref["score"].mean()), "seeds": len(ref),
+        noise = {"reference_score": float(ref.loc[ref["seed"] == args.seed, "score"].iloc[0]),
+                 "reference_mean": float(ref["score"].mean()), "seeds": len(ref),
                  "score_sd": float(ref["score"].std()) if len(ref) > 1 else float("nan"),
                  "score_range": float(ref["score"].max() - ref["score"].min())}
         t = lap("reference runs", t)
@@ -349,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Ablations the paper promised", "",
              f"Produced by `python analysis/ablations.py{' --fast' if args.fast else ''}`; every run in `runs.csv`.", "",
              f"Reference (SemAlign: relation + KL, dual map, proportional pairing): {task.metric} "
-             f"{noise['reference_score']:.4f} over {noise['seeds']} seed(s)"
-             + (f", sd {sd:.4f}" if len(ref) > 1 else "") + f"; student before {runner.before:.4f}, teacher "
-             f"{runner.teacher_score:.4f}.", ""]
+             f"{noise['reference_score']:.4f} at seed {args.seed}"
+             + (f"; over seeds {args.noise_seeds}: mean {noise['reference_mean']:.4f}, sd {sd:.4f}" if len(ref) > 1
+                else "") + f". Student before {runner.before:.4f}, teacher {runner.teacher_score:.4f}. "
+             "`delta_vs_reference` = score − the reference's score at the same seed.", ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     for axis in ("attribution", "pairing", "objective", "map"):
         part = summary[summary["axis"] == axis]
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({'higher' if task.higher_is_better else 'lower'} is better)",
                      labels={"score": task.metric, "variant": "variant"})
         fig.add_hline(y=runner.before, line_dash="dot", annotation_text="student before")
-        fig.add_hline(y=noise["reference_score"], line_dash="dash", annotation_text="reference (mean over seeds)")
+        fig.add_hline(y=noise["reference_score"], line_dash="dash", annotation_text=f"reference (seed {args.seed})")
         report.add_figure(fig, name="scores")
         report.add_table(summary.round(4), caption="One row per variant (score averaged over its seeds)")
     for name, frame in frames.items():

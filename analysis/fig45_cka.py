@@ -183,18 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", default="stdlib-student")
     p.add_argument("--n-prompts", type=int, default=None, help="HumanEval prompts (default 32; fast 4)")
     p.add_argument("--max-len", type=int, default=None, help="tokens per prompt (default 128; fast 32)")
-    p.add_argument("--steps", type=int, default=None, help="alignment steps per stage (default 8; fast 2)")
+    p.add_argument("--steps", type=int, default=None, help="alignment steps per stage (default 6; fast 2)")
     p.add_argument("--lr", type=float, default=None, help="alignment learning rate (default 1e-3; fast 1e-2)")
-    p.add_argument("--align-sequences", type=int, default=None, help="alignment sequences (default 64; fast 12)")
-    p.add_argument("--align-seq-len", type=int, default=None, help="alignment sequence length (default 128; fast 32)")
-    p.add_argument("--align-batch", type=int, default=None, help="alignment batch size (default 8; fast 4)")
-    p.add_argument("--permutations", type=int, default=None, help="permutation-null draws (default 10; fast 3)")
+    p.add_argument("--align-sequences", type=int, default=None, help="alignment sequences (default 32; fast 12)")
+    p.add_argument("--align-seq-len", type=int, default=None, help="alignment sequence length (default 64; fast 32)")
+    p.add_argument("--align-batch", type=int, default=None, help="alignment batch size (default 4; fast 4)")
+    p.add_argument("--permutations", type=int, default=None, help="permutation-null draws (default 5; fast 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
-    sizes = {"n_prompts": (32, 4), "max_len": (128, 32), "steps": (8, 2), "lr": (1e-3, 1e-2),
-             "align_sequences": (64, 12), "align_seq_len": (128, 32), "align_batch": (8, 4), "permutations": (10, 3)}
+    sizes = {"n_prompts": (32, 4), "max_len": (128, 32), "steps": (6, 2), "lr": (1e-3, 1e-2),
+             "align_sequences": (32, 12), "align_seq_len": (64, 32), "align_batch": (4, 4), "permutations": (5, 3)}
     for key, (full, fast) in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, fast if args.fast else full)

@@ -542,11 +542,11 @@ from semalign_lens.trainer import load_align_config
 run_dir = Path(tempfile.mkdtemp(prefix="semalign-nb05-"))
 cfg = load_align_config(None, {
     "run_dir": str(run_dir), "progress": False, "seed": 0,
-    "data.source": "code-transfer", "data.seq_len": 32 if FAST else 128, "data.n_sequences": 16 if FAST else 64,
-    "data.batch_size": 4 if FAST else 8, "data.diag_sequences": 4,
+    "data.source": "code-transfer", "data.seq_len": 32 if FAST else 64, "data.n_sequences": 16 if FAST else 32,
+    "data.batch_size": 4, "data.diag_sequences": 4,
     "pairing.strategy": "proportional", "transfer.kind": "dual",
     "objective.terms": {"relation": 1.0, "kl": 1.0},
-    "schedule.stage_steps": 3 if FAST else 8, "schedule.lr": 1e-2 if FAST else 1e-3,
+    "schedule.stage_steps": 3 if FAST else 6, "schedule.lr": 1e-2 if FAST else 1e-3,
 })
 {section: cfg.to_dict()[section] for section in ("data", "pairing", "transfer", "objective")}'''),
     ("md", """\
@@ -671,7 +671,7 @@ base = load_align_config(None, {
     "data.batch_size": 4 if FAST else 8, "data.diag_sequences": 2,
     "pairing.strategy": "proportional",
     "schedule.adapter": "lora", "schedule.lora_rank": 4 if FAST else 16, "schedule.lora_alpha": 8.0 if FAST else 32.0,
-    "schedule.stage_steps": 2 if FAST else 6, "schedule.lr": 1e-2 if FAST else 1e-3,
+    "schedule.stage_steps": 2 if FAST else 4, "schedule.lr": 1e-2 if FAST else 1e-3,
 })
 METHODS, SEEDS = ["sft", "kd", "semalign"], [0, 1] if FAST else [0, 1, 2]
 work = Path(tempfile.mkdtemp(prefix="semalign-nb06-"))

@@ -207,14 +207,16 @@ class _ChunkedKL(torch.autograd.Function):
             pt, lse_t = _softmax_into(tc, buf[:m])
             ps, lse_s = _softmax_into(sc, grad[i: i + m] if grad is not None else spare[:m])
             if forward_direction:
-                # Σ_rows KL = Σ p_T ⊙ (t − s) + Σ (lse(s) − lse(t))
-                total += (pt * (tc - sc)).sum(dtype=torch.float64) + (lse_s - lse_t).sum(dtype=torch.float64)
+                # Σ_rows KL = ⟨p_T, t⟩ − ⟨p_T, s⟩ + Σ (lse(s) − lse(t)); BLAS dots over the chunk, no temporaries
+                flat = pt.reshape(-1)
+                total += (torch.dot(flat, tc.reshape(-1)) - torch.dot(flat, sc.reshape(-1))).double()
+                total += (lse_s - lse_t).double().sum()
                 if grad is not None:
                     ps.sub_(pt)  # grad rows hold p_S; now p_S − p_T
             else:
                 diff = (sc - lse_s.unsqueeze(1)).sub_(tc).add_(lse_t.unsqueeze(1))  # log p_S − log p_T
                 row = (ps * diff).sum(-1, keepdim=True)
-                total += row.sum(dtype=torch.float64)
+                total += row.double().sum()
                 if grad is not None:
                     ps.mul_(diff.sub_(row))
         ctx.save_for_backward(grad)

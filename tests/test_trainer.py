@@ -37,7 +37,8 @@ def tokens(tiny_pair):
 
 
 def make_cfg(tmp_path: Path, **overrides) -> AlignConfig:
-    base = {"run_dir": str(tmp_path / "run"), "progress": False, "report": False, "data.batch_size": 4,
+    base = {"run_dir": str(tmp_path / "run"), "progress": False, "report": False, "figures": False,
+            "data.batch_size": 4,
             "data.diag_sequences": 4, "schedule.stage_steps": 2, "schedule.lr": 1e-2, "checkpoint_every": 1,
             "objective.terms": {"relation": 1.0, "kl": 1.0}}
     return load_align_config(None, {**base, **overrides})
@@ -80,7 +81,7 @@ def test_each_objective_trains_a_short_run(tmp_path, tiny_pair, tokens, terms):
 def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
     from semalign_lens.models import load_model
 
-    cfg = make_cfg(tmp_path, report=True, diag_every=1, **{"schedule.stage_steps": 2})
+    cfg = make_cfg(tmp_path, report=True, figures=True, diag_every=1, **{"schedule.stage_steps": 2})
     result = run(cfg, tiny_pair, tokens)
     d = result.run_dir
     for name in ("config.json", "metrics.jsonl", "final.json", "pairing.json", "identity.json", "transfer.safetensors",
@@ -146,6 +147,23 @@ def test_trainable_all_trains_every_parameter_with_the_same_stages(tmp_path, tin
     before = initial_student(tiny_pair)
     result = run(cfg, tiny_pair, tokens, stop_after_steps=1)
     assert changed(before, result.student) == set(before)
+
+
+def test_pairing_from_a_saved_layer_pairing_and_by_cka(tmp_path, tiny_pair, tokens):
+    from semalign_lens.pairing import pair_proportional
+
+    saved = pair_proportional(6, 3, student_layers=[1, 2]).save(tmp_path / "pairing.json")
+    trainer = Trainer(make_cfg(tmp_path / "a", **{"pairing.path": str(saved)}), teacher=tiny_pair.teacher,
+                      student=tiny_pair.student, data=tokens)
+    assert [(p.student_layer, p.teacher_low) for p in trainer.pairs] == [(1, 3), (2, 5)]
+    assert len(trainer.stages) == 2
+    trainer = Trainer(make_cfg(tmp_path / "b", **{"pairing.strategy": "cka"}), teacher=tiny_pair.teacher,
+                      student=tiny_pair.student, data=tokens)
+    lows = [p.teacher_low for p in trainer.pairs]
+    assert [p.student_layer for p in trainer.pairs] == [0, 1, 2] and lows == sorted(lows)
+    with pytest.raises(SemalignError, match="built for a 8-layer teacher .* the models have 6 and 3 layers"):
+        Trainer(make_cfg(tmp_path / "c"), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+                pairing=pair_proportional(8, 3))
 
 
 # ----------------------------------------------------------------------------------------------- resume

@@ -41,6 +41,7 @@ from .config import AlignConfig, load_align_config
 from .dataset import AlignData, build_data
 from .hfmodel import capture, clean_copy, lens_fn, parts, weights_fingerprint
 from .schedule import Pair, Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
+from .setup import check_pairs, resolve_pairing, resolve_transfer
 from .targets import (
     CachedTargets,
     OnlineTargets,
@@ -91,126 +92,6 @@ class AlignResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-def _pairs_from(pairing: Any) -> list[Pair]:
-    """Pairs from a `pairing.LayerPairing` (duck-typed), a list of Pair, or rows [s, low, high, weight]."""
-    rows = getattr(pairing, "pairs", pairing)
-    out = []
-    for row in rows:
-        if isinstance(row, Pair):
-            out.append(row)
-        elif hasattr(row, "student_layer"):
-            out.append(Pair(int(row.student_layer), int(row.teacher_low), int(row.teacher_high),
-                            float(getattr(row, "weight", 0.0)), str(getattr(row, "reason", ""))))
-        else:
-            row = list(row)
-            if len(row) not in (2, 4):
-                raise SemalignError(f"pairing row {row} must be [student_layer, teacher_layer] or "
-                                    "[student_layer, teacher_low, teacher_high, weight]")
-            if len(row) == 2:
-                row = [row[0], row[1], row[1], 0.0]
-            out.append(Pair(int(row[0]), int(row[1]), int(row[2]), float(row[3]), "explicit"))
-    return out
-
-
-def check_pairs(pairs: list[Pair], n_teacher: int, n_student: int, teacher: str, student: str) -> None:
-    """Refuse pairs that do not fit the models, before anything else runs."""
-    if not pairs:
-        raise SemalignError("the pairing has no pairs; pair at least one student layer with a teacher layer")
-    seen = set()
-    for p in pairs:
-        if not 0 <= p.student_layer < n_student:
-            raise SemalignError(f"pairing uses student layer {p.student_layer}, but student {student} has {n_student} "
-                                f"blocks (valid 0..{n_student - 1}); build the pairing for these models")
-        for t in (p.teacher_low, p.teacher_high):
-            if not 0 <= t < n_teacher:
-                raise SemalignError(f"pairing uses teacher layer {t}, but teacher {teacher} has {n_teacher} blocks "
-                                    f"(valid 0..{n_teacher - 1}); build the pairing for these models")
-        if p.teacher_low > p.teacher_high or not 0.0 <= p.weight <= 1.0:
-            raise SemalignError(f"pair {p} needs teacher_low <= teacher_high and a weight in [0, 1]")
-        if p.student_layer in seen:
-            raise SemalignError(f"student layer {p.student_layer} is paired twice; SemAlign pairs exactly one teacher "
-                                "target with each student layer")
-        seen.add(p.student_layer)
-
-
-def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int,
-                    cka: torch.Tensor | None = None) -> list[Pair]:
-    """Pairs from the API argument, or the config (explicit rows, a saved LayerPairing, or a strategy).
-
-    `cka` [teacher blocks, student blocks] is needed by the `cka` strategy (computed on the diagnostic batch).
-    """
-    from .. import pairing as pairing_module
-
-    pc = cfg.pairing
-    if given is not None:
-        obj = given
-    elif pc.pairs is not None:
-        obj = pc.pairs
-    elif pc.path:
-        obj = pairing_module.LayerPairing.load(pc.path)
-    elif pc.strategy == "cka":
-        obj = pairing_module.make_pairing("cka", n_teacher, n_student, cka=cka.numpy())
-    else:
-        obj = pairing_module.make_pairing("proportional", n_teacher, n_student, interpolate=pc.interpolate,
-                                          student_layers=pc.student_layers)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate(n_teacher, n_student)
-    pairs = _pairs_from(obj)
-    if pc.student_layers is not None and given is None and pc.pairs is None:
-        pairs = [p for p in pairs if p.student_layer in set(pc.student_layers)]
-    return pairs
-
-
-def zero_head_rows(*models) -> torch.Tensor:
-    """Vocabulary ids whose LM-head row is all zero in any of `models` (e.g. a padding token's tied embedding,
-    which `nn.Embedding(padding_idx=...)` keeps at zero). Such a row has no pinv direction (its basis column
-    is 0, and unit-normalising it gives NaN), so the semantic bases leave those ids out."""
-    from ..semantics import unembedding
-
-    zero = None
-    for model in models:
-        rows = (unembedding(model) == 0).all(0)
-        zero = rows if zero is None else zero | rows.to(zero.device)
-    return zero.nonzero().flatten().cpu()
-
-
-def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student):
-    """The TransferMap from the API argument, a saved file, or built from both models' semantic bases.
-
-    Built maps leave out token ids with an all-zero head row in either model (see `zero_head_rows`); the
-    excluded ids are listed in the run's provenance (`transfer_excluded_ids`).
-    """
-    from ..semantics import SemanticBasis, TransferMap
-
-    excluded = torch.empty(0, dtype=torch.long)
-    if given is not None:
-        transfer = given
-    elif cfg.transfer.path:
-        transfer = TransferMap.load(cfg.transfer.path)
-    else:
-        excluded = zero_head_rows(teacher, student)
-        tokens = None
-        if excluded.numel():
-            keep = torch.ones(teacher.cfg.d_vocab, dtype=torch.bool)
-            keep[excluded] = False
-            tokens = keep.nonzero().flatten()
-        kw = {"fold_final_norm": cfg.transfer.fold_final_norm, "tokens": tokens}
-        transfer = TransferMap(SemanticBasis.from_model(teacher, **kw), SemanticBasis.from_model(student, **kw),
-                               kind=cfg.transfer.kind)
-    matrix = getattr(transfer, "matrix", None)
-    want = (student.cfg.d_model, teacher.cfg.d_model)
-    if matrix is None or tuple(matrix.shape) != want or not callable(transfer):
-        got = None if matrix is None else tuple(matrix.shape)
-        raise SemalignError(f"the transfer map has shape {got}, but these models need [d_S, d_T] = {list(want)}; "
-                            "build it with TransferMap(SemanticBasis.from_model(teacher), "
-                            "SemanticBasis.from_model(student), kind=...)")
-    if not torch.isfinite(matrix).all():
-        raise SemalignError("the transfer map has NaN/inf entries; check both models' LM heads (an all-zero row "
-                            "gives an undefined basis direction: build the bases with tokens= that leave it out)")
-    return transfer, excluded.tolist()
-
 
 def _interp(states: dict[str, torch.Tensor], pair: Pair) -> torch.Tensor:
     low = states[f"post.{pair.teacher_low}"]
@@ -313,9 +194,10 @@ class Trainer:
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
         self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student)
-        self.provenance = {"transfer_excluded_ids": excluded, "teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
+        self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
                            "processes": self.world, "pairing": [p.__dict__ for p in self.pairs],
-                           "transfer": repr(self.transfer), "data": self.data.source}
+                           "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
+                           "data": self.data.source}
         self.provenance = json.loads(json.dumps(
             self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
         self.identity = {"teacher_hash": weights_fingerprint(self.teacher),
@@ -326,10 +208,6 @@ class Trainer:
         self._check_resume_identity()
         self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
         self.targets = self._make_targets()
-        if self.targets.mode == "cached":
-            self.teacher = None  # not held during training
-            del teacher
-            gc.collect()
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
         self._open: int | None = None
@@ -339,6 +217,9 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
+        if self.targets.mode == "cached":
+            self.teacher = None  # the trainer holds no teacher during training (the caller may)
+            gc.collect()
 
     def _cka_blocks(self) -> torch.Tensor:
         """Teacher x student linear CKA of every block's resid_post on the diagnostic batch (for `cka` pairing)."""

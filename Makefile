@@ -1,0 +1,42 @@
+# Figures, tables and notebooks of semalign_lens.
+#
+#   make figures              every figure and table on the embedded pair into analysis/out/ (tens of minutes on 2 cores)
+#   make figures FAST=1       the same pipeline on tiny random models (a smoke check; numbers meaningless)
+#   make fig2 | fig45 | transfer | ablations     one of them
+#   make notebooks            regenerate notebooks/*.ipynb from notebooks/build_notebooks.py and execute them in
+#                             fast mode (what CI runs)
+#   make notebooks-full       execute every notebook on the embedded pair; executed copies in analysis/out/notebooks/
+#   make test-analysis        smoke tests of the figure scripts (tiny models)
+#
+# Variables: PYTHON (default python3), OUT (default analysis/out), STUDENT (default stdlib-student),
+# TRANSFER_PROFILE (default quick), TRANSFER_MINUTES (default 20).
+
+PYTHON ?= python3
+OUT ?= analysis/out
+STUDENT ?= stdlib-student
+TRANSFER_PROFILE ?= quick
+TRANSFER_MINUTES ?= 20
+FAST ?=
+
+FIGURE_ARGS = --out $(OUT) --student $(STUDENT) --transfer-profile $(TRANSFER_PROFILE) \
+	--transfer-minutes $(TRANSFER_MINUTES) $(if $(filter 1,$(FAST)),--fast,)
+
+.PHONY: figures fig2 fig45 transfer ablations notebooks notebooks-build notebooks-full test-analysis
+
+figures:
+	HF_HUB_OFFLINE=1 $(PYTHON) analysis/make_figures.py $(FIGURE_ARGS)
+
+fig2 fig45 transfer ablations:
+	HF_HUB_OFFLINE=1 $(PYTHON) analysis/make_figures.py $(FIGURE_ARGS) --only $@
+
+notebooks-build:
+	$(PYTHON) notebooks/build_notebooks.py
+
+notebooks: notebooks-build
+	SEMALIGN_FAST=1 HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/test_notebooks.py
+
+notebooks-full:
+	HF_HUB_OFFLINE=1 $(PYTHON) analysis/make_figures.py --notebooks --out $(OUT)
+
+test-analysis:
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/test_analysis_scripts.py
