@@ -41,12 +41,12 @@ class DemoProfile:
     attribution_methods: tuple[str, ...] = ("grad_x_act", "patch_denoise", "ablate_mean", "seeking")
     cka_prompts: int = 64
     overview_prompts: int = 8
-    n_transfer: int = 128
+    n_transfer: int = 256
     diag_sequences: int = 4
     seq_len: int = 128
     batch_size: int = 8
     student_layers: tuple[int, ...] = (1, 3, 5)
-    stage_steps: int = 8
+    stage_steps: int = 20
     lr: float = 1e-3
     lora_rank: int = 16
     precision: str = "bf16"
@@ -58,7 +58,7 @@ class DemoProfile:
 
 PROFILES = {
     "demo": DemoProfile(),
-    "quick": DemoProfile(attribution_prompts=8, attribution_methods=("grad_x_act", "patch_denoise"), cka_prompts=32,
+    "quick": DemoProfile(attribution_prompts=8, attribution_methods=("grad_x_act",), cka_prompts=16,
                          overview_prompts=4, n_transfer=48, stage_steps=3, humaneval_limit=8, heldout_tokens=512,
                          student_layers=(2, 5)),
     "tiny": DemoProfile(teacher="tiny", student="tiny", attribution_prompts=6,

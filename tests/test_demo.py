@@ -1,0 +1,29 @@
+"""The main job end to end on the tiny pair: every stage runs and the report holds the results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from semalign_lens.demo import PROFILES, run_demo
+from semalign_lens.errors import SemalignError
+
+
+def test_tiny_demo_runs_end_to_end(tmp_path):
+    result = run_demo("tiny", out_dir=tmp_path, progress=False)
+    table = result.results
+    assert list(table["model"]) == ["student (before)", "teacher", "student + sft", "student + semalign"]
+    assert all(math.isfinite(v) for v in table["humaneval_ce"])
+    # the trained students changed: their scores differ from the untrained student's
+    before = table.loc[0, "humaneval_ce"]
+    assert table.loc[2, "humaneval_ce"] != before and table.loc[3, "humaneval_ce"] != before
+    html = result.report_path.read_text()
+    assert html.count("plotly.js v") == 1 and "student + semalign" in html and "Provenance" in html
+    assert (tmp_path / "pairing_report.html").exists() and (tmp_path / "results.csv").exists()
+    assert set(result.timings) >= {"load pair", "layer pairing", "train sft", "train semalign", "report"}
+
+
+def test_unknown_profile_lists_valid_ones():
+    with pytest.raises(SemalignError, match="valid: " + ", ".join(PROFILES)):
+        run_demo("huge")
