@@ -97,6 +97,24 @@ def residual_stack(model, batch) -> list[torch.Tensor]:
     return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in range(n)]
 
 
+def standardized(stack: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
+    """Each feature z-scored over the kept tokens: every dimension weighs the same in linear CKA."""
+    out = []
+    for h in stack:
+        flat = h[keep]
+        out.append((h - flat.mean(0)) / flat.std(0).clamp_min(1e-6))
+    return out
+
+
+def top_dimension_share(stack: list[torch.Tensor], keep: torch.Tensor) -> list[float]:
+    """Per layer: the share of the token variance held by the single largest feature (1/d for isotropic)."""
+    shares = []
+    for h in stack:
+        var = h[keep].var(0)
+        shares.append(float(var.max() / var.sum().clamp_min(1e-30)))
+    return shares
+
+
 def align_student(args, teacher, student, work: Path):
     """A short SemAlign run (the package defaults, sized by --steps / --align-*); returns (bridge, result)."""
     from semalign_lens.trainer import align, load_align_config
@@ -171,6 +189,10 @@ def verdicts(cross: pd.DataFrame, comparisons: pd.DataFrame, null_q95: float, sh
         out.append((f"{label}: patterns 'very similar' (r >= {HIGH_R} and max |diff| <= {SMALL_DIFF})",
                     bool(row.r >= HIGH_R and row.max_abs_diff <= SMALL_DIFF),
                     f"r = {row.r:.3f}, max |diff| = {row.max_abs_diff:.3f}, mean |diff| = {row.mean_abs_diff:.3f}"))
+    z = c.loc["fig5a teacher x student (standardized)"]
+    out.append(("same as (i) with every feature standardized (each dimension weighs the same)", None,
+                f"Spearman {z.monotone_rho:.2f}; best teacher block per student block {z.best_teacher_block}; "
+                f"proportional-pair CKA {z.path_cka:.3f} vs matrix mean {z['mean']:.3f}"))
     out.append(("how far training moved the student: CKA(layer before, same layer after)", None,
                 "per student block " + ", ".join(f"{v:.3f}" for v in shift)))
     return out
@@ -238,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
          "fig5b mapped(dual) x student": cka(mapped["dual"], S),
          "fig5b mapped(paper) x student": cka(mapped["paper"], S),
          "fig5b teacher x aligned": cka(T, A)}
+    keep = batch.mask.clone()
+    keep[:, 0] = False
+    M["fig5a teacher x student (standardized)"] = cka(standardized(T, keep), standardized(S, keep))
+    outliers = pd.DataFrame({"model": ["teacher"] * len(T) + ["student"] * len(S),
+                             "layer": residual_labels(teacher.cfg.n_layers) + residual_labels(student.cfg.n_layers),
+                             "top_dimension_share": top_dimension_share(T, keep) + top_dimension_share(S, keep)})
     null = cka_permutation_null(T, S, mask=batch.mask, drop_first=True, debiased=True,
                                 n_permutations=args.permutations, seed=args.seed)
     null_q95 = float(null.quantile(0.95)[1:, 1:].max())
@@ -287,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                                              "teacher block per student block, Spearman")
     report.add_table(selfs.round(4), caption="Self matrices: adjacent layers vs layers two or more apart")
     report.add_table(comparisons.round(4), caption="Without vs with alignment")
+    report.add_table(outliers.round(4), caption="Share of the token variance in the largest single feature, per "
+                                                "layer (linear CKA weighs features by variance)")
     report.add_markdown("\n".join(f"- **{label(ok)}** {text}: {nums}"
                                   for text, ok, nums in claims))
     report.add_provenance(("teacher", teacher), ("student", student), seed=args.seed,
@@ -309,12 +339,17 @@ def main(argv: list[str] | None = None) -> int:
              "## Cross matrices (teacher or mapped teacher x student)", "", cross.round(4).to_markdown(index=False), "",
              "## Self matrices", "", selfs.round(4).to_markdown(index=False), "",
              "## Without vs with alignment", "", comparisons.round(4).to_markdown(index=False), "",
+             "## Variance held by the largest single feature (why linear CKA can be dominated by one dimension)", "",
+             "Teacher: " + ", ".join(f"{r.layer}: {r.top_dimension_share:.2f}" for r in outliers.itertuples()
+                                     if r.model == "teacher"), "",
+             "Student: " + ", ".join(f"{r.layer}: {r.top_dimension_share:.2f}" for r in outliers.itertuples()
+                                     if r.model == "student"), "",
              "## Alignment run", "", "```json", json.dumps(align_info, indent=1), "```", "",
              "## The paper's claims", ""]
     lines += [f"- **{label(ok)}** {text}: {nums}" for text, ok, nums in claims]
     lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
     (out / "fig45_cka.md").write_text("\n".join(lines) + "\n")
-    summary = {"settings": settings, "cross": cross.to_dict("records"), "self": selfs.to_dict("records"),
+    summary = {"settings": settings, "cross": cross.to_dict("records"), "top_dimension_share": outliers.to_dict("records"), "self": selfs.to_dict("records"),
                "comparisons": comparisons.to_dict("records"), "student_shift": shift, "null_q95": null_q95,
                "alignment": align_info, "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in claims]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,8 @@ CASES = {
     "cached relation+cosine_onehot, frontier last": ({"relation": 1.0, "cosine_onehot": 1.0}, "frontier", "last",
                                                      "cached"),
     "cached relation, joint (6 layers)": ({"relation": 1.0}, "joint", "first", "cached"),
+    "cached relation+kl (fp16 logits cached), frontier last": ({"relation": 1.0, "kl": 1.0}, "frontier", "last",
+                                                               "cached"),
 }
 
 
@@ -110,7 +113,8 @@ def worker(case: str, rounds: int) -> dict:
         "run_dir": run_dir, "progress": False, "report": False,
         "data.source": "code-transfer", "data.seq_len": 256, "data.n_sequences": 16, "data.batch_size": 8,
         "data.diag_sequences": 2, "objective.terms": terms, "schedule.mode": mode, "schedule.lr": 1e-4,
-        "targets.mode": targets, "targets.cache_dir": str(Path(run_dir) / "cache")})
+        "targets.mode": targets, "targets.cache_dir": str(Path(run_dir) / "cache"),
+        "targets.cache_logits": targets == "cached" and "kl" in terms})
     trainer = Trainer(cfg, teacher=teacher, student=student)
     stage = trainer.stages[-1] if which == "last" else trainer.stages[0]
     trainer._open_stage(stage)
@@ -153,6 +157,7 @@ def worker(case: str, rounds: int) -> dict:
             times[name].append(seconds)
             peaks[name] = max(peaks[name], peak)
             before[name] = max(before[name], peak - base)
+    shutil.rmtree(run_dir, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     med.setdefault("teacher", float("nan"))

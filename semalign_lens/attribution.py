@@ -32,10 +32,13 @@ Methods (M = the task metric, by default the teacher-forced answer log-prob of t
   the position that predicts it (teacher-forced, like the other methods).
 
 Patching and ablation share one engine: the runs before block l are the unpatched ones, so a patched run
-restarts at block l (`start_at_layer`) with block l's output overwritten by resid_pre_l + new write, and all interventions at one
-layer go through the model as one batch. `engine="transformer_lens"` instead runs
-`transformer_lens.patching.generic_activation_patch` (full forwards, one per layer and intervention) on the
-`blocks.{l}.hook_resid_post` alias with an additive patch setter; the tests check that both engines agree.
+restarts at block l (`start_at_layer`) with block l's output overwritten by resid_pre_l + new write, and
+all interventions at one layer go through the model as one batch; the forward stops before the final norm
+and the LM head is applied only at the positions the metric reads (checked against the model's own logits
+on the clean run, with a fallback to full logits for heads the logit-lens readout does not reproduce).
+`engine="transformer_lens"` runs `transformer_lens.patching.generic_activation_patch` (full forwards, one
+per layer and intervention) on the `blocks.{l}.hook_resid_post` alias with an additive patch setter; the
+tests check that both engines agree.
 """
 
 from __future__ import annotations

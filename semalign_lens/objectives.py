@@ -74,6 +74,18 @@ def cosine_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tenso
     return 1.0 - _masked_mean(cos, mask)
 
 
+KL_CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per temporary: stays in malloc's heap, no page-fault storm
+
+
+def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(x) written into `out` (may be x itself), logsumexp(x) per row), one exp per element."""
+    peak = x.amax(-1, keepdim=True)
+    torch.sub(x, peak, out=out).exp_()
+    total = out.sum(-1, keepdim=True)
+    out.div_(total)
+    return out, (total.log_() + peak).flatten()
+
+
 def _centre(x: Float[torch.Tensor, "batch pos d"], mask: Bool[torch.Tensor, "batch pos"]) -> torch.Tensor:
     """Subtract each sequence's mean over its real tokens and zero the padding rows."""
     m = mask.unsqueeze(-1).to(x.dtype)
@@ -136,18 +148,88 @@ def fisher_quadratic(z: Float[torch.Tensor, "n vocab"], z_target: Float[torch.Te
     return 0.5 * ((p * delta * delta).sum(-1) - mean * mean)
 
 
+class LogitLens(torch.nn.Module):
+    """A model's logit lens as its parts: final `norm` (a module), then z = norm(h) Wᵀ + b.
+
+    Callable like any lens; exposing the head weight lets `fisher_loss` fuse the head matmul with the loss
+    (`_FusedFisher`), so that no vocabulary-sized tensor outlives a chunk of tokens.
+    """
+
+    def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear):
+        super().__init__()
+        self.norm, self.head = norm, head
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h))
+
+
+class _FusedFisher(torch.autograd.Function):
+    """Σ_rows ½δᵀ(diag(p̃) − p̃p̃ᵀ)δ with δ = (x − x̃)Wᵀ, p̃ = softmax(x̃Wᵀ + b), over chunks of rows.
+
+    x = norm(h) (differentiable), x̃ = norm(target) (constant), z = xWᵀ + b, z̃ = x̃Wᵀ + b (constant, as in the
+    generic path). ∂/∂z = p̃ ⊙ (δ − μ), μ = p̃ᵀδ, so the gradients with respect to x (and W, b when the head
+    trains) are computed in the forward pass, one chunk at a time ([rows, vocab] temporaries of at most
+    `KL_CHUNK_ELEMENTS`), and only [n, d] (and [vocab, d]) is kept: three head-sized matmuls per token
+    instead of the four, plus activation memory, of the checkpointed autograd version.
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_target, weight, bias):
+        n, vocab = x.shape[0], weight.shape[0]
+        rows = max(1, KL_CHUNK_ELEMENTS // vocab)
+        w = weight.float()
+        grad_x = torch.empty((n, x.shape[1]), dtype=torch.float32, device=x.device) if ctx.needs_input_grad[0] \
+            else None
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[2] else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=x.device) if ctx.needs_input_grad[3] else None
+        delta = torch.empty((min(rows, n), vocab), dtype=torch.float32, device=x.device)
+        prob = torch.empty_like(delta)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for i in range(0, n, rows):
+            xc, tc = x[i: i + rows].float(), x_target[i: i + rows].float()
+            m = xc.shape[0]
+            d, p = delta[:m], prob[:m]
+            torch.mm(xc - tc, w.T, out=d)  # δ (the head bias cancels)
+            torch.mm(tc, w.T, out=p)
+            if bias is not None:
+                p += bias.float()
+            _softmax_into(p, p)
+            mean = (p * d).sum(-1, keepdim=True)
+            total += (0.5 * ((p * d * d).sum(-1) - mean.squeeze(1) ** 2)).double().sum()
+            if any(v is not None for v in (grad_x, grad_w, grad_b)):
+                g = d.sub_(mean).mul_(p)  # ∂/∂z = p̃ ⊙ (δ − μ); z̃ is a constant, so ∂z/∂W = x only
+                if grad_x is not None:
+                    torch.mm(g, w, out=grad_x[i: i + m])
+                if grad_w is not None:
+                    grad_w.addmm_(g.T, xc)
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        return total.float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(None if t is None else t * g for t in (ctx.saved_tensors[0], None, *ctx.saved_tensors[1:]))
+
+
 def fisher_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tensor, "batch pos d"],
                 mask: Bool[torch.Tensor, "batch pos"], lens: Lens, chunk: int = 512) -> torch.Tensor:
     """ACL layer loss (form inferred): mean over real positions of ½(z − z̃)ᵀF(z − z̃), F = diag(p̃) − p̃p̃ᵀ.
 
     z = lens(h) and z̃ = lens(target), where `lens` is the student's logit lens (final norm + LM head).
-    z̃ and p̃ are constants (computed under no_grad). Vocabulary-sized tensors exist for `chunk` tokens at a
-    time only, and each chunk is recomputed in the backward pass (activation checkpointing), so memory is
-    O(chunk x vocab) instead of O(tokens x vocab).
+    z̃ and p̃ are constants (no gradient flows into the target side). With a `LogitLens` the head is fused
+    with the loss (`_FusedFisher`); with any other callable, `chunk` tokens at a time are computed and
+    recomputed in the backward pass (activation checkpointing). Either way memory is O(chunk x vocab), not
+    O(tokens x vocab), and the value and gradient are the same.
     """
     hs, ts = h[mask], target[mask].detach()
     if hs.shape[0] == 0:
         return h.sum() * 0.0
+    if isinstance(lens, LogitLens) and isinstance(lens.head, torch.nn.Linear):
+        with torch.no_grad():
+            x_target = lens.norm(ts)
+        total = _FusedFisher.apply(lens.norm(hs), x_target, lens.head.weight, lens.head.bias)
+        return total / hs.shape[0]
 
     def piece(h_chunk: torch.Tensor, t_chunk: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -165,18 +247,6 @@ def fisher_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------- output losses
-
-KL_CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per temporary: stays in malloc's heap, no page-fault storm
-
-
-def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax(x) written into `out`, logsumexp(x) per row) with a single exp per element."""
-    peak = x.amax(-1, keepdim=True)
-    torch.sub(x, peak, out=out).exp_()
-    total = out.sum(-1, keepdim=True)
-    out.div_(total)
-    return out, (total.log_() + peak).flatten()
-
 
 class _ChunkedKL(torch.autograd.Function):
     """Σ_rows KL at temperature τ over [n, vocab] logits, value and gradient in one pass over row chunks.

@@ -33,7 +33,8 @@ def test_fig45_cka_fast(tmp_path):
         assert (tmp_path / name).exists(), name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {c["matrix"] for c in summary["cross"]} == {"fig5a teacher x student", "fig5b mapped(dual) x student",
-                                                      "fig5b mapped(paper) x student", "fig5b teacher x aligned"}
+                                                      "fig5b mapped(paper) x student", "fig5b teacher x aligned",
+                                                      "fig5a teacher x student (standardized)"}
     assert len(summary["comparisons"]) == 4 and summary["claims"]
 
 

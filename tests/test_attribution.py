@@ -145,8 +145,12 @@ def test_fast_engine_falls_back_to_full_logits_when_the_head_differs(tiny_pair, 
     kwargs = dict(methods=["patch_denoise", "ablate_zero"], progress=False, n_boot=20, batch_size=4)
     ref = A.intervention_scan(model, teacher_batch, **kwargs)
     real = semantics.Readout.from_model
-    monkeypatch.setattr(semantics.Readout, "from_model",
-                        classmethod(lambda cls, m: (lambda h, r=real(m): r(h) * 2.0)))
+
+    def doubled(cls, m):
+        head = real(m)
+        return lambda h: head(h) * 2.0  # not what the model computes
+
+    monkeypatch.setattr(semantics.Readout, "from_model", classmethod(doubled))
     np.testing.assert_allclose(A.intervention_scan(model, teacher_batch, **kwargs)["score"], ref["score"], atol=1e-5)
 
 

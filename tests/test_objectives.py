@@ -137,6 +137,35 @@ def test_fisher_loss_matches_reference_values_and_gradients(chunk):
     assert h.grad[~mask].abs().max() == 0  # padding gets no gradient
 
 
+@pytest.mark.parametrize("train_head", [False, True])
+def test_fused_fisher_with_a_logit_lens_matches_the_generic_path(train_head, monkeypatch):
+    import semalign_lens.objectives as objectives
+    from semalign_lens.objectives import LogitLens
+
+    monkeypatch.setattr(objectives, "KL_CHUNK_ELEMENTS", 13 * 4)  # chunks of 4 rows: the chunking is exercised
+    torch.manual_seed(6)
+    mask = _mask()
+    norm = torch.nn.LayerNorm(4, dtype=torch.float64)
+    head = torch.nn.Linear(4, 13, bias=True, dtype=torch.float64)
+    head.requires_grad_(train_head)
+    lens = LogitLens(norm, head)
+    h = torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 7, 4, dtype=torch.float64)
+    fused = fisher_loss(h, t, mask, lens)
+    fused.backward()
+    grads = [h.grad.clone(), norm.weight.grad.clone()] + (
+        [head.weight.grad.clone(), head.bias.grad.clone()] if train_head else [])
+    h.grad = None
+    norm.zero_grad()
+    head.zero_grad()
+    generic = fisher_loss(h, t, mask, lambda v: lens(v), chunk=5)
+    generic.backward()
+    ref = [h.grad, norm.weight.grad] + ([head.weight.grad, head.bias.grad] if train_head else [])
+    assert torch.allclose(fused.double(), generic.double(), atol=1e-6)
+    for a, b in zip(grads, ref, strict=True):
+        assert torch.allclose(a.double(), b.double(), atol=1e-5)
+
+
 def test_fisher_is_zero_at_the_target():
     W = torch.randn(9, 4)
     t = torch.randn(2, 3, 4)

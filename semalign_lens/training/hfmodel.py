@@ -154,9 +154,11 @@ def _raise_stop(module, args):
 
 
 def lens_fn(model: nn.Module):
-    """The logit lens of `model` as a function [n, d] -> [n, vocab]: final norm, then the LM head."""
+    """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`."""
+    from ..objectives import LogitLens
+
     p = parts(model)
-    return lambda h: p.head(p.norm(h))
+    return LogitLens(p.norm, p.head)
 
 
 def all_layer_states(model: nn.Module, tokens: Int[torch.Tensor, "batch pos"]) -> dict[int, Float[torch.Tensor, "batch pos d"]]:
