@@ -29,9 +29,13 @@ from .paths import file_sha256
 MODES = ("raw", "compat")
 
 
-def package_versions() -> dict[str, str]:
+MODEL_PACKAGES = ("semalign-lens", "transformer-lens", "transformers", "torch", "safetensors")
+
+
+def package_versions(packages: tuple[str, ...] = MODEL_PACKAGES) -> dict[str, str]:
+    """Installed versions of `packages` ("not installed" where missing), for provenance records."""
     out = {}
-    for pkg in ("semalign-lens", "transformer-lens", "transformers", "torch", "safetensors"):
+    for pkg in packages:
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:

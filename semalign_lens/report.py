@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -37,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import SemalignError
+from .models import package_versions
 
 PROVENANCE_PACKAGES = ("semalign-lens", "transformer-lens", "transformers", "torch", "safetensors", "plotly",
                        "pandas", "numpy", "scipy", "kaleido")
@@ -114,16 +114,6 @@ def markdown_to_html(text: str) -> str:
 # ------------------------------------------------------------------------------------------ provenance
 
 
-def package_versions(packages=PROVENANCE_PACKAGES) -> dict[str, str]:
-    out = {}
-    for pkg in packages:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any] | None = None
                       ) -> dict[str, pd.DataFrame]:
     """{"models": one row per model (role, source, kind, path, weights_sha256, dtype, mode), "run": key/value}.
@@ -146,7 +136,7 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
            "seed": "not set" if seed is None else seed, "python": sys.version.split()[0],
            "platform": platform.platform(), "torch threads": torch.get_num_threads(),
            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
-           **{f"version: {k}": v for k, v in package_versions().items()}, **dict(extra or {})}
+           **{f"version: {k}": v for k, v in package_versions(PROVENANCE_PACKAGES).items()}, **dict(extra or {})}
     return {"models": pd.DataFrame(rows, columns=["role", "source", "kind", "path", "weights_sha256", "dtype", "mode"]),
             "run": pd.DataFrame({"key": list(run), "value": [str(v) for v in run.values()]})}
 
