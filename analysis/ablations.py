@@ -148,8 +148,15 @@ class Runner:
 
 
 def code_attribution_batch(tokenizer, n: int, seed: int):
-    """HumanEval prompts with a parameter renamed (clean/corrupted pairs) for ranking teacher layers."""
-    task = load_task("humaneval", tokenizer=tokenizer, n=n, seed=seed)
+    """The `n` shortest HumanEval prompts with a parameter renamed (clean/corrupted pairs), for ranking teacher
+    layers. Shortest, because patching and ablation rerun the teacher from every layer: the cost grows with
+    prompt length x layers, and HumanEval prompts run to 400+ tokens (a bias toward short problems, stated)."""
+    from semalign_lens.tasks import Task
+
+    task = load_task("humaneval", tokenizer=tokenizer, seed=seed)
+    length = lambda p: len(tokenizer(p.clean, add_special_tokens=False)["input_ids"])  # noqa: E731
+    shortest = sorted(task.pairs, key=length)[:n]
+    task = Task(task.name, shortest, task.description + f" The {len(shortest)} shortest prompts.", task.source)
     return tokenize_pairs(tokenizer, task, align="left_pad", max_answer_tokens=16)
 
 
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default 1e-3; fast 1e-2")
     p.add_argument("--humaneval-limit", type=int, default=None, help="HumanEval problems scored (default 24; fast 4)")
     p.add_argument("--attribution-pairs", type=int, default=None, help="prompt pairs for the rankers "
-                   "(default 12; fast 6)")
+                   "(the shortest HumanEval prompts; default 10, fast 6)")
     p.add_argument("--rankers", nargs="*", default=None, choices=RANKERS,
                    help=f"attribution methods compared (default {' '.join(RANKERS)}; fast: 3 of them)")
     p.add_argument("--threads", type=int, default=None)
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = {"noise_seeds": ([0, 1, 2], [0, 1]), "steps": (4, 2), "n_transfer": (32, 12), "seq_len": (64, 24),
              "batch_size": (4, 4), "lora_rank": (16, 4), "lr": (1e-3, 1e-2), "humaneval_limit": (24, 4),
-             "attribution_pairs": (12, 6), "rankers": (list(RANKERS), ["grad_x_act", "patch_denoise", "laten"])}
+             "attribution_pairs": (10, 6), "rankers": (list(RANKERS), ["grad_x_act", "patch_denoise", "laten"])}
     for key, (full, fast) in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, fast if args.fast else full)
@@ -266,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         t = lap("reference runs", t)
 
         # ------------------------------------------------------------------ attribution method
-        attribution_scores = None
+        attribution_scores, batch_tokens = None, 0
         if "attribution" in args.axes or "pairing" in args.axes:
             batch = code_attribution_batch(tok, args.attribution_pairs, args.seed)
+            batch_tokens = int(batch.clean.mask.sum()) if hasattr(batch, "clean") else 0
             rankers = list(dict.fromkeys(["grad_x_act", *(args.rankers if "attribution" in args.axes else [])]))
             attribution_scores = rank_layers(teacher, batch, methods=rankers, n_boot=1000, seed=args.seed,
                                              progress=False)
@@ -345,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{runner.before:.4f}, teacher {runner.teacher_score:.4f}",
                 "schedule": f"frontier, LoRA rank {args.lora_rank} on the frontier layer, lr {args.lr}, batch "
                             f"{args.batch_size}, {runner.total_steps} steps in total per run",
-                "attribution": f"{args.attribution_pairs} HumanEval rename pairs, 1000 bootstrap resamples",
+                "attribution": f"the {args.attribution_pairs} shortest HumanEval rename pairs ({batch_tokens} tokens), "
+                               "1000 bootstrap resamples",
                 "seeds": f"{args.seed} (reference also {args.noise_seeds})",
                 "torch threads": torch.get_num_threads(), "timings_s": timings}
     lines = ["# Ablations the paper promised", "",

@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(executes model-written code in a subprocess with a timeout; slow; off by default)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="stop launching runs after this")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in OUT/runs.csv (same profile) and run only the missing ones")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--summary", default=str(ROOT / "TRANSFER.md"), help="markdown summary ('' to skip)")
     args = parser.parse_args(argv)
@@ -363,13 +365,22 @@ def main(argv: list[str] | None = None) -> int:
         refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
 
     records, skipped = [], []
+    runs_path = out / "runs.csv"
+    if args.resume and runs_path.exists():  # rows of an earlier, interrupted invocation with the same profile
+        records = pd.read_csv(runs_path).to_dict("records")
+        log(f"resuming: {len(records)} runs already in {runs_path}")
+    done = {(r["task"], r["method"], int(r["seed"]), int(r["n_transfer"])) for r in records}
+    n_resumed = len(records)
 
     def launch(method: str, seed: int, tr: TaskRun, cache: Path) -> None:
+        if (tr.task.name, method, seed, tr.n_transfer) in done:
+            return
         if time.time() > deadline:
             skipped.append(f"{tr.task.name}/{method}/seed {seed}/n {tr.n_transfer}")
             return
         row = run_one(method, seed, tr, profile, teacher, student, work, cache, maps)
         records.append(row)
+        pd.DataFrame(records).to_csv(runs_path, index=False)  # after every run: a kill loses at most one
         log(f"{tr.task.name} n={tr.n_transfer} {method} seed {seed}: "
             f"{ {k: round(v, 4) for k, v in row.items() if k.startswith('score_')} } "
             f"({row['train_s']}s train, {row['eval_s']}s eval)")
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 launch(method, profile.seeds[0], tr, cache)
 
     runs = pd.DataFrame(records)
-    runs.to_csv(out / "runs.csv", index=False)
+    runs.to_csv(runs_path, index=False)
     summary = summarise(runs, refs)
     summary.to_csv(out / "summary.csv", index=False)
     table = markdown_table(summary, refs)
@@ -409,9 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    meta = {"command": "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "profile": asdict(profile), "methods": methods, "wall_s": round(wall, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "skipped": skipped,
+    command = "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    history_path = out / "invocations.json"
+    history = json.loads(history_path.read_text()) if args.resume and history_path.exists() else []
+    history.append({"command": command, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                    "runs": len(records) - n_resumed})
+    history_path.write_text(json.dumps(history, indent=2))
+    meta = {"command": command, "invocations": history,
+            "profile": asdict(profile), "methods": methods, "wall_s": round(sum(h["wall_s"] for h in history), 1),
+            "cpu_s": round(sum(h["cpu_s"] for h in history), 1), "skipped": skipped,
             "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
             "torch": torch.__version__,
             "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
@@ -432,7 +449,11 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
     p = meta["profile"]
     lines = [
         "# Transfer benchmark (issue 7)", "",
-        f"Command: `{meta['command']}`  ", f"Wall time: **{meta['wall_s'] / 60:.1f} min** on {meta['machine']} "
+        *([f"Command: `{meta['command']}`  "] if len(meta.get("invocations", [])) < 2 else
+          ["Commands (the first was interrupted and resumed):", "",
+           *[f"- `{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min wall" for h in meta["invocations"]],
+           ""]),
+        f"Wall time: **{meta['wall_s'] / 60:.1f} min** on {meta['machine']} "
         f"({meta['threads']} threads; other jobs shared the machine), CPU time {meta['cpu_s'] / 60:.1f} min "
         f"(on two otherwise idle cores the wall time is about half of it), torch {meta['torch']}.", "",
         "## Setup", "",

@@ -106,6 +106,7 @@ def worker(case: str, rounds: int) -> dict:
     from semalign_lens.training.hfmodel import capture, clean_copy
 
     terms, mode, which, targets = CASES[case]
+    torch.set_flush_denormal(True)  # as `Trainer.run` does (flush_denormal = true); for all three phases alike
     teacher = load_model("smollm2-135m")
     student, student_name = load_student(teacher.tokenizer)
     run_dir = tempfile.mkdtemp(prefix="bench-align-")
@@ -203,6 +204,7 @@ def write_results(results: list[dict], command: str) -> None:
     r0 = results[0]
     body = (f"{SECTION}\n\nCommand: `{command}` ({r0['rounds']} interleaved rounds per case; step times are "
             "medians, ratios are given for the medians and for the per-phase minima (the least disturbed runs); "
+            "denormals flushed to zero in all phases, as `Trainer.run` does; "
             f"{r0['threads']} torch thread(s); fp32; 8 x 256 tokens per step; teacher SmolLM2-135M, student "
             f"{r0['student']}; proportional pairing of all 6 student layers, teacher blocks "
             f"{r0['teacher_layers']}; TransferMap kind dual). Each case ran in its own process; peak RSS "

@@ -421,3 +421,31 @@ def test_align_main_reads_a_config_file_with_overrides(tmp_path):
     assert result.finished and result.final["step"] == 3
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert saved["schedule"]["stage_steps"] == 1
+
+
+@pytest.mark.slow
+def test_short_run_on_the_real_teacher(tmp_path, smollm2):
+    """SmolLM2-135M teacher, a random 2 x 64 Llama student with its vocabulary, cached and online targets."""
+    from transformers import LlamaForCausalLM
+
+    from semalign_lens.models import load_model
+    from semalign_lens.zoo.pretrain import StudentArch
+
+    tok = smollm2.tokenizer
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    arch = StudentArch(n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, d_mlp=128)
+    torch.manual_seed(0)
+    student = load_model(LlamaForCausalLM(arch.hf_config(len(tok), bos_id=eos, eos_id=eos)), tokenizer=tok,
+                         name="random-2x64")
+    over = {"data.source": "code-transfer", "data.seq_len": 32, "data.n_sequences": 8, "schedule.stage_steps": 1,
+            "objective.terms": {"relation": 1.0, "fisher": 1.0, "kl": 1.0}}
+    result = align(make_cfg(tmp_path / "online", **over), teacher=smollm2, student=student)
+    assert result.finished and [p["teacher_low"] for p in json.loads((result.run_dir / "pairing.json").read_text())] \
+        == [14, 29]
+    assert result.final["stages"][-1]["loss"] > 0
+    over["objective.terms"] = {"relation": 1.0, "cosine_onehot": 1.0}
+    cached = align(make_cfg(tmp_path / "cached", **over, **{"targets.mode": "cached",
+                                                           "targets.cache_dir": str(tmp_path / "cache")}),
+                   teacher=smollm2, student=student)
+    assert cached.finished
+    assert load_model(cached.student_path).cfg.n_layers == 2

@@ -466,6 +466,15 @@ class Trainer:
         then exactly what a kill right after a checkpoint leaves (what the resume test uses).
         """
         self._prepare_run_dir()
+        if self.cfg.flush_denormal:
+            torch.set_flush_denormal(True)
+        try:
+            return self._run(stop_after_steps)
+        finally:
+            if self.cfg.flush_denormal:
+                torch.set_flush_denormal(False)  # torch's default (there is no getter to restore from)
+
+    def _run(self, stop_after_steps: int | None) -> AlignResult:
         step, elapsed = self._resume()
         total = self.stages[-1].end
         end = total if stop_after_steps is None else min(total, step + stop_after_steps)
@@ -545,7 +554,7 @@ class Trainer:
 
 def align(config: AlignConfig | None = None, *, stop_after_steps: int | None = None, **inputs) -> AlignResult:
     """Run (or resume) one alignment. `inputs`: teacher, student, pairing, transfer, data, diag_data, run_dir,
-    accelerator — each optional, overriding the config's sources."""
+    accelerator, plugins — each optional, overriding the config's sources (see `Trainer`)."""
     return Trainer(config, **inputs).run(stop_after_steps=stop_after_steps)
 
 
