@@ -75,7 +75,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
         f"- AdamW (β 0.9/0.95, weight decay {cfg.weight_decay}), lr {cfg.lr:g} with {cfg.warmup_steps} warmup "
         f"steps and cosine decay to {cfg.min_lr_ratio:g}×, gradient clip {cfg.grad_clip}, bf16 autocast, seed {cfg.seed}",
         f"- wall time: {final['elapsed_s'] / 60:.0f} min on {_hardware()}, while other jobs shared the machine",
-        f"- logit distillation from the teacher: {'weight %g' % cfg.distill_weight if cfg.distill_weight else 'off'}",
+        f"- logit distillation from the teacher: {f'weight {cfg.distill_weight:g}' if cfg.distill_weight else 'off'}",
         "", "## Quality", "",
         f"Validation cross-entropy on the held-out files (all {data['val_tokens']:,} tokens, blocks of "
         f"{cfg.seq_len}, fp32 evaluation of the bf16 weights): **{val_loss:.3f} nats/token** "
