@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.notebooks:
         return run_notebooks(args.fast, out)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     for target in args.only:
         cmd = commands(target, args.fast, out, args)
         print(f"[make_figures] {target}: {' '.join(Path(c).name if c.endswith('.py') else c for c in cmd[1:])}",

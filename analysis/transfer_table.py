@@ -372,6 +372,49 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["task"], r["method"], int(r["seed"]), int(r["n_transfer"])) for r in records}
     n_resumed = len(records)
 
+    command = "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    history_path = out / "invocations.json"
+    history = json.loads(history_path.read_text()) if args.resume and history_path.exists() else []
+
+    def finalize(final: bool) -> str:
+        """Write every output from the runs so far (after each run, so a kill leaves current files)."""
+        import resource
+
+        runs = pd.DataFrame(records)
+        runs.to_csv(runs_path, index=False)
+        summary = summarise(runs, refs)
+        summary.to_csv(out / "summary.csv", index=False)
+        table = markdown_table(summary, refs)
+        (out / "table.md").write_text(table + "\n")
+        curve = pd.DataFrame()
+        if len(runs) and "code" in refs:
+            main_n = refs["code"].n_transfer
+            curve = runs[(runs["task"] == "code") & (runs["method"].isin(profile.budget_methods))
+                         & ((runs["n_transfer"] != main_n) | (runs["seed"] == profile.seeds[0]))]
+            if curve["n_transfer"].nunique() > 1:
+                budget_figure(curve, refs).write_html(out / "budget_curve.html", include_plotlyjs="cdn")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        now = {"command": command, "wall_s": round(time.time() - t_start, 1),
+               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "runs": len(records) - n_resumed,
+               "finished": final}
+        invocations = history + [now]
+        history_path.write_text(json.dumps(invocations, indent=2))
+        meta = {"command": command, "invocations": invocations, "finished": final, "planned_runs": planned,
+                "profile": asdict(profile), "methods": methods,
+                "wall_s": round(sum(h["wall_s"] for h in invocations), 1),
+                "cpu_s": round(sum(h["cpu_s"] for h in invocations), 1), "skipped": skipped,
+                "threads": args.threads,
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                "torch": torch.__version__,
+                "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
+                          for k, v in refs.items()},
+                "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
+                "pass_at_1": pass_at_1}
+        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if args.summary:
+            write_summary(Path(args.summary), meta, table, runs, curve, refs)
+        return table
+
     def launch(method: str, seed: int, tr: TaskRun, cache: Path) -> None:
         if (tr.task.name, method, seed, tr.n_transfer) in done:
             return
@@ -380,67 +423,36 @@ def main(argv: list[str] | None = None) -> int:
             return
         row = run_one(method, seed, tr, profile, teacher, student, work, cache, maps)
         records.append(row)
-        pd.DataFrame(records).to_csv(runs_path, index=False)  # after every run: a kill loses at most one
         log(f"{tr.task.name} n={tr.n_transfer} {method} seed {seed}: "
             f"{ {k: round(v, 4) for k, v in row.items() if k.startswith('score_')} } "
             f"({row['train_s']}s train, {row['eval_s']}s eval)")
+        finalize(final=False)
 
+    budgets = [n for n in profile.budgets if "code" in refs and n != refs["code"].n_transfer]
+    planned = len(profile.seeds) * len(methods) * len(refs) + (
+        0 if args.no_budget_curve else len(budgets) * len(profile.budget_methods))
+    caches = {}
     for name, tr in refs.items():
-        cache = work / f"cache-{name}-{tr.n_transfer}"
-        prebuild_cache(profile, tr, teacher, student, cache, work)
+        caches[name] = work / f"cache-{name}-{tr.n_transfer}"
+        prebuild_cache(profile, tr, teacher, student, caches[name], work)
         log(f"teacher targets cached for {name}")
-        for seed in profile.seeds:  # seed-major: a cut-short run still has every method at seed 0
+    for seed in profile.seeds:  # seed-major: a run cut short has every method of every task at the first seeds
+        for name, tr in refs.items():
             for method in methods:
-                launch(method, seed, tr, cache)
+                launch(method, seed, tr, caches[name])
 
-    if not args.no_budget_curve and "code" in refs:
-        for n in profile.budgets:
-            if n == refs["code"].n_transfer:
-                continue
+    if not args.no_budget_curve:
+        for n in budgets:
             tr = build_task("code", profile, teacher, student, n_transfer=n, cache=out / "references.json")
             cache = work / f"cache-code-{n}"
             prebuild_cache(profile, tr, teacher, student, cache, work)
             for method in profile.budget_methods:
                 launch(method, profile.seeds[0], tr, cache)
 
-    runs = pd.DataFrame(records)
-    runs.to_csv(runs_path, index=False)
-    summary = summarise(runs, refs)
-    summary.to_csv(out / "summary.csv", index=False)
-    table = markdown_table(summary, refs)
-    (out / "table.md").write_text(table + "\n")
-    curve = pd.DataFrame()
-    if len(runs) and "code" in refs:
-        main_n = refs["code"].n_transfer
-        curve = runs[(runs["task"] == "code") & (runs["method"].isin(profile.budget_methods))
-                     & ((runs["n_transfer"] != main_n) | (runs["seed"] == profile.seeds[0]))]
-        if curve["n_transfer"].nunique() > 1:
-            budget_figure(curve, refs).write_html(out / "budget_curve.html", include_plotlyjs="cdn")
-    wall = time.time() - t_start
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    command = "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    history_path = out / "invocations.json"
-    history = json.loads(history_path.read_text()) if args.resume and history_path.exists() else []
-    history.append({"command": command, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                    "runs": len(records) - n_resumed})
-    history_path.write_text(json.dumps(history, indent=2))
-    meta = {"command": command, "invocations": history,
-            "profile": asdict(profile), "methods": methods, "wall_s": round(sum(h["wall_s"] for h in history), 1),
-            "cpu_s": round(sum(h["cpu_s"] for h in history), 1), "skipped": skipped,
-            "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-            "torch": torch.__version__,
-            "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
-                      for k, v in refs.items()},
-            "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
-            "pass_at_1": pass_at_1}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    table = finalize(final=True)
     shutil.rmtree(work, ignore_errors=True)
-    log(f"done in {wall / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
+    log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
     print(table)
-    if args.summary:
-        write_summary(Path(args.summary), meta, table, runs, curve, refs)
     return 0
 
 
@@ -456,6 +468,9 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
         f"Wall time: **{meta['wall_s'] / 60:.1f} min** on {meta['machine']} "
         f"({meta['threads']} threads; other jobs shared the machine), CPU time {meta['cpu_s'] / 60:.1f} min "
         f"(on two otherwise idle cores the wall time is about half of it), torch {meta['torch']}.", "",
+        *([] if meta.get("finished") else
+          [f"**In progress / interrupted: {len(runs)} of {meta.get('planned_runs', '?')} runs done.** "
+           "Finish with the same command plus `--resume`.", ""]),
         "## Setup", "",
         f"- teacher `{p['teacher']}`, student `{p['student']}`; every method trains the same LoRA adapters "
         f"(rank {p['lora_rank']} on v/o/up/down) of the frontier layer, shallow to deep over student blocks "

@@ -35,6 +35,7 @@ import os
 
 FAST = os.environ.get("SEMALIGN_FAST", "0") == "1"  # CI sets SEMALIGN_FAST=1: tiny random models, few prompts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these notebooks needs the network
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in the outputs
 
 import pandas as pd
 import torch

@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import SemalignError
 from ..objectives import LayerInputs, Objective, register_objective
+from .registry import Method, register_method
 
 CHANGES = (
     "Toy-scale adaptations: (1) layers are not located by LaTen's log-prob-increase attribution but taken from "
@@ -175,3 +176,9 @@ class LaTenPlugin:
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
                 module.weight.requires_grad_(False)
         self.extras["laten"] = {}
+
+
+register_method(Method(
+    "laten", {"ce": 1.0, "laten_l2": 1000.0}, "LaTen (PrePKT): located teacher FFN neurons mapped by a small "
+    "hypernetwork and added to located student neurons; LM loss + 1000 x L2 on the deltas",
+    plugin=LaTenPlugin, changes=CHANGES))

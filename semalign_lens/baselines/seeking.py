@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SemalignError
 from ..lora import LoRALinear
+from .registry import Method, register_method
 
 CHANGES = (
     "Different widths (576 -> 256) and depths (30 -> 6) need nothing new: Seeking's contiguous-block search "
@@ -150,3 +151,8 @@ class SeekingPlugin:
                 r0, c0 = best_block(score, rows, cols)
                 init_lora_from_block(module, t_weight[r0: r0 + rows, c0: c0 + cols])
         return params
+
+
+register_method(Method(
+    "seeking", {"ce": 1.0}, "Seeking (PostPKT): sensitivity-located teacher blocks -> rank-r SVD -> LoRA "
+    "initialisation (base W - BA), then fine-tuning", plugin=SeekingPlugin, changes=CHANGES))

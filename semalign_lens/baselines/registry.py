@@ -1,0 +1,95 @@
+"""The method registry: `Method` (a row of the transfer table), `register_method`, `get_method`,
+`method_config` (the shared config with only the method's fields swapped) and `run_method`.
+
+Kept apart from the method modules so that each of them can register itself without import cycles.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SemalignError
+
+KL_T2 = {"kl": {"direction": "forward", "temperature": 2.0}}  # the one output KL every row with `kl` uses
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the transfer table.
+
+    `changes` says what differs from the published method and why (toy scale, different widths, the
+    fairness rule); `plugin` builds a per-run object with `setup/open_stage/close_stage` (see `adapter`).
+    """
+
+    name: str
+    terms: dict[str, float]
+    summary: str
+    changes: str = ""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transfer_kind: str | None = None
+    plugin: Callable[[], Any] | None = None
+    uses_teacher: bool = True
+    family: str = "baseline"  # control | baseline | semalign
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    if method.name in METHODS and not replace:
+        raise SemalignError(f"a method named {method.name!r} is already registered; pick another name or "
+                            "pass replace=True")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str | Method) -> Method:
+    """The registered method `name`; an unknown name is an error listing the valid ones."""
+    if isinstance(name, Method):
+        return name
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SemalignError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def method_config(base, method: str | Method):
+    """A copy of `base` (an `AlignConfig`) with only the method's loss terms, options and map kind swapped.
+
+    Everything else — data, pairing, schedule, trainable parameters, seed — stays identical, which is what
+    makes the rows of the transfer table comparable.
+    """
+    m = get_method(method)
+    cfg = copy.deepcopy(base)
+    cfg.objective.terms = dict(m.terms)
+    cfg.objective.options = copy.deepcopy(m.options)
+    if m.transfer_kind is not None:
+        cfg.transfer.kind = m.transfer_kind
+    cfg.validate()
+    return cfg
+
+
+def run_method(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
+               diag_data=None, lean: bool = False):
+    """Train `student` with `method` under the shared `base` config; returns the trainer's `AlignResult`,
+    with `trainable_params` ({stage: count}), `data_hash` and `steps` added (what the fairness rule fixes).
+
+    `transfer`: a prebuilt `TransferMap` (reused across methods to save time); ignored by methods whose map
+    kind differs from it. `lean`: skip CKA heatmaps and figure files (the benchmark's setting).
+    """
+    from .adapter import MethodTrainer
+
+    m = get_method(method)
+    cfg = method_config(base, m)
+    if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
+        transfer = None
+    trainer = MethodTrainer(cfg, method=m, teacher=teacher, student=student, data=data, diag_data=diag_data,
+                            pairing=pairing, transfer=transfer, run_dir=run_dir, lean=lean)
+    result = trainer.run()
+    result.trainable_params = dict(trainer.stage_params)  # per stage; the fairness record of the row
+    result.data_hash = trainer.identity["data_hash"]
+    result.steps = trainer.stages[-1].end
+    return result

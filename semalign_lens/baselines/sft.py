@@ -1,0 +1,17 @@
+"""The control: supervised fine-tuning of the student alone on the transfer data (no teacher).
+
+Trains the same parameters (the frontier layers' LoRA adapters, stage by stage) on the same transfer data
+and steps as every other row; only the loss differs (next-token cross-entropy). `research/baselines.md` §7
+asks for exactly this same-data control, which the SemAlign, Seeking and LaTen tables lack.
+"""
+
+from __future__ import annotations
+
+from .registry import Method, register_method
+
+register_method(Method(
+    "sft", {"ce": 1.0}, "supervised fine-tuning of the student alone (the control)", family="control",
+    uses_teacher=False,
+    changes="Trains the same parameters (the frontier layers' LoRA adapters, stage by stage) on the same transfer "
+            "data and steps as every other row; only the loss differs. baselines.md §7 asks for exactly this "
+            "same-data control, which the SemAlign, Seeking and LaTen tables lack."))
