@@ -41,36 +41,23 @@ import torch
 
 from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, run_method
-from semalign_lens.config import from_dict
-from semalign_lens.data import TokenBatch
-from semalign_lens.errors import SemalignError
+from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
 
 
 @dataclass
-class Profile:
-    """Everything that sizes a benchmark run. All methods share it (the fairness rule)."""
+class Profile(RunProfile):
+    """A `RunProfile` (its defaults are this benchmark's: 96 = steps x batch transfer sequences, each seen
+    once; fp32, measured faster than bf16 autocast on this CPU at these sizes) plus seeds, tasks, methods and
+    the data-budget curve."""
 
-    seq_len: int = 32
-    n_transfer: int = 96  # = steps x batch: every sequence is seen once
-    batch_size: int = 8
-    stage_steps: int = 4
-    student_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
-    lora_rank: int = 16
-    lr: float = 2e-3
-    precision: str = "fp32"  # measured here: bf16 autocast is slower than fp32 on this CPU for these sizes
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    humaneval_limit: int = 16
-    heldout_tokens: int = 512
-    diag_sequences: int = 4
     tasks: list[str] = field(default_factory=lambda: ["code", "knowledge"])
     methods: list[str] | None = None  # None: every registered method
     budgets: list[int] = field(default_factory=lambda: [24, 48, 96])
     budget_methods: list[str] = field(default_factory=lambda: ["sft", "kd", "semalign"])
-    teacher: str = "smollm2-135m"
-    student: str = "stdlib-student"
 
 
 PROFILES = {
@@ -78,116 +65,10 @@ PROFILES = {
     "quick": Profile(seeds=[0, 1, 2], stage_steps=2, n_transfer=48, humaneval_limit=8, heldout_tokens=256,
                      budgets=[12, 24, 48],
                      methods=["sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-paper-map"]),
-    "tiny": Profile(seq_len=24, n_transfer=24, batch_size=4, stage_steps=2, student_layers=[0, 2], lora_rank=4,
+    "tiny": Profile(seq_len=24, n_transfer=24, batch_size=4, stage_steps=2, student_layers=(0, 2), lora_rank=4,
                     lr=1e-2, precision="fp32", seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128,
                     diag_sequences=2, budgets=[8, 24], teacher="tiny", student="tiny"),
 }
-
-
-# ----------------------------------------------------------------------------------------------- setup
-
-def load_pair(profile: Profile):
-    if profile.teacher == "tiny":
-        from semalign_lens.zoo.tiny import tiny_pair
-
-        pair = tiny_pair(seed=0)
-        return pair.teacher, pair.student
-    from semalign_lens.models import ModelPair
-
-    pair = ModelPair.load(profile.teacher, profile.student)
-    return pair.teacher, pair.student
-
-
-def base_config(profile: Profile, n_sequences: int, cache_dir: Path | None):
-    from semalign_lens.trainer import AlignConfig
-
-    return from_dict(AlignConfig, {
-        "teacher": profile.teacher, "student": profile.student,
-        "data": {"seq_len": profile.seq_len, "n_sequences": n_sequences, "batch_size": profile.batch_size,
-                 "diag_sequences": profile.diag_sequences},
-        "pairing": {"strategy": "proportional", "student_layers": profile.student_layers},
-        "schedule": {"mode": "frontier", "trainable": "paired", "adapter": "lora", "lora_rank": profile.lora_rank,
-                     "lora_alpha": 2.0 * profile.lora_rank, "stage_steps": profile.stage_steps, "lr": profile.lr},
-        "targets": {"mode": "cached" if cache_dir else "online", "cache_logits": True,
-                    "cache_dir": str(cache_dir) if cache_dir else None},
-        "precision": profile.precision, "report": False, "progress": False, "cka_max_tokens": 256})
-
-
-def split_transfer(batch: TokenBatch, n_diag: int) -> tuple[TokenBatch, TokenBatch]:
-    """(training sequences, held-out diagnostic sequences) — the diagnostics never train."""
-    n = len(batch)
-    if n <= n_diag:
-        raise SemalignError(f"only {n} transfer sequences; need more than diag_sequences = {n_diag}")
-    return batch.select(torch.arange(n - n_diag)), batch.select(torch.arange(n - n_diag, n))
-
-
-@dataclass
-class TaskRun:
-    task: ev.TransferTask
-    data: TokenBatch
-    diag: TokenBatch
-    n_transfer: int
-    before: dict[str, float]
-    teacher: dict[str, float]
-
-
-def build_task(name: str, profile: Profile, teacher, student, n_transfer: int | None = None,
-               cache: Path | None = None) -> TaskRun:
-    tok = student.tokenizer
-    if name == "code":
-        n = n_transfer or profile.n_transfer
-        task = ev.code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
-                            heldout_tokens=profile.heldout_tokens)
-    elif name == "knowledge":
-        facts = None
-        if profile.teacher == "tiny":  # a random teacher knows nothing: give it facts it 'knows'
-            facts = _tiny_known_facts(teacher)
-        task = ev.knowledge_task(teacher, facts)
-    else:
-        raise SemalignError(f"unknown task {name!r}; valid: code, knowledge")
-    if name == "code":
-        data, diag = split_transfer(task.transfer, profile.diag_sequences)
-    else:  # few short texts: all train; diagnostics (no training) look at the first few of them
-        data = task.transfer
-        diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
-        n = len(data)
-    before, reference = _references(task, teacher, student, cache)
-    return TaskRun(task, data, diag, n, before=before, teacher=reference)
-
-
-def _weights_id(model) -> str | None:
-    prov = getattr(model, "provenance", None)
-    return getattr(prov, "weights_sha256", None)
-
-
-def _references(task: ev.TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
-    """(student before, teacher) scores; cached in `cache` (JSON) by weights hashes and task spec, because the
-    teacher's pass is the slowest part of a re-run and never changes."""
-    spec = {k: v for k, v in task.meta.items()  # what the scores depend on (not the transfer data)
-            if k not in ("teacher_table", "n_transfer", "transfer_files", "transfer_texts")}
-    key = json.dumps([task.name, _weights_id(teacher), _weights_id(student), spec], sort_keys=True, default=str)
-    usable = cache is not None and None not in (_weights_id(teacher), _weights_id(student))
-    store = json.loads(cache.read_text()) if usable and cache.exists() else {}
-    if key not in store:
-        store[key] = {"before": task.evaluate(student), "teacher": task.evaluate(teacher)}
-        if usable:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(store, indent=1))
-    return store[key]["before"], store[key]["teacher"]
-
-
-def _tiny_known_facts(teacher):
-    """For the tiny pipeline check: facts whose answer is the tiny teacher's own greedy next token."""
-    from semalign_lens.tasks.facts import Fact
-
-    facts = []
-    for s in ("alpha", "beta", "gamma", "delta", "omega", "kappa", "red", "green", "blue", "one", "two", "three",
-              "list", "dict", "json", "path", "file", "name", "value", "item"):
-        templates = ("{subject} is", "So {subject} is", "Q: {subject}? A:")
-        answer = ev.greedy_generate(teacher, templates[-1].format(subject=s), 1)
-        if answer.startswith(" ") and answer.strip():
-            facts.append(Fact("t", s, answer, templates))
-    return facts or [Fact("t", "x", " x", ("{subject} is", "So {subject} is", "Q: {subject}? A:"))]
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -203,8 +84,7 @@ def transfer_maps(teacher, student) -> dict:
 
 def run_one(method: str, seed: int, tr: TaskRun, profile: Profile, teacher, student, work: Path,
             cache_dir: Path | None, maps: dict | None = None) -> dict:
-    cfg = base_config(profile, len(tr.data), cache_dir)
-    cfg.seed = seed
+    cfg = shared_config(profile, len(tr.data), seed=seed, cache_dir=cache_dir)
     kind = get_method(method).transfer_kind or cfg.transfer.kind
     run_dir = work / f"{tr.task.name}-{tr.n_transfer}-{method}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -227,7 +107,7 @@ def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: P
     from semalign_lens.baselines import method_config
     from semalign_lens.trainer import Trainer
 
-    cfg = method_config(base_config(profile, len(tr.data), cache_dir), "kd")
+    cfg = method_config(shared_config(profile, len(tr.data), cache_dir=cache_dir), "kd")
     Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 
@@ -345,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + args.budget_minutes * 60
     log = lambda msg: print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)  # noqa: E731
 
-    teacher, student = load_pair(profile)
+    pair = load_pair(profile)
+    teacher, student = pair.teacher, pair.student
     log(f"loaded teacher {profile.teacher} and student {profile.student}")
     maps = transfer_maps(teacher, student)
     refs: dict[str, TaskRun] = {}

@@ -27,28 +27,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .benchmark import RunProfile, build_task, load_pair, shared_config
 from .errors import SemalignError
 
 
 @dataclass
-class DemoProfile:
-    """Sizes of one demo run; every trained method shares them (the fairness rule)."""
+class DemoProfile(RunProfile):
+    """A `RunProfile` (every trained method shares it: the fairness rule) with the demo's defaults, plus the
+    layer-pairing and overview sizes, the methods trained and the seed."""
 
-    teacher: str = "smollm2-135m"
-    student: str = "stdlib-student"
     attribution_task: str = "facts"
     attribution_prompts: int = 16
     attribution_methods: tuple[str, ...] = ("grad_x_act", "patch_denoise", "ablate_mean", "seeking")
     cka_prompts: int = 64
     overview_prompts: int = 8
     n_transfer: int = 256
-    diag_sequences: int = 4
     seq_len: int = 128
-    batch_size: int = 8
-    student_layers: tuple[int, ...] = (1, 3, 5)
     stage_steps: int = 20
     lr: float = 1e-3
-    lora_rank: int = 16
     precision: str = "bf16"
     humaneval_limit: int = 32
     heldout_tokens: int = 2048
@@ -76,31 +72,6 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _load_pair(profile: DemoProfile):
-    from .models import ModelPair
-
-    if profile.teacher == "tiny":
-        from .zoo.tiny import tiny_pair
-
-        return tiny_pair(seed=0)
-    return ModelPair.load(profile.teacher, profile.student)
-
-
-def _base_config(profile: DemoProfile, n_sequences: int, run_root: Path):
-    from .config import from_dict
-    from .trainer import AlignConfig
-
-    return from_dict(AlignConfig, {
-        "teacher": profile.teacher, "student": profile.student, "run_dir": str(run_root), "seed": profile.seed,
-        "data": {"seq_len": profile.seq_len, "n_sequences": n_sequences, "batch_size": profile.batch_size,
-                 "diag_sequences": profile.diag_sequences},
-        "pairing": {"strategy": "proportional", "student_layers": list(profile.student_layers)},
-        "schedule": {"mode": "frontier", "trainable": "paired", "adapter": "lora", "lora_rank": profile.lora_rank,
-                     "lora_alpha": 2.0 * profile.lora_rank, "stage_steps": profile.stage_steps, "lr": profile.lr},
-        "precision": profile.precision, "report": False, "progress": False,
-        "cka_max_tokens": 512})
-
-
 def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> pd.DataFrame:
     """Rows: student before, teacher, each method; columns: every metric, and gap closed on the headline one."""
     from .evaluation import gap_closed
@@ -116,7 +87,6 @@ def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> 
 def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
              **overrides) -> DemoResult:
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
-    from . import evaluation as ev
     from .baselines import run_method
     from .data import tokenize
     from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
@@ -146,7 +116,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         bar.set_postfix_str(name + " done")
 
     torch.manual_seed(profile.seed)
-    pair = _load_pair(profile)
+    pair = load_pair(profile)
     teacher, student = pair.teacher, pair.student
     advance("load pair")
 
@@ -156,22 +126,22 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)])
     advance("overview")
 
-    pr = pairing_report(teacher, student, task=profile.attribution_task, out_path=out / "pairing_report.html",
-                        n_prompts=profile.attribution_prompts, methods=profile.attribution_methods,
-                        cka_prompts=profile.cka_prompts, n_boot=200, seed=profile.seed, progress=False)
+    report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
+                    subtitle=f"profile: {json.dumps(asdict(profile))}")
+    pairing_sections = Report("layer pairing")  # filled now, placed after the results when the page is written
+    pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
+                   methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
+                   seed=profile.seed, progress=False, report=pairing_sections, level=3)
     pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
                            student_layers=list(profile.student_layers))
     advance("layer pairing")
 
-    task = ev.code_task(pair.tokenizer, profile.n_transfer + profile.diag_sequences, profile.seq_len,
-                        profile.humaneval_limit, heldout_tokens=profile.heldout_tokens)
-    n_train = len(task.transfer) - profile.diag_sequences
-    train = task.transfer.select(torch.arange(n_train))
-    diag = task.transfer.select(torch.arange(n_train, len(task.transfer)))
-    before, teacher_scores = task.evaluate(student), task.evaluate(teacher)
+    run = build_task("code", profile, teacher, student)
+    task, train, diag, before, teacher_scores = run.task, run.data, run.diag, run.before, run.teacher
+    n_train = len(train)
     advance("transfer task")
 
-    base = _base_config(profile, len(train), out / "runs")
+    base = shared_config(profile, len(train), seed=profile.seed, run_dir=out / "runs", cka_max_tokens=512)
     after, runs = {}, {}
     for method in profile.methods:
         result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
@@ -181,8 +151,6 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         advance(f"train {method}")
 
     results = results_table(task, before, teacher_scores, after)
-    report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
-                    subtitle=f"profile: {json.dumps(asdict(profile))}")
     report.add_heading("Results")
     report.add_markdown(
         f"Code transfer: {n_train} sequences of {profile.seq_len} tokens from the standard library's test files "
@@ -198,11 +166,11 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_table(arch.reset_index(), caption="Architecture side by side")
     report.add_figure(residual_norm_figure(norms), caption=f"On {len(prompts)} HumanEval prompts", name="norms")
     report.add_heading("Layer pairing")
-    report.add_markdown(f"The full pairing report (attribution with CIs, method agreement, CKA, strategies, "
-                        f"semantic fidelity) is `{(out / 'pairing_report.html').name}` next to this file. "
-                        "Training used the paper's proportional pairing on the student layers listed below.")
+    report.add_markdown("Training used the paper's proportional pairing on the student layers listed below; the "
+                        f"pairing report that follows ranks the teacher's layers on `{profile.attribution_task}` "
+                        "and compares the strategies (its own chosen pairing is the attribution strategy's).")
     report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks)")
-    report.add_table(pr.agreement.round(3).reset_index(names="method"), caption="Kendall tau between rankers")
+    report.extend(pairing_sections)
     for method, result in runs.items():
         records = read_metrics(result.run_dir / "metrics.jsonl")
         terms = list(base.objective.terms) if method == "semalign" else []

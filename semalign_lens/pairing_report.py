@@ -46,7 +46,7 @@ FIDELITY_KINDS = ("paper", "dual", "logits")
 class PairingReport:
     """What the report shows, as data (for notebooks and tests), plus where the HTML went."""
 
-    path: Path
+    path: Path | None  # None when the sections went into a caller's report
     attribution: pd.DataFrame
     agreement: pd.DataFrame
     cka: pd.DataFrame  # wide: index teacher points ("embed", "0", ...), columns student points
@@ -188,7 +188,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                    top_k: int = 1, cka_prompts: int = 128, cka_tokens: int = 4096, debiased: bool = True,
                    drop_first: bool = True,
                    fidelity_kinds: Sequence[str] = FIDELITY_KINDS, fidelity_tokens: int = 256, batch_size: int = 8,
-                   n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True) -> PairingReport:
+                   n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True,
+                   report: Report | None = None, level: int = 2) -> PairingReport:
     """Build the layer-pairing report and write it to `out_path` (one self-contained HTML file).
 
     teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
@@ -206,6 +207,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     fidelity_kinds / fidelity_tokens: semantic-basis variants and how many tokens they are measured on.
     batch_size, n_boot, seed: ranker batch size, bootstrap resamples and the seed of every sample drawn.
     png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
+    report / level: append the sections to this `Report` instead (headings at `level`, no provenance of its
+        own, nothing written; `out_path` and `png` are then ignored) — how `semalign demo` puts the pairing
+        and the training diagnostics in one page.
     Returns a `PairingReport` (the tables and pairings as data, timings, notes, the path).
     """
     from .models import ModelPair, describe
@@ -262,10 +266,18 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
 
     # ------------------------------------------------------------------------------------------ the page
     t_name, s_name = describe(teacher)["model"], describe(student)["model"]
-    report = Report(f"Layer pairing: {t_name} → {s_name}",
-                    subtitle=f"task `{full.name}`, {len(batch)} prompt pairs for attribution, "
-                             f"{n_cka_tokens} tokens for CKA; strategy `{strategy}`")
-    report.add_heading("Summary")
+    own = report is None
+    subtitle = (f"task `{full.name}`, {len(batch)} prompt pairs for attribution, {n_cka_tokens} tokens for CKA; "
+                f"strategy `{strategy}`")
+    if own:
+        report = Report(f"Layer pairing: {t_name} → {s_name}", subtitle=subtitle)
+    else:
+        report.add_markdown(subtitle)
+
+    def heading(text: str) -> None:
+        report.add_heading(text, level)
+
+    heading("Summary")
     pairs_text = ", ".join(f"student {p.student_layer} ← teacher {p.target_label()}" for p in pairing)
     firsts = attribution[attribution["rank"] == 1].set_index("method")["layer"]
     report.add_markdown(
@@ -278,7 +290,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     for note in notes:
         report.add_note(note)
 
-    report.add_heading("Models")
+    heading("Models")
     cards = pd.DataFrame([dict(role="teacher", **describe(teacher)), dict(role="student", **describe(student))])
     report.add_table(cards, caption="Model cards")
     for role, model in (("teacher", teacher), ("student", student)):
@@ -287,7 +299,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
             report.add_html(f"<details><summary>{role} model card ({html.escape(card[0])})</summary>"
                             f"<pre>{html.escape(card[1])}</pre></details>")
 
-    report.add_heading("Task")
+    heading("Task")
     gap = attribution["gap"].dropna() if "gap" in attribution else pd.Series(dtype=float)
     report.add_markdown(f"**{full.name}** — {full.description or 'user task'} (source: `{full.source or 'memory'}`). "
                         f"{len(full)} pairs in the task; {len(batch)} used by the rankers (align=`{align}`, "
@@ -297,7 +309,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                               "corrupted_answer": (p.corrupted_answer or "")[:40]} for p in batch.pairs[:6]])
     report.add_table(examples, caption="Example pairs (prompt tails); the answer is teacher-forced in both runs")
 
-    report.add_heading("Layer attribution (teacher)")
+    heading("Layer attribution (teacher)")
     report.add_markdown("Methods: `grad_x_act` is the paper's (gradient × activation on the block write, signed); "
                         "patching is normalised by the clean − corrupted gap; ablations are in metric units; "
                         "`seeking` is Seeking's Σ|θ·∇θ| per block; `laten` is LaTen's log-prob increase with a "
@@ -307,12 +319,12 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                       name="attribution")
     report.add_table(_top_table(attribution), caption="Top 3 layers per method: score [95% CI], p_top = share of "
                                                       "bootstrap resamples in which the layer ranks first")
-    report.add_heading("Method agreement")
+    heading("Method agreement")
     report.add_figure(agreement_heatmap(agreement), caption="Kendall tau between the methods' layer scores",
                       name="agreement")
     report.add_table(agreement.round(3).reset_index(names="method"), caption="Kendall tau")
 
-    report.add_heading("Teacher × student CKA")
+    heading("Teacher × student CKA")
     estimator = "debiased (unbiased HSIC)" if debiased else "linear (biased)"
     report.add_markdown(f"Linear CKA, {estimator}, on {n_cka_tokens} tokens of {len(cka_batch)} clean prompts "
                         f"with their answers{' (document-start token dropped)' if drop_first else ''}. Rows: teacher "
@@ -321,12 +333,12 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                                   title=f"CKA {t_name} × {s_name}", pairs=pairing),
                       caption="CKA (0..1) with the chosen pairs", name="cka")
 
-    report.add_heading("Pairing")
+    heading("Pairing")
     report.add_table(pairing.to_frame(), caption=f"Chosen pairing (`{strategy}`), with the reason for each pair")
     report.add_table(_strategy_table(pairings, n_s), caption="Teacher target per student layer under each strategy "
                                                              "(— = not paired)")
 
-    report.add_heading("Semantic-basis fidelity")
+    heading("Semantic-basis fidelity")
     if fid is None:
         report.add_note(notes[-1] if notes else "Semantic-basis fidelity skipped.")
     else:
@@ -343,18 +355,20 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
         wide = fid.pivot_table(index=["side", "layer", "kind"], columns="metric", values="value", sort=False)
         report.add_table(wide.reset_index(), caption="Fidelity per paired layer and basis variant")
 
-    report.add_heading("Timings")
+    heading("Timings")
     clock.lap("report assembly", t0)
     report.add_table(pd.DataFrame({"stage": list(clock.timings), "wall seconds": list(clock.timings.values()),
                                    "CPU seconds": [clock.cpu[k] for k in clock.timings]}),
                      caption=f"Per stage, {torch.get_num_threads()} torch threads; CPU seconds sum all threads")
-    report.add_provenance(("teacher", teacher), ("student", student), seed=seed,
-                          extra={"task": full.name, "n_prompts": len(batch), "methods": ", ".join(methods),
-                                 "metric": metric, "strategy": strategy, "attribution_method": attribution_method,
-                                 "cka": estimator, "align": align})
-    path = report.write(out_path, png=png)
+    path = None
+    if own:
+        report.add_provenance(("teacher", teacher), ("student", student), seed=seed,
+                              extra={"task": full.name, "n_prompts": len(batch), "methods": ", ".join(methods),
+                                     "metric": metric, "strategy": strategy,
+                                     "attribution_method": attribution_method, "cka": estimator, "align": align})
+        path = Path(report.write(out_path, png=png))
     notes += [n for n in report.notes if n not in notes]
     clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
     clock.cpu["total"] = round(sum(clock.cpu.values()), 2)
-    return PairingReport(Path(path), attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes,
+    return PairingReport(path, attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes,
                          clock.cpu)

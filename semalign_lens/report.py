@@ -235,6 +235,12 @@ class Report:
         self.blocks.append(_Block("html", f"{cap}{table}{more}"))
         return self
 
+    def extend(self, other: Report) -> Report:
+        """Append another report's sections and notes (content built before its place on the page)."""
+        self.blocks += other.blocks
+        self.notes += [n for n in other.notes if n not in self.notes]
+        return self
+
     def add_provenance(self, *models, seed: int | None = None, extra: Mapping[str, Any] | None = None,
                        heading: str = "Provenance") -> Report:
         """Models (or (role, model) tuples), package versions, seed, machine; see `provenance_tables`."""

@@ -2,7 +2,6 @@
 
 Each script runs in-process (one interpreter, imports paid once) in its fast mode with the smallest sizes,
 and must write its outputs. The numbers are meaningless at this size; only the pipeline is checked.
-`transfer_table.py` is not run here (its tiny profile builds the held-out evaluation set and takes minutes);
 `make_figures.py` is checked for the commands it would run.
 """
 
@@ -21,6 +20,7 @@ ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"analysis_{name}", ANALYSIS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -49,6 +49,28 @@ def test_ablations_fast(tmp_path):
     assert {row["axis"] for row in summary["summary"]} == {"attribution", "pairing", "objective", "map"}
     steps = {row["steps"] for row in summary["summary"]}
     assert len(steps) == 1, f"every run must take the same total number of steps, got {steps}"
+
+
+def test_transfer_table_tiny_with_the_fairness_record(tmp_path):
+    """Every row, the SFT control included, trained on the same data, steps and parameter count; the table has
+    the references and a row per method for both tasks; a resumed run adds nothing."""
+    import pandas as pd
+
+    table = load("transfer_table")
+    args = ["--profile", "tiny", "--methods", "sft", "kd", "semalign", "--seeds", "0", "--no-budget-curve",
+            "--threads", "1", "--out", str(tmp_path), "--summary", str(tmp_path / "TRANSFER.md")]
+    assert table.main(args) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 6 and set(runs["method"]) == {"sft", "kd", "semalign"}
+    for _, task in runs.groupby("task"):
+        for column in ("data_hash", "steps", "trainable_params", "trainable_by_stage"):
+            assert task[column].nunique() == 1, column
+    md = (tmp_path / "table.md").read_text()
+    for row in ("| student (before) |", "| teacher |", "| sft |", "| kd |", "| semalign |"):
+        assert row in md, row
+    assert "python analysis/transfer_table.py --profile tiny" in (tmp_path / "TRANSFER.md").read_text()
+    assert table.main(args + ["--resume"]) == 0
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
 
 
 def test_fig2_runs_on_a_tiny_teacher_directory(tmp_path):

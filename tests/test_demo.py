@@ -20,7 +20,12 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert table.loc[2, "humaneval_ce"] != before and table.loc[3, "humaneval_ce"] != before
     html = result.report_path.read_text()
     assert html.count("plotly.js v") == 1 and "student + semalign" in html and "Provenance" in html
-    assert (tmp_path / "pairing_report.html").exists() and (tmp_path / "results.csv").exists()
+    # one page: the pairing report's sections (one level down) and the training diagnostics are in it
+    for section in ("Layer attribution (teacher)", "Teacher × student CKA", "Semantic-basis fidelity",
+                    "Training: semalign"):
+        assert f">{section}</h" in html, section
+    assert html.count(">Provenance</h2>") == 1 and not (tmp_path / "pairing_report.html").exists()
+    assert (tmp_path / "results.csv").exists()
     assert set(result.timings) >= {"load pair", "layer pairing", "train sft", "train semalign", "report"}
 
 

@@ -1,0 +1,153 @@
+"""What `semalign demo` and the transfer benchmark (`analysis/transfer_table.py`) share: the sizes of a run,
+the pair, one AlignConfig for every method, and a transfer task with its before/teacher references.
+
+Keeping these in one place is what makes the demo's two rows and the benchmark's table comparable: the same
+profile fields produce the same data, pairing, frontier schedule, LoRA adapters, steps and learning rate
+for every method, and only the method's loss terms differ (`baselines.method_config`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import evaluation as ev
+from .data import TokenBatch
+from .errors import SemalignError
+
+
+@dataclass
+class RunProfile:
+    """Sizes shared by every trained method of one comparison (the fairness rule).
+
+    The code task transfers `n_transfer` stdlib test-file sequences of `seq_len` tokens (plus `diag_sequences`
+    held out for training diagnostics) and scores HumanEval canonical-solution cross-entropy on the first
+    `humaneval_limit` problems and stdlib-test CE on `heldout_tokens` tokens. Training: frontier schedule over
+    `student_layers` (proportional pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate
+    `lr`, autocast `precision`. teacher / student: zoo names, HF directories, or "tiny" (random tiny pair).
+    """
+
+    teacher: str = "smollm2-135m"
+    student: str = "stdlib-student"
+    n_transfer: int = 96
+    diag_sequences: int = 4
+    seq_len: int = 32
+    batch_size: int = 8
+    student_layers: tuple[int, ...] = (1, 3, 5)
+    stage_steps: int = 4
+    lr: float = 2e-3
+    lora_rank: int = 16
+    precision: str = "fp32"
+    humaneval_limit: int = 16
+    heldout_tokens: int = 512
+
+
+def load_pair(profile: RunProfile):
+    """The profile's `ModelPair` (vocabulary and mode checked); "tiny" gives the seeded random tiny pair."""
+    if profile.teacher == "tiny":
+        from .zoo.tiny import tiny_pair
+
+        return tiny_pair(seed=0)
+    from .models import ModelPair
+
+    return ModelPair.load(profile.teacher, profile.student)
+
+
+def shared_config(profile: RunProfile, n_sequences: int, *, seed: int = 0, run_dir: str | Path | None = None,
+                  cache_dir: str | Path | None = None, cka_max_tokens: int = 256):
+    """The one `AlignConfig` every method of a comparison starts from; `baselines.method_config` then swaps
+    only the loss terms. `cache_dir`: teacher targets (states and logits) cached there instead of online."""
+    from .config import from_dict
+    from .trainer import AlignConfig
+
+    spec = {
+        "teacher": profile.teacher, "student": profile.student, "seed": seed,
+        "data": {"seq_len": profile.seq_len, "n_sequences": n_sequences, "batch_size": profile.batch_size,
+                 "diag_sequences": profile.diag_sequences},
+        "pairing": {"strategy": "proportional", "student_layers": list(profile.student_layers)},
+        "schedule": {"mode": "frontier", "trainable": "paired", "adapter": "lora", "lora_rank": profile.lora_rank,
+                     "lora_alpha": 2.0 * profile.lora_rank, "stage_steps": profile.stage_steps, "lr": profile.lr},
+        "precision": profile.precision, "report": False, "progress": False, "cka_max_tokens": cka_max_tokens}
+    if run_dir is not None:
+        spec["run_dir"] = str(run_dir)
+    if cache_dir is not None:
+        spec["targets"] = {"mode": "cached", "cache_logits": True, "cache_dir": str(cache_dir)}
+    return from_dict(AlignConfig, spec)
+
+
+def split_transfer(batch: TokenBatch, n_diag: int) -> tuple[TokenBatch, TokenBatch]:
+    """(training sequences, held-out diagnostic sequences): the last `n_diag` never train."""
+    n = len(batch)
+    if n <= n_diag:
+        raise SemalignError(f"only {n} transfer sequences; need more than diag_sequences = {n_diag}")
+    return batch.select(torch.arange(n - n_diag)), batch.select(torch.arange(n - n_diag, n))
+
+
+@dataclass
+class TaskRun:
+    """A transfer task ready to train on: training and diagnostic sequences, and the reference scores."""
+
+    task: ev.TransferTask
+    data: TokenBatch
+    diag: TokenBatch
+    n_transfer: int
+    before: dict[str, float]
+    teacher: dict[str, float]
+
+
+def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int | None = None,
+               cache: Path | None = None) -> TaskRun:
+    """The `code` or `knowledge` task of `evaluation`, split, with the untrained student's and the teacher's
+    scores (cached in the JSON file `cache` when given: the teacher's pass is the slowest part of a re-run)."""
+    tok = student.tokenizer
+    if name == "code":
+        n = n_transfer or profile.n_transfer
+        task = ev.code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
+                            heldout_tokens=profile.heldout_tokens)
+        data, diag = split_transfer(task.transfer, profile.diag_sequences)
+    elif name == "knowledge":
+        facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else None  # a random teacher knows nothing
+        task = ev.knowledge_task(teacher, facts)
+        data = task.transfer  # few short texts: all train; the diagnostics (no training) look at the first few
+        diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
+        n = len(data)
+    else:
+        raise SemalignError(f"unknown task {name!r}; valid: code, knowledge")
+    before, reference = _references(task, teacher, student, cache)
+    return TaskRun(task, data, diag, n, before=before, teacher=reference)
+
+
+def _weights_id(model) -> str | None:
+    return getattr(getattr(model, "provenance", None), "weights_sha256", None)
+
+
+def _references(task: ev.TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
+    """(student before, teacher) scores, cached by weights hashes and the task spec (not the transfer data)."""
+    spec = {k: v for k, v in task.meta.items()
+            if k not in ("teacher_table", "n_transfer", "transfer_files", "transfer_texts")}
+    key = json.dumps([task.name, _weights_id(teacher), _weights_id(student), spec], sort_keys=True, default=str)
+    usable = cache is not None and None not in (_weights_id(teacher), _weights_id(student))
+    store = json.loads(cache.read_text()) if usable and cache.exists() else {}
+    if key not in store:
+        store[key] = {"before": task.evaluate(student), "teacher": task.evaluate(teacher)}
+        if usable:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(store, indent=1))
+    return store[key]["before"], store[key]["teacher"]
+
+
+def _tiny_known_facts(teacher):
+    """For the tiny pipeline check: facts whose answer is the tiny teacher's own greedy next token."""
+    from .tasks.facts import Fact
+
+    templates = ("{subject} is", "So {subject} is", "Q: {subject}? A:")
+    facts = []
+    for s in ("alpha", "beta", "gamma", "delta", "omega", "kappa", "red", "green", "blue", "one", "two", "three",
+              "list", "dict", "json", "path", "file", "name", "value", "item"):
+        answer = ev.greedy_generate(teacher, templates[-1].format(subject=s), 1)
+        if answer.startswith(" ") and answer.strip():
+            facts.append(Fact("t", s, answer, templates))
+    return facts or [Fact("t", "x", " x", templates)]
