@@ -415,6 +415,42 @@ def test_two_accelerate_processes_match_one(tmp_path):
     assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (one, two)
 
 
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real kill (SIGKILL of the `semalign align` process after its first checkpoints), then a resume in
+    this process: the same losses at every step and the same final weights as a run never interrupted."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    config = _cli_config(tmp_path)
+    over = ["schedule.stage_steps=20", "checkpoint_every=1"]
+    whole = align_main(config, [*over, f"run_dir={tmp_path / 'whole'}"])
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens.trainer", "--config", str(config),
+                             *(f"--set={kv}" for kv in [*over, f"run_dir={killed}"])], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "latest.json").exists() and json.loads((killed / "latest.json").read_text())["step"] >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    done_before_kill = len(_train_losses(killed))
+    assert 3 <= done_before_kill < len(_train_losses(tmp_path / "whole"))
+    resumed = align_main(config, [*over, f"run_dir={killed}"])
+    assert resumed.finished and resumed.final["stages"] == whole.final["stages"]
+    assert _train_losses(killed) == _train_losses(tmp_path / "whole")
+    final = sorted((tmp_path / "whole" / "student").glob("*.safetensors"))
+    assert final, "no final student weights written"
+    for path in final:
+        a, b = load_file(str(path)), load_file(str(killed / "student" / path.name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path.name
+
+
 def test_align_main_reads_a_config_file_with_overrides(tmp_path):
     config = _cli_config(tmp_path)
     result = align_main(config, ["schedule.stage_steps=1", f"run_dir={tmp_path / 'cli'}"])
