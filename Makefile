@@ -9,13 +9,13 @@
 #   make test-analysis        smoke tests of the figure scripts (tiny models)
 #
 # Variables: PYTHON (default python3), OUT (default analysis/out), STUDENT (default stdlib-student),
-# TRANSFER_PROFILE (default quick), TRANSFER_MINUTES (default 20).
+# TRANSFER_PROFILE (default demo, the committed table's), TRANSFER_MINUTES (default 60).
 
 PYTHON ?= python3
 OUT ?= analysis/out
 STUDENT ?= stdlib-student
-TRANSFER_PROFILE ?= quick
-TRANSFER_MINUTES ?= 20
+TRANSFER_PROFILE ?= demo
+TRANSFER_MINUTES ?= 60
 FAST ?=
 
 FIGURE_ARGS = --out $(OUT) --student $(STUDENT) --transfer-profile $(TRANSFER_PROFILE) \

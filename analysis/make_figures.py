@@ -11,7 +11,7 @@ Targets, each a separate script run in its own process (a fresh interpreter, so 
 |---|---|---|
 | fig2 | `fig2_resolution.py` (resolution of semantics per layer, Fig. 2) | out/fig2/ |
 | fig45 | `fig45_cka.py` (CKA heatmaps without / with alignment, Figs. 4-5) | out/fig45/ |
-| transfer | `transfer_table.py` (Tables 1-2 analogue: methods x tasks, gap closed) | out/transfer/ |
+| transfer | `transfer_table.py` (Tables 1-2 analogue: methods x tasks, gap closed) | out/transfer/ (demo profile, the committed table's), else out/transfer-PROFILE/ |
 | ablations | `ablations.py` (attribution method, pairing, layer objective, map kind) | out/ablations/ |
 
 `--fast` passes each script its fast mode: `--fast` for fig45 and ablations, `--profile tiny` (one seed, three
@@ -69,7 +69,9 @@ def commands(target: str, fast: bool, out: Path, args) -> list[str]:
         return py + [str(HERE / "ablations.py"), *(["--fast"] if fast else ["--student", args.student]),
                      "--out", str(out / "ablations")]
     if target == "transfer":
-        common = ["--out", str(out / "transfer"), "--summary", str(out / "transfer" / "TRANSFER.md")]
+        profile = "tiny" if fast else args.transfer_profile
+        folder = out / ("transfer" if profile == "demo" else f"transfer-{profile}")  # profiles never mix their runs
+        common = ["--out", str(folder), "--summary", str(folder / "TRANSFER.md")]
         if fast:
             return py + [str(HERE / "transfer_table.py"), "--profile", "tiny", "--methods", "sft", "kd", "semalign",
                          "--seeds", "0", "--tasks", "code", "--no-budget-curve", *common]
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=TARGETS, default=list(TARGETS))
     p.add_argument("--notebooks", action="store_true", help="execute the notebooks instead of the figure scripts")
     p.add_argument("--student", default="stdlib-student", help="student source for the full-mode scripts")
-    p.add_argument("--transfer-profile", default="quick", help="transfer_table.py profile in full mode")
-    p.add_argument("--transfer-minutes", type=float, default=20.0, help="transfer_table.py time budget")
+    p.add_argument("--transfer-profile", default="demo", help="transfer_table.py profile in full mode")
+    p.add_argument("--transfer-minutes", type=float, default=60.0, help="transfer_table.py time budget")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)
     out = Path(args.out)
