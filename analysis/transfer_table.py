@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + args.budget_minutes * 60
     log = lambda msg: print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)  # noqa: E731
 
-    pair = load_pair(profile)
+    pair = load_pair(profile.teacher, profile.student)
     teacher, student = pair.teacher, pair.student
     log(f"loaded teacher {profile.teacher} and student {profile.student}")
     maps = transfer_maps(teacher, student)

@@ -45,15 +45,15 @@ class RunProfile:
     heldout_tokens: int = 512
 
 
-def load_pair(profile: RunProfile):
-    """The profile's `ModelPair` (vocabulary and mode checked); "tiny" gives the seeded random tiny pair."""
-    if profile.teacher == "tiny":
+def load_pair(teacher: str, student: str):
+    """A `ModelPair` (vocabulary and mode checked); teacher "tiny" gives the seeded random tiny pair."""
+    if teacher == "tiny":
         from .zoo.tiny import tiny_pair
 
         return tiny_pair(seed=0)
     from .models import ModelPair
 
-    return ModelPair.load(profile.teacher, profile.student)
+    return ModelPair.load(teacher, student)
 
 
 def shared_config(profile: RunProfile, n_sequences: int, *, seed: int = 0, run_dir: str | Path | None = None,

@@ -116,7 +116,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         bar.set_postfix_str(name + " done")
 
     torch.manual_seed(profile.seed)
-    pair = load_pair(profile)
+    pair = load_pair(profile.teacher, profile.student)
     teacher, student = pair.teacher, pair.student
     advance("load pair")
 
