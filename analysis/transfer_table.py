@@ -347,8 +347,8 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
            *[f"- `{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min wall" for h in meta["invocations"]],
            ""]),
         f"Wall time: **{meta['wall_s'] / 60:.1f} min** on {meta['machine']} "
-        f"({meta['threads']} threads; other jobs shared the machine), CPU time {meta['cpu_s'] / 60:.1f} min "
-        f"(on two otherwise idle cores the wall time is about half of it), torch {meta['torch']}.", "",
+        f"({meta['threads']} torch threads), CPU time {meta['cpu_s'] / 60:.1f} min, torch {meta['torch']}; "
+        "wall time grows with whatever else runs on the machine.", "",
         *([] if meta.get("finished") else
           [f"**In progress / interrupted: {len(runs)} of {meta.get('planned_runs', '?')} runs done.** "
            "Finish with the same command plus `--resume`.", ""]),
