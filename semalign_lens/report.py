@@ -172,11 +172,12 @@ def export_png(fig, path: str | Path, *, scale: float = 2.0) -> Path | None:
 
 @dataclass
 class _Block:
-    kind: str  # html | figure
+    kind: str  # html | heading | figure
     html: str = ""
     figure: Any = None
     name: str = ""
     caption: str = ""
+    level: int = 0
 
 
 @dataclass
@@ -192,9 +193,7 @@ class Report:
     def add_heading(self, text: str, level: int = 2) -> Report:
         if not 1 <= level <= 6:
             raise SemalignError(f"heading level must be 1..6, got {level}")
-        anchor = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or f"s{len(self.blocks)}"
-        self.blocks.append(_Block("html", f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>',
-                                  name=text if level == 2 else "", caption=anchor))
+        self.blocks.append(_Block("heading", name=text, level=level))
         return self
 
     def add_markdown(self, text: str) -> Report:
@@ -257,20 +256,36 @@ class Report:
         cap = f'<p class="caption">{_inline(block.caption)}</p>' if block.caption else ""
         return f'<figure id="{html.escape(block.name)}">{div}{cap}</figure>'
 
+    def _anchors(self) -> dict[int, str]:
+        """A unique id per heading (block index -> id): sections merged with `extend` may repeat a title."""
+        anchors, seen = {}, set()
+        for i, block in enumerate(self.blocks):
+            if block.kind == "heading":
+                base = re.sub(r"[^a-z0-9]+", "-", block.name.lower()).strip("-") or f"s{i}"
+                anchor, n = base, 2
+                while anchor in seen:
+                    anchor, n = f"{base}-{n}", n + 1
+                seen.add(anchor)
+                anchors[i] = anchor
+        return anchors
+
     def to_html(self) -> str:
         """The whole page; plotly.js is inlined once, and only when there is at least one figure."""
         from plotly.offline import get_plotlyjs
 
         figures = [b for b in self.blocks if b.kind == "figure"]
         script = f'<script type="text/javascript">{get_plotlyjs()}</script>' if figures else ""
-        toc = [b for b in self.blocks if b.kind == "html" and b.name]
-        nav = ("<nav><ul>" + "".join(f'<li><a href="#{b.caption}">{html.escape(b.name)}</a></li>' for b in toc)
+        anchors = self._anchors()
+        toc = [(anchors[i], b.name) for i, b in enumerate(self.blocks) if b.kind == "heading" and b.level == 2]
+        nav = ("<nav><ul>" + "".join(f'<li><a href="#{a}">{html.escape(name)}</a></li>' for a, name in toc)
                + "</ul></nav>") if len(toc) > 2 else ""
         body, k = [], 0
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if block.kind == "figure":
                 k += 1
                 body.append(self._figure_html(block, k))
+            elif block.kind == "heading":
+                body.append(f'<h{block.level} id="{anchors[i]}">{html.escape(block.name)}</h{block.level}>')
             else:
                 body.append(block.html)
         sub = f"<p>{_inline(self.subtitle)}</p>" if self.subtitle else ""

@@ -52,6 +52,16 @@ def test_report_is_self_contained_with_plotly_once(tmp_path, tiny_pair):
     assert not list(path.parent.glob("*.tmp"))
 
 
+def test_extend_merges_sections_with_unique_anchors_and_notes_once():
+    inner = Report("inner").add_heading("Models", level=3).add_note("caveat").add_markdown("inner text")
+    outer = Report("outer").add_heading("Models").add_heading("Results").add_note("caveat").add_heading("Models")
+    page = outer.extend(inner).to_html()
+    ids = re.findall(r'<h\d id="([^"]+)">', page)
+    assert ids == ["models", "results", "models-2", "models-3"]  # unique, in page order
+    assert re.findall(r'href="#([^"]+)"', page) == ["models", "results", "models-2"]  # the nav lists level 2
+    assert outer.notes == ["caveat"] and page.count("caveat") == 2 and "inner text" in page
+
+
 def test_report_without_figures_has_no_plotly_and_checks_input(tmp_path):
     page = Report("t").add_markdown("x").to_html()
     assert PLOTLY_BANNER not in page
