@@ -641,48 +641,41 @@ per seed, then the mean and a Student-t 95% interval over seeds.
 
 The knowledge task keeps only facts the teacher answers exactly on a held-out phrasing. The student trains on
 the *other* phrasings with their answers and is scored on the held-out phrasing (answer log-prob, higher is
-better). A random tiny teacher knows no facts, so in fast mode we let it "know" its own greedy answers, which
-is all a pipeline check needs."""),
+better). `semalign_lens.benchmark` builds it exactly as the transfer benchmark does, from a `RunProfile` (the
+sizes every method shares). A random tiny teacher knows no facts, so in fast mode the tiny teacher is made to
+"know" its own greedy answers, which is all a pipeline check needs."""),
     ("code", '''\
 from semalign_lens import evaluation as ev
-from semalign_lens.tasks import Fact, load_facts
+from semalign_lens.benchmark import RunProfile, build_task, shared_config
 
-facts = load_facts()
-if FAST:
-    templates = ("{subject} is", "So {subject} is", "Q: {subject}? A:")
-    subjects = ("alpha", "beta", "gamma", "list", "dict", "json", "path", "file", "name", "value")
-    answers = {s: ev.greedy_generate(teacher, templates[-1].format(subject=s), 1) for s in subjects}
-    facts = [Fact("tiny", s, a, templates) for s, a in answers.items() if a.startswith(" ") and a.strip()]
-task = ev.knowledge_task(teacher, facts)
-before, teacher_score = task.evaluate(student), task.evaluate(teacher)
+profile = (RunProfile(teacher="tiny", student="tiny", seq_len=24, batch_size=4, diag_sequences=2,
+                      student_layers=(0, 2), stage_steps=2, lr=1e-2, lora_rank=4)
+           if FAST else RunProfile())  # the defaults are the transfer benchmark's demo profile
+knowledge = build_task("knowledge", profile, teacher, student)
+task, before, teacher_score = knowledge.task, knowledge.before, knowledge.teacher
 print(f"{task.meta['teacher_known']} of {task.meta['facts']} facts known to the teacher; "
-      f"{len(task.transfer)} transfer texts")
+      f"{len(knowledge.data)} transfer texts")
 pd.DataFrame({"student (before)": before, "teacher": teacher_score}).round(3)'''),
-    ("md", "## One shared configuration, three methods, several seeds"),
+    ("md", """\
+## One shared configuration, three methods, several seeds
+
+`shared_config` is the one `AlignConfig` every method starts from (data, proportional pairing of the profile's
+student layers, frontier schedule, LoRA adapters, steps, learning rate); `run_method` swaps in the method's
+loss terms and nothing else."""),
     ("code", '''\
-import copy
 import tempfile
 from pathlib import Path
 
 from semalign_lens.baselines import run_method
-from semalign_lens.trainer import load_align_config
 
-base = load_align_config(None, {
-    "progress": False, "report": False, "cka_max_tokens": 256,
-    "data.batch_size": 4 if FAST else 8, "data.diag_sequences": 2,
-    "pairing.strategy": "proportional",
-    "schedule.adapter": "lora", "schedule.lora_rank": 4 if FAST else 16, "schedule.lora_alpha": 8.0 if FAST else 32.0,
-    "schedule.stage_steps": 2 if FAST else 4, "schedule.lr": 1e-2 if FAST else 1e-3,
-})
 METHODS, SEEDS = ["sft", "kd", "semalign"], [0, 1] if FAST else [0, 1, 2]
 work = Path(tempfile.mkdtemp(prefix="semalign-nb06-"))
 rows = []
 for seed in SEEDS:
     for method in METHODS:
-        cfg = copy.deepcopy(base)
-        cfg.seed = seed
-        result = run_method(method, cfg, teacher=teacher, student=student, data=task.transfer,
-                            run_dir=work / f"{method}-s{seed}", lean=True)
+        cfg = shared_config(profile, len(knowledge.data), seed=seed)
+        result = run_method(method, cfg, teacher=teacher, student=student, data=knowledge.data,
+                            diag_data=knowledge.diag, run_dir=work / f"{method}-s{seed}", lean=True)
         rows.append({"method": method, "seed": seed, "steps": result.steps,
                      "trainable": sum(result.trainable_params.values()), **task.evaluate(result.student)})
 runs = pd.DataFrame(rows)
@@ -711,9 +704,11 @@ fig'''),
 ## Reading it
 
 A method has transferred something beyond the control only if its gap-closed interval lies above the SFT
-row's. With two or three seeds the intervals are wide; the full benchmark (`python
-analysis/transfer_table.py`: every method, the code and knowledge tasks, more seeds and a data-budget curve)
-and `analysis/RESULTS.md` state what holds on the embedded pair."""),
+row's. With two or three seeds the intervals are wide. In full mode this notebook trains the knowledge rows
+of the transfer benchmark with its configuration (online teacher targets here, an fp16 cache there); the
+full benchmark (`python analysis/transfer_table.py`: every method, the code and knowledge tasks, a
+data-budget curve; committed as `analysis/TRANSFER.md`) and `analysis/RESULTS.md` state what holds on the
+embedded pair — on this task the SFT control closes more of the gap than SemAlign."""),
 ]
 
 NOTEBOOKS = {
