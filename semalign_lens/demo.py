@@ -9,7 +9,8 @@ Stages (each a step of the progress bar):
 4. train the SFT control and SemAlign on exactly the same data, steps and trainable parameters
    (`semalign_lens.baselines.run_method`; frontier schedule over the proportionally paired layers);
 5. evaluate before/after against the teacher: gap closed = (after − before) / (teacher − before);
-6. write `report.html` (overview, pairing, training diagnostics, results, provenance).
+6. write one page, `report.html`: results, models, the pairing report's sections, training diagnostics,
+   provenance.
 
 Profiles: `demo` (the README's main job, ≤ 10 min on 2 cores), `quick` (≤ 2 min), `tiny` (random tiny
 pair, seconds: tests and notebooks' fast mode). One seed: the demo shows the pipeline; the transfer table
@@ -126,8 +127,6 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)])
     advance("overview")
 
-    report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
-                    subtitle=f"profile: {json.dumps(asdict(profile))}")
     pairing_sections = Report("layer pairing")  # filled now, placed after the results when the page is written
     pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
                    methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
@@ -151,6 +150,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         advance(f"train {method}")
 
     results = results_table(task, before, teacher_scores, after)
+    report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
+                    subtitle=f"profile: {json.dumps(asdict(profile))}")
     report.add_heading("Results")
     report.add_markdown(
         f"Code transfer: {n_train} sequences of {profile.seq_len} tokens from the standard library's test files "
