@@ -358,8 +358,9 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
         f"{p['student_layers']} (proportional pairing), {p['stage_steps']} steps per stage, batch "
         f"{p['batch_size']}, lr {p['lr']}, on the same transfer sequences; seeds {p['seeds']}.",
         f"- code: {meta['tasks'].get('code', {}).get('n_transfer', '–')} chunks of {p['seq_len']} tokens from the "
-        "standard library's test files (unseen by the student; HumanEval and the held-out test files checked for "
-        f"verbatim overlap); score = cross-entropy of the canonical solution given the prompt on "
+        f"standard library's test files ({p['n_transfer']} train, {p['diag_sequences']} held out for the training "
+        "diagnostics; unseen by the student; HumanEval and the held-out test files checked for verbatim overlap); "
+        "score = cross-entropy of the canonical solution given the prompt on "
         f"{p['humaneval_limit']} evenly spaced HumanEval problems (lower is better); `stdlib_test_ce` in runs.csv "
         "is the same-distribution held-out check.",
         f"- knowledge: facts of `semalign_lens/tasks/facts.json` the teacher answers exactly on the held-out "
