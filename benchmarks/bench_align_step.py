@@ -214,10 +214,11 @@ def write_results(results: list[dict], command: str) -> None:
             "block (hidden states only); SemAlign step = `Trainer._step` (batch, teacher targets, student forward "
             "with captures, TransferMap, loss terms, backward, clipping, AdamW) in the named stage.\n\n"
             + table(results) + "\n")
-    if SECTION in text:
+    if SECTION in text:  # replace the header and the table; keep the hand-written reading below the table
         start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
+        table_start = text.index("\n| case", start)
+        table_end = text.find("\n\n", table_start)
+        text = text[:start] + body + (text[table_end + 1:] if table_end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body
     path.write_text(text)
