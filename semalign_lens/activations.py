@@ -14,7 +14,7 @@ CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,24 +71,44 @@ def _needed_hooks(points: Sequence[str], layers: Sequence[int]) -> list[tuple[st
 
 
 def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequence[int],
-              keep_graph: bool = False) -> dict[tuple[str, int], torch.Tensor]:
+              keep_graph: bool = False,
+              sink: Callable[[tuple[str, int], torch.Tensor], None] | None = None
+              ) -> dict[tuple[str, int], torch.Tensor]:
     """One forward over `tokens`, returning {(point, layer): [batch, pos, d]} in the model's dtype.
 
     Stops after the deepest requested block. With `keep_graph=True` the tensors stay attached to the
     autograd graph (for losses and gradient attribution); otherwise the forward runs under no_grad.
+    With `sink`, each (point, layer) is handed to `sink(key, tensor)` the moment the forward produces it and
+    is not kept (an empty dict is returned): `capture` copies it straight into its preallocated result, so
+    the forward never holds every layer's activations at once.
     """
     layers = check_layers(model, layers)
     points = check_points(points)
     hooked = _needed_hooks(points, layers)
+    wanted = {(p, layer) for p in points for layer in layers}
+    keys = {hook_name(p, layer): (p, layer) for p, layer in hooked}
     store: dict[str, torch.Tensor] = {}
 
     def save(tensor, hook):
-        store[hook.name] = tensor if keep_graph else tensor.detach()
+        value = tensor if keep_graph else tensor.detach()
+        if sink is None:
+            store[hook.name] = value
+            return tensor
+        point, layer = keys[hook.name]
+        if ("block_write", layer) in wanted:
+            if point == "resid_pre":
+                store[hook.name] = value
+            else:
+                sink(("block_write", layer), value - store.pop(hook_name("resid_pre", layer)))
+        if (point, layer) in wanted:
+            sink((point, layer), value)
         return tensor
 
     fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
     with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
         model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1, return_type=None)
+    if sink is not None:
+        return {}
     out = {}
     for point in points:
         for layer in layers:
@@ -150,22 +170,28 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     if shard_dir is not None:
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
-    # Outputs are preallocated and filled batch by batch: no list of chunks and no final concatenation,
-    # so peak memory is the result plus one sub-batch's forward.
+    # Outputs are preallocated and filled from inside the forward (hooks copy each layer in as it is made):
+    # no list of chunks, no final concatenation, no sub-batch's worth of kept layers, so peak memory is the
+    # result plus one sub-batch's forward.
     out: dict[tuple[str, int], torch.Tensor] = {}
     parts = list(batch.split(batch_size))
+    rows = slice(0, 0)  # the sub-batch's rows of the result, set before each forward
+
+    def write(key: tuple[str, int], value: torch.Tensor) -> None:
+        if key not in out:
+            out[key] = torch.zeros((len(batch), batch.tokens.shape[1], value.shape[-1]), dtype=torch.float32)
+        out[key][rows, : value.shape[1]] = value
+
     row = 0
     for i, part in enumerate(tqdm(parts, desc=f"capture {getattr(model.cfg, 'model_name', '')}",
                                   disable=not progress or len(parts) < 2, leave=False)):
-        acts = residuals(model, part.tokens, points, layers)
         if shard_dir is not None:
+            acts = residuals(model, part.tokens, points, layers)
             tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
             save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
             continue
-        for key, value in acts.items():
-            if key not in out:
-                out[key] = torch.zeros((len(batch), batch.tokens.shape[1], value.shape[-1]), dtype=torch.float32)
-            out[key][row: row + len(part), : value.shape[1]] = value
+        rows = slice(row, row + len(part))
+        residuals(model, part.tokens, points, layers, sink=write)
         row += len(part)
     name = getattr(model.cfg, "model_name", "")
     if shard_dir is not None:

@@ -40,6 +40,18 @@ def test_block_write_is_post_minus_pre(tiny_pair, batch):
                                    cap.get("resid_post", layer) - cap.get("resid_pre", layer))
 
 
+def test_block_write_alone_equals_hf_hidden_state_difference(tiny_pair, tiny_hf, batch):
+    """Only block_write requested (its resid_pre is held just until its resid_post arrives), two sequences
+    per forward: block l's write = HF hidden_states[l + 1] - hidden_states[l]."""
+    cap = capture(tiny_pair.teacher, batch, [1, 3], points=("block_write",), batch_size=2)
+    assert cap.points == ["block_write"]
+    with torch.no_grad():
+        hidden = tiny_hf[0](input_ids=batch.tokens, output_hidden_states=True).hidden_states
+    for layer in (1, 3):
+        torch.testing.assert_close(cap.get("block_write", layer)[batch.mask],
+                                   (hidden[layer + 1] - hidden[layer])[batch.mask])
+
+
 def test_padding_is_masked_and_does_not_leak(tiny_pair, tiny_hf, batch):
     cap = capture(tiny_pair.student, batch, [0, 2])
     assert cap.mask.tolist() == batch.mask.tolist()
