@@ -219,9 +219,10 @@ from semalign_lens.semantics import decompose, logit_lens
 
 h = states[max(states)][:1]  # the last block's state of the first real token
 coef = decompose(h, bases["output"], kind="paper")[0]
-decode = lambda ids: [pair.tokenizer.decode([i]) for i in ids]
-pd.DataFrame({"largest cosine coefficients (Eq. 1)": decode(coef.topk(5).indices.tolist()),
-              "logit-lens top-5": decode(logit_lens(teacher, h)[0].topk(5).indices.tolist())})'''),
+top_coef = coef.topk(5).indices.tolist()
+top_lens = logit_lens(teacher, h)[0].topk(5).indices.tolist()
+pd.DataFrame({"largest cosine coefficients (Eq. 1)": [pair.tokenizer.decode([i]) for i in top_coef],
+              "logit-lens top-5": [pair.tokenizer.decode([i]) for i in top_lens]})'''),
     ("md", """\
 ## The round trip, layer by layer
 
