@@ -273,6 +273,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
         report = Report(f"Layer pairing: {t_name} → {s_name}", subtitle=subtitle)
     else:
         report.add_markdown(subtitle)
+    first_note = len(report.notes)  # a caller's report may hold notes of its own
 
     def heading(text: str) -> None:
         report.add_heading(text, level)
@@ -367,7 +368,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                                      "metric": metric, "strategy": strategy,
                                      "attribution_method": attribution_method, "cka": estimator, "align": align})
         path = Path(report.write(out_path, png=png))
-    notes += [n for n in report.notes if n not in notes]
+    notes += [n for n in report.notes[first_note:] if n not in notes]
     clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
     clock.cpu["total"] = round(sum(clock.cpu.values()), 2)
     return PairingReport(path, attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes,
