@@ -52,6 +52,7 @@ from semalign_lens.activations import capture  # noqa: E402
 from semalign_lens.attribution import rank_agreement, rank_layers  # noqa: E402
 from semalign_lens.baselines import Method, get_method, run_method  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402
+from semalign_lens.errors import run_reporting_errors  # noqa: E402
 from semalign_lens.models import describe  # noqa: E402
 from semalign_lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.report import Report  # noqa: E402
@@ -403,4 +404,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, prog=Path(__file__).name))

@@ -56,6 +56,7 @@ import torch  # noqa: E402
 from semalign_lens.activations import capture  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
+from semalign_lens.errors import run_reporting_errors  # noqa: E402
 from semalign_lens.models import describe, load_model  # noqa: E402
 from semalign_lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.pairing import make_pairing  # noqa: E402
@@ -347,4 +348,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, prog=Path(__file__).name))

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from semalign_lens.errors import run_reporting_errors
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = ("fig2", "fig45", "transfer", "ablations")
@@ -149,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, prog=Path(__file__).name))

@@ -42,6 +42,7 @@ import torch
 from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, run_method
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
+from semalign_lens.errors import run_reporting_errors
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
@@ -412,4 +413,4 @@ def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[st
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main, prog=Path(__file__).name))

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .errors import SemalignError
+from .errors import run_reporting_errors
 
 
 def _cmd_info(args) -> None:
@@ -124,9 +123,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except SemalignError as err:
-        print(f"semalign: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(args.func, args)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..data import TokenBatch
-from ..errors import SemalignError
+from ..errors import SemalignError, run_reporting_errors
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
 from . import diagnostics as diag
 from .config import AlignConfig, load_align_config
@@ -575,7 +575,6 @@ def align_main(config_path: str | Path | None, overrides: dict[str, Any] | list[
 def main(argv: list[str] | None = None) -> int:
     """`python -m semalign_lens.trainer` (and `accelerate launch -m semalign_lens.trainer`)."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training")
     parser.add_argument("--config", help="TOML or JSON config (default: all defaults)")
@@ -583,10 +582,5 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config key, dotted for sections (e.g. schedule.lr=1e-3); repeatable")
     parser.add_argument("--stop-after-steps", type=int, default=None, help="stop (checkpointed) after N steps")
     args = parser.parse_args(argv)
-    try:
-        align_main(args.config, args.overrides, stop_after_steps=args.stop_after_steps)
-    except SemalignError as err:
-        print(f"semalign: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors(align_main, args.config, args.overrides, stop_after_steps=args.stop_after_steps)
 
