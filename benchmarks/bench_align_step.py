@@ -233,6 +233,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write all results to this JSON file")
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
+    if not args.worker:
+        from semalign_lens.precision import machine_line
+
+        print(machine_line())
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.rounds)), flush=True)
         return

@@ -73,6 +73,9 @@ def run_child(what: str, env: dict | None = None, batch_size: int = 1) -> dict:
 
 
 def main(repeats: int = 3) -> None:
+    from semalign_lens.precision import machine_line
+
+    print(machine_line())
     with tempfile.TemporaryDirectory() as cache:
         cold = run_child("load", {"SEMALIGN_CACHE": cache})["load_s"]
         warm = statistics.median(run_child("load", {"SEMALIGN_CACHE": cache})["load_s"] for _ in range(repeats))

@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from semalign_lens.precision import machine_line
 from semalign_lens.similarity import cka_matrix, cka_permutation_null, minibatch_cka_matrix  # noqa: E402
 
 
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the n x n baseline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_line())
     print(f"threads {args.threads}, tokens {args.tokens}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"load average before {os.getloadavg()}")
     xs, ys = synthetic(args.tokens)

@@ -40,6 +40,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from semalign_lens.precision import machine_line
+
+    print(machine_line())
     from semalign_lens.errors import SemalignError
     from semalign_lens.models import load_model
     from semalign_lens.pairing_report import pairing_report

@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 import torch  # noqa: E402
 
 from semalign_lens.models import load_model  # noqa: E402
+from semalign_lens.precision import machine_line  # noqa: E402
 from semalign_lens.semantics import (  # noqa: E402
     CoefficientGram,
     SemanticBasis,
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--states", type=int, default=1024)
     args = p.parse_args()
+    print(machine_line())
     model = load_model("smollm2-135m")
     W_U, gain = unembedding(model), final_norm(model)["weight"]
     rows = []

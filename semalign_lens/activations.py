@@ -24,6 +24,7 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checks import check_output_dir, require_hooked, require_int
 from .data import TokenBatch
 from .errors import SemalignError
 
@@ -40,6 +41,7 @@ def hook_name(point: str, layer: int) -> str:
 
 
 def check_layers(model, layers: Iterable[int]) -> list[int]:
+    require_hooked(model)
     n = model.cfg.n_layers
     layers = sorted(set(int(x) for x in layers))
     if not layers:
@@ -160,15 +162,20 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     1 (the default) keeps peak memory at the result plus one sequence's forward, and on a CPU costs little
     speed (benchmarks/RESULTS.md); raise it on a GPU.
     """
+    require_hooked(model)
+    if not isinstance(batch, TokenBatch):
+        raise SemalignError(f"capture needs a TokenBatch (semalign_lens.data.tokenize(tokenizer, texts)), got "
+                            f"{type(batch).__name__}")
     if len(batch) == 0:
         raise SemalignError("empty batch: pass at least one sequence")
+    require_int("batch_size", batch_size)
     layers = check_layers(model, layers)
     points = check_points(points)
     if model.training:
         raise SemalignError("capture needs the model in eval mode (dropout would make activations random); "
                             "call model.eval() first")
     if shard_dir is not None:
-        shard_dir = Path(shard_dir)
+        shard_dir = check_output_dir(shard_dir, "shard_dir")
         shard_dir.mkdir(parents=True, exist_ok=True)
     # Outputs are preallocated and filled from inside the forward (hooks copy each layer in as it is made):
     # no list of chunks, no final concatenation, no sub-batch's worth of kept layers, so peak memory is the

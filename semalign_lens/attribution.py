@@ -54,6 +54,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from .activations import hook_name
+from .checks import require_hooked, require_int
 from .errors import SemalignError
 from .models import model_name
 from .tasks.batch import PairBatch
@@ -70,7 +71,9 @@ ENGINES = ("fast", "transformer_lens")
 
 
 def require_eval(model, what: str) -> None:
-    """Refuse a model in training mode: dropout would make every score random."""
+    """Refuse what is not a hooked model, and a model in training mode (dropout would make every score
+    random): the first check of every ranker."""
+    require_hooked(model)
     training = [name or "<root>" for name, m in model.named_modules() if m.training]
     if training:
         raise SemalignError(f"{what} needs the model in eval mode, but {model_name(model)} has {len(training)} "
@@ -101,6 +104,7 @@ def summarise(method: str, model: str, values: np.ndarray, *, denom: np.ndarray 
     score = mean over prompts (or mean(values) / mean(denom) when `denom` is given); the bootstrap resamples
     prompts with one seeded generator, so every method sees the same resamples.
     """
+    require_int("n_boot", n_boot)
     values = np.asarray(values, dtype=np.float64)
     n, n_layers = values.shape
     den = None if denom is None else np.asarray(denom, dtype=np.float64)
@@ -510,6 +514,7 @@ def rank_layers(model, batch: PairBatch, *, methods: Sequence[str] = METHODS, me
         raise SemalignError(f"unknown method(s) {bad}; valid methods: {METHODS}")
     require_eval(model, "layer ranking")
     _check_batch(model, batch, metric)
+    require_int("n_boot", n_boot)
     common = dict(n_boot=n_boot, seed=seed, progress=progress)
     frames = []
     if {"grad_x_act", "grad_x_act_abs"} & set(methods):

@@ -27,7 +27,7 @@ class RunProfile:
     held out for training diagnostics) and scores HumanEval canonical-solution cross-entropy on the first
     `humaneval_limit` problems and stdlib-test CE on `heldout_tokens` tokens. Training: frontier schedule over
     `student_layers` (proportional pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate
-    `lr`, autocast `precision`. teacher / student: zoo names, HF directories, or "tiny" (random tiny pair).
+    `lr`, `precision` (training and evaluation; "auto" = bf16 only where native, `semalign_lens.precision`). teacher / student: zoo names, HF directories, or "tiny" (random tiny pair).
     """
 
     teacher: str = "smollm2-135m"
@@ -40,7 +40,7 @@ class RunProfile:
     stage_steps: int = 4
     lr: float = 2e-3
     lora_rank: int = 16
-    precision: str = "fp32"
+    precision: str = "auto"
     humaneval_limit: int = 16
     heldout_tokens: int = 512
 
@@ -106,11 +106,11 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
     if name == "code":
         n = n_transfer or profile.n_transfer
         task = ev.code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
-                            heldout_tokens=profile.heldout_tokens)
+                            heldout_tokens=profile.heldout_tokens, precision=profile.precision)
         data, diag = split_transfer(task.transfer, profile.diag_sequences)
     elif name == "knowledge":
         facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else None  # a random teacher knows nothing
-        task = ev.knowledge_task(teacher, facts)
+        task = ev.knowledge_task(teacher, facts, precision=profile.precision)
         data = task.transfer  # few short texts: all train; the diagnostics (no training) look at the first few
         diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
         n = len(data)

@@ -10,19 +10,33 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import run_reporting_errors
+from .errors import SemalignError, run_reporting_errors
 
 
 def _cmd_info(args) -> None:
     import pandas as pd
 
-    from .models import describe, load_model, vocabulary_mismatch
+    from .models import depth_problem, describe, inspect_source, load_model, vocabulary_mismatch
 
+    if args.system:
+        from .system import system_info
+
+        info = system_info()
+        width = max(map(len, info))
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in info.items()))
+        if not args.sources:
+            return
+        print()
+    elif not args.sources:
+        raise SemalignError("semalign info needs 1-2 model sources (zoo name, HF directory, .gguf), or --system")
+    for source in args.sources:  # every source checked before the first one loads
+        inspect_source(source)
     models = [load_model(s) for s in args.sources]
     table = pd.DataFrame([describe(m) for m in models]).set_index("model").T
     print(table.to_string())
     if len(models) == 2:
-        problem = vocabulary_mismatch(*models)
+        problem = vocabulary_mismatch(*models) or depth_problem(models[0].cfg.n_layers, models[1].cfg.n_layers,
+                                                                args.sources[0], args.sources[1])
         modes = {m.provenance.mode for m in models}
         if problem is None and len(modes) == 1:
             print(f"\npairable: yes (shared vocabulary of {models[0].cfg.d_vocab} tokens, mode {modes.pop()})")
@@ -41,7 +55,7 @@ def _cmd_pretrain(args) -> None:
     from .config import load_config
     from .zoo.pretrain import PretrainConfig, pretrain
 
-    cfg = load_config(PretrainConfig, args.config)
+    cfg = load_config(PretrainConfig, args.config, args.set)
     print(json.dumps(pretrain(cfg, args.run_dir), indent=2))
 
 
@@ -55,8 +69,14 @@ def _cmd_demo(args) -> None:
     from .demo import run_demo
 
     result = run_demo(args.profile, out_dir=args.out, progress=not args.no_progress)
-    print(result.results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nreport: {result.report_path}\nstage times (s): {json.dumps(result.timings)}")
+    m = result.machine
+    table = result.results.copy()
+    gap = [c for c in table.columns if c.startswith("gap_closed")]
+    table[gap] = table[gap].map(lambda v: f"{100 * v:+.1f} %")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nprecision {m['resolved_precision']} ({m['precision']}; {m['cpu']}, {m['cpu_isa']}, native bf16 "
+          f"{'yes' if m['native_bf16'] else 'no'}), {result.timings['total'] / 60:.1f} min")
+    print(f"report: {result.report_path}")
 
 
 def _cmd_align(args) -> None:
@@ -74,12 +94,36 @@ def _cmd_report_pairing(args) -> None:
     print(f"\nreport: {result.path}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An `epilog` may be a function, called only when help is shown: the align config reference imports the
+    trainer (torch), which `semalign --help` and the other commands should not wait for."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+    def error(self, message: str):
+        """Usage errors on one line, `semalign: error: ...` with exit code 2, like every other user error."""
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        self.exit(2, f"semalign: error: {message}; usage: {usage}\n")
+
+
+def _align_config_help() -> str:
+    from .config import config_help
+    from .training.config import AlignConfig
+
+    return config_help(AlignConfig)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semalign", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="semalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="layers, widths, heads, vocabulary and norm of 1-2 models; pairability")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="zoo name, HF directory, .gguf file or Hub name")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="zoo name, HF directory, .gguf file or Hub name")
+    p.add_argument("--system", action="store_true",
+                   help="also (or only) this machine: CPU, ISA, native bf16, threads, versions, cache, teacher")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded pair, one HTML report (the main job)")
@@ -89,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("align", help="run a SemAlign alignment from a TOML/JSON config (see configs/)")
+    p = sub.add_parser("align", help="run a SemAlign alignment from a TOML/JSON config (see configs/)",
+                       epilog=_align_config_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="config file; omitted = the defaults (teacher smollm2-135m, stdlib-student)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set schedule.stage_steps=20 (repeatable)")
@@ -113,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = zoo.add_parser("pretrain-student", help="pretrain the embedded student (resumes if RUN_DIR has a checkpoint)")
     p.add_argument("--config", default=str(Path(__file__).parent / "zoo" / "configs" / "stdlib_student.json"))
     p.add_argument("--run-dir", default="runs/stdlib-student")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set total_tokens=1000000 (repeatable)")
     p.set_defaults(func=_cmd_pretrain)
     p = zoo.add_parser("export-student", help="write a pretraining run's latest checkpoint as an HF directory")
     p.add_argument("--run-dir", default="runs/stdlib-student")
@@ -123,4 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not _cmd_zoo_list:  # `zoo list` stays free of heavy imports
+        from .progress import quiet_libraries
+
+        quiet_libraries()
     return run_reporting_errors(args.func, args)

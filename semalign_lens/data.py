@@ -63,8 +63,16 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
     """Tokenise `texts` into one right-padded `TokenBatch` (truncating each to `max_len` tokens)."""
     if isinstance(texts, str):
         texts = [texts]
-    if len(texts) == 0:
-        raise SemalignError("empty prompt list: pass at least one text")
+    if texts is None or not hasattr(texts, "__len__") or len(texts) == 0:
+        raise SemalignError("empty prompt list: pass at least one text" if texts is not None and
+                            hasattr(texts, "__len__") else f"texts must be a list of strings, got {type(texts).__name__}")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise SemalignError(f"text #{bad} is a {type(texts[bad]).__name__}, not a string; pass a list of strings")
+    if max_len is not None:
+        from .checks import require_int
+
+        require_int("max_len", max_len)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # accept a model too
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if prepend_doc_start:

@@ -12,7 +12,8 @@ Stages (each a step of the progress bar):
 6. write one page, `report.html`: results, models, the pairing report's sections, training diagnostics,
    provenance.
 
-Profiles: `demo` (the README's main job, ≤ 10 min on 2 cores), `quick` (≤ 2 min), `tiny` (random tiny
+Profiles: `demo` (the README's main job, ≤ 10 min on 2 cores in fp32, i.e. on a CPU without native bf16),
+`quick` (≤ 2 min), `tiny` (random tiny
 pair, seconds: tests and notebooks' fast mode). One seed: the demo shows the pipeline; the transfer table
 (`analysis/transfer_table.py`) is where seeds and intervals live.
 """
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .benchmark import RunProfile, build_task, load_pair, shared_config
+from .checks import check_output_dir
 from .errors import SemalignError
+from .precision import precision_record
+from .progress import StageBar
 
 
 @dataclass
@@ -44,10 +47,9 @@ class DemoProfile(RunProfile):
     overview_prompts: int = 8
     n_transfer: int = 256
     seq_len: int = 128
-    stage_steps: int = 20
+    stage_steps: int = 12
     lr: float = 1e-3
-    precision: str = "bf16"
-    humaneval_limit: int = 32
+    humaneval_limit: int = 24
     heldout_tokens: int = 2048
     methods: tuple[str, ...] = ("sft", "semalign")
     seed: int = 0
@@ -61,8 +63,15 @@ PROFILES = {
     "tiny": DemoProfile(teacher="tiny", student="tiny", attribution_prompts=6,
                         attribution_methods=("grad_x_act", "patch_denoise"), cka_prompts=12, overview_prompts=2,
                         n_transfer=12, diag_sequences=2, seq_len=32, batch_size=4, student_layers=(0, 2),
-                        stage_steps=2, lr=1e-2, lora_rank=4, precision="fp32", humaneval_limit=3, heldout_tokens=128),
+                        stage_steps=2, lr=1e-2, lora_rank=4, humaneval_limit=3, heldout_tokens=128),
 }
+
+
+# Expected relative time of each stage (the demo profile in fp32, AVX2 kernels): makes the bar's ETA honest.
+# A method that reads teacher logits runs the whole teacher every step; the SFT control runs no teacher.
+STAGE_WEIGHTS = {"load pair": 0.1, "overview": 0.1, "layer pairing": 1.0, "transfer task": 1.5, "train sft": 1.5,
+                 "report": 0.05}
+TRAIN_WEIGHT = 8.0  # any other method
 
 
 @dataclass
@@ -71,6 +80,7 @@ class DemoResult:
     report_path: Path
     results: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)  # precision asked and resolved, CPU model, ISA, native bf16
 
 
 def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> pd.DataFrame:
@@ -100,55 +110,59 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         if profile not in PROFILES:
             raise SemalignError(f"unknown demo profile {profile!r}; valid: {', '.join(PROFILES)}")
         profile = PROFILES[profile]
+    unknown = sorted(set(overrides) - {f.name for f in fields(profile)})
+    if unknown:
+        raise SemalignError(f"unknown demo profile field(s) {unknown}; valid: {', '.join(f.name for f in fields(profile))}")
     profile = replace(profile, **overrides)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, "--out (the demo's output directory)")  # before anything loads or is written
     out.mkdir(parents=True, exist_ok=True)
     stages = ["load pair", "overview", "layer pairing", "transfer task", *[f"train {m}" for m in profile.methods],
               "report"]
-    bar = tqdm(stages, desc="semalign demo", disable=not progress, unit="stage", dynamic_ncols=True)
-    timings: dict[str, float] = {}
-    clock = time.time()
+    bar = StageBar(stages, [STAGE_WEIGHTS.get(s, TRAIN_WEIGHT) for s in stages], desc="semalign demo",
+                   enabled=progress)
+    timings = bar.timings
+    started = time.time()
 
-    def advance(name: str) -> None:
-        nonlocal clock
-        timings[name] = round(time.time() - clock, 1)
-        clock = time.time()
-        bar.update(1)
-        bar.set_postfix_str(name + " done")
-
+    machine = precision_record(profile.precision)
     torch.manual_seed(profile.seed)
+    bar.start("load pair")
     pair = load_pair(profile.teacher, profile.student)
     teacher, student = pair.teacher, pair.student
-    advance("load pair")
+    bar.done()
 
+    bar.start("overview")
     prompts = humaneval_prompts(profile.overview_prompts)
     batch = tokenize(pair.tokenizer, prompts, max_len=profile.seq_len)
     arch = architecture_table(teacher, student)
     norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)])
-    advance("overview")
+    bar.done()
 
+    bar.start("layer pairing")
     pairing_sections = Report("layer pairing")  # filled now, placed after the results when the page is written
     pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
                    methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
                    seed=profile.seed, progress=False, report=pairing_sections, level=3)
     pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
                            student_layers=list(profile.student_layers))
-    advance("layer pairing")
+    bar.done()
 
+    bar.start("transfer task")
     run = build_task("code", profile, teacher, student)
     task, train, diag, before, teacher_scores = run.task, run.data, run.diag, run.before, run.teacher
     n_train = len(train)
-    advance("transfer task")
+    bar.done()
 
     base = shared_config(profile, len(train), seed=profile.seed, run_dir=out / "runs", cka_max_tokens=512)
     after, runs = {}, {}
     for method in profile.methods:
+        bar.start(f"train {method}")
         result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
                             run_dir=out / "runs" / method, pairing=pairing)
         after[method] = task.evaluate(result.student)
         runs[method] = result
-        advance(f"train {method}")
+        bar.done()
 
+    bar.start("report")
     results = results_table(task, before, teacher_scores, after)
     report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
                     subtitle=f"profile: {json.dumps(asdict(profile))}")
@@ -182,10 +196,12 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         if any(r.get("kind") == "diag" for r in records):
             report.add_figure(projection_figure(records), name=f"proj-{method}")
     report.add_provenance(("teacher", teacher), ("student", student), seed=profile.seed,
-                          extra={"timings_s": json.dumps(timings)})
+                          extra={"precision": f"{machine['precision']} → {machine['resolved_precision']}",
+                                 "timings_s": json.dumps(timings)})
     report_path = report.write(out / "report.html")
-    advance("report")
+    bar.done()
     bar.close()
+    timings["total"] = round(time.time() - started, 1)
     results.to_csv(out / "results.csv", index=False)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    return DemoResult(out, report_path, results, timings)
+    (out / "timings.json").write_text(json.dumps({"timings_s": timings, "machine": machine}, indent=2))
+    return DemoResult(out, report_path, results, timings, machine)

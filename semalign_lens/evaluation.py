@@ -59,8 +59,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
+from .checks import read_utf8
 from .data import DOC_START, TokenBatch, doc_start_id
 from .errors import SemalignError
+from .precision import autocast
 from .tasks.facts import Fact, FactSet, load_facts
 from .zoo import corpus
 
@@ -125,7 +127,7 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch
 
 
 def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
-              batch_size: int = 8, bf16: bool = False, progress: bool = False,
+              batch_size: int = 8, precision: str = "auto", progress: bool = False,
               desc: str = "cross-entropy") -> tuple[float, int]:
     """(sum of next-token NLL in nats, number of scored tokens) over `batch`.
 
@@ -148,7 +150,7 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
             scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
             if not scored.any():
                 continue
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), autocast(precision, tokens.device):
                 logits = forward_logits(model, tokens)
             logits = logits[:, :-1][scored].float()
             total += F.cross_entropy(logits, tokens[:, 1:][scored], reduction="sum").item()
@@ -176,16 +178,17 @@ def as_batch(data, tokenizer=None, max_len: int | None = 512) -> TokenBatch:
 
 
 def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | None = None, max_len: int | None = 512,
-                  batch_size: int = 8, bf16: bool = False, progress: bool = False) -> float:
+                  batch_size: int = 8, precision: str = "auto", progress: bool = False) -> float:
     """Mean teacher-forced next-token cross-entropy (nats/token) of `model` on `data`, padding masked.
 
     `data`: a list of texts (tokenised with `<|endoftext|>` first, truncated to `max_len`), a `TokenBatch`,
     or an int tensor of unpadded [n, len] blocks. `score_mask` restricts which target tokens count.
-    `bf16=True` autocasts the forward (about 1.4x faster on CPUs with AMX; ~0.01 nats different).
+    `precision`: "auto" (bf16 autocast only where the CPU/GPU computes bf16 natively, `semalign_lens.precision`),
+    "fp32" or "bf16"; bf16 is about 1.4x faster with AMX and ~0.01 nats different.
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     batch = as_batch(data, tok, max_len)
-    total, count = token_nll(model, batch, score_mask, batch_size=batch_size, bf16=bf16, progress=progress)
+    total, count = token_nll(model, batch, score_mask, batch_size=batch_size, precision=precision, progress=progress)
     if count == 0:
         raise SemalignError("no token was scored (every sequence has < 2 real tokens or an empty score_mask)")
     return total / count
@@ -359,7 +362,7 @@ def eval_sets(tokenizer, names: Sequence[str] = tuple(EVAL_SETS), max_tokens: in
 
 
 def compare_cross_entropy(teacher, student, names: Sequence[str] = tuple(EVAL_SETS), *, tokenizer=None,
-                          max_tokens: int = 16384, max_len: int = 512, batch_size: int = 4, bf16: bool = False,
+                          max_tokens: int = 16384, max_len: int = 512, batch_size: int = 4, precision: str = "auto",
                           progress: bool = True):
     """Side-by-side teacher vs student cross-entropy (nats/token) on the named sets, as a DataFrame.
 
@@ -374,7 +377,7 @@ def compare_cross_entropy(teacher, student, names: Sequence[str] = tuple(EVAL_SE
     rows = []
     for name in tqdm(list(names), desc="eval sets", disable=not progress):
         es = eval_set(name, tok, max_tokens=max_tokens, max_len=max_len)
-        ce = {role: cross_entropy(m, es.batch, score_mask=es.score_mask, batch_size=batch_size, bf16=bf16,
+        ce = {role: cross_entropy(m, es.batch, score_mask=es.score_mask, batch_size=batch_size, precision=precision,
                                   progress=progress)
               for role, m in (("teacher", teacher), ("student", student))}
         rows.append({"set": name, "description": es.description, "tokens": es.n_tokens,
@@ -397,10 +400,10 @@ def humaneval_solution_batch(tokenizer, limit: int | None = None, max_tokens: in
 
 
 def humaneval_solution_ce(model, *, tokenizer=None, limit: int | None = None, max_tokens: int | None = None,
-                          batch_size: int = 4, bf16: bool = False, progress: bool = False) -> float:
+                          batch_size: int = 4, precision: str = "auto", progress: bool = False) -> float:
     """Teacher-forced CE (nats/token) of HumanEval canonical solutions given their prompts (main metric)."""
     batch, score, _ = humaneval_solution_batch(model_tokenizer(model, tokenizer), limit, max_tokens)
-    return cross_entropy(model, batch, score_mask=score, batch_size=batch_size, bf16=bf16, progress=progress)
+    return cross_entropy(model, batch, score_mask=score, batch_size=batch_size, precision=precision, progress=progress)
 
 
 def package_execution_enabled() -> bool:
@@ -504,7 +507,7 @@ def humaneval_pass_at_1(model, *, tokenizer=None, limit: int | None = None, max_
 # ---------------------------------------------------------------------------------------------------------
 
 def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int = 16,
-                  bf16: bool = False) -> tuple[Float[torch.Tensor, "item"], Bool[torch.Tensor, "item"]]:  # noqa: F821
+                  precision: str = "auto") -> tuple[Float[torch.Tensor, "item"], Bool[torch.Tensor, "item"]]:  # noqa: F821
     """Per item: summed log-prob of the answer tokens, and exact match (argmax = gold at every answer token)."""
     logprob, exact = [], []
     was_training = model.training
@@ -513,7 +516,7 @@ def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int
         for i in range(0, len(batch), batch_size):
             tokens, mask = batch.tokens[i: i + batch_size], batch.mask[i: i + batch_size]
             scored = (score[i: i + batch_size] & mask)[:, 1:]
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), autocast(precision, tokens.device):
                 logits = forward_logits(model, tokens)[:, :-1].float()
             lp = logits.log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
             hit = logits.argmax(-1) == tokens[:, 1:]
@@ -525,7 +528,7 @@ def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int
 
 
 def fact_scores(model, facts: Sequence[Fact], which: str = "eval", n_eval: int = 1, tokenizer=None,
-                bf16: bool = False):
+                precision: str = "auto"):
     """Long-form DataFrame: one row per (fact, phrasing) of the `which` split ('train' | 'eval' | 'all')."""
     import pandas as pd
 
@@ -534,7 +537,7 @@ def fact_scores(model, facts: Sequence[Fact], which: str = "eval", n_eval: int =
     if not items:
         raise SemalignError("no fact phrasings to score; pass facts with >= 2 phrasings")
     batch, score = prompt_answer_batch(tok, [p for _, _, p in items], [f.answer for f, _, _ in items])
-    logprob, exact = answer_scores(model, batch, score, bf16=bf16)
+    logprob, exact = answer_scores(model, batch, score, precision=precision)
     return pd.DataFrame({"fact": [f.id for f, _, _ in items], "phrasing": [j for _, j, _ in items],
                          "answer_logprob": logprob.tolist(), "exact_match": exact.float().tolist()})
 
@@ -566,10 +569,10 @@ def split_facts(facts: Sequence[Fact], n_eval: int = 1) -> None:
 
 
 def teacher_known_facts(teacher, facts: Sequence[Fact], n_eval: int = 1, tokenizer=None,
-                        bf16: bool = False) -> tuple[list[Fact], Any]:
+                        precision: str = "auto") -> tuple[list[Fact], Any]:
     """Keep the facts the teacher answers exactly on every held-out phrasing; also return the measured table."""
     split_facts(facts, n_eval)
-    table = fact_scores(teacher, facts, "eval", n_eval, tokenizer, bf16)
+    table = fact_scores(teacher, facts, "eval", n_eval, tokenizer, precision)
     ok = table.groupby("fact")["exact_match"].min()
     kept = [f for f in facts if ok.get(f.id, 0.0) == 1.0]
     return kept, table
@@ -598,7 +601,7 @@ def read_jsonl(path: str | Path, fields: dict[str, type], min_items: dict[str, i
         raise SemalignError(f"task file {path} does not exist")
     min_items = min_items or {}
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(path, "task file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -791,7 +794,7 @@ class TransferTask:
 
 
 def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_limit: int | None = 48,
-              heldout_tokens: int = 0, bf16: bool = False) -> TransferTask:
+              heldout_tokens: int = 0, precision: str = "auto") -> TransferTask:
     """Code: transfer on stdlib test chunks; score = HumanEval solution CE given the prompt (lower is better).
 
     `heldout_tokens > 0` adds a secondary metric, `stdlib_test_ce`: CE on that many tokens of the held-out
@@ -810,9 +813,9 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
         check_no_overlap(sources, heldout.texts, names=("code transfer (stdlib test files)", "held-out stdlib tests"))
 
     def evaluate(model) -> dict[str, float]:
-        out = {"humaneval_ce": cross_entropy(model, batch, score_mask=score, batch_size=8, bf16=bf16)}
+        out = {"humaneval_ce": cross_entropy(model, batch, score_mask=score, batch_size=8, precision=precision)}
         if heldout is not None:
-            out["stdlib_test_ce"] = cross_entropy(model, heldout.batch, batch_size=8, bf16=bf16)
+            out["stdlib_test_ce"] = cross_entropy(model, heldout.batch, batch_size=8, precision=precision)
         return out
 
     return TransferTask("code", transfer, evaluate, "humaneval_ce", higher_is_better=False,
@@ -822,7 +825,7 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
 
 
 def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None = None, n_eval: int = 1,
-                   tokenizer=None, bf16: bool = False) -> TransferTask:
+                   tokenizer=None, precision: str = "auto") -> TransferTask:
     """Knowledge: teacher-known facts; transfer on training phrasings + answer; score held-out phrasings.
 
     Headline metric: mean answer log-prob on held-out phrasings (higher is better); exact match is also
@@ -835,7 +838,7 @@ def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None 
     if isinstance(facts, FactSet):
         facts = facts.facts
     tok = model_tokenizer(teacher, tokenizer)
-    kept, table = teacher_known_facts(teacher, facts, n_eval, tok, bf16)
+    kept, table = teacher_known_facts(teacher, facts, n_eval, tok, precision)
     if not kept:
         raise SemalignError(f"the teacher answers none of the {len(facts)} facts on their held-out phrasings; "
                             "use easier facts or another teacher")
@@ -847,7 +850,7 @@ def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None 
     transfer = tokenize(tok, texts)
 
     def evaluate(model) -> dict[str, float]:
-        scores = fact_scores(model, kept, "eval", n_eval, tok, bf16)
+        scores = fact_scores(model, kept, "eval", n_eval, tok, precision)
         return {"answer_logprob": float(scores["answer_logprob"].mean()),
                 "exact_match": float(scores["exact_match"].mean())}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .checks import require_hooked
 from .errors import SemalignError
 from .paths import file_sha256
 
@@ -77,8 +79,9 @@ def _offline_alternatives() -> str:
             "or run where the Hub is reachable once so the model lands in the Hugging Face cache")
 
 
-def _hub_dir(name: str) -> Path:
-    """Resolve a Hub name to a local snapshot, failing fast when it cannot be had."""
+def _hub_dir(name: str, fetch: bool = True) -> Path | None:
+    """Resolve a Hub name to a local snapshot, failing fast when it cannot be had (None: not cached and
+    `fetch` is False)."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -89,6 +92,8 @@ def _hub_dir(name: str) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise SemalignError(f"{name!r} is not a zoo name or local path, and HF_HUB_OFFLINE=1 forbids downloading "
                             f"it from the Hugging Face Hub; {_offline_alternatives()}")
+    if not fetch:
+        return None
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     try:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
@@ -97,27 +102,216 @@ def _hub_dir(name: str) -> Path:
                             f"{_offline_alternatives()}") from None
 
 
-def _resolve_source(source: str | os.PathLike) -> tuple[str, Path]:
-    """Map a source string to (kind, local HF directory)."""
-    from .zoo import ZOO_NAMES, converted_dir, resolve
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+_ST_HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or corrupted safetensors file from its header alone (no tensor is read): the
+    8-byte header length, the JSON header, and tensors that end exactly at the end of the file."""
+    fix = "re-download or re-export the model (its weights file is damaged)"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        problem = None
+        if n < 0:
+            problem = f"truncated: {size} bytes, too short for a safetensors header"
+        elif n > min(size - 8, _ST_HEADER_LIMIT):
+            problem = (f"truncated or corrupt: its header claims {n} bytes but the file has {size}" if n < _ST_HEADER_LIMIT
+                       else "corrupt: not a safetensors header")
+        else:
+            try:
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                problem = "corrupt: its header is not valid safetensors JSON"
+            else:
+                expected = 8 + n + end
+                if expected != size:
+                    problem = (f"truncated: {size} bytes on disk, its header needs {expected}" if size < expected
+                               else f"corrupt: {size - expected} bytes beyond the last tensor")
+    if problem:
+        raise SemalignError(f"weights file {path} is {problem}; {fix}")
+
+
+def _run_dir_kind(folder: Path) -> str | None:
+    """'align' / 'pretrain' when `folder` is a semalign training run directory (by its config.json), else None."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(cfg, dict) and "model_type" not in cfg:
+        if {"teacher", "student"} <= set(cfg):
+            return "align"
+        if "arch" in cfg or "total_tokens" in cfg:
+            return "pretrain"
+    return None
+
+
+def _not_a_model(folder: Path) -> SemalignError | None:
+    """A specific error for directories that hold semalign runs or checkpoints rather than a model."""
+    run, parent = None, None
+    if (folder / "state.json").is_file() and (folder / "optimizer.safetensors").is_file():
+        parent = folder.parent.parent  # <run>/checkpoints/step-N
+        run = _run_dir_kind(parent) or "align"
+        what = f"{folder} is a training checkpoint of the run in {parent} (weights and optimizer state only)"
+    elif _run_dir_kind(folder):
+        run, parent = _run_dir_kind(folder), folder
+        what = f"{folder} is a `semalign {'align' if run == 'align' else 'zoo pretrain-student'}` run directory"
+    if run is None:
+        gguf = sorted(folder.glob("*.gguf"))
+        if gguf and not (folder / "config.json").exists():
+            return SemalignError(f"{folder} holds no Hugging Face model but GGUF file(s) ({gguf[0].name}); pass the "
+                                 f".gguf file itself, e.g. {gguf[0]}")
+        return None
+    if run == "align":
+        student = parent / "student"
+        fix = (f"load its trained student instead: {student}" if (student / "config.json").exists() else
+               f"its trained student is written to {student} when the run finishes (resume it with semalign align)")
+    else:
+        fix = f"export it first: semalign zoo export-student --run-dir {parent} --out DIR, then load DIR"
+    return SemalignError(f"{what}, not a model; {fix}")
+
+
+def check_model_dir(folder: Path, *, need_tokenizer: bool = True) -> dict[str, Any]:
+    """Check a local Hugging Face model directory without loading it; return its config.json.
+
+    Refuses, naming the file and the fix: a semalign run or checkpoint directory, a missing, non-JSON or
+    non-model config.json, missing weights, a truncated or corrupt *.safetensors, missing tokenizer files.
+    """
+    problem = _not_a_model(folder)
+    if problem is not None:
+        raise problem
+    config = folder / "config.json"
+    if not config.is_file():
+        raise SemalignError(f"{folder} is a directory without config.json; point at a Hugging Face model "
+                            "directory (config.json + *.safetensors + tokenizer files)")
+    try:
+        cfg = json.loads(config.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SemalignError(f"{config} is not valid JSON ({str(err).splitlines()[0]}); re-download or re-export "
+                            "the model") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise SemalignError(f"{config} is not a Hugging Face model config (it has no model_type); point at a "
+                            "model directory written by save_pretrained (config.json + *.safetensors + tokenizer)")
+    weights = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise SemalignError(f"{index} is corrupt (not a safetensors index); re-download or re-export the "
+                                "model") from None
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise SemalignError(f"{folder} lacks weight shard(s) {missing[:3]} listed in {index.name}; the download "
+                                "or export is incomplete: re-download or re-export the model")
+        weights = [folder / name for name in shards]
+    if not weights and not any(folder.glob("*.bin")):
+        raise SemalignError(f"{folder} has config.json but no weights (*.safetensors); the download or export is "
+                            "incomplete: re-download or re-export the model")
+    for path in weights:
+        check_safetensors(path)
+    if need_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SemalignError(f"{folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the "
+                            "tokenizer there (tokenizer.save_pretrained(DIR), or copy the files of the model it "
+                            "came from), or pass tokenizer= to load_model")
+    return cfg
+
+
+def _resolve_source(source: str | os.PathLike, *, fetch: bool = True,
+                    need_tokenizer: bool = True) -> tuple[str, Path | None]:
+    """Map a source string to (kind, checked local HF directory).
+
+    With `fetch=False` nothing is converted or downloaded (the directory is None where that would be needed):
+    the cheap look `inspect_source` takes before a run loads anything.
+    """
+    from .zoo import ZOO_NAMES, resolve
+    from .zoo.gguf import converted_dir, converted_path
 
     text = str(source)
+    if not text.strip():
+        raise SemalignError("empty model source; pass a zoo name, a Hugging Face model directory, a .gguf file or "
+                            "a Hub name")
     if text in ZOO_NAMES:
-        return "zoo", resolve(text)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise SemalignError(f"{path} is a directory without config.json; point at a Hugging Face model "
-                                "directory (config.json + *.safetensors + tokenizer files)")
-        return "local", path
-    if path.is_file():
-        return "gguf", converted_dir(path, path.stem)
-    if text.endswith(".gguf"):
-        raise SemalignError(f"GGUF file {path} does not exist")
-    if "/" not in text or text.startswith((".", "/", "~")):
-        raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name); "
-                            f"valid zoo names: {', '.join(sorted(ZOO_NAMES))}")
-    return "hub", _hub_dir(text)
+        kind, path = "zoo", None
+        if text == "smollm2-135m" and not fetch:
+            from .zoo import smollm2_gguf
+
+            target, done = converted_path(smollm2_gguf(), text)
+            path = target if done else None
+        else:
+            path = resolve(text)
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            kind = "local"
+        elif path.is_file() and (path.suffix in (".safetensors", ".bin") or path.name == "config.json"):
+            raise SemalignError(f"{path} is one file of a model directory; pass the directory itself "
+                                f"({path.parent}), which holds config.json, the weights and the tokenizer")
+        elif path.is_file():
+            kind = "gguf"
+            if fetch:
+                path = converted_dir(path, path.stem)
+            else:
+                target, done = converted_path(path, path.stem)
+                path = target if done else None
+        elif text.endswith(".gguf"):
+            raise SemalignError(f"GGUF file {path} does not exist")
+        elif "/" not in text or text.startswith((".", "/", "~")):
+            raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name); "
+                                f"valid zoo names: {', '.join(sorted(ZOO_NAMES))}")
+        else:
+            kind, path = "hub", _hub_dir(text, fetch=fetch)
+    if path is not None:
+        check_model_dir(path, need_tokenizer=need_tokenizer)
+    return kind, path
+
+
+def inspect_source(source: Any) -> dict[str, Any] | None:
+    """Check a model source without loading it, and return its HF config.json where that is cheap (a local or
+    zoo directory, an already converted GGUF, a cached Hub model); None where it is not (a GGUF never converted,
+    a Hub model not yet downloaded, an in-memory model). Raises what `load_model` would raise for a bad source."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    _, path = _resolve_source(source, fetch=False)
+    return None if path is None else json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def config_depth(config: dict[str, Any] | None) -> int | None:
+    """The number of decoder blocks an HF config declares (None when unknown)."""
+    if not config:
+        return None
+    cfg = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return None
+
+
+def depth_problem(n_teacher: int | None, n_student: int | None, teacher: str = "teacher",
+                  student: str = "student") -> str | None:
+    """A message when the teacher has fewer blocks than the student (SemAlign supervises each student layer
+    with a teacher layer at the same relative depth or deeper, so it needs L_T >= L_S), else None."""
+    if n_teacher is None or n_student is None or n_teacher >= n_student:
+        return None
+    return (f"teacher {teacher} has {n_teacher} blocks but student {student} has {n_student}: the teacher must be "
+            "at least as deep as the student (SemAlign distils a deeper teacher into a shallower student); swap "
+            "teacher and student, or choose a deeper teacher")
+
+
+def _from_pretrained(loader, folder: Path, what: str, **kwargs):
+    """`loader.from_pretrained(folder)`, with what transformers/safetensors raise on a bad directory (after
+    `check_model_dir` passed) turned into one line naming the directory."""
+    from safetensors import SafetensorError
+
+    try:
+        return loader.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
+        raise SemalignError(f"could not load the {what} in {folder} ({type(err).__name__}: {detail}); check that it "
+                            "is a complete Hugging Face causal-LM directory (re-download or re-export it)") from None
 
 
 def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, dtype: torch.dtype = torch.float32,
@@ -136,9 +330,15 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         kind, path, label = "memory", None, name or source.config.name_or_path or "memory"
         weights_hash = None
     elif isinstance(source, (str, os.PathLike)):
-        kind, folder = _resolve_source(source)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(folder))
+        kind, folder = _resolve_source(source, need_tokenizer=tokenizer is None)
+        hf_model, info = _from_pretrained(AutoModelForCausalLM, folder, "model", dtype=dtype, output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would go on with those weights randomly initialised
+            raise SemalignError(f"the weights in {folder} do not fit its config.json: {len(missing)} parameter(s) of "
+                                f"the {hf_model.config.model_type} model it describes are missing (first: "
+                                f"{missing[0]}); the config and weights come from different models: re-download or "
+                                "re-export the model")
+        tokenizer = tokenizer or _from_pretrained(AutoTokenizer, folder, "tokenizer")
         path, label, weights_hash = str(folder), name or str(source), _weights_hash(folder)
     else:
         raise SemalignError(f"cannot load a model from {type(source).__name__}; pass a zoo name, a path, a Hub "
@@ -157,7 +357,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
 
 def model_name(model) -> str:
     prov = getattr(model, "provenance", None)
-    return prov.source if prov is not None else str(getattr(model.cfg, "model_name", "model"))
+    return prov.source if prov is not None else str(getattr(getattr(model, "cfg", None), "model_name", "model"))
 
 
 def model_mode(model) -> str:
@@ -167,6 +367,7 @@ def model_mode(model) -> str:
 
 def describe(model) -> dict[str, Any]:
     """One row of facts about a model (what `semalign info` prints)."""
+    require_hooked(model)
     cfg = model.cfg
     return {
         "model": model_name(model),
@@ -184,13 +385,42 @@ def describe(model) -> dict[str, Any]:
     }
 
 
+def _vocab_size_message(t_name: str, t_size: int, s_name: str, s_size: int) -> str:
+    return (f"vocabularies differ in size: teacher {t_name} has {t_size} tokens, student {s_name} has "
+            f"{s_size}; SemAlign needs one shared vocabulary (same tokenizer)")
+
+
+def check_pair_sources(teacher: Any, student: Any) -> tuple[int | None, int | None]:
+    """Before anything loads: check both sources (`inspect_source`; loaded models must be hooked) and, where
+    their configs tell it cheaply, that vocabulary sizes match and the teacher is at least as deep as the
+    student. Returns both depths (None where unknown until the model loads)."""
+    facts = []
+    for role, source in (("teacher", teacher), ("student", student)):
+        if isinstance(source, (str, os.PathLike)):
+            config = inspect_source(source) or {}
+            vocab = config.get("vocab_size")
+            facts.append((str(source), config_depth(config), vocab if isinstance(vocab, int) else None))
+        else:
+            require_hooked(source, role)
+            facts.append((model_name(source), getattr(source.cfg, "n_layers", None),
+                          getattr(source.cfg, "d_vocab", None)))
+    (t_name, n_t, v_t), (s_name, n_s, v_s) = facts
+    if v_t is not None and v_s is not None and v_t != v_s:
+        raise SemalignError(_vocab_size_message(t_name, v_t, s_name, v_s))
+    problem = depth_problem(n_t, n_s, t_name, s_name)
+    if problem:
+        raise SemalignError(problem)
+    return n_t, n_s
+
+
 def vocabulary_mismatch(teacher, student) -> str | None:
     """None when the two models share a vocabulary, else a message naming the difference."""
+    require_hooked(teacher, "teacher")
+    require_hooked(student, "student")
     t_name, s_name = model_name(teacher), model_name(student)
     t_size, s_size = teacher.cfg.d_vocab, student.cfg.d_vocab
     if t_size != s_size:
-        return (f"vocabularies differ in size: teacher {t_name} has {t_size} tokens, student {s_name} has "
-                f"{s_size}; SemAlign needs one shared vocabulary (same tokenizer)")
+        return _vocab_size_message(t_name, t_size, s_name, s_size)
     t_vocab = {i: t for t, i in teacher.tokenizer.get_vocab().items()}
     s_vocab = {i: t for t, i in student.tokenizer.get_vocab().items()}
     differing = [i for i in range(t_size) if t_vocab.get(i) != s_vocab.get(i)]
@@ -203,7 +433,8 @@ def vocabulary_mismatch(teacher, student) -> str | None:
 
 @dataclass
 class ModelPair:
-    """A teacher and a student that share a vocabulary and a loading mode (checked on construction)."""
+    """A teacher and a student that share a vocabulary and a loading mode, the teacher at least as deep as the
+    student (checked on construction; both must be hooked models from `load_model`)."""
 
     teacher: Any
     student: Any
@@ -215,6 +446,10 @@ class ModelPair:
         if model_mode(self.teacher) != model_mode(self.student):
             raise SemalignError(f"teacher is in {model_mode(self.teacher)} mode and student in "
                                 f"{model_mode(self.student)} mode; load both with the same mode")
+        problem = depth_problem(getattr(self.teacher.cfg, "n_layers", None), getattr(self.student.cfg, "n_layers", None),
+                                model_name(self.teacher), model_name(self.student))
+        if problem:
+            raise SemalignError(problem)
 
     @classmethod
     def load(cls, teacher_source: Any, student_source: Any, **kwargs) -> ModelPair:

@@ -12,7 +12,7 @@ What is the paper's and what is inferred (see `research/paper.md` §2):
 | `cosine`        | layer  | v1 Eq. 3: L_layer = 1 − Avg cos(h^(k), h_⋆^(k)), averaged over supervised positions. *Inferred*: the interface (v1 says "sublayer output before residual addition"; we default to the layer's residual contribution, see below) and which positions (all real tokens). |
 | `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate forms in paper.md coincide (up to the factor ½). |
 | `fisher`        | layer  | ACL abstract: "Fisher-weighted quadratic surrogate on target-space aligned logits". *Inferred*: ½ (z − z̃)ᵀ F (z − z̃), F = diag(p̃) − p̃p̃ᵀ, p̃ = softmax(z̃), z = student logit lens of the student state, z̃ = student logit lens of the aligned target (the second-order expansion of KL(p̃‖p) around z̃). |
-| `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. |
+| `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. From a top-k target cache: KL over the top-k tokens plus a tail bucket (ours, `sparse_logits`). |
 | `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |
 | `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
 
@@ -43,6 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch.utils.checkpoint import checkpoint
 
 from .errors import SemalignError
+from .sparse_logits import SparseLogits, sparse_kl_sum
 
 Lens = Callable[[Float[torch.Tensor, "n d"]], Float[torch.Tensor, "n vocab"]]
 INTERFACES = ("state", "contribution")
@@ -299,7 +300,8 @@ class _ChunkedKL(torch.autograd.Function):
         return grad.mul_(g / ctx.temperature), None, None, None, None
 
 
-def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"], teacher_logits: Float[torch.Tensor, "batch pos vocab"],
+def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"],
+            teacher_logits: Float[torch.Tensor, "batch pos vocab"] | SparseLogits,
             mask: Bool[torch.Tensor, "batch pos"], direction: Literal["forward", "reverse"] = "forward",
             temperature: float = 1.0, scale_by_t2: bool = True, chunk: int = 1 << 20) -> torch.Tensor:
     """Output distillation: mean over real positions of KL at temperature τ, times τ² (option).
@@ -307,18 +309,22 @@ def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"], teacher_logi
     `forward` = KL(p_T ‖ p_S) (mean-seeking, the usual distillation direction, our default — the papers do
     not say); `reverse` = KL(p_S ‖ p_T) (mode-seeking). The τ² factor keeps gradient magnitudes comparable
     across temperatures (Hinton et al. 2015). Computed a few positions at a time (`_ChunkedKL`; `chunk` caps
-    the rows per chunk); value and gradient equal the autograd formula (tested against `kl_div`).
+    the rows per chunk); value and gradient equal the autograd formula (tested against `kl_div`). A
+    `SparseLogits` teacher (cached top-k) gives the KL over its top-k tokens plus one tail bucket
+    (`sparse_logits`), both directions.
     """
     if direction not in ("forward", "reverse"):
         raise SemalignError(f"kl direction must be 'forward' or 'reverse', got {direction!r}")
     if not temperature > 0:
         raise SemalignError(f"kl temperature must be positive, got {temperature!r}")
     vocab = student_logits.shape[-1]
-    if bool(mask.all()):
-        s, t = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+    s = student_logits.reshape(-1, vocab) if bool(mask.all()) else student_logits[mask]
+    if isinstance(teacher_logits, SparseLogits):
+        rows = max(1, min(int(chunk), KL_CHUNK_ELEMENTS // max(1, vocab)))
+        total = sparse_kl_sum(s, teacher_logits.rows(mask), direction == "forward", temperature, rows)
     else:
-        s, t = student_logits[mask], teacher_logits[mask]
-    total = _ChunkedKL.apply(s, t.detach(), direction == "forward", float(temperature), int(chunk))
+        t = teacher_logits.reshape(-1, vocab) if bool(mask.all()) else teacher_logits[mask]
+        total = _ChunkedKL.apply(s, t.detach(), direction == "forward", float(temperature), int(chunk))
     loss = total / max(1, s.shape[0])
     return loss * (temperature ** 2 if scale_by_t2 else 1.0)
 
@@ -387,12 +393,13 @@ class LayerInputs:
 
 @dataclass
 class OutputInputs:
-    """Everything an output objective may use: the student's final logits, tokens, mask, teacher logits."""
+    """Everything an output objective may use: the student's final logits, tokens, mask, teacher logits
+    (dense, or `SparseLogits` from a top-k target cache)."""
 
     logits: Float[torch.Tensor, "batch pos vocab"]
     tokens: Int[torch.Tensor, "batch pos"]
     mask: Bool[torch.Tensor, "batch pos"]
-    teacher_logits: Float[torch.Tensor, "batch pos vocab"] | None = None
+    teacher_logits: Float[torch.Tensor, "batch pos vocab"] | SparseLogits | None = None
 
 
 @dataclass(frozen=True)
@@ -470,7 +477,7 @@ def _fisher(x: LayerInputs, chunk: int) -> torch.Tensor:
 def _kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2: bool) -> torch.Tensor:
     if x.teacher_logits is None:
         raise SemalignError("the 'kl' objective needs teacher logits; use targets.mode = 'online' or cache "
-                            "the logits (targets.cache_logits = true)")
+                            "the logits (targets.cache_logits = 'topk' or 'dense')")
     return kl_loss(x.logits, x.teacher_logits, x.mask, direction=direction, temperature=temperature,
                    scale_by_t2=scale_by_t2)
 

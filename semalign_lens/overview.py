@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .activations import capture
+from .checks import require_hooked
 from .data import TokenBatch
 from .models import describe, model_name
 
@@ -21,6 +22,7 @@ def architecture_table(*models) -> pd.DataFrame:
 
 def residual_norms(model, batch: TokenBatch, batch_size: int = 4) -> pd.DataFrame:
     """Mean and std of ‖resid_post‖ per block over real positions (first position dropped)."""
+    require_hooked(model)
     layers = list(range(model.cfg.n_layers))
     cap = capture(model, batch, layers, points=("resid_post",), batch_size=batch_size, progress=False)
     mask = cap.mask.clone()

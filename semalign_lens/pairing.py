@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import read_utf8, require_hooked
 from .errors import SemalignError
 
 STRATEGIES: tuple[str, ...] = ("proportional", "attribution", "cka")
@@ -188,6 +189,8 @@ class LayerPairing:
 
     def check_models(self, teacher, student) -> LayerPairing:
         """`validate` against two models (anything with `.cfg.n_layers`)."""
+        require_hooked(teacher, "teacher")
+        require_hooked(student, "student")
         return self.validate(int(teacher.cfg.n_layers), int(student.cfg.n_layers))
 
     def to_frame(self):
@@ -260,7 +263,7 @@ class LayerPairing:
         if not path.exists():
             raise SemalignError(f"pairing file {path} does not exist")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_utf8(path, "pairing file"))
         except json.JSONDecodeError as err:
             raise SemalignError(f"{path} is not valid JSON ({err}); write pairings with LayerPairing.save") from None
         return cls.from_dict(data)
@@ -533,6 +536,17 @@ def make_pairing(strategy: str, n_teacher_layers: int, n_student_layers: int, *,
     """Build a pairing by strategy name (for the CLI and reports), annotated with whatever CKA matrix and
     attribution scores are given, so every row of `to_frame()` carries score, CKA and attribution rank."""
     method = options.pop("method", None)
+    builder = {"proportional": pair_proportional, "attribution": pair_by_attribution, "cka": pair_by_cka}.get(strategy)
+    if builder is not None:
+        import inspect
+
+        given = {"teacher_blocks", "student_blocks", "n_teacher_layers", "n_student_layers", "method"}
+        valid = sorted(n for n, p in inspect.signature(builder).parameters.items()
+                       if p.kind is p.KEYWORD_ONLY and n not in given)
+        bad = sorted(set(options) - set(valid))
+        if bad:
+            raise SemalignError(f"unknown option(s) {bad} for the {strategy} strategy; valid options: "
+                                f"{', '.join(valid) or 'none'}")
     if strategy == "proportional":
         pairing = pair_proportional(n_teacher_layers, n_student_layers, **options)
     elif strategy == "attribution":

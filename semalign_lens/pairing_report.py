@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attribution import METHODS, rank_agreement, rank_layers
+from .checks import check_output_file, require_choices, require_hooked, require_int
 from .errors import SemalignError
 from .models import model_name
 from .report import Report
@@ -81,7 +82,8 @@ def _as_model(source, role: str, **load_kwargs):
         from .models import load_model
 
         return load_model(source, **load_kwargs)
-    if not hasattr(source, "cfg") or not hasattr(source, "run_with_hooks"):
+    require_hooked(source, role)
+    if not hasattr(source, "run_with_hooks"):
         raise SemalignError(f"the {role} must be a model source (zoo name, HF directory, .gguf, Hub name) or a "
                             f"loaded TransformerBridge, got {type(source).__name__}")
     return source
@@ -212,17 +214,32 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
         and the training diagnostics in one page.
     Returns a `PairingReport` (the tables and pairings as data, timings, notes, the path).
     """
-    from .models import ModelPair, describe
+    from .models import ModelPair, check_pair_sources, describe
     from .pairing import STRATEGIES, make_pairing
     from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars
     from .similarity import cka_heatmap
-    from .tasks import load_task, tokenize_pairs
+    from .tasks import ALIGN, BUILTIN_TASKS, METRICS, load_task, tokenize_pairs
 
+    # every check that needs no loaded model first, so a refused call loads nothing and writes nothing
     if strategy not in STRATEGIES:
         raise SemalignError(f"unknown pairing strategy {strategy!r}; choose one of {STRATEGIES}")
+    methods = require_choices("attribution methods", methods, METHODS)
     if attribution_method not in methods:
         raise SemalignError(f"attribution_method {attribution_method!r} must be one of the methods run "
                             f"({list(methods)}); add it to methods or pick another")
+    require_choices("metric", [metric], METRICS)
+    require_choices("align", [align], ALIGN)
+    require_choices("fidelity kinds", fidelity_kinds, FIDELITY_KINDS)
+    require_int("n_prompts (prompt pairs for the rankers)", n_prompts, 2)
+    for name, value, least in (("cka_prompts", cka_prompts, 1), ("cka_tokens", cka_tokens, 4),
+                               ("fidelity_tokens", fidelity_tokens, 1), ("batch_size", batch_size, 1),
+                               ("n_boot", n_boot, 1), ("top_k", top_k, 1)):
+        require_int(name, value, least)
+    if report is None:
+        check_output_file(out_path, "report path", (".html", ".htm"))
+    if isinstance(task, (str, Path)) and str(task) not in BUILTIN_TASKS:
+        load_task(task)  # a task file: exists, UTF-8, well-formed records (read again below with the tokenizer)
+    check_pair_sources(teacher, student)
     clock = _Clock()
     t0 = clock.start
     teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")

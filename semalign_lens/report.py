@@ -121,7 +121,7 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
     Models without `.provenance` (a bare bridge) still get a row, marked 'unknown'. Pass `(role, model)`
     tuples to label rows (teacher/student); otherwise rows are numbered.
     """
-    import torch
+    from .precision import cpu_summary
 
     rows = []
     for i, item in enumerate(models):
@@ -134,7 +134,7 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
                                       ("source", "kind", "path", "weights_sha256", "dtype", "mode")}})
     run = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "seed": "not set" if seed is None else seed, "python": sys.version.split()[0],
-           "platform": platform.platform(), "torch threads": torch.get_num_threads(),
+           "platform": platform.platform(), **{k.replace("_", " "): v for k, v in cpu_summary().items()},
            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
            **{f"version: {k}": v for k, v in package_versions(PROVENANCE_PACKAGES).items()}, **dict(extra or {})}
     return {"models": pd.DataFrame(rows, columns=["role", "source", "kind", "path", "weights_sha256", "dtype", "mode"]),

@@ -56,6 +56,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import require_int
 from .errors import SemalignError
 
 States = Tensor | Sequence[Tensor]
@@ -242,6 +243,7 @@ def _moments(tx: _Tokens, ty: _Tokens | None, *, dtype: torch.dtype, chunk_size:
     Y (None = identity); their products are stacked into the same matmul. `grams=False` skips ‖XᵀX‖², ‖YᵀY‖²
     (NaN instead), for later passes of a permutation null.
     """
+    require_int("chunk_size", chunk_size)
     rows_of = (lambda c: torch.linalg.vector_norm(c, dim=1, dtype=torch.float64).square()) if rows else None
     symmetric = ty is None
     ys = tx if symmetric else ty

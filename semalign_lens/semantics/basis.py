@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..checks import is_hf_model, require_hooked
 from ..errors import SemalignError
 from ..paths import cache_dir
 
@@ -163,6 +164,8 @@ def unembedding(model) -> Float[Tensor, "d vocab"]:
     except Exception:  # bridges raise different errors when there is no unembed component
         W_U = None
     if not isinstance(W_U, Tensor) or W_U.ndim != 2:
+        if is_hf_model(model):
+            require_hooked(model)
         raise SemalignError(f"{type(model).__name__} has no unembedding (W_U); semantic bases need a causal LM "
                             "with an LM head: load one with semalign_lens.models.load_model, or pass the "
                             "head yourself to SemanticBasis.from_unembedding(W_U)")
@@ -459,6 +462,10 @@ class SemanticBasis:
 
 
 def _same_vocabulary(a: SemanticBasis, b: SemanticBasis, what: str) -> None:
+    for role, basis in (("teacher", a), ("student", b)):
+        if not isinstance(basis, SemanticBasis):
+            raise SemalignError(f"{what} needs SemanticBasis objects, but the {role} basis is a "
+                                f"{type(basis).__name__}; build it with SemanticBasis.from_model(model)")
     if a.vocab_size != b.vocab_size or a.n_tokens != b.n_tokens or not torch.equal(a.token_ids, b.token_ids):
         raise SemalignError(f"{what}: the bases cover different tokens ({a.model}: {a.n_tokens} of {a.vocab_size}, "
                             f"{b.model}: {b.n_tokens} of {b.vocab_size}); build both with the same tokens= subset "

@@ -54,7 +54,7 @@ def iter_decompose(h: Float[Tensor, "... d"], basis: SemanticBasis, kind: Kind =
     w = basis.analysis(kind)[1]
     bounds = list(range(0, basis.n_tokens, chunk_size)) + [basis.n_tokens]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        bounds.pop(-2)  # BLAS takes another path for a single column; keep results bit-identical
+        bounds.pop(-2)  # no single-column chunk: BLAS takes its matrix-vector path for one column
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         a = x @ basis.S[:, start:stop]
         yield slice(start, stop), (a if w is None else a * w[start:stop])
@@ -66,8 +66,9 @@ def decompose(h: Float[Tensor, "... d"], basis: SemanticBasis, kind: Kind = "pap
 
     paper/dual: a = Ŝᵀ h / ‖h‖ (Eq. 1, cosine with every direction). logits: a = diag(norms) Ŝᵀ G⁻¹ h, the
     minimum-norm coefficients on the raw frame; for an output basis exactly W h (the model's logits before
-    its final norm's 1/rms and without b_U). Filled `chunk_size` vocabulary columns at a time (bit-identical
-    to one product: each coefficient is the same length-d dot product); None = one product.
+    its final norm's 1/rms and without b_U). Filled `chunk_size` vocabulary columns at a time (each coefficient
+    is the same length-d dot product as in one product, equal to float rounding: BLAS may sum it in another
+    order for another width); None = one product.
     """
     n = math.prod(h.shape[:-1]) if isinstance(h, Tensor) else 0
     out = torch.empty(n, basis.n_tokens, dtype=basis.dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checks import read_utf8
 from ..errors import SemalignError
 from .batch import ALIGN, PairBatch, tokenize_pairs
 from .code import humaneval_task
@@ -50,13 +51,13 @@ def load_task(spec: str | Path | Task, *, tokenizer=None, n: int | None = None, 
                             "existing .json/.jsonl file")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path, "task file"))
         except json.JSONDecodeError as err:
             raise SemalignError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
         if isinstance(data, dict) and "facts" in data:
             return fact_task(load_facts(path), tokenizer=tokenizer, seed=seed, n=n)
     elif path.suffix == ".jsonl":
-        first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+        first = next((line for line in read_utf8(path, "task file").splitlines() if line.strip()), "")
         try:
             if "subject" in json.loads(first):
                 return fact_task(load_facts(path), tokenizer=tokenizer, seed=seed, n=n)

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..checks import read_utf8
 from ..errors import SemalignError
 from .schema import PromptPair, Task, check_fields, raise_problems, read_records
 
@@ -111,7 +112,7 @@ def _read_fact_file(path: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     if path.suffix == ".jsonl":
         return {"name": path.stem}, read_records(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path, "facts file"))
     except json.JSONDecodeError as err:
         raise SemalignError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if not isinstance(data, Mapping) or "facts" not in data:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import read_utf8
 from ..errors import SemalignError
 
 PAIR_FIELDS = {"clean": True, "corrupted": True, "answer": True, "corrupted_answer": False, "id": False,
@@ -120,7 +121,7 @@ def read_records(path: str | Path) -> list[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise SemalignError(f"task file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "task file")
     if path.suffix == ".jsonl":
         out = []
         for number, line in enumerate(text.splitlines(), start=1):

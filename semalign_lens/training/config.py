@@ -1,4 +1,4 @@
-"""`AlignConfig`: everything one alignment run needs, as strict dataclasses (unknown keys are named).
+"""`AlignConfig`: everything one alignment run needs, as strict dataclasses (unknown keys, wrong types named).
 
 A *method* is only `objective.terms` (name -> weight). Data, pairing, schedule and trainable parameters
 live elsewhere in the config, so an SFT control (`terms = {ce = 1.0}`) or a baseline trains on the same data
@@ -8,18 +8,19 @@ for the same steps with the same trainable parameters as SemAlign — only the l
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict, read_config_file, require_positive, to_dict
+from ..config import load_config, require_positive, setting, to_dict
 from ..errors import SemalignError
+from ..precision import PRECISIONS
 
 MODES = ("frontier", "joint")
 TRAINABLE = ("paired", "all")
 ADAPTERS = ("full", "lora")
 TARGET_MODES = ("online", "cached")
-PRECISIONS = ("fp32", "bf16")
+LOGIT_CACHES = ("dense", "topk")
 LR_DECAYS = ("cosine", "constant")
 
 
@@ -32,11 +33,11 @@ class DataConfig:
     directory (its .py, .txt, .md, .rst files), or one .txt / .jsonl file (jsonl: a "text" field per line).
     """
 
-    source: str = "code-transfer"
-    seq_len: int = 256
-    n_sequences: int = 512
-    batch_size: int = 8  # global batch: split over processes under `accelerate launch`
-    diag_sequences: int = 8  # held-out blocks for diagnostics (CKA, projections)
+    source: str = setting("code-transfer", doc="code-transfer, stdlib, a directory, or one .txt/.jsonl file")
+    seq_len: int = setting(256, doc="tokens per training block")
+    n_sequences: int = setting(512, doc="training blocks")
+    batch_size: int = setting(8, doc="global batch: split over processes under `accelerate launch`")
+    diag_sequences: int = setting(8, doc="held-out blocks for diagnostics (CKA, projections), never trained on")
 
     def validate(self) -> None:
         require_positive(self, "seq_len", "n_sequences", "batch_size", "diag_sequences")
@@ -54,11 +55,12 @@ class PairingConfig:
     strategies to those student layers.
     """
 
-    strategy: str = "proportional"
-    student_layers: list[int] | None = None
-    interpolate: bool = True
-    path: str | None = None
-    pairs: list[list[float]] | None = None
+    strategy: str = setting("proportional", doc="proportional (the paper's depth rule) or cka")
+    student_layers: list[int] | None = setting(None, doc="pair only these student layers (unset: all)")
+    interpolate: bool = setting(True, doc="blend two teacher layers when the depth ratio is not whole")
+    path: str | None = setting(None, doc="a saved LayerPairing JSON (over strategy)")
+    pairs: list[list[float]] | None = setting(None, doc="rows [student, teacher_low, teacher_high, weight] "
+                                                        "(over path)")
 
     def validate(self) -> None:
         if self.strategy not in ("proportional", "cka"):
@@ -75,17 +77,18 @@ class TransferConfig:
     the teacher state's readout exactly (the paper's own `paper` recomposition keeps cos 0.7-0.8 of it).
     """
 
-    kind: str = "dual"
-    fold_final_norm: bool = True
-    path: str | None = None  # load a saved TransferMap instead of building one
+    kind: str = setting("dual", doc="paper, dual or logits")
+    fold_final_norm: bool = setting(True, doc="fold the final norm's gain into the semantic basis")
+    path: str | None = setting(None, doc="load a saved TransferMap instead of building one")
 
 
 @dataclass
 class ObjectiveConfig:
     """Loss terms (registry name -> positive weight) and per-term options (`options.kl.temperature`...)."""
 
-    terms: dict[str, float] = field(default_factory=lambda: {"relation": 1.0, "kl": 1.0})
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    terms: dict[str, float] = setting(factory=lambda: {"relation": 1.0, "kl": 1.0},
+                                      doc="loss term name -> positive weight: the method")
+    options: dict[str, dict[str, Any]] = setting(factory=dict, doc="per-term options, e.g. options.kl.temperature")
 
     def validate(self) -> None:
         from ..objectives import get_objective
@@ -116,19 +119,20 @@ class ScheduleConfig:
     `stage_steps` and `lr` are one value for all stages or a list with one value per stage.
     """
 
-    mode: str = "frontier"
-    trainable: str = "paired"
-    adapter: str = "full"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: list[str] = field(default_factory=lambda: ["v_proj", "o_proj", "up_proj", "down_proj"])
-    stage_steps: int | list[int] = 50
-    lr: float | list[float] = 3e-4
-    warmup_steps: int = 0
-    lr_decay: str = "constant"
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    mode: str = setting("frontier", doc="frontier (a stage per paired layer, shallow to deep) or joint (one stage)")
+    trainable: str = setting("paired", doc="paired (the stage's layers) or all (every student parameter)")
+    adapter: str = setting("full", doc="full parameters or lora")
+    lora_rank: int = setting(16, doc="LoRA rank")
+    lora_alpha: float = setting(32.0, doc="LoRA alpha (update scale alpha / rank)")
+    lora_targets: list[str] = setting(factory=lambda: ["v_proj", "o_proj", "up_proj", "down_proj"],
+                                      doc="linear layers LoRA adapts")
+    stage_steps: int | list[int] = setting(50, doc="optimizer steps per stage (or a list, one per stage)")
+    lr: float | list[float] = setting(3e-4, doc="peak learning rate (or a list, one per stage)")
+    warmup_steps: int = setting(0, doc="linear warmup steps at the start of each stage")
+    lr_decay: str = setting("constant", doc="cosine or constant after warmup")
+    min_lr_ratio: float = setting(0.1, doc="cosine decay floor, as a fraction of lr")
+    weight_decay: float = setting(0.0, doc="AdamW weight decay")
+    grad_clip: float = setting(1.0, doc="gradient norm clipping threshold")
 
     def validate(self) -> None:
         _choice(self, "mode", MODES)
@@ -155,46 +159,59 @@ class ScheduleConfig:
 class TargetsConfig:
     """Teacher targets: `online` (teacher forward under no_grad, truncated at the deepest paired layer) or
     `cached` (teacher states precomputed once into fp16 safetensors shards; the teacher is then not held in
-    memory during training). `kl` needs teacher logits: online, or cached with `cache_logits = true`
-    (vocabulary-sized, fp16: 98 KB per token at V = 49152 — small data only)."""
+    memory during training). `kl` needs teacher logits: online, or cached with `cache_logits = "topk"` (the
+    teacher's `top_k` tokens per position plus the tail's mass: 386 B per token at k = 64; KL over those
+    buckets, see `semalign_lens.sparse_logits`) or `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 —
+    small data only)."""
 
-    mode: str = "online"
-    cache_dir: str | None = None  # None: the user cache, keyed by teacher/layers/tokenizer/data
-    cache_logits: bool = False
-    shard_sequences: int = 64
+    mode: str = setting("online", doc="online (teacher forward each step) or cached (precomputed once)")
+    cache_dir: str | None = setting(None, doc="cache directory (unset: the user cache, keyed by inputs)")
+    cache_logits: bool | str = setting(False, doc="teacher logits in the cache (kl needs them): false, 'topk' "
+                                                  "(6·top_k + 2 bytes/token) or 'dense' (= true; 2·vocab bytes)")
+    top_k: int = setting(64, doc="teacher tokens kept per position when cache_logits = 'topk'")
+    shard_sequences: int = setting(64, doc="sequences per cache shard")
 
     def validate(self) -> None:
         _choice(self, "mode", TARGET_MODES)
-        require_positive(self, "shard_sequences")
+        require_positive(self, "shard_sequences", "top_k")
+        if isinstance(self.cache_logits, str) and self.cache_logits not in LOGIT_CACHES:
+            raise SemalignError(f"targets.cache_logits must be false, true, 'dense' or 'topk', got "
+                                f"{self.cache_logits!r}")
+
+    @property
+    def logits_store(self) -> str | None:
+        """How the cache holds teacher logits: 'dense', 'topk' or None (`true` means 'dense')."""
+        return "dense" if self.cache_logits is True else self.cache_logits or None
 
 
 @dataclass
 class AlignConfig:
     """One SemAlign run. Models are source strings (zoo name, HF directory, .gguf, Hub name)."""
 
-    teacher: str = "smollm2-135m"
-    student: str = "stdlib-student"
-    run_dir: str = "runs/align"
-    seed: int = 0
-    precision: str = "fp32"
+    teacher: str = setting("smollm2-135m", doc="teacher model: zoo name, HF directory, .gguf file or Hub name")
+    student: str = setting("stdlib-student", doc="student model (same forms), sharing the teacher's vocabulary")
+    run_dir: str = setting("runs/align", doc="output directory: checkpoints, metrics, report, trained student")
+    seed: int = setting(0, doc="seed of the data order and of adapter initialisation")
+    precision: str = setting("auto", doc="auto (bf16 autocast only where the CPU/GPU computes bf16 natively), "
+                                         "fp32 or bf16")
     # Flush denormal floats to zero while training (CPU): softmax probabilities and their gradients are full
     # of denormals, and x86 matmuls with denormal inputs ran 3x slower here (fisher/kl/ce backward); the
     # numerical effect is nil (values below 1.2e-38).
-    flush_denormal: bool = True
-    data: DataConfig = field(default_factory=DataConfig)
-    pairing: PairingConfig = field(default_factory=PairingConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    targets: TargetsConfig = field(default_factory=TargetsConfig)
-    log_every: int = 1
-    diag_every: int = 0  # projection diagnostics every N steps (0: only at stage start and end)
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    cka_max_tokens: int = 2048
-    figures: bool = True  # CKA heatmaps per stage, loss/projection figures (False: metrics JSONL only)
-    report: bool = True  # report.html (needs figures)
-    progress: bool = True
+    flush_denormal: bool = setting(True, doc="flush denormal floats to zero while training (CPU speed)")
+    data: DataConfig = setting(factory=DataConfig, doc="training text, cut into fixed-length blocks")
+    pairing: PairingConfig = setting(factory=PairingConfig, doc="which teacher depth supervises which student layer")
+    transfer: TransferConfig = setting(factory=TransferConfig, doc="the teacher->student state map")
+    objective: ObjectiveConfig = setting(factory=ObjectiveConfig, doc="loss terms (the method) and their options")
+    schedule: ScheduleConfig = setting(factory=ScheduleConfig, doc="which parameters train when, and how fast")
+    targets: TargetsConfig = setting(factory=TargetsConfig, doc="teacher targets: computed online or cached")
+    log_every: int = setting(1, doc="write training metrics every N steps")
+    diag_every: int = setting(0, doc="projection diagnostics every N steps (0: only at stage start and end)")
+    checkpoint_every: int = setting(50, doc="checkpoint every N steps")
+    keep_checkpoints: int = setting(2, doc="checkpoints kept on disk (older ones are deleted)")
+    cka_max_tokens: int = setting(2048, doc="CKA matrices use at most the first N diagnostic tokens")
+    figures: bool = setting(True, doc="CKA heatmaps per stage, loss/projection figures (false: metrics JSONL only)")
+    report: bool = setting(True, doc="write report.html (needs figures)")
+    progress: bool = setting(True, doc="show progress bars")
 
     def validate(self) -> None:
         _choice(self, "precision", PRECISIONS)
@@ -206,8 +223,8 @@ class AlignConfig:
         needs_logits = [n for n in self.objective.terms if _needs_teacher_logits(n)]
         if self.targets.mode == "cached" and needs_logits and not self.targets.cache_logits:
             raise SemalignError(f"objective term(s) {needs_logits} need teacher logits, which cached targets do not "
-                                "hold by default; set targets.mode = 'online', or targets.cache_logits = true "
-                                "(fp16 logits on disk: 2·vocab bytes per token)")
+                                "hold by default; set targets.mode = 'online', or targets.cache_logits = 'topk' "
+                                "(the teacher's top_k tokens: 6·top_k + 2 bytes per token) or 'dense' (2·vocab)")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))
@@ -229,44 +246,7 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _parse_value(text: str) -> Any:
-    """A command-line override value: JSON/TOML literal when it parses, else the string itself."""
-    import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    """Merge overrides into a config dict. Keys may be dotted (`schedule.lr`); a list holds `key=value` strings."""
-    if not overrides:
-        return data
-    if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise SemalignError(f"override {item!r} is not of the form key=value (e.g. schedule.lr=1e-3)")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = _parse_value(value.strip())
-        overrides = pairs
-    for key, value in overrides.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SemalignError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = value
-    return data
-
-
 def load_align_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
                       ) -> AlignConfig:
-    """Read a TOML/JSON file (or start from the defaults) and apply overrides; strict keys throughout."""
-    data = read_config_file(path) if path is not None else {}
-    return from_dict(AlignConfig, apply_overrides(data, overrides), where=str(path or "config"))
+    """Read a TOML/JSON file (or start from the defaults) and apply overrides; strict keys and types throughout."""
+    return load_config(AlignConfig, path, overrides)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Int
 
+from ..checks import read_utf8
 from ..data import DOC_START, TokenBatch
 from ..errors import SemalignError
 from ..zoo import corpus
@@ -79,6 +80,10 @@ def source_files(source: str) -> list[Path]:
     else:
         path = Path(source).expanduser()
         if path.is_file():
+            if path.suffix not in (*TEXT_SUFFIXES, ".jsonl"):
+                raise SemalignError(f"data.source {path} is a {path.suffix or 'suffix-less'} file; point it at text: "
+                                    f"one {' '.join(TEXT_SUFFIXES)} or .jsonl file (a 'text' field per line), or a "
+                                    "directory of text files")
             return [path]
         if not path.is_dir():
             raise SemalignError(f"data.source {source!r} is neither 'code-transfer', 'stdlib', a directory nor a "
@@ -90,16 +95,39 @@ def source_files(source: str) -> list[Path]:
     return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
 
 
-def _documents(path: Path):
+def _documents(path: Path, strict: bool = True):
+    """The texts of one source file. `strict` (every user source): UTF-8 or a one-line error naming the file;
+    the built-in stdlib corpus keeps its lenient decoding (a few of CPython's test files are Latin-1)."""
     if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(read_utf8(path, "data file").splitlines()):
             if line.strip():
                 try:
-                    yield json.loads(line)["text"]
+                    text = json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise SemalignError(f"{path} line {i + 1} is not a JSON object with a 'text' field") from None
+                if not isinstance(text, str):
+                    raise SemalignError(f"{path} line {i + 1}: 'text' must be a string, got {type(text).__name__}")
+                yield text
     else:
-        yield corpus.read_text(path)
+        yield read_utf8(path, "data file") if strict else corpus.read_text(path)
+
+
+def check_source(cfg: DataConfig, max_bytes: int = 256 << 20) -> None:
+    """Check a data source before any model loads: it exists, holds text files, and (up to `max_bytes`, the
+    rest when the run reads them) they are UTF-8 with well-formed JSONL records. Built-in sources pass."""
+    if cfg.source in ("code-transfer", "stdlib"):
+        return
+    files = source_files(cfg.source)
+    if not any(p.stat().st_size for p in files):
+        raise SemalignError(f"data.source {cfg.source!r} holds no text (its files are empty); add text or point it "
+                            "at another source")
+    read = 0
+    for path in files:
+        for _ in _documents(path):
+            pass
+        read += path.stat().st_size
+        if read >= max_bytes:
+            break
 
 
 def build_data(cfg: DataConfig, tokenizer) -> AlignData:
@@ -116,7 +144,7 @@ def build_data(cfg: DataConfig, tokenizer) -> AlignData:
                             "through the Python API instead")
     stream: list[int] = []
     for path in source_files(cfg.source):
-        for text in _documents(path):
+        for text in _documents(path, strict=cfg.source != "stdlib"):
             stream.append(start)
             stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(stream) >= need:

@@ -33,17 +33,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..checks import require_int
 from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
+from ..precision import autocast, precision_record, resolve_precision
 from . import diagnostics as diag
 from .config import AlignConfig, load_align_config
 from .dataset import AlignData, build_data
 from .hfmodel import capture, clean_copy, lens_fn, parts, weights_fingerprint
+from .preflight import preflight
 from .schedule import Pair, Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
 from .setup import check_pairs, resolve_pairing, resolve_transfer
 from .targets import (
     CachedTargets,
+    NoTargets,
     OnlineTargets,
     TeacherBatch,
     build_cache,
@@ -51,6 +55,7 @@ from .targets import (
     check_cache,
     default_cache_path,
     diagnostic_states,
+    lens_top1,
     tokenizer_fingerprint,
 )
 
@@ -118,9 +123,11 @@ def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
 class Trainer:
     """SemAlign training of a student against a teacher; `run()` trains (or resumes) and returns the result.
 
-    Everything that can be wrong with the input is checked in the constructor, before any training: the
-    config (strict keys, positive rates and weights), the models' shared vocabulary and mode, the pairing
-    against both models, the transfer map's shape, and a target cache's identity.
+    Everything that can be wrong with the input is checked in the constructor, before any training: first
+    what needs no model (`preflight`: run_dir, data source, model sources, depths), then the config (strict
+    keys, positive rates and weights), the models' shared vocabulary, mode and depths (the teacher at least as
+    deep as the student), the pairing against both models, the transfer map's shape, and a target cache's
+    identity.
 
     The Python API may pass already-loaded models (TransformerBridges from `load_model`), a pairing (a
     `LayerPairing`, `Pair`s or rows), a `TransferMap` and token batches instead of the config's sources.
@@ -143,6 +150,9 @@ class Trainer:
 
         self.cfg = cfg = config or AlignConfig()
         cfg.validate()
+        # every check that needs no loaded model, before anything loads or is written (training/preflight.py)
+        preflight(cfg, run_dir or cfg.run_dir, teacher=teacher, student=student, data=data, pairing=pairing,
+                  transfer=transfer)
         # cpu=True on machines without an accelerator: only then does Accelerate recognise a multi-process
         # CPU launch (torchrun / `accelerate launch --multi_gpu`) and use the gloo backend.
         self.acc = accelerator or Accelerator(cpu=not torch.accelerator.is_available())
@@ -158,8 +168,9 @@ class Trainer:
             for name, w in cfg.objective.terms.items()]
         self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
         self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
-        bf16 = cfg.precision == "bf16"
-        self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.need_teacher_states = any(o.kind == "layer" for _, o, _, _ in self.objectives)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast = lambda: autocast(self.precision, self.device)
 
         teacher = teacher if teacher is not None else load_model(cfg.teacher)
         student = student if student is not None else load_model(cfg.student)
@@ -193,11 +204,13 @@ class Trainer:
         self.pairs.sort(key=lambda p: p.student_layer)
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
+        self.teacher_diag.update(lens_top1(self.teacher, self.teacher_diag,
+                                           [p.nearest_teacher_layer for p in self.pairs], self.autocast))
         self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student)
         self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
                            "processes": self.world, "pairing": [p.__dict__ for p in self.pairs],
                            "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
-                           "data": self.data.source}
+                           "data": self.data.source, "precision": precision_record(cfg.precision, self.device)}
         self.provenance = json.loads(json.dumps(
             self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
         self.identity = {"teacher_hash": weights_fingerprint(self.teacher),
@@ -246,12 +259,18 @@ class Trainer:
                                 "resume with the same config and models, or choose a new run_dir")
 
     def _make_targets(self):
+        if not (self.need_teacher_states or self.need_teacher_logits):
+            return NoTargets()
         if self.cfg.targets.mode == "online":
             return OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
+        store = self.cfg.targets.logits_store if self.need_teacher_logits else None
+        top_k, vocab = self.cfg.targets.top_k, parts(self.teacher).head.weight.shape[0]
+        if store == "topk" and top_k > vocab:
+            raise SemalignError(f"targets.top_k = {top_k} exceeds the teacher's vocabulary of {vocab} tokens; use at "
+                                f"most {vocab} (top_k = {vocab} keeps the whole distribution)")
         ident = cache_identity(self.identity["teacher_hash"], self.identity["tokenizer_hash"], self.teacher_layers,
                                self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
-                               self.teacher.config.hidden_size, self.cfg.targets.cache_logits and
-                               self.need_teacher_logits, self.names["teacher"])
+                               self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k)
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
         meta = check_cache(path, ident)
         if meta is None:
@@ -262,7 +281,7 @@ class Trainer:
             self.acc.wait_for_everyone()
             meta = check_cache(path, ident)
         self.cache_path = path
-        return CachedTargets(path, meta, logits=ident["logits"], device=self.device)
+        return CachedTargets(path, meta, logits=store, device=self.device)
 
     # ------------------------------------------------------------------------------------------- logging
     def _log(self, record: dict) -> None:
@@ -353,7 +372,8 @@ class Trainer:
         layers = self._student_layers(stage.pairs)
         with self.autocast():
             s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
-        layer_inputs = [self._layer_inputs(p, s_states, teacher.states, batch.mask) for p in stage.pairs]
+        layer_inputs = ([self._layer_inputs(p, s_states, teacher.states, batch.mask) for p in stage.pairs]
+                        if self.need_teacher_states else [])
         out_inputs = OutputInputs(logits, batch.tokens, batch.mask, teacher.logits) if self.need_logits else None
         values = {}
         for name, obj, _, options in self.objectives:
@@ -465,6 +485,8 @@ class Trainer:
         With `stop_after_steps` the call ends after that many steps, having checkpointed: the run directory is
         then exactly what a kill right after a checkpoint leaves (what the resume test uses).
         """
+        if stop_after_steps is not None:
+            require_int("stop_after_steps", stop_after_steps)
         self._prepare_run_dir()
         if self.cfg.flush_denormal:
             torch.set_flush_denormal(True)
@@ -555,6 +577,8 @@ class Trainer:
 def align(config: AlignConfig | None = None, *, stop_after_steps: int | None = None, **inputs) -> AlignResult:
     """Run (or resume) one alignment. `inputs`: teacher, student, pairing, transfer, data, diag_data, run_dir,
     accelerator, plugins — each optional, overriding the config's sources (see `Trainer`)."""
+    if stop_after_steps is not None:
+        require_int("stop_after_steps", stop_after_steps)
     return Trainer(config, **inputs).run(stop_after_steps=stop_after_steps)
 
 
@@ -576,7 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m semalign_lens.trainer` (and `accelerate launch -m semalign_lens.trainer`)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training")
+    from ..config import config_help
+
+    parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training",
+                                     epilog=config_help(AlignConfig),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML or JSON config (default: all defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted for sections (e.g. schedule.lr=1e-3); repeatable")

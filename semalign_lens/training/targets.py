@@ -10,8 +10,11 @@ logits are needed.
 
 Cached: safetensors shards of `shard_sequences` blocks each, fp16, under a directory whose `meta.json`
 records what the states are: the teacher's weight fingerprint, its tokenizer's fingerprint, the layers, the
-data fingerprint, the shapes. A cache is used only when all of these match the run (a cache with more layers
-than needed is fine); anything else is refused before training with the differing field named. `meta.json`
+data fingerprint, the shapes, how logits are held. A cache is used only when all of these match the run (a
+cache with more layers than needed, or logits nobody reads, is fine); anything else is refused before training
+with the differing field named. Logits are held `dense` (fp16, vocabulary-sized) or `topk`: per token the
+teacher's top-k ids (int32), their log-probabilities (fp16) and the log of the remaining mass (fp16), read
+back as a `SparseLogits` (see `semalign_lens.sparse_logits`). `meta.json`
 is written last, so an interrupted build is never mistaken for a cache. (The teacher is still loaded once
 at setup, to fingerprint it, build the TransferMap and compute its diagnostic states; it is released
 before training.)
@@ -33,10 +36,12 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_json_atomic
 from ..errors import SemalignError
 from ..paths import cache_dir
+from ..sparse_logits import SparseLogits
 from .hfmodel import capture, lens_fn, parts
 
 CACHE_FORMAT = 1
 _FP16_MAX = 65504.0
+LOGIT_KEYS = {"dense": ["logits"], "topk": ["topk_ids", "topk_logprobs", "tail_logmass"]}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -49,14 +54,25 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @dataclass
 class TeacherBatch:
-    """Teacher activations for one batch: {"post.{l}" | "embed": [batch, pos, d_T]} and optional logits."""
+    """Teacher activations for one batch: {"post.{l}" | "embed": [batch, pos, d_T]} and optional logits
+    (dense [batch, pos, V], or `SparseLogits` from a top-k cache)."""
 
     states: dict[str, torch.Tensor]
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | SparseLogits | None = None
 
 
 def teacher_keys(layers: list[int]) -> list[str]:
     return ["embed"] + [f"post.{layer}" for layer in sorted(set(layers))]
+
+
+class NoTargets:
+    """For objectives that read nothing of the teacher (the SFT control): no teacher pass at all, which
+    otherwise costs more than the student's own step (the teacher is the larger model)."""
+
+    mode = "none"
+
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+        return TeacherBatch({}, None)
 
 
 class OnlineTargets:
@@ -84,10 +100,16 @@ def _to_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], data_hash: str, n_sequences: int,
-                   seq_len: int, d_teacher: int, logits: bool, teacher_name: str) -> dict:
-    return {"format": CACHE_FORMAT, "teacher": teacher_name, "teacher_hash": teacher_hash,
-            "tokenizer_hash": tokenizer_hash, "layers": sorted(set(layers)), "data_hash": data_hash,
-            "n_sequences": n_sequences, "seq_len": seq_len, "d_teacher": d_teacher, "logits": bool(logits)}
+                   seq_len: int, d_teacher: int, logits: str | None, teacher_name: str,
+                   top_k: int | None = None) -> dict:
+    """What a cache holds. `logits`: None, 'dense' or 'topk' (then with `top_k`); without logits the key is
+    `False`, as before logits had modes, so such caches keep their automatic paths."""
+    identity = {"format": CACHE_FORMAT, "teacher": teacher_name, "teacher_hash": teacher_hash,
+                "tokenizer_hash": tokenizer_hash, "layers": sorted(set(layers)), "data_hash": data_hash,
+                "n_sequences": n_sequences, "seq_len": seq_len, "d_teacher": d_teacher, "logits": logits or False}
+    if logits == "topk":
+        identity["top_k"] = top_k
+    return identity
 
 
 def default_cache_path(identity: dict) -> Path:
@@ -116,19 +138,28 @@ def check_cache(path: Path, identity: dict) -> dict | None:
     if missing:
         raise SemalignError(f"target cache {path} holds teacher layers {meta['layers']}, but this run's pairing needs "
                             f"{missing} too; use another targets.cache_dir (or leave it unset)")
-    if identity["logits"] and not meta["logits"]:
+    need, held = identity["logits"] or None, "dense" if meta["logits"] is True else meta["logits"] or None
+    if need and not held:
         raise SemalignError(f"target cache {path} has no teacher logits, but the objective needs them; set "
-                            "targets.mode = 'online' or use another targets.cache_dir with cache_logits = true")
+                            "targets.mode = 'online' or use another targets.cache_dir with cache_logits = 'topk'")
+    if need and held != need:
+        raise SemalignError(f"target cache {path} holds {held} teacher logits, but this run asks for {need} "
+                            f"(targets.cache_logits); use another targets.cache_dir (or leave it unset)")
+    if need == "topk" and meta.get("top_k") != identity["top_k"]:
+        raise SemalignError(f"target cache {path} holds the teacher's top {meta.get('top_k')} tokens per position, "
+                            f"but this run asks for targets.top_k = {identity['top_k']}; set top_k = "
+                            f"{meta.get('top_k')}, or use another targets.cache_dir (or leave it unset)")
     return meta
 
 
 @torch.no_grad()
 def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard_sequences: int, batch_size: int,
                 autocast, progress: bool = True) -> dict:
-    """Run the teacher once over `tokens` and write fp16 shards, then `meta.json`."""
+    """Run the teacher once over `tokens` and write fp16 shards (top-k ids: int32), then `meta.json`."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     layers = identity["layers"]
+    mode = identity["logits"] or None
     n = tokens.shape[0]
     shards = list(range(0, n, shard_sequences))
     for i, start in enumerate(tqdm(shards, desc="caching teacher targets", disable=not progress, leave=False)):
@@ -137,29 +168,39 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
         for j in range(0, len(block), batch_size):
             with autocast():
                 store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
-                                        logits=identity["logits"])
-            if logits is not None:
+                                        logits=mode is not None)
+            if mode == "dense":
                 store["logits"] = logits
+            elif mode == "topk":
+                sparse = SparseLogits.from_logits(logits, identity["top_k"])
+                store.update(topk_ids=sparse.ids, topk_logprobs=sparse.logprobs, tail_logmass=sparse.tail_logmass)
             for key, value in store.items():
-                out.setdefault(key, []).append(value.float().cpu())
-        save_file({k: _to_fp16(k, torch.cat(v)) for k, v in out.items()}, str(path / f"shard-{i:05d}.safetensors"))
+                out.setdefault(key, []).append(value.cpu() if key == "topk_ids" else value.float().cpu())
+        save_file({k: torch.cat(v) if k == "topk_ids" else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
+                  str(path / f"shard-{i:05d}.safetensors"))
     meta = {**identity, "shards": len(shards), "shard_sequences": shard_sequences, "dtype": "float16",
-            "keys": teacher_keys(layers) + (["logits"] if identity["logits"] else [])}
+            "keys": teacher_keys(layers) + LOGIT_KEYS.get(mode, [])}
     write_json_atomic(path / "meta.json", meta)
     return meta
 
 
 @torch.no_grad()
 def diagnostic_states(teacher, tokens: torch.Tensor, autocast) -> dict[str, torch.Tensor]:
-    """Every teacher block's resid_post on the diagnostic batch (float32), the embedding, and lens top-1 ids."""
-    n_layers = len(parts(teacher).layers)
+    """Every teacher block's resid_post on the diagnostic batch (float32) and the embedding."""
     with autocast():
-        store, _ = capture(teacher, tokens, range(n_layers), embed=True)
+        store, _ = capture(teacher, tokens, range(len(parts(teacher).layers)), embed=True)
+    return {k: v.float().cpu().contiguous() for k, v in store.items()}
+
+
+@torch.no_grad()
+def lens_top1(teacher, states: dict[str, torch.Tensor], layers, autocast) -> dict[str, torch.Tensor]:
+    """{"top1.{layer}": the teacher's logit-lens top-1 ids} for `layers` only: a vocabulary-sized readout per
+    layer, so all 30 of SmolLM2's cost more than the rest of a short run's diagnostics."""
     lens = lens_fn(teacher)
-    out = {k: v.float().cpu().contiguous() for k, v in store.items()}
-    for layer in range(n_layers):
+    out = {}
+    for layer in sorted(set(layers)):
         with autocast():
-            out[f"top1.{layer}"] = lens(store[f"post.{layer}"]).argmax(-1).cpu().contiguous()
+            out[f"top1.{layer}"] = lens(states[f"post.{layer}"]).argmax(-1).contiguous()
     return out
 
 
@@ -168,7 +209,7 @@ class CachedTargets:
 
     mode = "cached"
 
-    def __init__(self, path: Path, meta: dict, logits: bool, device: torch.device | str = "cpu"):
+    def __init__(self, path: Path, meta: dict, logits: str | None, device: torch.device | str = "cpu"):
         self.path, self.meta, self.logits, self.device = path, meta, logits, device
         self.keys = [k for k in teacher_keys(meta["layers"])]
         self._files: dict[int, object] = {}
@@ -182,13 +223,16 @@ class CachedTargets:
         if index is None:
             raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
         per = self.meta["shard_sequences"]
-        keys = self.keys + (["logits"] if self.logits else [])
+        keys = self.keys + LOGIT_KEYS.get(self.logits, [])
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for i in index.tolist():
             f = self._file(i // per)
             for key in keys:
                 rows[key].append(f.get_slice(key)[i % per: i % per + 1])
-        out = {k: torch.cat(v).to(self.device, torch.float32) for k, v in rows.items()}
-        logits = out.pop("logits", None)
-        return TeacherBatch(out, logits)
+        out = {k: torch.cat(v).to(self.device) if k == "topk_ids" else torch.cat(v).to(self.device, torch.float32)
+               for k, v in rows.items()}
+        if self.logits == "topk":
+            return TeacherBatch(out, SparseLogits(out.pop("topk_ids"), out.pop("topk_logprobs"),
+                                                  out.pop("tail_logmass")))
+        return TeacherBatch(out, out.pop("logits", None))
 

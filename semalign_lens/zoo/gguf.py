@@ -30,15 +30,26 @@ def check_gguf(path: Path) -> None:
             "pass a .gguf model file, a Hugging Face model directory, or a zoo name")
 
 
+def converted_path(gguf_path: Path, label: str) -> tuple[Path, bool]:
+    """(where the conversion of `gguf_path` lives in the cache, whether it is already there)."""
+    gguf_path = Path(gguf_path)
+    check_gguf(gguf_path)
+    target = cache_dir("converted") / f"{label}-{file_sha256(gguf_path)[:16]}"
+    return target, all((target / name).exists() for name in _REQUIRED)
+
+
 def converted_dir(gguf_path: Path, label: str) -> Path:
     """Return a local HF directory for `gguf_path`, converting on first use."""
     gguf_path = Path(gguf_path)
-    check_gguf(gguf_path)
-    digest = file_sha256(gguf_path)[:16]
-    target = cache_dir("converted") / f"{label}-{digest}"
-    if all((target / name).exists() for name in _REQUIRED):
+    target, done = converted_path(gguf_path, label)
+    if done:
         return target
+    digest = target.name.rsplit("-", 1)[-1]
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..progress import note
+
+    note(f"semalign: converting {gguf_path.name} to safetensors once (~20 s); later runs reuse {target}")
 
     t0 = time.time()
     tmp = target.with_name(target.name + ".partial")

@@ -20,15 +20,11 @@ from .pretrain import PretrainConfig
 def _hardware() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), no GPU"
+    from ..precision import cpu_summary
+
+    cpu = cpu_summary()
+    return (f"{os.cpu_count()} CPU cores ({cpu['cpu']}, {cpu['cpu_isa']}, native bf16 "
+            f"{'yes' if cpu['native_bf16'] else 'no'}), no GPU")
 
 
 def _curve(run_dir: Path) -> pd.DataFrame:
@@ -73,14 +69,14 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
         f"- tokens seen: {final['tokens_seen']:,} ({cfg.steps} steps of {cfg.batch_size} x {cfg.seq_len}); "
         f"{final['tokens_seen'] / max(1, data['train_tokens']):.2f} epochs",
         f"- AdamW (β 0.9/0.95, weight decay {cfg.weight_decay}), lr {cfg.lr:g} with {cfg.warmup_steps} warmup "
-        f"steps and cosine decay to {cfg.min_lr_ratio:g}×, gradient clip {cfg.grad_clip}, bf16 autocast, seed {cfg.seed}",
+        f"steps and cosine decay to {cfg.min_lr_ratio:g}×, gradient clip {cfg.grad_clip}, precision {cfg.precision}, seed {cfg.seed}",
         f"- wall time: {final['elapsed_s'] / 60:.0f} min on {_hardware()}, while other jobs shared the machine",
         f"- logit distillation from the teacher: {f'weight {cfg.distill_weight:g}' if cfg.distill_weight else 'off'}",
         "", "## Quality", "",
         f"Validation cross-entropy on the held-out files (all {data['val_tokens']:,} tokens, blocks of "
         f"{cfg.seq_len}, fp32 evaluation of the bf16 weights): **{val_loss:.3f} nats/token** "
         "(`tests/test_stdlib_student.py` recomputes it with Hugging Face's own loss).", "",
-        "Validation curve (first 64 validation blocks during training, bf16 autocast):", "",
+        f"Validation curve (first 64 validation blocks during training, precision {cfg.precision}):", "",
         curve.to_markdown(index=False, floatfmt=(".0f", ".0f", ".3f")), "",
     ]
     if cross_entropy is not None:

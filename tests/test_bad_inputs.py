@@ -1,0 +1,443 @@
+"""Every bad input gives one line, exit code 2 (CLI) or a `SemalignError` (API), no traceback, nothing lost.
+
+The cases and their messages are tabulated in docs/bad_inputs.md. Tiny random models only (nothing is
+downloaded, the real teacher is never touched). The CLI cases run as subprocesses (`HF_HUB_OFFLINE=1`), a few
+at a time, once per module (`cli_results`); every file under the fixture tree — a finished align run with
+its checkpoints, a demo directory with its report.html, the model directories — is hashed before and after,
+and must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from semalign_lens.errors import SemalignError, one_line
+
+LATIN1 = "caf\xe9 cr\xe8me\n".encode("latin-1")  # not UTF-8: byte 0xe9
+
+
+# ----------------------------------------------------------------------------------------------- the fixture tree
+
+def _save(model, tok, out: Path) -> Path:
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def _copy_model(src: Path, out: Path, drop=(), **files) -> Path:
+    shutil.copytree(src, out)
+    for pattern in drop:
+        for path in out.glob(pattern):
+            path.unlink()
+    for name, content in files.items():
+        (out / name.replace("__", ".")).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return out
+
+
+def _read_only_dir(root: Path) -> Path | None:
+    """A directory nothing can be created in: chmod 555 for a normal user; /proc for root (root ignores the
+    permission bits); None where neither exists."""
+    from semalign_lens.checks import _writable
+
+    if os.geteuid() != 0:
+        ro = root / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    proc = Path("/proc")
+    return proc if proc.is_dir() and not _writable(proc) else None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from transformers import BertConfig, BertLMHeadModel
+
+    from semalign_lens.trainer import align, load_align_config
+    from semalign_lens.zoo.tiny import TinyArch, tiny_hf_model, tiny_hf_pair
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    t_hf, s_hf, tok = tiny_hf_pair(seed=0)
+    teacher, student = _save(t_hf, tok, root / "teacher"), _save(s_hf, tok, root / "student")
+    _save(tiny_hf_model(TinyArch(8, 32, 2, 1, 64), len(tok), 5), tok, root / "deep")  # 8 blocks > 6
+    weights = (teacher / "model.safetensors").read_bytes()
+    _copy_model(teacher, root / "trunc", model__safetensors=weights[: len(weights) // 2])
+    _copy_model(teacher, root / "garbage", model__safetensors=os.urandom(4096))
+    _copy_model(teacher, root / "zero", model__safetensors=b"")
+    _copy_model(teacher, root / "notok", drop=["tokenizer*"])
+    _copy_model(teacher, root / "noweights", drop=["*.safetensors"])
+    _copy_model(teacher, root / "badcfg", config__json="{not json")
+    _copy_model(teacher, root / "cfgonly", drop=["*"], config__json=json.dumps({"lr": 0.1, "steps": 3}))
+    bert = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, is_decoder=True)
+    _copy_model(teacher, root / "mismatch", config__json=bert.to_json_string())  # Llama weights, BERT config
+    _copy_model(teacher, root / "badtype", config__json=json.dumps({"model_type": "no_such_arch"}))
+    other = json.loads((student / "config.json").read_text())
+    _copy_model(student, root / "othervocab", config__json=json.dumps({**other, "vocab_size": 400}))
+    assert BertLMHeadModel  # the mismatch case needs the class to exist in this transformers
+    (root / "empty").mkdir()
+    (root / "gguf-dir").mkdir()
+    (root / "gguf-dir" / "model.gguf").write_text("not a gguf")
+    (root / "fake.gguf").write_text("hello, not GGUF")
+    (root / "notmodel.json").write_text(json.dumps({"a": 1}))
+    (root / "afile").write_text("a plain file\n")
+
+    text = root / "text"
+    text.mkdir()
+    for module in (json, textwrap):
+        shutil.copy(module.__file__, text / f"{module.__name__}.py")
+    (root / "bad.txt").write_bytes(b"def f():\n    return 1\n" + LATIN1)
+    (root / "baddir").mkdir()
+    shutil.copy(textwrap.__file__, root / "baddir" / "good.py")
+    (root / "baddir" / "legacy.py").write_bytes(b"# " + LATIN1)
+    (root / "bad.jsonl").write_bytes(b'{"text": "' + LATIN1.strip() + b'"}\n')
+    (root / "notjson.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    (root / "textnum.jsonl").write_text('{"text": 3}\n')
+    (root / "empty.txt").write_text("")
+    (root / "data.json").write_text(json.dumps({"text": "x"}))
+    pair = {"clean": "The capital of France is", "corrupted": "The capital of Italy is", "answer": " Paris"}
+    (root / "badtask.jsonl").write_bytes(json.dumps(pair).encode()[:-2] + b' \xe9"}\n')
+    (root / "malformed.json").write_text(json.dumps([{"clean": "a"}, {"clean": "b", "corrupted": "b", "answer": "c"}]))
+    (root / "task.txt").write_text(json.dumps(pair))
+    (root / "emptytask.jsonl").write_text("\n")
+
+    config = {"teacher": str(teacher), "student": str(student), "run_dir": str(root / "run"), "progress": False,
+              "report": False, "figures": False,
+              "data": {"source": str(text), "seq_len": 32, "n_sequences": 8, "batch_size": 4, "diag_sequences": 2},
+              "schedule": {"stage_steps": 1, "lr": 1e-2}, "objective": {"terms": {"relation": 1.0}}}
+    (root / "run.json").write_text(json.dumps(config))
+    result = align(load_align_config(root / "run.json"))  # a previous good run: checkpoints, student/, final.json
+    assert result.finished and (root / "run" / "checkpoints").is_dir()
+    ckpt = sorted((root / "run" / "checkpoints").glob("step-*"))[-1]
+
+    (root / "demo").mkdir()
+    (root / "demo" / "report.html").write_text("<html>the previous demo</html>")
+    (root / "demo" / "results.csv").write_text("model,score\nteacher,1\n")
+
+    pretrain = root / "pretrain-run"  # enough of a pretraining run for export-student to reach its --out check
+    pretrain.mkdir()
+    from semalign_lens.config import to_dict
+    from semalign_lens.zoo.pretrain import PretrainConfig
+
+    (pretrain / "config.json").write_text(json.dumps(to_dict(PretrainConfig())))
+    shutil.copytree(ckpt, pretrain / "checkpoints" / ckpt.name)
+    (pretrain / "latest.json").write_text(json.dumps({"step": 1, "path": f"checkpoints/{ckpt.name}"}))
+    return SimpleNamespace(root=root, teacher=teacher, student=student, ckpt=ckpt, tok=tok,
+                           read_only=_read_only_dir(root))
+
+
+def _snapshot(root: Path, content: bool = True) -> dict[str, object]:
+    """Every path under `root`: its sha256 (`content`), else its size and mtime (cheaper, as strict for writes)."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            out[rel] = "dir"
+        elif content:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = (path.stat().st_size, path.stat().st_mtime_ns)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+ALIGN = ["align", "--config", "run.json"]
+# (id, argv, substrings the error line must hold, paths that must stay byte-identical)
+# {ro} is a read-only directory; cases using it are skipped where none exists.
+CLI_CASES = [
+    ("info-truncated-safetensors", ["info", "trunc"], ["trunc/model.safetensors", "truncated", "re-download"], []),
+    ("info-corrupt-safetensors", ["info", "garbage"], ["garbage/model.safetensors", "corrupt", "re-download"], []),
+    ("info-empty-safetensors", ["info", "zero"], ["zero/model.safetensors", "truncated"], []),
+    ("info-no-tokenizer", ["info", "notok"], ["no tokenizer files", "tokenizer.save_pretrained"], []),
+    ("info-no-weights", ["info", "noweights"], ["no weights", "re-download"], []),
+    ("info-config-not-json", ["info", "badcfg"], ["config.json is not valid JSON"], []),
+    ("info-config-not-a-model", ["info", "cfgonly"], ["not a Hugging Face model config"], []),
+    ("info-align-run-dir", ["info", "run"], ["run directory", "run/student"], ["run"]),
+    ("info-checkpoint-dir", ["info", "run/checkpoints/{ckpt}"], ["training checkpoint", "run/student"], ["run"]),
+    ("info-empty-dir", ["info", "empty"], ["without config.json"], []),
+    ("info-missing-path", ["info", "./no/such/dir"], ["neither a zoo name, an existing path"], []),
+    ("info-fake-gguf", ["info", "fake.gguf"], ["not a GGUF file"], []),
+    ("info-missing-gguf", ["info", "missing.gguf"], ["GGUF file missing.gguf does not exist"], []),
+    ("info-json-file", ["info", "notmodel.json"], ["not a GGUF file"], []),
+    ("info-weights-file", ["info", "teacher/model.safetensors"], ["pass the directory itself"], []),
+    ("info-dir-of-gguf", ["info", "gguf-dir"], ["pass the .gguf file itself"], []),
+    ("info-second-source-bad", ["info", "teacher", "trunc"], ["trunc/model.safetensors", "truncated"], []),
+    ("report-task-not-utf8", ["report", "pairing", "teacher", "student", "--task", "badtask.jsonl"],
+     ["badtask.jsonl is not UTF-8", "byte 0xe9"], []),
+    ("report-task-malformed", ["report", "pairing", "teacher", "student", "--task", "malformed.json"],
+     ["3 malformed record(s)", "missing field 'corrupted'", "are the same text"], []),
+    ("report-task-wrong-suffix", ["report", "pairing", "teacher", "student", "--task", "task.txt"],
+     ["must end in .json or .jsonl"], []),
+    ("report-task-empty", ["report", "pairing", "teacher", "student", "--task", "emptytask.jsonl"],
+     ["has no prompt pairs"], []),
+    ("report-out-not-html", ["report", "pairing", "teacher", "student", "--out", "report.txt"], ["must end in .html"],
+     []),
+    ("report-out-is-dir", ["report", "pairing", "teacher", "student", "--out", "demo"], ["is a directory"], ["demo"]),
+    ("report-out-under-file", ["report", "pairing", "teacher", "student", "--out", "afile/r.html"],
+     ["afile is a file"], []),
+    ("report-out-read-only", ["report", "pairing", "teacher", "student", "--out", "{ro}/r.html"], ["not writable"], []),
+    ("report-teacher-shallower", ["report", "pairing", "student", "teacher"],
+     ["has 3 blocks but student teacher has 6", "at least as deep"], []),
+    ("report-student-truncated", ["report", "pairing", "teacher", "trunc"], ["truncated"], []),
+    ("report-prompts-zero", ["report", "pairing", "teacher", "student", "--prompts", "0"], ["n_prompts", ">= 2"], []),
+    ("report-prompts-not-int", ["report", "pairing", "teacher", "student", "--prompts", "x"],
+     ["invalid int value: 'x'", "usage: semalign report pairing"], []),
+    ("report-unknown-strategy", ["report", "pairing", "teacher", "student", "--strategy", "random"],
+     ["unknown pairing strategy 'random'"], []),
+    ("align-data-not-utf8", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=bad.txt"],
+     ["bad.txt is not UTF-8", "byte 0xe9"], []),
+    ("align-data-dir-not-utf8", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=baddir"],
+     ["baddir/legacy.py is not UTF-8"], []),
+    ("align-data-jsonl-not-utf8", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=bad.jsonl"],
+     ["bad.jsonl is not UTF-8"], []),
+    ("align-data-jsonl-not-json", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=notjson.jsonl"],
+     ["line 2 is not a JSON object"], []),
+    ("align-data-empty", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=empty.txt"], ["holds no text"], []),
+    ("align-data-wrong-suffix", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=data.json"],
+     ["is a .json file"], []),
+    ("align-teacher-shallower", [*ALIGN, "--set", "run_dir=r1", "--set", "student=deep"],
+     ["has 6 blocks but student deep has 8", "at least as deep"], []),
+    ("align-student-truncated", [*ALIGN, "--set", "run_dir=r1", "--set", "student=trunc"],
+     ["trunc/model.safetensors", "truncated"], []),
+    ("align-student-run-dir", [*ALIGN, "--set", "run_dir=r1", "--set", "student=run"], ["run directory"], ["run"]),
+    ("align-vocab-size", [*ALIGN, "--set", "run_dir=r1", "--set", "student=othervocab"],
+     ["vocabularies differ in size", "384", "400"], []),
+    ("align-run-dir-is-file", [*ALIGN, "--set", "run_dir=afile"], ["run_dir afile is an existing file"], ["afile"]),
+    ("align-run-dir-is-model", [*ALIGN, "--set", "run_dir=teacher"], ["would overwrite"], ["teacher"]),
+    ("align-run-dir-read-only", [*ALIGN, "--set", "run_dir={ro}/run"], ["not writable"], []),
+    ("align-run-dir-other-run", [*ALIGN, "--set", "schedule.lr=0.5"], ["holds a run with other inputs",
+                                                                        "config.schedule.lr"], ["run"]),
+    ("align-student-layers", [*ALIGN, "--set", "run_dir=r1", "--set", "pairing.student_layers=[7]"],
+     ["pairing.student_layers [7]", "3 blocks"], []),
+    ("align-pairs-out-of-range", [*ALIGN, "--set", "run_dir=r1", "--set", "pairing.pairs=[[0, 9, 9, 0.0]]"],
+     ["teacher layer 9"], []),
+    ("align-pairing-file-missing", [*ALIGN, "--set", "run_dir=r1", "--set", "pairing.path=nope.json"],
+     ["pairing file nope.json does not exist"], []),
+    ("align-stop-after-zero", [*ALIGN, "--set", "run_dir=r1", "--stop-after-steps", "0"], ["stop_after_steps"], []),
+    ("demo-out-is-file", ["demo", "--out", "afile"], ["afile is an existing file"], ["afile"]),
+    ("demo-out-read-only", ["demo", "--out", "{ro}/demo"], ["not writable"], []),
+    ("demo-unknown-profile", ["demo", "--profile", "huge", "--out", "demo"], ["unknown demo profile 'huge'"], ["demo"]),
+    ("export-run-dir-missing", ["zoo", "export-student", "--run-dir", "nope", "--out", "exp"], ["not a directory"], []),
+    ("export-run-dir-is-align-run", ["zoo", "export-student", "--run-dir", "run", "--out", "exp"],
+     ["`semalign align` run directory"], ["run"]),
+    ("export-out-is-file", ["zoo", "export-student", "--run-dir", "pretrain-run", "--out", "afile"],
+     ["afile is an existing file"], ["afile", "pretrain-run"]),
+    ("unknown-command", ["nope"], ["invalid choice: 'nope'"], []),
+]
+
+
+def _argv(argv: list[str], env) -> list[str] | None:
+    if any("{ro}" in a for a in argv) and env.read_only is None:
+        return None
+    return [a.format(ro=env.read_only, ckpt=env.ckpt.name) for a in argv]
+
+
+@pytest.fixture(scope="module")
+def cli_results(env):
+    before = _snapshot(env.root)
+    run_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(case):
+        argv = _argv(case[1], env)
+        if argv is None:
+            return case[0], None
+        return case[0], subprocess.run([sys.executable, "-m", "semalign_lens", *argv], capture_output=True,
+                                       text=True, timeout=300, cwd=env.root, env=run_env)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(pool.map(run, CLI_CASES))
+    return results, before, _snapshot(env.root)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_exit_2_and_loses_nothing(case, cli_results):
+    name, _, expected, kept = case
+    results, before, after = cli_results
+    proc = results[name]
+    if proc is None:
+        pytest.skip("no read-only directory on this machine")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines and lines[-1].startswith("semalign: error: "), proc.stderr[-3000:]
+    assert len(lines) == 1, f"refused up front, yet stderr has more than the error line:\n{proc.stderr[-3000:]}"
+    for text in expected:
+        assert text in lines[-1], (text, lines[-1])
+    for prefix in kept:
+        changed = {k for k in set(before) | set(after) if (k == prefix or k.startswith(prefix + "/"))
+                   and before.get(k) != after.get(k)}
+        assert not changed, f"{name} changed {sorted(changed)[:5]}"
+
+
+def test_refused_commands_wrote_nothing_anywhere(cli_results):
+    _, before, after = cli_results
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, changed[:10]
+
+
+# ----------------------------------------------------------------------------------------------- Python API
+
+def _api_cases():
+    from semalign_lens import activations, attribution, pairing, similarity
+    from semalign_lens.checks import check_output_dir, read_utf8
+    from semalign_lens.data import TokenBatch, tokenize
+    from semalign_lens.demo import run_demo
+    from semalign_lens.models import ModelPair, check_safetensors, describe, load_model
+    from semalign_lens.overview import residual_norms
+    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.semantics import SemanticBasis, TransferMap
+    from semalign_lens.tasks import load_task, tokenize_pairs
+    from semalign_lens.trainer import Trainer, align, load_align_config
+
+    def batch(ctx):
+        return tokenize(ctx.tok, ["def f(x):", "import os"])
+
+    def pairs(ctx):
+        return tokenize_pairs(ctx.tok, load_task("facts", tokenizer=ctx.tok, n=4), align="left_pad")
+
+    def cfg(ctx, **over):
+        return load_align_config(ctx.root / "run.json", {"run_dir": str(ctx.root / "api-run"), **over})
+
+    def tokens(ctx):
+        ids = torch.randint(1, 300, (12, 16), generator=torch.Generator().manual_seed(0))
+        return TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool))
+
+    hf = "plain Hugging Face model.*load_model\\(model, tokenizer=tok\\)"
+    return [
+        # model sources
+        ("load-truncated", lambda c: load_model(c.root / "trunc"), "trunc/model.safetensors is truncated"),
+        ("load-corrupt", lambda c: load_model(c.root / "garbage"), "garbage/model.safetensors is corrupt"),
+        ("load-no-tokenizer", lambda c: load_model(c.root / "notok"), "no tokenizer files"),
+        ("load-no-weights", lambda c: load_model(c.root / "noweights"), "no weights"),
+        ("load-config-not-json", lambda c: load_model(c.root / "badcfg"), "not valid JSON"),
+        ("load-config-not-model", lambda c: load_model(c.root / "cfgonly"), "not a Hugging Face model config"),
+        ("load-run-dir", lambda c: load_model(c.root / "run"), "`semalign align` run directory.*run/student"),
+        ("load-checkpoint", lambda c: load_model(c.ckpt), "training checkpoint"),
+        ("load-empty-dir", lambda c: load_model(c.root / "empty"), "without config.json"),
+        ("load-missing", lambda c: load_model(str(c.root / "nope")), "neither a zoo name"),
+        ("load-empty-string", lambda c: load_model(""), "empty model source"),
+        ("load-fake-gguf", lambda c: load_model(c.root / "fake.gguf"), "not a GGUF file"),
+        ("load-config-weights-mismatch", lambda c: load_model(c.root / "mismatch"), "do not fit its config.json"),
+        ("load-unknown-architecture", lambda c: load_model(c.root / "badtype"), "could not load the model.*no_such_arch"),
+        ("load-int", lambda c: load_model(3), "cannot load a model from int"),
+        ("load-hf-without-tokenizer", lambda c: load_model(c.hf[0]), "needs its tokenizer"),
+        ("load-unknown-mode", lambda c: load_model(c.hf[0], tokenizer=c.tok, mode="fast"), "mode must be one of"),
+        ("check-safetensors-empty", lambda c: check_safetensors(c.root / "zero" / "model.safetensors"), "truncated"),
+        # plain HF models where hooked ones are expected
+        ("pair-hf-models", lambda c: ModelPair(c.hf[0], c.hf[1]), "teacher is a " + hf),
+        ("pair-hf-student", lambda c: ModelPair(c.pair.teacher, c.hf[1]), "student is a " + hf),
+        ("pair-none", lambda c: ModelPair(None, c.pair.student), "must be a model source"),
+        ("pair-teacher-shallower", lambda c: ModelPair(c.pair.student, c.pair.teacher), "3 blocks but .* has 6"),
+        ("capture-hf", lambda c: activations.capture(c.hf[0], batch(c), [0]), hf),
+        ("capture-string", lambda c: activations.capture("tiny", batch(c), [0]), "load_model\\('tiny'\\)"),
+        ("residuals-hf", lambda c: activations.residuals(c.hf[0], batch(c).tokens, ["resid_post"], [0]), hf),
+        ("describe-hf", lambda c: describe(c.hf[0]), hf),
+        ("residual-norms-hf", lambda c: residual_norms(c.hf[0], batch(c)), hf),
+        ("rank-layers-hf", lambda c: attribution.rank_layers(c.hf[0], pairs(c), methods=["grad_x_act"]), hf),
+        ("grad-x-act-hf", lambda c: attribution.grad_x_activation(c.hf[0], pairs(c)), hf),
+        ("patching-hf", lambda c: attribution.activation_patching(c.hf[0], pairs(c)), hf),
+        ("seeking-hf", lambda c: attribution.parameter_sensitivity(c.hf[0], pairs(c)), hf),
+        ("basis-hf", lambda c: SemanticBasis.from_model(c.hf[0]), hf),
+        ("pairing-check-hf", lambda c: pairing.pair_proportional(6, 3).check_models(c.hf[0], c.hf[1]), hf),
+        ("report-hf", lambda c: pairing_report(c.hf[0], c.pair.student, out_path=c.root / "api.html"), hf),
+        ("trainer-hf", lambda c: Trainer(cfg(c), teacher=c.hf[0], student=c.pair.student, data=tokens(c)), hf),
+        # capture / attribution / similarity arguments
+        ("capture-layer-out-of-range", lambda c: activations.capture(c.pair.teacher, batch(c), [6]), "out of range"),
+        ("capture-no-layers", lambda c: activations.capture(c.pair.teacher, batch(c), []), "no layers requested"),
+        ("capture-batch-size-zero", lambda c: activations.capture(c.pair.teacher, batch(c), [0], batch_size=0),
+         "batch_size must be a whole number >= 1"),
+        ("capture-not-a-batch", lambda c: activations.capture(c.pair.teacher, ["text"], [0]), "needs a TokenBatch"),
+        ("capture-shard-dir-is-file", lambda c: activations.capture(c.pair.teacher, batch(c), [0],
+                                                                    shard_dir=c.root / "afile"), "existing file"),
+        ("rank-unknown-method", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=["magic"]),
+         "unknown method"),
+        ("rank-no-methods", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=[]), "unknown method"),
+        ("rank-n-boot-zero", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=["grad_x_act"],
+                                                               n_boot=0), "n_boot"),
+        ("cka-empty", lambda c: similarity.cka_matrix([]), "holds no layers"),
+        ("cka-one-token", lambda c: similarity.cka_matrix([torch.randn(1, 4)]), "at least 2 tokens"),
+        ("cka-chunk-zero", lambda c: similarity.cka_matrix([torch.randn(8, 4)], chunk_size=0), "chunk_size"),
+        ("cka-token-mismatch", lambda c: similarity.cka_matrix([torch.randn(8, 4)], [torch.randn(7, 4)]),
+         "same token batch"),
+        ("basis-no-tokens", lambda c: SemanticBasis.from_model(c.pair.teacher, tokens=[]), "non-empty"),
+        ("transfer-map-not-bases", lambda c: TransferMap("teacher", "student"), "needs SemanticBasis objects"),
+        # pairing
+        ("pairing-unknown-strategy", lambda c: pairing.make_pairing("random", 6, 3), "unknown pairing strategy"),
+        ("pairing-zero-layers", lambda c: pairing.make_pairing("proportional", 0, 3), "positive integer"),
+        ("pairing-negative-layers", lambda c: pairing.make_pairing("proportional", 6, -3), "positive integer"),
+        ("pairing-student-layer-out-of-range", lambda c: pairing.make_pairing("proportional", 6, 3, student_layers=[5]),
+         "student layer 5"),
+        ("pairing-no-student-layers", lambda c: pairing.make_pairing("proportional", 6, 3, student_layers=[]),
+         "student layer"),
+        ("pairing-unknown-option", lambda c: pairing.make_pairing("proportional", 6, 3, depth=2),
+         "unknown option.*'depth'.*interpolate"),
+        ("pairing-file-not-utf8", lambda c: pairing.LayerPairing.load(c.root / "bad.txt"), "is not UTF-8"),
+        # text, tasks, files
+        ("tokenize-empty-list", lambda c: tokenize(c.tok, []), "empty prompt list"),
+        ("tokenize-none", lambda c: tokenize(c.tok, None), "list of strings"),
+        ("tokenize-not-strings", lambda c: tokenize(c.tok, [1, 2]), "text #0 is a int"),
+        ("tokenize-max-len-zero", lambda c: tokenize(c.tok, ["abc"], max_len=0), "max_len"),
+        ("task-not-utf8", lambda c: load_task(c.root / "badtask.jsonl"), "badtask.jsonl is not UTF-8"),
+        ("task-missing", lambda c: load_task(c.root / "nope.jsonl"), "neither a built-in task"),
+        ("task-wrong-suffix", lambda c: load_task(c.root / "task.txt"), "must end in .json or .jsonl"),
+        ("task-zero-pairs", lambda c: load_task("facts", n=0), "at least 1"),
+        ("read-utf8-dir", lambda c: read_utf8(c.root / "empty"), "is a directory"),
+        ("output-dir-under-file", lambda c: check_output_dir(c.root / "afile" / "out"), "afile is a file"),
+        # runs, reports, the demo
+        ("trainer-run-dir-is-file", lambda c: Trainer(cfg(c, run_dir=str(c.root / "afile")), teacher=c.pair.teacher,
+                                                      student=c.pair.student, data=tokens(c)), "existing file"),
+        ("trainer-teacher-shallower", lambda c: Trainer(cfg(c), teacher=c.pair.student, student=c.pair.teacher,
+                                                        data=tokens(c)), "at least as deep"),
+        ("trainer-data-not-utf8", lambda c: Trainer(cfg(c, **{"data.source": str(c.root / "bad.txt")}),
+                                                    teacher=c.pair.teacher, student=c.pair.student),
+         "bad.txt is not UTF-8"),
+        ("trainer-data-text-not-string", lambda c: Trainer(cfg(c, **{"data.source": str(c.root / "textnum.jsonl")}),
+                                                           teacher=c.pair.teacher, student=c.pair.student),
+         "'text' must be a string"),
+        ("align-stop-after-negative", lambda c: align(cfg(c), stop_after_steps=-1), "stop_after_steps"),
+        ("report-out-not-html", lambda c: pairing_report(c.pair.teacher, c.pair.student, out_path=c.root / "r.txt"),
+         "must end in .html"),
+        ("report-one-prompt", lambda c: pairing_report(c.pair.teacher, c.pair.student, n_prompts=1,
+                                                       out_path=c.root / "r.html"), "n_prompts"),
+        ("report-unknown-metric", lambda c: pairing_report(c.pair.teacher, c.pair.student, metric="acc",
+                                                           out_path=c.root / "r.html"), "unknown metric"),
+        ("demo-out-is-file", lambda c: run_demo("tiny", out_dir=c.root / "afile", progress=False), "existing file"),
+        ("demo-unknown-override", lambda c: run_demo("tiny", out_dir=c.root / "d", progress=False, steps=3),
+         "unknown demo profile field"),
+    ]
+
+
+API_CASES = _api_cases()
+
+
+@pytest.fixture(scope="module")
+def ctx(env, tiny_pair, tiny_hf):
+    return SimpleNamespace(**vars(env), pair=tiny_pair, hf=tiny_hf)
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input_raises_semalign_error(case, ctx):
+    _, call, match = case
+    before = _snapshot(ctx.root, content=False)
+    with pytest.raises(SemalignError, match=match) as err:
+        call(ctx)
+    assert "\n" not in str(err.value)
+    assert _snapshot(ctx.root, content=False) == before  # refused before anything was written
+
+
+def test_multi_line_messages_print_as_one_line():
+    assert one_line("3 malformed record(s) in f; fix them:\n  a: x\n  b: y") == \
+        "3 malformed record(s) in f; fix them: a: x; b: y"
+    assert one_line("one line") == "one line"

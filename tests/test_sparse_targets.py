@@ -1,0 +1,222 @@
+"""Sparse (top-k + tail) teacher logits: the KL against explicit references, the config, the top-k target cache
+and a tiny cached run that trains and resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from semalign_lens.data import TokenBatch
+from semalign_lens.errors import SemalignError
+from semalign_lens.objectives import kl_loss
+from semalign_lens.sparse_logits import SparseLogits
+from semalign_lens.trainer import Trainer, align, load_align_config
+from semalign_lens.training.hfmodel import clean_copy
+
+
+def _mask(batch=3, pos=6):
+    mask = torch.ones(batch, pos, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 2:] = False
+    return mask
+
+
+def _dense_kl(s, t, mask, direction, tau):
+    """KL at temperature τ, times τ², from torch's kl_div (the dense reference)."""
+    ls, lt = F.log_softmax(s[mask].double() / tau, -1), F.log_softmax(t[mask].double() / tau, -1)
+    a, b = (ls, lt) if direction == "forward" else (lt, ls)
+    return F.kl_div(a, b, log_target=True, reduction="sum") / int(mask.sum()) * tau**2
+
+
+def _bucket_kl(s, sparse, mask, direction, tau):
+    """The sparse KL written out with autograd ops (float64): k + 1 buckets, the tempered tail as r / p_k tokens
+    of probability p_k."""
+    ls = F.log_softmax(s.double() / tau, -1)[mask]
+    ids, top, tail = sparse.ids[mask].long(), sparse.logprobs[mask].double(), sparse.tail_logmass[mask].double()
+    lq = torch.cat([ls.gather(-1, ids), ls.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)], -1)
+    tail_in = tail + (1 / tau - 1) * top.amin(-1)
+    lp = F.log_softmax(torch.cat([top / tau, tail_in[:, None]], -1), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1) if direction == "forward" else (lq.exp() * (lq - lp)).sum(-1)
+    return kl.mean() * tau**2
+
+
+# ----------------------------------------------------------------------------------------------- the KL
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_sparse_kl_equals_dense_kl_when_k_is_the_vocabulary(direction, tau):
+    s, t, mask = torch.randn(3, 6, 40) * 2, torch.randn(3, 6, 40) * 3, _mask()
+    sparse = SparseLogits.from_logits(t, 40)
+    assert sparse.tail_logmass.max() <= -1e4  # empty tail: the floor, not -inf
+    got = kl_loss(s, sparse, mask, direction, tau, chunk=4)
+    assert torch.allclose(got.double(), _dense_kl(s, t, mask, direction, tau), atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_sparse_kl_is_close_to_dense_for_a_peaked_teacher(direction):
+    """Forward KL weighs the tail by the teacher's mass, so any student will do; reverse KL weighs it by the
+    student's, so there the student is peaked too (a noisy copy of the teacher)."""
+    gen = torch.Generator().manual_seed(1)
+    t, mask = torch.randn(3, 6, 64, generator=gen) * 0.5, _mask()
+    t.scatter_add_(-1, torch.randint(0, 64, (3, 6, 3), generator=gen), torch.full((3, 6, 3), 12.0))
+    noise = torch.randn(3, 6, 64, generator=gen)
+    s = noise if direction == "forward" else t + noise
+    sparse = SparseLogits.from_logits(t, 8)
+    assert sparse.tail_logmass.exp().max() < 1e-3
+    dense = _dense_kl(s, t, mask, direction, 1.0)
+    got = kl_loss(s, sparse, mask, direction).double()
+    assert abs(got - dense) / dense < 2e-3
+    if direction == "forward":  # the coarsened KL never exceeds the full one (data-processing inequality)
+        assert got <= dense + 1e-6
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_sparse_kl_value_and_gradient_match_an_autograd_reference(direction, tau):
+    s, t, mask = torch.randn(3, 6, 30) * 2, torch.randn(3, 6, 30) * 2, _mask()
+    sparse = SparseLogits.from_logits(t, 5)
+    x = s.clone().requires_grad_(True)
+    got = kl_loss(x, sparse, mask, direction, tau, chunk=2)  # several row chunks
+    got.backward()
+    y = s.double().requires_grad_(True)
+    ref = _bucket_kl(y, sparse, mask, direction, tau)
+    ref.backward()
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    assert torch.allclose(x.grad.double(), y.grad, atol=1e-6)
+    assert x.grad[~mask].abs().max() == 0  # padding positions get no gradient
+
+
+def test_sparse_logits_hold_the_top_k_and_the_tail_mass():
+    t = torch.randn(2, 3, 20)
+    sparse = SparseLogits.from_logits(t, 4)
+    logp = F.log_softmax(t, -1)
+    assert sparse.ids.dtype == torch.int32 and sparse.ids.shape == (2, 3, 4)
+    assert torch.equal(sparse.ids.long(), logp.topk(4, -1).indices)
+    assert torch.allclose(sparse.logprobs, logp.topk(4, -1).values)
+    assert torch.allclose(sparse.tail_logmass.exp(), 1 - sparse.logprobs.exp().sum(-1), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"targets.cache_logits": "sparse"}, r"targets.cache_logits must be false, true, 'dense' or 'topk', got 'sparse'"),
+    ({"targets.cache_logits": 1}, "targets.cache_logits must be bool or str"),
+    ({"targets.top_k": 0}, "top_k must be a positive number, got 0"),
+    ({"targets.top_k": -3}, "top_k must be a positive number"),
+    ({"targets.mode": "cached"}, r"need teacher logits.*cache_logits = 'topk'"),
+])
+def test_bad_sparse_cache_config_is_refused_in_one_line(overrides, message):
+    with pytest.raises(SemalignError, match=message) as err:
+        load_align_config(None, {"objective.terms": {"kl": 1.0}, **overrides})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value,store", [(False, None), (True, "dense"), ("dense", "dense"), ("topk", "topk")])
+def test_cache_logits_values(value, store):
+    assert load_align_config(None, {"targets.cache_logits": value}).targets.logits_store == store
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+
+@pytest.fixture(scope="module")
+def tokens(tiny_pair):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, tiny_pair.student.cfg.d_vocab, (12, 16), generator=gen)
+    return TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+def make_cfg(tmp_path: Path, **overrides):
+    base = {"run_dir": str(tmp_path / "run"), "progress": False, "report": False, "figures": False,
+            "data.batch_size": 4, "data.diag_sequences": 4, "schedule.stage_steps": 2, "schedule.lr": 1e-2,
+            "checkpoint_every": 1, "objective.terms": {"kl": 1.0}, "targets.mode": "cached",
+            "targets.cache_logits": "topk", "targets.top_k": 8, "targets.shard_sequences": 3}
+    return load_align_config(None, {**base, **overrides})
+
+
+def run(cfg, tiny_pair, tokens, **kw):
+    return align(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, **kw)
+
+
+def test_top_k_beyond_the_vocabulary_is_refused_before_the_cache_is_built(tmp_path, tiny_pair, tokens):
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path, **{"targets.top_k": 1000, "targets.cache_dir": str(cache)})
+    with pytest.raises(SemalignError, match="targets.top_k = 1000 exceeds the teacher's vocabulary of 384 tokens"):
+        run(cfg, tiny_pair, tokens)
+    assert not cache.exists()
+
+
+def test_top_k_cache_holds_ids_log_probs_and_tail_mass(tmp_path, tiny_pair, tokens):
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path, **{"targets.cache_dir": str(cache), "precision": "fp32"})  # fp16 storage error only
+    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    meta = json.loads((cache / "meta.json").read_text())
+    assert (meta["logits"], meta["top_k"]) == ("topk", 8)
+    with safe_open(str(cache / "shard-00000.safetensors"), "pt") as f:
+        shard = {k: f.get_tensor(k) for k in f.keys()}
+    assert "logits" not in shard
+    assert (shard["topk_ids"].dtype, shard["topk_logprobs"].dtype, shard["tail_logmass"].dtype) == \
+        (torch.int32, torch.float16, torch.float16)
+    per_token = sum(shard[k][0, 0].nbytes for k in ("topk_ids", "topk_logprobs", "tail_logmass"))
+    assert per_token == 6 * 8 + 2
+    batch = trainer.targets(tokens.tokens[:2], torch.arange(2))
+    with torch.no_grad():
+        teacher_logits = tiny_pair.teacher(tokens.tokens[:2]).float()
+    logp, ref = F.log_softmax(teacher_logits, -1), SparseLogits.from_logits(teacher_logits, 8)
+    got = batch.logits
+    assert isinstance(got, SparseLogits)  # the tiny teacher is near-uniform: ids may swap among near-ties
+    assert torch.allclose(logp.gather(-1, got.ids.long()), got.logprobs, atol=3e-3)
+    assert (got.logprobs.amin(-1) >= ref.logprobs.amin(-1) - 3e-3).all()
+    assert torch.allclose(got.tail_logmass, ref.tail_logmass, atol=3e-3)
+
+
+def test_top_k_cache_with_another_top_k_mode_or_data_is_refused(tmp_path, tiny_pair, tokens):
+    cache = tmp_path / "cache"
+    over = {"targets.cache_dir": str(cache)}
+    Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    cases = [({"targets.top_k": 4}, tokens, r"holds the teacher's top 8 tokens per position, but this run asks for "
+                                            r"targets.top_k = 4"),
+             ({"targets.cache_logits": "dense"}, tokens, "holds topk teacher logits, but this run asks for dense"),
+             ({}, TokenBatch(tokens.tokens.flip(0), tokens.mask), "another training data")]
+    for i, (extra, data, message) in enumerate(cases):
+        with pytest.raises(SemalignError, match=message) as err:
+            Trainer(make_cfg(tmp_path / f"b{i}", **over, **extra), teacher=tiny_pair.teacher,
+                    student=tiny_pair.student, data=data)
+        assert "\n" not in str(err.value)
+    # a run that reads no logits may use the cache's states
+    Trainer(make_cfg(tmp_path / "c", **over, **{"objective.terms": {"relation": 1.0}, "targets.top_k": 4}),
+            teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+
+
+def test_full_top_k_cache_reproduces_online_kl(tmp_path, tiny_pair, tokens):
+    over = {"schedule.stage_steps": 1}
+    online = run(make_cfg(tmp_path / "on", **over, **{"targets.mode": "online"}), tiny_pair, tokens)
+    cached = run(make_cfg(tmp_path / "off", **over, **{"targets.top_k": 384,
+                                                      "targets.cache_dir": str(tmp_path / "cache")}),
+                 tiny_pair, tokens)
+    a = torch.tensor(online.metrics().query("kind == 'train'")["kl"].to_numpy())
+    b = torch.tensor(cached.metrics().query("kind == 'train'")["kl"].to_numpy())
+    assert torch.allclose(a, b, rtol=1e-2)  # fp16 log-probabilities
+
+
+def test_cached_top_k_kl_run_trains_and_resumes(tmp_path, tiny_pair, tokens):
+    over = {"targets.cache_dir": str(tmp_path / "cache"), "objective.options": {"kl": {"temperature": 2.0}}}
+    before = clean_copy(tiny_pair.student, share_weights=False).state_dict()
+    whole = run(make_cfg(tmp_path / "a", **over), tiny_pair, tokens)
+    assert whole.finished
+    assert any(not torch.equal(v, whole.student.state_dict()[k]) for k, v in before.items())
+    train = whole.metrics().query("kind == 'train'")
+    assert len(train) == 6 and torch.isfinite(torch.tensor(train["kl"].to_numpy())).all()
+    first = run(make_cfg(tmp_path / "b", **over), tiny_pair, tokens, stop_after_steps=3)
+    assert not first.finished
+    resumed = run(make_cfg(tmp_path / "b", **over), tiny_pair, tokens)
+    assert resumed.finished
+    sa, sb = whole.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    cols = ["step", "stage", "loss", "kl", "grad_norm"]
+    assert whole.metrics().query("kind == 'train'")[cols].reset_index(drop=True).equals(
+        resumed.metrics().query("kind == 'train'")[cols].reset_index(drop=True))
