@@ -169,6 +169,10 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     if len(batch) == 0:
         raise SemalignError("empty batch: pass at least one sequence")
     require_int("batch_size", batch_size)
+    vocab = getattr(model.cfg, "d_vocab", None)
+    if vocab and batch.tokens.numel() and not 0 <= int(batch.tokens.min()) <= int(batch.tokens.max()) < vocab:
+        raise SemalignError(f"token ids {int(batch.tokens.min())}..{int(batch.tokens.max())} fall outside the model's "
+                            f"vocabulary of {vocab}; tokenise with this model's tokenizer")
     layers = check_layers(model, layers)
     points = check_points(points)
     if model.training:

@@ -8,6 +8,7 @@ existing outputs as they were. The table of handled bad inputs is `docs/bad_inpu
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import tempfile
@@ -125,6 +126,48 @@ def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
                             "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD > NEW) or point at another "
                             "file") from None
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+_ST_HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB
+
+
+def check_safetensors(path: str | os.PathLike, what: str = "weights file",
+                      fix: str = "re-download or re-export the model (its weights file is damaged)") -> None:
+    """Refuse a missing, truncated or corrupted safetensors file from its header alone (no tensor is read):
+    the 8-byte header length, the JSON header, and tensors that end exactly at the end of the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemalignError(f"{what} {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        problem = None
+        if n < 0:
+            problem = f"truncated: {size} bytes, too short for a safetensors header"
+        elif n > min(size - 8, _ST_HEADER_LIMIT):
+            problem = (f"truncated or corrupt: its header claims {n} bytes but the file has {size}" if n < _ST_HEADER_LIMIT
+                       else "corrupt: not a safetensors header")
+        else:
+            try:
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                problem = "corrupt: its header is not valid safetensors JSON"
+            else:
+                expected = 8 + n + end
+                if expected != size:
+                    problem = (f"truncated: {size} bytes on disk, its header needs {expected}" if size < expected
+                               else f"corrupt: {size - expected} bytes beyond the last tensor")
+    if problem:
+        raise SemalignError(f"{what} {path} is {problem}; {fix}")
+
+
+def require_tokenizer(tokenizer: Any) -> None:
+    """Refuse what is not a Hugging Face tokenizer (None, a path string, ...)."""
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) or not callable(tokenizer):
+        raise SemalignError(f"expected a Hugging Face tokenizer (model.tokenizer, or "
+                            f"transformers.AutoTokenizer.from_pretrained(DIR)), got {type(tokenizer).__name__}")
 
 
 # ------------------------------------------------------------------------------------------ numbers

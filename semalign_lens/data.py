@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Int
 
+from .checks import require_int, require_tokenizer
 from .errors import SemalignError
 
 DOC_START = "<|endoftext|>"
@@ -70,10 +71,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
     if bad is not None:
         raise SemalignError(f"text #{bad} is a {type(texts[bad]).__name__}, not a string; pass a list of strings")
     if max_len is not None:
-        from .checks import require_int
-
         require_int("max_len", max_len)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # accept a model too
+    require_tokenizer(tokenizer)
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if prepend_doc_start:
         start = doc_start_id(tokenizer)

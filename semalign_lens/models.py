@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .checks import require_hooked
+from .checks import check_safetensors, require_hooked, require_tokenizer
 from .errors import SemalignError
 from .paths import file_sha256
 
@@ -103,38 +103,6 @@ def _hub_dir(name: str, fetch: bool = True) -> Path | None:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
-_ST_HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or corrupted safetensors file from its header alone (no tensor is read): the
-    8-byte header length, the JSON header, and tensors that end exactly at the end of the file."""
-    fix = "re-download or re-export the model (its weights file is damaged)"
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        problem = None
-        if n < 0:
-            problem = f"truncated: {size} bytes, too short for a safetensors header"
-        elif n > min(size - 8, _ST_HEADER_LIMIT):
-            problem = (f"truncated or corrupt: its header claims {n} bytes but the file has {size}" if n < _ST_HEADER_LIMIT
-                       else "corrupt: not a safetensors header")
-        else:
-            try:
-                header = json.loads(f.read(n))
-                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-                problem = "corrupt: its header is not valid safetensors JSON"
-            else:
-                expected = 8 + n + end
-                if expected != size:
-                    problem = (f"truncated: {size} bytes on disk, its header needs {expected}" if size < expected
-                               else f"corrupt: {size - expected} bytes beyond the last tensor")
-    if problem:
-        raise SemalignError(f"weights file {path} is {problem}; {fix}")
-
-
 def _run_dir_kind(folder: Path) -> str | None:
     """'align' / 'pretrain' when `folder` is a semalign training run directory (by its config.json), else None."""
     try:
@@ -322,6 +290,10 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
 
     if mode not in MODES:
         raise SemalignError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(dtype, torch.dtype):
+        raise SemalignError(f"dtype must be a torch.dtype (e.g. torch.float32), got {dtype!r}")
+    if tokenizer is not None:
+        require_tokenizer(tokenizer)
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")

@@ -9,6 +9,7 @@ bar lines hides the one that matters. The command line calls `quiet_libraries()`
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -43,6 +44,13 @@ class StageBar:
         self.current: str | None = None
         self.clock = time.time()
         self.timings: dict[str, float] = {}
+        self._ticking = threading.Event()
+        if enabled and sys.stderr.isatty():  # a terminal: let elapsed/ETA move within long stages
+            threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._ticking.wait(1.0):
+            self.bar.refresh()
 
     def start(self, name: str) -> None:
         if name not in self.weights:
@@ -58,5 +66,6 @@ class StageBar:
         return seconds
 
     def close(self) -> None:
+        self._ticking.set()
         self.bar.set_postfix_str("done")
         self.bar.close()

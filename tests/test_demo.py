@@ -32,3 +32,26 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
 def test_unknown_profile_lists_valid_ones():
     with pytest.raises(SemalignError, match="valid: " + ", ".join(PROFILES)):
         run_demo("huge")
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_demo_terminal_is_quiet(tmp_path, progress):
+    """Through the real command: no third-party bars or warnings; one stage bar (none with --no-progress);
+    the output ends with the results table, the precision used and the report's path."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "semalign_lens", "demo", "--profile", "tiny", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd + ([] if progress else ["--no-progress"]), capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for noise in ("Loading weights", "Writing model shards", "Warning", "warn"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
+    assert ("semalign demo:" in proc.stderr) is progress
+    # text mode reads the bar's carriage returns as line ends: every "line" must be the stage bar
+    assert all(line.startswith("semalign demo:") for line in proc.stderr.splitlines() if line.strip()), proc.stderr
+    assert progress or proc.stderr == ""
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["model", "humaneval_ce"] and "student + semalign" in proc.stdout
+    assert lines[-2].startswith("precision fp32 (auto;") and lines[-1] == f"report: {tmp_path / 'report.html'}"

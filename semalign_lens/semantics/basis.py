@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..checks import is_hf_model, require_hooked
+from ..checks import check_safetensors, is_hf_model, require_hooked
 from ..errors import SemalignError
 from ..paths import cache_dir
 
@@ -383,6 +383,7 @@ class SemanticBasis:
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticBasis:
+        check_safetensors(path, "semantic basis file", "rebuild it: SemanticBasis.from_model(model).save(path)")
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("semalign", "{}"))
         if meta.get("kind") != "semantic_basis":

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..checks import check_safetensors
 from ..errors import SemalignError
 from .basis import (
     _TINY,
@@ -193,6 +194,7 @@ class TransferMap:
         path = Path(path)
         if not path.exists():
             raise SemalignError(f"no transfer map at {path}; build one with TransferMap(...).save(path)")
+        check_safetensors(path, "transfer map file", "rebuild it: TransferMap(...).save(path)")
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("semalign", "{}"))
         if meta.get("type") != "transfer_map":

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Bool, Int
 
+from ..checks import require_tokenizer
 from ..data import TokenBatch, doc_start_id
 from ..errors import SemalignError
 from .schema import PromptPair, Task
@@ -115,6 +116,7 @@ def tokenize_pairs(tokenizer, task: Task | Sequence[PromptPair], *, align: str =
     if align not in ALIGN:
         raise SemalignError(f"align must be one of {ALIGN}, got {align!r}")
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # accept a model too
+    require_tokenizer(tokenizer)
     name = task.name if isinstance(task, Task) else ""
     pairs = list(task)
     if not pairs:

@@ -148,6 +148,9 @@ class Trainer:
 
         from ..models import ModelPair, load_model, model_name
 
+        if config is not None and not isinstance(config, AlignConfig):
+            raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
+                                f"{type(config).__name__}")
         self.cfg = cfg = config or AlignConfig()
         cfg.validate()
         # every check that needs no loaded model, before anything loads or is written (training/preflight.py)
