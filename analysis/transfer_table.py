@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -43,6 +42,7 @@ from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, run_method
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
 from semalign_lens.errors import run_reporting_errors
+from semalign_lens.precision import machine_line
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": round(sum(h["wall_s"] for h in invocations), 1),
                 "cpu_s": round(sum(h["cpu_s"] for h in invocations), 1), "skipped": skipped,
                 "threads": args.threads,
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                "machine": machine_line(profile.precision).removeprefix("Machine: ") + f", {os.cpu_count()} cpus",
                 "torch": torch.__version__,
                 "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
                           for k, v in refs.items()},

@@ -511,7 +511,8 @@ def rank_layers(model, batch: PairBatch, *, methods: Sequence[str] = METHODS, me
     methods = list(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise SemalignError(f"unknown method(s) {bad}; valid methods: {METHODS}")
+        raise SemalignError(f"unknown method(s) {bad}; valid methods: {METHODS}" if bad else
+                            f"no methods given; choose at least one of {METHODS}")
     require_eval(model, "layer ranking")
     _check_batch(model, batch, metric)
     require_int("n_boot", n_boot)

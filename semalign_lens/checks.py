@@ -122,7 +122,9 @@ def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SemalignError(f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+        line = data[:err.start].count(b"\n") + 1
+        raise SemalignError(f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}, "
+                            f"line {line}); "
                             "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD > NEW) or point at another "
                             "file") from None
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")

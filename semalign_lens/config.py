@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from .checks import read_utf8
 from .errors import SemalignError
 
 T = TypeVar("T")
@@ -116,13 +117,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise SemalignError(f"config file {path} does not exist")
     if path.suffix not in (".json", ".toml"):
         raise SemalignError(f"config file {path} must end in .json or .toml")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise SemalignError(f"config file {path} is not UTF-8 text (byte {err.start}, line {line}); save it as "
-                            "UTF-8") from None
+    text = read_utf8(path, "config file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)

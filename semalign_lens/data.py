@@ -29,6 +29,9 @@ class TokenBatch:
     mask: Bool[torch.Tensor, "batch pos"]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tokens, torch.Tensor) or not isinstance(self.mask, torch.Tensor):
+            raise SemalignError(f"TokenBatch needs tensors (tokens: long, mask: bool), got {type(self.tokens).__name__} "
+                                f"and {type(self.mask).__name__}; build one with semalign_lens.data.tokenize")
         if self.tokens.shape != self.mask.shape:
             raise SemalignError(f"tokens {tuple(self.tokens.shape)} and mask {tuple(self.mask.shape)} differ in shape")
 

@@ -103,7 +103,9 @@ def _hub_dir(name: str, fetch: bool = True) -> Path | None:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
-def _run_dir_kind(folder: Path) -> str | None:
+
+
+def run_dir_kind(folder: Path) -> str | None:
     """'align' / 'pretrain' when `folder` is a semalign training run directory (by its config.json), else None."""
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -122,10 +124,10 @@ def _not_a_model(folder: Path) -> SemalignError | None:
     run, parent = None, None
     if (folder / "state.json").is_file() and (folder / "optimizer.safetensors").is_file():
         parent = folder.parent.parent  # <run>/checkpoints/step-N
-        run = _run_dir_kind(parent) or "align"
+        run = run_dir_kind(parent) or "align"
         what = f"{folder} is a training checkpoint of the run in {parent} (weights and optimizer state only)"
-    elif _run_dir_kind(folder):
-        run, parent = _run_dir_kind(folder), folder
+    elif run_dir_kind(folder):
+        run, parent = run_dir_kind(folder), folder
         what = f"{folder} is a `semalign {'align' if run == 'align' else 'zoo pretrain-student'}` run directory"
     if run is None:
         gguf = sorted(folder.glob("*.gguf"))
@@ -284,7 +286,11 @@ def _from_pretrained(loader, folder: Path, what: str, **kwargs):
 
 def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device | None = None, mode: str = "raw"):
-    """Load `source` as a TransformerBridge in eval mode, raw mode by default, with `.provenance` set."""
+    """Load `source` as a TransformerBridge in eval mode, raw mode by default, with `.provenance` set.
+
+    A local source is checked before anything loads (`check_model_dir`: not a run or checkpoint directory,
+    config.json, intact safetensors headers, tokenizer files); what transformers still refuses, and weights
+    that do not fit the config, become one-line `SemalignError`s naming the directory."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 

@@ -13,10 +13,13 @@ import plotly.graph_objects as go
 from .activations import capture
 from .checks import require_hooked
 from .data import TokenBatch
+from .errors import SemalignError
 from .models import describe, model_name
 
 
 def architecture_table(*models) -> pd.DataFrame:
+    if not models:
+        raise SemalignError("architecture_table needs at least one model")
     return pd.DataFrame([describe(m) for m in models]).set_index("model")
 
 

@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .checks import read_utf8, require_hooked
+from .checks import check_output_file, read_utf8, require_hooked
 from .errors import SemalignError
 
 STRATEGIES: tuple[str, ...] = ("proportional", "attribution", "cka")
@@ -252,7 +252,7 @@ class LayerPairing:
     def save(self, path: str | Path) -> Path:
         from .checkpoint import write_json_atomic
 
-        path = Path(path)
+        path = check_output_file(path, "pairing file")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, self.to_dict())
         return path

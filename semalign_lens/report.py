@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from .checks import check_output_file
 from .errors import SemalignError
 from .models import package_versions
 
@@ -299,9 +300,7 @@ class Report:
         png_dir defaults to `<path stem>_figures/` next to the HTML. Missing kaleido/Chromium is not an error:
         the export is skipped and a note says why.
         """
-        path = Path(path)
-        if path.suffix.lower() not in (".html", ".htm"):
-            raise SemalignError(f"report path {path} must end in .html")
+        path = check_output_file(path, "report path", (".html", ".htm"))
         path.parent.mkdir(parents=True, exist_ok=True)
         if png:
             self._export_pngs(Path(png_dir) if png_dir else path.with_name(path.stem + "_figures"))

@@ -260,7 +260,7 @@ def _api_cases():
     from semalign_lens.data import TokenBatch, tokenize
     from semalign_lens.demo import run_demo
     from semalign_lens.models import ModelPair, check_safetensors, describe, load_model
-    from semalign_lens.overview import residual_norms
+    from semalign_lens.overview import architecture_table, residual_norms
     from semalign_lens.pairing_report import pairing_report
     from semalign_lens.semantics import SemanticBasis, TransferMap
     from semalign_lens.tasks import load_task, tokenize_pairs
@@ -343,7 +343,7 @@ def _api_cases():
                                                                     shard_dir=c.root / "afile"), "existing file"),
         ("rank-unknown-method", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=["magic"]),
          "unknown method"),
-        ("rank-no-methods", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=[]), "unknown method"),
+        ("rank-no-methods", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=[]), "no methods given"),
         ("rank-n-boot-zero", lambda c: attribution.rank_layers(c.pair.teacher, pairs(c), methods=["grad_x_act"],
                                                                n_boot=0), "n_boot"),
         ("cka-empty", lambda c: similarity.cka_matrix([]), "holds no layers"),
@@ -377,6 +377,11 @@ def _api_cases():
         ("task-empty", lambda c: load_task(c.root / "emptytask.jsonl"), "has no prompt pairs"),
         ("output-file-is-dir", lambda c: check_output_file(c.root / "demo", "--out", (".html",)), "is a directory"),
         ("read-utf8-dir", lambda c: read_utf8(c.root / "empty"), "is a directory"),
+        ("pairing-save-to-dir", lambda c: pairing.pair_proportional(6, 3).save(c.root / "empty"), "is a directory"),
+        ("task-save-under-file", lambda c: load_task("facts", n=2).save(c.root / "afile" / "t.jsonl"),
+         "afile is a file"),
+        ("token-batch-lists", lambda c: TokenBatch([[1, 2]], [[True, True]]), "TokenBatch needs tensors"),
+        ("architecture-table-empty", lambda c: architecture_table(), "at least one model"),
         ("output-dir-under-file", lambda c: check_output_dir(c.root / "afile" / "out"), "afile is a file"),
         # runs, reports, the demo
         ("trainer-run-dir-is-file", lambda c: Trainer(cfg(c, run_dir=str(c.root / "afile")), teacher=c.pair.teacher,
@@ -389,6 +394,8 @@ def _api_cases():
         ("trainer-data-text-not-string", lambda c: Trainer(cfg(c, **{"data.source": str(c.root / "textnum.jsonl")}),
                                                            teacher=c.pair.teacher, student=c.pair.student),
          "'text' must be a string"),
+        ("trainer-transfer-kind", lambda c: Trainer(cfg(c, **{"transfer.kind": "magic"}), teacher=c.pair.teacher,
+                                                    student=c.pair.student), "transfer.kind must be one of"),
         ("trainer-config-dict", lambda c: Trainer({"teacher": "tiny"}), "config must be an AlignConfig"),
         ("align-stop-after-negative", lambda c: align(cfg(c), stop_after_steps=-1), "stop_after_steps"),
         ("trainer-data-jsonl-not-utf8", lambda c: Trainer(cfg(c, **{"data.source": str(c.root / "bad.jsonl")}), teacher=c.pair.teacher, student=c.pair.student),

@@ -93,7 +93,7 @@ def test_an_int_is_a_float_and_unknown_keys_are_still_named():
      "is not valid TOML: Invalid value (at line 3, column 10)"),
     ("bad.json", '{"seed": 0,\n "data": {"seq_len": 4,}}', "is not valid JSON: Expecting property name enclosed in "
                                                           "double quotes at line 2, column 24"),
-    ("latin1.toml", b'seed = 0\nrun_dir = "caf\xe9"\n', "is not UTF-8 text (byte 23, line 2); save it as UTF-8"),
+    ("latin1.toml", b'seed = 0\nrun_dir = "caf\xe9"\n', "is not UTF-8 text (byte 0xe9 at offset 23, line 2); save it as UTF-8"),
     ("list.json", "[1, 2]", "holds a JSON list at the top level; a config is an object of keys"),
 ])
 def test_unreadable_config_file_is_one_line_naming_file_and_place(tmp_path, name, content, message):

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..checks import check_safetensors, is_hf_model, require_hooked
+from ..checks import check_output_file, check_safetensors, is_hf_model, require_hooked
 from ..errors import SemalignError
 from ..paths import cache_dir
 
@@ -370,7 +370,7 @@ class SemanticBasis:
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        path = check_output_file(path, "semantic basis file")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT_VERSION, "kind": "semantic_basis", "vocab_size": self.vocab_size,
                 "source": self.source, "weight_hash": self.weight_hash, "model": self.model,

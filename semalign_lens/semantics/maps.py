@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..checks import check_safetensors
+from ..checks import check_output_file, check_safetensors
 from ..errors import SemalignError
 from .basis import (
     _TINY,
@@ -181,6 +181,7 @@ class TransferMap:
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
+        check_output_file(path, "transfer map file")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(self.to_dict(), indent=2)
         save_file({"matrix": self.matrix.contiguous()}, str(path), metadata={"semalign": meta})

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checks import read_utf8
+from ..checks import check_output_file, read_utf8
 from ..errors import SemalignError
 
 PAIR_FIELDS = {"clean": True, "corrupted": True, "answer": True, "corrupted_answer": False, "id": False,
@@ -78,7 +78,7 @@ class Task:
 
     def save(self, path: str | Path) -> Path:
         """Write the pairs as JSONL (one pair per line), the format `load_pairs` reads back."""
-        path = Path(path)
+        path = check_output_file(path, "task file")
         path.write_text("".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in self.pairs))
         return path
 

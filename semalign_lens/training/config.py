@@ -250,3 +250,22 @@ def load_align_config(path: str | Path | None = None, overrides: dict[str, Any] 
                       ) -> AlignConfig:
     """Read a TOML/JSON file (or start from the defaults) and apply overrides; strict keys and types throughout."""
     return load_config(AlignConfig, path, overrides)
+
+
+# Keys that may change between a run and its resumption (they do not change what is trained).
+RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
+                  "cka_max_tokens", "run_dir"}
+
+
+def config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a saved run config and this one (resumable keys aside)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if not prefix and key in RESUMABLE_KEYS:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out

@@ -39,7 +39,7 @@ from ..errors import SemalignError, run_reporting_errors
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
 from ..precision import autocast, precision_record, resolve_precision
 from . import diagnostics as diag
-from .config import AlignConfig, load_align_config
+from .config import AlignConfig, config_diff, load_align_config
 from .dataset import AlignData, build_data
 from .hfmodel import capture, clean_copy, lens_fn, parts, weights_fingerprint
 from .preflight import preflight
@@ -58,10 +58,6 @@ from .targets import (
     lens_top1,
     tokenizer_fingerprint,
 )
-
-# Keys that may change between a run and its resumption (they do not change what is trained).
-RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
-                  "cka_max_tokens", "run_dir"}
 
 
 class NonFiniteLossError(SemalignError):
@@ -103,19 +99,6 @@ def _interp(states: dict[str, torch.Tensor], pair: Pair) -> torch.Tensor:
     if pair.weight == 0 or pair.teacher_low == pair.teacher_high:
         return low
     return (1 - pair.weight) * low + pair.weight * states[f"post.{pair.teacher_high}"]
-
-
-def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        if not prefix and key in RESUMABLE_KEYS:
-            continue
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(prefix + key)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -256,7 +239,7 @@ class Trainer:
         diff = sorted(k for k in now if saved.get(k) != now[k])
         cfg_path = self.run_dir / "config.json"
         if cfg_path.exists():
-            diff += [f"config.{k}" for k in _config_diff(json.loads(cfg_path.read_text()), self.cfg.to_dict())]
+            diff += [f"config.{k}" for k in config_diff(json.loads(cfg_path.read_text()), self.cfg.to_dict())]
         if diff:
             raise SemalignError(f"run directory {self.run_dir} holds a run with other inputs ({', '.join(diff)}); "
                                 "resume with the same config and models, or choose a new run_dir")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..checks import check_output_dir, require_hooked
 from ..errors import SemalignError
-from .config import AlignConfig
+from .config import AlignConfig, config_diff
 
 # The files and folders a run writes into its run_dir.
 RUN_FILES = ("config.json", "identity.json", "provenance.json", "pairing.json", "transfer.safetensors",
@@ -30,13 +30,14 @@ RUN_FILES = ("config.json", "identity.json", "provenance.json", "pairing.json", 
 def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
     """A writable directory that is new, empty, or holds a run this config may resume."""
     from ..checkpoint import latest_checkpoint
-    from ..models import _run_dir_kind, check_safetensors
+    from ..checks import check_safetensors
+    from ..models import run_dir_kind
 
     check_output_dir(run_dir, "run_dir")
     if not run_dir.is_dir():
         return
     ours = (run_dir / "identity.json").exists() or (run_dir / "latest.json").exists() or \
-        _run_dir_kind(run_dir) == "align"
+        run_dir_kind(run_dir) == "align"
     clash = [name for name in RUN_FILES if (run_dir / name).exists()]
     if clash and not ours:
         raise SemalignError(f"run_dir {run_dir} already holds {', '.join(clash[:3])} but no semalign align run (a "
@@ -62,10 +63,8 @@ def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
                             "choose a new run_dir") from None
     saved = run_dir / "config.json"
     if saved.exists():
-        from .loop import _config_diff
-
         try:
-            diff = _config_diff(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
+            diff = config_diff(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
         except (ValueError, UnicodeDecodeError, AttributeError):
             raise SemalignError(f"{saved} is corrupt; restore it, or choose a new run_dir") from None
         if diff:
@@ -93,6 +92,11 @@ def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, stu
         from ..pairing import LayerPairing
 
         LayerPairing.load(cfg.pairing.path)
+    if transfer is None and not cfg.transfer.path:
+        from ..semantics.basis import KINDS
+
+        if cfg.transfer.kind not in KINDS:
+            raise SemalignError(f"transfer.kind must be one of {KINDS}, got {cfg.transfer.kind!r}")
     if transfer is None and cfg.transfer.path and not Path(cfg.transfer.path).exists():
         raise SemalignError(f"transfer.path {cfg.transfer.path} does not exist; point it at a saved TransferMap "
                             "(TransferMap.save), or remove it to build the map from both models")

@@ -31,7 +31,7 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wr
 from ..checks import check_output_dir, read_utf8
 from ..config import from_dict, require_positive, to_dict
 from ..errors import SemalignError
-from ..precision import autocast, check_precision
+from ..precision import autocast, check_precision, precision_record
 from . import corpus
 
 
@@ -201,6 +201,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, stop_after_steps: int | N
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
     train, val, info = load_corpus(cfg, tokenizer)
     write_json_atomic(run_dir / "corpus.json", info)
+    write_json_atomic(run_dir / "machine.json", precision_record(cfg.precision))  # this session's CPU and precision
 
     torch.manual_seed(cfg.seed)
     eos = tokenizer.convert_tokens_to_ids(corpus.DOC_SEPARATOR)
