@@ -74,6 +74,7 @@ def _cmd_demo(args) -> None:
     gap = [c for c in table.columns if c.startswith("gap_closed")]
     table[gap] = table[gap].map(lambda v: f"{100 * v:+.1f} %")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\n{result.verdict}")
     print(f"\nprecision {m['resolved_precision']} ({m['precision']}; {m['cpu']}, {m['cpu_isa']}, native bf16 "
           f"{'yes' if m['native_bf16'] else 'no'}), {result.timings['total'] / 60:.1f} min")
     print(f"report: {result.report_path}")

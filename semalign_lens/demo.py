@@ -81,6 +81,7 @@ class DemoResult:
     results: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)  # precision asked and resolved, CPU model, ISA, native bf16
+    verdict: str = ""  # one sentence: did it transfer, by how much
 
 
 def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> pd.DataFrame:
@@ -93,6 +94,24 @@ def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> 
     table[f"gap_closed ({task.metric})"] = [
         gap_closed(before[task.metric], r[task.metric], teacher[task.metric], task.higher_is_better) for r in rows]
     return table
+
+
+METRIC_NAMES = {"humaneval_ce": "HumanEval solution cross-entropy", "answer_logprob": "held-out fact log-prob"}
+
+
+def verdict(table: pd.DataFrame, metric: str) -> str:
+    """One sentence that answers "did it transfer?" from the results table (gap closed per method, 1 seed)."""
+    gaps = {m.removeprefix("student + "): g for m, g in zip(table["model"], table[f"gap_closed ({metric})"],
+                                                             strict=True) if m.startswith("student + ")}
+    listed = ", ".join(f"{m} {100 * g:+.1f} %" for m, g in gaps.items())
+    name = METRIC_NAMES.get(metric, metric)
+    closed = {m: g for m, g in gaps.items() if g > 0}
+    if not closed:
+        head = f"No method closed any of the {name} gap at this budget ({listed})"
+    else:
+        best = max(closed, key=closed.get)
+        head = f"{best} closed the most of the {name} gap at this budget ({listed})"
+    return head + "; one seed, so no interval: see analysis/TRANSFER.md for the benchmark with seeds."
 
 
 def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
@@ -167,6 +186,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
                     subtitle=f"profile: {json.dumps(asdict(profile))}")
     report.add_heading("Results")
+    report.add_markdown(f"**{verdict(results, task.metric)}**")
     report.add_markdown(
         f"Code transfer: {n_train} sequences of {profile.seq_len} tokens from the standard library's test files "
         f"(unseen by the student); {profile.stage_steps} steps per paired student layer "
@@ -204,4 +224,4 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     timings["total"] = round(time.time() - started, 1)
     results.to_csv(out / "results.csv", index=False)
     (out / "timings.json").write_text(json.dumps({"timings_s": timings, "machine": machine}, indent=2))
-    return DemoResult(out, report_path, results, timings, machine)
+    return DemoResult(out, report_path, results, timings, machine, verdict(results, task.metric))

@@ -55,3 +55,19 @@ def test_demo_terminal_is_quiet(tmp_path, progress):
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ["model", "humaneval_ce"] and "student + semalign" in proc.stdout
     assert lines[-2].startswith("precision fp32 (auto;") and lines[-1] == f"report: {tmp_path / 'report.html'}"
+
+
+def test_verdict_says_whether_and_how_much_it_transferred():
+    import pandas as pd
+
+    from semalign_lens.demo import verdict
+
+    def table(sft, semalign):
+        return pd.DataFrame({"model": ["student (before)", "teacher", "student + sft", "student + semalign"],
+                             "gap_closed (humaneval_ce)": [0.0, 1.0, sft, semalign]})
+
+    text = verdict(table(-0.005449, -0.0143), "humaneval_ce")
+    assert text.startswith("No method closed any of the HumanEval solution cross-entropy gap at this budget "
+                           "(sft -0.5 %, semalign -1.4 %)") and "analysis/TRANSFER.md" in text
+    assert verdict(table(0.02, 0.05), "humaneval_ce").startswith("semalign closed the most of the HumanEval "
+                                                                 "solution cross-entropy gap at this budget")
