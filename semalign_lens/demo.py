@@ -125,6 +125,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .report import Report
     from .training.diagnostics import loss_figure, projection_figure, read_metrics
 
+    profile_name = profile if isinstance(profile, str) else "custom"
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise SemalignError(f"unknown demo profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -184,7 +185,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     bar.start("report")
     results = results_table(task, before, teacher_scores, after)
     report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
-                    subtitle=f"profile: {json.dumps(asdict(profile))}")
+                    subtitle=f"profile {profile_name}, seed {profile.seed}, {machine['resolved_precision']}")
     report.add_heading("Results")
     report.add_markdown(f"**{verdict(results, task.metric)}**")
     report.add_markdown(
@@ -197,6 +198,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         "same data for the same steps; only the loss terms differ. One seed: see `analysis/TRANSFER.md` for "
         "intervals over seeds.")
     report.add_table(results, caption="Before, teacher, and after each method")
+    report.add_table(pd.DataFrame({"setting": list(asdict(profile)), "value": [str(v) for v in asdict(profile).values()]}),
+                     caption="The profile: every size of this run")
     report.add_heading("Models")
     report.add_table(arch.reset_index(), caption="Architecture side by side")
     report.add_figure(residual_norm_figure(norms), caption=f"On {len(prompts)} HumanEval prompts", name="norms")

@@ -24,7 +24,8 @@ def architecture_table(*models) -> pd.DataFrame:
 
 
 def residual_norms(model, batch: TokenBatch, batch_size: int = 4) -> pd.DataFrame:
-    """Mean and std of ‖resid_post‖ per block over real positions (first position dropped)."""
+    """‖resid_post‖ per block over real positions (first position dropped): median and quartiles (the norm is
+    heavy-tailed: a few tokens carry norms 10-100x the rest, so mean ± std reaches below 0), and mean and std."""
     require_hooked(model)
     layers = list(range(model.cfg.n_layers))
     cap = capture(model, batch, layers, points=("resid_post",), batch_size=batch_size, progress=False)
@@ -34,20 +35,26 @@ def residual_norms(model, batch: TokenBatch, batch_size: int = 4) -> pd.DataFram
     for layer in layers:
         norms = cap.get("resid_post", layer)[mask].norm(dim=-1)
         rows.append({"model": model_name(model), "layer": layer, "relative_depth": (layer + 1) / len(layers),
-                     "mean_norm": norms.mean().item(), "std_norm": norms.std().item(), "n_tokens": norms.numel()})
+                     "median_norm": norms.median().item(), "q25_norm": norms.quantile(0.25).item(),
+                     "q75_norm": norms.quantile(0.75).item(), "mean_norm": norms.mean().item(),
+                     "std_norm": norms.std().item(), "n_tokens": norms.numel()})
     return pd.DataFrame(rows)
 
 
 def residual_norm_figure(norms: pd.DataFrame) -> go.Figure:
-    """‖resid_post‖ against relative depth, one line per model (so a 30- and a 6-layer model share an axis)."""
+    """‖resid_post‖ against relative depth, one line per model (so a 30- and a 6-layer model share an axis):
+    median with the interquartile range, on a log axis (robust for a heavy-tailed, positive quantity)."""
     fig = go.Figure()
     for name, group in norms.groupby("model", sort=False):
-        fig.add_trace(go.Scatter(x=group["relative_depth"], y=group["mean_norm"], mode="lines+markers", name=name,
-                                 error_y={"type": "data", "array": group["std_norm"], "visible": True},
-                                 customdata=group["layer"], hovertemplate="block %{customdata}: %{y:.1f}"))
-    fig.update_layout(title="Residual-stream norm per block (mean ± std over tokens)",
-                      xaxis_title="relative depth (block + 1) / n_layers", yaxis_title="‖resid_post‖",
-                      template="plotly_white")
+        fig.add_trace(go.Scatter(
+            x=group["relative_depth"], y=group["median_norm"], mode="lines+markers", name=name,
+            error_y={"type": "data", "symmetric": False, "array": group["q75_norm"] - group["median_norm"],
+                     "arrayminus": group["median_norm"] - group["q25_norm"], "visible": True},
+            customdata=group[["layer", "q25_norm", "q75_norm"]].to_numpy(),
+            hovertemplate="block %{customdata[0]}: median %{y:.1f}, IQR %{customdata[1]:.1f}-%{customdata[2]:.1f}"))
+    fig.update_layout(title="Residual-stream norm per block (median and interquartile range over tokens)",
+                      xaxis_title="relative depth (block + 1) / n_layers", yaxis_title="‖resid_post‖ (log scale)",
+                      yaxis_type="log", template="plotly_white")
     return fig
 
 

@@ -517,11 +517,16 @@ def cka_wide(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = N
     return frame
 
 
+# Cell text only while it stays legible (values are in the hover beyond that); rows keep a readable height.
+HEATMAP_TEXT_ROWS, HEATMAP_ROW_PX = 15, 18
+
+
 def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None, y_labels: Sequence | None = None,
                 title: str | None = None, pairs=None, *, x_title: str = "student layer",
                 y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None):
     """Heatmap of a [teacher, student] CKA matrix (teacher on y, deepest at the top; student on x), colour range
-    fixed to 0..1 so figures compare. Returns a `go.Figure`; never shows it.
+    fixed to 0..1 so figures compare; its height grows with the rows, and cells carry text only up to 15 rows
+    and columns (the hover always has the values). Returns a `go.Figure`; never shows it.
 
     `pairs` overlays the chosen pairing: a `pairing.LayerPairing` (an interpolated pair is drawn between its two
     teacher rows, at low + weight), or (teacher_row, student_col) tuples in matrix coordinates. A LayerPairing
@@ -535,12 +540,13 @@ def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None
     matrix = torch.as_tensor(matrix, dtype=torch.float64).cpu()
     rows, cols = matrix.shape
     x_labels, y_labels = _labels(x_labels, cols, "student"), _labels(y_labels, rows, "teacher")
-    show_values = rows * cols <= 400
+    show_values = max(rows, cols) <= HEATMAP_TEXT_ROWS
     fig = px.imshow(matrix.numpy(), x=list(range(cols)), y=list(range(rows)), origin="lower", zmin=0.0, zmax=1.0,
                     color_continuous_scale="Viridis", aspect="auto", text_auto=".2f" if show_values else False,
                     labels={"x": x_title, "y": y_title, "color": "CKA"}, title=title)
     fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
     fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
+    fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))  # legible rows: 31 teacher layers need ~700 px
     if pairs is not None:
         xs, ys, text = _pair_markers(pairs, y_labels, x_labels, row_of_teacher, col_of_student)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="pairing", text=text, hoverinfo="text",

@@ -270,6 +270,15 @@ def test_frames_and_heatmap(layers):
         cka_heatmap(grid, ["a"], None)
 
 
+def test_cka_heatmap_stays_legible_for_deep_teachers():
+    """31 teacher rows (SmolLM2's embed + 30 blocks): no cell text, and a height that gives each row ~18 px;
+    a small map keeps its values in the cells."""
+    deep = cka_heatmap(torch.rand(31, 7))
+    assert deep.layout.height >= 31 * 18 and not deep.data[0].texttemplate
+    small = cka_heatmap(torch.rand(4, 3))
+    assert small.layout.height >= 360 and small.data[0].texttemplate
+
+
 # ------------------------------------------------------------------ real (tiny) models
 
 
