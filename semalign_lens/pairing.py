@@ -69,6 +69,12 @@ def block_to_paper(b: int) -> int:
 # --------------------------------------------------------------------------------------------- data
 
 
+def nearest_layer(low: int, high: int, weight: float) -> int:
+    """The one teacher layer nearest to the interpolated target (1 − w)·h[low] + w·h[high]: halfway (w = 0.5)
+    rounds to the deeper one. The one rounding rule for the pairing report, the trainer and its diagnostics."""
+    return high if weight >= 0.5 else low
+
+
 @dataclass(frozen=True)
 class LayerPair:
     """Student layer `student_layer` matches (1 − weight)·h_T[teacher_low] + weight·h_T[teacher_high] (blocks)."""
@@ -105,7 +111,7 @@ class LayerPair:
 
     @property
     def nearest_teacher_layer(self) -> int:
-        return self.teacher_high if self.weight >= 0.5 else self.teacher_low
+        return nearest_layer(self.teacher_low, self.teacher_high, self.weight)
 
     def target_label(self) -> str:
         if not self.interpolated:

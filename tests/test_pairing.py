@@ -239,3 +239,14 @@ def test_make_pairing_annotates_every_pair():
         make_pairing("random", 30, 7)
     with pytest.raises(SemalignError, match="needs per-teacher-layer scores"):
         make_pairing("attribution", 30, 7)
+
+
+def test_pairing_and_trainer_name_the_same_nearest_layer_at_weight_one_half():
+    """The pairing report (LayerPair) and the trainer (schedule.Pair) must agree on the one teacher layer of an
+    interpolated target, including the tie w = 0.5 (they once rounded it differently)."""
+    from semalign_lens.pairing import LayerPair
+    from semalign_lens.training.schedule import Pair
+
+    for weight, nearest in ((0.25, 4), (0.5, 5), (0.75, 5)):
+        assert LayerPair(2, 4, 5, weight).nearest_teacher_layer == nearest
+        assert Pair(2, 4, 5, weight).nearest_teacher_layer == nearest

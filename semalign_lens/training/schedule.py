@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import SemalignError
 from ..lora import add_lora, lora_parameters, merge_lora
+from ..pairing import nearest_layer
 from .config import ScheduleConfig
 from .hfmodel import parts
 
@@ -40,7 +41,7 @@ class Pair:
 
     @property
     def nearest_teacher_layer(self) -> int:
-        return self.teacher_high if self.weight > 0.5 else self.teacher_low
+        return nearest_layer(self.teacher_low, self.teacher_high, self.weight)
 
 
 @dataclass(frozen=True)
