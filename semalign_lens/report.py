@@ -115,6 +115,15 @@ def markdown_to_html(text: str) -> str:
 # ------------------------------------------------------------------------------------------ provenance
 
 
+def home_relative(path: str | None) -> str | None:
+    """`~/...` for a path under the home directory: a report is mailed and archived, and the reader's machine
+    is not the writer's (the weights hash, not the path, identifies the model)."""
+    if not path:
+        return path
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
+
+
 def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any] | None = None
                       ) -> dict[str, pd.DataFrame]:
     """{"models": one row per model (role, source, kind, path, weights_sha256, dtype, mode), "run": key/value}.
@@ -131,6 +140,7 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
         record = prov.to_dict() if prov is not None else {"source": str(getattr(getattr(model, "cfg", None),
                                                                                "model_name", "unknown"))}
         record.pop("versions", None)
+        record["path"] = home_relative(record.get("path"))
         rows.append({"role": role, **{k: record.get(k, "unknown") for k in
                                       ("source", "kind", "path", "weights_sha256", "dtype", "mode")}})
     run = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

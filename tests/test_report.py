@@ -199,3 +199,22 @@ def test_pairing_report_on_smollm2(tmp_path, smollm2):
     out = pairing_report(smollm2, student, "facts", tmp_path / "smol.html", n_prompts=8, cka_prompts=16, n_boot=100,
                          methods=["grad_x_act", "patch_denoise", "ablate_zero"], progress=False)
     assert out.path.exists() and len(out.attribution) == 3 * smollm2.cfg.n_layers
+
+
+def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from semalign_lens.report import home_relative, provenance_tables
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
+    assert home_relative(str(tmp_path / ".cache" / "m")) == "~/.cache/m"
+    assert home_relative("/opt/models/m") == "/opt/models/m" and home_relative(str(tmp_path) + "x") != "~x"
+    model = tiny_pair.student
+    saved = model.provenance
+    model.provenance = dataclasses.replace(saved, path=str(tmp_path / "models" / "student"))
+    try:
+        table = provenance_tables(("student", model))["models"]
+    finally:
+        model.provenance = saved
+    assert table.loc[0, "path"] == "~/models/student"
