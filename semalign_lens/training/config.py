@@ -181,7 +181,13 @@ class TargetsConfig:
     @property
     def logits_store(self) -> str | None:
         """How the cache holds teacher logits: 'dense', 'topk' or None (`true` means 'dense')."""
-        return "dense" if self.cache_logits is True else self.cache_logits or None
+        return logits_store(self.cache_logits)
+
+
+def logits_store(value: bool | str | None) -> str | None:
+    """A `cache_logits` value (config, or a cache's meta.json) as 'dense', 'topk' or None: `true` is 'dense',
+    the meaning it had before logits had modes."""
+    return "dense" if value is True else value or None
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ..checkpoint import write_json_atomic
 from ..errors import SemalignError
 from ..paths import cache_dir
 from ..sparse_logits import SparseLogits
+from .config import logits_store
 from .hfmodel import capture, lens_fn, parts
 
 CACHE_FORMAT = 1
@@ -138,7 +139,7 @@ def check_cache(path: Path, identity: dict) -> dict | None:
     if missing:
         raise SemalignError(f"target cache {path} holds teacher layers {meta['layers']}, but this run's pairing needs "
                             f"{missing} too; use another targets.cache_dir (or leave it unset)")
-    need, held = identity["logits"] or None, "dense" if meta["logits"] is True else meta["logits"] or None
+    need, held = logits_store(identity["logits"]), logits_store(meta["logits"])
     if need and not held:
         raise SemalignError(f"target cache {path} has no teacher logits, but the objective needs them; set "
                             "targets.mode = 'online' or use another targets.cache_dir with cache_logits = 'topk'")
