@@ -72,11 +72,11 @@ def commands(target: str, fast: bool, out: Path, args) -> list[str]:
                      "--out", str(out / "ablations")]
     if target == "transfer":
         profile = "tiny" if fast else args.transfer_profile
-        folder = out / ("transfer" if profile == "demo" else f"transfer-{profile}")  # profiles never mix their runs
+        folder = out / ("transfer" if profile == "table" else f"transfer-{profile}")  # profiles never mix their runs
         common = ["--out", str(folder), "--summary", str(folder / "TRANSFER.md")]
         if fast:
             return py + [str(HERE / "transfer_table.py"), "--profile", "tiny", "--methods", "sft", "kd", "semalign",
-                         "--seeds", "0", "--tasks", "code", "--no-budget-curve", *common]
+                         "--seeds", "0", "--tasks", "code", "--budgets", "2", "--schedules", "frontier", *common]
         return py + [str(HERE / "transfer_table.py"), "--profile", args.transfer_profile, "--student", args.student,
                      "--budget-minutes", str(args.transfer_minutes), *common]
     raise ValueError(target)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=TARGETS, default=list(TARGETS))
     p.add_argument("--notebooks", action="store_true", help="execute the notebooks instead of the figure scripts")
     p.add_argument("--student", default="stdlib-student", help="student source for the full-mode scripts")
-    p.add_argument("--transfer-profile", default="demo", help="transfer_table.py profile in full mode")
+    p.add_argument("--transfer-profile", default="table", help="transfer_table.py profile in full mode")
     p.add_argument("--transfer-minutes", type=float, default=60.0, help="transfer_table.py time budget")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)

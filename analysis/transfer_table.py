@@ -1,27 +1,35 @@
-"""The transfer benchmark: every method x task x seed on the embedded pair, sized for two CPU cores.
+"""The transfer benchmark: budget curves of every method x schedule x seed, a positive control, paired differences.
 
-    python analysis/transfer_table.py                    # demo profile, writes analysis/TRANSFER.md
-    python analysis/transfer_table.py --profile quick    # a few minutes, fewer seeds and steps
+    python analysis/transfer_table.py                    # the committed table (code + knowledge, ~2 h on 2 cores)
+    python analysis/transfer_table.py --resume           # continue an interrupted run (any number of times)
+    python analysis/transfer_table.py --profile quick    # a smaller curve in about 15 minutes
     python analysis/transfer_table.py --profile tiny     # tiny random pair: a pipeline check in seconds
+    python analysis/transfer_table.py --profile paper    # the paper's protocol size: for a GPU (see PAPER.md)
 
-What it does (issue 7, item 3):
-1. loads the teacher and the student (zoo names by default) and builds the two tasks of
-   `semalign_lens.evaluation`: **code** (transfer on stdlib test-file chunks, score = HumanEval solution
-   cross-entropy given the prompt, lower is better) and **knowledge** (teacher-known facts, transfer on
-   training phrasings, score = answer log-prob on held-out phrasings, higher is better);
-2. scores the teacher and the untrained student once per task (no seed dependence: no training);
-3. trains every method of `semalign_lens.baselines` (the SFT control, logit KD, FitNets, Gram, Seeking,
-   LaTen, SemAlign variants by objective and map kind) for every seed with **one shared AlignConfig**:
-   same transfer data, pairing, frontier schedule, LoRA adapters, steps and learning rate; only the loss
-   terms (and for the plugin methods their documented extra step) differ;
-4. summarises per method and task: score mean and Student-t 95% interval over seeds, and gap closed
-   (after - before) / (teacher - before) per seed, then mean and interval;
-5. a data-budget curve: selected methods on the code task with more or less transfer data at the same
-   steps (so the same compute: a larger budget means more distinct sequences, not more updates).
+What it measures (issue 12). *Does moving activations from the teacher into the student transfer anything,
+and does SemAlign's layer term add to logit KD?* Every method trains the same student on the same transfer
+pool with the same steps, schedule and learning rate; only the loss terms differ (`baselines.method_config`).
 
-Outputs: `analysis/out/transfer/{runs.csv, summary.csv, table.md, budget_curve.html, meta.json}` and the
-committed summary `analysis/TRANSFER.md` (command, wall time, profile, table, caveats). A time budget
-(`--budget-minutes`) stops launching new runs when spent; skipped runs are listed, never silently dropped.
+1. **Tasks.** `code`: transfer on stdlib test-file chunks; headline = cross-entropy on >= 16k tokens of held-out
+   stdlib test files (same distribution, other files), HumanEval solution CE beside it (out of distribution),
+   bits per byte beside every CE. `knowledge`: the standard-library facts of `tasks.stdlib_facts` the teacher
+   answers exactly on the held-out phrasing; transfer on the other phrasings; headline = answer log-prob on
+   the held-out phrasing.
+2. **One teacher pass.** Per task, the teacher's paired-layer states and top-k logits are cached once
+   (`targets.cache_logits = "topk"`); every method, seed, budget and schedule reads that cache.
+3. **Budgets.** Total optimizer steps (over all stages), each a batch of sequences drawn from the task's
+   transfer pool without repetition within an epoch (at the profile's `epochs` = 1, every step sees new
+   data). Two schedules: `frontier` (the paper's: LoRA on v/o/up/down of one student layer at a time,
+   shallow to deep, a separate run per budget) and `all` (every student parameter, one joint stage; one run
+   per seed evaluated at each budget, which at a constant learning rate equals separate runs).
+4. **Positive control.** Logit KD against the same-data SFT control: "separated" when their 95% intervals
+   over seeds do not overlap and KD is the better one. The first line of TRANSFER.md says where it holds.
+5. **Paired differences.** `semalign - kd`, `semalign - sft` and `semalign-layer - sft`, paired by seed, with
+   Student-t intervals; a verdict where the positive control fails at that budget is "uninformative".
+
+Outputs: `analysis/out/transfer/{runs.csv, summary.csv, paired.csv, control.csv, budget_curve.html,
+budget_curve.png, meta.json}` (committed) and `analysis/TRANSFER.md`. Runs are written as they finish; `--resume`
+keeps them, and a budget curve of the `all` schedule resumes from its trainer checkpoint.
 """
 
 from __future__ import annotations
@@ -39,166 +47,367 @@ from pathlib import Path
 import torch
 
 from semalign_lens import evaluation as ev
-from semalign_lens.baselines import METHODS, get_method, run_method
+from semalign_lens.baselines import METHODS, get_method, method_config, method_trainer
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
-from semalign_lens.errors import run_reporting_errors
+from semalign_lens.errors import SemalignError, run_reporting_errors
 from semalign_lens.precision import machine_line
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
+SCHEDULES = ("frontier", "all")
+COMPARISONS = (("kd", "sft"), ("semalign", "kd"), ("semalign", "sft"), ("semalign-layer", "sft"))
+CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets"]
 
 
 @dataclass
 class Profile(RunProfile):
-    """A `RunProfile` (its defaults are this benchmark's: 96 = steps x batch transfer sequences, each seen
-    once; fp32, measured faster than bf16 autocast on this CPU at these sizes) plus seeds, tasks, methods and
-    the data-budget curve."""
+    """A `RunProfile` plus the benchmark's axes.
+
+    `budgets`: total optimizer steps of a run (a multiple of the number of stages). The transfer pool holds
+    `n_transfer` sequences; a budget may use at most `epochs` passes over it. `knowledge_steps`: the one
+    budget of the knowledge task. `all_lr`: the learning rate of the train-all schedule (full parameters
+    take a smaller step than LoRA adapters; not tuned). `top_k`: teacher tokens kept per position.
+    """
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=lambda: ["code", "knowledge"])
-    methods: list[str] | None = None  # None: every registered method
-    budgets: list[int] = field(default_factory=lambda: [24, 48, 96])
-    budget_methods: list[str] = field(default_factory=lambda: ["sft", "kd", "semalign"])
+    methods: list[str] = field(default_factory=lambda: list(CURVE_METHODS))
+    schedules: list[str] = field(default_factory=lambda: list(SCHEDULES))
+    budgets: list[int] = field(default_factory=lambda: [9, 27, 90, 270])
+    epochs: int = 1
+    knowledge_steps: int = 90
+    all_lr: float = 5e-4
+    top_k: int = 64
 
 
 PROFILES = {
-    "demo": Profile(),
-    "quick": Profile(seeds=[0, 1, 2], stage_steps=2, n_transfer=48, humaneval_limit=8, heldout_tokens=256,
-                     budgets=[12, 24, 48],
-                     methods=["sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-paper-map"]),
-    "tiny": Profile(seq_len=24, n_transfer=24, batch_size=4, stage_steps=2, student_layers=(0, 2), lora_rank=4,
-                    lr=1e-2, precision="fp32", seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128,
-                    diag_sequences=2, budgets=[8, 24], teacher="tiny", student="tiny"),
+    "table": Profile(seq_len=64, n_transfer=2160, heldout_tokens=16384, humaneval_limit=32),
+    "quick": Profile(seq_len=64, n_transfer=480, heldout_tokens=4096, humaneval_limit=8, budgets=[3, 12, 30, 60],
+                     knowledge_steps=30, methods=["sft", "kd", "semalign"], schedules=["frontier"]),
+    "tiny": Profile(seq_len=24, n_transfer=48, batch_size=4, student_layers=(0, 2), lora_rank=4, lr=1e-2,
+                    precision="fp32", seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128, diag_sequences=2,
+                    budgets=[2, 4, 8], knowledge_steps=2, teacher="tiny", student="tiny", top_k=16),
+    # The paper's protocol size (research/paper.md §4: ~1,000 examples x 5 epochs, LoRA r16 on v/o/up/down,
+    # batch 64): 1,000 sequences of 256 tokens, batch 64 (one step, no accumulation: the trainer has none, and
+    # 64 x 256 tokens fit a GPU and 24 GB of CPU memory), 5 epochs = 78 steps. Meant for a GPU
+    # (`analysis/paper_profile.sh`); on 2 CPU cores one run takes hours.
+    "paper": Profile(seq_len=256, n_transfer=1000, epochs=5, batch_size=64, budgets=[6, 15, 30, 78],
+                     heldout_tokens=65536, humaneval_limit=None, knowledge_steps=78, lr=2e-4),
 }
+
+
+def check_budgets(budgets: list[int], n_stages: int, batch_size: int, pool: int, epochs: int,
+                  what: str = "transfer set") -> None:
+    """Refuse budgets (total steps) the schedule or the transfer pool cannot give, naming both numbers."""
+    for b in budgets:
+        if b % n_stages:
+            raise SemalignError(f"budget {b} steps is not a multiple of the {n_stages} frontier stages; use budgets "
+                                f"that are (e.g. {[n_stages * max(1, round(x / n_stages)) for x in budgets]})")
+        need, have = b * batch_size, pool * epochs
+        if need > have:
+            raise SemalignError(f"budget {b} steps x batch {batch_size} = {need} sequences exceeds the {what}: "
+                                f"{pool} sequences x epochs {epochs} = {have}; raise the set or epochs, or lower the "
+                                "budget")
 
 
 # ----------------------------------------------------------------------------------------------- runs
 
-def transfer_maps(teacher, student) -> dict:
-    """The teacher->student maps of every kind a method uses, built once (each run would rebuild them)."""
+def transfer_maps(teacher, student, methods) -> dict:
+    """The teacher->student maps of every kind the methods use, built once (each run would rebuild them)."""
     from semalign_lens.semantics import SemanticBasis, TransferMap
 
     tb, sb = SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)
-    kinds = {m.transfer_kind for m in METHODS.values() if m.transfer_kind} | {"dual"}
+    kinds = {get_method(m).transfer_kind for m in methods if get_method(m).transfer_kind} | {"dual"}
     return {kind: TransferMap(tb, sb, kind=kind) for kind in sorted(kinds)}
 
 
-def run_one(method: str, seed: int, tr: TaskRun, profile: Profile, teacher, student, work: Path,
-            cache_dir: Path | None, maps: dict | None = None) -> dict:
+def run_config(profile: Profile, tr: TaskRun, method: str, schedule: str, steps: int, seed: int, cache_dir: Path):
+    """The shared AlignConfig of one run: frontier (one stage per paired layer, LoRA) or all (one joint stage,
+    every parameter), `steps` optimizer steps in total, teacher targets from the task's top-k cache."""
     cfg = shared_config(profile, len(tr.data), seed=seed, cache_dir=cache_dir)
-    kind = get_method(method).transfer_kind or cfg.transfer.kind
-    run_dir = work / f"{tr.task.name}-{tr.n_transfer}-{method}-s{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    t0 = time.time()
-    result = run_method(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
-                        run_dir=run_dir, lean=True, transfer=(maps or {}).get(kind))
-    train_s = time.time() - t0
-    scores = tr.task.evaluate(result.student)
-    shutil.rmtree(run_dir, ignore_errors=True)  # weights and checkpoints: tens of MB per run
-    m = get_method(method)
-    return {"task": tr.task.name, "method": method, "family": m.family, "seed": seed, "n_transfer": tr.n_transfer,
-            "steps": result.steps, "trainable_params": sum(result.trainable_params.values()),
-            "trainable_by_stage": json.dumps(result.trainable_params), "data_hash": result.data_hash[:16],
-            "train_s": round(train_s, 1), "eval_s": round(time.time() - t0 - train_s, 1),
+    cfg.targets.cache_logits, cfg.targets.top_k = "topk", profile.top_k
+    if schedule == "frontier":
+        cfg.schedule.stage_steps = steps // len(profile.student_layers)
+    else:
+        cfg.schedule.mode, cfg.schedule.trainable, cfg.schedule.adapter = "joint", "all", "full"
+        cfg.schedule.stage_steps, cfg.schedule.lr = steps, profile.all_lr
+    cfg.checkpoint_every = max(1, min(profile.budgets))
+    return method_config(cfg, method)
+
+
+def _row(tr: TaskRun, schedule: str, method: str, seed: int, steps: int, profile: Profile, scores: dict,
+         train_s: float, eval_s: float, trainable: int, data_hash: str) -> dict:
+    sequences = steps * profile.batch_size
+    tokens = int(tr.data.mask.sum()) * sequences / len(tr.data)
+    return {"task": tr.task.name, "schedule": schedule, "method": method, "family": get_method(method).family,
+            "seed": seed, "steps": steps, "sequences_seen": sequences, "tokens_seen": round(tokens),
+            "epochs_seen": round(sequences / len(tr.data), 3), "trainable_params": trainable,
+            "data_hash": data_hash[:16], "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
             **{f"score_{k}": v for k, v in scores.items()}}
 
 
+def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: TaskRun, profile: Profile, teacher,
+              student, work: Path, cache: Path, maps: dict, done: set, emit) -> None:
+    """Train one (method, schedule, seed) at every budget not in `done`, calling `emit(row)` per budget.
+
+    frontier: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
+    (the run directory keeps its checkpoints, so a killed curve resumes where it stopped)."""
+    def train(steps: int, run_dir: Path):
+        cfg = run_config(profile, tr, method, schedule, steps, seed, cache)
+        return method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
+                              run_dir=run_dir, transfer=maps.get(cfg.transfer.kind), lean=True)
+
+    todo = [b for b in budgets if (tr.task.name, schedule, method, seed, b) not in done]
+    if not todo:
+        return
+    if schedule == "frontier":
+        for b in todo:
+            run_dir = work / f"{tr.task.name}-{schedule}-{method}-s{seed}-b{b}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            t0 = time.time()
+            trainer = train(b, run_dir)
+            result = trainer.run()
+            t1 = time.time()
+            scores = tr.task.evaluate(result.student)
+            emit(_row(tr, schedule, method, seed, b, profile, scores, t1 - t0, time.time() - t1,
+                      sum(trainer.stage_params.values()), trainer.identity["data_hash"]))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    run_dir = work / f"{tr.task.name}-{schedule}-{method}-s{seed}"
+    trainer = train(max(budgets), run_dir)
+    step = 0
+    for b in budgets:
+        t0 = time.time()
+        result = trainer.run(stop_after_steps=b - step) if b > step else None
+        step = b
+        if b not in todo:
+            continue
+        t1 = time.time()
+        model = result.student if result is not None else trainer.student
+        scores = tr.task.evaluate(model)
+        emit(_row(tr, schedule, method, seed, b, profile, scores, t1 - t0, time.time() - t1,
+                  sum(trainer.stage_params.values()), trainer.identity["data_hash"]))
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
-    """Build the task's teacher-target cache (states + logits) once, before the first method uses it."""
-    from semalign_lens.baselines import method_config
+    """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it."""
     from semalign_lens.trainer import Trainer
 
-    cfg = method_config(shared_config(profile, len(tr.data), cache_dir=cache_dir), "kd")
+    cfg = run_config(profile, tr, "kd", "frontier", max(profile.budgets), 0, cache_dir)
     Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------------------------- summary
+# ----------------------------------------------------------------------------------------------- summaries
+
+# Every score a task reports, with its direction: the headline first, then the others the control may use.
+METRICS = {"code": [("stdlib_test_ce", False), ("humaneval_ce", False)],
+           "knowledge": [("answer_logprob", True), ("exact_match", True)]}
+
 
 def summarise(runs, refs: dict[str, TaskRun]):
-    """One row per (task, method): score mean and 95% CI over seeds, gap closed mean and 95% CI."""
+    """One row per (task, schedule, method, steps, metric): score and gap closed, mean and 95% t-interval."""
     import pandas as pd
 
     rows = []
-    for task, tr in refs.items():
-        metric, hib = tr.task.metric, tr.task.higher_is_better
-        rows.append({"task": task, "method": "student (before)", "family": "reference", "n_seeds": 0,
-                     "metric": metric, "score": tr.before[metric], "gap_closed": 0.0})
-        rows.append({"task": task, "method": "teacher", "family": "reference", "n_seeds": 0, "metric": metric,
-                     "score": tr.teacher[metric], "gap_closed": 1.0})
-        sub = runs[(runs["task"] == task) & (runs["n_transfer"] == tr.n_transfer)] if len(runs) else runs
-        for method in dict.fromkeys(sub["method"]) if len(sub) else []:
-            vals = sub[sub["method"] == method][f"score_{metric}"].tolist()
-            s = ev.summarize_seeds(tr.before[metric], vals, tr.teacher[metric], higher_is_better=hib)
-            rows.append({"task": task, "method": method, "family": get_method(method).family, "metric": metric,
+    for (task, schedule, method, steps), g in runs.groupby(["task", "schedule", "method", "steps"], sort=False):
+        tr = refs[task]
+        for metric, hib in METRICS[task]:
+            s = ev.summarize_seeds(tr.before[metric], g[f"score_{metric}"].tolist(), tr.teacher[metric],
+                                   higher_is_better=hib)
+            rows.append({"task": task, "schedule": schedule, "method": method, "steps": steps,
+                         "tokens_seen": int(g["tokens_seen"].iloc[0]), "metric": metric, "higher_is_better": hib,
                          **{k: s[k] for k in ("n_seeds", "score", "score_lo", "score_hi", "gap_closed", "gap_lo",
-                                              "gap_hi")}})
+                                              "gap_hi", "before", "teacher")}})
     return pd.DataFrame(rows)
 
 
-def _fmt(mean, lo, hi, digits=3) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+def _better(diff: float, higher_is_better: bool) -> bool:
+    return diff > 0 if higher_is_better else diff < 0
 
 
-def markdown_table(summary, refs: dict[str, TaskRun]) -> str:
-    """Methods as rows; per task: score (mean ± 95% CI half-width) and gap closed (mean ± half-width)."""
-    tasks = list(refs)
-    head = ["method"]
-    for t in tasks:
-        arrow = "↑" if refs[t].task.higher_is_better else "↓"
-        head += [f"{t}: {refs[t].task.metric} {arrow}", f"{t}: gap closed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in dict.fromkeys(summary["method"]):
-        cells = [method]
-        for t in tasks:
-            r = summary[(summary["task"] == t) & (summary["method"] == method)]
-            if not len(r):
-                cells += ["–", "–"]
-                continue
-            r = r.iloc[0]
-            if r["family"] == "reference":
-                cells += [f"{r['score']:.3f}", "0" if method.startswith("student") else "1"]
-            else:
-                cells += [_fmt(r["score"], r["score_lo"], r["score_hi"]), _fmt(r["gap_closed"], r["gap_lo"], r["gap_hi"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def control(summary):
+    """Per (task, schedule, steps, metric): does logit KD separate from the SFT control (non-overlapping 95%
+    intervals over >= 3 seeds, KD the better one)?"""
+    import pandas as pd
+
+    rows = []
+    for (task, schedule, steps, metric), g in summary.groupby(["task", "schedule", "steps", "metric"], sort=False):
+        kd, sft = g[g["method"] == "kd"], g[g["method"] == "sft"]
+        if not len(kd) or not len(sft):
+            continue
+        kd, sft = kd.iloc[0], sft.iloc[0]
+        overlap = not (kd["score_lo"] > sft["score_hi"] or sft["score_lo"] > kd["score_hi"])
+        known = min(kd["n_seeds"], sft["n_seeds"]) >= 3 and not any(
+            math.isnan(v) for v in (kd["score_lo"], sft["score_lo"]))
+        separated = bool(known and not overlap and _better(kd["score"] - sft["score"], kd["higher_is_better"]))
+        rows.append({"task": task, "schedule": schedule, "steps": steps, "tokens_seen": kd["tokens_seen"],
+                     "metric": metric, "kd": kd["score"], "kd_lo": kd["score_lo"], "kd_hi": kd["score_hi"],
+                     "sft": sft["score"], "sft_lo": sft["score_lo"], "sft_hi": sft["score_hi"],
+                     "seeds": int(min(kd["n_seeds"], sft["n_seeds"])), "separated": separated})
+    return pd.DataFrame(rows)
 
 
-def budget_figure(curve, refs: dict[str, TaskRun]):
+def paired(runs, controls):
+    """`a - b` of every metric, paired by seed, per (task, schedule, steps), with a verdict that is
+    "uninformative" where the positive control fails for that metric at that budget."""
+    import pandas as pd
+
+    rows = []
+    for (task, schedule, steps), g in runs.groupby(["task", "schedule", "steps"], sort=False):
+        for metric, hib in METRICS[task]:
+            by = g.pivot_table(index="seed", columns="method", values=f"score_{metric}")
+            c = controls[(controls["task"] == task) & (controls["schedule"] == schedule)
+                         & (controls["steps"] == steps) & (controls["metric"] == metric)] if len(controls) else controls
+            control_ok = bool(len(c) and c["separated"].iloc[0])
+            for a, b in COMPARISONS:
+                if a not in by or b not in by:
+                    continue
+                both = by[[a, b]].dropna()
+                mean, lo, hi = ev.paired_difference(both[a].tolist(), both[b].tolist())
+                if len(both) < 2 or math.isnan(lo):
+                    verdict = "too few seeds"
+                elif (a, b) != ("kd", "sft") and not control_ok:
+                    verdict = "uninformative (positive control fails here)"
+                elif lo > 0 or hi < 0:
+                    verdict = f"{a} better" if _better(mean, hib) else f"{a} worse"
+                else:
+                    verdict = "no detectable difference"
+                rows.append({"task": task, "schedule": schedule, "steps": steps, "metric": metric,
+                             "comparison": f"{a} - {b}", "seeds": len(both), "diff": mean, "lo": lo, "hi": hi,
+                             "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def control_line(controls) -> str:
+    """The one line at the top of TRANSFER.md: where the positive control holds, or that it does not."""
+    if not len(controls):
+        return "**Positive control: not measured yet** (no KD and SFT runs with 3 seeds)."
+    ok = controls[controls["separated"]]
+    if len(ok):
+        r = ok.sort_values("steps").iloc[0]
+        where = "; ".join(f"{m} ({', '.join(f'{x.task}/{x.schedule}/{x.steps}' for x in g.itertuples())})"
+                          for m, g in ok.groupby("metric", sort=False))
+        return (f"**Positive control holds** (case 1): logit KD separates from the same-data SFT control, first on "
+                f"{r['task']} `{r['metric']}` ({r['schedule']} schedule, {r['steps']} steps = {r['tokens_seen']:,} "
+                f"tokens): KD {r['kd']:.4f} [{r['kd_lo']:.4f}, {r['kd_hi']:.4f}] vs SFT {r['sft']:.4f} "
+                f"[{r['sft_lo']:.4f}, {r['sft_hi']:.4f}], 95% t-intervals over {r['seeds']} seeds. Separated at "
+                f"(task/schedule/steps): {where}.")
+    best = controls.iloc[(controls["kd"] - controls["sft"]).abs().argmax()]
+    return ("**Positive control fails at every measured budget** (case 2): logit KD's 95% interval overlaps the SFT "
+            f"control's, or KD is the worse one, everywhere (largest gap: {best['task']} `{best['metric']}`, "
+            f"{best['schedule']} at {best['steps']} steps, KD {best['kd']:.4f} vs SFT {best['sft']:.4f}); every "
+            "SemAlign verdict below is uninformative.")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def _panels(summary) -> list[tuple[str, str, str]]:
+    """(task, metric, schedule) of every curve panel, in table order."""
+    return list(dict.fromkeys(zip(summary["task"], summary["metric"], summary["schedule"], strict=True)))
+
+
+def budget_figure(summary):
+    """Each score against tokens seen (log axis), a panel per task x metric x schedule, mean and 95% band."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    tr = refs["code"]
-    metric = tr.task.metric
-    fig = go.Figure()
-    for method in dict.fromkeys(curve["method"]):
-        sub = curve[curve["method"] == method].groupby("n_transfer")[f"score_{metric}"].mean().sort_index()
-        fig.add_trace(go.Scatter(x=sub.index.tolist(), y=sub.tolist(), mode="lines+markers", name=method))
-    for label, value, dash in (("student before", tr.before[metric], "dot"), ("teacher", tr.teacher[metric], "dash")):
-        fig.add_hline(y=value, line_dash=dash, annotation_text=label)
-    fig.update_layout(title="Data budget (code task, same steps for every budget): HumanEval solution CE, "
-                            "lower is better", xaxis_title="transfer sequences", yaxis_title=metric,
-                      xaxis_type="log", template="plotly_white")
+    panels = _panels(summary)
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{t} · {m} · {s}" for t, m, s in panels],
+                        horizontal_spacing=0.1, vertical_spacing=0.12 if rows > 1 else 0.2)
+    colours = dict(zip(METHODS, ["#444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"], strict=False))
+    for i, (task, metric, schedule) in enumerate(panels):
+        row, col = i // cols + 1, i % cols + 1
+        sub = summary[(summary["task"] == task) & (summary["metric"] == metric) & (summary["schedule"] == schedule)]
+        for method, g in sub.groupby("method", sort=False):
+            g = g.sort_values("tokens_seen")
+            c = colours.get(method, "#000")
+            x = g["tokens_seen"].tolist()
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=g["score_hi"].tolist() + g["score_lo"].tolist()[::-1],
+                                     fill="toself", line={"width": 0}, fillcolor=c, opacity=0.15, hoverinfo="skip",
+                                     showlegend=False, legendgroup=method), row=row, col=col)
+            fig.add_trace(go.Scatter(x=x, y=g["score"], mode="lines+markers", name=method, line={"color": c},
+                                     legendgroup=method, showlegend=i == 0), row=row, col=col)
+        first = sub.iloc[0]
+        for label, value, dash in (("student before", first["before"], "dot"), ("teacher", first["teacher"], "dash")):
+            fig.add_hline(y=value, line_dash=dash, line_color="#888", annotation_text=label, row=row, col=col)
+        fig.update_xaxes(type="log", title_text="tokens seen", row=row, col=col)
+        fig.update_yaxes(title_text=f"{metric} ({'↑' if first['higher_is_better'] else '↓'})", row=row, col=col)
+    fig.update_layout(template="plotly_white", height=360 * rows + 80, width=1100,
+                      title="Transfer against budget: mean over seeds, band = 95% t-interval")
     return fig
+
+
+def budget_png(summary, path: Path) -> bool:
+    """The same curves as a PNG for TRANSFER.md (matplotlib, the `analysis` extra); False when not installed.
+    The teacher's line is left out: on a cross-entropy axis it is far below the curves."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = _panels(summary)
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, (task, metric, schedule) in zip(axes.flat, panels, strict=False):
+        sub = summary[(summary["task"] == task) & (summary["metric"] == metric) & (summary["schedule"] == schedule)]
+        for method, g in sub.groupby("method", sort=False):
+            g = g.sort_values("tokens_seen")
+            line, = ax.plot(g["tokens_seen"], g["score"], marker="o", ms=3, label=method)
+            ax.fill_between(g["tokens_seen"], g["score_lo"], g["score_hi"], color=line.get_color(), alpha=0.15)
+        ax.axhline(sub["before"].iloc[0], ls=":", c="grey", lw=1)
+        ax.set_xscale("log")
+        better = "higher" if sub["higher_is_better"].iloc[0] else "lower"
+        ax.set_title(f"{task} · {metric} ({better} is better) · {schedule}", fontsize=9)
+        ax.set_xlabel("tokens seen", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- main
 
+def build_profile(args) -> Profile:
+    profile = replace(PROFILES[args.profile])
+    for name in ("methods", "tasks", "seeds", "schedules", "budgets"):
+        if getattr(args, name):
+            setattr(profile, name, getattr(args, name))
+    if args.student:
+        profile.student = args.student
+    profile.methods = [get_method(m).name for m in profile.methods]
+    bad = sorted(set(profile.schedules) - set(SCHEDULES))
+    if bad:
+        raise SemalignError(f"unknown schedule(s) {bad}; valid: {', '.join(SCHEDULES)}")
+    bad = sorted(set(profile.tasks) - {"code", "knowledge"})
+    if bad:
+        raise SemalignError(f"unknown task(s) {bad}; valid: code, knowledge")
+    profile.budgets = sorted(set(profile.budgets))
+    check_budgets(profile.budgets, len(profile.student_layers), profile.batch_size, profile.n_transfer, profile.epochs)
+    return profile
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo", choices=sorted(PROFILES))
-    parser.add_argument("--methods", nargs="*", help="subset of methods (default: the profile's, else all)")
+    parser.add_argument("--profile", default="table", choices=sorted(PROFILES))
+    parser.add_argument("--methods", nargs="*", help="subset of methods (default: the profile's)")
     parser.add_argument("--tasks", nargs="*", help="subset of tasks: code knowledge")
     parser.add_argument("--seeds", nargs="*", type=int)
+    parser.add_argument("--schedules", nargs="*", help="frontier and/or all")
+    parser.add_argument("--budgets", nargs="*", type=int, help="total optimizer steps per run")
     parser.add_argument("--student", help="student source (zoo name or HF directory), overriding the profile's")
-    parser.add_argument("--no-budget-curve", action="store_true")
-    parser.add_argument("--pass-at-1", type=int, default=0, metavar="N",
-                        help="also greedy pass@1 on N HumanEval problems for the teacher and the student before "
-                             "(executes model-written code in a subprocess with a timeout; slow; off by default)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0, help="stop launching runs after this")
+    parser.add_argument("--budget-minutes", type=float, default=600.0, help="stop launching runs after this")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in OUT/runs.csv (same profile) and run only the missing ones")
@@ -209,16 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     torch.set_num_threads(args.threads)
-    profile = replace(PROFILES[args.profile])
-    if args.methods:
-        profile.methods = args.methods
-    if args.tasks:
-        profile.tasks = args.tasks
-    if args.seeds:
-        profile.seeds = args.seeds
-    if args.student:
-        profile.student = args.student
-    methods = [get_method(m).name for m in (profile.methods or list(METHODS))]
+    profile = build_profile(args)
     out = Path(args.out)
     work = out / "work"
     out.mkdir(parents=True, exist_ok=True)
@@ -226,189 +426,206 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + args.budget_minutes * 60
     log = lambda msg: print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)  # noqa: E731
 
+    runs_path, meta_path = out / "runs.csv", out / "meta.json"
+    old_meta = json.loads(meta_path.read_text()) if args.resume and meta_path.exists() else {}
+    if old_meta and old_meta.get("profile_name") != args.profile:
+        raise SemalignError(f"--resume: {out} holds runs of profile {old_meta.get('profile_name')!r}, not "
+                            f"{args.profile!r}; resume with that profile, or pass another --out")
+    records = pd.read_csv(runs_path).to_dict("records") if old_meta and runs_path.exists() else []
+    done = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
+    if records:
+        log(f"resuming: {len(records)} runs already in {runs_path}")
+
     pair = load_pair(profile.teacher, profile.student)
     teacher, student = pair.teacher, pair.student
-    log(f"loaded teacher {profile.teacher} and student {profile.student}")
-    maps = transfer_maps(teacher, student)
+    log(f"loaded teacher {profile.teacher} and student {profile.student}; {machine_line(profile.precision)}")
+    maps = transfer_maps(teacher, student, profile.methods)
     refs: dict[str, TaskRun] = {}
     for name in profile.tasks:
         refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
         log(f"task {name}: {len(refs[name].data)} transfer sequences; before {refs[name].before}; "
             f"teacher {refs[name].teacher}")
-
-    pass_at_1 = {}
-    if args.pass_at_1:
-        for role, model in (("teacher", teacher), ("student (before)", student)):
-            r = ev.humaneval_pass_at_1(model, limit=args.pass_at_1, max_new_tokens=192, progress=False)
-            pass_at_1[role] = {k: r[k] for k in ("pass_at_1", "passed", "problems")}
-            log(f"pass@1 {role}: {pass_at_1[role]}")
-
-    if "knowledge" in refs:  # the measured teacher filter, for transparency
+    if "knowledge" in refs:
         refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
-
-    records, skipped = [], []
-    runs_path = out / "runs.csv"
-    if args.resume and runs_path.exists():  # rows of an earlier, interrupted invocation with the same profile
-        records = pd.read_csv(runs_path).to_dict("records")
-        log(f"resuming: {len(records)} runs already in {runs_path}")
-    done = {(r["task"], r["method"], int(r["seed"]), int(r["n_transfer"])) for r in records}
-    n_resumed = len(records)
+        check_budgets([profile.knowledge_steps], len(profile.student_layers), profile.batch_size,
+                      len(refs["knowledge"].data), profile.epochs, "knowledge transfer set")
 
     command = "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    history_path = out / "invocations.json"
-    history = json.loads(history_path.read_text()) if args.resume and history_path.exists() else []
+    invocations = old_meta.get("invocations", [])
+    skipped: list[str] = []
 
-    def finalize(final: bool) -> str:
-        """Write every output from the runs so far (after each run, so a kill leaves current files)."""
+    def finalize(final: bool) -> None:
+        """Write every output from the runs so far (after each run: a kill leaves current files)."""
         import resource
 
         runs = pd.DataFrame(records)
         runs.to_csv(runs_path, index=False)
-        summary = summarise(runs, refs)
-        summary.to_csv(out / "summary.csv", index=False)
-        table = markdown_table(summary, refs)
-        (out / "table.md").write_text(table + "\n")
-        curve = pd.DataFrame()
-        if len(runs) and "code" in refs:
-            main_n = refs["code"].n_transfer
-            curve = runs[(runs["task"] == "code") & (runs["method"].isin(profile.budget_methods))
-                         & ((runs["n_transfer"] != main_n) | (runs["seed"] == profile.seeds[0]))]
-            if curve["n_transfer"].nunique() > 1:
-                budget_figure(curve, refs).write_html(out / "budget_curve.html", include_plotlyjs="cdn")
+        summary = summarise(runs, refs) if len(runs) else pd.DataFrame()
+        controls = control(summary) if len(summary) else pd.DataFrame()
+        pairs = paired(runs, controls) if len(runs) else pd.DataFrame()
+        for name, frame in (("summary", summary), ("control", controls), ("paired", pairs)):
+            frame.to_csv(out / f"{name}.csv", index=False)
+        png = False
+        if len(summary):
+            budget_figure(summary).write_html(out / "budget_curve.html", include_plotlyjs="cdn")
+            png = budget_png(summary, out / "budget_curve.png")
         usage = resource.getrusage(resource.RUSAGE_SELF)
         now = {"command": command, "wall_s": round(time.time() - t_start, 1),
-               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "runs": len(records) - n_resumed,
-               "finished": final}
-        invocations = history + [now]
-        history_path.write_text(json.dumps(invocations, indent=2))
-        meta = {"command": command, "invocations": invocations, "finished": final, "planned_runs": planned,
-                "profile": asdict(profile), "methods": methods,
-                "wall_s": round(sum(h["wall_s"] for h in invocations), 1),
-                "cpu_s": round(sum(h["cpu_s"] for h in invocations), 1), "skipped": skipped,
-                "threads": args.threads,
-                "machine": machine_line(profile.precision).removeprefix("Machine: ") + f", {os.cpu_count()} cpus",
-                "torch": torch.__version__,
+               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "finished": final,
+               "machine": machine_line(profile.precision).removeprefix("Machine: ") + f", {os.cpu_count()} cpus"}
+        meta = {"profile_name": args.profile, "profile": asdict(profile), "invocations": [*invocations, now],
+                "finished": final, "planned_runs": planned, "runs": len(records), "skipped": skipped,
+                "threads": args.threads, "torch": torch.__version__,
                 "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
                           for k, v in refs.items()},
                 "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
-                "pass_at_1": pass_at_1}
-        (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+                "png": png}
+        meta_path.write_text(json.dumps(meta, indent=2, default=str))
         if args.summary:
-            write_summary(Path(args.summary), meta, table, runs, curve, refs)
-        return table
+            write_summary(Path(args.summary), meta, runs, summary, controls, pairs, refs)
 
-    def launch(method: str, seed: int, tr: TaskRun, cache: Path) -> None:
-        if (tr.task.name, method, seed, tr.n_transfer) in done:
-            return
-        if time.time() > deadline:
-            skipped.append(f"{tr.task.name}/{method}/seed {seed}/n {tr.n_transfer}")
-            return
-        row = run_one(method, seed, tr, profile, teacher, student, work, cache, maps)
+    def emit(row: dict) -> None:
         records.append(row)
-        log(f"{tr.task.name} n={tr.n_transfer} {method} seed {seed}: "
+        log(f"{row['task']} {row['schedule']} {row['method']} seed {row['seed']} {row['steps']} steps: "
             f"{ {k: round(v, 4) for k, v in row.items() if k.startswith('score_')} } "
             f"({row['train_s']}s train, {row['eval_s']}s eval)")
         finalize(final=False)
 
-    budgets = [n for n in profile.budgets if "code" in refs and n != refs["code"].n_transfer]
-    planned = len(profile.seeds) * len(methods) * len(refs) + (
-        0 if args.no_budget_curve else len(budgets) * len(profile.budget_methods))
+    def budgets_of(task: str) -> list[int]:
+        return profile.budgets if task == "code" else [profile.knowledge_steps]
+
+    planned = len(profile.seeds) * len(profile.methods) * len(profile.schedules) * sum(
+        len(budgets_of(t)) for t in refs)
     caches = {}
     for name, tr in refs.items():
-        caches[name] = work / f"cache-{name}-{tr.n_transfer}"
+        caches[name] = work / f"cache-{name}"
         prebuild_cache(profile, tr, teacher, student, caches[name], work)
-        log(f"teacher targets cached for {name}")
-    for seed in profile.seeds:  # seed-major: a run cut short has every method of every task at the first seeds
+        log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
+    # Control first (sft, kd), then the rest; seeds inside, so a run cut short has whole curves of 3 seeds.
+    for schedule in profile.schedules:
         for name, tr in refs.items():
-            for method in methods:
-                launch(method, seed, tr, caches[name])
-
-    if not args.no_budget_curve:
-        for n in budgets:
-            tr = build_task("code", profile, teacher, student, n_transfer=n, cache=out / "references.json")
-            cache = work / f"cache-code-{n}"
-            prebuild_cache(profile, tr, teacher, student, cache, work)
-            for method in profile.budget_methods:
-                launch(method, profile.seeds[0], tr, cache)
-
-    table = finalize(final=True)
-    shutil.rmtree(work, ignore_errors=True)
+            for method in profile.methods:
+                for seed in profile.seeds:
+                    if time.time() > deadline:
+                        skipped.append(f"{name}/{schedule}/{method}/seed {seed}")
+                        continue
+                    run_curve(method, schedule, seed, budgets_of(name), tr, profile, teacher, student, work,
+                              caches[name], maps, done, emit)
+    finalize(final=not skipped)
+    if not skipped:
+        shutil.rmtree(work, ignore_errors=True)
     log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
-    print(table)
     return 0
 
 
-def write_summary(path: Path, meta: dict, table: str, runs, curve, refs: dict[str, TaskRun]) -> None:
-    """The committed markdown: command, wall time, setup, the table, the budget curve, caveats."""
-    p = meta["profile"]
-    lines = [
-        "# Transfer benchmark (issue 7)", "",
-        *([f"Command: `{meta['command']}`  "] if len(meta.get("invocations", [])) < 2 else
-          ["Commands (the first was interrupted and resumed):", "",
-           *[f"- `{h['command']}`: {h['runs']} runs, {h['wall_s'] / 60:.1f} min wall" for h in meta["invocations"]],
-           ""]),
-        f"Wall time: **{meta['wall_s'] / 60:.1f} min** on {meta['machine']} "
-        f"({meta['threads']} torch threads), CPU time {meta['cpu_s'] / 60:.1f} min, torch {meta['torch']}; "
-        "wall time grows with whatever else runs on the machine.", "",
-        *([] if meta.get("finished") else
-          [f"**In progress / interrupted: {len(runs)} of {meta.get('planned_runs', '?')} runs done.** "
-           "Finish with the same command plus `--resume`.", ""]),
-        "## Setup", "",
-        f"- teacher `{p['teacher']}`, student `{p['student']}`; every method trains the same LoRA adapters "
-        f"(rank {p['lora_rank']} on v/o/up/down) of the frontier layer, shallow to deep over student blocks "
-        f"{p['student_layers']} (proportional pairing), {p['stage_steps']} steps per stage, batch "
-        f"{p['batch_size']}, lr {p['lr']}, on the same transfer sequences; seeds {p['seeds']}.",
-        f"- code: {meta['tasks'].get('code', {}).get('n_transfer', '–')} chunks of {p['seq_len']} tokens from the "
-        f"standard library's test files ({p['n_transfer']} train, {p['diag_sequences']} held out for the training "
-        "diagnostics; unseen by the student; HumanEval and the held-out test files checked for verbatim overlap); "
-        "score = cross-entropy of the canonical solution given the prompt on "
-        f"{p['humaneval_limit']} evenly spaced HumanEval problems (lower is better); `stdlib_test_ce` in runs.csv "
-        "is the same-distribution held-out check.",
-        f"- knowledge: facts of `semalign_lens/tasks/facts.json` the teacher answers exactly on the held-out "
-        f"(last) phrasing: {meta['tasks'].get('knowledge', {}).get('teacher_known', '–')} of "
-        f"{meta['tasks'].get('knowledge', {}).get('facts', '–')}; transfer = the other phrasings + answer; score "
-        "= answer log-prob on the held-out phrasing (higher is better); exact match in runs.csv.",
-        "- score: mean ± half-width of the Student-t 95% interval over seeds; gap closed = (after − before) / "
-        "(teacher − before), per seed, then mean ± half-width. Before and teacher involve no training (no seed "
-        "variance).", "",
-        "## Results", "", table, "",
-    ]
-    if len(runs):
-        main_rows = runs[runs.apply(lambda r: r["n_transfer"] == refs[r["task"]].n_transfer, axis=1)]
-        score_cols = [c for c in main_rows.columns if c.startswith("score_")]
-        secondary = main_rows.groupby(["task", "method"], sort=False)[score_cols].mean().round(4)
-        secondary = secondary.dropna(axis=1, how="all")
-        ref_rows = []
-        for task, tr in refs.items():
-            ref_rows.append({"task": task, "method": "student (before)", **{f"score_{k}": v for k, v in tr.before.items()}})
-            ref_rows.append({"task": task, "method": "teacher", **{f"score_{k}": v for k, v in tr.teacher.items()}})
-        import pandas as pd
+def _interval(mean, lo, hi, digits=4) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
-        secondary = pd.concat([pd.DataFrame(ref_rows).set_index(["task", "method"]).round(4), secondary])
-        fair = main_rows.groupby(["task", "method"], sort=False).agg(
-            seeds=("seed", "nunique"), steps=("steps", "first"), trainable_params=("trainable_params", "first"),
-            data_hash=("data_hash", "first"), train_s=("train_s", "mean"))
-        lines += ["## All metrics (mean over seeds)", "",
-                  "`humaneval_ce`, `stdlib_test_ce`: nats/token, lower is better; `answer_logprob`: higher is better; "
-                  "`exact_match`: share of held-out phrasings answered exactly (greedy).", "",
-                  secondary.to_markdown(), "",
+
+def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: dict[str, TaskRun]) -> None:
+    """The committed markdown: the positive control first, then setup, curves, paired differences, files."""
+    import pandas as pd
+
+    p = meta["profile"]
+    inv = meta["invocations"]
+    wall = sum(h["wall_s"] for h in inv) / 60
+    lines = [control_line(controls), "", "# Transfer benchmark (issue 12)", "",
+             "Commands" + (" (interrupted and resumed):" if len(inv) > 1 else ":"), "",
+             *[f"- `{h['command']}`: {h['wall_s'] / 60:.1f} min wall, {h['cpu_s'] / 60:.1f} min CPU, on {h['machine']}"
+               for h in inv], "",
+             f"Total wall time **{wall:.1f} min** ({meta['threads']} torch threads, torch {meta['torch']}); wall "
+             "time grows with whatever else runs on the machine.", ""]
+    if not meta["finished"]:
+        lines += [f"**In progress: {meta['runs']} of {meta['planned_runs']} runs done.** Finish with the same "
+                  "command plus `--resume`.", ""]
+    code, know = meta["tasks"].get("code", {}), meta["tasks"].get("knowledge", {})
+    tokens_per_step = p["batch_size"] * p["seq_len"]
+    lines += [
+        "## Setup", "",
+        f"- Teacher `{p['teacher']}`, student `{p['student']}`, seeds {p['seeds']} (a seed sets the data order and "
+        "the adapter initialisation). Every method trains on the same pool, steps, schedule and learning rate; "
+        "only the loss terms differ.",
+        f"- **Schedules.** `frontier` (the paper's): LoRA rank {p['lora_rank']} on v/o/up/down of one student "
+        f"layer at a time, shallow to deep over blocks {p['student_layers']} (proportional pairing), budget split "
+        f"evenly over the stages, lr {p['lr']}, a separate run per budget. `all`: every student parameter in one "
+        f"joint stage (all paired layers' terms at once), lr {p['all_lr']}, one run per seed evaluated at each "
+        "budget (constant learning rate, so this equals separate runs).",
+        f"- **Budgets** (steps, all stages): {p['budgets']} = {p['budgets'][0] * tokens_per_step:,} to "
+        f"{p['budgets'][-1] * tokens_per_step:,} tokens ({p['budgets'][-1] // p['budgets'][0]}x), batch "
+        f"{p['batch_size']} x {p['seq_len']} tokens. The pool holds {p['n_transfer']} sequences and at most "
+        f"{p['epochs']} epoch(s) are used: every step of a run sees sequences that run has not seen before.",
+        f"- **code**: transfer = {p['seq_len']}-token chunks of {code.get('transfer_files', '–')} standard-library "
+        f"test files; headline `stdlib_test_ce` = cross-entropy (nats/token) on {code.get('heldout_tokens', 0):,} "
+        f"tokens ({code.get('heldout_bytes', 0):,} bytes) of {code.get('heldout_files', '–')} held-out test files; "
+        f"`humaneval_ce` = canonical-solution CE given the prompt on {code.get('humaneval_problems', '–')} "
+        "problems (out of distribution); `*_bpb` = the same in bits per byte. Both sets checked against the "
+        "transfer files for verbatim overlap.",
+        f"- **knowledge**: facts read from the Python standard library (`semalign_lens.tasks.stdlib_facts`) that "
+        f"the teacher answers exactly on the held-out phrasing: {know.get('teacher_known', '–')} of "
+        f"{know.get('facts', '–')}; transfer = the other three phrasings + answer ({know.get('transfer_texts', '–')} "
+        f"texts), {p['knowledge_steps']} steps; headline `answer_logprob` on the held-out phrasing (higher is "
+        "better), `exact_match` beside it. Held-out and transfer phrasings checked disjoint.",
+        f"- Teacher targets: one pass per task, cached (paired states + top-{p['top_k']} logits and the tail mass; "
+        "`benchmarks/RESULTS.md` measures that KL against the dense one).",
+        "- Intervals: mean [95% Student-t interval] over seeds; paired differences are per-seed differences.", ""]
+    if len(controls):
+        c = controls.copy()
+        c["KD"] = c.apply(lambda r: _interval(r["kd"], r["kd_lo"], r["kd_hi"]), axis=1)
+        c["SFT"] = c.apply(lambda r: _interval(r["sft"], r["sft_lo"], r["sft_hi"]), axis=1)
+        lines += ["## Positive control: logit KD against SFT", "",
+                  c[["task", "schedule", "steps", "tokens_seen", "metric", "KD", "SFT", "seeds", "separated"]]
+                  .to_markdown(index=False), ""]
+    if meta.get("png"):
+        lines += ["## Budget curves", "", "![budget curves](out/transfer/budget_curve.png)", "",
+                  "Interactive (with the teacher's line): `analysis/out/transfer/budget_curve.html`. Dotted line: "
+                  "the student before transfer.", ""]
+    if len(summary):
+        s = summary.copy()
+        s["score"] = s.apply(lambda r: _interval(r["score"], r["score_lo"], r["score_hi"]), axis=1)
+        s["gap closed"] = s.apply(lambda r: _interval(r["gap_closed"], r["gap_lo"], r["gap_hi"], 3), axis=1)
+        for (task, metric, schedule), g in s.groupby(["task", "metric", "schedule"], sort=False):
+            pivot = g.pivot(index="method", columns="steps", values="score")
+            lines += [f"### {task} · `{metric}` · {schedule}, by budget (steps)", "",
+                      f"Student before {g['before'].iloc[0]:.4f}, teacher {g['teacher'].iloc[0]:.4f} "
+                      f"({'higher' if g['higher_is_better'].iloc[0] else 'lower'} is better).", "",
+                      pivot.to_markdown(), "",
+                      "Gap closed ((after − before) / (teacher − before)):", "",
+                      g.pivot(index="method", columns="steps", values="gap closed").to_markdown(), ""]
+    if len(pairs):
+        q = pairs.copy()
+        q["difference"] = q.apply(lambda r: _interval(r["diff"], r["lo"], r["hi"]), axis=1)
+        lines += ["## SemAlign's own contribution: paired differences by seed", "",
+                  "For a loss (↓) a negative difference means the first method is better; for a score (↑) a positive "
+                  "one.", "", q[["task", "schedule", "steps", "comparison", "metric", "seeds", "difference", "verdict"]]
+                  .to_markdown(index=False), ""]
+    if len(runs):
+        main_rows = runs[runs["steps"] == runs.groupby("task")["steps"].transform("max")]
+        cols = [c for c in main_rows.columns if c.startswith("score_")]
+        table = main_rows.groupby(["task", "schedule", "method"], sort=False)[cols].mean().round(4)
+        refs_rows = pd.DataFrame([{"task": t, "schedule": "–", "method": role, **{f"score_{k}": v for k, v in vals.items()}}
+                                  for t, tr in refs.items() for role, vals in (("student (before)", tr.before),
+                                                                               ("teacher", tr.teacher))])
+        table = pd.concat([refs_rows.set_index(["task", "schedule", "method"]).round(4), table]).dropna(axis=1, how="all")
+        fair = main_rows.groupby(["task", "schedule", "method"], sort=False).agg(
+            seeds=("seed", "nunique"), steps=("steps", "first"), tokens=("tokens_seen", "first"),
+            trainable_params=("trainable_params", "first"), data_hash=("data_hash", "first"),
+            train_s=("train_s", "mean"))
+        lines += ["## Every metric at the largest budget (mean over seeds)", "",
+                  "`*_ce`: nats/token, `*_bpb`: bits per byte, lower is better; `answer_logprob`: higher is better; "
+                  "`exact_match`: share of held-out phrasings answered exactly.", "", table.to_markdown(), "",
                   "## Same data, steps and parameters (the fairness record)", "",
-                  "Trainable parameters summed over stages. FitNets additionally trains its projector (an auxiliary "
-                  "head, discarded); LaTen trains a parameter-matched hypernetwork instead of the LoRA adapters.", "",
+                  "Trainable parameters summed over stages; FitNets also trains its projector (discarded). "
+                  "`train_s` for the `all` schedule is the time since the previous budget of the same run.", "",
                   fair.round(1).to_markdown(), ""]
-    if len(curve) and curve["n_transfer"].nunique() > 1:
-        pivot = curve.pivot_table(index="method", columns="n_transfer", values="score_humaneval_ce", aggfunc="mean")
-        lines += ["## Data budget (code task, seed 0, same steps at every budget)", "",
-                  pivot.round(4).to_markdown(), "", "Figure: `analysis/out/transfer/budget_curve.html`.", ""]
-    if meta.get("pass_at_1"):
-        lines += ["## HumanEval pass@1 (greedy, before any transfer)", "",
-                  *[f"- {role}: {r['passed']}/{r['problems']} = {r['pass_at_1']:.3f}" for role, r in
-                    meta["pass_at_1"].items()], ""]
     if meta["skipped"]:
-        lines += ["## Skipped (time budget spent)", "", *[f"- {s}" for s in meta["skipped"]], ""]
-    lines += ["## Files", "", "`analysis/out/transfer/`: runs.csv (every run: scores, steps, trainable parameters, "
-              "data hash, times), summary.csv, table.md, meta.json, budget_curve.html, "
-              "knowledge_teacher_filter.csv (the teacher's answer on every held-out phrasing).", ""]
+        lines += ["## Not run (time budget spent)", "", *[f"- {s}" for s in meta["skipped"]], ""]
+    lines += ["## Files", "", "`analysis/out/transfer/`: runs.csv (every run: scores, steps, tokens, trainable "
+              "parameters, data hash, times), summary.csv, control.csv, paired.csv, meta.json, budget_curve.html, "
+              "budget_curve.png, knowledge_teacher_filter.csv (the teacher on every held-out phrasing).", ""]
     path.write_text("\n".join(lines))
 
 

@@ -25,7 +25,9 @@ class RunProfile:
 
     The code task transfers `n_transfer` stdlib test-file sequences of `seq_len` tokens (plus `diag_sequences`
     held out for training diagnostics) and scores HumanEval canonical-solution cross-entropy on the first
-    `humaneval_limit` problems and stdlib-test CE on `heldout_tokens` tokens. Training: frontier schedule over
+    `humaneval_limit` problems (None: all 164) and stdlib-test CE on `heldout_tokens` tokens (the headline). The
+    knowledge task's facts: `facts` = "stdlib" (`tasks.stdlib_facts`, read from this Python), "shipped"
+    (`tasks/facts.json`) or a facts file. Training: frontier schedule over
     `student_layers` (proportional pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate
     `lr`, `precision` (training and evaluation; "auto" = bf16 only where native, `semalign_lens.precision`). teacher / student: zoo names, HF directories, or "tiny" (random tiny pair).
     """
@@ -41,8 +43,9 @@ class RunProfile:
     lr: float = 2e-3
     lora_rank: int = 16
     precision: str = "auto"
-    humaneval_limit: int = 16
-    heldout_tokens: int = 512
+    humaneval_limit: int | None = 16
+    heldout_tokens: int = 16384
+    facts: str = "stdlib"
 
 
 def load_pair(teacher: str, student: str):
@@ -109,7 +112,7 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
                             heldout_tokens=profile.heldout_tokens, precision=profile.precision)
         data, diag = split_transfer(task.transfer, profile.diag_sequences)
     elif name == "knowledge":
-        facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else None  # a random teacher knows nothing
+        facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else _facts(profile.facts)
         task = ev.knowledge_task(teacher, facts, precision=profile.precision)
         data = task.transfer  # few short texts: all train; the diagnostics (no training) look at the first few
         diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
@@ -118,6 +121,14 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
         raise SemalignError(f"unknown task {name!r}; valid: code, knowledge")
     before, reference = _references(task, teacher, student, cache)
     return TaskRun(task, data, diag, n, before=before, teacher=reference)
+
+
+def _facts(spec: str):
+    """The knowledge task's facts: "stdlib" (read from this Python), "shipped" (facts.json) or a file."""
+    from .tasks.facts import load_facts
+    from .tasks.stdlib_facts import stdlib_facts
+
+    return stdlib_facts() if spec == "stdlib" else load_facts(None if spec == "shipped" else spec)
 
 
 def _weights_id(model) -> str | None:

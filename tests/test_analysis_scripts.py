@@ -7,9 +7,11 @@ and must write its outputs. The numbers are meaningless at this size; only the p
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,25 +54,67 @@ def test_ablations_fast(tmp_path):
 
 
 def test_transfer_table_tiny_with_the_fairness_record(tmp_path):
-    """Every row, the SFT control included, trained on the same data, steps and parameter count; the table has
-    the references and a row per method for both tasks; a resumed run adds nothing."""
+    """Every row of one budget, the SFT control included, trained on the same data, steps and parameter count,
+    on both schedules and both tasks; the summaries hold the control and the paired differences with intervals;
+    TRANSFER.md starts with the control's line; a resumed run adds nothing."""
     import pandas as pd
 
     table = load("transfer_table")
-    args = ["--profile", "tiny", "--methods", "sft", "kd", "semalign", "--seeds", "0", "--no-budget-curve",
+    args = ["--profile", "tiny", "--methods", "sft", "kd", "semalign", "--seeds", "0", "1", "--budgets", "2", "4",
             "--threads", "1", "--out", str(tmp_path), "--summary", str(tmp_path / "TRANSFER.md")]
     assert table.main(args) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
-    assert len(runs) == 6 and set(runs["method"]) == {"sft", "kd", "semalign"}
-    for _, task in runs.groupby("task"):
-        for column in ("data_hash", "steps", "trainable_params", "trainable_by_stage"):
-            assert task[column].nunique() == 1, column
-    md = (tmp_path / "table.md").read_text()
-    for row in ("| student (before) |", "| teacher |", "| sft |", "| kd |", "| semalign |"):
-        assert row in md, row
-    assert "python analysis/transfer_table.py --profile tiny" in (tmp_path / "TRANSFER.md").read_text()
+    # code: 2 budgets, knowledge: 1; x 2 schedules x 3 methods x 2 seeds
+    assert len(runs) == 3 * 2 * 3 * 2 and set(runs["schedule"]) == {"frontier", "all"}
+    for _, group in runs.groupby(["task", "schedule", "steps"]):
+        for column in ("data_hash", "trainable_params", "sequences_seen"):
+            assert group[column].nunique() == 1, column
+    code = runs[runs["task"] == "code"]
+    assert {"score_stdlib_test_ce", "score_stdlib_test_bpb", "score_humaneval_ce", "score_humaneval_bpb"} <= set(code)
+    frontier, full = (code[code["schedule"] == s]["trainable_params"].iloc[0] for s in ("frontier", "all"))
+    assert full > frontier  # every parameter against LoRA adapters
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    assert {"kd - sft", "semalign - kd", "semalign - sft"} <= set(paired["comparison"])
+    assert paired[["diff", "lo", "hi"]].notna().all().all() and (paired["lo"] <= paired["hi"]).all()
+    control = pd.read_csv(tmp_path / "control.csv")
+    assert len(control) == 2 * (2 + 1) * 2  # schedules x (code budgets + knowledge) x two metrics each
+    text = (tmp_path / "TRANSFER.md").read_text()
+    assert text.startswith("**Positive control") and "python analysis/transfer_table.py --profile tiny" in text
+    assert (tmp_path / "budget_curve.html").exists() and (tmp_path / "budget_curve.png").exists()
     assert table.main(args + ["--resume"]) == 0
-    assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
+
+
+def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, tiny_pair):
+    """At a constant learning rate, the score of a 2-step run equals the 2-step point of a 4-step run."""
+    table = load("transfer_table")
+    profile = replace(table.PROFILES["tiny"], budgets=[2, 4])
+    tr = table.build_task("code", profile, tiny_pair.teacher, tiny_pair.student)
+    maps = table.transfer_maps(tiny_pair.teacher, tiny_pair.student, ["kd"])
+    cache = tmp_path / "cache"
+    table.prebuild_cache(profile, tr, tiny_pair.teacher, tiny_pair.student, cache, tmp_path)
+    rows = {}
+    for name, budgets in (("curve", [2, 4]), ("alone", [2])):
+        out = []
+        student = copy.deepcopy(tiny_pair.student)
+        table.run_curve("kd", "all", 0, budgets, tr, profile, tiny_pair.teacher, student, tmp_path / name, cache,
+                        maps, set(), out.append)
+        rows[name] = out
+    assert [r["steps"] for r in rows["curve"]] == [2, 4]
+    assert rows["curve"][0]["score_stdlib_test_ce"] == pytest.approx(rows["alone"][0]["score_stdlib_test_ce"], abs=1e-6)
+    assert rows["curve"][1]["score_stdlib_test_ce"] != pytest.approx(rows["curve"][0]["score_stdlib_test_ce"], abs=1e-6)
+
+
+def test_a_budget_beyond_the_transfer_set_is_refused():
+    from semalign_lens.errors import SemalignError
+
+    table = load("transfer_table")
+    with pytest.raises(SemalignError, match=r"budget 40 steps x batch 4 = 160 sequences exceeds the transfer set: "
+                                            r"48 sequences x epochs 1 = 48"):
+        table.check_budgets([2, 40], 2, 4, 48, 1)
+    table.check_budgets([2, 40], 2, 4, 48, 4)  # four epochs give 192
+    with pytest.raises(SemalignError, match="budget 3 steps is not a multiple of the 2 frontier stages"):
+        table.check_budgets([3], 2, 4, 48, 1)
 
 
 def test_fig2_runs_on_a_tiny_teacher_directory(tmp_path):

@@ -12,13 +12,13 @@ So a method may change only
 
 Data, pairing, schedule (frontier stages, LoRA rank and targets, learning rates, steps) come from one base
 `AlignConfig` shared by all rows. Every row with an output KL term uses the same one (forward KL(p_T‖p_S),
-τ = 2, τ²-scaled), so `semalign` − `kd` is exactly the contribution of SemAlign's layer term. `method_config(base, name)` returns that config with only the method's
+τ = 1, `registry.KL_OUTPUT`), so `semalign` − `kd` is exactly the contribution of SemAlign's layer term. `method_config(base, name)` returns that config with only the method's
 fields replaced, and `run_method` trains it.
 
 | name | terms | what it is |
 |---|---|---|
 | `sft` | ce | the control: the student fine-tuned alone on the transfer data, no teacher |
-| `kd` | kl (forward, τ = 2) | word-level logit distillation (Hinton et al.) |
+| `kd` | kl (forward, τ = 1) | word-level logit distillation (Hinton et al.) |
 | `fitnets` | fitnets + kl | projected-MSE hints on the paired layers, learned projector (Romero et al.) |
 | `gram` | gram + kl | relation (Gram / similarity-preserving) distillation on raw teacher states (Tung & Mori) |
 | `seeking` | ce | sensitivity-located teacher blocks → SVD → LoRA init, then fine-tuning (Zhong et al.) |
@@ -35,11 +35,12 @@ from __future__ import annotations
 # One module per method; each registers its method(s), and fitnets, relation and laten also register their
 # objectives (fitnets, gram, laten_l2) with semalign_lens.objectives.
 from . import fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
-from .registry import METHODS, Method, get_method, method_config, register_method, run_method
+from .registry import METHODS, Method, get_method, method_config, method_trainer, register_method, run_method
 
 ROW_ORDER = ("sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-cosine", "semalign-fisher",
              "semalign-paper-map", "semalign-v1")
 for _name in ROW_ORDER:  # the table's row order: control, baselines, SemAlign variants (user methods after)
     METHODS[_name] = METHODS.pop(_name)
 
-__all__ = ["METHODS", "ROW_ORDER", "Method", "get_method", "method_config", "register_method", "run_method"]
+__all__ = ["METHODS", "ROW_ORDER", "Method", "get_method", "method_config", "method_trainer", "register_method",
+           "run_method"]

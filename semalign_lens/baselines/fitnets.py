@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import SemalignError
 from ..objectives import LayerInputs, Objective, register_objective
-from .registry import KL_T2, Method, register_method
+from .registry import KL_OUTPUT, Method, register_method
 
 
 def hint_loss(h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor, projector: nn.Module,
@@ -101,7 +101,7 @@ class FitNetsPlugin:
 register_method(Method(
     "fitnets", {"fitnets": 1.0, "kl": 1.0}, "FitNets hints: MSE between a learned projection of the student state "
     "and the teacher state of the paired layer, plus the same output KL",
-    options={"kl": KL_T2["kl"]}, plugin=FitNetsPlugin,
+    options={"kl": KL_OUTPUT["kl"]}, plugin=FitNetsPlugin,
     changes="Romero et al. train hints first, then KD, on all parameters; here hint and KL are summed in each "
             "frontier stage (SemAlign's schedule). The projector (d_S -> d_T per paired layer, least-squares "
             "initialised) is an auxiliary head, trained with the adapters and discarded; the MSE is divided by the "

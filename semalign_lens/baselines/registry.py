@@ -13,7 +13,10 @@ from typing import Any
 
 from ..errors import SemalignError
 
-KL_T2 = {"kl": {"direction": "forward", "temperature": 2.0}}  # the one output KL every row with `kl` uses
+# The one output KL every row with `kl` uses. τ = 1, measured (analysis/TRANSFER.md, "Why τ = 1"): at τ = 2 the
+# KL made the shipped student's held-out stdlib CE worse with dense teacher logits too (4.41 → 4.52 nats in 6
+# train-all steps, 4.37 at τ = 1), and a top-k cache is exact only at τ = 1 (its tempered tail is modelled).
+KL_OUTPUT = {"kl": {"direction": "forward", "temperature": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,20 @@ def method_config(base, method: str | Method):
     return cfg
 
 
+def method_trainer(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
+                   diag_data=None, lean: bool = False):
+    """The trainer of `run_method`, built but not run: for callers that train in pieces
+    (`trainer.run(stop_after_steps=n)`) and evaluate `trainer.student` in between."""
+    from .adapter import MethodTrainer
+
+    m = get_method(method)
+    cfg = method_config(base, m)
+    if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
+        transfer = None
+    return MethodTrainer(cfg, method=m, teacher=teacher, student=student, data=data, diag_data=diag_data,
+                         pairing=pairing, transfer=transfer, run_dir=run_dir, lean=lean)
+
+
 def run_method(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
                diag_data=None, lean: bool = False):
     """Train `student` with `method` under the shared `base` config; returns the trainer's `AlignResult`,
@@ -80,14 +97,8 @@ def run_method(method: str | Method, base, *, teacher, student, data, run_dir, p
     `transfer`: a prebuilt `TransferMap` (reused across methods to save time); ignored by methods whose map
     kind differs from it. `lean`: skip CKA heatmaps and figure files (the benchmark's setting).
     """
-    from .adapter import MethodTrainer
-
-    m = get_method(method)
-    cfg = method_config(base, m)
-    if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
-        transfer = None
-    trainer = MethodTrainer(cfg, method=m, teacher=teacher, student=student, data=data, diag_data=diag_data,
-                            pairing=pairing, transfer=transfer, run_dir=run_dir, lean=lean)
+    trainer = method_trainer(method, base, teacher=teacher, student=student, data=data, run_dir=run_dir,
+                             pairing=pairing, transfer=transfer, diag_data=diag_data, lean=lean)
     result = trainer.run()
     result.trainable_params = dict(trainer.stage_params)  # per stage; the fairness record of the row
     result.data_hash = trainer.identity["data_hash"]

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float
 
 from ..errors import SemalignError
 from ..objectives import LayerInputs, Objective, register_objective
-from .registry import KL_T2, Method, register_method
+from .registry import KL_OUTPUT, Method, register_method
 
 
 def sp_gram(x: Float[torch.Tensor, "batch pos d"], mask: Bool[torch.Tensor, "batch pos"]
@@ -63,7 +63,7 @@ register_objective(Objective(
 register_method(Method(
     "gram", {"gram": 1.0, "kl": 1.0}, "relation distillation: row-normalised token-token Gram matrices of the "
     "student and the raw teacher residual contribution (SP-KD), plus the same output KL",
-    options={"kl": KL_T2["kl"]},
+    options={"kl": KL_OUTPUT["kl"]},
     changes="Tung & Mori compare batch x batch Gram matrices of CNN feature maps; here token x token per sequence on "
             "the paired layers' residual contributions, with no semantic map — the ablation of SemAlign's relation "
             "loss that reviewers ask for (baselines.md §3)."))

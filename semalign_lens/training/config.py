@@ -8,6 +8,7 @@ for the same steps with the same trainable parameters as SemAlign — only the l
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,11 @@ class AlignConfig:
             raise SemalignError(f"objective term(s) {needs_logits} need teacher logits, which cached targets do not "
                                 "hold by default; set targets.mode = 'online', or targets.cache_logits = 'topk' "
                                 "(the teacher's top_k tokens: 6·top_k + 2 bytes per token) or 'dense' (2·vocab)")
+        tempered = [n for n in needs_logits if (self.objective.options.get(n) or {}).get("temperature", 1.0) != 1.0]
+        if self.targets.mode == "cached" and self.targets.logits_store == "topk" and tempered:
+            warnings.warn(f"objective term(s) {tempered} read top-k teacher logits at a temperature other than 1: the "
+                          "cache's tail mass is then modelled, not known (measured biased at τ = 2, "
+                          "semalign_lens.sparse_logits); use temperature 1 or cache_logits = 'dense'", stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))
