@@ -23,13 +23,14 @@ from .errors import SemalignError
 class RunProfile:
     """Sizes shared by every trained method of one comparison (the fairness rule).
 
-    The code task transfers `n_transfer` stdlib test-file sequences of `seq_len` tokens (plus `diag_sequences`
-    held out for training diagnostics) and scores HumanEval canonical-solution cross-entropy on the first
-    `humaneval_limit` problems (None: all 164) and stdlib-test CE on `heldout_tokens` tokens (the headline). The
-    knowledge task's facts: `facts` = "stdlib" (`tasks.stdlib_facts`, read from this Python), "shipped"
-    (`tasks/facts.json`) or a facts file. Training: frontier schedule over
-    `student_layers` (proportional pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate
-    `lr`, `precision` (training and evaluation; "auto" = bf16 only where native, `semalign_lens.precision`). teacher / student: zoo names, HF directories, or "tiny" (random tiny pair).
+    Code task: `n_transfer` stdlib test-file chunks of `seq_len` tokens, at most `per_file` from one file (plus
+    `diag_sequences` held out for training diagnostics); headline = CE on `heldout_tokens` tokens of held-out
+    stdlib test files, HumanEval canonical-solution CE on `humaneval_limit` problems (None: all 164) beside it.
+    Knowledge task: `facts` = "stdlib" (`tasks.stdlib_facts`, read from this Python), "shipped"
+    (`tasks/facts.json`) or a facts file. Training: frontier schedule over `student_layers` (proportional
+    pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate `lr`, `precision` (training and
+    evaluation; "auto" = bf16 only where native, `semalign_lens.precision`). teacher / student: zoo names, HF
+    directories, or "tiny" (random tiny pair).
     """
 
     teacher: str = "smollm2-135m"
@@ -46,6 +47,7 @@ class RunProfile:
     humaneval_limit: int | None = 16
     heldout_tokens: int = 16384
     facts: str = "stdlib"
+    per_file: int = 2
 
 
 def load_pair(teacher: str, student: str):
@@ -109,7 +111,8 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
     if name == "code":
         n = n_transfer or profile.n_transfer
         task = ev.code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
-                            heldout_tokens=profile.heldout_tokens, precision=profile.precision)
+                            heldout_tokens=profile.heldout_tokens, precision=profile.precision,
+                            per_file=profile.per_file)
         data, diag = split_transfer(task.transfer, profile.diag_sequences)
     elif name == "knowledge":
         facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else _facts(profile.facts)

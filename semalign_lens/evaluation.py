@@ -119,12 +119,19 @@ def plain_model(model):
     return _PLAIN[model]
 
 
+def model_device(model) -> torch.device:
+    """Where a model's weights are (CPU for a model without parameters)."""
+    return next(iter(plain_model(model).parameters()), torch.empty(0)).device
+
+
 def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
-    """Logits of a TransformerBridge or an HF causal LM. Right padding needs no attention mask (causal)."""
+    """Logits of a TransformerBridge or an HF causal LM, on the CPU. The tokens go to the model's device (a
+    student trained on a GPU is scored where it is). Right padding needs no attention mask (causal)."""
     model = plain_model(model)
+    device = model_device(model)
     if is_hf_model(model):
-        return model(input_ids=tokens).logits
-    return model(tokens, return_type="logits")
+        return model(input_ids=tokens.to(device)).logits.cpu()
+    return model(tokens.to(device), return_type="logits").cpu()
 
 
 def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
@@ -151,7 +158,7 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
             scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
             if not scored.any():
                 continue
-            with torch.no_grad(), autocast(precision, tokens.device):
+            with torch.no_grad(), autocast(precision, model_device(model)):
                 logits = forward_logits(model, tokens)
             logits = logits[:, :-1][scored].float()
             total += F.cross_entropy(logits, tokens[:, 1:][scored], reduction="sum").item()
@@ -526,7 +533,7 @@ def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int
         for i in range(0, len(batch), batch_size):
             tokens, mask = batch.tokens[i: i + batch_size], batch.mask[i: i + batch_size]
             scored = (score[i: i + batch_size] & mask)[:, 1:]
-            with torch.no_grad(), autocast(precision, tokens.device):
+            with torch.no_grad(), autocast(precision, model_device(model)):
                 logits = forward_logits(model, tokens)[:, :-1]
             targets = tokens[:, 1:][scored]
             answer = logits[scored].float()  # only the answer positions: the softmax over V is the cost
@@ -818,9 +825,10 @@ class TransferTask:
 
 
 def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_limit: int | None = 48,
-              heldout_tokens: int = 16384, precision: str = "auto") -> TransferTask:
+              heldout_tokens: int = 16384, precision: str = "auto", per_file: int = 2) -> TransferTask:
     """Code: transfer on stdlib test chunks; headline score = CE on held-out stdlib test files (lower is better).
 
+    Transfer: `n_transfer` chunks of `seq_len` tokens, up to `per_file` per file (`code_transfer_data`).
     The held-out files (`heldout_tokens` tokens of the stdlib test files' evaluation slice, in blocks of
     `seq_len`) are the same distribution as the transfer data and never in it: the score where transfer can
     show (issue 12). HumanEval solution CE given the prompt is the out-of-distribution score beside it. Every
@@ -831,7 +839,7 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
     if heldout_tokens < seq_len:
         raise SemalignError(f"heldout_tokens = {heldout_tokens} is less than one block of seq_len = {seq_len}; the "
                             "code task's headline score needs held-out tokens (the issue asks for >= 16384)")
-    transfer, n_files = code_transfer_data(tokenizer, n_transfer, seq_len)
+    transfer, n_files = code_transfer_data(tokenizer, n_transfer, seq_len, per_file)
     batch, score, problems = humaneval_solution_batch(tokenizer, limit=humaneval_limit)
     sources = code_transfer_texts(n_files)
     check_no_overlap(sources, [p["canonical_solution"] for p in problems] + [p["prompt"] for p in problems],

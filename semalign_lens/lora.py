@@ -1,86 +1,89 @@
-"""A small LoRA for `nn.Linear`: enough for SemAlign's "LoRA on the frontier layer" and nothing more.
+"""LoRA through peft, for SemAlign's "LoRA on the frontier layer": adapt named layers of one block, train only
+the adapters, merge them back at the end of the stage.
 
-Why our own: `peft` is not a dependency, and the trainer needs exactly three things — wrap the chosen linear
-layers of one block, train only the adapters, and merge them back into plain weights at the end of a stage
-so the next stage (and the saved student) sees an ordinary Hugging Face model.
-
-W' = W + (α/r)·B·A, A ∈ R^{r×in} (Kaiming-uniform, like peft), B ∈ R^{out×r} (zeros, so a fresh adapter
-changes nothing). The paper's appendix uses r = 16 on up_proj, down_proj, v_proj, o_proj.
+Why peft's layers: they cover `nn.Linear` and GPT-2's `Conv1D` (fused projections included), with the
+initialisation everyone compares against (A Kaiming-uniform, B zero, so a fresh adapter changes nothing) and
+an exact `merge()`. What we add is the stage life cycle: `add_lora` on a block (seeded, so a resumed run
+rebuilds the same adapters), `lora_parameters`, and `merge_lora`, which folds W' = W + (α/r)·B·A into the
+base weight and puts the plain base layer back, so the next stage and the saved student are ordinary
+Hugging Face modules. The paper's appendix uses r = 16 on up_proj, down_proj, v_proj, o_proj; other families'
+equivalents are in `semalign_lens.architectures`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from .architectures import adaptable_names
 from .errors import SemalignError
 
+ADAPTER = "default"
 
-class LoRALinear(nn.Module):
-    """`base(x) + (α/r)·x Aᵀ Bᵀ` with the base layer frozen."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator | None = None):
-        super().__init__()
-        if rank <= 0:
-            raise SemalignError(f"LoRA rank must be positive, got {rank}")
-        self.base = base
-        self.rank, self.alpha = int(rank), float(alpha)
-        self.scale = self.alpha / self.rank
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device))
-        bound = 1.0 / math.sqrt(base.in_features)  # = kaiming_uniform_(a=sqrt(5)) as in nn.Linear / peft
-        with torch.no_grad():
-            a = torch.rand(self.lora_A.shape, generator=generator, dtype=torch.float32) * 2 - 1
-            self.lora_A.copy_(a * bound)
-        base.requires_grad_(False)
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
-
-    def merged(self) -> nn.Linear:
-        """The base layer with the adapter folded into its weight (in place; returns the base layer)."""
-        with torch.no_grad():
-            self.base.weight += (self.lora_B @ self.lora_A).to(self.base.weight.dtype) * self.scale
-        return self.base
+    return isinstance(module, Conv1D)
 
 
 def add_lora(module: nn.Module, targets: Sequence[str], rank: int, alpha: float,
              generator: torch.Generator | None = None) -> list[str]:
-    """Wrap every `nn.Linear` inside `module` whose attribute name is in `targets`; return their paths.
+    """Attach rank-`rank` adapters to every layer inside `module` whose name is in `targets`; return their
+    paths. A name that is not a linear (or Conv1D) layer of the block is an error naming those that are."""
+    from peft import LoraConfig, inject_adapter_in_model
 
-    Raises if none of `targets` matches, naming the linear layers that exist (a typo would otherwise train
-    nothing).
-    """
-    found = []
-    linear_names = set()
-    for path, child in list(module.named_modules()):
-        for name, sub in list(child.named_children()):
-            if isinstance(sub, nn.Linear):
-                linear_names.add(name)
-                if name in targets:
-                    setattr(child, name, LoRALinear(sub, rank, alpha, generator))
-                    found.append(f"{path}.{name}" if path else name)
-    missing = sorted(set(targets) - {p.rsplit(".", 1)[-1] for p in found})
+    if rank <= 0:
+        raise SemalignError(f"LoRA rank must be positive, got {rank}")
+    names = adaptable_names(module)
+    missing = sorted(set(targets) - set(names))
     if missing:
-        raise SemalignError(f"LoRA target(s) {missing} are not linear layers of this block; its linear layers "
-                            f"are {sorted(linear_names)}")
+        raise SemalignError(f"LoRA target(s) {missing} are not linear layers of this block; its linear (or Conv1D) "
+                            f"layers are {names}")
+    found = [path for path, m in module.named_modules() if path and path.rsplit(".", 1)[-1] in targets]
+    conv = any(_is_conv1d(module.get_submodule(p)) for p in found)
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), lora_dropout=0.0,
+                        bias="none", fan_in_fan_out=conv)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
+    with torch.random.fork_rng(devices=[]):  # peft draws A from the global generator
+        if seed is not None:
+            torch.manual_seed(seed)
+        inject_adapter_in_model(config, module, adapter_name=ADAPTER)
     return found
 
 
-def merge_lora(module: nn.Module) -> int:
-    """Replace every `LoRALinear` inside `module` by its merged base layer; return how many were merged."""
-    count = 0
-    for child in list(module.modules()):
-        for name, sub in list(child.named_children()):
-            if isinstance(sub, LoRALinear):
-                setattr(child, name, sub.merged())
-                count += 1
-    return count
+def lora_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, peft LoRA layer) for every adapted layer inside `module`."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(path, m) for path, m in module.named_modules() if isinstance(m, LoraLayer)]
+
+
+def lora_factors(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter, float]:
+    """(A [r, in], B [out, r], scale α/r) of one adapted layer."""
+    return layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight, float(layer.scaling[ADAPTER])
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The [out, in] weight of a linear layer, a LoRA layer's base or GPT-2's Conv1D ([in, out]; a view)."""
+    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    return base.weight.t() if _is_conv1d(base) else base.weight
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [p for m in module.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)]
+    return [p for _, layer in lora_layers(module) for p in lora_factors(layer)[:2]]
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every adapter inside `module` into its base weight and put the base layer back; return how many."""
+    count = 0
+    for path, layer in lora_layers(module):
+        layer.merge(adapter_names=[ADAPTER])
+        parent, _, name = path.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, layer.get_base_layer())
+        count += 1
+    if count and hasattr(module, "peft_config"):
+        del module.peft_config
+    return count

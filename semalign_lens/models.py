@@ -305,6 +305,8 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
         # The bridge rewires the HF modules it wraps, so wrap a copy and leave the caller's model intact.
         hf_model = copy.deepcopy(source).to(dtype)
+        if not getattr(hf_model.config, "architectures", None):  # a model built from a config: the bridge
+            hf_model.config.architectures = [type(hf_model).__name__]  # picks its adapter by this name
         kind, path, label = "memory", None, name or source.config.name_or_path or "memory"
         weights_hash = None
     elif isinstance(source, (str, os.PathLike)):

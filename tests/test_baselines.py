@@ -13,7 +13,7 @@ from semalign_lens.baselines import fitnets, laten, relation, seeking
 from semalign_lens.config import from_dict
 from semalign_lens.errors import SemalignError
 from semalign_lens.evaluation import code_transfer_batch
-from semalign_lens.lora import LoRALinear
+from semalign_lens.lora import add_lora, lora_factors, lora_layers
 from semalign_lens.trainer import AlignConfig
 
 PAIRED = (0, 2)  # the tiny student has 3 blocks; block 1 is never trained
@@ -88,17 +88,25 @@ def test_best_block_matches_brute_force():
         seeking.best_block(score, 10, 3)
 
 
-def test_seeking_init_keeps_the_function_and_uses_the_teacher_subspace():
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_seeking_init_keeps_the_function_and_uses_the_teacher_subspace(conv1d):
+    """On a peft LoRA layer over nn.Linear and over GPT-2's Conv1D (weight stored [in, out])."""
+    from transformers.pytorch_utils import Conv1D
+
     torch.manual_seed(0)
-    lora = LoRALinear(nn.Linear(6, 5, bias=False), rank=2, alpha=4.0)
+    block_module = nn.Module()
+    block_module.v_proj = Conv1D(5, 6) if conv1d else nn.Linear(6, 5)
+    add_lora(block_module, ["v_proj"], rank=2, alpha=4.0, generator=torch.Generator().manual_seed(0))
+    (_, layer), = lora_layers(block_module)
     x = torch.randn(3, 6)
-    y0 = lora(x).detach().clone()
+    y0 = layer(x).detach().clone()
     block = torch.randn(5, 6)
-    seeking.init_lora_from_block(lora, block)
-    assert torch.allclose(lora(x), y0, atol=1e-5)  # W - BA + (scale * B/scale) A = W
+    seeking.init_lora_from_block(layer, block)
+    assert torch.allclose(layer(x), y0, atol=1e-5)  # W - BA + (scale * B/scale) A = W
     u, s, vh = torch.linalg.svd(block)
     best = (u[:, :2] * s[:2]) @ vh[:2]
-    assert torch.allclose(lora.scale * lora.lora_B @ lora.lora_A, best, atol=1e-5)
+    a, b, scale = lora_factors(layer)
+    assert torch.allclose(scale * b @ a, best, atol=1e-5)
 
 
 def test_seeking_requires_lora(tiny_pair, base_config, transfer, tmp_path):

@@ -14,10 +14,11 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     result = run_demo("tiny", out_dir=tmp_path, progress=False)
     table = result.results
     assert list(table["model"]) == ["student (before)", "teacher", "student + sft", "student + semalign"]
-    assert all(math.isfinite(v) for v in table["humaneval_ce"])
+    for metric in ("stdlib_test_ce", "stdlib_test_bpb", "humaneval_ce", "humaneval_bpb"):
+        assert all(math.isfinite(v) for v in table[metric]), metric
     # the trained students changed: their scores differ from the untrained student's
-    before = table.loc[0, "humaneval_ce"]
-    assert table.loc[2, "humaneval_ce"] != before and table.loc[3, "humaneval_ce"] != before
+    before = table.loc[0, "stdlib_test_ce"]
+    assert table.loc[2, "stdlib_test_ce"] != before and table.loc[3, "stdlib_test_ce"] != before
     html = result.report_path.read_text()
     assert html.count("plotly.js v") == 1 and "student + semalign" in html and "Provenance" in html
     # one page: the pairing report's sections (one level down) and the training diagnostics are in it
@@ -27,6 +28,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert html.count(">Provenance</h2>") == 1 and not (tmp_path / "pairing_report.html").exists()
     assert (tmp_path / "results.csv").exists()
     assert set(result.timings) >= {"load pair", "layer pairing", "train sft", "train semalign", "report"}
+    assert "How this relates to the benchmark" in html and "analysis/TRANSFER.md" in html
 
 
 def test_unknown_profile_lists_valid_ones():
@@ -53,7 +55,7 @@ def test_demo_terminal_is_quiet(tmp_path, progress):
     assert all(line.startswith("semalign demo:") for line in proc.stderr.splitlines() if line.strip()), proc.stderr
     assert progress or proc.stderr == ""
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split()[:2] == ["model", "humaneval_ce"] and "student + semalign" in proc.stdout
+    assert lines[0].split()[:2] == ["model", "stdlib_test_ce"] and "student + semalign" in proc.stdout
     assert lines[-2].startswith("precision fp32 (auto;") and lines[-1] == f"report: {tmp_path / 'report.html'}"
 
 

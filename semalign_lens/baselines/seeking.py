@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import SemalignError
-from ..lora import LoRALinear
+from ..lora import dense_weight, lora_factors, lora_layers
 from .registry import Method, register_method
 
 CHANGES = (
@@ -52,12 +52,12 @@ def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str,
     model.requires_grad_(False)
     for layer in layers:
         layer.requires_grad_(True)
-    named = {(i, name): mod.weight for i, layer in enumerate(layers) for name, mod in layer.named_modules()
-             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+    named = {(i, name): mod for i, layer in enumerate(layers) for name, mod in layer.named_modules()
+             if name and name.rsplit(".", 1)[-1] in targets and hasattr(mod, "weight")}
     if not named:
         raise SemalignError(f"the teacher has no linear layers named {targets} in its blocks")
     scores = torch.zeros(len(layers), dtype=torch.float64)
-    blocks = {key: torch.zeros_like(w, dtype=torch.float32) for key, w in named.items()}
+    blocks = {key: torch.zeros_like(dense_weight(m), dtype=torch.float32) for key, m in named.items()}
     for seq in tqdm(sequences, desc="seeking sensitivity", disable=not progress, leave=False):
         x = seq[None]
         loss = model(input_ids=x, labels=x, use_cache=False).loss
@@ -65,8 +65,9 @@ def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str,
         with torch.no_grad():
             for i, layer in enumerate(layers):
                 scores[i] += sum(float((p * p.grad).abs().sum()) for p in layer.parameters() if p.grad is not None)
-            for key, w in named.items():
-                blocks[key] += (w * w.grad).abs()
+            for key, m in named.items():  # S = |θ·∇θL| in [out, in] orientation (Conv1D stores [in, out])
+                s = (m.weight * m.weight.grad).abs()
+                blocks[key] += s if dense_weight(m) is m.weight else s.t()
         model.zero_grad(set_to_none=True)
     model.requires_grad_(False)
     return scores, blocks
@@ -95,13 +96,16 @@ def svd_factors(block: Float[torch.Tensor, "out inp"], rank: int) -> tuple[torch
     return b, a
 
 
-def init_lora_from_block(lora: LoRALinear, block: torch.Tensor) -> None:
-    """Base W ← W − BA, adapter (B/scale, A): the layer's output is unchanged, its trainable subspace is B·A's."""
-    b, a = svd_factors(block, lora.rank)
+def init_lora_from_block(layer: nn.Module, block: torch.Tensor) -> None:
+    """Base W ← W − BA, adapter (B/scale, A): the layer's output is unchanged, its trainable subspace is B·A's.
+    `layer`: a peft LoRA layer (`semalign_lens.lora`)."""
+    lora_a, lora_b, scale = lora_factors(layer)
+    b, a = svd_factors(block, lora_a.shape[0])
+    weight = dense_weight(layer)
     with torch.no_grad():
-        lora.base.weight -= (b @ a).to(lora.base.weight.dtype)
-        lora.lora_B.copy_((b / lora.scale).to(lora.lora_B.dtype))
-        lora.lora_A.copy_(a.to(lora.lora_A.dtype))
+        weight -= (b @ a).to(weight.dtype)
+        lora_b.copy_((b / scale).to(lora_b.dtype))
+        lora_a.copy_(a.to(lora_a.dtype))
 
 
 class SeekingPlugin:
@@ -120,13 +124,20 @@ class SeekingPlugin:
                                 "schedule.adapter = 'lora' (with full fine-tuning W - BA + BA changes nothing)")
         from ..training.hfmodel import clean_copy, parts
 
+        from ..training.hfmodel import underlying_hf
+        from ..training.schedule import lora_targets
+
+        t_type, s_type = underlying_hf(teacher).config.model_type, trainer.student.config.model_type
+        if t_type != s_type:
+            raise SemalignError(f"Seeking copies teacher weight blocks into the same-named student layers, so it "
+                                f"needs one architecture family; the teacher is {t_type}, the student {s_type}")
         seeds = trainer.data.tokens[: self.seed_sequences]
+        targets = tuple(lora_targets(trainer.cfg.schedule, trainer.student))
         key = hashlib.sha256((trainer.identity["teacher_hash"] + str(seeds.tolist())
-                              + str(sorted(trainer.cfg.schedule.lora_targets))).encode()).hexdigest()
+                              + str(sorted(targets))).encode()).hexdigest()
         if key not in _SENSITIVITY_CACHE:
             _SENSITIVITY_CACHE.clear()  # keep one teacher's worth of memory
-            _SENSITIVITY_CACHE[key] = sensitivity(teacher, seeds, tuple(trainer.cfg.schedule.lora_targets),
-                                                  progress=trainer.cfg.progress)
+            _SENSITIVITY_CACHE[key] = sensitivity(teacher, seeds, targets, progress=trainer.cfg.progress)
         scores, self.blocks = _SENSITIVITY_CACHE[key]
         n_student = trainer.n_student_layers
         kept = sorted(torch.argsort(scores, descending=True)[:n_student].tolist())
@@ -142,14 +153,12 @@ class SeekingPlugin:
         for pair in stage.pairs:
             t_index = self.layer_map[pair.student_layer]
             t_modules = dict(self.teacher_layers[t_index].named_modules())
-            for name, module in layers[pair.student_layer].named_modules():
-                if not isinstance(module, LoRALinear):
-                    continue
-                t_weight = t_modules[name].weight.detach().float()
+            for name, layer in lora_layers(layers[pair.student_layer]):
+                t_weight = dense_weight(t_modules[name]).detach().float()
                 score = self.blocks[(t_index, name)]
-                rows, cols = module.base.weight.shape
+                rows, cols = dense_weight(layer).shape
                 r0, c0 = best_block(score, rows, cols)
-                init_lora_from_block(module, t_weight[r0: r0 + rows, c0: c0 + cols])
+                init_lora_from_block(layer, t_weight[r0: r0 + rows, c0: c0 + cols])
         return params
 
 

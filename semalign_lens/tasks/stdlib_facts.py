@@ -6,6 +6,7 @@ set is large, true by construction and needs no download:
 
 - `function_module` — which module defines a public function or class (`deepcopy` → copy), from
   `obj.__module__` over everyday modules; a name two of them define (`sqrt`: math and cmath) is left out;
+- `constant_module` — which module exposes a public constant (`AF_INET` → socket), at most 40 per module;
 - `function_doc`    — a function or class of a module from the first line of its docstring;
 - `module_doc`      — a module from the first line of its docstring;
 - `builtin_doc`     — a built-in function from the first line of its docstring (→ `abs`);
@@ -41,6 +42,12 @@ TEMPLATES: dict[str, list[str]] = {
         "In Python, {subject} is imported from the module",
         "The Python standard-library module that defines {subject} is",
         "Q: Which Python module provides {subject}? A:",
+        "# {subject} comes from the standard library\nfrom",
+    ],
+    "constant_module": [
+        "In Python, the constant {subject} is imported from the module",
+        "The Python standard-library module that defines the constant {subject} is",
+        "Q: Which Python module provides the constant {subject}? A:",
         "# {subject} comes from the standard library\nfrom",
     ],
     "function_doc": [
@@ -152,6 +159,27 @@ def _function_module() -> list[tuple[str, str]]:
                   if len(mods) == 1 and name not in builtin_names and len(name) > 2)
 
 
+def _constant_module(per_module: int = 40) -> list[tuple[str, str]]:
+    """(name, module) for public constants (numbers, strings, bytes) that exactly one module exposes; at most
+    `per_module` from one module (evenly spaced by name), so that `socket`'s 300 do not make up the set."""
+    owners: dict[str, set[str]] = {}
+    for module in _modules():
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for name in names:
+            value = getattr(module, name, None)
+            if isinstance(value, (int, float, str, bytes)) and not isinstance(value, bool) and len(name) > 2:
+                owners.setdefault(name, set()).add(module.__name__)
+    by_module: dict[str, list[str]] = {}
+    for name, mods in sorted(owners.items()):
+        if len(mods) == 1:
+            by_module.setdefault(next(iter(mods)), []).append(name)
+    out = []
+    for module, names in by_module.items():
+        step = max(1, len(names) / per_module)
+        out += [(names[int(i * step)], module) for i in range(min(per_module, len(names)))]
+    return sorted(out)
+
+
 def _docstring_ok(text: str, answer: str) -> bool:
     """A usable description: not too short or long, no quote marks, and it does not name its own answer."""
     return 12 <= len(text) <= 100 and '"' not in text and answer.lower() not in text.lower()
@@ -216,7 +244,7 @@ def _errno() -> list[tuple[str, str]]:
 
 
 SOURCES: dict[str, Callable[[], list]] = {
-    "function_module": _function_module, "function_doc": _function_doc, "module_doc": _module_doc,
+    "function_module": _function_module, "constant_module": _constant_module, "function_doc": _function_doc, "module_doc": _module_doc,
     "builtin_doc": _builtin_doc, "exception_base": _exception_base, "http_phrase": _http_phrase,
     "http_code": _http_code, "errno_message": _errno}
 

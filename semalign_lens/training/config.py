@@ -125,8 +125,8 @@ class ScheduleConfig:
     adapter: str = setting("full", doc="full parameters or lora")
     lora_rank: int = setting(16, doc="LoRA rank")
     lora_alpha: float = setting(32.0, doc="LoRA alpha (update scale alpha / rank)")
-    lora_targets: list[str] = setting(factory=lambda: ["v_proj", "o_proj", "up_proj", "down_proj"],
-                                      doc="linear layers LoRA adapts")
+    lora_targets: list[str] | None = setting(None, doc="linear layers LoRA adapts (unset: the family's v/o/up/down "
+                                                       "equivalents, semalign_lens.architectures)")
     stage_steps: int | list[int] = setting(50, doc="optimizer steps per stage (or a list, one per stage)")
     lr: float | list[float] = setting(3e-4, doc="peak learning rate (or a list, one per stage)")
     warmup_steps: int = setting(0, doc="linear warmup steps at the start of each stage")
@@ -151,9 +151,9 @@ class ScheduleConfig:
             raise SemalignError(f"schedule.stage_steps must be whole numbers, got {self.stage_steps!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise SemalignError("schedule.warmup_steps and weight_decay must be >= 0 and min_lr_ratio in [0, 1]")
-        if not self.lora_targets:
+        if self.lora_targets is not None and not self.lora_targets:
             raise SemalignError("schedule.lora_targets is empty; name the linear layers to adapt, e.g. "
-                                "['v_proj', 'o_proj', 'up_proj', 'down_proj']")
+                                "['v_proj', 'o_proj', 'up_proj', 'down_proj'], or leave it unset for the family's")
 
 
 @dataclass

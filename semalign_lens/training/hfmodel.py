@@ -34,42 +34,66 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     """A stock HF model (no bridge wrappers) with `model`'s weights, in train-ready form.
 
     `share_weights=True` reuses the tensors (no memory; for a frozen teacher); False clones them (the
-    student, which we train without touching the caller's model). Extra entries the bridge adds (aliases
-    such as `attn.k.weight`, a zero `lm_head.bias`) are dropped; anything else that does not fit is an error.
+    student, which we train without touching the caller's model). Entries the bridge adds beside the HF
+    weights (split q/k/v aliases of a fused projection, a zero `lm_head.bias`) are dropped once every HF
+    weight is present: the fused HF weight is the source of truth. Buffers outside the state dict (rotary
+    frequencies, Gemma's `embed_scale`) are copied by name. `attn`: sdpa where the family supports it, else
+    eager. The copy's logits are checked against the source's on a short probe, so a family whose rebuild is
+    not exact fails here, in one line, and never trains on wrong weights.
     """
     from transformers import AutoModelForCausalLM
 
     hf = underlying_hf(model)
     state = {k.replace(_STRIP, ""): v for k, v in hf.state_dict().items()}
     config = hf.config.__class__.from_dict(hf.config.to_dict())
-    config._attn_implementation = attn
-    with torch.device("meta"):
-        clean = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    clean = None
+    for impl in dict.fromkeys((attn, "eager")):  # Gemma-2 and a few others have no sdpa path
+        try:
+            config._attn_implementation = impl
+            with torch.device("meta"):
+                clean = AutoModelForCausalLM.from_config(config, attn_implementation=impl)
+            break
+        except ValueError:
+            continue
     expected = set(clean.state_dict())
-    known = {state[k].data_ptr() for k in expected if k in state}
-    for key in sorted(set(state) - expected):  # bridge aliases of real weights, and its zero lm_head bias
-        if state[key].data_ptr() in known or torch.count_nonzero(state[key]) == 0:
-            del state[key]
-    extra = sorted(set(state) - expected)
     missing = sorted(expected - set(state))
-    if extra or missing:
-        raise SemalignError(f"cannot rebuild {type(hf).__name__} as a plain HF model: missing {missing[:4]}, "
-                            f"unexpected {extra[:4]}; this architecture is not supported by the trainer yet")
+    if missing:
+        raise SemalignError(f"cannot rebuild {type(hf).__name__} as a plain HF model: its weights lack {missing[:4]}; "
+                            "this architecture is not supported by the trainer yet")
+    state = {k: v for k, v in state.items() if k in expected}
     if not share_weights:
         state = {k: v.detach().clone() for k, v in state.items()}
     clean.load_state_dict(state, strict=True, assign=True)
     if getattr(clean.config, "tie_word_embeddings", False):
         clean.tie_weights()
-    rope = getattr(getattr(clean, "model", None), "rotary_emb", None)
-    if rope is not None and hasattr(hf, "model") and hasattr(hf.model, "rotary_emb"):
-        src = getattr(hf.model.rotary_emb, "_original_component", hf.model.rotary_emb)
-        for name, buf in src.named_buffers(recurse=False):  # buffers are not in the state dict
-            setattr(rope, name, buf.detach().clone())
-    for name, buf in clean.named_buffers():
+    source_buffers = {k.replace(_STRIP, ""): b for k, b in hf.named_buffers()}
+    for name, buf in list(clean.named_buffers()):
         if buf.is_meta:
-            raise SemalignError(f"buffer {name} of the rebuilt model was not restored; this architecture is not "
-                                "supported by the trainer yet")
+            if name not in source_buffers:
+                raise SemalignError(f"buffer {name} of the rebuilt {type(hf).__name__} has no counterpart in the "
+                                    "source model; this architecture is not supported by the trainer yet")
+            owner, _, leaf = name.rpartition(".")
+            clean.get_submodule(owner).register_buffer(leaf, source_buffers[name].detach().clone(), persistent=False)
+    _check_same_logits(hf, clean)
     return clean
+
+
+def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
+    """The rebuilt model must compute what the source computes (8 tokens, a few ms)."""
+    device = next(source.parameters()).device
+    tokens = torch.arange(1, 9, device=device).remainder(copy.config.vocab_size)[None]
+    was = source.training, copy.training
+    source.eval(), copy.eval()
+    try:
+        with torch.no_grad():
+            want = source(input_ids=tokens, use_cache=False).logits.float()
+            got = copy.to(device)(input_ids=tokens, use_cache=False).logits.float()
+    finally:
+        source.train(was[0]), copy.train(was[1])
+    err = float((want - got).abs().max() / want.abs().max().clamp_min(1e-6))
+    if not err < 1e-3:
+        raise SemalignError(f"the plain copy of {type(source).__name__} computes different logits from the source "
+                            f"(relative error {err:.1e}); this architecture is not supported by the trainer yet")
 
 
 @dataclass
@@ -83,16 +107,12 @@ class Parts:
 
 
 def parts(model: nn.Module) -> Parts:
-    """Locate embedding, decoder blocks, final norm and LM head (Llama/Qwen/Mistral/Gemma/GPT-2/NeoX)."""
-    for trunk_name, layers_name, norm_name, embed_name in (("model", "layers", "norm", "embed_tokens"),
-                                                           ("transformer", "h", "ln_f", "wte"),
-                                                           ("gpt_neox", "layers", "final_layer_norm", "embed_in")):
-        trunk = getattr(model, trunk_name, None)
-        if trunk is not None and hasattr(trunk, layers_name):
-            return Parts(getattr(trunk, embed_name), getattr(trunk, layers_name), getattr(trunk, norm_name),
-                         model.get_output_embeddings())
-    raise SemalignError(f"the trainer does not know where the decoder blocks of {type(model).__name__} are; "
-                        "supported: Llama-style (model.layers), GPT-2-style (transformer.h), GPT-NeoX")
+    """Locate embedding, decoder blocks, final norm and LM head (`semalign_lens.architectures`)."""
+    from ..architectures import architecture, trunk
+
+    arch, body = architecture(model), trunk(model)
+    return Parts(getattr(body, arch.embed), getattr(body, arch.layers), getattr(body, arch.norm),
+                 model.get_output_embeddings())
 
 
 class StopForward(Exception):

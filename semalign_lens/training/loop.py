@@ -551,8 +551,7 @@ class Trainer:
     def _save_student(self, out: Path) -> None:
         """The trained student as an HF directory (config, model.safetensors, tokenizer): `load_model(out)`."""
         out.mkdir(parents=True, exist_ok=True)
-        model = self.student
-        model.config._attn_implementation = "sdpa"
+        model = self.student  # its attention implementation is the clean copy's (sdpa, or eager where unsupported)
         model.save_pretrained(str(out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out))
         write_json_atomic(out / "semalign_align.json", {"config": self.cfg.to_dict(), "provenance": self.provenance})

@@ -103,3 +103,32 @@ def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch
     t_hf, s_hf, tok = tiny_hf_pair(seed, teacher, student)
     return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher"),
                      load_model(s_hf, tokenizer=tok, name="tiny-student"))
+
+
+# The families of the architecture matrix (issue 14): each built tiny from its transformers config.
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt")
+
+
+def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
+    """A random HF causal LM of `family` (a `FAMILIES` name) with `arch`'s sizes, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    if family == "gpt2":
+        spec = {"n_layer": arch.n_layers, "n_embd": arch.d_model, "n_head": arch.n_heads, "n_positions": 256,
+                "n_inner": arch.d_mlp}
+    elif family == "opt":
+        spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
+                "ffn_dim": arch.d_mlp, "word_embed_proj_dim": arch.d_model, "max_position_embeddings": 256}
+    elif family == "gpt_neox":
+        spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
+                "intermediate_size": arch.d_mlp, "max_position_embeddings": 256}
+    elif family in FAMILIES:
+        spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
+                "num_key_value_heads": arch.n_kv_heads, "intermediate_size": arch.d_mlp,
+                "max_position_embeddings": 256, "head_dim": arch.d_model // arch.n_heads}
+    else:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    config = AutoConfig.for_model(family, **spec, **common)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
