@@ -100,6 +100,50 @@ METRIC_NAMES = {"stdlib_test_ce": "held-out stdlib-test cross-entropy", "humanev
                 "cross-entropy", "answer_logprob": "held-out fact log-prob"}
 
 
+def pairing_story(pairing, cka: pd.DataFrame, attribution_task: str, transfer_task: str) -> str:
+    """What the reader needs before the pairing sections: which pairs trained and who chose them, whether the
+    attribution ranked the transfer task, and where each trained pair sits in the CKA map (its CKA against
+    the best teacher layer for that student layer; "low" below half of it)."""
+    pairs = ", ".join(f"student {p.student_layer} ← teacher {p.target_label()}" for p in pairing)
+    text = [f"Training used {pairs}: the paper's proportional depth rule (strategy `proportional`); the CKA "
+            "heatmap below marks the proportional pair of every student layer, these among them."]
+    if attribution_task != transfer_task:
+        text.append(f"The attribution rankers scored the teacher's layers on `{attribution_task}`, not on the "
+                    f"{transfer_task} transfer task, so their ranking says which layers matter for "
+                    f"`{attribution_task}`; the pairing was not chosen from it.")
+    notes = []
+    for p in pairing:
+        column = cka[str(p.student_layer)] if str(p.student_layer) in cka else None
+        here = column.get(str(p.nearest_teacher_layer)) if column is not None else None
+        if here is None:
+            continue
+        best = column.drop("embed", errors="ignore").max()
+        if here < 0.5 * best:
+            notes.append(f"student {p.student_layer} ← teacher {p.nearest_teacher_layer} sits in a low-CKA band "
+                         f"({here:.2f}, against {best:.2f} for teacher {column.drop('embed', errors='ignore').idxmax()})")
+    if notes:
+        text.append("CKA: " + "; ".join(notes) + ". A low-CKA pair asks the student layer for a representation "
+                    "unlike its own; the layer loss then has more to move.")
+    return " ".join(text)
+
+
+def gap_figure(table: pd.DataFrame, metric: str):
+    """Gap closed per method as bars, with the untrained student (0) and the teacher (1) as reference lines."""
+    import plotly.graph_objects as go
+
+    rows = table[table["model"].str.startswith("student + ")]
+    gaps = rows[f"gap_closed ({metric})"].astype(float)
+    fig = go.Figure(go.Bar(x=rows["model"].str.removeprefix("student + "), y=gaps,
+                           text=[f"{100 * g:+.1f} %" if g == g else "no gap" for g in gaps], textposition="outside",
+                           marker_color=["#2ca02c" if g > 0 else "#d62728" for g in gaps]))
+    fig.add_hline(y=0, line_dash="dot", annotation_text="student before")
+    fig.add_hline(y=1, line_dash="dash", annotation_text="teacher")
+    low = min(-0.05, float(gaps.min()) * 1.3) if len(gaps) else -0.05
+    fig.update_layout(template="plotly_white", height=320, yaxis_range=[low, 1.1], yaxis_tickformat=".0%",
+                      title=f"Gap closed on {METRIC_NAMES.get(metric, metric)}", yaxis_title="gap closed")
+    return fig
+
+
 def verdict(table: pd.DataFrame, metric: str) -> str:
     """One sentence that answers "did it transfer?" from the results table (gap closed per method, 1 seed)."""
     gaps = {m.removeprefix("student + "): g for m, g in zip(table["model"], table[f"gap_closed ({metric})"],
@@ -124,7 +168,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .pairing import make_pairing
     from .pairing_report import pairing_report
     from .report import Report
-    from .training.diagnostics import loss_figure, projection_figure, read_metrics
+    from .training.diagnostics import PROJECTION_METRICS, loss_figure, projection_figure, read_metrics
 
     profile_name = profile if isinstance(profile, str) else "custom"
     if isinstance(profile, str):
@@ -160,9 +204,10 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
 
     bar.start("layer pairing")
     pairing_sections = Report("layer pairing")  # filled now, placed after the results when the page is written
-    pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
-                   methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
-                   seed=profile.seed, progress=False, report=pairing_sections, level=3)
+    inspected = pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
+                               methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
+                               seed=profile.seed, progress=False, report=pairing_sections, level=3,
+                               strategy="proportional")  # the strategy training uses: its pairs are the marked ones
     pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
                            student_layers=list(profile.student_layers))
     bar.done()
@@ -204,6 +249,9 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         "the same student with the same frontier LoRA schedule at four budgets with three seeds each, scores a "
         "larger held-out set, and states there whether logit KD separates from SFT at all: read a demo number "
         "as one seed of that table's frontier curve near the same number of tokens, not as a result.")
+    report.add_figure(gap_figure(results, task.metric), caption="Gap closed on the headline metric, one seed: 0 is "
+                      "the untrained student, 1 the teacher; below 0 the method made the student worse",
+                      name="gap-closed")
     report.add_table(results, caption="Before, teacher, and after each method")
     report.add_table(pd.DataFrame({"setting": list(asdict(profile)), "value": [str(v) for v in asdict(profile).values()]}),
                      caption="The profile: every size of this run")
@@ -211,10 +259,9 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_table(arch.reset_index(), caption="Architecture side by side")
     report.add_figure(residual_norm_figure(norms), caption=f"On {len(prompts)} HumanEval prompts", name="norms")
     report.add_heading("Layer pairing")
-    report.add_markdown("Training used the paper's proportional pairing on the student layers listed below; the "
-                        f"pairing report that follows ranks the teacher's layers on `{profile.attribution_task}` "
-                        "and compares the strategies (its own chosen pairing is the attribution strategy's).")
-    report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks)")
+    report.add_markdown(pairing_story(pairing, inspected.cka, profile.attribution_task, "code"))
+    report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
+                                                 "strategy, the paper's depth rule)")
     report.extend(pairing_sections)
     for method, result in runs.items():
         records = read_metrics(result.run_dir / "metrics.jsonl")
@@ -225,6 +272,9 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
                                                       | set(terms))), name=f"loss-{method}")
         if any(r.get("kind") == "diag" for r in records):
             report.add_figure(projection_figure(records), name=f"proj-{method}")
+            report.add_table(pd.DataFrame({"metric": list(PROJECTION_METRICS),
+                                           "definition": list(PROJECTION_METRICS.values())}),
+                             caption="The projection metrics (held-out batch, each paired student layer)")
     report.add_provenance(("teacher", teacher), ("student", student), seed=profile.seed,
                           extra={"precision": f"{machine['precision']} → {machine['resolved_precision']}",
                                  "timings_s": json.dumps(timings)})

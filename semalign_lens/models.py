@@ -50,7 +50,7 @@ class Provenance:
     """Where a model came from and how it was loaded; written into every artefact."""
 
     source: str
-    kind: str  # zoo | local | gguf | hub | memory
+    kind: str  # zoo | local | gguf | hub | memory | bridge (one the user built)
     path: str | None
     weights_sha256: str | None
     dtype: str
@@ -300,6 +300,18 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         raise SemalignError(f"dtype must be a torch.dtype (e.g. torch.float32), got {dtype!r}")
     if tokenizer is not None:
         require_tokenizer(tokenizer)
+    if isinstance(source, TransformerBridge):  # built by the user: keep it, record where it came from
+        if getattr(source, "tokenizer", None) is None and tokenizer is None:
+            raise SemalignError("this TransformerBridge has no tokenizer; pass load_model(bridge, tokenizer=tok)")
+        if tokenizer is not None:
+            source.tokenizer = tokenizer
+        if getattr(source, "provenance", None) is None:
+            hf = getattr(source, "original_model", None)
+            label = name or getattr(getattr(hf, "config", None), "name_or_path", None) or "bridge"
+            source.provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
+                                           dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
+                                           mode=model_mode(source))
+        return source.eval()
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
@@ -341,6 +353,10 @@ def model_name(model) -> str:
 
 
 def model_mode(model) -> str:
+    """"compat" or "raw", read from the bridge itself (a provenance record can be stale after
+    `enable_compatibility_mode`)."""
+    if hasattr(model, "compatibility_mode"):
+        return "compat" if model.compatibility_mode else "raw"
     prov = getattr(model, "provenance", None)
     return prov.mode if prov is not None else "raw"
 

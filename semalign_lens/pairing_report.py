@@ -133,7 +133,7 @@ def _cka(t_states, s_states, *, debiased: bool):
 def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens: int, seed: int,
               progress: bool) -> pd.DataFrame:
     """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets."""
-    from .semantics import SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from .semantics import SemanticBasis, TransferMap, fidelity, live_head_tokens, transfer_fidelity
 
     n = t_states[0].shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_tokens].sort().values
@@ -141,7 +141,8 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
     def tokens(states, block):  # states[0] is the embeddings, states[b + 1] block b's output
         return states[block + 1][pick]
 
-    t_basis, s_basis = SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)
+    keep, left_out = live_head_tokens(teacher, student)  # padding rows HF keeps at zero have no basis direction
+    t_basis, s_basis = SemanticBasis.from_model(teacher, tokens=keep), SemanticBasis.from_model(student, tokens=keep)
     targets = {p.student_layer: p.target({b: tokens(t_states, b) for b in p.teacher_layers}) for p in pairing}
     student_h = {p.student_layer: tokens(s_states, p.student_layer) for p in pairing}
     teacher_h = {p.nearest_teacher_layer: tokens(t_states, p.nearest_teacher_layer) for p in pairing}
@@ -151,7 +152,9 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
         transfer_fidelity(targets, [TransferMap(t_basis, s_basis, k) for k in kinds], teacher, student,
                           student_states=student_h, progress=progress).assign(side="teacher -> student"),
     ]
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["left_out"] = left_out.tolist()
+    return out
 
 
 def _model_card(model) -> tuple[str, str] | None:
@@ -364,6 +367,11 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                             "readouts, on each model's own basis, for the paired layers. Transfer: the teacher "
                             "target mapped to the student space and read by the student's head, against the "
                             "teacher's own readout (kind `student` = the student's actual state, the baseline).")
+        left_out = fid.attrs.get("left_out", [])
+        if left_out:
+            report.add_note(f"{len(left_out)} token id(s) left out of both semantic bases (first: {left_out[0]}): "
+                            "their LM-head row is all zero in a model (HF keeps a padding embedding at zero), so "
+                            "they have no basis direction.")
         top1 = fid[fid["metric"] == "top1"]
         report.add_figure(layer_metric_bars(top1.assign(series=top1["side"] + " / " + top1["kind"].astype(str)),
                                             x="layer", y="value", color="series", y_range=(0, 1),

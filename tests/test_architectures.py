@@ -67,3 +67,37 @@ def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
         with torch.no_grad():
             assert torch.allclose(ev.forward_logits(reloaded, data.tokens[:2]),
                                   result.student.eval()(input_ids=data.tokens[:2]).logits, atol=1e-4)
+
+
+def test_pairing_report_leaves_zero_head_rows_out_and_says_so(tmp_path):
+    """A tied head inherits HF's zero padding embedding: the report builds its bases without that id."""
+    from semalign_lens.pairing_report import pairing_report
+
+    tok = tiny_tokenizer()
+    models = []
+    for arch, seed in ((TEACHER, 0), (STUDENT, 1)):
+        hf = tiny_family_model("qwen2", arch, len(tok), seed)
+        with torch.no_grad():
+            hf.get_output_embeddings().weight[0] = 0  # what nn.Embedding(padding_idx=0) keeps, tied into the head
+        models.append(load_model(hf, tokenizer=tok))
+    out = pairing_report(*models, "facts", tmp_path / "p.html", n_prompts=4, methods=["grad_x_act"],
+                         cka_prompts=4, cka_tokens=64, fidelity_tokens=32, n_boot=10, progress=False)
+    assert out.fidelity is not None and out.fidelity["value"].notna().all()
+    assert "1 token id(s) left out of both semantic bases (first: 0)" in (tmp_path / "p.html").read_text()
+
+
+def test_a_bridge_the_user_built_is_accepted_and_its_mode_read_from_itself():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from semalign_lens.errors import SemalignError
+    from semalign_lens.models import model_mode
+
+    tok = tiny_tokenizer()
+    bridges = [TransformerBridge.boot_transformers(f"user-{i}", hf_model=tiny_family_model("llama", arch, len(tok), i),
+                                                   tokenizer=tok) for i, arch in enumerate((TEACHER, STUDENT))]
+    teacher = load_model(bridges[0], name="my-teacher")
+    assert teacher is bridges[0] and teacher.provenance.kind == "bridge" and model_mode(teacher) == "raw"
+    ModelPair(teacher, load_model(bridges[1]))
+    bridges[1].enable_compatibility_mode(disable_warnings=True)
+    with pytest.raises(SemalignError, match="teacher is in raw mode and student in compat mode"):
+        ModelPair(teacher, load_model(bridges[1]))

@@ -29,6 +29,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "results.csv").exists()
     assert set(result.timings) >= {"load pair", "layer pairing", "train sft", "train semalign", "report"}
     assert "How this relates to the benchmark" in html and "analysis/TRANSFER.md" in html
+    assert "Gap closed on held-out stdlib-test cross-entropy" in html and "The projection metrics" in html
 
 
 def test_unknown_profile_lists_valid_ones():
@@ -73,3 +74,21 @@ def test_verdict_says_whether_and_how_much_it_transferred():
                            "(sft -0.5 %, semalign -1.4 %)") and "analysis/TRANSFER.md" in text
     assert verdict(table(0.02, 0.05), "humaneval_ce").startswith("semalign closed the most of the HumanEval "
                                                                  "solution cross-entropy gap at this budget")
+
+
+def test_pairing_story_names_the_trained_pairs_the_task_mismatch_and_low_cka():
+    import pandas as pd
+
+    from semalign_lens.demo import pairing_story
+    from semalign_lens.pairing import make_pairing
+
+    pairing = make_pairing("proportional", 6, 3, student_layers=[0, 2])
+    cka = pd.DataFrame({"0": [0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.4], "1": [0.5] * 7, "2": [0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.2]},
+                       index=["embed", *map(str, range(6))])
+    text = pairing_story(pairing, cka, "facts", "code")
+    assert text.startswith("Training used student 0 ← teacher 1, student 2 ← teacher 5")
+    assert "scored the teacher's layers on `facts`, not on the code transfer task" in text
+    # student 0's pair (teacher 1, 0.8) is its best teacher layer (embed excluded); student 2's (0.2) is not
+    assert "CKA: student 2 ← teacher 5 sits in a low-CKA band (0.20, against 0.90 for teacher 0)." in text
+    assert "student 0 ← teacher 1 sits" not in text
+    assert "facts" not in pairing_story(pairing, cka, "code", "code")

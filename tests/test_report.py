@@ -218,3 +218,19 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
     finally:
         model.provenance = saved
     assert table.loc[0, "path"] == "~/models/student"
+
+
+def test_training_figures_have_whole_steps_smoothed_curves_and_plain_panel_titles():
+    from semalign_lens.training.diagnostics import PROJECTION_METRICS, loss_figure, projection_figure, smooth
+
+    records = [{"kind": "train", "step": s, "stage_label": "L0", "loss": float(10 - s), "ce": float(10 - s)}
+               for s in range(1, 5)]
+    records += [{"kind": "diag", "step": s, "student_layer": 0, **{m: 0.5 for m in PROJECTION_METRICS}}
+                for s in (0, 4)]
+    fig = loss_figure(records, ["ce"])
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
+    assert {t.name for t in fig.data} == {"loss", "ce", "loss (per step)", "ce (per step)"}
+    assert smooth([1, 2, 3, 4], 2) == [1.0, 1.5, 2.5, 3.5]
+    panels = projection_figure(records)
+    titles = {a.text for a in panels.layout.annotations}
+    assert titles == set(PROJECTION_METRICS) and not any("=" in t for t in titles)

@@ -122,9 +122,7 @@ class SeekingPlugin:
         if trainer.cfg.schedule.adapter != "lora":
             raise SemalignError("Seeking initialises LoRA adapters from teacher blocks; run it with "
                                 "schedule.adapter = 'lora' (with full fine-tuning W - BA + BA changes nothing)")
-        from ..training.hfmodel import clean_copy, parts
-
-        from ..training.hfmodel import underlying_hf
+        from ..training.hfmodel import clean_copy, parts, underlying_hf
         from ..training.schedule import lora_targets
 
         t_type, s_type = underlying_hf(teacher).config.model_type, trainer.student.config.model_type

@@ -50,6 +50,7 @@ from .basis import (
     SemanticBasis,
     condition_report,
     final_norm,
+    live_head_tokens,
     most_frequent_tokens,
     tensor_hash,
     unembedding,
@@ -57,7 +58,7 @@ from .basis import (
 from .fidelity import FIDELITY_METRICS, OPTIONAL_METRICS, Readout, fidelity, logit_lens, transfer_fidelity
 from .maps import CoefficientGram, TransferMap, decompose, iter_decompose, recompose, roundtrip
 
-__all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "final_norm", "most_frequent_tokens",
+__all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "final_norm", "live_head_tokens", "most_frequent_tokens",
            "tensor_hash", "unembedding", "FIDELITY_METRICS", "OPTIONAL_METRICS", "Readout", "fidelity",
            "logit_lens", "transfer_fidelity", "CoefficientGram", "TransferMap", "decompose", "iter_decompose", "recompose",
            "roundtrip"]

@@ -157,6 +157,19 @@ def _pinv_qr(W: Float[Tensor, "v d"], method: str) -> tuple[Tensor, str]:
 
 
 # ------------------------------------------------------------------------------------------ model access
+def live_head_tokens(*models) -> tuple[Tensor | None, Tensor]:
+    """(token ids to build bases on, or None for all; ids left out): the ids whose LM-head row is all zero in
+    any of `models` are left out. HF keeps a `padding_idx` embedding row at zero, and a tied head inherits it;
+    such a row has no pinv direction (its basis column is 0, unit-normalised it is NaN)."""
+    zero = None
+    for model in models:
+        rows = (unembedding(model) == 0).all(0).cpu()
+        zero = rows if zero is None else zero | rows
+    if not bool(zero.any()):
+        return None, torch.empty(0, dtype=torch.long)
+    return (~zero).nonzero().flatten(), zero.nonzero().flatten()
+
+
 def unembedding(model) -> Float[Tensor, "d vocab"]:
     """The model's unembedding W_U [d_model, vocab] (raw mode: lm_head.weight.T), detached."""
     try:

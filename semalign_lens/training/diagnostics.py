@@ -84,36 +84,69 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def loss_figure(records: list[dict], terms: list[str]):
-    """Loss per term (and the total) against the step, one colour per term, stage boundaries marked."""
-    import pandas as pd
-    import plotly.express as px
+def integer_steps(fig, n_steps: int):
+    """Whole-number step ticks: plotly's automatic ticks put 0.5 steps on a short run's axis."""
+    fig.update_xaxes(tickformat="d", tick0=0, dtick=max(1, round(n_steps / 10)))
+    return fig
 
-    rows = [{"step": r["step"], "term": t, "value": r[t], "stage": r["stage_label"]}
-            for r in records if r.get("kind") == "train" for t in ["loss", *terms] if t in r]
-    frame = pd.DataFrame(rows, columns=["step", "term", "value", "stage"])
-    fig = px.line(frame, x="step", y="value", color="term", hover_data=["stage"], log_y=False,
-                  title="Training loss per term (weighted total = loss)")
+
+def smooth(values, window: int):
+    """Trailing mean over `window` points (the first points average what exists): what a reader's eye does."""
+    import pandas as pd
+
+    return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean().tolist()
+
+
+def loss_figure(records: list[dict], terms: list[str]):
+    """Loss per term (and the total) against the step: each raw curve faint, its trailing mean over ~5 % of
+    the run drawn over it; stage boundaries marked; whole-number steps."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    train = [r for r in records if r.get("kind") == "train"]
+    steps = [r["step"] for r in train]
+    window = max(1, len(train) // 20)
+    fig = go.Figure()
+    for i, term in enumerate(t for t in ["loss", *terms] if any(t in r for r in train)):
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
+        values = [r.get(term) for r in train]
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line={"color": colour, "width": 1}, opacity=0.3,
+                                 name=f"{term} (per step)", legendgroup=term, showlegend=False))
+        fig.add_trace(go.Scatter(x=steps, y=smooth(values, window), mode="lines", line={"color": colour},
+                                 name=term, legendgroup=term))
     for r in records:
         if r.get("kind") == "stage" and r.get("when") == "start" and r["step"] > 0:
             fig.add_vline(x=r["step"], line_dash="dot", line_color="grey")
-    fig.update_layout(xaxis_title="step", yaxis_title="loss")
-    return fig
+    fig.update_layout(title=f"Training loss per term (weighted total = loss; bold: trailing mean of {window} steps)",
+                      xaxis_title="step", yaxis_title="loss", template="plotly_white")
+    return integer_steps(fig, max(steps, default=1))
+
+
+PROJECTION_METRICS = {
+    "cos_state": "cosine of the student state with the mapped teacher target",
+    "cos_contribution": "cosine of the layer's residual contribution with the target's",
+    "relation_cka": "CKA of the token-token relations of the layer's contribution and the target's, per sequence",
+    "span_share": "share of the student state's energy inside the principal span of the target states",
+    "top1_teacher": "logit-lens top-1 agreement of the student state with the teacher's own layer",
+    "top1_target": "logit-lens top-1 agreement of the student state with the mapped target",
+}
 
 
 def projection_figure(records: list[dict]):
-    """Projection diagnostics per paired student layer over the run (facets: metric)."""
+    """Projection diagnostics per paired student layer over the run, one panel per metric (its name as the
+    title; `PROJECTION_METRICS` defines each)."""
     import pandas as pd
     import plotly.express as px
 
-    metrics = ["cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"]
     rows = [{"step": r["step"], "layer": f"student L{r['student_layer']}", "metric": m, "value": r[m]}
-            for r in records if r.get("kind") == "diag" for m in metrics if m in r]
+            for r in records if r.get("kind") == "diag" for m in PROJECTION_METRICS if m in r]
     frame = pd.DataFrame(rows, columns=["step", "layer", "metric", "value"])
     fig = px.line(frame, x="step", y="value", color="layer", facet_col="metric", facet_col_wrap=3, markers=True,
                   title="Projection diagnostics on the held-out batch")
-    fig.update_yaxes(matches=None, showticklabels=True)
-    return fig
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_yaxes(matches=None, showticklabels=True, title_text="")
+    fig.update_layout(template="plotly_white")
+    return integer_steps(fig, int(frame["step"].max()) if len(frame) else 1)
 
 
 def _figure(run_dir: Path, name: str):

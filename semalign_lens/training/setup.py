@@ -86,26 +86,13 @@ def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int
     return pairs
 
 
-def zero_head_rows(*models) -> torch.Tensor:
-    """Vocabulary ids whose LM-head row is all zero in any of `models` (e.g. a padding token's tied embedding,
-    which `nn.Embedding(padding_idx=...)` keeps at zero). Such a row has no pinv direction (its basis column
-    is 0, and unit-normalising it gives NaN), so the semantic bases leave those ids out."""
-    from ..semantics import unembedding
-
-    zero = None
-    for model in models:
-        rows = (unembedding(model) == 0).all(0)
-        zero = rows if zero is None else zero | rows.to(zero.device)
-    return zero.nonzero().flatten().cpu()
-
-
 def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student):
     """The TransferMap from the API argument, a saved file, or built from both models' semantic bases.
 
-    Built maps leave out token ids with an all-zero head row in either model (see `zero_head_rows`); the
-    excluded ids are listed in the run's provenance (`transfer_excluded_ids`).
+    Built maps leave out token ids with an all-zero head row in either model (`semantics.live_head_tokens`);
+    the excluded ids are listed in the run's provenance (`transfer_excluded_ids`).
     """
-    from ..semantics import SemanticBasis, TransferMap
+    from ..semantics import SemanticBasis, TransferMap, live_head_tokens
 
     excluded = torch.empty(0, dtype=torch.long)
     if given is not None:
@@ -113,12 +100,7 @@ def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student):
     elif cfg.transfer.path:
         transfer = TransferMap.load(cfg.transfer.path)
     else:
-        excluded = zero_head_rows(teacher, student)
-        tokens = None
-        if excluded.numel():
-            keep = torch.ones(teacher.cfg.d_vocab, dtype=torch.bool)
-            keep[excluded] = False
-            tokens = keep.nonzero().flatten()
+        tokens, excluded = live_head_tokens(teacher, student)
         kw = {"fold_final_norm": cfg.transfer.fold_final_norm, "tokens": tokens}
         transfer = TransferMap(SemanticBasis.from_model(teacher, **kw), SemanticBasis.from_model(student, **kw),
                                kind=cfg.transfer.kind)
