@@ -174,20 +174,30 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
             shutil.rmtree(run_dir, ignore_errors=True)
         return
     run_dir = work / f"{tr.task.name}-{schedule}-{method}-s{seed}"
+    step = _checkpoint_step(run_dir)  # where a killed curve stopped: the trainer resumes there
+    if any(b <= step for b in todo):  # a budget passed without its row: that point needs the curve again
+        shutil.rmtree(run_dir, ignore_errors=True)
+        step = 0
     trainer = train(max(budgets), run_dir)
-    step = 0
     for b in budgets:
         t0 = time.time()
+        if b < step or b not in todo:
+            continue
         result = trainer.run(stop_after_steps=b - step) if b > step else None
         step = b
-        if b not in todo:
-            continue
         t1 = time.time()
         model = result.student if result is not None else trainer.student
         scores = tr.task.evaluate(model)
         emit(_row(tr, schedule, method, seed, b, profile, scores, t1 - t0, time.time() - t1,
                   sum(trainer.stage_params.values()), trainer.identity["data_hash"]))
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    from semalign_lens.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    return int(json.loads((ckpt / "state.json").read_text())["step"]) if ckpt is not None else 0
 
 
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:

@@ -104,6 +104,23 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
     assert rows["curve"][0]["score_stdlib_test_ce"] == pytest.approx(rows["alone"][0]["score_stdlib_test_ce"], abs=1e-6)
     assert rows["curve"][1]["score_stdlib_test_ce"] != pytest.approx(rows["curve"][0]["score_stdlib_test_ce"], abs=1e-6)
 
+    class Killed(Exception):
+        pass
+
+    def killed_after_first(row):  # the process dies right after writing the 2-step row
+        raise Killed
+
+    work, student = tmp_path / "killed", copy.deepcopy(tiny_pair.student)
+    with pytest.raises(Killed):
+        table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, student, work, cache, maps, set(),
+                        killed_after_first)
+    assert table._checkpoint_step(work / "code-all-kd-s0") == 2
+    resumed = []
+    table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, copy.deepcopy(tiny_pair.student), work,
+                    cache, maps, {("code", "all", "kd", 0, 2)}, resumed.append)
+    assert [r["steps"] for r in resumed] == [4]  # from the 2-step checkpoint, not from the start
+    assert resumed[0]["score_stdlib_test_ce"] == pytest.approx(rows["curve"][1]["score_stdlib_test_ce"], abs=1e-6)
+
 
 def test_a_budget_beyond_the_transfer_set_is_refused():
     from semalign_lens.errors import SemalignError
