@@ -48,8 +48,11 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #eee}
+.table-wrap{max-width:100%;overflow-x:auto}
 table.report-table{border-collapse:collapse;font-size:13px;margin:.5em 0 1em}
-table.report-table th,table.report-table td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+table.report-table th,table.report-table td{border:1px solid #ddd;padding:3px 8px;text-align:right;
+max-width:26em;overflow-wrap:anywhere}
+table.report-table th{overflow-wrap:normal;word-break:break-word}
 table.report-table th{background:#f5f5f5}table.report-table td:first-child{text-align:left}
 .caption{color:#555;font-size:13px;margin:.2em 0}.note{background:#fff8e1;border-left:4px solid #f0c000;
 padding:.4em .8em;font-size:13px}code{background:#f3f3f3;padding:0 3px;border-radius:3px}
@@ -242,7 +245,8 @@ class Report:
                               float_format=float_format.format)
         more = f'<p class="caption">showing {max_rows} of {len(df)} rows</p>' if len(df) > max_rows else ""
         cap = f'<p class="caption">{_inline(caption)}</p>' if caption else ""
-        self.blocks.append(_Block("html", f"{cap}{table}{more}"))
+        # Wide tables scroll inside their own box, so the page keeps its width (long cells wrap first)
+        self.blocks.append(_Block("html", f'{cap}<div class="table-wrap">{table}</div>{more}'))
         return self
 
     def extend(self, other: Report) -> Report:
