@@ -194,6 +194,11 @@ class _Block:
     level: int = 0
 
 
+def _dash_if_missing(value):
+    """A table cell: "–" for None, pd.NA and NaN (cells may hold lists, so no pd.isna on them)."""
+    return "–" if value is None or value is pd.NA or (isinstance(value, float) and value != value) else value
+
+
 @dataclass
 class Report:
     """Sections of prose, figures and tables, written as one self-contained HTML file (see module docs)."""
@@ -240,7 +245,10 @@ class Report:
         """A pandas table (HTML-escaped); longer than `max_rows` shows the first rows and says so."""
         if not isinstance(df, pd.DataFrame):
             raise SemalignError(f"add_table needs a pandas DataFrame, got {type(df).__name__}")
-        shown = df.head(max_rows)
+        shown = df.head(max_rows).copy()
+        for col in shown.columns:  # na_rep misses None and pd.NA outside float columns (shown as <NA>)
+            if shown[col].dtype.kind != "f" and shown[col].isna().any():
+                shown[col] = shown[col].astype(object).map(_dash_if_missing)
         table = shown.to_html(index=index, classes="report-table", border=0, escape=True, na_rep="–",
                               float_format=float_format.format)
         more = f'<p class="caption">showing {max_rows} of {len(df)} rows</p>' if len(df) > max_rows else ""

@@ -234,3 +234,14 @@ def test_training_figures_have_whole_steps_smoothed_curves_and_plain_panel_title
     panels = projection_figure(records)
     titles = {a.text for a in panels.layout.annotations}
     assert titles == set(PROJECTION_METRICS) and not any("=" in t for t in titles)
+
+
+def test_tables_show_a_dash_for_every_missing_value():
+    import pandas as pd
+
+    from semalign_lens.report import Report
+
+    report = Report("t").add_table(pd.DataFrame({"rank": pd.array([1, None], dtype="Int64"), "why": [None, "x"],
+                                                 "score": [1.5, float("nan")], "pairs": [[1, 2], None]}))
+    html = report.blocks[-1].html
+    assert "NA" not in html and "None" not in html and html.count("<td>–</td>") == 4
