@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher, student = pair.teacher, pair.student
     log(f"loaded teacher {profile.teacher} and student {profile.student}; {machine_line(profile.precision)}")
     maps = transfer_maps(teacher, student, profile.methods)
-    refs: dict[str, TaskRun] = {}
-    for name in profile.tasks:
+    refs: dict[str, TaskRun] = {}  # every task of the table: the ones trained now and those in runs.csv
+    for name in dict.fromkeys([*profile.tasks, *(r["task"] for r in records)]):
         refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
         log(f"task {name}: {len(refs[name].data)} transfer sequences; before {refs[name].before}; "
             f"teacher {refs[name].teacher}")
@@ -510,19 +510,22 @@ def main(argv: list[str] | None = None) -> int:
     def budgets_of(task: str) -> list[int]:
         return profile.budgets if task == "code" else [profile.knowledge_steps]
 
-    planned = len(profile.seeds) * len(profile.methods) * len(profile.schedules) * sum(
-        len(budgets_of(t)) for t in refs)
+    def keys(task: str) -> list[tuple]:
+        return [(task, s, m, seed, b) for s in profile.schedules for m in profile.methods for seed in profile.seeds
+                for b in budgets_of(task)]
+
+    planned = sum(len(keys(t)) for t in refs)
     caches = {}
-    for name, tr in refs.items():
+    for name in profile.tasks:
+        tr = refs[name]
         caches[name] = work / f"cache-{name}"
-        missing = [(name, s, m, seed, b) for s in profile.schedules for m in profile.methods for seed in profile.seeds
-                   for b in budgets_of(name) if (name, s, m, seed, b) not in done]
-        if missing:  # a finished table re-summarised with --resume needs no teacher pass
+        if any(k not in done for k in keys(name)):  # a finished table re-summarised with --resume needs no teacher pass
             prebuild_cache(profile, tr, teacher, student, caches[name], work)
             log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
     # Control first (sft, kd), then the rest; seeds inside, so a run cut short has whole curves of 3 seeds.
     for schedule in profile.schedules:
-        for name, tr in refs.items():
+        for name in profile.tasks:
+            tr = refs[name]
             for method in profile.methods:
                 for seed in profile.seeds:
                     if time.time() > deadline:
@@ -530,8 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     run_curve(method, schedule, seed, budgets_of(name), tr, profile, teacher, student, work,
                               caches[name], maps, done, emit)
-    finalize(final=not skipped)
-    if not skipped:
+    have = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
+    finished = all(k in have for t in refs for k in keys(t))
+    finalize(final=finished)
+    if finished:
         shutil.rmtree(work, ignore_errors=True)
     log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
     return 0
@@ -663,6 +668,12 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   pd.DataFrame(kinds).to_markdown(index=False), ""]
     if meta["skipped"]:
         lines += ["## Not run (time budget spent)", "", *[f"- {s}" for s in meta["skipped"]], ""]
+    lines += ["## Re-running one row", "",
+              "A row is (task, schedule, method, budget) over the seeds; the pool, pairing and cache are the "
+              "profile's, so it re-runs alone with the same numbers, e.g. KD on code, frontier schedule, at the "
+              f"largest budget: `python analysis/transfer_table.py --profile {meta['profile_name']} --tasks code "
+              f"--schedules frontier --methods kd --budgets {p['budgets'][-1]} --out /tmp/row --summary ''` (the "
+              "teacher pass for the cache comes first: about 5 minutes on 2 cores).", ""]
     lines += NOTES
     lines += ["## Files", "", "`analysis/out/transfer/`: runs.csv (every run: scores, steps, tokens, trainable "
               "parameters, data hash, times), summary.csv, control.csv, paired.csv, meta.json, budget_curve.html, "
