@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -241,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     t = lap("load", t_start)
 
     n_diag = 4
-    task = ev.code_task(tok, args.n_transfer + n_diag, args.seq_len, args.humaneval_limit)
+    # The ablations' committed results score HumanEval solution CE; the held-out stdlib CE comes beside it.
+    task = replace(ev.code_task(tok, args.n_transfer + n_diag, args.seq_len, args.humaneval_limit,
+                                heldout_tokens=2048), metric="humaneval_ce")
     data = task.transfer.select(torch.arange(args.n_transfer))
     diag = task.transfer.select(torch.arange(args.n_transfer, args.n_transfer + n_diag))
     work = Path(tempfile.mkdtemp(prefix="ablations-"))

@@ -629,7 +629,7 @@ frontier layer, stage by stage), on the same transfer texts, for the same steps;
 | method | loss terms |
 |---|---|
 | `sft` | next-token cross-entropy (no teacher) |
-| `kd` | output KL to the teacher (temperature 2) |
+| `kd` | output KL to the teacher (temperature 1) |
 | `semalign` | relation geometry of the mapped residual + output KL |
 
 **Gap closed** = (after − before) / (teacher − before): 0 = no change, 1 = the student reached the teacher,
@@ -651,7 +651,7 @@ from semalign_lens.benchmark import RunProfile, build_task, shared_config
 
 profile = (RunProfile(teacher="tiny", student="tiny", seq_len=24, batch_size=4, diag_sequences=2,
                       student_layers=(0, 2), stage_steps=2, lr=1e-2, lora_rank=4)
-           if FAST else RunProfile())  # the defaults are the transfer benchmark's demo profile
+           if FAST else RunProfile())  # the shared defaults (facts: read from the standard library)
 knowledge = build_task("knowledge", profile, teacher, student)
 task, before, teacher_score = knowledge.task, knowledge.before, knowledge.teacher
 print(f"{task.meta['teacher_known']} of {task.meta['facts']} facts known to the teacher; "
