@@ -487,3 +487,11 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
                    teacher=smollm2, student=student)
     assert cached.finished
     assert load_model(cached.student_path).cfg.n_layers == 2
+
+
+def test_pair_target_interpolates_two_teacher_layers():
+    from semalign_lens.training.schedule import Pair
+
+    states = {f"post.{i}": torch.full((1, 2, 3), float(i)) for i in range(4)}
+    assert torch.equal(Pair(0, 2, 3, 0.25).target(states), torch.full((1, 2, 3), 2.25))
+    assert Pair(0, 1, 1, 0.5).target(states) is states["post.1"] and Pair(0, 3, 2, 0.0).target(states) is states["post.3"]

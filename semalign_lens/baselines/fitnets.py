@@ -71,7 +71,6 @@ class FitNetsPlugin:
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
         from ..training.hfmodel import capture
-        from ..training.loop import _interp
 
         projectors = self.extras["fitnets"]
         n = min(self.init_sequences, len(trainer.data))
@@ -87,7 +86,7 @@ class FitNetsPlugin:
         for pair in stage.pairs:
             key = str(pair.student_layer)
             if key not in projectors:
-                t = _interp(teacher.states, pair).float()
+                t = pair.target(teacher.states).float()
                 proj = ridge_projector(s_states[f"post.{pair.student_layer}"][mask].float(), t[mask])
                 projectors[key] = proj.to(trainer.device)
             projectors[key].requires_grad_(True)

@@ -94,13 +94,6 @@ class AlignResult:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def _interp(states: dict[str, torch.Tensor], pair: Pair) -> torch.Tensor:
-    low = states[f"post.{pair.teacher_low}"]
-    if pair.weight == 0 or pair.teacher_low == pair.teacher_high:
-        return low
-    return (1 - pair.weight) * low + pair.weight * states[f"post.{pair.teacher_high}"]
-
-
 # ----------------------------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -327,8 +320,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- the step
     def _layer_inputs(self, pair: Pair, s_states: dict, t_states: dict, mask: torch.Tensor) -> LayerInputs:
         prev = self.prev[pair.student_layer]
-        t = _interp(t_states, pair)
-        t_prev = _interp(t_states, prev) if prev is not None else t_states["embed"]
+        t = pair.target(t_states)
+        t_prev = prev.target(t_states) if prev is not None else t_states["embed"]
         s = s_states[f"post.{pair.student_layer}"]
         s_prev = s_states[f"post.{prev.student_layer}"] if prev is not None else s_states["embed"]
         t, t_prev = t.to(s.dtype), t_prev.to(s.dtype)

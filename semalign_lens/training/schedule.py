@@ -43,6 +43,13 @@ class Pair:
     def nearest_teacher_layer(self) -> int:
         return nearest_layer(self.teacher_low, self.teacher_high, self.weight)
 
+    def target(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher state this pair supervises with, from `{"post.{l}": resid_post of block l}`."""
+        low = states[f"post.{self.teacher_low}"]
+        if self.weight == 0 or self.teacher_low == self.teacher_high:
+            return low
+        return (1 - self.weight) * low + self.weight * states[f"post.{self.teacher_high}"]
+
 
 @dataclass(frozen=True)
 class Stage:
