@@ -9,13 +9,13 @@
 #   make test-analysis        smoke tests of the figure scripts (tiny models)
 #
 # Variables: PYTHON (default python3), OUT (default analysis/out), STUDENT (default stdlib-student),
-# TRANSFER_PROFILE (default demo, the committed table's), TRANSFER_MINUTES (default 60).
+# TRANSFER_PROFILE (default table, the committed table's), TRANSFER_MINUTES (default 150).
 
 PYTHON ?= python3
 OUT ?= analysis/out
 STUDENT ?= stdlib-student
-TRANSFER_PROFILE ?= demo
-TRANSFER_MINUTES ?= 60
+TRANSFER_PROFILE ?= table
+TRANSFER_MINUTES ?= 150
 FAST ?=
 
 FIGURE_ARGS = --out $(OUT) --student $(STUDENT) --transfer-profile $(TRANSFER_PROFILE) \

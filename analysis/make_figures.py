@@ -78,7 +78,7 @@ def commands(target: str, fast: bool, out: Path, args) -> list[str]:
             return py + [str(HERE / "transfer_table.py"), "--profile", "tiny", "--methods", "sft", "kd", "semalign",
                          "--seeds", "0", "--tasks", "code", "--budgets", "2", "--schedules", "frontier", *common]
         return py + [str(HERE / "transfer_table.py"), "--profile", args.transfer_profile, "--student", args.student,
-                     "--budget-minutes", str(args.transfer_minutes), *common]
+                     "--budget-minutes", str(args.transfer_minutes), "--resume", *common]
     raise ValueError(target)
 
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebooks", action="store_true", help="execute the notebooks instead of the figure scripts")
     p.add_argument("--student", default="stdlib-student", help="student source for the full-mode scripts")
     p.add_argument("--transfer-profile", default="table", help="transfer_table.py profile in full mode")
-    p.add_argument("--transfer-minutes", type=float, default=60.0, help="transfer_table.py time budget")
+    p.add_argument("--transfer-minutes", type=float, default=150.0,
+                   help="transfer_table.py time budget (it resumes: run again to continue)")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args(argv)
     out = Path(args.out)
