@@ -352,6 +352,20 @@ def budget_figure(summary):
     return fig
 
 
+def off_scale(panel) -> list[str]:
+    """Methods whose curve strays from the untrained student more than 3x as far as any remaining method's,
+    and by more than 0.5 (nats, or log-prob): drawn, but the axis is scaled to the others (the interactive
+    figure shows everything)."""
+    dev = panel.assign(d=(panel["score"] - panel["before"]).abs()).groupby("method")["d"].max().sort_values()
+    far: list[str] = []
+    while len(dev) - len(far) >= 3:
+        top, rest = dev.iloc[len(dev) - len(far) - 1], dev.iloc[len(dev) - len(far) - 2]
+        if not (top > 3 * rest and top > 0.5):
+            break
+        far.append(dev.index[len(dev) - len(far) - 1])
+    return sorted(far)
+
+
 def budget_png(summary, path: Path) -> bool:
     """The same curves as a PNG for TRANSFER.md (matplotlib, the `analysis` extra); False when not installed.
     The teacher's line is left out: on a cross-entropy axis it is far below the curves."""
@@ -373,6 +387,15 @@ def budget_png(summary, path: Path) -> bool:
             line, = ax.plot(g["tokens_seen"], g["score"], marker="o", ms=3, label=method)
             ax.fill_between(g["tokens_seen"], g["score_lo"], g["score_hi"], color=line.get_color(), alpha=0.15)
         ax.axhline(sub["before"].iloc[0], ls=":", c="grey", lw=1)
+        far = off_scale(sub)
+        if far:  # one method far from the rest would flatten every other curve: the axis follows the rest
+            near = sub[~sub["method"].isin(far)]
+            lo, hi = float(near["score_lo"].min()), float(near["score_hi"].max())
+            pad = 0.15 * (hi - lo) or 0.05
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.text(0.02, 0.97, "off scale: " + ", ".join(f"{m} (up to {sub[sub['method'] == m]['score'].abs().max():.2f})"
+                                                           for m in far),
+                    transform=ax.transAxes, fontsize=7, va="top", color="#a00")
         ax.set_xscale("log")
         better = "higher" if sub["higher_is_better"].iloc[0] else "lower"
         ax.set_title(f"{task} · {metric} ({better} is better) · {schedule}", fontsize=9)

@@ -153,3 +153,16 @@ def test_make_figures_commands(tmp_path):
             assert ("--fast" in cmd or "tiny" in cmd) == fast, cmd
     with pytest.raises(ValueError):
         make_figures.commands("fig9", False, tmp_path, args)
+
+
+def test_a_method_far_off_the_others_is_named_off_scale():
+    import pandas as pd
+
+    table = load("transfer_table")
+
+    def panel(devs):
+        return pd.DataFrame({"method": list(devs), "before": 4.0, "score": [4.0 + d for d in devs.values()]})
+
+    assert table.off_scale(panel({"sft": -0.3, "kd": -0.1, "semalign": -0.1, "layer": 1.9})) == ["layer"]
+    assert table.off_scale(panel({"sft": -0.38, "kd": -0.05, "semalign": -0.09})) == []  # 0.38 is under 0.5
+    assert table.off_scale(panel({"a": 0.1, "b": 2.0})) == []  # two methods: nothing to scale to

@@ -46,7 +46,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
     ('seed = "zero"', "seed must be int, got 'zero'"),
     ("[data]\nseq_len = true", "data.seq_len must be int, got True"),
     ("[data]\nbatch_size = 4.5", "data.batch_size must be int, got 4.5"),
-    ('[schedule]\nlora_targets = "v_proj"', "schedule.lora_targets must be list of str, got 'v_proj'"),
+    ('[schedule]\nlora_targets = "v_proj"', "schedule.lora_targets must be list of str or None, got 'v_proj'"),
     ("[pairing]\nstudent_layers = 1", "pairing.student_layers must be list of int or None, got 1"),
     ("[schedule]\nstage_steps = [10, 2.5]", "schedule.stage_steps must be int or list of int, got [10, 2.5]"),
     ("[schedule]\nlr = true", "schedule.lr must be float or list of float, got True"),

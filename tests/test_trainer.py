@@ -129,7 +129,7 @@ def test_lora_changes_only_the_adapted_matrices_of_the_frontier_layer(tmp_path, 
 
 def test_lora_target_typo_is_named(tmp_path, tiny_pair, tokens):
     cfg = make_cfg(tmp_path, **{"schedule.adapter": "lora", "schedule.lora_targets": ["v_prj"]})
-    with pytest.raises(SemalignError, match="v_prj.*linear layers are.*v_proj"):
+    with pytest.raises(SemalignError, match=r"v_prj.*linear \(or Conv1D\) layers are.*v_proj"):
         run(cfg, tiny_pair, tokens)
 
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 from . import fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
 from .registry import METHODS, Method, get_method, method_config, method_trainer, register_method, run_method
 
-ROW_ORDER = ("sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-cosine", "semalign-fisher",
-             "semalign-paper-map", "semalign-v1")
+ROW_ORDER = ("sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-layer", "semalign-cosine",
+             "semalign-fisher", "semalign-paper-map", "semalign-v1")
 for _name in ROW_ORDER:  # the table's row order: control, baselines, SemAlign variants (user methods after)
     METHODS[_name] = METHODS.pop(_name)
 

@@ -160,7 +160,7 @@ class LaTenPlugin:
             deltas = []
             for module, vectors, axis in ((s_mlp.up_proj, t_mlp.up_proj.weight[t_idx], 0),
                                           (s_mlp.down_proj, t_mlp.down_proj.weight[:, t_idx].T, 1)):
-                base = getattr(module, "base", module)  # the LoRA wrapper's frozen layer, if any
+                base = module.get_base_layer() if hasattr(module, "get_base_layer") else module  # under LoRA
                 net = Hypernet(d_t, hidden, d_s, self.std, gen)
                 delta = NeuronDelta(net, vectors.detach().float().clone(), s_idx, axis)
                 parametrize.register_parametrization(base, "weight", delta)
