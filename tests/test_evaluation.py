@@ -271,3 +271,14 @@ def test_humaneval_solution_ce_scores_only_solutions(tiny_pair):
     ce = ev.humaneval_solution_ce(tiny_pair.student, limit=3)
     assert ce == pytest.approx(ev.cross_entropy(tiny_pair.student, batch, score_mask=score))
     assert ce != pytest.approx(ev.cross_entropy(tiny_pair.student, batch))
+
+
+def test_paired_difference_matches_scipys_paired_t_interval():
+    from scipy import stats
+
+    a, b = [4.03, 4.02, 4.05], [4.07, 4.08, 4.06]
+    mean, lo, hi = ev.paired_difference(a, b)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert mean == pytest.approx(sum(a) / 3 - sum(b) / 3) and (lo, hi) == pytest.approx((ci.low, ci.high))
+    with pytest.raises(SemalignError, match="one value per seed on both sides, got 3 and 2"):
+        ev.paired_difference(a, b[:2])
