@@ -245,10 +245,11 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         "the same data for the same steps; only the loss terms differ.")
     report.add_markdown(
         f"How this relates to the benchmark: the demo trains one seed for {profile.stage_steps * len(pairing)} "
-        f"steps of {profile.batch_size} x {profile.seq_len} tokens, a pipeline run. `analysis/TRANSFER.md` trains "
-        "the same student with the same frontier LoRA schedule at four budgets with three seeds each, scores a "
-        "larger held-out set, and states there whether logit KD separates from SFT at all: read a demo number "
-        "as one seed of that table's frontier curve near the same number of tokens, not as a result.")
+        f"steps of {profile.batch_size} x {profile.seq_len} tokens at lr {profile.lr:g}, a pipeline run. "
+        "`analysis/TRANSFER.md` trains the same student on the same kind of frontier LoRA schedule (64-token "
+        "sequences, lr 2e-3) and on a train-all schedule, at four budgets with three seeds each, scores 16k "
+        "held-out tokens, and states whether logit KD separates from SFT at all (on the frontier schedule it does "
+        "not): read a demo number as one seed near the bottom of that table's frontier curve, not as a result.")
     report.add_figure(gap_figure(results, task.metric), caption="Gap closed on the headline metric, one seed: 0 is "
                       "the untrained student, 1 the teacher; below 0 the method made the student worse",
                       name="gap-closed")
