@@ -46,15 +46,18 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     hf = underlying_hf(model)
     state = {k.replace(_STRIP, ""): v for k, v in hf.state_dict().items()}
     config = hf.config.__class__.from_dict(hf.config.to_dict())
-    clean = None
+    clean, error = None, None
     for impl in dict.fromkeys((attn, "eager")):  # Gemma-2 and a few others have no sdpa path
         try:
             config._attn_implementation = impl
             with torch.device("meta"):
                 clean = AutoModelForCausalLM.from_config(config, attn_implementation=impl)
             break
-        except ValueError:
-            continue
+        except ValueError as err:
+            error = err
+    if clean is None:
+        raise SemalignError(f"transformers cannot build {type(hf).__name__} from its config ({error}); this "
+                            "architecture is not supported by the trainer yet")
     expected = set(clean.state_dict())
     missing = sorted(expected - set(state))
     if missing:
