@@ -16,7 +16,8 @@ set is large, true by construction and needs no download:
 
 Every fact has four phrasings. The **last is held out** (the benchmark scores it; the student never trains on
 it), the other three are transfer text. The held-out phrasing of each type is the one SmolLM2-135M answered
-most often when the set was designed (its hit rates per phrasing are in `analysis/TRANSFER.md`'s notes); a
+most often among those measured when the set was designed (every phrasing for the first types; the code-comment
+form, the best there, for the types added later; `analysis/TRANSFER.md`'s notes); a
 docstring that names its own answer, or a few-shot example that is itself a fact of the set, is left out, so
 no prompt contains its answer. `stdlib_facts()` is deterministic for one Python version (in its description).
 """
