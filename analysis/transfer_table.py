@@ -121,8 +121,8 @@ def transfer_maps(teacher, student, methods) -> dict:
     return {kind: TransferMap(tb, sb, kind=kind) for kind in sorted(kinds)}
 
 
-def run_config(profile: Profile, tr: TaskRun, method: str, schedule: str, steps: int, seed: int, cache_dir: Path):
-    """The shared AlignConfig of one run: frontier (one stage per paired layer, LoRA) or all (one joint stage,
+def run_config(profile: Profile, tr: TaskRun, schedule: str, steps: int, seed: int, cache_dir: Path):
+    """The shared AlignConfig of one run (`method_config` then swaps in a method's terms): frontier (one stage per paired layer, LoRA) or all (one joint stage,
     every parameter), `steps` optimizer steps in total, teacher targets from the task's top-k cache."""
     cfg = shared_config(profile, len(tr.data), seed=seed, cache_dir=cache_dir)
     cfg.targets.cache_logits, cfg.targets.top_k = "topk", profile.top_k
@@ -132,7 +132,7 @@ def run_config(profile: Profile, tr: TaskRun, method: str, schedule: str, steps:
         cfg.schedule.mode, cfg.schedule.trainable, cfg.schedule.adapter = "joint", "all", "full"
         cfg.schedule.stage_steps, cfg.schedule.lr = steps, profile.all_lr
     cfg.checkpoint_every = max(1, min(profile.budgets))
-    return method_config(cfg, method)
+    return cfg
 
 
 def _row(tr: TaskRun, schedule: str, method: str, seed: int, steps: int, profile: Profile, scores: dict,
@@ -153,9 +153,10 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
     frontier: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
     (the run directory keeps its checkpoints, so a killed curve resumes where it stopped)."""
     def train(steps: int, run_dir: Path):
-        cfg = run_config(profile, tr, method, schedule, steps, seed, cache)
+        cfg = run_config(profile, tr, schedule, steps, seed, cache)
+        kind = get_method(method).transfer_kind or cfg.transfer.kind
         return method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
-                              run_dir=run_dir, transfer=maps.get(cfg.transfer.kind), lean=True)
+                              run_dir=run_dir, transfer=maps.get(kind), lean=True)
 
     todo = [b for b in budgets if (tr.task.name, schedule, method, seed, b) not in done]
     if not todo:
@@ -204,7 +205,7 @@ def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: P
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it."""
     from semalign_lens.trainer import Trainer
 
-    cfg = run_config(profile, tr, "kd", "frontier", max(profile.budgets), 0, cache_dir)
+    cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), "kd")
     Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 
