@@ -113,7 +113,7 @@ def plain_model(model):
     if model_mode(model) != "raw" or not hasattr(model, "original_model"):
         return model
     if model not in _PLAIN:
-        from .training.hfmodel import clean_copy
+        from .hf import clean_copy
 
         _PLAIN[model] = clean_copy(model, share_weights=True).eval()
     return _PLAIN[model]

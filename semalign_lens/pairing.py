@@ -113,6 +113,11 @@ class LayerPair:
     def nearest_teacher_layer(self) -> int:
         return nearest_layer(self.teacher_low, self.teacher_high, self.weight)
 
+    def record(self) -> dict[str, Any]:
+        """The target's own fields (no scores): what a run records as its pairing and its resume identity."""
+        return {"student_layer": self.student_layer, "teacher_low": self.teacher_low,
+                "teacher_high": self.teacher_high, "weight": self.weight, "reason": self.reason}
+
     def target_label(self) -> str:
         if not self.interpolated:
             return str(self.teacher_low)

@@ -34,7 +34,7 @@ def transfer(tiny_pair):
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
-    from semalign_lens.training.hfmodel import clean_copy
+    from semalign_lens.hf import clean_copy
 
     return {k: v.detach().clone() for k, v in clean_copy(model, share_weights=True).state_dict().items()}
 

@@ -142,7 +142,7 @@ def test_fused_fisher_with_a_logit_lens_matches_the_generic_path(train_head, mon
     import semalign_lens.objectives as objectives
     from semalign_lens.objectives import LogitLens
 
-    monkeypatch.setattr(objectives, "KL_CHUNK_ELEMENTS", 13 * 4)  # chunks of 4 rows: the chunking is exercised
+    monkeypatch.setattr(objectives.losses, "KL_CHUNK_ELEMENTS", 13 * 4)  # chunks of 4 rows: the chunking is exercised
     torch.manual_seed(6)
     mask = _mask()
     norm = torch.nn.LayerNorm(4, dtype=torch.float64)

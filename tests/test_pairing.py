@@ -242,11 +242,15 @@ def test_make_pairing_annotates_every_pair():
 
 
 def test_pairing_and_trainer_name_the_same_nearest_layer_at_weight_one_half():
-    """The pairing report (LayerPair) and the trainer (schedule.Pair) must agree on the one teacher layer of an
-    interpolated target, including the tie w = 0.5 (they once rounded it differently)."""
+    """The pairing report and the trainer share one pair type, so they agree on the one teacher layer of an
+    interpolated target, including the tie w = 0.5 (two types once rounded it differently)."""
     from semalign_lens.pairing import LayerPair
-    from semalign_lens.training.schedule import Pair
+    from semalign_lens.training import Pair
+    from semalign_lens.training.setup import resolve_pairing
+    from semalign_lens.trainer import AlignConfig
 
+    assert Pair is LayerPair
     for weight, nearest in ((0.25, 4), (0.5, 5), (0.75, 5)):
         assert LayerPair(2, 4, 5, weight).nearest_teacher_layer == nearest
-        assert Pair(2, 4, 5, weight).nearest_teacher_layer == nearest
+        trained = resolve_pairing(AlignConfig(), [[2, 4, 5, weight]], n_teacher=8, n_student=3)
+        assert isinstance(trained[0], LayerPair) and trained[0].nearest_teacher_layer == nearest

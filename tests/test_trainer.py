@@ -23,7 +23,7 @@ from semalign_lens.trainer import (
     align_main,
     load_align_config,
 )
-from semalign_lens.training.hfmodel import clean_copy
+from semalign_lens.hf import clean_copy
 
 REPO = Path(__file__).resolve().parents[1]
 N_STUDENT = 3  # tiny student: 3 blocks, paired proportionally with the 6-block teacher (1, 3, 5)
@@ -490,8 +490,14 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
 
 
 def test_pair_target_interpolates_two_teacher_layers():
-    from semalign_lens.training.schedule import Pair
+    """The trainer reads targets from its capture dict through `block_states`; degenerate config rows (weight
+    0 or 1, low == high) become the exact pair on the one layer they name."""
+    from semalign_lens.hf import block_states
+    from semalign_lens.training.setup import _pairs_from
 
-    states = {f"post.{i}": torch.full((1, 2, 3), float(i)) for i in range(4)}
-    assert torch.equal(Pair(0, 2, 3, 0.25).target(states), torch.full((1, 2, 3), 2.25))
-    assert Pair(0, 1, 1, 0.5).target(states) is states["post.1"] and Pair(0, 3, 2, 0.0).target(states) is states["post.3"]
+    states = block_states({f"post.{i}": torch.full((1, 2, 3), float(i)) for i in range(4)} | {"embed": None})
+    interpolated, same, low, high = _pairs_from([[0, 2, 3, 0.25], [1, 1, 1, 0.5], [2, 3, 3, 0.0], [3, 2, 3, 1.0]])
+    assert torch.equal(interpolated.target(states), torch.full((1, 2, 3), 2.25))
+    assert same.target(states) is states[1] and low.target(states) is states[3] and high.target(states) is states[3]
+    with pytest.raises(SemalignError, match="adjacent layers"):
+        _pairs_from([[0, 1, 3, 0.5]])

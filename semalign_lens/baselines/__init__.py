@@ -4,11 +4,11 @@ The fairness rule of the transfer benchmark (issue 7, `research/baselines.md` §
 exactly the same transfer data, for the same steps, with the same trainable student parameters as SemAlign.
 So a method may change only
 
-- `terms` / `options`: the objective terms (`semalign_lens.objectives` registry; this package registers
-  `fitnets`, `gram` and `laten_l2` there at import time), and
+- `terms` / `options`: the objective terms (the `semalign_lens.objectives` registry, which also defines the
+  baselines' own terms `fitnets`, `gram` and `laten_l2` in `objectives/reference.py`), and
 - `transfer_kind`: the teacher→student map (SemAlign variants by map kind), and
 - `plugin`: for the parametric baselines (Seeking, LaTen) and FitNets' learned projector, code that runs
-  when a stage opens or closes (`adapter.MethodTrainer`).
+  when a stage opens or closes (the trainer's `plugins=` hook).
 
 Data, pairing, schedule (frontier stages, LoRA rank and targets, learning rates, steps) come from one base
 `AlignConfig` shared by all rows. Every row with an output KL term uses the same one (forward KL(p_T‖p_S),
@@ -32,8 +32,7 @@ fields replaced, and `run_method` trains it.
 
 from __future__ import annotations
 
-# One module per method; each registers its method(s), and fitnets, relation and laten also register their
-# objectives (fitnets, gram, laten_l2) with semalign_lens.objectives.
+# One module per method; each registers its method(s) (their loss terms live in semalign_lens.objectives).
 from . import fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
 from .registry import METHODS, Method, get_method, method_config, method_trainer, register_method, run_method
 

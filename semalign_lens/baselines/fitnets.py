@@ -17,37 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import SemalignError
-from ..objectives import LayerInputs, Objective, register_objective
+from ..objectives.reference import hint_loss  # noqa: F401  (the row's loss, defined with the objectives)
 from .registry import KL_OUTPUT, Method, register_method
-
-
-def hint_loss(h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor, projector: nn.Module,
-              skip_first: bool = True) -> torch.Tensor:
-    """mean‖r(h_S) − h_T‖² / mean‖h_T‖² over the real (scored) positions."""
-    mask = mask.clone()
-    if skip_first:
-        mask[:, 0] = False
-    s, t = h_student[mask].float(), h_teacher[mask].detach().float()
-    if s.shape[0] == 0:
-        return h_student.sum() * 0.0
-    err = (projector(s) - t).pow(2).sum(-1).mean()
-    return err / t.pow(2).sum(-1).mean().clamp(min=1e-12)
-
-
-def _fitnets(x: LayerInputs, skip_first: bool) -> torch.Tensor:
-    projectors = getattr(x, "extras", {}).get("fitnets")
-    if projectors is None or str(x.student_layer) not in projectors:
-        raise SemalignError("the 'fitnets' objective needs its learned projector; train it through "
-                            "semalign_lens.baselines.run_method('fitnets', ...), which adds the FitNets plugin")
-    if x.teacher_state is None:
-        raise SemalignError("the 'fitnets' objective needs the raw teacher state (LayerInputs.teacher_state)")
-    return hint_loss(x.state, x.teacher_state, x.mask, projectors[str(x.student_layer)], skip_first)
-
-
-register_objective(Objective(
-    "fitnets", "layer", _fitnets, {"skip_first": True},
-    source="baseline, not SemAlign: FitNets hint MSE through a learned d_S->d_T projector (Romero et al. 2015)"))
 
 
 def ridge_projector(h_student: torch.Tensor, h_teacher: torch.Tensor, ridge: float = 1e-3) -> nn.Linear:
@@ -70,7 +41,7 @@ class FitNetsPlugin:
         self.extras: dict[str, nn.ModuleDict] = {"fitnets": nn.ModuleDict()}
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ..training.hfmodel import capture
+        from ..hf import block_states, capture
 
         projectors = self.extras["fitnets"]
         n = min(self.init_sequences, len(trainer.data))
@@ -86,7 +57,7 @@ class FitNetsPlugin:
         for pair in stage.pairs:
             key = str(pair.student_layer)
             if key not in projectors:
-                t = pair.target(teacher.states).float()
+                t = pair.target(block_states(teacher.states)).float()
                 proj = ridge_projector(s_states[f"post.{pair.student_layer}"][mask].float(), t[mask])
                 projectors[key] = proj.to(trainer.device)
             projectors[key].requires_grad_(True)

@@ -15,8 +15,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import SemalignError
-from ..objectives import LayerInputs, Objective, register_objective
 from .registry import Method, register_method
 
 CHANGES = (
@@ -69,25 +67,12 @@ class NeuronDelta(nn.Module):
         return weight.index_add(1, self.index, d.T)
 
 
-def _laten_l2(x: LayerInputs) -> torch.Tensor:
-    deltas = getattr(x, "extras", {}).get("laten", {}).get(x.student_layer)
-    if deltas is None:
-        raise SemalignError("the 'laten_l2' objective needs LaTen's hypernetworks; train it through "
-                            "semalign_lens.baselines.run_method('laten', ...), which adds the LaTen plugin")
-    return torch.stack([p.delta().pow(2).mean() for p in deltas]).mean()
-
-
-register_objective(Objective(
-    "laten_l2", "layer", _laten_l2, {},
-    source="baseline, not SemAlign: LaTen's L2 pull of the translated deltas toward zero (weight 1000 published)"))
-
-
 def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) -> dict[int, torch.Tensor]:
     """{layer: Σ |a ⊙ ∂L/∂a| per FFN neuron} (a = the input of down_proj), LM loss, one pass for all layers.
 
     Weight gradients are never computed: the graph starts at a detached copy of the input embeddings.
     """
-    from ..training.hfmodel import parts
+    from ..hf import parts
 
     p = parts(model)
     store: dict[int, torch.Tensor] = {}
@@ -127,7 +112,7 @@ class LaTenPlugin:
     def setup(self, trainer, teacher) -> None:
         import hashlib
 
-        from ..training.hfmodel import clean_copy
+        from ..hf import clean_copy
 
         self.teacher = clean_copy(teacher, share_weights=True, attn="eager").eval().requires_grad_(False)
         self.seeds = trainer.data.tokens[: self.seed_sequences]
@@ -139,7 +124,7 @@ class LaTenPlugin:
         self.teacher_scores = _TEACHER_SCORES[key]
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ..training.hfmodel import parts
+        from ..hf import parts
 
         lora_budget = sum(p.numel() for p in params)
         for p in params:  # LaTen trains the hypernetworks instead of the stage's LoRA adapters

@@ -1,7 +1,9 @@
 """The method registry: `Method` (a row of the transfer table), `register_method`, `get_method`,
 `method_config` (the shared config with only the method's fields swapped) and `run_method`.
 
-Kept apart from the method modules so that each of them can register itself without import cycles.
+Kept apart from the method modules so that each of them can register itself without import cycles. A run
+is the plain `Trainer` with the method's plugin (`Trainer(..., plugins=[...])`), so every row shares one
+training loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SemalignError
+from ..training.loop import Trainer
 
 # The one output KL every row with `kl` uses. τ = 1, measured (analysis/TRANSFER.md, "Why τ = 1"): at τ = 2 the
 # KL made the shipped student's held-out stdlib CE worse with dense teacher logits too (4.41 → 4.52 nats in 6
@@ -24,7 +27,8 @@ class Method:
     """One row of the transfer table.
 
     `changes` says what differs from the published method and why (toy scale, different widths, the
-    fairness rule); `plugin` builds a per-run object with `setup/open_stage/close_stage` (see `adapter`).
+    fairness rule); `plugin` builds a per-run object for the trainer's `plugins=` hook (`setup`,
+    `open_stage`, `close_stage`, `extras`; see `training.loop.Trainer`).
     """
 
     name: str
@@ -78,15 +82,18 @@ def method_config(base, method: str | Method):
 def method_trainer(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
                    diag_data=None, lean: bool = False):
     """The trainer of `run_method`, built but not run: for callers that train in pieces
-    (`trainer.run(stop_after_steps=n)`) and evaluate `trainer.student` in between."""
-    from .adapter import MethodTrainer
+    (`trainer.run(stop_after_steps=n)`) and evaluate `trainer.student` in between.
 
+    `lean` sets `figures = false` on the method's copy of the config (no CKA heatmaps or figure files: plotly
+    costs 2-3 s per run); the metrics JSONL is written either way."""
     m = get_method(method)
     cfg = method_config(base, m)
+    if lean:
+        cfg.figures = False
     if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
         transfer = None
-    return MethodTrainer(cfg, method=m, teacher=teacher, student=student, data=data, diag_data=diag_data,
-                         pairing=pairing, transfer=transfer, run_dir=run_dir, lean=lean)
+    return Trainer(cfg, teacher=teacher, student=student, data=data, diag_data=diag_data, pairing=pairing,
+                   transfer=transfer, run_dir=run_dir, plugins=[m.plugin()] if m.plugin is not None else [])
 
 
 def run_method(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,

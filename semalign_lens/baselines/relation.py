@@ -12,52 +12,8 @@ map and the centred-CKA form add.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float
-
-from ..errors import SemalignError
-from ..objectives import LayerInputs, Objective, register_objective
+from ..objectives.reference import sp_gram, sp_loss  # noqa: F401  (the row's loss, defined with the objectives)
 from .registry import KL_OUTPUT, Method, register_method
-
-
-def sp_gram(x: Float[torch.Tensor, "batch pos d"], mask: Bool[torch.Tensor, "batch pos"]
-            ) -> Float[torch.Tensor, "batch pos pos"]:
-    """Row-normalised token-token Gram per sequence; padded rows and columns are zero."""
-    x = x.float() * mask.unsqueeze(-1)
-    return F.normalize(x @ x.transpose(1, 2), dim=-1)
-
-
-def sp_loss(h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor,
-            skip_first: bool = True) -> torch.Tensor:
-    """Mean over sequences of ‖Ĝ_S − Ĝ_T‖²_F / n², n = real tokens of the sequence."""
-    mask = mask.clone()
-    if skip_first:
-        mask[:, 0] = False
-    n = mask.sum(1).float()
-    diff = (sp_gram(h_student, mask) - sp_gram(h_teacher.detach(), mask)).pow(2).sum((1, 2))
-    valid = n >= 2
-    if not bool(valid.any()):
-        return h_student.sum() * 0.0
-    return (diff[valid] / n[valid].pow(2)).mean()
-
-
-def _gram(x: LayerInputs, interface: str, skip_first: bool) -> torch.Tensor:
-    if interface == "state":
-        student, teacher = x.state, x.teacher_state
-    elif interface == "contribution":
-        student, teacher = x.contribution, x.teacher_contribution
-    else:
-        raise SemalignError(f"gram interface must be 'state' or 'contribution', got {interface!r}")
-    if teacher is None:
-        raise SemalignError("the 'gram' objective needs raw teacher activations (LayerInputs.teacher_state)")
-    return sp_loss(student, teacher, x.mask, skip_first)
-
-
-register_objective(Objective(
-    "gram", "layer", _gram, {"interface": "contribution", "skip_first": True},
-    source="baseline, not SemAlign: similarity-preserving KD (row-normalised Gram, Tung & Mori 2019) on raw "
-           "teacher activations, token x token"))
 
 
 register_method(Method(

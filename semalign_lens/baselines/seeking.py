@@ -45,7 +45,7 @@ def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str,
 
     One forward/backward per sequence (Seeking's per-example |θ·∇θL|), fp32, LM loss on every token.
     """
-    from ..training.hfmodel import clean_copy, parts
+    from ..hf import clean_copy, parts
 
     model = clean_copy(teacher, share_weights=True, attn="eager").float().eval()
     layers = parts(model).layers
@@ -122,7 +122,7 @@ class SeekingPlugin:
         if trainer.cfg.schedule.adapter != "lora":
             raise SemalignError("Seeking initialises LoRA adapters from teacher blocks; run it with "
                                 "schedule.adapter = 'lora' (with full fine-tuning W - BA + BA changes nothing)")
-        from ..training.hfmodel import clean_copy, parts, underlying_hf
+        from ..hf import clean_copy, parts, underlying_hf
         from ..training.schedule import lora_targets
 
         t_type, s_type = underlying_hf(teacher).config.model_type, trainer.student.config.model_type
@@ -145,7 +145,7 @@ class SeekingPlugin:
         self.extras = {"seeking_layer_map": self.layer_map, "seeking_layer_scores": scores.tolist()}
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ..training.hfmodel import parts
+        from ..hf import parts
 
         layers = parts(trainer.student).layers
         for pair in stage.pairs:

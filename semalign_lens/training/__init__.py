@@ -14,7 +14,7 @@ from .config import (
                      load_align_config,
 )
 from .loop import AlignResult, NonFiniteLossError, Trainer, align, align_main
-from .schedule import Pair
+from ..pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
 
 __all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
            "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",

@@ -162,7 +162,7 @@ class TargetsConfig:
     `cached` (teacher states precomputed once into fp16 safetensors shards; the teacher is then not held in
     memory during training). `kl` needs teacher logits: online, or cached with `cache_logits = "topk"` (the
     teacher's `top_k` tokens per position plus the tail's mass: 386 B per token at k = 64; KL over those
-    buckets, see `semalign_lens.sparse_logits`) or `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 —
+    buckets, see `semalign_lens.objectives.sparse_logits`) or `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 —
     small data only)."""
 
     mode: str = setting("online", doc="online (teacher forward each step) or cached (precomputed once)")
@@ -236,7 +236,7 @@ class AlignConfig:
         if self.targets.mode == "cached" and self.targets.logits_store == "topk" and tempered:
             warnings.warn(f"objective term(s) {tempered} read top-k teacher logits at a temperature other than 1: the "
                           "cache's tail mass is then modelled, not known (measured biased at τ = 2, "
-                          "semalign_lens.sparse_logits); use temperature 1 or cache_logits = 'dense'", stacklevel=2)
+                          "semalign_lens.objectives.sparse_logits); use temperature 1 or cache_logits = 'dense'", stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))

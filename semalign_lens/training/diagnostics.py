@@ -177,7 +177,7 @@ def write_report(run_dir: Path, config: dict, final: dict, stages, pairs, models
         f"global batch {config['data']['batch_size']} x {config['data']['seq_len']} tokens, "
         f"{provenance.get('processes', 1)} process(es). Transfer map: `{provenance.get('transfer', '')}`. "
         f"Targets: {config['targets']['mode']}.")
-    rep.add_table(pd.DataFrame([p.__dict__ for p in pairs]), caption="Layer pairing (0-based blocks)")
+    rep.add_table(pd.DataFrame([p.record() for p in pairs]), caption="Layer pairing (0-based blocks)")
     if final.get("stages"):
         rep.add_table(pd.DataFrame(final["stages"]).drop(columns=["kind", "when"], errors="ignore"),
                       caption="Loss terms at the end of each stage (global-batch means)")

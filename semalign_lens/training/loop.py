@@ -37,13 +37,15 @@ from ..checks import require_int
 from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
+from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
-from . import diagnostics as diag
+from .diagnostics import (cka_grid, loss_figure, projection_figure, projection_metrics, read_metrics, write_figure,
+                          write_report)
 from .config import AlignConfig, config_diff, load_align_config
 from .dataset import AlignData, build_data
-from .hfmodel import capture, clean_copy, lens_fn, parts, weights_fingerprint
+from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
 from .preflight import preflight
-from .schedule import Pair, Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
+from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
 from .setup import check_pairs, resolve_pairing, resolve_transfer
 from .targets import (
     CachedTargets,
@@ -89,7 +91,7 @@ class AlignResult:
         """metrics.jsonl as a DataFrame (kinds: train, diag, cka, stage)."""
         import pandas as pd
 
-        return pd.DataFrame(diag.read_metrics(self.run_dir / "metrics.jsonl"))
+        return pd.DataFrame(read_metrics(self.run_dir / "metrics.jsonl"))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -106,7 +108,7 @@ class Trainer:
     identity.
 
     The Python API may pass already-loaded models (TransformerBridges from `load_model`), a pairing (a
-    `LayerPairing`, `Pair`s or rows), a `TransferMap` and token batches instead of the config's sources.
+    `LayerPairing`, `LayerPair`s or rows), a `TransferMap` and token batches instead of the config's sources.
 
     `plugins` (duck-typed, every hook optional) extend a run for methods that need more than loss terms:
     `setup(trainer, teacher)` once after construction (`teacher` is the caller's model, there even when the
@@ -187,7 +189,7 @@ class Trainer:
                                            [p.nearest_teacher_layer for p in self.pairs], self.autocast))
         self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student)
         self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
-                           "processes": self.world, "pairing": [p.__dict__ for p in self.pairs],
+                           "processes": self.world, "pairing": [p.record() for p in self.pairs],
                            "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
                            "data": self.data.source, "precision": precision_record(cfg.precision, self.device)}
         self.provenance = json.loads(json.dumps(
@@ -196,7 +198,7 @@ class Trainer:
                          "student_hash": weights_fingerprint(self.student),
                          "tokenizer_hash": tokenizer_fingerprint(self.tokenizer),
                          "data_hash": self.data.fingerprint,
-                         "transfer": repr(self.transfer), "pairs": [p.__dict__ for p in self.pairs]}
+                         "transfer": repr(self.transfer), "pairs": [p.record() for p in self.pairs]}
         self._check_resume_identity()
         self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
         self.targets = self._make_targets()
@@ -218,7 +220,7 @@ class Trainer:
         with torch.no_grad(), self.autocast():
             s_states, _ = capture(self.student, self.data.diag.tokens.to(self.device), range(self.n_student_layers))
         t_states = {k: v for k, v in self.teacher_diag.items() if k.startswith("post.")}
-        matrix, _, _ = diag.cka_grid(t_states, s_states, self.data.diag.mask, self.cfg.cka_max_tokens)
+        matrix, _, _ = cka_grid(t_states, s_states, self.data.diag.mask, self.cfg.cka_max_tokens)
         return matrix
 
     # ------------------------------------------------------------------------------------------- setup
@@ -318,10 +320,11 @@ class Trainer:
         return int(state["step"]), float(state["elapsed_s"])
 
     # ------------------------------------------------------------------------------------------- the step
-    def _layer_inputs(self, pair: Pair, s_states: dict, t_states: dict, mask: torch.Tensor) -> LayerInputs:
+    def _layer_inputs(self, pair: LayerPair, s_states: dict, t_states: dict, mask: torch.Tensor) -> LayerInputs:
         prev = self.prev[pair.student_layer]
-        t = pair.target(t_states)
-        t_prev = prev.target(t_states) if prev is not None else t_states["embed"]
+        t_blocks = block_states(t_states)
+        t = pair.target(t_blocks)
+        t_prev = prev.target(t_blocks) if prev is not None else t_states["embed"]
         s = s_states[f"post.{pair.student_layer}"]
         s_prev = s_states[f"post.{prev.student_layer}"] if prev is not None else s_states["embed"]
         t, t_prev = t.to(s.dtype), t_prev.to(s.dtype)
@@ -329,7 +332,7 @@ class Trainer:
         return LayerInputs(pair.student_layer, s, s - s_prev, self.transfer(t), self.transfer(t - t_prev), mask,
                            self.lens, teacher_state=t, teacher_contribution=t - t_prev, extras=extras)
 
-    def _student_layers(self, pairs: tuple[Pair, ...]) -> list[int]:
+    def _student_layers(self, pairs: tuple[LayerPair, ...]) -> list[int]:
         out = set()
         for p in pairs:
             out.add(p.student_layer)
@@ -412,13 +415,13 @@ class Trainer:
         for pair in self.pairs:
             x = self._layer_inputs(pair, s_states, self.teacher_diag, mask)
             top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")
-            metrics = diag.projection_metrics(x.state, x.target, x.contribution, x.target_contribution, mask,
+            metrics = projection_metrics(x.state, x.target, x.contribution, x.target_contribution, mask,
                                               self.lens, top1)
             self._log({"kind": "diag", "step": step, "stage": stage.index, "when": when,
                        "student_layer": pair.student_layer, **metrics})
         if cka:
             t_states = {k: v for k, v in self.teacher_diag.items() if not k.startswith("top1.")}
-            matrix, t_labels, s_labels = diag.cka_grid(t_states, s_states, mask, self.cfg.cka_max_tokens)
+            matrix, t_labels, s_labels = cka_grid(t_states, s_states, mask, self.cfg.cka_max_tokens)
             name = f"cka_stage{stage.index}_{when}"
             title = f"Teacher x student CKA, stage {stage.index} ({stage.label}) {when}, step {step}"
             self._write_cka(name, title, matrix, t_labels, s_labels)
@@ -443,7 +446,7 @@ class Trainer:
         self._write_fig(fig, name)
 
     def _write_fig(self, fig, name: str) -> None:
-        diag.write_figure(fig, self.run_dir / "figures" / f"{name}.html")
+        write_figure(fig, self.run_dir / "figures" / f"{name}.html")
         (self.run_dir / "figures" / f"{name}.json").write_text(fig.to_json())
 
     # ------------------------------------------------------------------------------------------- run
@@ -453,7 +456,7 @@ class Trainer:
             write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
             write_json_atomic(self.run_dir / "identity.json", json.loads(json.dumps(self.identity)))
             write_json_atomic(self.run_dir / "provenance.json", self.provenance)
-            write_json_atomic(self.run_dir / "pairing.json", [p.__dict__ for p in self.pairs])
+            write_json_atomic(self.run_dir / "pairing.json", [p.record() for p in self.pairs])
             if hasattr(self.transfer, "save") and not (self.run_dir / "transfer.safetensors").exists():
                 self.transfer.save(self.run_dir / "transfer.safetensors")
         self.acc.wait_for_everyone()
@@ -522,7 +525,7 @@ class Trainer:
         student_dir = self.run_dir / "student"
         report = None
         if self.main:
-            records = diag.read_metrics(self._metrics_path)
+            records = read_metrics(self._metrics_path)
             stages = [r for r in records if r.get("kind") == "stage" and r["when"] == "end"]
             last_diag = {r["student_layer"]: r for r in records if r.get("kind") == "diag"}
             final = {"finished": True, "step": total, "elapsed_s": elapsed, "stages": stages,
@@ -532,10 +535,10 @@ class Trainer:
             final["student_path"] = str(student_dir)
             write_json_atomic(final_path, final)
             if self.cfg.figures:
-                self._write_fig(diag.loss_figure(records, self._term_names()), "loss_curves")
-                self._write_fig(diag.projection_figure(records), "projections")
+                self._write_fig(loss_figure(records, self._term_names()), "loss_curves")
+                self._write_fig(projection_figure(records), "projections")
             if self.cfg.report:
-                report = diag.write_report(self.run_dir, self.cfg.to_dict(), final, self.stages, self.pairs,
+                report = write_report(self.run_dir, self.cfg.to_dict(), final, self.stages, self.pairs,
                                            self.models_provenance, self.provenance)
         self.acc.wait_for_everyone()
         final = json.loads(final_path.read_text())

@@ -19,42 +19,15 @@ from torch import nn
 
 from ..errors import SemalignError
 from ..lora import add_lora, lora_parameters, merge_lora
-from ..pairing import nearest_layer
+from ..pairing import LayerPair
 from .config import ScheduleConfig
-from .hfmodel import parts
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Student block `student_layer` is supervised by (1-weight)·h_T[teacher_low] + weight·h_T[teacher_high]."""
-
-    student_layer: int
-    teacher_low: int
-    teacher_high: int
-    weight: float = 0.0
-    reason: str = ""
-
-    @property
-    def teacher_layers(self) -> tuple[int, ...]:
-        return (self.teacher_low,) if self.weight == 0 or self.teacher_low == self.teacher_high else \
-            (self.teacher_low, self.teacher_high)
-
-    @property
-    def nearest_teacher_layer(self) -> int:
-        return nearest_layer(self.teacher_low, self.teacher_high, self.weight)
-
-    def target(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The teacher state this pair supervises with, from `{"post.{l}": resid_post of block l}`."""
-        low = states[f"post.{self.teacher_low}"]
-        if self.weight == 0 or self.teacher_low == self.teacher_high:
-            return low
-        return (1 - self.weight) * low + self.weight * states[f"post.{self.teacher_high}"]
+from ..hf import parts
 
 
 @dataclass(frozen=True)
 class Stage:
     index: int
-    pairs: tuple[Pair, ...]  # pairs whose layer losses are active
+    pairs: tuple[LayerPair, ...]  # pairs whose layer losses are active
     steps: int
     lr: float
     start: int  # first global step of the stage
@@ -77,7 +50,7 @@ def _per_stage(value, n: int, name: str) -> list:
     return [value] * n
 
 
-def build_stages(cfg: ScheduleConfig, pairs: list[Pair]) -> list[Stage]:
+def build_stages(cfg: ScheduleConfig, pairs: list[LayerPair]) -> list[Stage]:
     pairs = sorted(pairs, key=lambda p: p.student_layer)
     groups = [(p,) for p in pairs] if cfg.mode == "frontier" else [tuple(pairs)]
     steps = [int(s) for s in _per_stage(cfg.stage_steps, len(groups), "stage_steps")]

@@ -11,32 +11,42 @@ from typing import Any
 import torch
 
 from ..errors import SemalignError
+from ..pairing import LayerPair, LayerPairing, make_pairing
 from .config import AlignConfig
-from .schedule import Pair
 
 
-def _pairs_from(pairing: Any) -> list[Pair]:
-    """Pairs from a `pairing.LayerPairing` (duck-typed), a list of Pair, or rows [s, low, high, weight]."""
+def _pairs_from(pairing: Any) -> list[LayerPair]:
+    """Pairs from a `LayerPairing`, a list of `LayerPair`s (or objects with their fields), or rows
+    [s, t] / [s, low, high, weight]. A row with weight 0 (or low == high) is the exact pair on `low`, weight 1
+    the exact pair on `high`; anything else must interpolate adjacent layers (`LayerPair` checks)."""
     rows = getattr(pairing, "pairs", pairing)
     out = []
     for row in rows:
-        if isinstance(row, Pair):
+        if isinstance(row, LayerPair):
             out.append(row)
-        elif hasattr(row, "student_layer"):
-            out.append(Pair(int(row.student_layer), int(row.teacher_low), int(row.teacher_high),
-                            float(getattr(row, "weight", 0.0)), str(getattr(row, "reason", ""))))
+            continue
+        if hasattr(row, "student_layer"):
+            row, reason = [row.student_layer, row.teacher_low, row.teacher_high, getattr(row, "weight", 0.0)], \
+                str(getattr(row, "reason", ""))
         else:
-            row = list(row)
+            row, reason = list(row), "explicit"
             if len(row) not in (2, 4):
                 raise SemalignError(f"pairing row {row} must be [student_layer, teacher_layer] or "
                                     "[student_layer, teacher_low, teacher_high, weight]")
             if len(row) == 2:
                 row = [row[0], row[1], row[1], 0.0]
-            out.append(Pair(int(row[0]), int(row[1]), int(row[2]), float(row[3]), "explicit"))
+        s, low, high, weight = int(row[0]), int(row[1]), int(row[2]), float(row[3])
+        if not 0.0 <= weight <= 1.0 or low > high:
+            raise SemalignError(f"pairing row {row} needs teacher_low <= teacher_high and a weight in [0, 1]")
+        if weight == 0.0 or low == high:
+            high, weight = low, 0.0
+        elif weight == 1.0:
+            low, weight = high, 0.0
+        out.append(LayerPair(s, low, high, weight, reason))
     return out
 
 
-def check_pairs(pairs: list[Pair], n_teacher: int, n_student: int, teacher: str, student: str) -> None:
+def check_pairs(pairs: list[LayerPair], n_teacher: int, n_student: int, teacher: str, student: str) -> None:
     """Refuse pairs that do not fit the models, before anything else runs."""
     if not pairs:
         raise SemalignError("the pairing has no pairs; pair at least one student layer with a teacher layer")
@@ -49,8 +59,6 @@ def check_pairs(pairs: list[Pair], n_teacher: int, n_student: int, teacher: str,
             if not 0 <= t < n_teacher:
                 raise SemalignError(f"pairing uses teacher layer {t}, but teacher {teacher} has {n_teacher} blocks "
                                     f"(valid 0..{n_teacher - 1}); build the pairing for these models")
-        if p.teacher_low > p.teacher_high or not 0.0 <= p.weight <= 1.0:
-            raise SemalignError(f"pair {p} needs teacher_low <= teacher_high and a weight in [0, 1]")
         if p.student_layer in seen:
             raise SemalignError(f"student layer {p.student_layer} is paired twice; SemAlign pairs exactly one teacher "
                                 "target with each student layer")
@@ -58,24 +66,22 @@ def check_pairs(pairs: list[Pair], n_teacher: int, n_student: int, teacher: str,
 
 
 def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int,
-                    cka: torch.Tensor | None = None) -> list[Pair]:
+                    cka: torch.Tensor | None = None) -> list[LayerPair]:
     """Pairs from the API argument, or the config (explicit rows, a saved LayerPairing, or a strategy).
 
     `cka` [teacher blocks, student blocks] is needed by the `cka` strategy (computed on the diagnostic batch).
     """
-    from .. import pairing as pairing_module
-
     pc = cfg.pairing
     if given is not None:
         obj = given
     elif pc.pairs is not None:
         obj = pc.pairs
     elif pc.path:
-        obj = pairing_module.LayerPairing.load(pc.path)
+        obj = LayerPairing.load(pc.path)
     elif pc.strategy == "cka":
-        obj = pairing_module.make_pairing("cka", n_teacher, n_student, cka=cka.numpy())
+        obj = make_pairing("cka", n_teacher, n_student, cka=cka.numpy())
     else:
-        obj = pairing_module.make_pairing("proportional", n_teacher, n_student, interpolate=pc.interpolate,
+        obj = make_pairing("proportional", n_teacher, n_student, interpolate=pc.interpolate,
                                           student_layers=pc.student_layers)
     validate = getattr(obj, "validate", None)
     if callable(validate):

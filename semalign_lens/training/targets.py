@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_json_atomic
 from ..errors import SemalignError
 from ..paths import cache_dir
-from ..sparse_logits import SparseLogits
+from ..objectives.sparse_logits import SparseLogits
 from .config import logits_store
-from .hfmodel import capture, lens_fn, parts
+from ..hf import capture, lens_fn, parts
 
 CACHE_FORMAT = 1
 _FP16_MAX = 65504.0

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
-from ..errors import SemalignError
+from .errors import SemalignError
 
 _STRIP = "._original_component"
 
@@ -111,7 +111,7 @@ class Parts:
 
 def parts(model: nn.Module) -> Parts:
     """Locate embedding, decoder blocks, final norm and LM head (`semalign_lens.architectures`)."""
-    from ..architectures import architecture, trunk
+    from .architectures import architecture, trunk
 
     arch, body = architecture(model), trunk(model)
     return Parts(getattr(body, arch.embed), getattr(body, arch.layers), getattr(body, arch.norm),
@@ -178,17 +178,22 @@ def _raise_stop(module, args):
 
 def lens_fn(model: nn.Module):
     """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`."""
-    from ..objectives import LogitLens
+    from .objectives import LogitLens
 
     p = parts(model)
     return LogitLens(p.norm, p.head)
+
+
+def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """`capture`'s {"post.{l}": ...} entries keyed by block index, the keys `pairing.LayerPair.target` reads."""
+    return {int(k.split(".")[1]): v for k, v in store.items() if k.startswith("post.")}
 
 
 def all_layer_states(model: nn.Module, tokens: Int[torch.Tensor, "batch pos"]) -> dict[int, Float[torch.Tensor, "batch pos d"]]:
     """resid_post of every block (no grad), for CKA heatmaps."""
     with torch.no_grad():
         store, _ = capture(model, tokens, range(len(parts(model).layers)))
-    return {int(k.split(".")[1]): v for k, v in store.items()}
+    return block_states(store)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -1,52 +1,24 @@
-"""SemAlign's training objectives: plain tensor functions plus a registry that selects them by name.
+"""SemAlign's loss maths as plain tensor functions, each tested against an explicit reference formula.
 
-Each loss is first a plain function of tensors (tested against explicit reference formulas), then registered
-as an `Objective` that adapts it to what the trainer hands over (`LayerInputs` for a paired layer,
-`OutputInputs` for the final logits). Baselines register more objectives with `register_objective`; a
-method is then nothing but a dict of term names and weights.
-
-What is the paper's and what is inferred (see `research/paper.md` §2):
-
-| name            | kind   | source |
-|-----------------|--------|--------|
-| `cosine`        | layer  | v1 Eq. 3: L_layer = 1 − Avg cos(h^(k), h_⋆^(k)), averaged over supervised positions. *Inferred*: the interface (v1 says "sublayer output before residual addition"; we default to the layer's residual contribution, see below) and which positions (all real tokens). |
-| `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate forms in paper.md coincide (up to the factor ½). |
-| `fisher`        | layer  | ACL abstract: "Fisher-weighted quadratic surrogate on target-space aligned logits". *Inferred*: ½ (z − z̃)ᵀ F (z − z̃), F = diag(p̃) − p̃p̃ᵀ, p̃ = softmax(z̃), z = student logit lens of the student state, z̃ = student logit lens of the aligned target (the second-order expansion of KL(p̃‖p) around z̃). |
-| `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. From a top-k target cache: KL over the top-k tokens plus a tail bucket (ours, `sparse_logits`). |
-| `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |
-| `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
-
-Interfaces of the layer losses (the `interface` option):
-- `state`: the student's residual stream after block k (resid_post) against the mapped teacher state.
-- `contribution`: what the student wrote into the stream since the previous supervised interface,
-  h_S(k) − h_S(k_prev), against the mapped teacher residual change over the paired teacher depth span,
-  map(h_T(τ_k) − h_T(τ_prev)). When every student layer is paired (the usual pairing) this is exactly the
-  block write resid_post − resid_pre of block k; the first pair's predecessor is the embedding output on
-  both sides. *Inferred*: the papers do not say which teacher quantity is the "aligned supervisory residual";
-  a single teacher block's write would be a fraction of the change a student block must make when
-  L_T > L_S, so we use the change over the paired span.
-
-Masks: padding positions never enter any loss. Output losses that score next-token predictions use
-positions t with both t and t+1 real; `kl` uses every real position.
+The registry (`objectives.registry`) adapts them to what the trainer hands over; the table of what is the
+paper's and what is inferred is in the package docstring (`semalign_lens.objectives`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch.utils.checkpoint import checkpoint
 
-from .errors import SemalignError
+from ..errors import SemalignError
 from .sparse_logits import SparseLogits, sparse_kl_sum
 
 Lens = Callable[[Float[torch.Tensor, "n d"]], Float[torch.Tensor, "n vocab"]]
-INTERFACES = ("state", "contribution")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -358,146 +330,3 @@ def ce_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Te
     if bool(valid.all()):
         return F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), tokens[:, 1:].reshape(-1))
     return F.cross_entropy(z[valid].float(), tokens[:, 1:][valid])
-
-
-# ----------------------------------------------------------------------------------------------- registry
-
-@dataclass
-class LayerInputs:
-    """Everything a layer objective may use for one paired student layer (one global batch shard).
-
-    `state`/`contribution` carry gradients; the targets are constants mapped into the student's space by the
-    TransferMap; `teacher_state` is the raw interpolated teacher activation (for baselines that learn their
-    own map, e.g. FitNets). `lens` is the student's logit lens (final norm + LM head).
-    """
-
-    student_layer: int
-    state: Float[torch.Tensor, "batch pos d_s"]
-    contribution: Float[torch.Tensor, "batch pos d_s"]
-    target: Float[torch.Tensor, "batch pos d_s"]
-    target_contribution: Float[torch.Tensor, "batch pos d_s"]
-    mask: Bool[torch.Tensor, "batch pos"]
-    lens: Lens
-    teacher_state: Float[torch.Tensor, "batch pos d_t"] | None = None
-    teacher_contribution: Float[torch.Tensor, "batch pos d_t"] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # from trainer plugins (e.g. a learned projector)
-
-    def pick(self, interface: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(student, target) at `interface` ('state' or 'contribution')."""
-        if interface == "state":
-            return self.state, self.target
-        if interface == "contribution":
-            return self.contribution, self.target_contribution
-        raise SemalignError(f"interface must be one of {INTERFACES}, got {interface!r}")
-
-
-@dataclass
-class OutputInputs:
-    """Everything an output objective may use: the student's final logits, tokens, mask, teacher logits
-    (dense, or `SparseLogits` from a top-k target cache)."""
-
-    logits: Float[torch.Tensor, "batch pos vocab"]
-    tokens: Int[torch.Tensor, "batch pos"]
-    mask: Bool[torch.Tensor, "batch pos"]
-    teacher_logits: Float[torch.Tensor, "batch pos vocab"] | SparseLogits | None = None
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A named loss term. `fn(inputs, **options)` returns a scalar; `defaults` lists the valid options."""
-
-    name: str
-    kind: Literal["layer", "output"]
-    fn: Callable[..., torch.Tensor]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    needs_teacher_logits: bool = False
-    source: str = ""  # what is from the paper and what is inferred, one line
-
-    def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """`defaults` updated with `given`; unknown option names are an error naming the valid ones."""
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.defaults))
-        if unknown:
-            raise SemalignError(f"unknown option(s) {unknown} for objective {self.name!r}; valid options: "
-                                f"{sorted(self.defaults) or 'none'}")
-        return {**self.defaults, **given}
-
-
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
-    """Add `objective` to the registry (baselines call this at import time)."""
-    if objective.kind not in ("layer", "output"):
-        raise SemalignError(f"objective kind must be 'layer' or 'output', got {objective.kind!r}")
-    if objective.name in OBJECTIVES and not replace:
-        raise SemalignError(f"an objective named {objective.name!r} is already registered; pick another name "
-                            "or pass replace=True")
-    OBJECTIVES[objective.name] = objective
-    return objective
-
-
-def get_objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        _load_plugins()
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise SemalignError(f"unknown objective {name!r}; registered objectives: {sorted(OBJECTIVES)}") from None
-
-
-def _load_plugins() -> None:
-    """Import `semalign_lens.baselines` (if present) so that its objectives register themselves."""
-    try:
-        import semalign_lens.baselines  # noqa: F401
-    except ImportError:
-        pass
-
-
-def _check_interface(value: str) -> str:
-    if value not in INTERFACES:
-        raise SemalignError(f"interface must be one of {INTERFACES}, got {value!r}")
-    return value
-
-
-def _cosine(x: LayerInputs, interface: str) -> torch.Tensor:
-    return cosine_loss(*x.pick(_check_interface(interface)), x.mask)
-
-
-def _relation(x: LayerInputs, interface: str, normalize_tokens: bool) -> torch.Tensor:
-    return relation_loss(*x.pick(_check_interface(interface)), x.mask, normalize_tokens=bool(normalize_tokens))
-
-
-def _fisher(x: LayerInputs, chunk: int) -> torch.Tensor:
-    if not (isinstance(chunk, int) and chunk > 0):
-        raise SemalignError(f"fisher chunk must be a positive integer, got {chunk!r}")
-    return fisher_loss(x.state, x.target, x.mask, x.lens, chunk=chunk)
-
-
-def _kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2: bool) -> torch.Tensor:
-    if x.teacher_logits is None:
-        raise SemalignError("the 'kl' objective needs teacher logits; use targets.mode = 'online' or cache "
-                            "the logits (targets.cache_logits = 'topk' or 'dense')")
-    return kl_loss(x.logits, x.teacher_logits, x.mask, direction=direction, temperature=temperature,
-                   scale_by_t2=scale_by_t2)
-
-
-for _obj in (
-    Objective("cosine", "layer", _cosine, {"interface": "contribution"},
-              source="paper v1 (1 − cos); interface and positions inferred"),
-    Objective("relation", "layer", _relation, {"interface": "contribution", "normalize_tokens": False},
-              source="paper v2 abstract (centred token-token geometry of the residual contribution); form "
-                     "1 − linear CKA per sequence inferred"),
-    Objective("fisher", "layer", _fisher, {"chunk": 512},
-              source="ACL abstract (Fisher-weighted quadratic on aligned logits); ½δᵀFδ with the student "
-                     "logit lens inferred"),
-    Objective("kl", "output", _kl, {"direction": "forward", "temperature": 1.0, "scale_by_t2": True},
-              needs_teacher_logits=True,
-              source="paper v2/ACL (output KL distillation); direction and temperature inferred"),
-    Objective("cosine_onehot", "output",
-              lambda x, label_smoothing: cosine_onehot_loss(x.logits, x.tokens, x.mask, label_smoothing),
-              {"label_smoothing": 0.0}, source="paper v1 (1 − cos(logits, one-hot))"),
-    Objective("ce", "output", lambda x: ce_loss(x.logits, x.tokens, x.mask),
-              source="not SemAlign: supervised next-token cross-entropy (SFT control)"),
-):
-    register_objective(_obj)

@@ -1,0 +1,48 @@
+"""SemAlign's training objectives: plain tensor functions plus a registry that selects them by name.
+
+Each loss is first a plain function of tensors (`losses`, tested against explicit reference formulas), then
+registered as an `Objective` that adapts it to what the trainer hands over (`registry`: `LayerInputs` for a
+paired layer, `OutputInputs` for the final logits). The baselines' terms are defined and registered here too
+(`reference`: `gram`, `fitnets`, `laten_l2`), so every term is registered at first import and a method is
+nothing but a dict of term names and weights. `sparse_logits` holds the top-k teacher distribution of a
+target cache and the KL against it.
+
+What is the paper's and what is inferred (see `research/paper.md` §2):
+
+| name            | kind   | source |
+|-----------------|--------|--------|
+| `cosine`        | layer  | v1 Eq. 3: L_layer = 1 − Avg cos(h^(k), h_⋆^(k)), averaged over supervised positions. *Inferred*: the interface (v1 says "sublayer output before residual addition"; we default to the layer's residual contribution, see below) and which positions (all real tokens). |
+| `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate forms in paper.md coincide (up to the factor ½). |
+| `fisher`        | layer  | ACL abstract: "Fisher-weighted quadratic surrogate on target-space aligned logits". *Inferred*: ½ (z − z̃)ᵀ F (z − z̃), F = diag(p̃) − p̃p̃ᵀ, p̃ = softmax(z̃), z = student logit lens of the student state, z̃ = student logit lens of the aligned target (the second-order expansion of KL(p̃‖p) around z̃). |
+| `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. From a top-k target cache: KL over the top-k tokens plus a tail bucket (ours, `sparse_logits`). |
+| `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |
+| `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
+
+Interfaces of the layer losses (the `interface` option):
+- `state`: the student's residual stream after block k (resid_post) against the mapped teacher state.
+- `contribution`: what the student wrote into the stream since the previous supervised interface,
+  h_S(k) − h_S(k_prev), against the mapped teacher residual change over the paired teacher depth span,
+  map(h_T(τ_k) − h_T(τ_prev)). When every student layer is paired (the usual pairing) this is exactly the
+  block write resid_post − resid_pre of block k; the first pair's predecessor is the embedding output on
+  both sides. *Inferred*: the papers do not say which teacher quantity is the "aligned supervisory residual";
+  a single teacher block's write would be a fraction of the change a student block must make when
+  L_T > L_S, so we use the change over the paired span.
+
+Masks: padding positions never enter any loss. Output losses that score next-token predictions use
+positions t with both t and t+1 real; `kl` uses every real position.
+"""
+
+from __future__ import annotations
+
+from . import reference  # noqa: F401  (registers the baselines' terms)
+from .losses import (KL_CHUNK_ELEMENTS, Lens, LogitLens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss,
+                     fisher_quadratic, kl_loss, next_token_mask, relation_cka, relation_loss)
+from .reference import hint_loss, sp_gram, sp_loss
+from .registry import (INTERFACES, OBJECTIVES, LayerInputs, Objective, OutputInputs, get_objective,
+                       register_objective)
+from .sparse_logits import SparseLogits, sparse_kl_sum
+
+__all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "LogitLens", "Objective",
+           "OutputInputs", "SparseLogits", "ce_loss", "cosine_loss", "cosine_onehot_loss", "fisher_loss",
+           "fisher_quadratic", "get_objective", "hint_loss", "kl_loss", "next_token_mask", "register_objective",
+           "relation_cka", "relation_loss", "sp_gram", "sp_loss", "sparse_kl_sum"]
