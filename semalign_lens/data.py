@@ -94,3 +94,62 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
         tokens[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = True
     return TokenBatch(tokens, mask)
+
+
+def as_batch(data, tokenizer=None, max_len: int | None = 512) -> TokenBatch:
+    """Texts (tokenised with the document-start prefix), an int tensor of unpadded blocks, or a TokenBatch."""
+    if isinstance(data, TokenBatch):
+        return data
+    if torch.is_tensor(data):
+        if data.ndim != 2 or data.dtype not in (torch.int32, torch.int64):
+            raise SemalignError(f"token blocks must be a 2-D integer tensor, got {tuple(data.shape)} {data.dtype}")
+        return TokenBatch(data.long(), torch.ones_like(data, dtype=torch.bool))
+    if isinstance(data, str) or (isinstance(data, Sequence) and all(isinstance(t, str) for t in data)):
+        if tokenizer is None:
+            raise SemalignError("texts need a tokenizer: pass tokenizer= (or a model that carries one)")
+        return tokenize(tokenizer, data, max_len=max_len)
+    raise SemalignError(f"cannot evaluate {type(data).__name__}; pass texts, a TokenBatch or an int tensor")
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}) if k > 1 else [0]
+
+
+def prompt_answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str],
+                        max_len: int | None = None) -> tuple[TokenBatch, Bool[torch.Tensor, "seq pos"]]:
+    """Tokenise prompt+answer jointly; the score mask marks tokens that end inside the answer.
+
+    Joint tokenisation keeps the model's natural token boundaries; a token straddling the boundary counts
+    as answer (it is the first thing the model must produce). The document-start token comes first.
+    """
+    if len(prompts) != len(answers) or not prompts:
+        raise SemalignError(f"need one answer per prompt (got {len(prompts)} prompts, {len(answers)} answers)")
+    start = doc_start_id(tokenizer)
+    texts = [p + a for p, a in zip(prompts, answers, strict=True)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    rows, answer_rows = [], []
+    for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        cut = len(prompts[i])
+        is_answer = [end > cut for _, end in offsets]
+        if not any(is_answer):
+            raise SemalignError(f"item #{i}: the answer {answers[i]!r} tokenises to nothing; give a non-empty answer")
+        rows.append([start, *ids])
+        answer_rows.append([False, *is_answer])
+    if max_len is not None:
+        over = [i for i, r in enumerate(rows) if len(r) > max_len]
+        if over:
+            raise SemalignError(f"item #{over[0]} has {len(rows[over[0]])} tokens > max_len {max_len}; raise max_len "
+                                "(answers must not be truncated)")
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    score = torch.zeros_like(mask)
+    for i, (r, a) in enumerate(zip(rows, answer_rows, strict=True)):
+        tokens[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = True
+        score[i, : len(r)] = torch.tensor(a)
+    return TokenBatch(tokens, mask), score

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
 from semalign_lens.data import TokenBatch
+from semalign_lens.hf import clean_copy
 from semalign_lens.models import ModelPair, load_model
 from semalign_lens.trainer import load_align_config
-from semalign_lens.hf import clean_copy
 from semalign_lens.training.loop import Trainer
 from semalign_lens.zoo.tiny import FAMILIES, TinyArch, tiny_family_model, tiny_tokenizer
 

@@ -143,7 +143,7 @@ def test_teacher_filter_keeps_facts_known_on_every_held_out_phrasing(tiny_pair, 
     facts = _facts()
     table = pd.DataFrame({"fact": ["capital:France", "capital:Japan"], "phrasing": [0, 0],
                           "answer_logprob": [-0.1, -3.0], "exact_match": [1.0, 0.0]})
-    monkeypatch.setattr(ev, "fact_scores", lambda *a, **k: table)
+    monkeypatch.setattr(ev.knowledge, "fact_scores", lambda *a, **k: table)
     kept, measured = ev.teacher_known_facts(tiny_pair.teacher, facts)
     assert [f.id for f in kept] == ["capital:France"]
     assert measured is table

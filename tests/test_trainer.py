@@ -14,6 +14,7 @@ import torch
 
 from semalign_lens.data import TokenBatch
 from semalign_lens.errors import SemalignError
+from semalign_lens.hf import clean_copy
 from semalign_lens.objectives import OBJECTIVES, Objective, register_objective
 from semalign_lens.trainer import (
     AlignConfig,
@@ -23,7 +24,6 @@ from semalign_lens.trainer import (
     align_main,
     load_align_config,
 )
-from semalign_lens.hf import clean_copy
 
 REPO = Path(__file__).resolve().parents[1]
 N_STUDENT = 3  # tiny student: 3 blocks, paired proportionally with the 6-block teacher (1, 3, 5)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from ..objectives.reference import sp_gram, sp_loss  # noqa: F401  (the row's loss, defined with the objectives)
 from .registry import KL_OUTPUT, Method, register_method
 
-
 register_method(Method(
     "gram", {"gram": 1.0, "kl": 1.0}, "relation distillation: row-normalised token-token Gram matrices of the "
     "student and the raw teacher residual contribution (SP-KD), plus the same output KL",

@@ -35,11 +35,30 @@ positions t with both t and t+1 real; `kl` uses every real position.
 from __future__ import annotations
 
 from . import reference  # noqa: F401  (registers the baselines' terms)
-from .losses import (KL_CHUNK_ELEMENTS, Lens, LogitLens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss,
-                     fisher_quadratic, kl_loss, next_token_mask, relation_cka, relation_loss)
+from .losses import (
+                     KL_CHUNK_ELEMENTS,
+                     Lens,
+                     LogitLens,
+                     ce_loss,
+                     cosine_loss,
+                     cosine_onehot_loss,
+                     fisher_loss,
+                     fisher_quadratic,
+                     kl_loss,
+                     next_token_mask,
+                     relation_cka,
+                     relation_loss,
+)
 from .reference import hint_loss, sp_gram, sp_loss
-from .registry import (INTERFACES, OBJECTIVES, LayerInputs, Objective, OutputInputs, get_objective,
-                       register_objective)
+from .registry import (
+                     INTERFACES,
+                     OBJECTIVES,
+                     LayerInputs,
+                     Objective,
+                     OutputInputs,
+                     get_objective,
+                     register_objective,
+)
 from .sparse_logits import SparseLogits, sparse_kl_sum
 
 __all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "LogitLens", "Objective",

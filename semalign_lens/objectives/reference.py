@@ -20,7 +20,6 @@ from torch import nn
 from ..errors import SemalignError
 from .registry import LayerInputs, Objective, register_objective
 
-
 # ----------------------------------------------------------------------------------------------- gram (SP-KD)
 
 def sp_gram(x: Float[torch.Tensor, "batch pos d"], mask: Bool[torch.Tensor, "batch pos"]

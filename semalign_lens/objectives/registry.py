@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from ..errors import SemalignError
-from .losses import Lens, cosine_loss, cosine_onehot_loss, ce_loss, fisher_loss, kl_loss, relation_loss
+from .losses import Lens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss, kl_loss, relation_loss
 from .sparse_logits import SparseLogits
 
 INTERFACES = ("state", "contribution")

@@ -172,3 +172,48 @@ def load_pairs(path: str | Path, name: str | None = None, description: str = "")
     path = Path(path)
     pairs = pairs_from_records(read_records(path), str(path))
     return Task(name or path.stem, pairs, description, source=str(path))
+
+
+def read_jsonl(path: str | Path, fields: dict[str, type], min_items: dict[str, int] | None = None) -> list[dict]:
+    """Read a JSONL task file, checking each line is an object with `fields` of the right types.
+
+    Errors name the file, the 1-based line and the field, and say what to write instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SemalignError(f"task file {path} does not exist")
+    min_items = min_items or {}
+    items = []
+    for lineno, line in enumerate(read_utf8(path, "task file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SemalignError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); write one JSON "
+                                "object per line") from None
+        if not isinstance(item, dict):
+            raise SemalignError(f"{path}:{lineno}: expected a JSON object, got {type(item).__name__}")
+        for name, kind in fields.items():
+            if name not in item:
+                raise SemalignError(f"{path}:{lineno}: missing field {name!r} (required fields: {sorted(fields)})")
+            value = item[name]
+            if not isinstance(value, kind) or (kind is str and not value.strip()):
+                raise SemalignError(f"{path}:{lineno}: field {name!r} must be a non-empty {kind.__name__}, got "
+                                    f"{value!r:.60}")
+            if kind is list:
+                bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+                if bad:
+                    raise SemalignError(f"{path}:{lineno}: field {name!r} must hold non-empty strings, got {bad[0]!r}")
+                if len(value) < min_items.get(name, 0):
+                    raise SemalignError(f"{path}:{lineno}: field {name!r} has {len(value)} items; need at least "
+                                        f"{min_items[name]}")
+        items.append(item)
+    if not items:
+        raise SemalignError(f"task file {path} has no items")
+    return items
+
+
+def load_texts_jsonl(path: str | Path) -> list[str]:
+    """Transfer texts from JSONL lines {"text": str}."""
+    return [item["text"] for item in read_jsonl(path, {"text": str})]

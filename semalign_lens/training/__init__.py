@@ -3,6 +3,7 @@
 The public entry points are re-exported by `semalign_lens.trainer`.
 """
 
+from ..pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
 from .config import (
                      AlignConfig,
                      DataConfig,
@@ -14,7 +15,6 @@ from .config import (
                      load_align_config,
 )
 from .loop import AlignResult, NonFiniteLossError, Trainer, align, align_main
-from ..pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
 
 __all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
            "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",

@@ -1,6 +1,6 @@
 """Training blocks for an alignment run, and the deterministic order in which batches visit them.
 
-Sources: `code-transfer` is the project's code transfer set (`evaluation.code_transfer_data`: chunks of the
+Sources: `code-transfer` is the project's code transfer set (`transfer_data.code_transfer_data`: chunks of the
 standard library's test files outside the evaluation slice, unseen by the shipped student), so alignment
 runs and the transfer benchmark train on the same sequences. Any other source (`stdlib`, a directory, a
 .txt/.jsonl file) is read file by file in a fixed pseudo-random order (a hash of each path), joined into one
@@ -25,6 +25,7 @@ from jaxtyping import Bool, Int
 from ..checks import read_utf8
 from ..data import DOC_START, TokenBatch
 from ..errors import SemalignError
+from ..transfer_data import code_transfer_data
 from ..zoo import corpus
 from ..zoo.pretrain import batch_indices
 from .config import DataConfig
@@ -133,8 +134,6 @@ def check_source(cfg: DataConfig, max_bytes: int = 256 << 20) -> None:
 def build_data(cfg: DataConfig, tokenizer) -> AlignData:
     """Read `cfg.source` until `n_sequences + diag_sequences` blocks of `seq_len` tokens exist."""
     if cfg.source == "code-transfer":
-        from ..evaluation import code_transfer_data
-
         blocks = code_transfer_data(tokenizer, cfg.n_sequences + cfg.diag_sequences, cfg.seq_len)[0].tokens
         return _split(blocks, cfg, cfg.source)
     need = (cfg.n_sequences + cfg.diag_sequences) * cfg.seq_len

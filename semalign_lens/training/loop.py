@@ -36,14 +36,21 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wr
 from ..checks import require_int
 from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
+from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
 from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
-from .diagnostics import (cka_grid, loss_figure, projection_figure, projection_metrics, read_metrics, write_figure,
-                          write_report)
 from .config import AlignConfig, config_diff, load_align_config
 from .dataset import AlignData, build_data
-from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
+from .diagnostics import (
+    cka_grid,
+    loss_figure,
+    projection_figure,
+    projection_metrics,
+    read_metrics,
+    write_figure,
+    write_report,
+)
 from .preflight import preflight
 from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
 from .setup import check_pairs, resolve_pairing, resolve_transfer

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import SemalignError
+from ..hf import parts
 from ..lora import add_lora, lora_parameters, merge_lora
 from ..pairing import LayerPair
 from .config import ScheduleConfig
-from ..hf import parts
 
 
 @dataclass(frozen=True)

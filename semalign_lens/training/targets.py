@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import write_json_atomic
 from ..errors import SemalignError
-from ..paths import cache_dir
-from ..objectives.sparse_logits import SparseLogits
-from .config import logits_store
 from ..hf import capture, lens_fn, parts
+from ..objectives.sparse_logits import SparseLogits
+from ..paths import cache_dir
+from .config import logits_store
 
 CACHE_FORMAT = 1
 _FP16_MAX = 65504.0
