@@ -101,9 +101,9 @@ def load_student(tokenizer):
 def worker(case: str, rounds: int) -> dict:
     import torch
 
+    from semalign_lens.hf import capture, clean_copy
     from semalign_lens.models import load_model
     from semalign_lens.trainer import Trainer, load_align_config
-    from semalign_lens.hf import capture, clean_copy
 
     terms, mode, which, targets = CASES[case]
     torch.set_flush_denormal(True)  # as `Trainer.run` does (flush_denormal = true); for all three phases alike

@@ -46,9 +46,9 @@ def accuracy(teacher, student, k: int, tau: float, blocks: int, seq_len: int, ba
     import torch
 
     from semalign_lens.evaluation import eval_set
+    from semalign_lens.hf import clean_copy
     from semalign_lens.objectives import kl_loss
     from semalign_lens.objectives.sparse_logits import SparseLogits
-    from semalign_lens.hf import clean_copy
 
     held = eval_set("stdlib_test", teacher.tokenizer, max_tokens=blocks * seq_len, max_len=seq_len).batch
     t_hf, s_hf = (clean_copy(m, share_weights=True).eval() for m in (teacher, student))
