@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import capture  # noqa: E402
+from semalign_lens.activations import residual_stack  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.errors import run_reporting_errors  # noqa: E402
 from semalign_lens.models import load_model  # noqa: E402
@@ -54,19 +54,6 @@ from semalign_lens.semantics import (  # noqa: E402
 
 BASIS_ORDER = ["output", "output_raw", "input", "random"]
 HIGH, NEAR_ZERO = 0.9, 0.1  # what we take "very high" and "close to zero / orthogonal" to mean
-
-
-def residual_states(model, batch, keep_doc_start: bool) -> dict[int, torch.Tensor]:
-    """{0: embeddings, l: output of block l-1} as [n_tokens, d] float32 (real tokens only)."""
-    n = model.cfg.n_layers
-    post = capture(model, batch, layers=range(n), points=("resid_post",), progress=False)
-    pre = capture(model, batch, layers=[0], points=("resid_pre",), progress=False)
-    mask = batch.mask.clone()
-    if not keep_doc_start:
-        mask[:, 0] = False  # the doc-start token: the same outlier state in every prompt
-    states = {0: pre.get("resid_pre", 0)[mask]}
-    states.update({layer + 1: post.get("resid_post", layer)[mask] for layer in range(n)})
-    return states
 
 
 def build_bases(model, seed: int) -> tuple[dict[str, SemanticBasis], pd.DataFrame]:
@@ -193,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     batch = tokenize(model.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)
-    states = residual_states(model, batch, args.keep_doc_start)
+    # {0: embeddings, l: output of block l-1}, real tokens only; the doc-start token is the same outlier everywhere
+    states = dict(enumerate(residual_stack(model, batch, drop_first=not args.keep_doc_start)))
     n_tokens = next(iter(states.values())).shape[0]
     timings["capture"] = time.perf_counter() - t
 

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import capture  # noqa: E402
+from semalign_lens.activations import residual_stack  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.errors import run_reporting_errors  # noqa: E402
@@ -73,28 +73,16 @@ OUT = Path(__file__).resolve().parent / "out" / "fig45"
 HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
 
 
-def residual_stack(model, batch) -> list[torch.Tensor]:
-    """[embeddings, output of block 0, ..., output of the last block], each [batch, pos, d] float32."""
-    n = model.cfg.n_layers
-    pre = capture(model, batch, layers=[0], points=("resid_pre",), progress=False)
-    post = capture(model, batch, layers=range(n), points=("resid_post",), progress=False)
-    return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in range(n)]
+def standardized(stack: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each feature z-scored over the tokens: every dimension weighs the same in linear CKA."""
+    return [(h - h.mean(0)) / h.std(0).clamp_min(1e-6) for h in stack]
 
 
-def standardized(stack: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
-    """Each feature z-scored over the kept tokens: every dimension weighs the same in linear CKA."""
-    out = []
-    for h in stack:
-        flat = h[keep]
-        out.append((h - flat.mean(0)) / flat.std(0).clamp_min(1e-6))
-    return out
-
-
-def top_dimension_share(stack: list[torch.Tensor], keep: torch.Tensor) -> list[float]:
+def top_dimension_share(stack: list[torch.Tensor]) -> list[float]:
     """Per layer: the share of the token variance held by the single largest feature (1/d for isotropic)."""
     shares = []
     for h in stack:
-        var = h[keep].var(0)
+        var = h.var(0)
         shares.append(float(var.max() / var.sum().clamp_min(1e-30)))
     return shares
 
@@ -217,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     assert not teacher.training and not student.training, "analyses run in eval mode"
     t = lap("load", t0)
     batch = tokenize(teacher.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)
-    T, S = residual_stack(teacher, batch), residual_stack(student, batch)
+    T, S = (residual_stack(m, batch, drop_first=True) for m in (teacher, student))
     t = lap("capture", t)
 
     maps = {kind: TransferMap(SemanticBasis.from_model(teacher), SemanticBasis.from_model(student), kind=kind)
@@ -228,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fig45-"))
     try:
         aligned, result = align_student(args, teacher, student, work)
-        A = residual_stack(aligned, batch)
+        A = residual_stack(aligned, batch, drop_first=True)
         align_info = {"steps": result.final["step"], "elapsed_s": round(result.final["elapsed_s"], 1),
                       "stages": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()
                                   if k in ("stage", "label", "loss", "relation", "kl")}
@@ -237,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     t = lap("alignment run", t)
 
-    cka = lambda xs, ys=None: cka_matrix(xs, ys, mask=batch.mask, drop_first=True, debiased=True).numpy()  # noqa: E731
+    cka = lambda xs, ys=None: cka_matrix(xs, ys, debiased=True).numpy()  # noqa: E731
     M = {"fig4a student x student": cka(S),
          "fig4b student x aligned": cka(S, A),
          "fig4b aligned x aligned": cka(A),
@@ -245,13 +233,11 @@ def main(argv: list[str] | None = None) -> int:
          "fig5b mapped(dual) x student": cka(mapped["dual"], S),
          "fig5b mapped(paper) x student": cka(mapped["paper"], S),
          "fig5b teacher x aligned": cka(T, A)}
-    keep = batch.mask.clone()
-    keep[:, 0] = False
-    M["fig5a teacher x student (standardized)"] = cka(standardized(T, keep), standardized(S, keep))
+    M["fig5a teacher x student (standardized)"] = cka(standardized(T), standardized(S))
     outliers = pd.DataFrame({"model": ["teacher"] * len(T) + ["student"] * len(S),
                              "layer": residual_labels(teacher.cfg.n_layers) + residual_labels(student.cfg.n_layers),
-                             "top_dimension_share": top_dimension_share(T, keep) + top_dimension_share(S, keep)})
-    null = cka_permutation_null(T, S, mask=batch.mask, drop_first=True, debiased=True,
+                             "top_dimension_share": top_dimension_share(T) + top_dimension_share(S)})
+    null = cka_permutation_null(T, S, debiased=True,
                                 n_permutations=args.permutations, seed=args.seed)
     null_q95 = float(null.quantile(0.95)[1:, 1:].max())
     t = lap("CKA", t)

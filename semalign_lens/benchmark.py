@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from . import evaluation as ev
 from .data import TokenBatch
 from .errors import SemalignError
+from .evaluation import TransferTask, code_task, greedy_generate, knowledge_task
 
 
 @dataclass
@@ -95,7 +95,7 @@ def split_transfer(batch: TokenBatch, n_diag: int) -> tuple[TokenBatch, TokenBat
 class TaskRun:
     """A transfer task ready to train on: training and diagnostic sequences, and the reference scores."""
 
-    task: ev.TransferTask
+    task: TransferTask
     data: TokenBatch
     diag: TokenBatch
     n_transfer: int
@@ -110,13 +110,13 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
     tok = student.tokenizer
     if name == "code":
         n = n_transfer or profile.n_transfer
-        task = ev.code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
+        task = code_task(tok, n + profile.diag_sequences, profile.seq_len, profile.humaneval_limit,
                             heldout_tokens=profile.heldout_tokens, precision=profile.precision,
                             per_file=profile.per_file)
         data, diag = split_transfer(task.transfer, profile.diag_sequences)
     elif name == "knowledge":
         facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else _facts(profile.facts)
-        task = ev.knowledge_task(teacher, facts, precision=profile.precision)
+        task = knowledge_task(teacher, facts, precision=profile.precision)
         data = task.transfer  # few short texts: all train; the diagnostics (no training) look at the first few
         diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
         n = len(data)
@@ -138,7 +138,7 @@ def _weights_id(model) -> str | None:
     return getattr(getattr(model, "provenance", None), "weights_sha256", None)
 
 
-def _references(task: ev.TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
+def _references(task: TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
     """(student before, teacher) scores, cached by weights hashes and the task spec (not the transfer data)."""
     spec = {k: v for k, v in task.meta.items()
             if k not in ("teacher_table", "n_transfer", "transfer_files", "transfer_texts")}
@@ -161,7 +161,7 @@ def _tiny_known_facts(teacher):
     facts = []
     for s in ("alpha", "beta", "gamma", "delta", "omega", "kappa", "red", "green", "blue", "one", "two", "three",
               "list", "dict", "json", "path", "file", "name", "value", "item"):
-        answer = ev.greedy_generate(teacher, templates[-1].format(subject=s), 1)
+        answer = greedy_generate(teacher, templates[-1].format(subject=s), 1)
         if answer.startswith(" ") and answer.strip():
             facts.append(Fact("t", s, answer, templates))
     return facts or [Fact("t", "x", " x", templates)]

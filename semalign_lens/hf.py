@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import nn
 
 from .errors import SemalignError
@@ -187,13 +187,6 @@ def lens_fn(model: nn.Module):
 def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """`capture`'s {"post.{l}": ...} entries keyed by block index, the keys `pairing.LayerPair.target` reads."""
     return {int(k.split(".")[1]): v for k, v in store.items() if k.startswith("post.")}
-
-
-def all_layer_states(model: nn.Module, tokens: Int[torch.Tensor, "batch pos"]) -> dict[int, Float[torch.Tensor, "batch pos d"]]:
-    """resid_post of every block (no grad), for CKA heatmaps."""
-    with torch.no_grad():
-        store, _ = capture(model, tokens, range(len(parts(model).layers)))
-    return block_states(store)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

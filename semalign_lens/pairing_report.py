@@ -32,12 +32,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from .activations import residual_stack
 from .attribution import METHODS, rank_agreement, rank_layers
 from .checks import check_output_file, require_choices, require_hooked, require_int
 from .errors import SemalignError
-from .models import model_name
 from .report import Report
 
 FIDELITY_KINDS = ("paper", "dual", "logits")
@@ -87,29 +86,6 @@ def _as_model(source, role: str, **load_kwargs):
         raise SemalignError(f"the {role} must be a model source (zoo name, HF directory, .gguf, Hub name) or a "
                             f"loaded TransformerBridge, got {type(source).__name__}")
     return source
-
-
-def _token_states(model, batch, drop_first: bool, progress: bool, batch_size: int = 16) -> list[torch.Tensor]:
-    """[embed, block 0 ... block L-1] residual states of the real tokens of `batch`, each [n_tokens, d] float32.
-
-    Flattened per sub-batch, so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens).
-    `drop_first` leaves out each sequence's document-start token, whose state is an outlier on every layer.
-    """
-    from .activations import residuals
-
-    layers = list(range(model.cfg.n_layers))
-    out: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
-    parts = list(batch.split(batch_size))
-    for part in tqdm(parts, desc=f"states {model_name(model)}", disable=not progress or len(parts) < 2, leave=False):
-        keep = part.mask.clone()
-        if drop_first:
-            keep[:, 0] = False  # right padding: position 0 is every sequence's first token
-        post = residuals(model, part.tokens, ["resid_post"], layers)
-        pre = residuals(model, part.tokens, ["resid_pre"], [0])
-        out[0].append(pre[("resid_pre", 0)][keep].float().cpu())
-        for layer in layers:
-            out[layer + 1].append(post[("resid_post", layer)][keep].float().cpu())
-    return [torch.cat(chunks) for chunks in out]
 
 
 def _cka_batch(tokenizer, task, n_tokens: int):
@@ -260,8 +236,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     agreement = rank_agreement(attribution)
     t0 = clock.lap("attribution (teacher)", t0)
 
-    t_states = _token_states(teacher, cka_batch, drop_first, progress)
-    s_states = _token_states(student, cka_batch, drop_first, progress)
+    t_states = residual_stack(teacher, cka_batch, drop_first=drop_first, progress=progress)
+    s_states = residual_stack(student, cka_batch, drop_first=drop_first, progress=progress)
     cka, n_cka_tokens = _cka(t_states, s_states, debiased=debiased), len(t_states[0])
     t0 = clock.lap("CKA", t0)
 
@@ -273,14 +249,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     t0 = clock.lap("pairing", t0)
 
     notes: list[str] = []
-    fid = None
-    try:
-        from . import semantics  # noqa: F401  (being written alongside; the report works without it)
-    except ImportError as err:
-        notes.append(f"Semantic-basis fidelity skipped: the semantics module is unavailable ({err}).")
-    else:
-        fid = _fidelity(teacher, student, pairing, t_states, s_states, kinds=fidelity_kinds,
-                        n_tokens=fidelity_tokens, seed=seed, progress=progress)
+    fid = _fidelity(teacher, student, pairing, t_states, s_states, kinds=fidelity_kinds, n_tokens=fidelity_tokens,
+                    seed=seed, progress=progress)
     del t_states, s_states
     t0 = clock.lap("semantic fidelity", t0)
 
@@ -360,26 +330,23 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                                                              "(— = not paired)")
 
     heading("Semantic-basis fidelity")
-    if fid is None:
-        report.add_note(notes[-1] if notes else "Semantic-basis fidelity skipped.")
-    else:
-        report.add_markdown("Round trip: cos(h, recompose(decompose(h))) and top-1 agreement of the logit-lens "
-                            "readouts, on each model's own basis, for the paired layers. Transfer: the teacher "
-                            "target mapped to the student space and read by the student's head, against the "
-                            "teacher's own readout (kind `student` = the student's actual state, the baseline).")
-        left_out = fid.attrs.get("left_out", [])
-        if left_out:
-            report.add_note(f"{len(left_out)} token id(s) left out of both semantic bases (first: {left_out[0]}): "
-                            "their LM-head row is all zero in a model (HF keeps a padding embedding at zero), so "
-                            "they have no basis direction.")
-        top1 = fid[fid["metric"] == "top1"]
-        report.add_figure(layer_metric_bars(top1.assign(series=top1["side"] + " / " + top1["kind"].astype(str)),
-                                            x="layer", y="value", color="series", y_range=(0, 1),
-                                            x_title="layer (teacher layer for teacher round trip, else student)",
-                                            y_title="top-1 agreement", title="Top-1 readout agreement"),
-                          name="fidelity")
-        wide = fid.pivot_table(index=["side", "layer", "kind"], columns="metric", values="value", sort=False)
-        report.add_table(wide.reset_index(), caption="Fidelity per paired layer and basis variant")
+    report.add_markdown("Round trip: cos(h, recompose(decompose(h))) and top-1 agreement of the logit-lens "
+                        "readouts, on each model's own basis, for the paired layers. Transfer: the teacher "
+                        "target mapped to the student space and read by the student's head, against the "
+                        "teacher's own readout (kind `student` = the student's actual state, the baseline).")
+    left_out = fid.attrs.get("left_out", [])
+    if left_out:
+        report.add_note(f"{len(left_out)} token id(s) left out of both semantic bases (first: {left_out[0]}): "
+                        "their LM-head row is all zero in a model (HF keeps a padding embedding at zero), so "
+                        "they have no basis direction.")
+    top1 = fid[fid["metric"] == "top1"]
+    report.add_figure(layer_metric_bars(top1.assign(series=top1["side"] + " / " + top1["kind"].astype(str)),
+                                        x="layer", y="value", color="series", y_range=(0, 1),
+                                        x_title="layer (teacher layer for teacher round trip, else student)",
+                                        y_title="top-1 agreement", title="Top-1 readout agreement"),
+                      name="fidelity")
+    wide = fid.pivot_table(index=["side", "layer", "kind"], columns="metric", values="value", sort=False)
+    report.add_table(wide.reset_index(), caption="Fidelity per paired layer and basis variant")
 
     heading("Timings")
     clock.lap("report assembly", t0)

@@ -101,3 +101,26 @@ def test_empty_prompt_list(tiny_hf):
 def test_unknown_point(tiny_pair, batch):
     with pytest.raises(SemalignError, match="valid points"):
         capture(tiny_pair.teacher, batch, [0], points=("resid_mid",))
+
+
+def test_residual_stack_matches_hf_hidden_states_on_a_bridge_and_a_plain_model(tiny_pair, tiny_hf, batch):
+    """The one residual stack: [embed, block 0 .. L-1] at the real tokens, the same on a bridge (its hooks) and
+    on a plain HF model (forward hooks), against HF's own hidden states; `drop_first` drops position 0."""
+    from semalign_lens.activations import residual_stack
+
+    teacher_hf = tiny_hf[0]
+    n = teacher_hf.config.num_hidden_layers
+    with torch.no_grad():
+        hidden = teacher_hf(input_ids=batch.tokens, output_hidden_states=True).hidden_states
+    keep = batch.mask.clone()
+    keep[:, 0] = False
+    bridge = residual_stack(tiny_pair.teacher, batch, drop_first=True, batch_size=2)
+    plain = residual_stack(teacher_hf, batch, drop_first=True, batch_size=2)
+    assert len(bridge) == len(plain) == n + 1
+    for i in range(n):  # HF's last hidden state is after the final norm
+        torch.testing.assert_close(bridge[i], hidden[i][keep])
+        torch.testing.assert_close(plain[i], hidden[i][keep])
+    torch.testing.assert_close(plain[n], bridge[n])
+    assert bridge[0].shape == (int(keep.sum()), teacher_hf.config.hidden_size)
+    with pytest.raises(SemalignError, match="no real token"):
+        residual_stack(teacher_hf, type(batch)(batch.tokens[:, :1], batch.mask[:, :1]), drop_first=True)

@@ -128,3 +128,25 @@ def test_the_cli_imports_no_torch():
     code = "import sys, semalign_lens, semalign_lens.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_face_resolves_every_public_name_to_its_definition():
+    """`sl.X` is the object its module defines (the lazy face adds no wrappers), and an imported submodule of
+    the same name never shadows a public function (`semalign_lens.pairing_report` is both)."""
+    import importlib
+
+    import semalign_lens as sl
+    import semalign_lens.pairing_report  # noqa: F401  (binds the submodule on the package, as any import does)
+
+    for name, module in sl._API.items():
+        assert getattr(sl, name) is getattr(importlib.import_module(f"semalign_lens.{module}"), name), name
+    assert callable(sl.pairing_report) and sl.evaluation.cross_entropy is not None
+    assert sorted(dir(sl)) == sl.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = sl.nothing_here
+
+
+def test_the_notebooks_use_only_the_face():
+    source = (ROOT.parent / "notebooks" / "build_notebooks.py").read_text()
+    assert "import semalign_lens as sl" in source
+    assert [line for line in source.splitlines() if "from semalign_lens" in line] == []

@@ -51,25 +51,14 @@ def projection_metrics(state: Float[torch.Tensor, "b t d"], target: Float[torch.
     return out
 
 
-def cka_grid(teacher_states: dict[str, torch.Tensor], student_states: dict[str, torch.Tensor],
-             mask: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Linear CKA [teacher points, student points] over the diagnostic tokens ("embed", then blocks 0..L-1)."""
+def cka_grid(teacher_stack: list[torch.Tensor], student_stack: list[torch.Tensor]
+             ) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Linear CKA [teacher points, student points] of two `activations.residual_stack`s of the same tokens,
+    with their labels ("embed", then the blocks "0".."L-1")."""
     from ..similarity import cka_matrix
 
-    def ordered(states):
-        keys = ["embed"] * ("embed" in states) + sorted((k for k in states if k.startswith("post.")),
-                                                        key=lambda k: int(k.split(".")[1]))
-        return keys, [states[k].float().cpu() for k in keys]
-
-    keep = mask.clone()
-    if int(keep.sum()) > max_tokens:  # the first max_tokens real tokens (deterministic)
-        order = keep.flatten().cumsum(0).view_as(keep)
-        keep &= order <= max_tokens
-    t_keys, t_vals = ordered(teacher_states)
-    s_keys, s_vals = ordered(student_states)
-    matrix = cka_matrix(t_vals, s_vals, mask=keep.cpu())
-    label = lambda k: "embed" if k == "embed" else k.split(".")[1]  # noqa: E731
-    return matrix, [label(k) for k in t_keys], [label(k) for k in s_keys]
+    label = lambda stack: ["embed"] + [str(i) for i in range(len(stack) - 1)]  # noqa: E731
+    return cka_matrix(teacher_stack, student_stack), label(teacher_stack), label(student_stack)
 
 
 def write_figure(fig, path: Path) -> None:

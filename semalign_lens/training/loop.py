@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..activations import residual_stack
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..checks import require_int
 from ..data import TokenBatch
@@ -183,9 +184,11 @@ class Trainer:
         diag_tokens = self.data.diag.tokens.to(self.device)
         self.teacher_diag = {k: v.to(self.device) for k, v in
                              diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
-        cka = None
-        if pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path and cfg.pairing.strategy == "cka":
-            cka = self._cka_blocks()
+        cka_pairing = (pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path
+                       and cfg.pairing.strategy == "cka")
+        # the teacher's residual stack for CKA maps, taken now: a cached-targets run drops the teacher below
+        self.teacher_stack = self._stack(self.teacher) if cfg.figures or cka_pairing else None
+        cka = cka_grid(self.teacher_stack, self._stack(self.student))[0][1:, 1:] if cka_pairing else None
 
         self.pairs = resolve_pairing(cfg, pairing, n_teacher, n_student, cka)
         check_pairs(self.pairs, n_teacher, n_student, *self.names.values())
@@ -222,13 +225,13 @@ class Trainer:
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
 
-    def _cka_blocks(self) -> torch.Tensor:
-        """Teacher x student linear CKA of every block's resid_post on the diagnostic batch (for `cka` pairing)."""
-        with torch.no_grad(), self.autocast():
-            s_states, _ = capture(self.student, self.data.diag.tokens.to(self.device), range(self.n_student_layers))
-        t_states = {k: v for k, v in self.teacher_diag.items() if k.startswith("post.")}
-        matrix, _, _ = cka_grid(t_states, s_states, self.data.diag.mask, self.cfg.cka_max_tokens)
-        return matrix
+    def _stack(self, model) -> list[torch.Tensor]:
+        """`residual_stack` of `model` on the diagnostic batch's first `cka_max_tokens` real tokens."""
+        keep = self.data.diag.mask.clone()
+        if int(keep.sum()) > self.cfg.cka_max_tokens:  # the first max_tokens real tokens (deterministic)
+            keep &= keep.flatten().cumsum(0).view_as(keep) <= self.cfg.cka_max_tokens
+        with self.autocast():
+            return residual_stack(model, TokenBatch(self.data.diag.tokens, keep))
 
     # ------------------------------------------------------------------------------------------- setup
     def _check_resume_identity(self) -> None:
@@ -427,8 +430,7 @@ class Trainer:
             self._log({"kind": "diag", "step": step, "stage": stage.index, "when": when,
                        "student_layer": pair.student_layer, **metrics})
         if cka:
-            t_states = {k: v for k, v in self.teacher_diag.items() if not k.startswith("top1.")}
-            matrix, t_labels, s_labels = cka_grid(t_states, s_states, mask, self.cfg.cka_max_tokens)
+            matrix, t_labels, s_labels = cka_grid(self.teacher_stack, self._stack(self.student))
             name = f"cka_stage{stage.index}_{when}"
             title = f"Teacher x student CKA, stage {stage.index} ({stage.label}) {when}, step {step}"
             self._write_cka(name, title, matrix, t_labels, s_labels)
