@@ -1,7 +1,7 @@
 """The ablations SemAlign promised but did not show, on the embedded pair, sized for two CPU cores.
 
 The v1 introduction claims ablations over attribution granularity, pairing strategy and decomposition; none
-appear in the paper (Reviewer 2; research/paper.md §5). This script runs four small ones on the code-transfer
+appear in the paper (its second ICLR reviewer asked for them). This script runs four small ones on the code-transfer
 task of `semalign_lens.evaluation` (transfer on stdlib test-file chunks; score = cross-entropy of HumanEval
 canonical solutions given the prompt, lower is better; gap closed = (after − before) / (teacher − before)):
 

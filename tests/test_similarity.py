@@ -146,7 +146,7 @@ def test_debiased_is_near_zero_for_independent_data_while_biased_is_not():
     x, y = torch.randn(256, 64, generator=g), torch.randn(256, 64, generator=g)
     biased = cka_matrix([x], [y]).item()
     debiased = cka_matrix([x], [y], debiased=True).item()
-    assert biased > 0.1  # the small-n bias baselines.md §4 warns about (d/n = 0.25)
+    assert biased > 0.1  # the small-n bias of biased CKA (d/n = 0.25)
     assert abs(debiased) < 0.02
     assert abs(minibatch_cka_matrix([x], [y], batch_size=64).item()) < 0.05
 

@@ -1,6 +1,6 @@
 """Baselines and SemAlign variants as *methods*: a name, the loss terms it swaps in, and (rarely) a plugin.
 
-The fairness rule of the transfer benchmark (issue 7, `research/baselines.md` §7): every method trains on
+The fairness rule of the transfer benchmark (`analysis/TRANSFER.md`): every method trains on
 exactly the same transfer data, for the same steps, with the same trainable student parameters as SemAlign.
 So a method may change only
 

@@ -1,5 +1,5 @@
 """LaTen (Tan et al., ACL 2025; "PrePKT"): located teacher neurons, translated by a small hypernetwork and
-added to located student neurons. `research/baselines.md` §2 describes the published pipeline.
+added to located student neurons (arXiv 2505.14436).
 
 Kept from the published method: FFN neurons located in teacher and student separately (the same count
 k = 10% of the student's FFN width on both sides, ranked and paired by rank); the teacher's up_proj rows

@@ -21,4 +21,4 @@ register_method(Method(
     options={"kl": KL_OUTPUT["kl"]},
     changes="Tung & Mori compare batch x batch Gram matrices of CNN feature maps; here token x token per sequence on "
             "the paired layers' residual contributions, with no semantic map — the ablation of SemAlign's relation "
-            "loss that reviewers ask for (baselines.md §3)."))
+            "loss that the paper's reviewers ask for."))

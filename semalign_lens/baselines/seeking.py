@@ -1,5 +1,5 @@
 """Seeking (Zhong et al., ICLR 2024; "PostPKT"): teacher parameters located by sensitivity, factored into LoRA,
-then fine-tuned. `research/baselines.md` §1 describes the published pipeline; this is it at toy scale.
+then fine-tuned (arXiv 2310.11451). This is the published pipeline at toy scale:
 
 Kept from the published method:
 1. sensitivity S_i = Σ_j |θ_i · ∂L(x_j)/∂θ_i| over seed examples, one backward per example (teacher in fp32);
@@ -43,7 +43,8 @@ def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str,
                 progress: bool = False) -> tuple[Float[torch.Tensor, "layer"], dict[tuple[int, str], torch.Tensor]]:  # noqa: F821
     """(layer scores [n_layers], {(layer, module path): S of that weight}) of an HF causal LM.
 
-    One forward/backward per sequence (Seeking's per-example |θ·∇θL|), fp32, LM loss on every token.
+    One forward/backward per sequence (Seeking's per-example |θ·∇θL|), fp32, LM loss on every token. The
+    layer ranker `attribution.parameter_sensitivity` is the same formula per prompt and task metric.
     """
     from ..hf import clean_copy, parts
 

@@ -1,8 +1,8 @@
 """The control: supervised fine-tuning of the student alone on the transfer data (no teacher).
 
 Trains the same parameters (the frontier layers' LoRA adapters, stage by stage) on the same transfer data
-and steps as every other row; only the loss differs (next-token cross-entropy). `research/baselines.md` §7
-asks for exactly this same-data control, which the SemAlign, Seeking and LaTen tables lack.
+and steps as every other row; only the loss differs (next-token cross-entropy). It is the same-data control
+that the SemAlign, Seeking and LaTen tables lack: without it, a gain cannot be told from fine-tuning alone.
 """
 
 from __future__ import annotations
@@ -13,5 +13,5 @@ register_method(Method(
     "sft", {"ce": 1.0}, "supervised fine-tuning of the student alone (the control)", family="control",
     uses_teacher=False,
     changes="Trains the same parameters (the frontier layers' LoRA adapters, stage by stage) on the same transfer "
-            "data and steps as every other row; only the loss differs. baselines.md §7 asks for exactly this "
-            "same-data control, which the SemAlign, Seeking and LaTen tables lack."))
+            "data and steps as every other row; only the loss differs: the same-data control "
+            "that the SemAlign, Seeking and LaTen tables lack."))

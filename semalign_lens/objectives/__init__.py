@@ -7,12 +7,12 @@ paired layer, `OutputInputs` for the final logits). The baselines' terms are def
 nothing but a dict of term names and weights. `sparse_logits` holds the top-k teacher distribution of a
 target cache and the KL against it.
 
-What is the paper's and what is inferred (see `research/paper.md` §2):
+What is the paper's and what is inferred (SemAlign v1, v2 and the ACL version of arXiv 2510.24208):
 
 | name            | kind   | source |
 |-----------------|--------|--------|
 | `cosine`        | layer  | v1 Eq. 3: L_layer = 1 − Avg cos(h^(k), h_⋆^(k)), averaged over supervised positions. *Inferred*: the interface (v1 says "sublayer output before residual addition"; we default to the layer's residual contribution, see below) and which positions (all real tokens). |
-| `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate forms in paper.md coincide (up to the factor ½). |
+| `relation`      | layer  | v2 abstract: "centered token-token relation geometry" of the layer's residual contribution against the aligned source residual. *Inferred*: the form. We use 1 − linear CKA per sequence, which is exactly ½‖Ĝ_S − Ĝ_T‖²_F for the Frobenius-normalised centred Grams Ĝ = G/‖G‖_F, so the two candidate readings of the abstract (CKA, Frobenius distance of normalised Grams) coincide (up to the factor ½). |
 | `fisher`        | layer  | ACL abstract: "Fisher-weighted quadratic surrogate on target-space aligned logits". *Inferred*: ½ (z − z̃)ᵀ F (z − z̃), F = diag(p̃) − p̃p̃ᵀ, p̃ = softmax(z̃), z = student logit lens of the student state, z̃ = student logit lens of the aligned target (the second-order expansion of KL(p̃‖p) around z̃). |
 | `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. From a top-k target cache: KL over the top-k tokens plus a tail bucket (ours, `sparse_logits`). |
 | `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |

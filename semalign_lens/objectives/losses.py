@@ -125,7 +125,8 @@ class LogitLens(torch.nn.Module):
     """A model's logit lens as its parts: final `norm` (a module), then z = norm(h) Wᵀ + b.
 
     Callable like any lens; exposing the head weight lets `fisher_loss` fuse the head matmul with the loss
-    (`_FusedFisher`), so that no vocabulary-sized tensor outlives a chunk of tokens.
+    (`_FusedFisher`), so that no vocabulary-sized tensor outlives a chunk of tokens. Its frozen twin for
+    bridges and plain tensors is `semantics.Readout`.
     """
 
     def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear):

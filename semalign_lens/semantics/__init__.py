@@ -15,7 +15,7 @@ recomposed on the student's directions, h̃ = Ŝ_S a (Eq. 2). Both steps are imp
   `fold_final_norm=False` is the literal VDS basis (pinv of the LM head). Measured on SmolLM2 with
   HumanEval prompts (`analysis/fig2_resolution.py`): for the paper kind, folding raises cos(h, recomposed)
   a little (mean over layers 0.778 vs 0.743) but *lowers* how often the recomposition keeps the logit-lens
-  top-1 token (18 % vs 38 %; top-10 overlap 0.14 vs 0.58). This contradicts feasibility.md §3 ("folding
+  top-1 token (18 % vs 38 %; top-10 overlap 0.14 vs 0.58). This contradicts our first feasibility estimate ("folding
   raises mid-layer top-1 from 4 % to 25-29 %"); for paper-kind work compare both. The exact kinds are exact
   either way. `center=False` by default: centring W over the vocabulary only shifts logits by a constant per
   state, so it changes the basis without changing any readout (and measured, it lowers paper-kind fidelity).

@@ -28,7 +28,12 @@ from .maps import TransferMap, decompose, roundtrip
 # ------------------------------------------------------------------------------------------ readout
 @dataclass(eq=False)
 class Readout:
-    """A model's logit-lens head as plain tensors: final norm (recomputed on each vector), then W_U + b_U."""
+    """A model's logit-lens head as plain tensors: final norm (recomputed on each vector), then W_U + b_U.
+
+    The frozen, bridge-side twin of `objectives.LogitLens`, which holds the trainer's HF modules (so that
+    gradients reach a trainable head and the Fisher loss can fuse the head matmul); the two read the same
+    two parts and agree on the same weights (`tests/test_semantics.py`).
+    """
 
     W_U: Float[Tensor, "d vocab"]
     b_U: Float[Tensor, " vocab"] | None = None

