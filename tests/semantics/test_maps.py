@@ -1,11 +1,10 @@
-"""Semantic bases against closed forms, the exact kinds on random and real states, the Gram trick, bad input."""
+"""Decompose, recompose, transfer maps: the kinds on closed forms and real states, chunks, the Gram trick."""
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
+from semantics_helpers import F64, cos, random_head, resid
 
 from semalign_lens.errors import SemalignError
 from semalign_lens.semantics import (
@@ -19,71 +18,9 @@ from semalign_lens.semantics import (
     fidelity,
     iter_decompose,
     logit_lens,
-    most_frequent_tokens,
     recompose,
     roundtrip,
-    transfer_fidelity,
 )
-
-F64 = torch.float64
-
-
-def cos(a, b):
-    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
-
-
-def random_head(d=8, V=40, seed=0, dtype=F64):
-    """W_U [d, V], TransformerLens convention."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(d, V, generator=g, dtype=dtype)
-
-
-def resid(model, layers, text="def add(x, y):\n    return x + y\n"):
-    """Residual states after the given blocks (one prompt, doc-start first) and the model's logits."""
-    ids = [0] + model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n.endswith("hook_resid_post"))
-    # position 0 is dropped: in the tiny models the doc-start token embeds to the zero padding row
-    return {layer: cache[f"blocks.{layer}.hook_resid_post"][0, 1:] for layer in layers}, logits[0, 1:]
-
-
-@pytest.fixture(scope="module")
-def tiny_bases(tiny_pair):
-    return (SemanticBasis.from_model(tiny_pair.teacher, cache=False),
-            SemanticBasis.from_model(tiny_pair.student, cache=False))
-
-
-# ---------------------------------------------------------------------------------------- closed forms
-@pytest.mark.parametrize("method", ["cholqr2", "householder"])
-def test_pinv_property(method):
-    W_U = random_head()
-    basis = SemanticBasis.from_unembedding(W_U, dtype=F64, method=method)
-    W = W_U.T
-    S_raw = basis.S * basis.norms
-    assert torch.allclose(S_raw @ W, torch.eye(8, dtype=F64), atol=1e-12)  # S W = I_d
-    P = W @ S_raw  # W S = orthogonal projector onto the column space of W (identity on it)
-    assert torch.allclose(P, P.T, atol=1e-12) and torch.allclose(P @ P, P, atol=1e-12)
-    assert torch.allclose(P @ W, W, atol=1e-12)
-    assert torch.allclose(S_raw, torch.linalg.pinv(W), atol=1e-12)
-    assert torch.allclose(basis.S.norm(dim=0), torch.ones(40, dtype=F64))
-
-
-def test_float32_accuracy():
-    W_U = random_head(d=16, V=300)
-    s64 = SemanticBasis.from_unembedding(W_U, dtype=F64).S
-    s32 = SemanticBasis.from_unembedding(W_U.float(), dtype=torch.float32).S
-    assert ((s32.double() - s64).norm() / s64.norm()) < 1e-5
-
-
-def test_fold_and_center_are_pinv_of_the_modified_head():
-    W_U, g = random_head(), torch.linspace(0.5, 2.0, 8, dtype=F64)
-    folded = SemanticBasis.from_unembedding(W_U, norm_weight=g, dtype=F64)
-    expect = torch.linalg.pinv(W_U.T * g)
-    assert torch.allclose(folded.S, expect / expect.norm(dim=0), atol=1e-12)
-    W = W_U.T - W_U.T.mean(0)
-    centred = SemanticBasis.from_unembedding(W_U, center=True, dtype=F64)
-    assert torch.allclose(centred.S, torch.linalg.pinv(W) / torch.linalg.pinv(W).norm(dim=0), atol=1e-12)
-    assert folded.key != centred.key != SemanticBasis.from_unembedding(W_U, dtype=F64).key
 
 
 def test_orthonormal_head_all_kinds_agree():
@@ -146,13 +83,6 @@ def test_logits_kind_is_the_models_own_logits():
     assert torch.allclose(decompose(h, basis, "logits"), (readout(h) - b_U) * rms, rtol=1e-9, atol=1e-9)
 
 
-# ----------------------------------------------------------------------------------------- real states
-def test_logit_lens_matches_the_model(tiny_pair):
-    for model in (tiny_pair.teacher, tiny_pair.student):
-        states, logits = resid(model, [model.cfg.n_layers - 1])
-        assert torch.allclose(logit_lens(model, states[model.cfg.n_layers - 1]), logits, atol=1e-4)
-
-
 def test_exact_kinds_on_real_states(tiny_pair, tiny_bases):
     teacher_basis = tiny_bases[0]
     states, _ = resid(tiny_pair.teacher, range(6))
@@ -192,8 +122,6 @@ def test_chunked_equals_unchunked(tiny_bases):
             assert ((torch.cat([p for _, p in parts], 1).double() - a.double()).abs() <= bound).all()
 
 
-
-# -------------------------------------------------------------------------------- transfer and Gram trick
 def two_bases(V=60):
     teacher = SemanticBasis.from_unembedding(random_head(d=12, V=V, seed=1), dtype=F64, name="T")
     student = SemanticBasis.from_unembedding(random_head(d=8, V=V, seed=2), dtype=F64, name="S")
@@ -254,85 +182,6 @@ def test_gram_trick_is_differentiable(tiny_bases):
     assert x_S.grad is not None and torch.isfinite(x_S.grad).all()
 
 
-# ------------------------------------------------------------------------------------------ fidelity
-def test_fidelity_frame(tiny_pair, tiny_bases):
-    teacher = tiny_pair.teacher
-    states, _ = resid(teacher, [1, 5])
-    # the input basis leaves out id 0, whose embedding is the zero padding row in the tiny models
-    bases = {"output": tiny_bases[0], "input": SemanticBasis.from_embedding(teacher, tokens=range(1, 384)),
-             "random": tiny_bases[0].random_like(seed=3)}
-    df = fidelity(states, bases, teacher, metrics=("cosine", "cosine_min", "top1", "top10", "kl", "coef_top1"))
-    assert list(df.columns) == ["model", "layer", "basis", "kind", "metric", "value", "n"]
-    assert len(df) == 2 * 3 * 3 * 6 and set(df.basis) == set(bases) and (df.n == states[1].shape[0]).all()
-    v = df.set_index(["layer", "basis", "kind", "metric"]).value
-    for layer in (1, 5):
-        for basis in bases:
-            for kind in ("dual", "logits"):
-                assert v[layer, basis, kind, "cosine_min"] > 1 - 1e-6
-                assert v[layer, basis, kind, "top1"] == 1.0 and v[layer, basis, kind, "top10"] == 1.0
-                assert abs(v[layer, basis, kind, "kl"]) < 1e-4
-        assert v[layer, "output", "paper", "cosine"] < 0.999
-    assert df.value.between(-1e-4, 1e3).all()
-    chunked = fidelity(states, bases, teacher, chunk_size=3)
-    merged = df[df.metric != "coef_top1"].reset_index(drop=True)
-    assert torch.allclose(torch.tensor(chunked.value.values), torch.tensor(merged.value.values), atol=1e-5)
-    cos_only = fidelity(states[1], tiny_bases[0], metrics=("cosine",))
-    assert set(cos_only.metric) == {"cosine"} and set(cos_only.layer) == {-1}
-
-
-def test_transfer_fidelity(tiny_pair, tiny_bases):
-    t_states, _ = resid(tiny_pair.teacher, [5])
-    s_states, _ = resid(tiny_pair.student, [2])
-    maps = [TransferMap(*tiny_bases, kind=k) for k in KINDS]
-    df = transfer_fidelity(t_states, maps, tiny_pair.teacher, tiny_pair.student, student_states={5: s_states[2]})
-    assert set(df.kind) == {*KINDS, "student"}
-    assert set(df.metric) == {"top1", "top10", "kl", "cosine_to_student"}
-    assert df[df.metric.isin(["top1", "top10"])].value.between(0, 1).all()
-
-
-# ----------------------------------------------------------------------------------------- bad input
-def test_model_without_unembedding():
-    with pytest.raises(SemalignError, match="no unembedding.*from_unembedding"):
-        SemanticBasis.from_model(types.SimpleNamespace(cfg=None))
-
-
-def test_basis_for_another_model(tiny_pair, tiny_bases):
-    teacher_basis = tiny_bases[0]
-    with pytest.raises(SemalignError, match="d_model=64"):
-        decompose(torch.randn(3, 32), teacher_basis)
-    with pytest.raises(SemalignError, match="d_model=32.*from_model"):
-        teacher_basis.check_model(tiny_pair.student)
-    teacher_basis.check_model(tiny_pair.teacher)  # its own model passes
-    W_U = tiny_pair.teacher.W_U.detach()
-    tampered = SemanticBasis.from_unembedding(W_U * 1.001, norm_weight=torch.ones(64), name="tampered")
-    with pytest.raises(SemalignError, match="other weights.*rebuild"):
-        tampered.check_model(tiny_pair.teacher)
-    with pytest.raises(SemalignError, match="tokens"):
-        recompose(torch.randn(2, 10), teacher_basis)
-
-
-def test_bad_token_subsets():
-    W_U = random_head(d=4, V=20)
-    for tokens, message in (([1, 2, 2, 3, 4], "repeats ids"), ([0, 1, 2, 20], "out of range"),
-                            ([-1, 1, 2, 3], "out of range"), ([0, 1, 2], "at least d_model=4"),
-                            ([0.5, 1, 2, 3], "integer")):
-        with pytest.raises(SemalignError, match=message):
-            SemanticBasis.from_unembedding(W_U, tokens=tokens)
-    sub = SemanticBasis.from_unembedding(W_U, tokens=[5, 0, 7, 9, 11], dtype=F64)
-    assert sub.token_ids.tolist() == [5, 0, 7, 9, 11]
-    expect = torch.linalg.pinv(W_U.T[[5, 0, 7, 9, 11]])
-    assert torch.allclose(sub.S, expect / expect.norm(dim=0), atol=1e-12)
-    full = SemanticBasis.from_unembedding(W_U, dtype=F64)
-    with pytest.raises(SemalignError, match="different tokens"):
-        TransferMap(full, sub)
-
-
-def test_most_frequent_tokens():
-    assert most_frequent_tokens(torch.tensor([5.0, 1, 5, 3]), 3).tolist() == [0, 2, 3]
-    with pytest.raises(SemalignError):
-        most_frequent_tokens([1, 2], 3)
-
-
 def test_nan_states_and_unknown_kind():
     basis = SemanticBasis.from_unembedding(random_head())
     h = torch.randn(4, 8)
@@ -345,33 +194,6 @@ def test_nan_states_and_unknown_kind():
         decompose(torch.randn(2, 8), basis, kind="cosine")
 
 
-def test_rank_deficient_head():
-    W_U = random_head(d=6, V=30)
-    W_U[5] = W_U[4] * 2  # two identical directions: rank 5 < d_model 6
-    with pytest.raises(SemalignError, match="rank-deficient"):
-        SemanticBasis.from_unembedding(W_U, dtype=F64)
-
-
-# ------------------------------------------------------------------------------------------ caching
-def test_basis_cache(tiny_pair, tmp_path, monkeypatch):
-    import semalign_lens.semantics.basis as basis_module
-
-    monkeypatch.setenv("SEMALIGN_CACHE", str(tmp_path))
-    first = SemanticBasis.from_model(tiny_pair.teacher)
-    files = list((tmp_path / "bases").glob("*.safetensors"))
-    assert len(files) == 1
-
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("the cached basis should have been loaded")
-
-    monkeypatch.setattr(basis_module, "_pinv_qr", no_rebuild)
-    second = SemanticBasis.from_model(tiny_pair.teacher)
-    assert torch.equal(first.S, second.S) and first.key == second.key and second.model == first.model
-    with pytest.raises(AssertionError):  # other options, other cache entry
-        SemanticBasis.from_model(tiny_pair.teacher, fold_final_norm=False)
-
-
-# ------------------------------------------------------------------------------------- real teacher
 @pytest.mark.slow
 def test_smollm2_exactness(smollm2):
     basis = SemanticBasis.from_model(smollm2, cache=False)
@@ -382,16 +204,3 @@ def test_smollm2_exactness(smollm2):
         for kind in ("dual", "logits"):
             assert torch.all(cos(recompose(decompose(h, basis, kind), basis, kind), h) > 1 - 1e-6)
         assert 0.5 < cos(roundtrip(h, basis, "paper"), h).mean() < 0.95
-
-
-def test_the_bridge_readout_and_the_trainers_logit_lens_agree(tiny_pair):
-    """The two logit-lens readouts: `Readout` (frozen tensors from the bridge) and `objectives.LogitLens`
-    (the trainer's HF modules) read the same final norm and head, so they give the same logits."""
-    from semalign_lens.hf import clean_copy, lens_fn
-    from semalign_lens.semantics.fidelity import Readout
-
-    model = tiny_pair.teacher
-    h = torch.randn(5, model.cfg.d_model) * 3
-    with torch.no_grad():
-        torch.testing.assert_close(Readout.from_model(model)(h), lens_fn(clean_copy(model, share_weights=True))(h),
-                                   atol=1e-4, rtol=1e-4)

@@ -1,0 +1,62 @@
+"""Fidelity: the logit lens matches the model, fidelity frames, transfer fidelity, the two readouts agree."""
+
+from __future__ import annotations
+
+import torch
+from semantics_helpers import resid
+
+from semalign_lens.semantics import KINDS, SemanticBasis, TransferMap, fidelity, logit_lens, transfer_fidelity
+
+
+def test_logit_lens_matches_the_model(tiny_pair):
+    for model in (tiny_pair.teacher, tiny_pair.student):
+        states, logits = resid(model, [model.cfg.n_layers - 1])
+        assert torch.allclose(logit_lens(model, states[model.cfg.n_layers - 1]), logits, atol=1e-4)
+
+
+def test_fidelity_frame(tiny_pair, tiny_bases):
+    teacher = tiny_pair.teacher
+    states, _ = resid(teacher, [1, 5])
+    # the input basis leaves out id 0, whose embedding is the zero padding row in the tiny models
+    bases = {"output": tiny_bases[0], "input": SemanticBasis.from_embedding(teacher, tokens=range(1, 384)),
+             "random": tiny_bases[0].random_like(seed=3)}
+    df = fidelity(states, bases, teacher, metrics=("cosine", "cosine_min", "top1", "top10", "kl", "coef_top1"))
+    assert list(df.columns) == ["model", "layer", "basis", "kind", "metric", "value", "n"]
+    assert len(df) == 2 * 3 * 3 * 6 and set(df.basis) == set(bases) and (df.n == states[1].shape[0]).all()
+    v = df.set_index(["layer", "basis", "kind", "metric"]).value
+    for layer in (1, 5):
+        for basis in bases:
+            for kind in ("dual", "logits"):
+                assert v[layer, basis, kind, "cosine_min"] > 1 - 1e-6
+                assert v[layer, basis, kind, "top1"] == 1.0 and v[layer, basis, kind, "top10"] == 1.0
+                assert abs(v[layer, basis, kind, "kl"]) < 1e-4
+        assert v[layer, "output", "paper", "cosine"] < 0.999
+    assert df.value.between(-1e-4, 1e3).all()
+    chunked = fidelity(states, bases, teacher, chunk_size=3)
+    merged = df[df.metric != "coef_top1"].reset_index(drop=True)
+    assert torch.allclose(torch.tensor(chunked.value.values), torch.tensor(merged.value.values), atol=1e-5)
+    cos_only = fidelity(states[1], tiny_bases[0], metrics=("cosine",))
+    assert set(cos_only.metric) == {"cosine"} and set(cos_only.layer) == {-1}
+
+
+def test_transfer_fidelity(tiny_pair, tiny_bases):
+    t_states, _ = resid(tiny_pair.teacher, [5])
+    s_states, _ = resid(tiny_pair.student, [2])
+    maps = [TransferMap(*tiny_bases, kind=k) for k in KINDS]
+    df = transfer_fidelity(t_states, maps, tiny_pair.teacher, tiny_pair.student, student_states={5: s_states[2]})
+    assert set(df.kind) == {*KINDS, "student"}
+    assert set(df.metric) == {"top1", "top10", "kl", "cosine_to_student"}
+    assert df[df.metric.isin(["top1", "top10"])].value.between(0, 1).all()
+
+
+def test_the_bridge_readout_and_the_trainers_logit_lens_agree(tiny_pair):
+    """The two logit-lens readouts: `Readout` (frozen tensors from the bridge) and `objectives.LogitLens`
+    (the trainer's HF modules) read the same final norm and head, so they give the same logits."""
+    from semalign_lens.hf import clean_copy, lens_fn
+    from semalign_lens.semantics.fidelity import Readout
+
+    model = tiny_pair.teacher
+    h = torch.randn(5, model.cfg.d_model) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(Readout.from_model(model)(h), lens_fn(clean_copy(model, share_weights=True))(h),
+                                   atol=1e-4, rtol=1e-4)

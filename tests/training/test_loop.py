@@ -1,0 +1,239 @@
+"""The training loop on the tiny pair: each objective, run directory, resume, plugins, NaN, CLI, scale-out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from trainer_helpers import N_STUDENT, _cli_config, _train_losses, make_cfg, run
+
+from semalign_lens.errors import SemalignError
+from semalign_lens.objectives import OBJECTIVES, Objective, register_objective
+from semalign_lens.trainer import NonFiniteLossError, Trainer, align, align_main
+
+
+@pytest.mark.parametrize("terms", [{"cosine": 1.0}, {"relation": 1.0}, {"fisher": 1.0}, {"kl": 1.0},
+                                   {"cosine_onehot": 1.0}, {"ce": 1.0},
+                                   {"cosine": 0.5, "relation": 1.0, "fisher": 2.0, "kl": 1.0, "cosine_onehot": 0.1}])
+def test_each_objective_trains_a_short_run(tmp_path, tiny_pair, tokens, terms):
+    cfg = make_cfg(tmp_path, **{"objective.terms": terms, "schedule.stage_steps": 1})
+    result = run(cfg, tiny_pair, tokens)
+    assert result.finished and result.final["step"] == N_STUDENT
+    train = result.metrics().query("kind == 'train'")
+    assert len(train) == N_STUDENT
+    for name in [*terms, "loss"]:
+        assert train[name].notna().all() and torch.isfinite(torch.tensor(train[name].to_numpy())).all()
+
+
+def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
+    from semalign_lens.models import load_model
+
+    cfg = make_cfg(tmp_path, report=True, figures=True, diag_every=1, **{"schedule.stage_steps": 2})
+    result = run(cfg, tiny_pair, tokens)
+    d = result.run_dir
+    for name in ("config.json", "metrics.jsonl", "final.json", "pairing.json", "identity.json", "transfer.safetensors",
+                 "report.html", "figures/loss_curves.html", "figures/projections.html"):
+        assert (d / name).exists(), name
+    for stage in range(N_STUDENT):
+        for when in ("start", "end"):
+            assert (d / "figures" / f"cka_stage{stage}_{when}.html").exists()
+    assert json.loads((d / "config.json").read_text())["objective"]["terms"] == {"relation": 1.0, "kl": 1.0}
+    metrics = result.metrics()
+    diag = metrics.query("kind == 'diag'")
+    for column in ("cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"):
+        assert diag[column].between(-1, 1).all(), column
+    assert set(diag["student_layer"]) == {0, 1, 2}
+    # the final student is an HF directory that load_model reads back, with the trained weights
+    loaded = load_model(result.student_path)
+    x = tokens.tokens[:2]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.student(input_ids=x).logits, atol=1e-4)
+    assert "Loss per term" in (d / "report.html").read_text()
+
+
+@pytest.mark.parametrize("adapter,stop", [("full", 3), ("full", 2), ("lora", 3)])
+def test_resume_after_stop_equals_uninterrupted_run(tmp_path, tiny_pair, tokens, adapter, stop):
+    over = {"schedule.adapter": adapter, "schedule.lora_rank": 2, "checkpoint_every": 1,
+            "schedule.lr_decay": "cosine", "schedule.warmup_steps": 1}
+    whole = run(make_cfg(tmp_path / "a", **over), tiny_pair, tokens)
+    cfg_b = make_cfg(tmp_path / "b", **over)
+    partial = run(cfg_b, tiny_pair, tokens, stop_after_steps=stop)
+    assert not partial.finished
+    resumed = run(cfg_b, tiny_pair, tokens)
+    assert resumed.finished
+    assert resumed.final["stages"] == whole.final["stages"]
+    assert resumed.final["diagnostics"] == whole.final["diagnostics"]
+    sa, sb = whole.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    cols = ["step", "stage", "loss", "relation", "kl", "lr", "grad_norm"]
+    ta = whole.metrics().query("kind == 'train'")[cols].reset_index(drop=True)
+    tb = resumed.metrics().query("kind == 'train'")[cols].reset_index(drop=True)
+    assert ta.equals(tb)  # no duplicated or missing records after the resume
+
+
+class ProjectorPlugin:
+    """A method with its own trainable parameters (a FitNets-style projector), checkpointed with the student."""
+
+    def __init__(self):
+        self.module, self.extras = None, {}
+
+    def open_stage(self, trainer, stage, params):
+        gen = torch.Generator().manual_seed(stage.index)
+        self.module = torch.nn.Linear(64, 32, bias=False)
+        with torch.no_grad():
+            self.module.weight.copy_(torch.randn(32, 64, generator=gen) * 0.1)
+        self.extras = {"projector": self.module}
+        return [*params, *self.module.parameters()]
+
+    def close_stage(self, trainer, stage):
+        self.module, self.extras = None, {}
+
+
+def _projected_mse(x):
+    return (x.extras["projector"](x.teacher_state) - x.state).pow(2)[x.mask].mean()
+
+
+def test_plugins_add_parameters_and_resume_exactly(tmp_path, tiny_pair, tokens):
+    register_objective(Objective("projected_mse_test", "layer", _projected_mse, source="test"), replace=True)
+    try:
+        over = {"objective.terms": {"projected_mse_test": 1.0}, "schedule.stage_steps": 3}
+        whole = Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                        data=tokens, plugins=[ProjectorPlugin()])
+        a = whole.run()
+        layer_params = sum(p.numel() for p in whole.student.model.layers[0].parameters())
+        assert whole.stage_params[0] == layer_params + 32 * 64
+        b1 = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                     data=tokens, plugins=[ProjectorPlugin()]).run(stop_after_steps=2)  # mid-stage 0
+        assert not b1.finished
+        b = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                    data=tokens, plugins=[ProjectorPlugin()]).run()
+        assert b.final["stages"] == a.final["stages"]
+    finally:
+        OBJECTIVES.pop("projected_mse_test", None)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_pair, tokens):
+    run(make_cfg(tmp_path), tiny_pair, tokens, stop_after_steps=1)
+    with pytest.raises(SemalignError, match="other inputs.*schedule.lr"):
+        run(make_cfg(tmp_path, **{"schedule.lr": 5e-3}), tiny_pair, tokens)
+
+
+def test_non_finite_loss_names_step_stage_and_term(tmp_path, tiny_pair, tokens):
+    calls = {"n": 0}
+
+    def explode(x):
+        calls["n"] += 1
+        value = (x.state - x.target).pow(2).mean()
+        return value * float("nan") if calls["n"] >= 3 else value
+
+    register_objective(Objective("explode_test", "layer", explode, source="test"), replace=True)
+    try:
+        cfg = make_cfg(tmp_path, **{"objective.terms": {"relation": 1.0, "explode_test": 1.0}})
+        with pytest.raises(NonFiniteLossError, match=r"non-finite explode_test \(nan\) at step 3, stage 1 \(L1\)") as err:
+            run(cfg, tiny_pair, tokens)
+        assert (err.value.step, err.value.stage, err.value.term) == (3, 1, "explode_test")
+        latest = json.loads((tmp_path / "run" / "latest.json").read_text())
+        assert latest["step"] == 2  # nothing after the divergence was checkpointed
+    finally:
+        OBJECTIVES.pop("explode_test", None)
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_match_one(tmp_path):
+    """`accelerate launch` with 2 CPU processes gives the single-process losses (same global batch).
+
+    Accelerate's `--cpu` launcher only starts several processes through mpirun; without MPI the launcher
+    that starts N local processes is `--multi_gpu` (torchrun). The trainer then selects the CPU/gloo backend
+    itself because the machine has no accelerator.
+    """
+    config = _cli_config(tmp_path)
+    single = align_main(config, [f"run_dir={tmp_path / 'one'}"])
+    assert single.finished
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "semalign_lens.trainer", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "provenance.json").read_text())["processes"] == 2
+    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (one, two)
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real kill (SIGKILL of the `semalign align` process after its first checkpoints), then a resume in
+    this process: the same losses at every step and the same final weights as a run never interrupted."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    config = _cli_config(tmp_path)
+    over = ["schedule.stage_steps=20", "checkpoint_every=1"]
+    whole = align_main(config, [*over, f"run_dir={tmp_path / 'whole'}"])
+    killed = tmp_path / "killed"
+    # the same thread count as this process: BLAS splits its reductions by thread, so another count sums in
+    # another order and the runs would differ in the last bits (1e-7 here) for reasons unrelated to resuming
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens.trainer", "--config", str(config),
+                             *(f"--set={kv}" for kv in [*over, f"run_dir={killed}"])], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "latest.json").exists() and json.loads((killed / "latest.json").read_text())["step"] >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    done_before_kill = len(_train_losses(killed))
+    assert 3 <= done_before_kill < len(_train_losses(tmp_path / "whole"))
+    resumed = align_main(config, [*over, f"run_dir={killed}"])
+    assert resumed.finished and resumed.final["stages"] == whole.final["stages"]
+    assert _train_losses(killed) == _train_losses(tmp_path / "whole")
+    final = sorted((tmp_path / "whole" / "student").glob("*.safetensors"))
+    assert final, "no final student weights written"
+    for path in final:
+        a, b = load_file(str(path)), load_file(str(killed / "student" / path.name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path.name
+
+
+def test_align_main_reads_a_config_file_with_overrides(tmp_path):
+    config = _cli_config(tmp_path)
+    result = align_main(config, ["schedule.stage_steps=1", f"run_dir={tmp_path / 'cli'}"])
+    assert result.finished and result.final["step"] == 3
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["schedule"]["stage_steps"] == 1
+
+
+@pytest.mark.slow
+def test_short_run_on_the_real_teacher(tmp_path, smollm2):
+    """SmolLM2-135M teacher, a random 2 x 64 Llama student with its vocabulary, cached and online targets."""
+    from transformers import LlamaForCausalLM
+
+    from semalign_lens.models import load_model
+    from semalign_lens.zoo.pretrain import StudentArch
+
+    tok = smollm2.tokenizer
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    arch = StudentArch(n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, d_mlp=128)
+    torch.manual_seed(0)
+    student = load_model(LlamaForCausalLM(arch.hf_config(len(tok), bos_id=eos, eos_id=eos)), tokenizer=tok,
+                         name="random-2x64")
+    over = {"data.source": "code-transfer", "data.seq_len": 32, "data.n_sequences": 8, "schedule.stage_steps": 1,
+            "objective.terms": {"relation": 1.0, "fisher": 1.0, "kl": 1.0}}
+    result = align(make_cfg(tmp_path / "online", **over), teacher=smollm2, student=student)
+    assert result.finished and [p["teacher_low"] for p in json.loads((result.run_dir / "pairing.json").read_text())] \
+        == [14, 29]
+    assert result.final["stages"][-1]["loss"] > 0
+    over["objective.terms"] = {"relation": 1.0, "cosine_onehot": 1.0}
+    cached = align(make_cfg(tmp_path / "cached", **over, **{"targets.mode": "cached",
+                                                           "targets.cache_dir": str(tmp_path / "cache")}),
+                   teacher=smollm2, student=student)
+    assert cached.finished
+    assert load_model(cached.student_path).cfg.n_layers == 2

@@ -1,0 +1,55 @@
+"""Cached teacher targets: equal to the online losses, kl needs cached logits, another teacher refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from trainer_helpers import make_cfg, run
+
+from semalign_lens.errors import SemalignError
+from semalign_lens.trainer import Trainer
+
+
+def test_cached_targets_reproduce_online_losses_without_the_teacher(tmp_path, tiny_pair, tokens):
+    terms = {"relation": 1.0, "cosine": 1.0, "fisher": 1.0, "ce": 1.0}
+    over = {"objective.terms": terms, "schedule.stage_steps": 1}
+    online = run(make_cfg(tmp_path / "on", **over), tiny_pair, tokens)
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path / "off", **over, **{"targets.mode": "cached", "targets.cache_dir": str(cache),
+                                                "targets.shard_sequences": 3})
+    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    assert trainer.teacher is None  # the teacher is not held during training
+    cached = trainer.run()
+    assert (cache / "meta.json").exists() and len(list(cache.glob("shard-*.safetensors"))) == 7  # ceil(20 / 3)
+    a = online.metrics().query("kind == 'train'")
+    b = cached.metrics().query("kind == 'train'")
+    for name in terms:  # fp16 storage: ~1e-3 relative error per state, more for differences of states
+        assert torch.allclose(torch.tensor(a[name].to_numpy()), torch.tensor(b[name].to_numpy()), rtol=2e-2), name
+
+
+def test_cached_kl_needs_cached_logits_and_then_works(tmp_path, tiny_pair, tokens):
+    cfg = make_cfg(tmp_path, **{"targets.mode": "cached", "targets.cache_logits": True,
+                                "targets.cache_dir": str(tmp_path / "cache"), "schedule.stage_steps": 1})
+    assert run(cfg, tiny_pair, tokens).finished
+
+
+def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny_pair, tokens):
+    from semalign_lens.zoo.tiny import tiny_pair as build
+
+    cache = tmp_path / "cache"
+    over = {"targets.mode": "cached", "targets.cache_dir": str(cache), "objective.terms": {"relation": 1.0},
+            "schedule.stage_steps": 1}
+    run(make_cfg(tmp_path / "a", **over), tiny_pair, tokens, stop_after_steps=1)
+    other = build(seed=7)
+    with pytest.raises(SemalignError, match="another teacher weights"):
+        Trainer(make_cfg(tmp_path / "b", **over), teacher=other.teacher, student=tiny_pair.student, data=tokens)
+    with pytest.raises(SemalignError, match=r"holds teacher layers \[1, 3, 5\].*needs \[4\]"):
+        Trainer(make_cfg(tmp_path / "c", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+                pairing=[[0, 4, 4, 0.0]])
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({**meta, "tokenizer_hash": "0" * 64}))
+    with pytest.raises(SemalignError, match="another tokenizer"):
+        Trainer(make_cfg(tmp_path / "d", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    assert not (tmp_path / "b" / "run" / "checkpoints").exists()
