@@ -440,9 +440,13 @@ def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n
         for i in _progress(range(len(batch)), "seeking (per prompt)", progress):
             one = batch.select([i])
             loss = -fn(model(one.clean.tokens), one).sum()
-            grads = torch.autograd.grad(loss, flat)
+            # allow_unused: a bridge over fused weights (GPT-2's c_attn, NeoX and Phi-3's qkv) lists both the fused
+            # parameter and its split q/k/v aliases, and the forward uses only one of the two; the unused one has
+            # no gradient and adds nothing, so each weight is counted once
+            grads = torch.autograd.grad(loss, flat, allow_unused=True)
             it = iter(grads)
-            rows.append([sum(float((p.detach() * next(it)).abs().sum()) for p in ps) for ps in blocks])
+            rows.append([sum(float((p.detach() * g).abs().sum()) for p in ps if (g := next(it)) is not None)
+                         for ps in blocks])
     return summarise("seeking", model_name(model), np.array(rows), n_boot=n_boot, seed=seed, metric=metric,
                      unit="sum |theta x grad|")
 

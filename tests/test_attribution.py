@@ -184,6 +184,29 @@ def test_seeking_matches_hf_reference(tiny_pair, tiny_hf, teacher_batch):
     np.testing.assert_allclose(got.to_numpy(), np.mean(per_prompt, 0), rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "phi3"])
+def test_seeking_counts_each_fused_weight_once(family):
+    """Bridges over fused qkv weights list the fused parameter beside its split aliases; the sensitivity must
+    equal the plain HF model's, where each weight is one parameter."""
+    from semalign_lens.hf import parts
+    from semalign_lens.zoo.tiny import tiny_family_model
+
+    tok = tiny_tokenizer()
+    hf = tiny_family_model(family, TinyArch(n_layers=3, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64), len(tok), 0)
+    batch = tokenize_pairs(tok, fact_task(tokenizer=tok, n=3, seed=0), align="left_pad")
+    got = A.parameter_sensitivity(load_model(hf, tokenizer=tok, name=f"tiny-{family}"), batch, progress=False,
+                                  n_boot=10).set_index("layer")["score"]
+    per_prompt = []
+    for i in range(len(batch)):
+        one = batch.select([i])
+        loss = -answer_logprob(hf(one.clean.tokens).logits, one).sum()
+        params = [list(layer.parameters()) for layer in parts(hf).layers]
+        grads = torch.autograd.grad(loss, [p for ps in params for p in ps])
+        it = iter(grads)
+        per_prompt.append([sum(float((p.detach() * next(it)).abs().sum()) for p in ps) for ps in params])
+    np.testing.assert_allclose(got.to_numpy(), np.mean(per_prompt, 0), rtol=1e-4)
+
+
 def test_laten_telescopes_to_final_minus_embedding(tiny_pair, teacher_batch):
     """Σ_l [log p(y|post_l) − log p(y|pre_l)] = log p(y|final) − log p(y|embedding) (frozen final norm)."""
     model = tiny_pair.teacher

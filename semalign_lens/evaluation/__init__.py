@@ -6,7 +6,7 @@ SemAlign paper, whose tables report only benchmark accuracies on Llama-2 models)
 - **Cross-entropy** (nats/token) is teacher-forced, padding masked, and optionally restricted to a
   `score_mask` (e.g. HumanEval solution tokens given the prompt). It runs on a `TransformerBridge` and on a
   plain HF causal LM; `semalign_lens.zoo.pretrain.mean_cross_entropy` is the special case of unpadded blocks
-  of an HF model (same number on the same blocks; see `tests/test_evaluation.py`).
+  of an HF model (same number on the same blocks; see `tests/evaluation/test_scoring.py`).
 - **Named evaluation sets** for the teacher-vs-student table (`EVAL_SETS`): held-out standard-library files
   (the validation split of `zoo/corpus.py`), a held-out slice of the standard library's *test* files,
   HumanEval prompt + canonical solution, and pydoc prose (`pydoc_data.topics`, which *is* in the student's

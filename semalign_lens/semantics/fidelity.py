@@ -32,7 +32,7 @@ class Readout:
 
     The frozen, bridge-side twin of `objectives.LogitLens`, which holds the trainer's HF modules (so that
     gradients reach a trainable head and the Fisher loss can fuse the head matmul); the two read the same
-    two parts and agree on the same weights (`tests/test_semantics.py`).
+    two parts and agree on the same weights (`tests/semantics/test_fidelity.py`).
     """
 
     W_U: Float[Tensor, "d vocab"]
