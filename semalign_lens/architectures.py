@@ -75,3 +75,16 @@ def adaptable_names(block: nn.Module) -> list[str]:
 
     return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules()
                    if isinstance(m, (nn.Linear, Conv1D)) and name})
+
+
+def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
+    """Why LaTen cannot locate FFN neurons in `model`, else None: this port reads a Llama-style MLP
+    (`mlp.up_proj` rows and `mlp.down_proj` columns), which GPT-2 (`c_fc`), NeoX, Phi-3 (fused `gate_up_proj`)
+    and OPT (`fc1`/`fc2` on the block) do not have."""
+    block = getattr(trunk(model), architecture(model).layers)[0]
+    mlp = getattr(block, "mlp", None)
+    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Module) for n in ("up_proj", "down_proj")):
+        return (f"the LaTen baseline locates neurons in a Llama-style MLP (mlp.up_proj, mlp.down_proj); the {role} "
+                f"({model.config.model_type}) has none; run LaTen on Llama-family models, or leave it out of "
+                "--methods")
+    return None

@@ -16,7 +16,7 @@ from .errors import SemalignError, run_reporting_errors
 def _cmd_info(args) -> None:
     import pandas as pd
 
-    from .models import depth_problem, describe, inspect_source, load_model, vocabulary_mismatch
+    from .models import describe, inspect_source, load_model, stage_readiness
 
     if args.system:
         from .system import system_info
@@ -34,14 +34,15 @@ def _cmd_info(args) -> None:
     models = [load_model(s) for s in args.sources]
     table = pd.DataFrame([describe(m) for m in models]).set_index("model").T
     print(table.to_string())
+    stages = stage_readiness(*models, *args.sources)
+    width = max(map(len, stages))
     if len(models) == 2:
-        problem = vocabulary_mismatch(*models) or depth_problem(models[0].cfg.n_layers, models[1].cfg.n_layers,
-                                                                args.sources[0], args.sources[1])
-        modes = {m.provenance.mode for m in models}
-        if problem is None and len(modes) == 1:
-            print(f"\npairable: yes (shared vocabulary of {models[0].cfg.d_vocab} tokens, mode {modes.pop()})")
-        else:
-            print(f"\npairable: no — {problem or 'loading modes differ'}")
+        ok = all(v is None for v in stages.values())
+        print(f"\npairable: {'yes' if ok else 'per stage'} (teacher {args.sources[0]}, student {args.sources[1]})")
+    else:
+        print("\nas a teacher or student, per stage:")
+    for stage, problem in stages.items():
+        print(f"  {stage:<{width}}  {'yes' if problem is None else 'no — ' + problem}")
 
 
 def _cmd_zoo_list(args) -> None:
@@ -87,10 +88,14 @@ def _cmd_align(args) -> None:
 
 
 def _cmd_report_pairing(args) -> None:
+    from .attribution import METHODS
     from .pairing_report import pairing_report
 
+    methods = args.methods or METHODS
+    ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
     result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
-                            n_prompts=args.prompts, png=args.png, progress=not args.no_progress)
+                            n_prompts=args.prompts, methods=methods, attribution_method=ranker, png=args.png,
+                            progress=not args.no_progress)
     print(result.pairing.to_frame().to_string(index=False))
     print(f"\nreport: {result.path}")
 
@@ -149,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="facts", help="facts, humaneval, or a .json/.jsonl task file")
     p.add_argument("--strategy", default="attribution", help="proportional, attribution or cka")
     p.add_argument("--prompts", type=int, default=24, help="prompt pairs for the attribution rankers")
+    p.add_argument("--methods", nargs="+", metavar="RANKER", default=None,
+                   help="attribution rankers to run (default: all nine; `seeking` costs a backward per prompt)")
+    p.add_argument("--attribution-method", default=None, metavar="RANKER",
+                   help="the ranker the attribution strategy pairs by (default grad_x_act, else the first of --methods)")
     p.add_argument("--out", default="pairing_report.html")
     p.add_argument("--png", action="store_true", help="also export PNGs (needs kaleido and a Chromium)")
     p.add_argument("--no-progress", action="store_true")

@@ -361,6 +361,20 @@ def model_mode(model) -> str:
     return prov.mode if prov is not None else "raw"
 
 
+def _mlp_width(model) -> int | None:
+    """The MLP's hidden width as the HF config states it (the bridge's `cfg.d_mlp` falls back to 4 x d_model
+    for families whose config names it otherwise, e.g. OPT's `ffn_dim`)."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    config = getattr(config, "text_config", None) or config
+    for key in ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    if getattr(config, "model_type", None) == "gpt2":  # n_inner None means 4 x n_embd
+        return 4 * config.n_embd
+    return getattr(model.cfg, "d_mlp", None)
+
+
 def describe(model) -> dict[str, Any]:
     """One row of facts about a model (what `semalign info` prints)."""
     require_hooked(model)
@@ -371,7 +385,7 @@ def describe(model) -> dict[str, Any]:
         "d_model": cfg.d_model,
         "heads": cfg.n_heads,
         "kv_heads": getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
-        "d_mlp": getattr(cfg, "d_mlp", None),
+        "d_mlp": _mlp_width(model),
         "vocab": cfg.d_vocab,
         "tokenizer_len": len(model.tokenizer) if model.tokenizer is not None else None,
         "norm": getattr(cfg, "normalization_type", None),
@@ -379,6 +393,54 @@ def describe(model) -> dict[str, Any]:
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "mode": model_mode(model),
     }
+
+
+def _trainer_problem(model, name: str) -> str | None:
+    """Why the trainer (and the plain-HF scorer) cannot take `model`, else None: it needs the HF model behind
+    the bridge and the family's block paths (`architectures`)."""
+    from .architectures import architecture
+    from .hf import underlying_hf
+
+    hf = underlying_hf(model)
+    if getattr(hf, "config", None) is None:
+        return (f"{name} is a native TransformerBridge with no Hugging Face model behind it; the trainer trains "
+                "HF modules: load the model from its HF weights (load_model(path or hub id))")
+    try:
+        architecture(hf)
+    except SemalignError as err:
+        return str(err)
+    return None
+
+
+def stage_readiness(teacher, student=None, teacher_name: str = "teacher", student_name: str = "student"
+                    ) -> dict[str, str | None]:
+    """Per stage of the pipeline: None when `teacher` (and `student`, when given) can run it, else the one-line
+    reason. What `semalign info` prints, so that a pair that cannot be trained says so before any analysis."""
+    from .hf import underlying_hf
+
+    models = [(teacher, teacher_name)] + ([(student, student_name)] if student is not None else [])
+    analysis = None
+    if student is not None:
+        modes = {model_mode(teacher), model_mode(student)}
+        analysis = vocabulary_mismatch(teacher, student) or (
+            None if len(modes) == 1 else f"loading modes differ (teacher {model_mode(teacher)}, student "
+                                          f"{model_mode(student)}); load both the same way")
+    train = analysis or next((p for m, n in models if (p := _trainer_problem(m, n))), None)
+    if train is None and student is not None:
+        train = depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
+    out = {"capture, bases, CKA, rankers, pairing report": analysis,
+           "align (frontier/joint, full/LoRA), evaluation, reload": train}
+    if student is not None:
+        families = [getattr(getattr(underlying_hf(m), "config", None), "model_type", None) for m, _ in models]
+        out["seeking baseline (copies teacher weight blocks)"] = train or (
+            None if families[0] == families[1] else f"needs one architecture family; the teacher is "
+                                                    f"{families[0]}, the student {families[1]}")
+        from .architectures import mlp_problem
+
+        out["laten baseline (Llama-style MLP neurons)"] = train or next(
+            (p for (m, n), role in zip(models, ("teacher", "student"), strict=True)
+             if (p := mlp_problem(underlying_hf(m), f"{role} {n}")) is not None), None)
+    return out
 
 
 def _vocab_size_message(t_name: str, t_size: int, s_name: str, s_size: int) -> str:

@@ -101,3 +101,61 @@ def test_a_bridge_the_user_built_is_accepted_and_its_mode_read_from_itself():
     bridges[1].enable_compatibility_mode(disable_warnings=True)
     with pytest.raises(SemalignError, match="teacher is in raw mode and student in compat mode"):
         ModelPair(teacher, load_model(bridges[1]))
+
+
+def _saved(tmp_path, family: str, arch: TinyArch, seed: int) -> str:
+    tok = tiny_tokenizer()
+    out = tmp_path / f"{family}-{arch.n_layers}"
+    tiny_family_model(family, arch, len(tok), seed).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
+    """`semalign info` on GPT-2 → Llama: analysis and training yes; Seeking (one family) and LaTen (a
+    Llama-style MLP in both) no, each with its reason, before anything runs."""
+    from semalign_lens.cli import main
+
+    teacher, student = _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "llama", STUDENT, 1)
+    assert main(["info", teacher, student]) == 0
+    lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert lines["capture, bases, CKA, rankers, pairing report"].endswith("yes")
+    assert lines["align (frontier/joint, full/LoRA), evaluation, reload"].endswith("yes")
+    assert "no — needs one architecture family; the teacher is gpt2, the student llama" in \
+        lines["seeking baseline (copies teacher weight blocks)"]
+    assert "no — the LaTen baseline locates neurons in a Llama-style MLP" in lines["laten baseline (Llama-style MLP neurons)"]
+
+
+def test_info_reads_the_mlp_width_from_the_hf_config():
+    """OPT's config calls it `ffn_dim`; the bridge's cfg.d_mlp says 4 x d_model (256) where the config says 128."""
+    from semalign_lens.models import describe
+
+    tok = tiny_tokenizer()
+    for family in ("opt", "gpt2", "phi3"):
+        model = load_model(tiny_family_model(family, TEACHER, len(tok), 0), tokenizer=tok, name=f"tiny-{family}")
+        assert describe(model)["d_mlp"] == TEACHER.d_mlp, family
+
+
+def test_laten_refuses_a_family_without_a_llama_style_mlp_in_one_line(tmp_path):
+    from semalign_lens.baselines import run_method
+    from semalign_lens.errors import SemalignError
+
+    pair, _, _ = _pair("gpt2", "gpt2")
+    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
+                                   "figures": False, "data.batch_size": 4, "schedule.adapter": "lora",
+                                   "schedule.lora_rank": 2, "schedule.stage_steps": 1})
+    with pytest.raises(SemalignError, match=r"Llama-style MLP .* the teacher \(gpt2\) has none"):
+        run_method("laten", cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(pair.student.tokenizer)),
+                   run_dir=tmp_path / "r")
+
+
+def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, capsys):
+    """`--methods` picks the rankers; `seeking` runs on GPT-2's fused c_attn."""
+    from semalign_lens.cli import main
+
+    out = tmp_path / "p.html"
+    args = ["report", "pairing", _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "gpt2", STUDENT, 1),
+            "--methods", "seeking", "patch_denoise", "--prompts", "4", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    html = out.read_text()
+    assert "seeking" in html and "patch_denoise" in html and "grad_x_act_abs" not in html

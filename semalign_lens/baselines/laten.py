@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import SemalignError
 from .registry import Method, register_method
 
 CHANGES = (
@@ -112,9 +113,13 @@ class LaTenPlugin:
     def setup(self, trainer, teacher) -> None:
         import hashlib
 
+        from ..architectures import mlp_problem
         from ..hf import clean_copy
 
         self.teacher = clean_copy(teacher, share_weights=True, attn="eager").eval().requires_grad_(False)
+        for role, model in (("teacher", self.teacher), ("student", trainer.student)):
+            if (problem := mlp_problem(model, role)) is not None:
+                raise SemalignError(problem)
         self.seeds = trainer.data.tokens[: self.seed_sequences]
         layers = sorted({p.nearest_teacher_layer for p in trainer.pairs})
         key = hashlib.sha256(f"{trainer.identity['teacher_hash']}{layers}{self.seeds.tolist()}".encode()).hexdigest()
