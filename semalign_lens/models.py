@@ -229,14 +229,26 @@ def _resolve_source(source: str | os.PathLike, *, fetch: bool = True,
                 path = target if done else None
         elif text.endswith(".gguf"):
             raise SemalignError(f"GGUF file {path} does not exist")
-        elif "/" not in text or text.startswith((".", "/", "~")):
-            raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name); "
-                                f"valid zoo names: {', '.join(sorted(ZOO_NAMES))}")
+        elif text.startswith((".", "/", "~")) or ("/" not in text and _official_name(text) is None):
+            raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name, or a "
+                                f"short name TransformerLens knows, e.g. gpt2, pythia-70m); valid zoo names: "
+                                f"{', '.join(sorted(ZOO_NAMES))}")
         else:
-            kind, path = "hub", _hub_dir(text, fetch=fetch)
+            kind, path = "hub", _hub_dir(text if "/" in text else _official_name(text), fetch=fetch)
     if path is not None:
         check_model_dir(path, need_tokenizer=need_tokenizer)
     return kind, path
+
+
+def _official_name(short: str) -> str | None:
+    """The Hub id TransformerLens resolves a short name to (`gpt2` → `gpt2`, `pythia-70m` →
+    `EleutherAI/pythia-70m`), or None when TransformerLens knows no such model."""
+    from transformer_lens.supported_models import get_official_model_name
+
+    try:
+        return get_official_model_name(short)
+    except ValueError:
+        return None
 
 
 def inspect_source(source: Any) -> dict[str, Any] | None:

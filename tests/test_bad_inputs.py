@@ -158,6 +158,9 @@ ALIGN = ["align", "--config", "run.json"]
 # {ro} is a read-only directory; cases using it are skipped where none exists.
 CLI_CASES = [
     ("info-truncated-safetensors", ["info", "trunc"], ["trunc/model.safetensors", "truncated", "re-download"], []),
+    # TransformerLens short names resolve to their Hub id, which offline fails fast naming the resolved id
+    ("info-short-hub-name-offline", ["info", "pythia-70m"], ["'EleutherAI/pythia-70m'", "HF_HUB_OFFLINE=1"], []),
+    ("info-unknown-short-name", ["info", "notamodel"], ["'notamodel'", "short name TransformerLens knows"], []),
     ("info-corrupt-safetensors", ["info", "garbage"], ["garbage/model.safetensors", "corrupt", "re-download"], []),
     ("info-no-tokenizer", ["info", "notok"], ["no tokenizer files", "tokenizer.save_pretrained"], []),
     ("info-config-not-a-model", ["info", "cfgonly"], ["not a Hugging Face model config"], []),
