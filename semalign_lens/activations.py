@@ -14,6 +14,7 @@ CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,20 @@ from .errors import SemalignError
 Point = Literal["resid_pre", "resid_post", "block_write"]
 POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
 _HOOK_OF = {"resid_pre": "hook_in", "resid_post": "hook_out"}
+
+
+_HOOK_POINTS = {"hook_resid_pre": "resid_pre", "hook_in": "resid_pre", "hook_resid_post": "resid_post",
+                "hook_out": "resid_post"}
+
+
+def parse_hook_name(name: str) -> tuple[str, int]:
+    """(point, layer) of a residual hook name, in TransformerLens's form (`blocks.3.hook_resid_post`, what
+    `transformer_lens.utilities.get_act_name("resid_post", 3)` returns) or the bridge's (`blocks.3.hook_out`)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name)
+    if match is None or match[2] not in _HOOK_POINTS:
+        raise SemalignError(f"{name!r} is not a residual hook name; use blocks.L.hook_resid_pre / hook_resid_post "
+                            "(TransformerLens's get_act_name) or blocks.L.hook_in / hook_out (the bridge's)")
+    return _HOOK_POINTS[match[2]], int(match[1])
 
 
 def hook_name(point: str, layer: int) -> str:
@@ -151,6 +166,45 @@ class Capture:
     def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
         """All captured layers of `point` as [layer, n_tokens, d] (real positions only)."""
         return torch.stack([self.tokens_of(point, layer) for layer in self.layers if (point, layer) in self.acts])
+
+    def padded_stack(self, point: str) -> Float[torch.Tensor, "layer seq pos d"]:
+        """All captured layers of `point` as [layer, seq, pos, d], padding kept (TransformerLens's
+        `ActivationCache.stack_activation` shape); `stack` is the same without padding, [layer, n_tokens, d]."""
+        return torch.stack([self.get(point, layer) for layer in self.layers if (point, layer) in self.acts])
+
+    def __getitem__(self, key: tuple[str, int] | str) -> Float[torch.Tensor, "seq pos d"]:
+        """`cap["resid_post", 3]`, or a hook name in TransformerLens's or the bridge's form
+        (`cap["blocks.3.hook_resid_post"]`, `cap["blocks.3.hook_out"]`): [seq, pos, d], padding kept."""
+        point, layer = parse_hook_name(key) if isinstance(key, str) else key
+        return self.get(point, int(layer))
+
+    def to_activation_cache(self, model):
+        """A TransformerLens `ActivationCache` over the same tensors, keyed by TL hook names
+        (`blocks.{l}.hook_resid_pre` / `hook_resid_post`; `block_write` has no TL hook and is left out)."""
+        from transformer_lens import ActivationCache
+
+        tl_name = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+        return ActivationCache({f"blocks.{layer}.{tl_name[point]}": t for (point, layer), t in self.acts.items()
+                                if point in tl_name}, model)
+
+    @classmethod
+    def from_activation_cache(cls, cache, mask: Bool[torch.Tensor, "seq pos"] | None = None, model: str = ""
+                              ) -> Capture:
+        """The residual entries of a TransformerLens `ActivationCache` (or any dict keyed by hook names, e.g.
+        a bridge's `run_with_cache`) as a float32 `Capture`; `mask` defaults to every position real."""
+        acts: dict[tuple[str, int], torch.Tensor] = {}
+        for name in cache.keys():
+            try:
+                key = parse_hook_name(name)
+            except SemalignError:
+                continue
+            acts.setdefault(key, cache[name].detach().float().cpu())
+        if not acts:
+            raise SemalignError("the cache holds no residual hook (blocks.L.hook_resid_pre / hook_resid_post); run "
+                                "it with those hooks cached")
+        first = next(iter(acts.values()))
+        mask = torch.ones(first.shape[:2], dtype=torch.bool) if mask is None else mask
+        return cls(acts, mask, model=model)
 
 
 def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[str] = ("resid_post",),

@@ -124,3 +124,32 @@ def test_residual_stack_matches_hf_hidden_states_on_a_bridge_and_a_plain_model(t
     assert bridge[0].shape == (int(keep.sum()), teacher_hf.config.hidden_size)
     with pytest.raises(SemalignError, match="no real token"):
         residual_stack(teacher_hf, type(batch)(batch.tokens[:, :1], batch.mask[:, :1]), drop_first=True)
+
+
+def test_capture_speaks_transformer_lens(tiny_pair, batch):
+    """TL conventions: `cap["resid_post", 3]` and hook names in TL's or the bridge's form; a padded
+    [layer, seq, pos, d] stack beside the flattened one; an `ActivationCache` both ways, checked against the
+    bridge's own `run_with_cache`."""
+    from transformer_lens.utilities import get_act_name
+
+    from semalign_lens.activations import Capture
+
+    model = tiny_pair.teacher
+    cap = capture(model, batch, range(4), points=("resid_pre", "resid_post"), progress=False)
+    assert cap["resid_post", 3] is cap.get("resid_post", 3)
+    assert cap[get_act_name("resid_post", 3)] is cap["blocks.3.hook_out"] is cap.get("resid_post", 3)
+    assert cap["blocks.0.hook_resid_pre"] is cap.get("resid_pre", 0)
+    with pytest.raises(SemalignError, match="not a residual hook name"):
+        cap["blocks.0.attn.hook_z"]
+    padded, flat = cap.padded_stack("resid_post"), cap.stack("resid_post")
+    assert padded.shape == (4, *batch.tokens.shape, model.cfg.d_model)
+    torch.testing.assert_close(padded[:, batch.mask], flat)
+
+    with torch.no_grad():
+        _, tl_cache = model.run_with_cache(batch.tokens)
+    cache = cap.to_activation_cache(model)
+    for layer in range(4):  # right padding: real positions do not depend on what follows
+        key = get_act_name("resid_post", layer)
+        torch.testing.assert_close(cache[key][batch.mask], tl_cache[key][batch.mask].float())
+    back = Capture.from_activation_cache(tl_cache, mask=batch.mask)
+    torch.testing.assert_close(back.tokens_of("resid_pre", 2), cap.tokens_of("resid_pre", 2))
