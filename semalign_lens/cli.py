@@ -95,7 +95,7 @@ def _cmd_report_pairing(args) -> None:
     ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
     result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
                             n_prompts=args.prompts, methods=methods, attribution_method=ranker, png=args.png,
-                            progress=not args.no_progress)
+                            patching=args.patching_maps or (), progress=not args.no_progress)
     print(result.pairing.to_frame().to_string(index=False))
     print(f"\nreport: {result.path}")
 
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribution rankers to run (default: all nine; `seeking` costs a backward per prompt)")
     p.add_argument("--attribution-method", default=None, metavar="RANKER",
                    help="the ranker the attribution strategy pairs by (default grad_x_act, else the first of --methods)")
+    p.add_argument("--patching-maps", nargs="+", metavar="MAP", choices=("position", "head"), default=None,
+                   help="also the teacher's position- and/or head-resolved patching maps (layers x positions forwards)")
     p.add_argument("--out", default="pairing_report.html")
     p.add_argument("--png", action="store_true", help="also export PNGs (needs kaleido and a Chromium)")
     p.add_argument("--no-progress", action="store_true")

@@ -56,6 +56,7 @@ class PairingReport:
     timings: dict[str, float] = field(default_factory=dict)  # wall-clock seconds per stage, and "total"
     notes: list[str] = field(default_factory=list)
     cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds (all threads) per stage
+    patching: dict[str, pd.DataFrame] = field(default_factory=dict)  # `patching_maps` asked for: [layer, pos/head]
 
 
 class _Clock:
@@ -170,7 +171,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                    drop_first: bool = True,
                    fidelity_kinds: Sequence[str] = FIDELITY_KINDS, fidelity_tokens: int = 256, batch_size: int = 8,
                    n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True,
-                   report: Report | None = None, level: int = 2) -> PairingReport:
+                   patching: Sequence[str] = (), report: Report | None = None, level: int = 2) -> PairingReport:
     """Build the layer-pairing report and write it to `out_path` (one self-contained HTML file).
 
     teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
@@ -188,6 +189,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     fidelity_kinds / fidelity_tokens: semantic-basis variants and how many tokens they are measured on.
     batch_size, n_boot, seed: ranker batch size, bootstrap resamples and the seed of every sample drawn.
     png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
+    patching: position- and/or head-resolved patching maps of the teacher ("position", "head"; off by default:
+        the position map costs layers x positions forwards), `semalign_lens.patching_maps`.
     report / level: append the sections to this `Report` instead (headings at `level`, no provenance of its
         own, nothing written; `out_path` and `png` are then ignored) — how `semalign demo` puts the pairing
         and the training diagnostics in one page.
@@ -195,7 +198,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     """
     from .models import ModelPair, check_pair_sources, describe
     from .pairing import STRATEGIES, make_pairing
-    from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars
+    from .patching_maps import MAPS, patching_maps
+    from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars, signed_heatmap
     from .similarity import cka_heatmap
     from .tasks import ALIGN, BUILTIN_TASKS, METRICS, load_task, tokenize_pairs
 
@@ -207,6 +211,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
         raise SemalignError(f"attribution_method {attribution_method!r} must be one of the methods run "
                             f"({list(methods)}); add it to methods or pick another")
     require_choices("metric", [metric], METRICS)
+    if patching:
+        require_choices("patching maps", patching, MAPS)
     require_choices("align", [align], ALIGN)
     require_choices("fidelity kinds", fidelity_kinds, FIDELITY_KINDS)
     require_int("n_prompts (prompt pairs for the rankers)", n_prompts, 2)
@@ -235,6 +241,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                               seed=seed, progress=progress)
     agreement = rank_agreement(attribution)
     t0 = clock.lap("attribution (teacher)", t0)
+    maps = patching_maps(teacher, batch, maps=patching, metric=metric) if patching else {}
+    if maps:
+        t0 = clock.lap("patching maps (teacher)", t0)
 
     t_states = residual_stack(teacher, cka_batch, drop_first=drop_first, progress=progress)
     s_states = residual_stack(student, cka_batch, drop_first=drop_first, progress=progress)
@@ -314,6 +323,17 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     report.add_figure(agreement_heatmap(agreement), caption="Kendall tau between the methods' layer scores",
                       name="agreement")
     report.add_table(agreement.round(3).reset_index(names="method"), caption="Kendall tau")
+    for name, frame in maps.items():
+        heading("Where in the prompt" if name == "position" else "Which heads")
+        axis = {"position": "position in the prompt (left padded)", "head": "attention head"}[name]
+        report.add_figure(signed_heatmap(frame.to_numpy(), list(frame.columns), list(frame.index), x_title=axis,
+                                         value_title="recovery",
+                                         title=f"Denoising recovery per layer and {frame.columns.name} ({t_name})"),
+                          caption=f"Normalised recovery of the {metric}: 0 = patching the clean activation into the "
+                                  f"corrupted run restores nothing, 1 = the clean value; {frame.attrs['pairs']} pairs "
+                                  f"of matching length ({frame.attrs['left_out']} left out). "
+                                  + ("Block input (resid_pre) at one position." if name == "position" else
+                                     "One head's output (hook_z) at every position."), name=f"patching_{name}")
 
     heading("Teacher × student CKA")
     estimator = "debiased (unbiased HSIC)" if debiased else "linear (biased)"
@@ -364,4 +384,4 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
     clock.cpu["total"] = round(sum(clock.cpu.values()), 2)
     return PairingReport(path, attribution, agreement, cka, pairing, pairings, fid, clock.timings, notes,
-                         clock.cpu)
+                         clock.cpu, maps)

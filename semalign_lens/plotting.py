@@ -1,6 +1,6 @@
 """Plotly figure builders shared by reports, the trainer and the notebooks.
 
-Rules (design.md §6): every builder returns a `go.Figure` and never calls `show()`; axes are labelled;
+Rules: every builder returns a `go.Figure` and never calls `show()`; axes are labelled;
 signed quantities are centred on 0 (symmetric axis or colour range, RdBu), bounded ones use fixed ranges
 so that figures compare across runs. Layer × layer similarity maps live in `similarity.cka_heatmap`.
 """
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # RdBu ends: blue = supports the answer, red = opposes it
+# Cell text only while it stays legible (values are in the hover beyond that); rows keep a readable height.
+HEATMAP_TEXT_ROWS, HEATMAP_ROW_PX = 15, 18
 
 
 def _symmetric(values: np.ndarray, pad: float = 1.08) -> list[float] | None:
@@ -106,4 +108,27 @@ def layer_metric_bars(df: pd.DataFrame, *, x: str, y: str, color: str, title: st
     fig.update_xaxes(title=x_title or x, type="category")
     fig.update_yaxes(title=y_title or y, range=list(y_range) if y_range is not None else _symmetric(
         df[y].to_numpy(dtype=float)))
+    return fig
+
+
+def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *, title: str | None = None,
+                   x_title: str = "", y_title: str = "layer (block index)", value_title: str = "effect") -> go.Figure:
+    """A [rows, cols] map of a signed effect: colour centred on 0 (RdBu, symmetric range), height growing with
+    the rows, cell text only up to `HEATMAP_TEXT_ROWS` rows (the hover always carries the value)."""
+    import plotly.express as px
+
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2 or values.shape != (len(y_labels), len(x_labels)):
+        raise SemalignError(f"a {values.shape} map needs {values.shape[0] if values.ndim == 2 else '?'} row and "
+                            f"column labels, got {len(y_labels)} and {len(x_labels)}")
+    finite = values[np.isfinite(values)]
+    top = float(np.abs(finite).max()) if finite.size else 1.0
+    rows, cols = values.shape
+    fig = px.imshow(values, x=list(range(cols)), y=list(range(rows)), origin="lower", aspect="auto",
+                    color_continuous_scale="RdBu", zmin=-(top or 1.0), zmax=top or 1.0,
+                    text_auto=".2f" if rows <= HEATMAP_TEXT_ROWS else False,
+                    labels={"x": x_title, "y": y_title, "color": value_title}, title=title)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
+    fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))
     return fig

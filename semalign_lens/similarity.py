@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from .checks import require_int
 from .errors import SemalignError
+from .plotting import HEATMAP_ROW_PX, HEATMAP_TEXT_ROWS
 
 States = Tensor | Sequence[Tensor]
 Precision = Literal["mixed", "float64"]
@@ -517,8 +518,6 @@ def cka_wide(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = N
     return frame
 
 
-# Cell text only while it stays legible (values are in the hover beyond that); rows keep a readable height.
-HEATMAP_TEXT_ROWS, HEATMAP_ROW_PX = 15, 18
 
 
 def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None, y_labels: Sequence | None = None,

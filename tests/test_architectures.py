@@ -150,12 +150,15 @@ def test_laten_refuses_a_family_without_a_llama_style_mlp_in_one_line(tmp_path):
 
 
 def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, capsys):
-    """`--methods` picks the rankers; `seeking` runs on GPT-2's fused c_attn."""
+    """`--methods` picks the rankers; `seeking` runs on GPT-2's fused c_attn; `--patching-maps` adds the
+    position- and head-resolved maps (GPT-2's fused qkv bridge exposes hook_z like any other)."""
     from semalign_lens.cli import main
 
     out = tmp_path / "p.html"
     args = ["report", "pairing", _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "gpt2", STUDENT, 1),
-            "--methods", "seeking", "patch_denoise", "--prompts", "4", "--out", str(out), "--no-progress"]
+            "--methods", "seeking", "patch_denoise", "--prompts", "4", "--out", str(out), "--no-progress",
+            "--patching-maps", "position", "head"]
     assert main(args) == 0
     html = out.read_text()
     assert "seeking" in html and "patch_denoise" in html and "grad_x_act_abs" not in html
+    assert "Where in the prompt" in html and "Which heads" in html

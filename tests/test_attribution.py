@@ -288,3 +288,37 @@ def test_corruption_without_effect_and_small_batches_are_refused(planted):
         A.ablation(model, batch, kinds=["noise"], progress=False)
     with pytest.raises(SemalignError, match="PairBatch"):
         A.grad_x_activation(model, batch.clean, progress=False)
+
+
+def test_patching_maps_equal_a_hand_written_patch(tiny_pair):
+    """Each cell of the [layer, pos] and [layer, head] maps (TransformerLens's patching functions) equals the
+    recovery of one hand-written hook that copies the clean activation into the corrupted run."""
+    from semalign_lens.patching_maps import patching_maps
+    from semalign_lens.plotting import signed_heatmap
+
+    model = tiny_pair.teacher
+    batch = tokenize_pairs(tiny_pair.tokenizer, fact_task(tokenizer=tiny_pair.tokenizer, n=8, seed=0), align="left_pad")
+    maps = patching_maps(model, batch, max_pairs=4)
+    same = [i for i in range(len(batch)) if torch.equal(batch.clean.mask[i], batch.corrupted.mask[i])][:4]
+    sub = batch.select(same)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(sub.clean.tokens)
+        clean = answer_logprob(model(sub.clean.tokens), sub).mean()
+        corrupted = answer_logprob(model(sub.corrupted.tokens), sub).mean()
+
+        def recovered(hook_name, index):
+            def patch(x, hook):
+                x = x.clone()
+                x[index] = cache[hook_name][index]
+                return x
+            logits = model.run_with_hooks(sub.corrupted.tokens, fwd_hooks=[(hook_name, patch)])
+            return float((answer_logprob(logits, sub).mean() - corrupted) / (clean - corrupted))
+
+        assert maps["position"].loc[2, 3] == pytest.approx(recovered("blocks.2.hook_resid_pre", (slice(None), 3)),
+                                                           abs=1e-4)
+        assert maps["head"].loc[1, 2] == pytest.approx(recovered("blocks.1.attn.hook_z", (slice(None), slice(None), 2)),
+                                                       abs=1e-4)
+    assert maps["position"].shape == (model.cfg.n_layers, sub.clean.tokens.shape[1])
+    assert maps["head"].shape == (model.cfg.n_layers, model.cfg.n_heads) and maps["head"].attrs["pairs"] == len(sub)
+    fig = signed_heatmap(maps["position"].to_numpy(), list(maps["position"].columns), list(maps["position"].index))
+    assert fig.layout.coloraxis.cmid is None and fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax

@@ -6,7 +6,7 @@ unit-normalised. A teacher state is decomposed into cosine coefficients a = Ŝ_T
 recomposed on the student's directions, h̃ = Ŝ_S a (Eq. 2). Both steps are implemented exactly as written
 (`kind="paper"`).
 
-**What we decided where the paper is silent or wrong** (design.md §3; our inference, not the paper's):
+**What we decided where the paper is silent or wrong** (our inference, not the paper's):
 
 - *Final norm.* `fold_final_norm=True` by default: W = W_U.T · diag(g), g the final RMSNorm gain, so that
   the basis describes what the model reads from its raw residual stream (RMSNorm only rescales a vector,
