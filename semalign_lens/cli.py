@@ -34,7 +34,8 @@ def _cmd_info(args) -> None:
     models = [load_model(s) for s in args.sources]
     table = pd.DataFrame([describe(m) for m in models]).set_index("model").T
     print(table.to_string())
-    stages = stage_readiness(*models, *args.sources)
+    names = [*args.sources, "student"]
+    stages = stage_readiness(models[0], models[1] if len(models) == 2 else None, names[0], names[1])
     width = max(map(len, stages))
     if len(models) == 2:
         ok = all(v is None for v in stages.values())

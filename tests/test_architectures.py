@@ -124,6 +124,9 @@ def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
     assert "no — needs one architecture family; the teacher is gpt2, the student llama" in \
         lines["seeking baseline (copies teacher weight blocks)"]
     assert "no — the LaTen baseline locates neurons in a Llama-style MLP" in lines["laten baseline (Llama-style MLP neurons)"]
+    assert main(["info", teacher]) == 0  # one model: what it can take part in
+    out = capsys.readouterr().out
+    assert "as a teacher or student, per stage:" in out and "seeking" not in out
 
 
 def test_info_reads_the_mlp_width_from_the_hf_config():
