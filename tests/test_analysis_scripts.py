@@ -166,3 +166,17 @@ def test_a_method_far_off_the_others_is_named_off_scale():
     assert table.off_scale(panel({"sft": -0.3, "kd": -0.1, "semalign": -0.1, "layer": 1.9})) == ["layer"]
     assert table.off_scale(panel({"sft": -0.38, "kd": -0.05, "semalign": -0.09})) == []  # 0.38 is under 0.5
     assert table.off_scale(panel({"a": 0.1, "b": 2.0})) == []  # two methods: nothing to scale to
+
+
+def test_probe_fact_types_tiny(tmp_path):
+    """The fact-type probe runs on a tiny random teacher: the control row first, then two phrasings per type,
+    each over every candidate its source reads from the interpreter."""
+    import pandas as pd
+
+    probe = load("probe_fact_types")
+    out = tmp_path / "probe.csv"
+    assert probe.main(["--teacher", "tiny", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert table["type"].iloc[0].startswith("function_module") and len(table) == 1 + 2 * len(probe.CANDIDATES)
+    for kind, (source, _) in probe.CANDIDATES.items():
+        assert (table.loc[table["type"] == kind, "candidates"] == len(source())).all(), kind

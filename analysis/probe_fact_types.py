@@ -1,0 +1,110 @@
+"""Which other kinds of stdlib facts does the teacher know? A probe for growing the knowledge task.
+
+The knowledge task keeps only facts the teacher answers exactly on the held-out phrasing (207 of 3,448 from
+`semalign_lens.tasks.stdlib_facts`). This script measures candidate fact *types* that are not in the set yet,
+each read from the running interpreter and each tried with two phrasings (a prose and a code form): the
+teacher's greedy exact match on the answer, as the task's filter computes it (`evaluation.fact_scores`).
+
+    python analysis/probe_fact_types.py                 # SmolLM2-135M, about a minute on 2 cores
+    python analysis/probe_fact_types.py --teacher tiny  # the pipeline on a tiny random model (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import calendar
+import inspect
+import mimetypes
+import sys
+import token
+import unicodedata
+from pathlib import Path
+
+import pandas as pd
+
+from semalign_lens import evaluation as ev
+from semalign_lens.errors import run_reporting_errors
+from semalign_lens.models import load_model
+from semalign_lens.tasks.facts import Fact
+
+OUT = Path(__file__).parent / "out" / "transfer" / "fact_type_probe.csv"
+
+
+def _chars() -> list[str]:
+    return [chr(c) for c in range(33, 127) if chr(c) not in "'\\"]
+
+
+def _exception_doc() -> list[tuple[str, str]]:
+    out = []
+    for name in dir(builtins):
+        obj = getattr(builtins, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__doc__:
+            line = obj.__doc__.strip().splitlines()[0]
+            if name not in line:
+                out.append((line, name))
+    return out
+
+
+# type -> (source of (subject, answer) pairs, two phrasings)
+CANDIDATES = {
+    "unicode_name": (lambda: [(c, unicodedata.name(c)) for c in _chars() + list("éüñçß€£¥©°±×÷→←αβπΩ")],
+                     ["unicodedata.name('{subject}') returns",
+                      "import unicodedata\nprint(unicodedata.name('{subject}'))  # prints"]),
+    "ord_code": (lambda: [(c, str(ord(c))) for c in _chars()], ["ord('{subject}') returns", ">>> ord('{subject}')\n"]),
+    "mime_type": (lambda: sorted(mimetypes.MimeTypes(filenames=()).types_map[True].items()),
+                  ["The MIME type of a {subject} file is",
+                   "mimetypes.guess_type('file{subject}')[0] returns the MIME type"]),
+    "month_name": (lambda: [(str(i), calendar.month_name[i]) for i in range(1, 13)],
+                   ["calendar.month_name[{subject}] is",
+                    "import calendar\nprint(calendar.month_name[{subject}])  # prints"]),
+    "day_name": (lambda: [(str(i), calendar.day_name[i]) for i in range(7)],
+                 ["calendar.day_name[{subject}] is", "import calendar\nprint(calendar.day_name[{subject}])  # prints"]),
+    "exception_doc": (_exception_doc, ["# {subject}\nraise", "The built-in exception documented as \"{subject}\" is"]),
+    "token_name": (lambda: sorted((s, token.tok_name[t]) for s, t in token.EXACT_TOKEN_TYPES.items() if "'" not in s),
+                   ["In Python's token module, the token type of '{subject}' is", "# tokenize: '{subject}' is token."]),
+}
+
+
+def probe(teacher, control: int = 200) -> pd.DataFrame:
+    """One row per (type, phrasing); the first row is the control: the first `control` facts of the set's own
+    `function_module` type on its held-out phrasing, so a row of zeros means the type, not the instrument."""
+    from semalign_lens.tasks.stdlib_facts import stdlib_facts
+
+    known = stdlib_facts().of_type("function_module")[:control]
+    table = ev.fact_scores(teacher, known, "eval", 1)
+    rows = [{"type": "function_module (in the set: control)", "phrasing": known[0].templates[-1],
+             "candidates": len(known), "teacher_exact": int(table["exact_match"].sum())}]
+    for kind, (source, phrasings) in CANDIDATES.items():
+        items = source()
+        for phrasing in phrasings:
+            facts = [Fact(kind, subject, " " + answer, ("{subject}", phrasing)) for subject, answer in items]
+            table = ev.fact_scores(teacher, facts, "eval", 1)
+            rows.append({"type": kind, "phrasing": phrasing, "candidates": len(facts),
+                         "teacher_exact": int(table["exact_match"].sum())})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="smollm2-135m", help="zoo name, HF directory or .gguf (or 'tiny')")
+    parser.add_argument("--out", default=str(OUT), help="CSV of teacher exact matches per type and phrasing")
+    args = parser.parse_args(argv)
+    if args.teacher == "tiny":
+        from semalign_lens.zoo.tiny import tiny_pair
+
+        teacher = tiny_pair(seed=0).teacher
+    else:
+        teacher = load_model(args.teacher)
+    table = probe(teacher)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(table.assign(phrasing=table["phrasing"].str.replace("\n", "\\n")).to_markdown(index=False))
+    new = table.iloc[1:]
+    print(f"\nnew types: {int(new['teacher_exact'].sum())} exact of {int(new['candidates'].sum())} tries; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main))
