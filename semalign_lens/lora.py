@@ -12,7 +12,9 @@ equivalents are in `semalign_lens.architectures`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -74,6 +76,30 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for _, layer in lora_layers(module) for p in lora_factors(layer)[:2]]
+
+
+def save_lora(model: nn.Module, out: str | Path) -> Path:
+    """The adapters attached inside `model` (the whole student) in peft's own format, `adapter_config.json` and
+    `adapter_model.safetensors`, before `merge_lora` folds them away: `PeftModel.from_pretrained(base, out)` on
+    the student as it was when the adapters were attached gives the adapted student."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    blocks = [(path, m) for path, m in model.named_modules() if path and ADAPTER in getattr(m, "peft_config", {})]
+    if not blocks:
+        raise SemalignError("the model holds no LoRA adapters to save (schedule.adapter = 'lora' attaches them)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state, targets = {}, []
+    for path, block in blocks:  # peft keys: base_model.model.<full module path>.lora_A.weight
+        for key, value in get_peft_model_state_dict(block, adapter_name=ADAPTER).items():
+            state[f"base_model.model.{path}.{key}"] = value.detach().contiguous().cpu()
+        targets += [f"{path}.{p}" for p, _ in lora_layers(block)]
+    config = copy.deepcopy(blocks[0][1].peft_config[ADAPTER])
+    config.target_modules = sorted(targets)  # exactly the adapted layers, by full path
+    config.save_pretrained(str(out))
+    save_file(state, str(out / "adapter_model.safetensors"))
+    return out
 
 
 def merge_lora(module: nn.Module) -> int:

@@ -407,7 +407,7 @@ def describe(model) -> dict[str, Any]:
     }
 
 
-def _trainer_problem(model, name: str) -> str | None:
+def trainer_problem(model, name: str) -> str | None:
     """Why the trainer (and the plain-HF scorer) cannot take `model`, else None: it needs the HF model behind
     the bridge and the family's block paths (`architectures`)."""
     from .architectures import architecture
@@ -437,7 +437,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
         analysis = vocabulary_mismatch(teacher, student) or (
             None if len(modes) == 1 else f"loading modes differ (teacher {model_mode(teacher)}, student "
                                           f"{model_mode(student)}); load both the same way")
-    train = analysis or next((p for m, n in models if (p := _trainer_problem(m, n))), None)
+    train = analysis or next((p for m, n in models if (p := trainer_problem(m, n))), None)
     if train is None and student is not None:
         train = depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
     out = {"capture, bases, CKA, rankers, pairing report": analysis,

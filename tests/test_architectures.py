@@ -165,3 +165,16 @@ def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, ca
     html = out.read_text()
     assert "seeking" in html and "patch_denoise" in html and "grad_x_act_abs" not in html
     assert "Where in the prompt" in html and "Which heads" in html
+
+
+def test_a_bridge_without_an_hf_model_is_refused_for_training_in_one_line():
+    """A native TransformerBridge has no HF model behind it (`original_model` without a config): info and
+    the trainer say so before anything runs, instead of an AttributeError mid-setup."""
+    import types
+
+    from semalign_lens.models import trainer_problem
+
+    native = types.SimpleNamespace(original_model=types.SimpleNamespace())
+    assert "native TransformerBridge with no Hugging Face model" in trainer_problem(native, "the teacher t")
+    pair, _, _ = _pair("llama", "llama")
+    assert trainer_problem(pair.teacher, "the teacher") is None

@@ -134,6 +134,8 @@ class ScheduleConfig:
     min_lr_ratio: float = setting(0.1, doc="cosine decay floor, as a fraction of lr")
     weight_decay: float = setting(0.0, doc="AdamW weight decay")
     grad_clip: float = setting(1.0, doc="gradient norm clipping threshold")
+    save_adapters: bool = setting(False, doc="lora: also save each stage's adapters in peft's format "
+                                             "(run_dir/adapters/stage{i}) before they are merged")
 
     def validate(self) -> None:
         _choice(self, "mode", MODES)

@@ -38,6 +38,7 @@ from ..checks import require_int
 from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
 from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
+from ..lora import save_lora
 from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
 from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
@@ -132,7 +133,7 @@ class Trainer:
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
-        from ..models import ModelPair, load_model, model_name
+        from ..models import ModelPair, load_model, model_name, trainer_problem
 
         if config is not None and not isinstance(config, AlignConfig):
             raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
@@ -164,6 +165,9 @@ class Trainer:
         teacher = teacher if teacher is not None else load_model(cfg.teacher)
         student = student if student is not None else load_model(cfg.student)
         ModelPair(teacher, student)  # shared vocabulary, same loading mode
+        for role, model in (("teacher", teacher), ("student", student)):  # an HF model behind each, known blocks
+            if (problem := trainer_problem(model, f"the {role} {model_name(model)}")) is not None:
+                raise SemalignError(problem)
         self.names = {"teacher": model_name(teacher), "student": model_name(student)}
         self.models_provenance = {"teacher": getattr(teacher, "provenance", None),
                                   "student": getattr(student, "provenance", None)}
@@ -298,6 +302,8 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "close_stage"):
                 plugin.close_stage(self, self.stages[self._open])
+        if self.cfg.schedule.save_adapters and self.cfg.schedule.adapter == "lora" and self.main:
+            save_lora(self.student, self.run_dir / "adapters" / f"stage{self._open}")
         close_stage(self.student)
         self._opt, self._params, self._open = None, [], None
 

@@ -24,7 +24,7 @@ from .config import AlignConfig, config_diff
 # The files and folders a run writes into its run_dir.
 RUN_FILES = ("config.json", "identity.json", "provenance.json", "pairing.json", "transfer.safetensors",
              "transfer.json", "metrics.jsonl", "final.json", "latest.json", "checkpoints", "student", "figures",
-             "diagnostics", "report.html")
+             "diagnostics", "report.html", "adapters")
 
 
 def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:

@@ -49,3 +49,25 @@ def test_trainable_all_trains_every_parameter_with_the_same_stages(tmp_path, tin
     before = initial_student(tiny_pair)
     result = run(cfg, tiny_pair, tokens, stop_after_steps=1)
     assert changed(before, result.student) == set(before)
+
+
+def test_saved_adapters_load_in_peft_and_give_the_trained_student(tmp_path, tiny_pair, tokens):
+    """`schedule.save_adapters`: stage 0's adapters in peft's format; peft's own `PeftModel.from_pretrained` on
+    the student as it was gives, merged, exactly the student that stage 0 trained."""
+    import torch
+    from peft import PeftModel
+
+    from semalign_lens.hf import clean_copy
+
+    cfg = make_cfg(tmp_path, **{"schedule.adapter": "lora", "schedule.lora_rank": 2, "schedule.save_adapters": True})
+    result = run(cfg, tiny_pair, tokens, stop_after_steps=2)  # stage 0 complete, its adapters merged
+    folder = tmp_path / "run" / "adapters" / "stage0"
+    assert {p.name for p in folder.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    base = clean_copy(tiny_pair.student, share_weights=False).eval()
+    loaded = PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval()
+    ids = tokens.tokens[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, result.student.eval()(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(base.model.layers[0].self_attn.v_proj.weight,
+                                  clean_copy(tiny_pair.student, share_weights=False).model.layers[0].self_attn.v_proj.weight)
