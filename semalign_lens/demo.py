@@ -167,8 +167,15 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
     from .pairing import make_pairing
     from .pairing_report import pairing_report
+    from .plotting import signed_heatmap
     from .report import Report
-    from .training.diagnostics import PROJECTION_METRICS, loss_figure, projection_figure, read_metrics
+    from .training.diagnostics import (
+        PROJECTION_METRICS,
+        cka_change,
+        loss_figure,
+        projection_figure,
+        read_metrics,
+    )
 
     profile_name = profile if isinstance(profile, str) else "custom"
     if isinstance(profile, str):
@@ -271,6 +278,16 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         report.add_figure(loss_figure(records, sorted({k for r in records for k in r
                                                        if k in ("ce", "kl", "relation", "cosine", "fisher")}
                                                       | set(terms))), name=f"loss-{method}")
+        change = cka_change(result.run_dir)
+        if change is not None:
+            delta, t_labels, s_labels = change
+            report.add_figure(signed_heatmap(delta.numpy(), s_labels, t_labels, x_title="student layer",
+                                             y_title="teacher layer", value_title="Δ CKA",
+                                             title=f"CKA after − before training ({method})"),
+                              caption=f"Teacher × student linear CKA on the diagnostic batch after the last stage "
+                                      f"minus before the first (largest change {float(delta.abs().max()):.3f}). The "
+                                      "paper claims alignment leaves the CKA pattern unchanged: near-zero cells "
+                                      "everywhere are that claim holding.", name=f"dcka-{method}")
         if any(r.get("kind") == "diag" for r in records):
             report.add_figure(projection_figure(records), name=f"proj-{method}")
             report.add_table(pd.DataFrame({"metric": list(PROJECTION_METRICS),

@@ -30,6 +30,18 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert set(result.timings) >= {"load pair", "layer pairing", "train sft", "train semalign", "report"}
     assert "How this relates to the benchmark" in html and "analysis/TRANSFER.md" in html
     assert "Gap closed on held-out stdlib-test cross-entropy" in html and "The projection metrics" in html
+    # the Δ-CKA map: the last stage's end minus the first stage's start, as the run wrote them
+    import json
+
+    import torch
+
+    from semalign_lens.training.diagnostics import cka_change
+
+    assert "CKA after − before training (semalign)" in html
+    folder = tmp_path / "runs" / "semalign" / "diagnostics"
+    ends = sorted(folder.glob("cka_stage*_end.json"))
+    start, end = (json.loads((folder / n).read_text())["matrix"] for n in ("cka_stage0_start.json", ends[-1].name))
+    torch.testing.assert_close(cka_change(folder.parent)[0], torch.tensor(end) - torch.tensor(start))
 
 
 def test_unknown_profile_lists_valid_ones():

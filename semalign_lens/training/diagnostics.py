@@ -61,6 +61,20 @@ def cka_grid(teacher_stack: list[torch.Tensor], student_stack: list[torch.Tensor
     return cka_matrix(teacher_stack, student_stack), label(teacher_stack), label(student_stack)
 
 
+def cka_change(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]] | None:
+    """(CKA after the last stage − CKA before the first, teacher labels, student labels) from the maps a run
+    writes (`diagnostics/cka_stage{i}_{start,end}.json`), or None when it wrote none (`figures = false`).
+    The paper claims alignment leaves the CKA pattern unchanged: this difference is that claim, measured."""
+    folder = Path(run_dir) / "diagnostics"
+    starts = sorted(folder.glob("cka_stage*_start.json"), key=lambda p: int(p.stem.split("_")[1][5:]))
+    ends = sorted(folder.glob("cka_stage*_end.json"), key=lambda p: int(p.stem.split("_")[1][5:]))
+    if not starts or not ends:
+        return None
+    first, last = json.loads(starts[0].read_text()), json.loads(ends[-1].read_text())
+    return (torch.tensor(last["matrix"]) - torch.tensor(first["matrix"]), first["teacher_labels"],
+            first["student_labels"])
+
+
 def write_figure(fig, path: Path) -> None:
     """HTML next to a shared plotly.min.js (one copy per figure folder, offline)."""
     path.parent.mkdir(parents=True, exist_ok=True)
