@@ -151,7 +151,11 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
     listed = ", ".join(f"{m} {100 * g:+.1f} %" for m, g in gaps.items())
     name = METRIC_NAMES.get(metric, metric)
     closed = {m: g for m, g in gaps.items() if g > 0}
-    if not closed:
+    if gaps and all(g != g for g in gaps.values()):  # NaN: the teacher is not better, there is no gap
+        rows = dict(zip(table["model"], table[metric], strict=True))
+        head = (f"There is no gap to close: the teacher ({rows.get('teacher', float('nan')):.4g}) is not better than "
+                f"the untrained student ({rows.get('student (before)', float('nan')):.4g}) on {name}")
+    elif not closed:
         head = f"No method closed any of the {name} gap at this budget ({listed})"
     else:
         best = max(closed, key=closed.get)

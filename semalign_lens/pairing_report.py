@@ -37,7 +37,7 @@ from .activations import residual_stack
 from .attribution import METHODS, rank_agreement, rank_layers
 from .checks import check_output_file, require_choices, require_hooked, require_int
 from .errors import SemalignError
-from .report import Report
+from .report import Report, home_relative
 
 FIDELITY_KINDS = ("paper", "dual", "logits")
 
@@ -290,18 +290,19 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     for note in notes:
         report.add_note(note)
 
-    heading("Models")
-    cards = pd.DataFrame([dict(role="teacher", **describe(teacher)), dict(role="student", **describe(student))])
-    report.add_table(cards, caption="Model cards")
-    for role, model in (("teacher", teacher), ("student", student)):
-        card = _model_card(model)
-        if card:
-            report.add_html(f"<details><summary>{role} model card ({html.escape(card[0])})</summary>"
-                            f"<pre>{html.escape(card[1])}</pre></details>")
+    if own:  # a caller's page (the demo) has its own models table
+        heading("Models")
+        cards = pd.DataFrame([dict(role="teacher", **describe(teacher)), dict(role="student", **describe(student))])
+        report.add_table(cards, caption="Model cards")
+        for role, model in (("teacher", teacher), ("student", student)):
+            card = _model_card(model)
+            if card:
+                report.add_html(f"<details><summary>{role} model card ({html.escape(card[0])})</summary>"
+                                f"<pre>{html.escape(card[1])}</pre></details>")
 
     heading("Task")
     gap = attribution["gap"].dropna() if "gap" in attribution else pd.Series(dtype=float)
-    report.add_markdown(f"**{full.name}** — {full.description or 'user task'} (source: `{full.source or 'memory'}`). "
+    report.add_markdown(f"**{full.name}** — {full.description or 'user task'} (source: `{home_relative(str(full.source)) if full.source else 'memory'}`). "
                         f"{len(full)} pairs in the task; {len(batch)} used by the rankers (align=`{align}`, "
                         f"{batch.n_padded} padded, {len(batch.dropped)} dropped)."
                         + (f" Mean clean − corrupted {metric} on the teacher: {gap.iloc[0]:.3f}." if len(gap) else ""))

@@ -119,10 +119,14 @@ def markdown_to_html(text: str) -> str:
 
 
 def home_relative(path: str | None) -> str | None:
-    """`~/...` for a path under the home directory: a report is mailed and archived, and the reader's machine
-    is not the writer's (the weights hash, not the path, identifies the model)."""
+    """A path as a report shows it: `semalign_lens/...` for a file shipped in the package, `~/...` under the
+    home directory, else unchanged. A report is mailed and archived, and the reader's machine is not the
+    writer's (the weights hash, not the path, identifies the model)."""
     if not path:
         return path
+    package = str(Path(__file__).resolve().parent)
+    if str(path).startswith(package + "/"):
+        return "semalign_lens" + str(path)[len(package):]
     home = str(Path.home())
     return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
 

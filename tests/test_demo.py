@@ -86,6 +86,10 @@ def test_verdict_says_whether_and_how_much_it_transferred():
                            "(sft -0.5 %, semalign -1.4 %)") and "analysis/TRANSFER.md" in text
     assert verdict(table(0.02, 0.05), "humaneval_ce").startswith("semalign closed the most of the HumanEval "
                                                                  "solution cross-entropy gap at this budget")
+    nogap = pd.DataFrame({"model": ["student (before)", "teacher", "student + sft"], "humaneval_ce": [5.97, 6.03, 5.9],
+                          "gap_closed (humaneval_ce)": [0.0, 1.0, float("nan")]})
+    assert verdict(nogap, "humaneval_ce").startswith("There is no gap to close: the teacher (6.03) is not better than "
+                                                     "the untrained student (5.97)")
 
 
 def test_pairing_story_names_the_trained_pairs_the_task_mismatch_and_low_cka():

@@ -210,6 +210,10 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
     monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
     assert home_relative(str(tmp_path / ".cache" / "m")) == "~/.cache/m"
     assert home_relative("/opt/models/m") == "/opt/models/m" and home_relative(str(tmp_path) + "x") != "~x"
+    import semalign_lens
+
+    shipped = str(Path(semalign_lens.__file__).resolve().parent / "tasks" / "facts.json")
+    assert home_relative(shipped) == "semalign_lens/tasks/facts.json"
     model = tiny_pair.student
     saved = model.provenance
     model.provenance = dataclasses.replace(saved, path=str(tmp_path / "models" / "student"))
