@@ -241,7 +241,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                               seed=seed, progress=progress)
     agreement = rank_agreement(attribution)
     t0 = clock.lap("attribution (teacher)", t0)
-    maps = patching_maps(teacher, batch, maps=patching, metric=metric) if patching else {}
+    maps = patching_maps(teacher, batch, maps=patching, metric=metric, progress=progress) if patching else {}
     if maps:
         t0 = clock.lap("patching maps (teacher)", t0)
 

@@ -15,6 +15,8 @@ used (the others are counted in the result's `attrs["left_out"]`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 
 import pandas as pd
@@ -30,11 +32,11 @@ MAPS: tuple[str, ...] = ("position", "head")
 
 
 def patching_maps(model, batch: PairBatch, *, maps: Sequence[str] = MAPS, metric: str = "logprob",
-                  max_pairs: int = 16) -> dict[str, pd.DataFrame]:
+                  max_pairs: int = 16, progress: bool = True) -> dict[str, pd.DataFrame]:
     """{map name: DataFrame [layer rows x position or head columns]} of normalised denoising recovery.
 
     `max_pairs` caps the pairs used (the first ones with matching masks): each cell is one forward of all of
-    them, so the position map costs layers x positions forwards.
+    them, so the position map costs layers x positions forwards. `progress`: TransformerLens's own bars.
     """
     from transformer_lens import patching
 
@@ -65,7 +67,7 @@ def patching_maps(model, batch: PairBatch, *, maps: Sequence[str] = MAPS, metric
     runners = {"position": patching.get_act_patch_resid_pre, "head": patching.get_act_patch_attn_head_out_all_pos}
     out = {}
     for name in maps:
-        with torch.no_grad():
+        with torch.no_grad(), _bars(progress):
             values = runners[name](model, sub.corrupted.tokens, cache, recovery).float().cpu()
         frame = pd.DataFrame(values.numpy(), index=pd.Index(range(values.shape[0]), name="layer"))
         frame.columns.name = "position" if name == "position" else "head"
@@ -73,3 +75,18 @@ def patching_maps(model, batch: PairBatch, *, maps: Sequence[str] = MAPS, metric
                             "clean": clean, "corrupted": corrupted})
         out[name] = frame
     return out
+
+
+@contextlib.contextmanager
+def _bars(show: bool):
+    """TransformerLens's patching functions draw their own tqdm bars with no switch (and tqdm reads its
+    environment variables only at import), so quiet runs swap the module's `tqdm` for a disabled one."""
+    from transformer_lens import patching
+
+    original = patching.tqdm
+    if not show:
+        patching.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        patching.tqdm = original

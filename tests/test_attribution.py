@@ -290,7 +290,7 @@ def test_corruption_without_effect_and_small_batches_are_refused(planted):
         A.grad_x_activation(model, batch.clean, progress=False)
 
 
-def test_patching_maps_equal_a_hand_written_patch(tiny_pair):
+def test_patching_maps_equal_a_hand_written_patch(tiny_pair, capfd):
     """Each cell of the [layer, pos] and [layer, head] maps (TransformerLens's patching functions) equals the
     recovery of one hand-written hook that copies the clean activation into the corrupted run."""
     from semalign_lens.patching_maps import patching_maps
@@ -298,7 +298,8 @@ def test_patching_maps_equal_a_hand_written_patch(tiny_pair):
 
     model = tiny_pair.teacher
     batch = tokenize_pairs(tiny_pair.tokenizer, fact_task(tokenizer=tiny_pair.tokenizer, n=8, seed=0), align="left_pad")
-    maps = patching_maps(model, batch, max_pairs=4)
+    maps = patching_maps(model, batch, max_pairs=4, progress=False)
+    assert "it/s" not in capfd.readouterr().err  # TransformerLens's own bars are off too
     same = [i for i in range(len(batch)) if torch.equal(batch.clean.mask[i], batch.corrupted.mask[i])][:4]
     sub = batch.select(same)
     with torch.no_grad():
