@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # RdBu ends: blue = supports the answer, red = opposes it
 # Cell text only while it stays legible (values are in the hover beyond that); rows keep a readable height.
 HEATMAP_TEXT_ROWS, HEATMAP_ROW_PX = 15, 18
+HEATMAP_TEXT_COLS = 20  # a 1400 px page fits about 20 columns of two-decimal cell text
 
 
 def _symmetric(values: np.ndarray, pad: float = 1.08) -> list[float] | None:
@@ -114,7 +115,8 @@ def layer_metric_bars(df: pd.DataFrame, *, x: str, y: str, color: str, title: st
 def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *, title: str | None = None,
                    x_title: str = "", y_title: str = "layer (block index)", value_title: str = "effect") -> go.Figure:
     """A [rows, cols] map of a signed effect: colour centred on 0 (RdBu, symmetric range), height growing with
-    the rows, cell text only up to `HEATMAP_TEXT_ROWS` rows (the hover always carries the value)."""
+    the rows, cell text only up to `HEATMAP_TEXT_ROWS` rows and `HEATMAP_TEXT_COLS` columns (the hover always
+    carries the value)."""
     import plotly.express as px
 
     values = np.asarray(matrix, dtype=float)
@@ -126,7 +128,7 @@ def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *
     rows, cols = values.shape
     fig = px.imshow(values, x=list(range(cols)), y=list(range(rows)), origin="lower", aspect="auto",
                     color_continuous_scale="RdBu", zmin=-(top or 1.0), zmax=top or 1.0,
-                    text_auto=".2f" if rows <= HEATMAP_TEXT_ROWS else False,
+                    text_auto=".2f" if rows <= HEATMAP_TEXT_ROWS and cols <= HEATMAP_TEXT_COLS else False,
                     labels={"x": x_title, "y": y_title, "color": value_title}, title=title)
     fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
     fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
