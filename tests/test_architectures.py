@@ -178,3 +178,29 @@ def test_a_bridge_without_an_hf_model_is_refused_for_training_in_one_line():
     assert "native TransformerBridge with no Hugging Face model" in trainer_problem(native, "the teacher t")
     pair, _, _ = _pair("llama", "llama")
     assert trainer_problem(pair.teacher, "the teacher") is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_analysis_stage_on_every_family(family):
+    """Capture, the residual stack and CKA, semantic bases and all nine layer rankers, per family (teacher
+    4 x 64): each runs and gives finite numbers; the stack's last entry equals the captured resid_post."""
+    from semalign_lens.activations import capture, residual_stack
+    from semalign_lens.attribution import METHODS, rank_layers
+    from semalign_lens.data import tokenize
+    from semalign_lens.semantics import SemanticBasis, live_head_tokens
+    from semalign_lens.similarity import cka_matrix
+    from semalign_lens.tasks import fact_task, tokenize_pairs
+
+    pair, _, _ = _pair(family, family)
+    model, tok = pair.teacher, pair.teacher.tokenizer
+    batch = tokenize(tok, ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n"])
+    cap = capture(model, batch, range(TEACHER.n_layers), progress=False)
+    stack = residual_stack(model, batch)
+    torch.testing.assert_close(stack[-1], cap.tokens_of("resid_post", TEACHER.n_layers - 1))
+    cka = cka_matrix(stack, residual_stack(pair.student, batch))
+    assert cka.shape == (TEACHER.n_layers + 1, STUDENT.n_layers + 1) and torch.isfinite(cka).all()
+    keep, _ = live_head_tokens(pair.teacher, pair.student)
+    assert torch.isfinite(SemanticBasis.from_model(model, tokens=keep).S).all()
+    prompts = tokenize_pairs(tok, fact_task(tokenizer=tok, n=4, seed=0), align="left_pad")
+    scores = rank_layers(model, prompts, methods=METHODS, n_boot=20, progress=False)
+    assert set(scores["method"]) == set(METHODS) and scores["score"].notna().all()
