@@ -319,7 +319,8 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
             source.tokenizer = tokenizer
         if getattr(source, "provenance", None) is None:
             hf = getattr(source, "original_model", None)
-            label = name or getattr(getattr(hf, "config", None), "name_or_path", None) or "bridge"
+            label = (name or getattr(getattr(hf, "config", None), "name_or_path", None)
+                     or getattr(source.cfg, "model_name", None) or "bridge")
             source.provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
                                            dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
                                            mode=model_mode(source))

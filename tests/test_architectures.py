@@ -167,19 +167,6 @@ def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, ca
     assert "Where in the prompt" in html and "Which heads" in html
 
 
-def test_a_bridge_without_an_hf_model_is_refused_for_training_in_one_line():
-    """A native TransformerBridge has no HF model behind it (`original_model` without a config): info and
-    the trainer say so before anything runs, instead of an AttributeError mid-setup."""
-    import types
-
-    from semalign_lens.models import trainer_problem
-
-    native = types.SimpleNamespace(original_model=types.SimpleNamespace())
-    assert "native TransformerBridge with no Hugging Face model" in trainer_problem(native, "the teacher t")
-    pair, _, _ = _pair("llama", "llama")
-    assert trainer_problem(pair.teacher, "the teacher") is None
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_analysis_stage_on_every_family(family):
     """Capture, the residual stack and CKA, semantic bases and all nine layer rankers, per family (teacher
@@ -204,3 +191,43 @@ def test_every_analysis_stage_on_every_family(family):
     prompts = tokenize_pairs(tok, fact_task(tokenizer=tok, n=4, seed=0), align="left_pad")
     scores = rank_layers(model, prompts, methods=METHODS, n_boot=20, progress=False)
     assert set(scores["method"]) == set(METHODS) and scores["score"].notna().all()
+
+
+def test_a_native_bridge_runs_the_analysis_and_evaluation_and_is_refused_for_training(tmp_path):
+    """`TransformerBridge.boot_native` (TransformerLens's own random model, no HF model behind it): load_model
+    keeps it with a provenance record; capture, the residual stack, CKA, bases, the rankers and evaluation run
+    on it; the trainer refuses it in one line naming why."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from semalign_lens.attribution import rank_layers
+    from semalign_lens.data import tokenize
+    from semalign_lens.errors import SemalignError
+    from semalign_lens.semantics import SemanticBasis
+    from semalign_lens.tasks import fact_task, tokenize_pairs
+
+    tok = tiny_tokenizer()
+
+    def native(n_layers, d_model, seed):
+        cfg = {"n_layers": n_layers, "d_model": d_model, "n_ctx": 64, "d_head": 16, "n_heads": d_model // 16,
+               "d_mlp": 2 * d_model, "d_vocab": len(tok), "act_fn": "gelu", "normalization_type": "LN", "seed": seed}
+        return load_model(TransformerBridge.boot_native(cfg, tokenizer=tok, model_name=f"native-{n_layers}"))
+
+    teacher, student = native(4, 64, 0), native(2, 32, 1)
+    assert teacher.provenance.source == "native-4" and teacher.provenance.kind == "bridge"
+    pair = ModelPair(teacher, student)
+    batch = tokenize(tok, ["def add(a, b):\n    return a + b\n", "import os\n"])
+    with torch.no_grad():  # evaluation runs the bridge itself: the same CE as its own logits by hand
+        logits = teacher(batch.tokens[:1, : int(batch.mask[0].sum())])
+    by_hand = F.cross_entropy(logits[0, :-1], batch.tokens[0, 1: int(batch.mask[0].sum())]).item()
+    assert ev.cross_entropy(teacher, batch.select([0]), precision="fp32") == pytest.approx(by_hand, rel=1e-5)
+    from semalign_lens.activations import residual_stack
+    from semalign_lens.similarity import cka_matrix
+
+    assert cka_matrix(residual_stack(teacher, batch), residual_stack(student, batch)).shape == (5, 3)
+    assert SemanticBasis.from_model(teacher).S.shape == (64, len(tok))
+    prompts = tokenize_pairs(tok, fact_task(tokenizer=tok, n=4, seed=0), align="left_pad")
+    assert rank_layers(teacher, prompts, methods=["grad_x_act", "seeking"], n_boot=10, progress=False)["score"].notna().all()
+    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False, "figures": False,
+                                   "data.batch_size": 4})
+    with pytest.raises(SemalignError, match="native TransformerBridge with no Hugging Face model"):
+        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(tok)))

@@ -41,13 +41,15 @@ def plain_model(model):
     Why: a TransformerBridge forward pays for its hook points and eager attention (measured here: ~1.5-2x
     the CPU time of the same weights as a stock HF model with sdpa), and in raw mode its logits equal HF's.
     The copy shares the bridge's tensors (no memory, and later weight edits show through); hooks attached to
-    the bridge do not run in it. Compatibility-mode bridges are run as themselves.
+    the bridge do not run in it. Compatibility-mode bridges, and native ones (no HF model behind them), are run
+    as themselves.
     """
     if is_hf_model(model):
         return model
     from ..models import model_mode
 
-    if model_mode(model) != "raw" or not hasattr(model, "original_model"):
+    hf = getattr(model, "original_model", None)
+    if model_mode(model) != "raw" or getattr(hf, "config", None) is None:
         return model
     if model not in _PLAIN:
         from ..hf import clean_copy
