@@ -42,6 +42,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "phi3": Architecture("model", "layers", "norm", "embed_tokens", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     "phi": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "dense", "fc1", "fc2")),
     "opt": Architecture("model.decoder", "layers", "final_layer_norm", "embed_tokens", ("v_proj", "out_proj", "fc1", "fc2")),
+    "starcoder2": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "c_fc", "c_proj")),
+    # mixture-of-experts blocks whose experts are fused parameters, not linear layers: attention only (our choice)
+    "mixtral": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj")),
+    **{t: Architecture("transformer", "h", "ln_f", "word_embeddings",
+                       ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")) for t in ("bloom", "falcon")},
 }
 
 

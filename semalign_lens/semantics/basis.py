@@ -273,12 +273,8 @@ class SemanticBasis:
                    dtype: torch.dtype = torch.float32, cache: bool = True, method: str = "cholqr2") -> SemanticBasis:
         """Output-side basis of `model`: unit columns of pinv(W), W = W_U.T (· diag(final-norm gain))."""
         W_U = unembedding(model)
-        gain = None
-        if fold_final_norm:
-            gain = final_norm(model)["weight"]
-            if gain is None:
-                raise SemalignError(f"{_model_name(model)} has no final-norm gain to fold; pass "
-                                    "fold_final_norm=False")
+        # a final norm without a learned gain (OLMo's non-parametric LayerNorm) has nothing to fold: gain 1
+        gain = final_norm(model)["weight"] if fold_final_norm else None
         return cls.from_unembedding(W_U, norm_weight=gain, center=center, tokens=tokens, dtype=dtype,
                                     cache=cache, method=method, name=_model_name(model))
 

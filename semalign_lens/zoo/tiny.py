@@ -106,7 +106,11 @@ def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch
 
 
 # The families of the architecture matrix (`tests/test_architectures.py`): each built tiny from its transformers config.
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt")
+# The first ten are the canonical shared-vocabulary families; the rest are every other decoder family the bridge
+# boots that builds tiny from a config (GPT-J's rotary width and Falcon's fixed head_dim need their own sizes).
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt",
+            "gemma", "olmo", "olmo2", "olmo3", "granite", "stablelm", "cohere", "phi", "starcoder2", "smollm3",
+            "mixtral", "qwen2_moe", "bloom", "falcon")
 
 
 def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
@@ -123,6 +127,11 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
     elif family == "gpt_neox":
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "intermediate_size": arch.d_mlp, "max_position_embeddings": 256}
+    elif family == "bloom":
+        spec = {"n_layer": arch.n_layers, "hidden_size": arch.d_model, "n_head": arch.n_heads}
+    elif family == "falcon":  # head_dim follows from hidden_size / heads; MLP is 4 x hidden
+        spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
+                "new_decoder_architecture": False, "multi_query": True, "max_position_embeddings": 256}
     elif family in FAMILIES:
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "num_key_value_heads": arch.n_kv_heads, "intermediate_size": arch.d_mlp,
