@@ -321,15 +321,20 @@ def residual_stack(model, batch: TokenBatch, *, drop_first: bool = False, batch_
     device = next(iter(model.parameters()), torch.empty(0)).device
     out: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
     chunks = list(batch.split(batch_size))
-    for part in tqdm(chunks, desc="residual stack", disable=not progress or len(chunks) < 2, leave=False):
-        keep = part.mask.clone()
-        if drop_first:
-            keep[:, 0] = False  # right padding: position 0 is every sequence's first token
-        if not keep.any():
-            continue
-        states = _stack_states(model, part.tokens.to(device), layers, bridge)
-        for i, h in enumerate(states):
-            out[i].append(h[keep.to(h.device)].float().cpu())
+    was_training = model.training
+    model.eval()  # dropout off: the stack is a measurement (a trainer's student is in train mode)
+    try:
+        for part in tqdm(chunks, desc="residual stack", disable=not progress or len(chunks) < 2, leave=False):
+            keep = part.mask.clone()
+            if drop_first:
+                keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+            if not keep.any():
+                continue
+            states = _stack_states(model, part.tokens.to(device), layers, bridge)
+            for i, h in enumerate(states):
+                out[i].append(h[keep.to(h.device)].float().cpu())
+    finally:
+        model.train(was_training)
     if not out[0]:
         raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
     return [torch.cat(chunks) for chunks in out]

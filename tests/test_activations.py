@@ -153,3 +153,16 @@ def test_capture_speaks_transformer_lens(tiny_pair, batch):
         torch.testing.assert_close(cache[key][batch.mask], tl_cache[key][batch.mask].float())
     back = Capture.from_activation_cache(tl_cache, mask=batch.mask)
     torch.testing.assert_close(back.tokens_of("resid_pre", 2), cap.tokens_of("resid_pre", 2))
+
+
+def test_residual_stack_measures_with_dropout_off_and_restores_the_mode():
+    """A trainer's student is in train mode; GPT-2 has dropout 0.1: the stack is still deterministic."""
+    from semalign_lens.activations import residual_stack
+    from semalign_lens.zoo.tiny import TinyArch, tiny_family_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_family_model("gpt2", TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64), len(tok), 0)
+    model.train()
+    batch = tokenize(tok, TEXTS)
+    first, second = residual_stack(model, batch), residual_stack(model, batch)
+    assert model.training and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
