@@ -153,12 +153,13 @@ def test_laten_refuses_a_family_without_a_llama_style_mlp_in_one_line(tmp_path):
 
 
 def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, capsys):
-    """`--methods` picks the rankers; `seeking` runs on GPT-2's fused c_attn; `--patching-maps` adds the
-    position- and head-resolved maps (GPT-2's fused qkv bridge exposes hook_z like any other)."""
+    """A cross-family pair (GPT-2 → Llama) through the CLI: `--methods` picks the rankers; `seeking` runs on
+    GPT-2's fused c_attn; `--patching-maps` adds the position- and head-resolved maps (GPT-2's fused qkv bridge
+    exposes hook_z like any other)."""
     from semalign_lens.cli import main
 
     out = tmp_path / "p.html"
-    args = ["report", "pairing", _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "gpt2", STUDENT, 1),
+    args = ["report", "pairing", _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "llama", STUDENT, 1),
             "--methods", "seeking", "patch_denoise", "--prompts", "4", "--out", str(out), "--no-progress",
             "--patching-maps", "position", "head"]
     assert main(args) == 0
