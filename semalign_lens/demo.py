@@ -168,10 +168,11 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
     from .baselines import run_method
     from .data import tokenize
+    from .evaluation import humaneval_problem_ce
     from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
     from .pairing import make_pairing
     from .pairing_report import pairing_report
-    from .plotting import signed_heatmap
+    from .plotting import signed_heatmap, versus_reference
     from .report import Report
     from .training.diagnostics import (
         PROJECTION_METRICS,
@@ -227,6 +228,9 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     run = build_task("code", profile, teacher, student)
     task, train, diag, before, teacher_scores = run.task, run.data, run.diag, run.before, run.teacher
     n_train = len(train)
+    per_problem = {"student (before)": humaneval_problem_ce(student, tokenizer=pair.tokenizer,
+                                                            limit=profile.humaneval_limit)}
+    reference = humaneval_problem_ce(teacher, tokenizer=pair.tokenizer, limit=profile.humaneval_limit)
     bar.done()
 
     base = shared_config(profile, len(train), seed=profile.seed, run_dir=out / "runs", cka_max_tokens=512)
@@ -236,8 +240,12 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
                             run_dir=out / "runs" / method, pairing=pairing)
         after[method] = task.evaluate(result.student)
+        per_problem[f"student + {method}"] = humaneval_problem_ce(result.student, tokenizer=pair.tokenizer,
+                                                                  limit=profile.humaneval_limit)
         runs[method] = result
         bar.done()
+    per_problem = pd.concat([f.assign(model=name, teacher_ce=reference["ce"]) for name, f in per_problem.items()],
+                            ignore_index=True)
 
     bar.start("report")
     results = results_table(task, before, teacher_scores, after)
@@ -265,6 +273,13 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
                       "the untrained student, 1 the teacher; below 0 the method made the student worse",
                       name="gap-closed")
     report.add_table(results, caption="Before, teacher, and after each method")
+    report.add_figure(versus_reference(per_problem, x="teacher_ce", y="ce", color="model", hover="task_id",
+                                       title="HumanEval, per problem: student against teacher",
+                                       x_title="teacher CE (nats/token)", y_title="student CE (nats/token)"),
+                      caption=f"Canonical-solution cross-entropy given the prompt, {per_problem['task_id'].nunique()} "
+                              "problems; below the dotted line the student beats the teacher on that problem. "
+                              "Where a method's points sit relative to the untrained student's shows which problems "
+                              "it gained or lost on.", name="humaneval-per-problem")
     report.add_table(pd.DataFrame({"setting": list(asdict(profile)), "value": [str(v) for v in asdict(profile).values()]}),
                      caption="The profile: every size of this run")
     report.add_heading("Models")

@@ -112,6 +112,29 @@ def layer_metric_bars(df: pd.DataFrame, *, x: str, y: str, color: str, title: st
     return fig
 
 
+def versus_reference(df: pd.DataFrame, *, x: str, y: str, color: str, hover: str | None = None,
+                     title: str | None = None, x_title: str = "", y_title: str = "") -> go.Figure:
+    """One point per item (e.g. a HumanEval problem): `y` of each model against the reference's `x`, a trace
+    per `color` value, with the y = x line, so points below it are items where the model beats the reference
+    on a lower-is-better score."""
+    import plotly.graph_objects as go
+
+    missing = sorted({x, y, color} - set(df.columns))
+    if missing:
+        raise SemalignError(f"the table lacks columns {missing}")
+    fig = go.Figure()
+    for name, part in df.groupby(color, sort=False):
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(name),
+                                 text=part[hover] if hover else None,
+                                 hovertemplate="%{text}<br>%{x:.3f} → %{y:.3f}" if hover else None))
+    values = pd.concat([df[x], df[y]]).astype(float)
+    low, high = float(values.min()), float(values.max())
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                             line={"dash": "dot", "color": "grey"}))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=480, template="plotly_white")
+    return fig
+
+
 def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *, title: str | None = None,
                    x_title: str = "", y_title: str = "layer (block index)", value_title: str = "effect") -> go.Figure:
     """A [rows, cols] map of a signed effect: colour centred on 0 (RdBu, symmetric range), height growing with

@@ -38,6 +38,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     from semalign_lens.training.diagnostics import cka_change
 
     assert "CKA after − before training (semalign)" in html
+    assert "HumanEval, per problem: student against teacher" in html
     folder = tmp_path / "runs" / "semalign" / "diagnostics"
     ends = sorted(folder.glob("cka_stage*_end.json"))
     start, end = (json.loads((folder / n).read_text())["matrix"] for n in ("cka_stage0_start.json", ends[-1].name))

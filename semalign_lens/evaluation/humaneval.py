@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import doc_start_id, evenly_spaced, prompt_answer_batch
 from ..errors import SemalignError
 from ..tasks.code import humaneval_problems
-from .scoring import cross_entropy, is_hf_model, model_tokenizer
+from .scoring import cross_entropy, is_hf_model, model_tokenizer, token_nll
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 
@@ -51,6 +51,20 @@ def humaneval_solution_ce(model, *, tokenizer=None, limit: int | None = None, ma
     """Teacher-forced CE (nats/token) of HumanEval canonical solutions given their prompts (main metric)."""
     batch, score, _ = humaneval_solution_batch(model_tokenizer(model, tokenizer), limit, max_tokens)
     return cross_entropy(model, batch, score_mask=score, batch_size=batch_size, precision=precision, progress=progress)
+
+
+def humaneval_problem_ce(model, *, tokenizer=None, limit: int | None = None, precision: str = "auto"):
+    """Per problem: CE (nats/token) of the canonical solution given the prompt, and its scored tokens, as a
+    DataFrame (task_id, ce, tokens). `humaneval_solution_ce` is its token-weighted mean; this is the view that
+    shows *which* problems a student gained or lost on."""
+    import pandas as pd
+
+    batch, score, problems = humaneval_solution_batch(model_tokenizer(model, tokenizer), limit)
+    rows = []
+    for i, problem in enumerate(problems):
+        total, count = token_nll(model, batch.select([i]), score[i: i + 1], batch_size=1, precision=precision)
+        rows.append({"task_id": problem["task_id"], "ce": total / count, "tokens": count})
+    return pd.DataFrame(rows)
 
 
 def package_execution_enabled() -> bool:

@@ -31,3 +31,11 @@ def test_humaneval_solution_ce_scores_only_solutions(tiny_pair):
     ce = ev.humaneval_solution_ce(tiny_pair.student, limit=3)
     assert ce == pytest.approx(ev.cross_entropy(tiny_pair.student, batch, score_mask=score))
     assert ce != pytest.approx(ev.cross_entropy(tiny_pair.student, batch))
+
+
+def test_per_problem_humaneval_ce_averages_to_the_solution_ce(tiny_pair):
+    """The token-weighted mean of the per-problem CEs is the pooled HumanEval solution CE."""
+    table = ev.humaneval_problem_ce(tiny_pair.student, limit=5, precision="fp32")
+    assert len(table) == 5 and table["task_id"].is_unique and (table["tokens"] > 0).all()
+    pooled = ev.humaneval_solution_ce(tiny_pair.student, limit=5, precision="fp32")
+    assert (table["ce"] * table["tokens"]).sum() / table["tokens"].sum() == pytest.approx(pooled, rel=1e-5)
