@@ -39,7 +39,8 @@ def _cmd_info(args) -> None:
     width = max(map(len, stages))
     if len(models) == 2:
         ok = all(v is None for v in stages.values())
-        print(f"\npairable: {'yes' if ok else 'per stage'} (teacher {args.sources[0]}, student {args.sources[1]})")
+        print(f"\npairable: {'yes, every stage' if ok else 'only the stages marked yes'} (teacher {args.sources[0]}, "
+              f"student {args.sources[1]})")
     else:
         print("\nas a teacher or student, per stage:")
     for stage, problem in stages.items():

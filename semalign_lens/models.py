@@ -409,8 +409,8 @@ def describe(model) -> dict[str, Any]:
 
 
 def trainer_problem(model, name: str) -> str | None:
-    """Why the trainer (and the plain-HF scorer) cannot take `model`, else None: it needs the HF model behind
-    the bridge and the family's block paths (`architectures`)."""
+    """Why the trainer cannot take `model`, else None: it trains the HF model behind the bridge, so it needs
+    one, and the family's block paths (`architectures`). Evaluation needs neither (it runs the bridge itself)."""
     from .architectures import architecture
     from .hf import underlying_hf
 
@@ -441,8 +441,8 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     train = analysis or next((p for m, n in models if (p := trainer_problem(m, n))), None)
     if train is None and student is not None:
         train = depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
-    out = {"capture, bases, CKA, rankers, pairing report": analysis,
-           "align (frontier/joint, full/LoRA), evaluation, reload": train}
+    out = {"capture, bases, CKA, rankers, pairing report, evaluation": analysis,
+           "align (frontier/joint, full/LoRA), reload the student": train}
     if student is not None:
         families = [getattr(getattr(underlying_hf(m), "config", None), "model_type", None) for m, _ in models]
         out["seeking baseline (copies teacher weight blocks)"] = train or (

@@ -119,8 +119,8 @@ def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
     teacher, student = _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "llama", STUDENT, 1)
     assert main(["info", teacher, student]) == 0
     lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    assert lines["capture, bases, CKA, rankers, pairing report"].endswith("yes")
-    assert lines["align (frontier/joint, full/LoRA), evaluation, reload"].endswith("yes")
+    assert lines["capture, bases, CKA, rankers, pairing report, evaluation"].endswith("yes")
+    assert lines["align (frontier/joint, full/LoRA), reload the student"].endswith("yes")
     assert "no — needs one architecture family; the teacher is gpt2, the student llama" in \
         lines["seeking baseline (copies teacher weight blocks)"]
     assert "no — the LaTen baseline locates neurons in a Llama-style MLP" in lines["laten baseline (Llama-style MLP neurons)"]
