@@ -229,12 +229,13 @@ def _resolve_source(source: str | os.PathLike, *, fetch: bool = True,
                 path = target if done else None
         elif text.endswith(".gguf"):
             raise SemalignError(f"GGUF file {path} does not exist")
-        elif text.startswith((".", "/", "~")) or ("/" not in text and _official_name(text) is None):
-            raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name, or a "
-                                f"short name TransformerLens knows, e.g. gpt2, pythia-70m); valid zoo names: "
-                                f"{', '.join(sorted(ZOO_NAMES))}")
         else:
-            kind, path = "hub", _hub_dir(text if "/" in text else _official_name(text), fetch=fetch)
+            hub_id = None if text.startswith((".", "/", "~")) else text if "/" in text else _official_name(text)
+            if hub_id is None:
+                raise SemalignError(f"{text!r} is neither a zoo name, an existing path, nor a Hub name (owner/name, "
+                                    f"or a short name TransformerLens knows, e.g. gpt2, pythia-70m); valid zoo names: "
+                                    f"{', '.join(sorted(ZOO_NAMES))}")
+            kind, path = "hub", _hub_dir(hub_id, fetch=fetch)
     if path is not None:
         check_model_dir(path, need_tokenizer=need_tokenizer)
     return kind, path

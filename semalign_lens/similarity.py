@@ -518,8 +518,6 @@ def cka_wide(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = N
     return frame
 
 
-
-
 def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None, y_labels: Sequence | None = None,
                 title: str | None = None, pairs=None, *, x_title: str = "student layer",
                 y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None):

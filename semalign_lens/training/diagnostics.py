@@ -66,8 +66,9 @@ def cka_change(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]] | Non
     writes (`diagnostics/cka_stage{i}_{start,end}.json`), or None when it wrote none (`figures = false`).
     The paper claims alignment leaves the CKA pattern unchanged: this difference is that claim, measured."""
     folder = Path(run_dir) / "diagnostics"
-    starts = sorted(folder.glob("cka_stage*_start.json"), key=lambda p: int(p.stem.split("_")[1][5:]))
-    ends = sorted(folder.glob("cka_stage*_end.json"), key=lambda p: int(p.stem.split("_")[1][5:]))
+    stage = lambda p: int(p.stem.split("_")[1].removeprefix("stage"))  # noqa: E731  (cka_stage12_end -> 12)
+    starts = sorted(folder.glob("cka_stage*_start.json"), key=stage)
+    ends = sorted(folder.glob("cka_stage*_end.json"), key=stage)
     if not starts or not ends:
         return None
     first, last = json.loads(starts[0].read_text()), json.loads(ends[-1].read_text())
