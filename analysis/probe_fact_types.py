@@ -5,7 +5,7 @@ The knowledge task keeps only facts the teacher answers exactly on the held-out 
 each read from the running interpreter and each tried with two phrasings (a prose and a code form): the
 teacher's greedy exact match on the answer, as the task's filter computes it (`evaluation.fact_scores`).
 
-    python analysis/probe_fact_types.py                 # SmolLM2-135M, about a minute on 2 cores
+    python analysis/probe_fact_types.py                 # SmolLM2-135M: ~1 min, 2-core Xeon, no native bf16 (fp32)
     python analysis/probe_fact_types.py --teacher tiny  # the pipeline on a tiny random model (numbers meaningless)
 """
 

@@ -35,6 +35,11 @@ def _pairs_from(pairing: Any) -> list[LayerPair]:
                                     "[student_layer, teacher_low, teacher_high, weight]")
             if len(row) == 2:
                 row = [row[0], row[1], row[1], 0.0]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row) \
+            and all(float(v).is_integer() for v in row[:3])  # 9.0 from a JSON file is layer 9
+        if not numbers:
+            raise SemalignError(f"pairing row {row} must hold integer layer indices and a numeric weight, e.g. "
+                                "[1, 3] or [1, 3, 4, 0.25]")
         s, low, high, weight = int(row[0]), int(row[1]), int(row[2]), float(row[3])
         if not 0.0 <= weight <= 1.0 or low > high:
             raise SemalignError(f"pairing row {row} needs teacher_low <= teacher_high and a weight in [0, 1]")

@@ -66,3 +66,13 @@ def test_pair_target_interpolates_two_teacher_layers():
     assert same.target(states) is states[1] and low.target(states) is states[3] and high.target(states) is states[3]
     with pytest.raises(SemalignError, match="adjacent layers"):
         _pairs_from([[0, 1, 3, 0.5]])
+
+
+def test_pairing_rows_that_are_not_numbers_are_refused_in_one_line():
+    from semalign_lens.errors import SemalignError
+    from semalign_lens.trainer import AlignConfig
+    from semalign_lens.training.setup import resolve_pairing
+
+    for rows in ([["a", 1]], [[0, None]], [[0, 1.5, 2, 0.5]], [[0, 1, 2, "x"]]):
+        with pytest.raises(SemalignError, match="integer layer indices and a numeric weight"):
+            resolve_pairing(AlignConfig(), rows, 8, 3)
