@@ -16,7 +16,7 @@ from .errors import SemalignError, run_reporting_errors
 def _cmd_info(args) -> None:
     import pandas as pd
 
-    from .models import describe, inspect_source, load_model, stage_readiness
+    from .models import describe, inspect_source, load_model, stage_readiness, vocabulary_mismatch
 
     if args.system:
         from .system import system_info
@@ -45,6 +45,11 @@ def _cmd_info(args) -> None:
         print("\nas a teacher or student, per stage:")
     for stage, problem in stages.items():
         print(f"  {stage:<{width}}  {'yes' if problem is None else 'no — ' + problem}")
+    if len(models) == 2 and vocabulary_mismatch(*models):
+        from .vocab_alignment import held_out_coverage
+
+        print(f"\nvocabulary coverage (tokens with the same string; bytes and positions on held-out "
+              f"standard-library text):\n{held_out_coverage(*models, *args.sources).to_string(header=False)}")
 
 
 def _cmd_zoo_list(args) -> None:
@@ -60,6 +65,12 @@ def _cmd_pretrain(args) -> None:
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     print(json.dumps(pretrain(cfg, args.run_dir), indent=2))
+
+
+def _cmd_train_tokenizer(args) -> None:
+    from .zoo.bpe import train_corpus_bpe
+
+    print(train_corpus_bpe(args.vocab_size, args.out, root=args.corpus))
 
 
 def _cmd_export(args) -> None:
@@ -175,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set total_tokens=1000000 (repeatable)")
     p.set_defaults(func=_cmd_pretrain)
+    p = zoo.add_parser("train-tokenizer", help="learn a byte-level BPE on the student corpus's training files")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "tokenizers" / "stdlib-bpe-8k"))
+    p.add_argument("--corpus", default=None, help="directory of .py files (default: this Python's standard library)")
+    p.set_defaults(func=_cmd_train_tokenizer)
     p = zoo.add_parser("export-student", help="write a pretraining run's latest checkpoint as an HF directory")
     p.add_argument("--run-dir", default="runs/stdlib-student")
     p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student"))

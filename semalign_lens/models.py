@@ -444,6 +444,9 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
         train = depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
     out = {"capture, bases, CKA, rankers, pairing report, evaluation": analysis,
            "align (frontier/joint, full/LoRA), reload the student": train}
+    if student is not None and analysis is not None and len(modes) == 1:
+        out["cross-tokenizer (vocab='intersection'): coverage, intersection basis, aligned positions, "
+            "cross-vocabulary losses"] = _intersection_problem(teacher, student, teacher_name, student_name)
     if student is not None:
         families = [getattr(getattr(underlying_hf(m), "config", None), "model_type", None) for m, _ in models]
         out["seeking baseline (copies teacher weight blocks)"] = train or (
@@ -455,6 +458,17 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
             (p for (m, n), role in zip(models, ("teacher", "student"), strict=True)
              if (p := mlp_problem(underlying_hf(m), f"{role} {n}")) is not None), None)
     return out
+
+
+def _intersection_problem(teacher, student, teacher_name: str, student_name: str) -> str | None:
+    from .vocab_alignment import align_vocabularies
+
+    alignment = align_vocabularies(teacher.tokenizer, student.tokenizer, teacher_name, student_name)
+    try:
+        alignment.check_usable(max(teacher.cfg.d_model, student.cfg.d_model))
+    except SemalignError as err:
+        return str(err)
+    return None
 
 
 def _vocab_size_message(t_name: str, t_size: int, s_name: str, s_size: int) -> str:
@@ -503,18 +517,37 @@ def vocabulary_mismatch(teacher, student) -> str | None:
     return None
 
 
+VOCAB_MODES = ("shared", "intersection")
+
+
 @dataclass
 class ModelPair:
-    """A teacher and a student that share a vocabulary and a loading mode, the teacher at least as deep as the
-    student (checked on construction; both must be hooked models from `load_model`)."""
+    """A teacher and a student in one loading mode, the teacher at least as deep as the student (checked on
+    construction; both must be hooked models from `load_model`).
+
+    `vocab="shared"` (default) needs one shared vocabulary and refuses two tokenizers, naming both.
+    `vocab="intersection"` accepts different tokenizers: `alignment` then holds the tokens whose strings
+    both vocabularies share (`vocab_alignment`), and a tiny intersection is refused with its coverage.
+    """
 
     teacher: Any
     student: Any
+    vocab: str = "shared"
+    alignment: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if self.vocab not in VOCAB_MODES:
+            raise SemalignError(f"vocab must be one of {VOCAB_MODES}, got {self.vocab!r}")
         problem = vocabulary_mismatch(self.teacher, self.student)
-        if problem:
-            raise SemalignError(problem)
+        if problem and self.vocab == "shared":
+            raise SemalignError(problem + '; or pass vocab="intersection" to pair them through their shared '
+                                "token strings")
+        if self.vocab == "intersection":
+            from .vocab_alignment import align_vocabularies
+
+            self.alignment = align_vocabularies(self.teacher.tokenizer, self.student.tokenizer,
+                                                model_name(self.teacher), model_name(self.student))
+            self.alignment.check_usable(max(self.teacher.cfg.d_model, self.student.cfg.d_model))
         if model_mode(self.teacher) != model_mode(self.student):
             raise SemalignError(f"teacher is in {model_mode(self.teacher)} mode and student in "
                                 f"{model_mode(self.student)} mode; load both with the same mode")
@@ -529,10 +562,17 @@ class ModelPair:
 
     @property
     def tokenizer(self):
+        """The one tokenizer of a shared-vocabulary pair (an intersection pair has two: use each model's)."""
+        if self.alignment is not None:
+            raise SemalignError("this pair has two tokenizers (vocab='intersection'); use pair.teacher.tokenizer "
+                                "and pair.student.tokenizer")
         return self.teacher.tokenizer
 
     def describe(self):
         import pandas as pd
 
-        return pd.DataFrame([dict(role="teacher", **describe(self.teacher)),
-                             dict(role="student", **describe(self.student))])
+        frame = pd.DataFrame([dict(role="teacher", **describe(self.teacher)),
+                              dict(role="student", **describe(self.student))])
+        if self.alignment is not None:
+            frame.attrs["vocab"] = self.alignment.summary()
+        return frame

@@ -28,17 +28,17 @@ _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 @lru_cache(maxsize=1)
-def _byte_level_alphabet() -> frozenset[str]:
-    """The 256 characters GPT-2's byte-level BPE uses for the bytes 0-255."""
+def _byte_level_map() -> dict[str, int]:
+    """The 256 characters GPT-2's byte-level BPE uses for the bytes 0-255, each to its byte."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
+    chars, extra = {}, 0
     for b in range(256):
         if b in printable:
-            chars.append(chr(b))
+            chars[chr(b)] = b
         else:
-            chars.append(chr(256 + extra))
+            chars[chr(256 + extra)] = b
             extra += 1
-    return frozenset(chars)
+    return chars
 
 
 def _is_byte_level(tokenizer, pieces: list[str]) -> bool:
@@ -46,34 +46,52 @@ def _is_byte_level(tokenizer, pieces: list[str]) -> bool:
     decoder = type(getattr(backend, "decoder", None)).__name__ if backend is not None else ""
     if "ByteLevel" in decoder:
         return True
-    alphabet = _byte_level_alphabet()
+    alphabet = _byte_level_map().keys()
     ordinary = [p for p in pieces if p and not (p.startswith("<") and p.endswith(">"))]
     return bool(ordinary) and all(set(p) <= alphabet for p in ordinary[:2000])
 
 
-def token_byte_lengths(tokenizer) -> torch.Tensor:
-    """UTF-8 bytes of every token id's text, as a LongTensor of the vocabulary's length (specials: 0)."""
-    tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
-    return _lengths(tokenizer).clone()
+def _unwrap(tokenizer):
+    return getattr(tokenizer, "tokenizer", None) or tokenizer
+
+
+def token_bytes(tokenizer) -> tuple[bytes | None, ...]:
+    """The UTF-8 bytes every token id stands for, in id order; None for special tokens (not text).
+
+    Markers are normalised: a byte-level character is its byte, sentencepiece's `▁` is a space and `<0xNN>`
+    the byte NN. This is what both bits per byte and the cross-tokenizer vocabulary alignment read.
+    """
+    return _bytes(_unwrap(tokenizer))
 
 
 @lru_cache(maxsize=8)
-def _lengths(tokenizer) -> torch.Tensor:
+def _bytes(tokenizer) -> tuple[bytes | None, ...]:
     n = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     byte_level = _is_byte_level(tokenizer, [p or "" for p in pieces])
-    out = torch.zeros(n, dtype=torch.long)
+    table = _byte_level_map()
+    out: list[bytes | None] = []
     for i, piece in enumerate(pieces):
         if i in special or piece is None:
-            continue
-        if byte_level:
-            out[i] = len(piece)
+            out.append(None)
+        elif byte_level:
+            out.append(bytes(table[c] for c in piece) if set(piece) <= table.keys() else piece.encode("utf-8"))
         elif _BYTE_TOKEN.match(piece):
-            out[i] = 1
+            out.append(bytes([int(piece[3:5], 16)]))
         else:
-            out[i] = len(piece.replace("▁", " ").encode("utf-8"))
-    return out
+            out.append(piece.replace("▁", " ").encode("utf-8"))
+    return tuple(out)
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """UTF-8 bytes of every token id's text, as a LongTensor of the vocabulary's length (specials: 0)."""
+    return _lengths(_unwrap(tokenizer)).clone()
+
+
+@lru_cache(maxsize=8)
+def _lengths(tokenizer) -> torch.Tensor:
+    return torch.tensor([len(b) if b is not None else 0 for b in _bytes(tokenizer)], dtype=torch.long)
 
 
 def scored_bytes(tokenizer, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None) -> int:

@@ -17,6 +17,8 @@ What is the paper's and what is inferred (SemAlign v1, v2 and the ACL version of
 | `kl`            | output | v2/ACL: "output KL distillation". *Inferred*: forward KL(p_T‖p_S) by default, temperature τ with the usual τ² gradient scale (Hinton et al.); both are options. From a top-k target cache: KL over the top-k tokens plus a tail bucket (ours, `sparse_logits`). |
 | `cosine_onehot` | output | v1 Eq. 4: L_out = 1 − Avg cos(z, y_onehot) over supervised positions, optional label smoothing (v1 mentions it). |
 | `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
+| `shared_kl`     | output | ours, cross-tokenizer pairs: KL on the shared vocabulary (renormalised) at aligned positions (`cross_vocab`). |
+| `uld`           | output | not SemAlign: Universal Logit Distillation (Boizard et al. 2024), sorted-probability Wasserstein-1 (`cross_vocab`). |
 
 Interfaces of the layer losses (the `interface` option):
 - `state`: the student's residual stream after block k (resid_post) against the mapped teacher state.
@@ -34,7 +36,8 @@ positions t with both t and t+1 real; `kl` uses every real position.
 
 from __future__ import annotations
 
-from . import reference  # noqa: F401  (registers the baselines' terms)
+from . import cross_vocab, reference  # noqa: F401  (register the baselines' and cross-vocabulary terms)
+from .cross_vocab import shared_kl_loss, uld_loss
 from .losses import (
                      KL_CHUNK_ELEMENTS,
                      Lens,
@@ -64,4 +67,4 @@ from .sparse_logits import SparseLogits, sparse_kl_sum
 __all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "LogitLens", "Objective",
            "OutputInputs", "SparseLogits", "ce_loss", "cosine_loss", "cosine_onehot_loss", "fisher_loss",
            "fisher_quadratic", "get_objective", "hint_loss", "kl_loss", "next_token_mask", "register_objective",
-           "relation_cka", "relation_loss", "sp_gram", "sp_loss", "sparse_kl_sum"]
+           "relation_cka", "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum", "uld_loss"]

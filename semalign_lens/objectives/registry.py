@@ -60,6 +60,9 @@ class OutputInputs:
     tokens: Int[torch.Tensor, "batch pos"]
     mask: Bool[torch.Tensor, "batch pos"]
     teacher_logits: Float[torch.Tensor, "batch pos vocab"] | SparseLogits | None = None
+    # a cross-tokenizer pair: (student ids, teacher ids) of the shared strings in one order; the logits of
+    # both models are then taken at aligned positions only (`vocab_alignment`)
+    shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,10 @@ from .basis import (
     unembedding,
 )
 from .fidelity import FIDELITY_METRICS, OPTIONAL_METRICS, Readout, fidelity, logit_lens, transfer_fidelity
+from .intersection import intersection_bases
 from .maps import CoefficientGram, TransferMap, decompose, iter_decompose, recompose, roundtrip
 
 __all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "final_norm", "live_head_tokens", "most_frequent_tokens",
            "tensor_hash", "unembedding", "FIDELITY_METRICS", "OPTIONAL_METRICS", "Readout", "fidelity",
            "logit_lens", "transfer_fidelity", "CoefficientGram", "TransferMap", "decompose", "iter_decompose", "recompose",
-           "roundtrip"]
+           "roundtrip", "intersection_bases"]

@@ -237,6 +237,7 @@ class SemanticBasis:
     fold_final_norm: bool = False
     center: bool = False
     method: str = ""
+    vocab_key: str = ""  # set on an intersection basis: the `VocabAlignment.key` its columns follow
     _ops: dict = field(default_factory=dict, repr=False)
 
     # -- identity -------------------------------------------------------------------------------------
@@ -255,7 +256,8 @@ class SemanticBasis:
     @property
     def options(self) -> dict[str, Any]:
         return {"source": self.source, "fold_final_norm": self.fold_final_norm, "center": self.center,
-                "vocab_size": self.vocab_size, "tokens": tensor_hash(self.token_ids)[:16]}
+                "vocab_size": self.vocab_size, "tokens": tensor_hash(self.token_ids)[:16],
+                **({"vocab_key": self.vocab_key} if self.vocab_key else {})}
 
     @property
     def key(self) -> str:
@@ -383,7 +385,8 @@ class SemanticBasis:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT_VERSION, "kind": "semantic_basis", "vocab_size": self.vocab_size,
                 "source": self.source, "weight_hash": self.weight_hash, "model": self.model,
-                "fold_final_norm": self.fold_final_norm, "center": self.center, "method": self.method}
+                "fold_final_norm": self.fold_final_norm, "center": self.center, "method": self.method,
+                "vocab_key": self.vocab_key}
         tmp = path.with_name(path.name + ".tmp")
         save_file({"S": self.S.contiguous(), "norms": self.norms.contiguous(), "token_ids": self.token_ids},
                   str(tmp), metadata={"semalign": json.dumps(meta)})
@@ -401,7 +404,8 @@ class SemanticBasis:
         t = load_file(str(path))
         return cls(S=t["S"], norms=t["norms"], token_ids=t["token_ids"], vocab_size=meta["vocab_size"],
                    source=meta["source"], weight_hash=meta["weight_hash"], model=meta["model"],
-                   fold_final_norm=meta["fold_final_norm"], center=meta["center"], method=meta["method"])
+                   fold_final_norm=meta["fold_final_norm"], center=meta["center"], method=meta["method"],
+                   vocab_key=meta.get("vocab_key", ""))
 
     def check_model(self, model) -> None:
         """Refuse a model whose head is not the one this (output) basis was built from."""
@@ -476,6 +480,14 @@ def _same_vocabulary(a: SemanticBasis, b: SemanticBasis, what: str) -> None:
         if not isinstance(basis, SemanticBasis):
             raise SemalignError(f"{what} needs SemanticBasis objects, but the {role} basis is a "
                                 f"{type(basis).__name__}; build it with SemanticBasis.from_model(model)")
+    if a.vocab_key or b.vocab_key:  # intersection bases: columns follow one shared-string order
+        if a.vocab_key == b.vocab_key:
+            return
+        which = {(True, False): f"{a.model}'s is an intersection basis and {b.model}'s covers its full vocabulary",
+                 (False, True): f"{a.model}'s covers its full vocabulary and {b.model}'s is an intersection basis",
+                 }.get((bool(a.vocab_key), bool(b.vocab_key)), "they follow different vocabulary alignments")
+        raise SemalignError(f"{what}: the bases do not follow one vocabulary alignment ({which}); build both with "
+                            "semalign_lens.semantics.intersection_bases(teacher, student, pair.alignment)")
     if a.vocab_size != b.vocab_size or a.n_tokens != b.n_tokens or not torch.equal(a.token_ids, b.token_ids):
         raise SemalignError(f"{what}: the bases cover different tokens ({a.model}: {a.n_tokens} of {a.vocab_size}, "
                             f"{b.model}: {b.n_tokens} of {b.vocab_size}); build both with the same tokens= subset "

@@ -201,6 +201,13 @@ class TransferMap:
         if meta.get("type") != "transfer_map":
             raise SemalignError(f"{path} is not a semalign_lens transfer map file")
         for role, basis in (("teacher", teacher), ("student", student)):
+            built_on = meta[role].get("vocab_key", "")
+            if basis is not None and bool(built_on) != bool(basis.vocab_key):
+                built = "an intersection vocabulary (a cross-tokenizer pair)" if built_on else "the full vocabulary"
+                given = "an intersection basis" if basis.vocab_key else "a full-vocabulary basis"
+                raise SemalignError(f"{path} was built for {built} of {role} {meta[role]['model']!r}, but the "
+                                    f"{role} basis given is {given}; rebuild the map from the bases you use: "
+                                    "TransferMap(teacher_basis, student_basis, kind=...)")
             if basis is not None and basis.key != meta[role]["key"]:
                 raise SemalignError(
                     f"{path} was built for {role} {meta[role]['model']!r} (basis key {meta[role]['key'][:12]}, "

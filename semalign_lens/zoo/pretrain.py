@@ -70,6 +70,8 @@ class StudentArch:
 class PretrainConfig:
     arch: StudentArch = field(default_factory=StudentArch)
     teacher: str = "smollm2-135m"  # zoo name or HF directory: supplies the tokenizer (and logits if distilling)
+    tokenizer: str | None = None  # a tokenizer directory of the student's own (`zoo train-tokenizer`); None = teacher's
+    name: str = "stdlib-student"  # the exported model's name_or_path
     corpus: str | None = None  # directory of .py files; None = this interpreter's standard library
     val_fraction: float = 0.02
     seq_len: int = 512
@@ -95,6 +97,9 @@ class PretrainConfig:
                          "checkpoint_minutes", "distill_temperature")
         if not 0 <= self.distill_weight <= 1:
             raise SemalignError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.tokenizer is not None and self.distill_weight > 0:
+            raise SemalignError("distill_weight > 0 needs the teacher's tokenizer (logit distillation compares "
+                                "token for token); unset `tokenizer` or set distill_weight=0")
         if self.seq_len > self.arch.max_position_embeddings:
             raise SemalignError(f"seq_len {self.seq_len} exceeds arch.max_position_embeddings "
                                 f"{self.arch.max_position_embeddings}")
@@ -114,6 +119,20 @@ def source_dir(source: str) -> Path:
     if not path.is_dir():
         raise SemalignError(f"teacher {source!r} is neither a zoo name ({', '.join(sorted(ZOO_NAMES))}) nor a "
                             "directory with tokenizer files")
+    return path
+
+
+def tokenizer_dir(cfg: PretrainConfig) -> Path:
+    """Where the student's tokenizer comes from: its own directory if configured, else the teacher's."""
+    if cfg.tokenizer is None:
+        return source_dir(cfg.teacher)
+    path = Path(cfg.tokenizer).expanduser()
+    shipped = Path(__file__).parent / path  # a relative path names a tokenizer shipped in the zoo first
+    if not path.is_absolute() and (shipped / "tokenizer.json").is_file():
+        path = shipped
+    if not (path / "tokenizer.json").is_file():
+        raise SemalignError(f"tokenizer {path} has no tokenizer.json; create one with `semalign zoo train-tokenizer "
+                            f"--out {path}` or unset `tokenizer` to use the teacher's")
     return path
 
 
@@ -176,7 +195,9 @@ def _check_resume_config(run_dir: Path, cfg: PretrainConfig) -> None:
     saved = json.loads(saved_path.read_text())
     now = json.loads(json.dumps(to_dict(cfg)))
     ignorable = {"checkpoint_minutes", "log_every"}
-    diff = sorted(k for k in set(saved) | set(now) if k not in ignorable and saved.get(k) != now.get(k))
+    defaults = json.loads(json.dumps(to_dict(PretrainConfig())))
+    diff = sorted(k for k in set(saved) | set(now) if k not in ignorable
+                  and saved.get(k, defaults.get(k)) != now.get(k))  # a key added since keeps its default
     if diff:
         raise SemalignError(
             f"run directory {run_dir} was started with a different config (keys differ: {diff}); resume with the "
@@ -198,7 +219,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, stop_after_steps: int | N
     write_json_atomic(run_dir / "config.json", to_dict(cfg))
 
     teacher_dir = source_dir(cfg.teacher)
-    tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(cfg)))
     train, val, info = load_corpus(cfg, tokenizer)
     write_json_atomic(run_dir / "corpus.json", info)
     write_json_atomic(run_dir / "machine.json", precision_record(cfg.precision))  # this session's CPU and precision
@@ -332,12 +353,12 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     if (out_dir / "config.json").is_file() and not _is_model_config(out_dir / "config.json"):
         raise SemalignError(f"--out {out_dir} holds a config.json that is not a model's (a run directory?); the "
                             "export would overwrite it: choose another --out")
-    tokenizer = AutoTokenizer.from_pretrained(str(source_dir(cfg.teacher)))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(cfg)))
     eos = tokenizer.convert_tokens_to_ids(corpus.DOC_SEPARATOR)
     model = LlamaForCausalLM(cfg.arch.hf_config(len(tokenizer), bos_id=eos, eos_id=eos))
     load_checkpoint(ckpt, model, None)
     model.to(dtype)
-    model.config.name_or_path = "stdlib-student"
+    model.config.name_or_path = cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
