@@ -16,6 +16,10 @@ Layer numbering: 0 = embeddings (resid_pre of block 0), l = output of block l-1 
 Writes `fig2_resolution.{html,csv,md}` into `--out` (default analysis/out/fig2) and prints the verdicts.
 Optional `--student`: also maps teacher states to the student (TransferMap, each kind) and reports how well
 the student's readout of the targets agrees with the teacher's (`transfer_fidelity.csv`).
+Optional `--intersection STUDENT` (a student with another tokenizer, e.g. stdlib-student-8k): adds the basis
+`output_shared`, the teacher's output basis restricted to the token strings both vocabularies share
+(`semantics.intersection_bases`), so the table shows what the restriction costs against the full basis, and
+runs the transfer part on the intersection bases with both readouts restricted to the shared strings.
 
     OMP_NUM_THREADS=2 python analysis/fig2_resolution.py
 
@@ -49,10 +53,11 @@ from semalign_lens.semantics import (  # noqa: E402
     TransferMap,
     condition_report,
     fidelity,
+    intersection_bases,
     transfer_fidelity,
 )
 
-BASIS_ORDER = ["output", "output_raw", "input", "random"]
+BASIS_ORDER = ["output", "output_shared", "output_raw", "input", "random"]
 HIGH, NEAR_ZERO = 0.9, 0.1  # what we take "very high" and "close to zero / orthogonal" to mean
 
 
@@ -104,10 +109,10 @@ def figure(df: pd.DataFrame):
                ("kl", "KL(readout h ‖ readout r), nats", None)]
     fig = make_subplots(rows=len(metrics), cols=len(KINDS), shared_xaxes=True, vertical_spacing=0.07,
                         horizontal_spacing=0.05, column_titles=[f"kind = {k}" for k in KINDS])
-    colours = dict(zip(BASIS_ORDER, ["#1f77b4", "#17becf", "#d62728", "#7f7f7f"], strict=True))
+    colours = dict(zip(BASIS_ORDER, ["#1f77b4", "#2ca02c", "#17becf", "#d62728", "#7f7f7f"], strict=True))
     for r, (metric, label, yrange) in enumerate(metrics, start=1):
         for c, kind in enumerate(KINDS, start=1):
-            for basis in BASIS_ORDER:
+            for basis in [b for b in BASIS_ORDER if b in set(df.basis)]:
                 part = df[(df.metric == metric) & (df.kind == kind) & (df.basis == basis)].sort_values("layer")
                 fig.add_trace(go.Scatter(x=part.layer, y=part.value, mode="lines+markers", name=basis,
                                          legendgroup=basis, showlegend=(r == 1 and c == 1),
@@ -121,7 +126,7 @@ def figure(df: pd.DataFrame):
 
 def markdown(df: pd.DataFrame, verdicts, settings: dict, conditions: pd.DataFrame) -> str:
     rows = []
-    for basis in BASIS_ORDER:
+    for basis in [b for b in BASIS_ORDER if b in set(df.basis)]:
         for kind in KINDS:
             part = df[(df.basis == basis) & (df.kind == kind)]
             cells = {"basis": basis, "kind": kind}
@@ -142,17 +147,27 @@ def markdown(df: pd.DataFrame, verdicts, settings: dict, conditions: pd.DataFram
     return "\n".join(lines) + "\n"
 
 
-def student_part(args, teacher, bases, states, sample, out: Path) -> None:
-    """Teacher -> student: the student's readout of mapped teacher states against the teacher's readout."""
-    from semalign_lens.models import ModelPair
+def student_part(args, teacher, bases, states, sample, out: Path, pair=None) -> None:
+    """Teacher -> student: the student's readout of mapped teacher states against the teacher's readout.
 
-    student = load_model(args.student)
-    ModelPair(teacher, student)  # refuses different vocabularies, naming the first differing tokens
-    s_basis = SemanticBasis.from_model(student)
-    maps = [TransferMap(bases["output"], s_basis, kind=k) for k in KINDS]
+    With a cross-tokenizer `pair` the maps come from the intersection bases and both readouts are
+    restricted to the shared strings (one vocabulary to compare on)."""
+    from semalign_lens.models import ModelPair
+    from semalign_lens.semantics import Readout
+
+    if pair is None:
+        pair = ModelPair(teacher, load_model(args.student))  # refuses different vocabularies, naming them
+    student = pair.student
+    t_read, s_read = Readout.from_model(teacher), Readout.from_model(student)
+    if pair.alignment is None:
+        t_basis, s_basis = bases["output"], SemanticBasis.from_model(student)
+    else:
+        t_basis, s_basis = bases["output_shared"], intersection_bases(teacher, student, pair.alignment)[1]
+        t_read, s_read = t_read.restricted(pair.alignment.teacher_ids), s_read.restricted(pair.alignment.student_ids)
+    maps = [TransferMap(t_basis, s_basis, kind=k) for k in KINDS]
     layers = sorted(states)[:: max(1, args.readout_every)]
     t_states = {layer: states[layer][sample] for layer in layers}
-    df = transfer_fidelity(t_states, maps, teacher, student)
+    df = transfer_fidelity(t_states, maps, t_read, s_read)
     df.to_csv(out / "transfer_fidelity.csv", index=False)
     print(df.pivot_table(index="layer", columns=["kind", "metric"], values="value").round(3).to_string())
 
@@ -167,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-doc-start", action="store_true", help="also use the doc-start position")
     p.add_argument("--student", default=None, help="optional student (zoo name or path) for transfer fidelity")
+    p.add_argument("--intersection", default=None, metavar="STUDENT",
+                   help="a student with another tokenizer: add the teacher basis restricted to the shared strings "
+                        "and run the transfer part on the intersection")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "fig2"))
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -187,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     bases, conditions = build_bases(model, args.seed)
+    pair = None
+    if args.intersection:
+        from semalign_lens.models import ModelPair
+
+        pair = ModelPair(model, load_model(args.intersection), vocab="intersection")
+        print(f"intersection with {args.intersection}: {pair.alignment.summary()}")
+        bases["output_shared"] = intersection_bases(model, pair.student, pair.alignment)[0]
+        conditions = pd.concat([conditions, pd.DataFrame([{"basis": "output_shared",
+                                                           **condition_report(bases["output_shared"])}])])
     timings["bases"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -206,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                 "tokens": f"{n_tokens} (max {args.max_len} per prompt, doc-start {'kept' if args.keep_doc_start else 'excluded'})",
                 "readout sample": f"{len(sample)} tokens (seed {args.seed}) at layers {readout_layers}",
                 "bases": "output = pinv(W_U.T diag(g)), g final RMSNorm gain; output_raw = pinv(W_U.T); "
-                         "input = rows of W_E; random = isotropic Gaussian (seeded); all unit columns, float32",
+                         "input = rows of W_E; random = isotropic Gaussian (seeded); all unit columns, float32"
+                         + (f"; output_shared = output restricted to the {pair.alignment.n_shared} token strings "
+                            f"shared with {args.intersection}" if pair is not None else ""),
                 "readout": "logit lens: final RMSNorm recomputed on the vector, then W_U",
                 "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     df.to_csv(out / "fig2_resolution.csv", index=False)
@@ -222,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nThe paper's Fig. 2 claims on", args.model)
     for text, ok, numbers in verdicts:
         print(f"  [{'HOLDS' if ok else 'DOES NOT HOLD'}] {text}\n      {numbers}")
-    if args.student:
-        student_part(args, model, bases, states, sample, out)
+    if args.student or pair is not None:
+        student_part(args, model, bases, states, sample, out, pair)
     print(f"\nwrote {out}/fig2_resolution.{{html,csv,md}} in {time.perf_counter() - t0:.0f} s "
           f"({time.process_time() - c0:.0f} CPU s)")
     return 0

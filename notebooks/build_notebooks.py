@@ -642,6 +642,115 @@ data-budget curve; committed as `analysis/TRANSFER.md`) and `analysis/RESULTS.md
 embedded pair — on this task the SFT control closes more of the gap than SemAlign."""),
 ]
 
+# ----------------------------------------------------------------------------------------------- 07
+CROSS_SETUP = '''\
+import os
+
+FAST = os.environ.get("SEMALIGN_FAST", "0") == "1"  # CI sets SEMALIGN_FAST=1: fewer prompts, a smaller teacher
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pandas as pd
+import torch
+
+import semalign_lens as sl
+
+torch.manual_seed(0)
+# fast mode pairs the two shipped students (both small); the full mode uses the SmolLM2 teacher
+teacher = sl.load_model("stdlib-student" if FAST else "smollm2-135m")
+student = sl.load_model("stdlib-student-8k")
+pair = sl.ModelPair(teacher, student, vocab="intersection")
+print(pair.alignment.summary())'''
+
+CROSS = [
+    ("md", """\
+# 07 · Two tokenizers: coverage, aligned positions and the intersection basis
+
+SemAlign needs the teacher and the student to share one vocabulary; real pairs rarely do. This notebook pairs
+a teacher with `stdlib-student-8k`, a student with its own 8,192-token byte-level BPE, through the token
+*strings* both vocabularies share (our extension, not the paper's):
+
+1. **coverage**: how much of each vocabulary, and of held-out text, the shared strings cover;
+2. **aligned positions**: where both tokenizations end a token at the same character offset (both models have
+   then read the same prefix), the positions every cross-model comparison uses;
+3. **the intersection basis**: each model's semantic basis restricted to the shared strings, in one order, and
+   what the restriction costs;
+4. **CKA** on aligned positions, and the two cross-vocabulary output losses.
+
+With `SEMALIGN_FAST=1` (CI) the teacher is `stdlib-student` (SmolLM2's vocabulary, 6 blocks), so the
+notebook runs in seconds; unset, it is SmolLM2-135M-Instruct. Both students are real pretrained models."""),
+    ("code", CROSS_SETUP),
+    ("md", """\
+## Coverage
+
+`ModelPair(..., vocab="intersection")` aligns the vocabularies by the bytes each token stands for
+(byte-level and sentencepiece markers normalised); without `vocab=` it refuses the pair, naming both
+vocabularies. The byte and position shares are measured on the standard-library files both students held out."""),
+    ("code", "sl.held_out_coverage(teacher, student, 'teacher', 'student').to_frame('value')"),
+    ("md", """\
+## Aligned positions
+
+One line of code, tokenised twice. A position is aligned where both tokenizations end a token at the same
+character offset; elsewhere one model is in the middle of a token the other has finished."""),
+    ("code", """\
+text = "    def keys(self):\\n        return list(self._data)  # 2024\\n"
+al = sl.aligned_positions(text, teacher.tokenizer, student.tokenizer)
+t_tokens = teacher.tokenizer.convert_ids_to_tokens(teacher.tokenizer(text, add_special_tokens=False)["input_ids"])
+s_tokens = student.tokenizer.convert_ids_to_tokens(student.tokenizer(text, add_special_tokens=False)["input_ids"])
+print(f"aligned: {al.n_aligned} of {al.n_teacher} teacher and {al.n_student} student positions")
+pd.DataFrame({"char_end": al.char_end.tolist(),
+              "teacher token": [t_tokens[i] for i in al.teacher.tolist()],
+              "student token": [s_tokens[i] for i in al.student.tolist()]}).head(12)"""),
+    ("md", """\
+## The intersection basis, and what the restriction costs
+
+`intersection_bases` builds each model's output-side basis on the shared strings only (column *i* is the same
+string in both), so `decompose`, `TransferMap` and `fidelity` run unchanged. The frame loses every column of a
+token the other vocabulary lacks. The `logits` kind stays exact (it reproduces the teacher's logits on the
+shared tokens); the paper's cosine recomposition changes. Below: how much of each teacher state survives
+decompose → recompose on the full and on the restricted basis."""),
+    ("code", """\
+t_shared, s_shared = sl.intersection_bases(teacher, student, pair.alignment)
+full = sl.SemanticBasis.from_model(teacher)
+batch = sl.tokenize(teacher.tokenizer, sl.humaneval_prompts(3 if FAST else 12), max_len=64 if FAST else 128)
+states = dict(enumerate(sl.residual_stack(teacher, batch, drop_first=True)))
+fid = sl.fidelity(states, {"full": full, "shared": t_shared}, teacher, metrics=("cosine", "top1"), progress=False)
+fid.pivot_table(index="layer", columns=["metric", "kind", "basis"], values="value").round(3).iloc[::2]"""),
+    ("md", """\
+## CKA on aligned positions
+
+`aligned_stacks` keeps, on both sides, only the aligned positions of the same texts, row for row, so the CKA
+grid compares the two models on identical contexts."""),
+    ("code", """\
+texts = sl.humaneval_prompts(3 if FAST else 12)
+stacks = sl.aligned_stacks(teacher, student, texts)
+print(f"{stacks.n_aligned} aligned positions ({stacks.share[0]:.0%} of the teacher's, {stacks.share[1]:.0%} "
+      "of the student's)")
+grid = sl.cka_matrix(stacks.teacher, stacks.student)
+sl.cka_heatmap(grid, sl.residual_labels(student.cfg.n_layers), sl.residual_labels(teacher.cfg.n_layers),
+               title="linear CKA at aligned positions")"""),
+    ("md", """\
+## Output transfer across vocabularies
+
+Two registered output objectives read both models' logits at aligned positions: `shared_kl` (KL on the
+shared vocabulary, both distributions renormalised there) and `uld` (Universal Logit Distillation: the
+Wasserstein distance between the sorted probability vectors, which needs no token mapping)."""),
+    ("code", """\
+text = texts[0]
+al = sl.aligned_positions(text, teacher.tokenizer, student.tokenizer)
+with torch.no_grad():
+    t_logits = teacher(sl.tokenize(teacher.tokenizer, [text]).tokens)[:, 1:][:, al.teacher]
+    s_logits = student(sl.tokenize(student.tokenizer, [text]).tokens)[:, 1:][:, al.student]
+x = sl.objectives.OutputInputs(logits=s_logits, tokens=torch.zeros(1, al.n_aligned, dtype=torch.long),
+                 mask=torch.ones(1, al.n_aligned, dtype=torch.bool), teacher_logits=t_logits,
+                 shared=(pair.alignment.student_ids, pair.alignment.teacher_ids))
+losses = {name: sl.objectives.get_objective(name) for name in ("shared_kl", "uld")}
+{name: round(float(obj.fn(x, **obj.options(None))), 4) for name, obj in losses.items()}"""),
+    ("md", """\
+Training a cross-tokenizer student through the trainer (SFT, cross-vocabulary KD and SemAlign on aligned
+positions) is not wired in yet: the trainer still feeds one token sequence to both models."""),
+]
+
 NOTEBOOKS = {
     "01_quickstart": QUICKSTART,
     "02_semantic_bases": BASES,
@@ -649,6 +758,7 @@ NOTEBOOKS = {
     "04_cka_and_pairing": CKA,
     "05_alignment_run": ALIGN,
     "06_transfer_results": TRANSFER,
+    "07_two_tokenizers": CROSS,
 }
 
 

@@ -35,6 +35,9 @@ _API = {  # public name -> the module that defines it
     "fidelity": "semantics", "transfer_fidelity": "semantics", "condition_report": "semantics",
     "cka_matrix": "similarity", "cka_permutation_null": "similarity", "cka_heatmap": "similarity",
     "cka_wide": "similarity", "residual_labels": "similarity",
+    # two tokenizers
+    "align_vocabularies": "vocab_alignment", "aligned_positions": "vocab_alignment",
+    "held_out_coverage": "vocab_alignment", "intersection_bases": "semantics", "aligned_stacks": "cross_tokenizer",
     # layer attribution and pairing
     "load_task": "tasks", "fact_task": "tasks", "tokenize_pairs": "tasks",
     "rank_layers": "attribution", "rank_agreement": "attribution", "top_layers": "attribution",
@@ -99,6 +102,7 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .attribution import rank_agreement, rank_layers, top_layers
     from .baselines import run_method
     from .benchmark import RunProfile, build_task, shared_config
+    from .cross_tokenizer import aligned_stacks
     from .data import TokenBatch, tokenize
     from .errors import SemalignError
     from .models import ModelPair, describe, load_model
@@ -112,10 +116,12 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
         condition_report,
         decompose,
         fidelity,
+        intersection_bases,
         logit_lens,
         transfer_fidelity,
     )
     from .similarity import cka_heatmap, cka_matrix, cka_permutation_null, cka_wide, residual_labels
     from .tasks import fact_task, load_task, tokenize_pairs
     from .training import AlignConfig, Trainer, align, load_align_config
+    from .vocab_alignment import align_vocabularies, aligned_positions, held_out_coverage
     from .zoo.tiny import tiny_pair

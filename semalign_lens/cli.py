@@ -73,6 +73,12 @@ def _cmd_train_tokenizer(args) -> None:
     print(train_corpus_bpe(args.vocab_size, args.out, root=args.corpus))
 
 
+def _cmd_card(args) -> None:
+    from .zoo.model_card import card_from_run
+
+    print(card_from_run(args.run_dir, args.out, max_tokens=args.max_tokens))
+
+
 def _cmd_export(args) -> None:
     from .zoo.pretrain import export_student
 
@@ -195,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/stdlib-student")
     p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student"))
     p.set_defaults(func=_cmd_export)
+    p = zoo.add_parser("write-card", help="measure an exported student and write its MODEL_CARD.md, metrics.json")
+    p.add_argument("--run-dir", default="runs/stdlib-student-8k")
+    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student_8k"))
+    p.add_argument("--max-tokens", type=int, default=16384, help="tokens per evaluation set")
+    p.set_defaults(func=_cmd_card)
     return parser
 
 

@@ -31,8 +31,8 @@ def _ids(paths):
     return [p.stem for p in paths]
 
 
-def test_the_six_notebooks_exist():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"], NOTEBOOKS
+def test_the_seven_notebooks_exist():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"], NOTEBOOKS
 
 
 def test_notebooks_are_generated_stripped_and_have_cell_ids():

@@ -130,3 +130,46 @@ def test_byte_coverage_and_report(teacher_tok, student_tok):
     n_t = sum(len(teacher_tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS)
     n_a = sum(aligned_positions(t, teacher_tok, student_tok).n_aligned for t in TEXTS)
     assert report["aligned_share_teacher"] == pytest.approx(n_a / n_t)
+
+
+def _linear_cka(x, y) -> float:
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    return float((x.T @ y).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def test_aligned_stacks_match_hf_hidden_states_at_reference_positions():
+    """Two students with different tokenizers: our aligned CKA grid against HF hidden states picked at the
+    positions of the prefix-decoding reimplementation, and a by-hand linear CKA."""
+    from transformers import AutoModelForCausalLM
+
+    from semalign_lens.cross_tokenizer import aligned_stacks
+    from semalign_lens.models import load_model
+    from semalign_lens.similarity import cka_matrix
+    from semalign_lens.zoo import STUDENT_8K_DIR, STUDENT_DIR
+
+    a, b = load_model("stdlib-student"), load_model("stdlib-student-8k")
+    texts = TEXTS[:3] + ["for i in range(10):\n    total += i * i  # squares\n"]
+    got = aligned_stacks(a, b, texts)
+    rows = {"a": [], "b": []}
+    for label, folder, tok in (("a", STUDENT_DIR, a.tokenizer), ("b", STUDENT_8K_DIR, b.tokenizer)):
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        start = tok.convert_tokens_to_ids("<|endoftext|>")
+        for text in texts:
+            ends_a, ends_b = _reference_ends(text, a.tokenizer), _reference_ends(text, b.tokenizer)
+            last_a = {e: k for k, e in enumerate(ends_a) if e}
+            last_b = {e: k for k, e in enumerate(ends_b) if e}
+            shared = sorted(last_a.keys() & last_b.keys())
+            pos = [(last_a if label == "a" else last_b)[e] + 1 for e in shared]  # +1: the doc-start token
+            ids = torch.tensor([[start, *tok(text, add_special_tokens=False)["input_ids"]]])
+            with torch.no_grad():
+                hidden = hf(input_ids=ids, output_hidden_states=True).hidden_states
+            rows[label].append(torch.stack([h[0, pos] for h in hidden[:-1]]))  # HF's last entry is normed
+    ref_a, ref_b = torch.cat(rows["a"], 1), torch.cat(rows["b"], 1)
+    assert got.n_aligned == ref_a.shape[1] == ref_b.shape[1]
+    for layer in range(len(ref_a)):
+        assert torch.allclose(got.teacher[layer], ref_a[layer], atol=1e-3, rtol=1e-3)
+        assert torch.allclose(got.student[layer], ref_b[layer], atol=1e-3, rtol=1e-3)
+    grid = cka_matrix(got.teacher, got.student)
+    assert float(grid[3, 2]) == pytest.approx(_linear_cka(ref_a[3], ref_b[2]), abs=1e-4)
+    n_a = sum(len(a.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert got.share[0] == pytest.approx(got.n_aligned / n_a) and 0.5 < got.share[1] <= 1

@@ -54,6 +54,13 @@ class Readout:
     def d_model(self) -> int:
         return self.W_U.shape[0]
 
+    def restricted(self, token_ids: Tensor) -> Readout:
+        """This readout over `token_ids` only, in their order: a cross-tokenizer pair's shared vocabulary,
+        so that two models' readouts are compared on one set of strings (softmax renormalises over them)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        return Readout(W_U=self.W_U[:, ids], b_U=None if self.b_U is None else self.b_U[ids], norm=self.norm,
+                       weight=self.weight, bias=self.bias, eps=self.eps, name=self.name)
+
     def __call__(self, h: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
         x = h.to(self.W_U.dtype)
         if self.norm == "layer":

@@ -127,3 +127,27 @@ def test_heads_must_divide_width(tiny_corpus):
 def test_unknown_config_key_is_named(tiny_corpus):
     with pytest.raises(SemalignError, match=r"unknown key\(s\) \['learning_rate'\].*valid keys"):
         tiny_config(tiny_corpus, learning_rate=1.0)
+
+
+def test_own_bpe_tokenizer_trains_exports_and_refuses_distillation(tiny_corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from semalign_lens.zoo.bpe import train_bpe
+    from semalign_lens.zoo.pretrain import export_student
+
+    files = corpus.stdlib_files(tiny_corpus)
+    tok_dir = train_bpe(files, 400, tmp_path / "bpe")
+    again = train_bpe(files, 400, tmp_path / "bpe2")
+    assert (tok_dir / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()  # deterministic
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    text = corpus.read_text(files[0])
+    assert len(tok) == 400 and tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    cfg = tiny_config(tiny_corpus, tokenizer=str(tok_dir), name="tiny-bpe")
+    assert pretrain(cfg, tmp_path / "run", progress=False)["finished"]
+    out = export_student(tmp_path / "run", tmp_path / "exported")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 400
+    assert AutoTokenizer.from_pretrained(str(out)).get_vocab() == tok.get_vocab()
+    with pytest.raises(SemalignError, match="distill_weight > 0 needs the teacher's tokenizer"):
+        tiny_config(tiny_corpus, tokenizer=str(tok_dir), distill_weight=0.5).validate()
+    with pytest.raises(SemalignError, match="has no tokenizer.json"):
+        pretrain(tiny_config(tiny_corpus, tokenizer=str(tmp_path)), tmp_path / "run2", progress=False)

@@ -1,4 +1,4 @@
-"""The shipped student: loads offline by zoo name, pairs with the teacher, and its card's numbers hold."""
+"""The shipped students: load offline by zoo name, pair with the teacher, and their cards' numbers hold."""
 
 from __future__ import annotations
 
@@ -8,38 +8,44 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from semalign_lens.zoo import STUDENT_DIR, corpus, resolve
+from semalign_lens.zoo import STUDENT_8K_DIR, STUDENT_DIR, corpus, resolve
 
-CARD = json.loads((STUDENT_DIR / "metrics.json").read_text())
+STUDENTS = {"stdlib-student": (STUDENT_DIR, 49152, 3.2, 5_000_000),  # folder, vocab, max val CE, min tokens
+            "stdlib-student-8k": (STUDENT_8K_DIR, 8192, 3.4, 3_900_000)}
 
 
-def test_student_loads_by_zoo_name_offline():
+@pytest.mark.parametrize("name", STUDENTS)
+def test_student_loads_by_zoo_name_offline(name):
     from semalign_lens.models import load_model
 
-    model = load_model("stdlib-student")
-    assert model.cfg.d_vocab == 49152 and model.provenance.kind == "zoo"
-    assert (STUDENT_DIR / "model.safetensors").stat().st_size < 40 * 2**20
-    assert (STUDENT_DIR / "MODEL_CARD.md").exists()
+    folder, vocab, _, _ = STUDENTS[name]
+    model = load_model(name)
+    assert model.cfg.d_vocab == vocab and model.provenance.kind == "zoo"
+    assert (folder / "model.safetensors").stat().st_size < 40 * 2**20
+    assert (folder / "MODEL_CARD.md").exists()
 
 
-def test_validation_loss_matches_card():
+@pytest.mark.parametrize("name", STUDENTS)
+def test_validation_loss_matches_card(name):
     """Recompute the held-out cross-entropy with Hugging Face's own loss (independent of our evaluator)."""
-    folder = resolve("stdlib-student")
+    folder = resolve(name)
+    card = json.loads((folder / "metrics.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     root = corpus.stdlib_root()
-    files = [root / name for name in CARD["val_files"]]
+    files = [root / f for f in card["val_files"]]
     if not all(f.exists() for f in files):
         pytest.skip(f"this Python's standard library lacks some of the card's validation files (card: {root})")
-    blocks = corpus.blocks(corpus.token_stream(files, tokenizer), CARD["seq_len"])
+    blocks = corpus.blocks(corpus.token_stream(files, tokenizer), card["seq_len"])
     total, count = 0.0, 0
     with torch.no_grad():
         for block in blocks.split(8):
             n = block[:, 1:].numel()
             total += model(input_ids=block, labels=block).loss.item() * n
             count += n
-    assert total / count == pytest.approx(CARD["val_loss"], abs=0.05)
-    assert CARD["val_loss"] <= 3.2 and CARD["tokens_seen"] >= 5_000_000
+    _, _, max_ce, min_tokens = STUDENTS[name]
+    assert total / count == pytest.approx(card["val_loss"], abs=0.05)
+    assert card["val_loss"] <= max_ce and card["tokens_seen"] >= min_tokens
 
 
 @pytest.mark.slow
