@@ -114,7 +114,7 @@ def _cmd_report_pairing(args) -> None:
     ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
     result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
                             n_prompts=args.prompts, methods=methods, attribution_method=ranker, png=args.png,
-                            patching=args.patching_maps or (), progress=not args.no_progress)
+                            patching=args.patching_maps or (), progress=not args.no_progress, vocab=args.vocab)
     print(result.pairing.to_frame().to_string(index=False))
     print(f"\nreport: {result.path}")
 
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the teacher's position- and/or head-resolved patching maps (layers x positions forwards)")
     p.add_argument("--out", default="pairing_report.html")
     p.add_argument("--png", action="store_true", help="also export PNGs (needs kaleido and a Chromium)")
+    p.add_argument("--vocab", choices=("shared", "intersection"), default="shared",
+                   help="intersection: a teacher and a student with different tokenizers (aligned positions)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_report_pairing)
 

@@ -476,10 +476,12 @@ def _vocab_size_message(t_name: str, t_size: int, s_name: str, s_size: int) -> s
             f"{s_size}; SemAlign needs one shared vocabulary (same tokenizer)")
 
 
-def check_pair_sources(teacher: Any, student: Any) -> tuple[int | None, int | None]:
+def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tuple[int | None, int | None]:
     """Before anything loads: check both sources (`inspect_source`; loaded models must be hooked) and, where
-    their configs tell it cheaply, that vocabulary sizes match and the teacher is at least as deep as the
-    student. Returns both depths (None where unknown until the model loads)."""
+    their configs tell it cheaply, that vocabulary sizes match (unless `vocab="intersection"`) and the teacher
+    is at least as deep as the student. Returns both depths (None where unknown until the model loads)."""
+    if vocab not in VOCAB_MODES:
+        raise SemalignError(f"vocab must be one of {VOCAB_MODES}, got {vocab!r}")
     facts = []
     for role, source in (("teacher", teacher), ("student", student)):
         if isinstance(source, (str, os.PathLike)):
@@ -491,8 +493,9 @@ def check_pair_sources(teacher: Any, student: Any) -> tuple[int | None, int | No
             facts.append((model_name(source), getattr(source.cfg, "n_layers", None),
                           getattr(source.cfg, "d_vocab", None)))
     (t_name, n_t, v_t), (s_name, n_s, v_s) = facts
-    if v_t is not None and v_s is not None and v_t != v_s:
-        raise SemalignError(_vocab_size_message(t_name, v_t, s_name, v_s))
+    if vocab == "shared" and v_t is not None and v_s is not None and v_t != v_s:
+        raise SemalignError(_vocab_size_message(t_name, v_t, s_name, v_s) + '; or pair them through their shared '
+                            'token strings (vocab="intersection")')
     problem = depth_problem(n_t, n_s, t_name, s_name)
     if problem:
         raise SemalignError(problem)

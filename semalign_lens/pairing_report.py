@@ -108,9 +108,18 @@ def _cka(t_states, s_states, *, debiased: bool):
 
 
 def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens: int, seed: int,
-              progress: bool) -> pd.DataFrame:
-    """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets."""
-    from .semantics import SemanticBasis, TransferMap, fidelity, live_head_tokens, transfer_fidelity
+              progress: bool, alignment=None) -> pd.DataFrame:
+    """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets
+    (for two tokenizers: on the intersection bases, both readouts restricted to the shared strings)."""
+    from .semantics import (
+        Readout,
+        SemanticBasis,
+        TransferMap,
+        fidelity,
+        intersection_bases,
+        live_head_tokens,
+        transfer_fidelity,
+    )
 
     n = t_states[0].shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_tokens].sort().values
@@ -118,15 +127,21 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
     def tokens(states, block):  # states[0] is the embeddings, states[b + 1] block b's output
         return states[block + 1][pick]
 
-    keep, left_out = live_head_tokens(teacher, student)  # padding rows HF keeps at zero have no basis direction
-    t_basis, s_basis = SemanticBasis.from_model(teacher, tokens=keep), SemanticBasis.from_model(student, tokens=keep)
+    t_read, s_read = Readout.from_model(teacher), Readout.from_model(student)
+    if alignment is None:
+        keep, left_out = live_head_tokens(teacher, student)  # padding rows HF keeps at zero have no direction
+        t_basis, s_basis = SemanticBasis.from_model(teacher, tokens=keep), SemanticBasis.from_model(student, tokens=keep)
+    else:
+        t_basis, s_basis = intersection_bases(teacher, student, alignment)
+        left_out = torch.empty(0, dtype=torch.long)
+        t_read, s_read = t_read.restricted(alignment.teacher_ids), s_read.restricted(alignment.student_ids)
     targets = {p.student_layer: p.target({b: tokens(t_states, b) for b in p.teacher_layers}) for p in pairing}
     student_h = {p.student_layer: tokens(s_states, p.student_layer) for p in pairing}
     teacher_h = {p.nearest_teacher_layer: tokens(t_states, p.nearest_teacher_layer) for p in pairing}
     frames = [
         fidelity(teacher_h, t_basis, teacher, kinds, progress=progress).assign(side="teacher round trip"),
         fidelity(student_h, s_basis, student, kinds, progress=progress).assign(side="student round trip"),
-        transfer_fidelity(targets, [TransferMap(t_basis, s_basis, k) for k in kinds], teacher, student,
+        transfer_fidelity(targets, [TransferMap(t_basis, s_basis, k) for k in kinds], t_read, s_read,
                           student_states=student_h, progress=progress).assign(side="teacher -> student"),
     ]
     out = pd.concat(frames, ignore_index=True)
@@ -171,7 +186,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
                    drop_first: bool = True,
                    fidelity_kinds: Sequence[str] = FIDELITY_KINDS, fidelity_tokens: int = 256, batch_size: int = 8,
                    n_boot: int = 1000, seed: int = 0, png: bool = False, progress: bool = True,
-                   patching: Sequence[str] = (), report: Report | None = None, level: int = 2) -> PairingReport:
+                   patching: Sequence[str] = (), report: Report | None = None, level: int = 2,
+                   vocab: str = "shared") -> PairingReport:
     """Build the layer-pairing report and write it to `out_path` (one self-contained HTML file).
 
     teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
@@ -191,6 +207,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
     patching: position- and/or head-resolved patching maps of the teacher ("position", "head"; off by default:
         the position map costs layers x positions forwards), `semalign_lens.patching_maps`.
+    vocab: "shared" (one vocabulary) or "intersection" (two tokenizers: CKA and fidelity on the aligned positions
+        of the same texts, `cross_tokenizer.aligned_stacks`, fidelity on the intersection bases with both
+        readouts restricted to the shared strings; attribution reads the teacher alone either way).
     report / level: append the sections to this `Report` instead (headings at `level`, no provenance of its
         own, nothing written; `out_path` and `png` are then ignored) — how `semalign demo` puts the pairing
         and the training diagnostics in one page.
@@ -224,11 +243,11 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
         check_output_file(out_path, "report path", (".html", ".htm"))
     if isinstance(task, (str, Path)) and str(task) not in BUILTIN_TASKS:
         load_task(task)  # a task file: exists, UTF-8, well-formed records (read again below with the tokenizer)
-    check_pair_sources(teacher, student)
+    check_pair_sources(teacher, student, vocab)
     clock = _Clock()
     t0 = clock.start
     teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
-    ModelPair(teacher, student)  # shared vocabulary and mode, or a clear error
+    alignment = ModelPair(teacher, student, vocab=vocab).alignment  # vocabulary and mode, or a clear error
     torch.manual_seed(seed)
     t0 = clock.lap("load models", t0)
 
@@ -245,8 +264,20 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     if maps:
         t0 = clock.lap("patching maps (teacher)", t0)
 
-    t_states = residual_stack(teacher, cka_batch, drop_first=drop_first, progress=progress)
-    s_states = residual_stack(student, cka_batch, drop_first=drop_first, progress=progress)
+    notes: list[str] = []
+    if alignment is None:
+        t_states = residual_stack(teacher, cka_batch, drop_first=drop_first, progress=progress)
+        s_states = residual_stack(student, cka_batch, drop_first=drop_first, progress=progress)
+    else:
+        from .cross_tokenizer import aligned_stacks
+
+        texts = [p.clean + p.answer for p in full.subset(cka_prompts, seed + 1)][: len(cka_batch)]
+        stacks = aligned_stacks(teacher, student, texts, progress=progress)
+        t_states, s_states = stacks.teacher, stacks.student
+        notes.append(f"Two tokenizers (vocab='intersection'): {alignment.summary()}. CKA and fidelity use the "
+                     f"{stacks.n_aligned} aligned positions of the same texts ({stacks.share[0]:.0%} of the "
+                     f"teacher's positions, {stacks.share[1]:.0%} of the student's), where both tokenizations "
+                     "end a token at the same character offset; fidelity uses the intersection bases.")
     cka, n_cka_tokens = _cka(t_states, s_states, debiased=debiased), len(t_states[0])
     t0 = clock.lap("CKA", t0)
 
@@ -257,9 +288,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     pairing = pairings[strategy]
     t0 = clock.lap("pairing", t0)
 
-    notes: list[str] = []
     fid = _fidelity(teacher, student, pairing, t_states, s_states, kinds=fidelity_kinds, n_tokens=fidelity_tokens,
-                    seed=seed, progress=progress)
+                    seed=seed, progress=progress, alignment=alignment)
     del t_states, s_states
     t0 = clock.lap("semantic fidelity", t0)
 

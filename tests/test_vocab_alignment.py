@@ -173,3 +173,19 @@ def test_aligned_stacks_match_hf_hidden_states_at_reference_positions():
     assert float(grid[3, 2]) == pytest.approx(_linear_cka(ref_a[3], ref_b[2]), abs=1e-4)
     n_a = sum(len(a.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     assert got.share[0] == pytest.approx(got.n_aligned / n_a) and 0.5 < got.share[1] <= 1
+
+
+def test_pairing_report_runs_on_two_tokenizers_and_refuses_them_by_default(tmp_path, capsys):
+    """`semalign report pairing --vocab intersection` on the two shipped students (49152 vs 8192 tokens): the
+    page states the coverage and the aligned positions; without --vocab the pair is refused in one line."""
+    from semalign_lens.cli import main
+
+    out = tmp_path / "p.html"
+    base = ["report", "pairing", "stdlib-student", "stdlib-student-8k", "--methods", "grad_x_act", "--prompts", "4",
+            "--out", str(out), "--no-progress"]
+    assert main(base) == 2
+    assert 'vocab="intersection"' in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--vocab", "intersection"]) == 0
+    html = out.read_text()
+    assert "Two tokenizers (vocab=&#x27;intersection&#x27;)" in html or "Two tokenizers (vocab='intersection')" in html
+    assert "aligned positions" in html and "shared tokens" in html

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..data import doc_start_id, evenly_spaced, prompt_answer_batch
 from ..errors import SemalignError
 from ..tasks.code import humaneval_problems
+from ..text_bytes import bits_per_byte, scored_bytes
 from .scoring import cross_entropy, is_hf_model, model_tokenizer, token_nll
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
@@ -54,16 +55,20 @@ def humaneval_solution_ce(model, *, tokenizer=None, limit: int | None = None, ma
 
 
 def humaneval_problem_ce(model, *, tokenizer=None, limit: int | None = None, precision: str = "auto"):
-    """Per problem: CE (nats/token) of the canonical solution given the prompt, and its scored tokens, as a
-    DataFrame (task_id, ce, tokens). `humaneval_solution_ce` is its token-weighted mean; this is the view that
-    shows *which* problems a student gained or lost on."""
+    """Per problem: CE (nats/token) of the canonical solution given the prompt, its scored tokens, and the
+    same NLL in bits per byte of the solution (`bpb`: comparable across tokenizers), as a DataFrame (task_id,
+    ce, tokens, bpb). `humaneval_solution_ce` is its token-weighted mean; this is the view that shows *which*
+    problems a student gained or lost on."""
     import pandas as pd
 
-    batch, score, problems = humaneval_solution_batch(model_tokenizer(model, tokenizer), limit)
+    tok = model_tokenizer(model, tokenizer)
+    batch, score, problems = humaneval_solution_batch(tok, limit)
     rows = []
     for i, problem in enumerate(problems):
-        total, count = token_nll(model, batch.select([i]), score[i: i + 1], batch_size=1, precision=precision)
-        rows.append({"task_id": problem["task_id"], "ce": total / count, "tokens": count})
+        one, mask = batch.select([i]), score[i: i + 1]
+        total, count = token_nll(model, one, mask, batch_size=1, precision=precision)
+        rows.append({"task_id": problem["task_id"], "ce": total / count, "tokens": count,
+                     "bpb": bits_per_byte(total, scored_bytes(tok, one, mask))})
     return pd.DataFrame(rows)
 
 

@@ -133,7 +133,7 @@ class Trainer:
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
-        from ..models import ModelPair, load_model, model_name, trainer_problem
+        from ..models import ModelPair, load_model, model_name, trainer_problem, vocabulary_mismatch
 
         if config is not None and not isinstance(config, AlignConfig):
             raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
@@ -164,7 +164,10 @@ class Trainer:
 
         teacher = teacher if teacher is not None else load_model(cfg.teacher)
         student = student if student is not None else load_model(cfg.student)
-        ModelPair(teacher, student)  # shared vocabulary, same loading mode
+        if (problem := vocabulary_mismatch(teacher, student)) is not None:
+            raise SemalignError(f"{problem}; the trainer needs one shared vocabulary (a cross-tokenizer pair runs the "
+                                "analyses only: `semalign report pairing --vocab intersection`, notebook 07)")
+        ModelPair(teacher, student)  # same loading mode, teacher at least as deep
         for role, model in (("teacher", teacher), ("student", student)):  # an HF model behind each, known blocks
             if (problem := trainer_problem(model, f"the {role} {model_name(model)}")) is not None:
                 raise SemalignError(problem)

@@ -43,3 +43,27 @@ def test_table_matches_hf_loss_for_two_tokenizers():
         for label, folder in (("same", STUDENT_DIR), ("bpe8k", STUDENT_8K_DIR)):
             assert row[f"{label}_bpb"] == pytest.approx(_hf_bpb(folder, texts), rel=2e-3)
     assert (table.same_tokens != table.bpe8k_tokens).all()  # two tokenizers, one set of bytes
+
+
+def test_humaneval_and_facts_score_with_either_tokenizer():
+    """HumanEval per-problem scoring (CE and bits per byte of the solution) and the knowledge task run on a
+    same-vocabulary and a cross-tokenizer student; bits per byte = NLL / (ln 2 · bytes of the scored tokens):
+    the solution plus the prompt characters of a token that straddles the boundary (HF offsets tell them)."""
+    from semalign_lens.evaluation import fact_scores, humaneval_problem_ce
+    from semalign_lens.tasks.code import humaneval_problems
+    from semalign_lens.tasks.facts import load_facts
+
+    problems = {p["task_id"]: p for p in humaneval_problems()}
+    facts = load_facts().facts[:6]
+    for name in ("stdlib-student", "stdlib-student-8k"):
+        model = load_model(name)
+        per = humaneval_problem_ce(model, limit=3)
+        for row in per.itertuples():
+            prompt, text = problems[row.task_id]["prompt"], problems[row.task_id]["prompt"] + problems[row.task_id][
+                "canonical_solution"]
+            offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            first = min(start for start, end in offsets if end > len(prompt))
+            want = row.ce * row.tokens / (math.log(2) * len(text[first:].encode()))
+            assert row.bpb == pytest.approx(want, rel=1e-6)
+        scores = fact_scores(model, facts, which="all")
+        assert len(scores) >= len(facts) and (scores.answer_logprob < 0).all()
