@@ -690,17 +690,22 @@ vocabularies. The byte and position shares are measured on the standard-library 
     ("md", """\
 ## Aligned positions
 
-One line of code, tokenised twice. A position is aligned where both tokenizations end a token at the same
-character offset; elsewhere one model is in the middle of a token the other has finished."""),
+One comment and one line of code, tokenised twice. A position is aligned where both tokenizations end a token
+at the same character offset; elsewhere one model is in the middle of a token the other has finished. The
+table lists the spans between aligned offsets that one side splits into several tokens."""),
     ("code", """\
-text = "    def keys(self):\\n        return list(self._data)  # 2024\\n"
+text = "# The kingdom of Denmark's cheesemonger sells Emmental.\\nprint(sorted(xs))\\n"
 al = sl.aligned_positions(text, teacher.tokenizer, student.tokenizer)
 t_tokens = teacher.tokenizer.convert_ids_to_tokens(teacher.tokenizer(text, add_special_tokens=False)["input_ids"])
 s_tokens = student.tokenizer.convert_ids_to_tokens(student.tokenizer(text, add_special_tokens=False)["input_ids"])
 print(f"aligned: {al.n_aligned} of {al.n_teacher} teacher and {al.n_student} student positions")
-pd.DataFrame({"char_end": al.char_end.tolist(),
-              "teacher token": [t_tokens[i] for i in al.teacher.tolist()],
-              "student token": [s_tokens[i] for i in al.student.tolist()]}).head(12)"""),
+rows, t_at, s_at, c_at = [], 0, 0, 0  # one row per span between consecutive aligned offsets
+for i, j, end in zip(al.teacher.tolist(), al.student.tolist(), al.char_end.tolist(), strict=True):
+    rows.append({"text": repr(text[c_at:end]), "teacher tokens": " | ".join(t_tokens[t_at:i + 1]),
+                 "student tokens": " | ".join(s_tokens[s_at:j + 1])})
+    t_at, s_at, c_at = i + 1, j + 1, end
+spans = pd.DataFrame(rows)
+spans[spans["teacher tokens"].str.contains("[|]") | spans["student tokens"].str.contains("[|]")]"""),
     ("md", """\
 ## The intersection basis, and what the restriction costs
 
