@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
     p = zoo.add_parser("train-tokenizer", help="learn a byte-level BPE on the student corpus's training files")
     p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "tokenizers" / "stdlib-bpe-8k"))
+    p.add_argument("--out", default="runs/stdlib-bpe-8k", help="tokenizer directory (the 8k config reads this one)")
     p.add_argument("--corpus", default=None, help="directory of .py files (default: this Python's standard library)")
     p.set_defaults(func=_cmd_train_tokenizer)
     p = zoo.add_parser("export-student", help="write a pretraining run's latest checkpoint as an HF directory")

@@ -486,8 +486,8 @@ def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tup
     for role, source in (("teacher", teacher), ("student", student)):
         if isinstance(source, (str, os.PathLike)):
             config = inspect_source(source) or {}
-            vocab = config.get("vocab_size")
-            facts.append((str(source), config_depth(config), vocab if isinstance(vocab, int) else None))
+            size = config.get("vocab_size")
+            facts.append((str(source), config_depth(config), size if isinstance(size, int) else None))
         else:
             require_hooked(source, role)
             facts.append((model_name(source), getattr(source.cfg, "n_layers", None),

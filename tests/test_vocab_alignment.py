@@ -15,7 +15,7 @@ from semalign_lens.vocab_alignment import (
     byte_coverage,
     coverage_report,
 )
-from semalign_lens.zoo import TOKENIZER_8K_DIR, resolve
+from semalign_lens.zoo import STUDENT_8K_DIR, resolve
 
 TEXTS = [
     "def foo(x):\n    return x + 12\n",
@@ -34,7 +34,7 @@ def teacher_tok():
 
 @pytest.fixture(scope="module")
 def student_tok():
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_8K_DIR))
+    return AutoTokenizer.from_pretrained(str(STUDENT_8K_DIR))
 
 
 def _decoded(tok, i: int) -> str | None:
@@ -189,3 +189,13 @@ def test_pairing_report_runs_on_two_tokenizers_and_refuses_them_by_default(tmp_p
     html = out.read_text()
     assert "Two tokenizers (vocab=&#x27;intersection&#x27;)" in html or "Two tokenizers (vocab='intersection')" in html
     assert "aligned positions" in html and "shared tokens" in html
+
+
+def test_pair_sources_check_vocab_sizes_unless_asked_for_the_intersection():
+    from semalign_lens.models import check_pair_sources
+
+    with pytest.raises(SemalignError, match=r"has 49152 tokens, student stdlib-student-8k has 8192.*intersection"):
+        check_pair_sources("stdlib-student", "stdlib-student-8k")
+    assert check_pair_sources("stdlib-student", "stdlib-student-8k", vocab="intersection") == (6, 6)
+    with pytest.raises(SemalignError, match="vocab must be one of"):
+        check_pair_sources("stdlib-student", "stdlib-student-8k", vocab="union")

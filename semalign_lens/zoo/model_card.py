@@ -40,8 +40,8 @@ def _intro(cfg: PretrainConfig, vocab_size: int) -> str:
                 "semalign_lens on the Python standard library. It is the student half of the embedded default pair "
                 "(teacher: `smollm2-135m`): different depth and width, same vocabulary, so SemAlign's "
                 "vocabulary-defined semantic bases line up token for token.")
-    return (f"A small Llama with its own {vocab_size}-token byte-level BPE (`{cfg.tokenizer}`, learned by `semalign "
-            "zoo train-tokenizer` on the same training files), pretrained from scratch by semalign_lens on the Python "
+    return (f"A small Llama with its own {vocab_size}-token byte-level BPE (learned by `semalign zoo "
+            "train-tokenizer` on the same training files; the tokenizer files ship beside the weights), pretrained from scratch by semalign_lens on the Python "
             f"standard library. It is the cross-tokenizer student for the teacher `{cfg.teacher}`: the two "
             "vocabularies share only some token strings, so the pair runs through `ModelPair(..., "
             "vocab='intersection')`, intersection semantic bases and aligned positions "
@@ -111,7 +111,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
     run = f"runs/{cfg.name}"
     lines += ["## Retrain", "", "```bash"]
     if cfg.tokenizer:
-        lines += [f"semalign zoo train-tokenizer --vocab-size {vocab_size}   # deterministic, ~10 s"]
+        lines += [f"semalign zoo train-tokenizer --vocab-size {vocab_size} --out {cfg.tokenizer}   # deterministic, ~10 s"]
     lines += [f"semalign zoo pretrain-student{retrain} --run-dir {run}   # resumable",
               f"semalign zoo export-student --run-dir {run} --out semalign_lens/zoo/{cfg.name.replace('-', '_')}",
               "```", "",

@@ -127,9 +127,6 @@ def tokenizer_dir(cfg: PretrainConfig) -> Path:
     if cfg.tokenizer is None:
         return source_dir(cfg.teacher)
     path = Path(cfg.tokenizer).expanduser()
-    shipped = Path(__file__).parent / path  # a relative path names a tokenizer shipped in the zoo first
-    if not path.is_absolute() and (shipped / "tokenizer.json").is_file():
-        path = shipped
     if not (path / "tokenizer.json").is_file():
         raise SemalignError(f"tokenizer {path} has no tokenizer.json; create one with `semalign zoo train-tokenizer "
                             f"--out {path}` or unset `tokenizer` to use the teacher's")

@@ -151,3 +151,20 @@ def test_own_bpe_tokenizer_trains_exports_and_refuses_distillation(tiny_corpus, 
         tiny_config(tiny_corpus, tokenizer=str(tok_dir), distill_weight=0.5).validate()
     with pytest.raises(SemalignError, match="has no tokenizer.json"):
         pretrain(tiny_config(tiny_corpus, tokenizer=str(tmp_path)), tmp_path / "run2", progress=False)
+
+
+def test_train_tokenizer_reproduces_the_shipped_8k_vocabulary(tmp_path):
+    """`semalign zoo train-tokenizer` on this Python's standard library gives the shipped student's tokenizer:
+    the same vocabulary and merges (deterministic; the student's card depends on it)."""
+    import platform
+
+    from semalign_lens.zoo import STUDENT_8K_DIR
+    from semalign_lens.zoo.bpe import train_corpus_bpe
+
+    if f"CPython {platform.python_version()} " not in (STUDENT_8K_DIR / "MODEL_CARD.md").read_text():
+        pytest.skip(f"the shipped tokenizer was learned on another Python's standard library than "
+                    f"{platform.python_version()} (see its card)")
+    shipped = json.loads((STUDENT_8K_DIR / "tokenizer.json").read_text())
+    fresh = json.loads((train_corpus_bpe(8192, tmp_path / "bpe") / "tokenizer.json").read_text())
+    assert fresh["model"]["vocab"] == shipped["model"]["vocab"]
+    assert fresh["model"]["merges"] == shipped["model"]["merges"]
