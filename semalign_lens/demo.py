@@ -177,6 +177,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .training.diagnostics import (
         PROJECTION_METRICS,
         cka_change,
+        lens_agreement_change,
         loss_figure,
         projection_figure,
         read_metrics,
@@ -290,8 +291,10 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
                                                  "strategy, the paper's depth rule)")
     report.extend(pairing_sections)
+    lens = {}  # method -> {student layer: (top1_teacher before, after)}
     for method, result in runs.items():
         records = read_metrics(result.run_dir / "metrics.jsonl")
+        lens[method] = lens_agreement_change(records)
         terms = list(base.objective.terms) if method == "semalign" else []
         report.add_heading(f"Training: {method}")
         report.add_figure(loss_figure(records, sorted({k for r in records for k in r
@@ -312,6 +315,17 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
             report.add_table(pd.DataFrame({"metric": list(PROJECTION_METRICS),
                                            "definition": list(PROJECTION_METRICS.values())}),
                              caption="The projection metrics (held-out batch, each paired student layer)")
+    if any(lens.values()):
+        report.add_heading("Logit-lens agreement of the paired layers")
+        labels = {p.student_layer: p.target_label() for p in pairing}
+        first = next(v for v in lens.values() if v)
+        table = pd.DataFrame({"student layer": list(first), "teacher layer": [labels.get(k, "") for k in first],
+                              "before training": [first[k][0] for k in first],
+                              **{f"after {m}": [v.get(k, (None, None))[1] for k in first] for m, v in lens.items()}})
+        report.add_table(table.round(3), caption="Share of held-out tokens on which the student's logit lens at the "
+                                                 "paired layer names the teacher's top-1 token at its paired layer "
+                                                 "(each read with its own head); higher = the student's layer reads "
+                                                 "out more like the teacher's")
     report.add_provenance(("teacher", teacher), ("student", student), seed=profile.seed,
                           extra={"precision": f"{machine['precision']} → {machine['resolved_precision']}",
                                  "timings_s": json.dumps(timings)})

@@ -43,6 +43,15 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     ends = sorted(folder.glob("cka_stage*_end.json"))
     start, end = (json.loads((folder / n).read_text())["matrix"] for n in ("cka_stage0_start.json", ends[-1].name))
     torch.testing.assert_close(cka_change(folder.parent)[0], torch.tensor(end) - torch.tensor(start))
+    # logit-lens agreement before/after: the first and the last `top1_teacher` the run logged per paired layer
+    from semalign_lens.training.diagnostics import lens_agreement_change, read_metrics
+
+    assert "Logit-lens agreement of the paired layers" in html and "after semalign" in html
+    records = [r for r in read_metrics(folder.parent / "metrics.jsonl") if r.get("kind") == "diag"]
+    change = lens_agreement_change(read_metrics(folder.parent / "metrics.jsonl"))
+    for layer, (before, after) in change.items():
+        mine = [r["top1_teacher"] for r in records if r["student_layer"] == layer]
+        assert (before, after) == (mine[0], mine[-1]) and records[0]["step"] == 0
 
 
 def test_unknown_profile_lists_valid_ones():

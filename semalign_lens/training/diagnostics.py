@@ -76,6 +76,17 @@ def cka_change(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]] | Non
             first["student_labels"])
 
 
+def lens_agreement_change(records: list[dict]) -> dict[int, tuple[float, float]]:
+    """{paired student layer: (top1_teacher at the first diagnosis, at the last)}: how often the student's logit
+    lens at that layer names the teacher's top-1 token at the paired teacher layer, before any training and
+    after the last stage (records from a run's `metrics.jsonl`, in log order; {} without diagnostics)."""
+    seen: dict[int, list[float]] = {}
+    for r in records:
+        if r.get("kind") == "diag" and "top1_teacher" in r:
+            seen.setdefault(int(r["student_layer"]), []).append(float(r["top1_teacher"]))
+    return {layer: (values[0], values[-1]) for layer, values in sorted(seen.items())}
+
+
 def write_figure(fig, path: Path) -> None:
     """HTML next to a shared plotly.min.js (one copy per figure folder, offline)."""
     path.parent.mkdir(parents=True, exist_ok=True)
