@@ -177,6 +177,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .training.diagnostics import (
         PROJECTION_METRICS,
         cka_change,
+        heldout_figure,
         lens_agreement_change,
         loss_figure,
         projection_figure,
@@ -291,9 +292,16 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
                                                  "strategy, the paper's depth rule)")
     report.extend(pairing_sections)
+    records_of = {method: read_metrics(result.run_dir / "metrics.jsonl") for method, result in runs.items()}
+    if any(r.get("kind") == "heldout" for records in records_of.values() for r in records):
+        report.add_heading("Training: every method")
+        report.add_figure(heldout_figure(records_of),
+                          caption="Next-token cross-entropy of the student on the trainer's held-out diagnostic batch, "
+                                  "at every stage start and end, for every method on one axis (the same batch for "
+                                  "all of them).", name="heldout-per-step")
     lens = {}  # method -> {student layer: (top1_teacher before, after)}
     for method, result in runs.items():
-        records = read_metrics(result.run_dir / "metrics.jsonl")
+        records = records_of[method]
         lens[method] = lens_agreement_change(records)
         terms = list(base.objective.terms) if method == "semalign" else []
         report.add_heading(f"Training: {method}")

@@ -47,6 +47,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     from semalign_lens.training.diagnostics import lens_agreement_change, read_metrics
 
     assert "Logit-lens agreement of the paired layers" in html and "after semalign" in html
+    assert "Held-out cross-entropy against the training step" in html
     records = [r for r in read_metrics(folder.parent / "metrics.jsonl") if r.get("kind") == "diag"]
     change = lens_agreement_change(read_metrics(folder.parent / "metrics.jsonl"))
     for layer, (before, after) in change.items():

@@ -76,6 +76,24 @@ def cka_change(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]] | Non
             first["student_labels"])
 
 
+def heldout_figure(runs: dict[str, list[dict]]):
+    """The held-out CE (the diagnostic batch, `kind == "heldout"` records) against the step, one line per
+    method on one axis: where the methods part, and when."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    last = 1
+    for method, records in runs.items():
+        points = sorted({r["step"]: r["ce"] for r in records if r.get("kind") == "heldout"}.items())
+        if points:
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=method,
+                                     mode="lines+markers"))
+            last = max(last, points[-1][0])
+    fig.update_layout(title="Held-out cross-entropy against the training step", template="plotly_white",
+                      xaxis_title="step", yaxis_title="cross-entropy (nats/token), lower is better", height=380)
+    return integer_steps(fig, last)
+
+
 def lens_agreement_change(records: list[dict]) -> dict[int, tuple[float, float]]:
     """{paired student layer: (top1_teacher at the first diagnosis, at the last)}: how often the student's logit
     lens at that layer names the teacher's top-1 token at the paired teacher layer, before any training and
@@ -203,6 +221,10 @@ def write_report(run_dir: Path, config: dict, final: dict, stages, pairs, models
         fig = _figure(run_dir, name)
         if fig is not None:
             rep.add_figure(fig, caption=caption, name=name)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if any(r.get("kind") == "heldout" for r in records):
+        rep.add_figure(heldout_figure({"this run": records}), caption="Next-token cross-entropy of the student on the "
+                       "held-out diagnostic batch at every diagnosis.", name="heldout-per-step")
     if final.get("diagnostics"):
         rep.add_table(pd.DataFrame(final["diagnostics"]).T.reset_index(names="layer"),
                       caption="Final projection diagnostics per paired student layer")

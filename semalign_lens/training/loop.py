@@ -39,7 +39,7 @@ from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
 from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
 from ..lora import save_lora
-from ..objectives import LayerInputs, Objective, OutputInputs, get_objective
+from ..objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
 from .config import AlignConfig, config_diff, load_align_config
@@ -429,8 +429,11 @@ class Trainer:
         self.student.eval()
         tokens, mask = self.data.diag.tokens.to(self.device), self.data.diag.mask.to(self.device)
         with self.autocast():
-            s_states, _ = capture(self.student, tokens, range(self.n_student_layers), embed=True)
+            s_states, logits = capture(self.student, tokens, range(self.n_student_layers), embed=True, logits=True)
         s_states = {k: v.float() for k, v in s_states.items()}
+        # the held-out metric every method shares: next-token CE of the student on the diagnostic batch
+        self._log({"kind": "heldout", "step": step, "stage": stage.index, "when": when,
+                   "ce": float(ce_loss(logits.float(), tokens, mask))})
         for pair in self.pairs:
             x = self._layer_inputs(pair, s_states, self.teacher_diag, mask)
             top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")

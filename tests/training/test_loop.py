@@ -12,6 +12,7 @@ import torch
 from trainer_helpers import N_STUDENT, _cli_config, _train_losses, make_cfg, run
 
 from semalign_lens.errors import SemalignError
+from semalign_lens.hf import clean_copy
 from semalign_lens.objectives import OBJECTIVES, Objective, register_objective
 from semalign_lens.trainer import NonFiniteLossError, Trainer, align, align_main
 
@@ -47,6 +48,16 @@ def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
     for column in ("cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"):
         assert diag[column].between(-1, 1).all(), column
     assert set(diag["student_layer"]) == {0, 1, 2}
+    # the held-out CE per diagnosis: at step 0 it is the untrained student's HF loss on the diagnostic batch
+    # (the first diag_sequences of the data), at the end the trained student's
+    heldout = metrics.query("kind == 'heldout'").sort_values("step")
+    diag_tokens = tokens.tokens[: cfg.data.diag_sequences]
+    hf_student = clean_copy(tiny_pair.student, share_weights=False).eval()
+    with torch.no_grad():
+        assert heldout.ce.iloc[0] == pytest.approx(hf_student(input_ids=diag_tokens, labels=diag_tokens).loss.item(),
+                                                   rel=1e-4)
+        trained = result.student.eval()(input_ids=diag_tokens, labels=diag_tokens).loss.item()
+    assert heldout.step.iloc[0] == 0 and heldout.ce.iloc[-1] == pytest.approx(trained, rel=1e-4)
     # the final student is an HF directory that load_model reads back, with the trained weights
     loaded = load_model(result.student_path)
     x = tokens.tokens[:2]
