@@ -41,11 +41,11 @@ def _intro(cfg: PretrainConfig, vocab_size: int) -> str:
                 "(teacher: `smollm2-135m`): different depth and width, same vocabulary, so SemAlign's "
                 "vocabulary-defined semantic bases line up token for token.")
     return (f"A small Llama with its own {vocab_size}-token byte-level BPE (learned by `semalign zoo "
-            "train-tokenizer` on the same training files; the tokenizer files ship beside the weights), pretrained from scratch by semalign_lens on the Python "
-            f"standard library. It is the cross-tokenizer student for the teacher `{cfg.teacher}`: the two "
-            "vocabularies share only some token strings, so the pair runs through `ModelPair(..., "
-            "vocab='intersection')`, intersection semantic bases and aligned positions "
-            "(`semalign info smollm2-135m stdlib-student-8k` states the coverage).")
+            "train-tokenizer` on the same training files; the tokenizer files ship beside the weights), "
+            "pretrained from scratch by semalign_lens on the Python standard library. It is the cross-tokenizer "
+            f"student for the teacher `{cfg.teacher}`: the two vocabularies share only some token strings, so the "
+            "pair runs through `ModelPair(..., vocab='intersection')`, intersection semantic bases and aligned "
+            f"positions (`semalign info {cfg.teacher} {cfg.name}` states the coverage).")
 
 
 def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
@@ -67,8 +67,9 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
     if bits_per_byte is not None:
         metrics["bits_per_byte"] = bits_per_byte.to_dict(orient="records")
     vocab_size = json.loads((out_dir / "config.json").read_text())["vocab_size"]
-    config_file = "stdlib_student_8k.json" if cfg.tokenizer else "stdlib_student.json"
-    retrain = f" --config semalign_lens/zoo/configs/{config_file}" if cfg.tokenizer else ""
+    folder = cfg.name.replace("-", "_")  # the zoo's directory and config file of a student are named after it
+    config_file = f"{folder}.json"
+    retrain = "" if cfg.name == PretrainConfig().name else f" --config semalign_lens/zoo/configs/{config_file}"
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     lines = [
@@ -113,7 +114,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
     if cfg.tokenizer:
         lines += [f"semalign zoo train-tokenizer --vocab-size {vocab_size} --out {cfg.tokenizer}   # deterministic, ~10 s"]
     lines += [f"semalign zoo pretrain-student{retrain} --run-dir {run}   # resumable",
-              f"semalign zoo export-student --run-dir {run} --out semalign_lens/zoo/{cfg.name.replace('-', '_')}",
+              f"semalign zoo export-student --run-dir {run} --out semalign_lens/zoo/{folder}",
               "```", "",
               f"Config: `semalign_lens/zoo/configs/{config_file}` (copied to `pretrain_config.json` here).", ""]
     path = out_dir / "MODEL_CARD.md"

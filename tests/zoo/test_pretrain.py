@@ -168,3 +168,25 @@ def test_train_tokenizer_reproduces_the_shipped_8k_vocabulary(tmp_path):
     fresh = json.loads((train_corpus_bpe(8192, tmp_path / "bpe") / "tokenizer.json").read_text())
     assert fresh["model"]["vocab"] == shipped["model"]["vocab"]
     assert fresh["model"]["merges"] == shipped["model"]["merges"]
+
+
+def test_model_card_of_a_student_with_its_own_tokenizer(tiny_corpus, tmp_path):
+    """The card names the student, its tokenizer's origin, the bits-per-byte table and the retrain commands
+    (train-tokenizer first, then the student's own config)."""
+    import pandas as pd
+
+    from semalign_lens.zoo.bpe import train_bpe
+    from semalign_lens.zoo.model_card import write_model_card
+    from semalign_lens.zoo.pretrain import export_student
+
+    tok_dir = train_bpe(corpus.stdlib_files(tiny_corpus), 400, tmp_path / "bpe")
+    cfg = tiny_config(tiny_corpus, tokenizer=str(tok_dir), name="tiny-bpe-student")
+    pretrain(cfg, tmp_path / "run", progress=False)
+    out = export_student(tmp_path / "run", tmp_path / "exported")
+    bpb = pd.DataFrame([{"set": "stdlib_val", "description": "d", "bytes": 100, "a_bpb": 1.25, "b_bpb": 2.5}])
+    card = write_model_card(tmp_path / "run", out, val_loss=3.0, bits_per_byte=bpb).read_text()
+    assert card.startswith("# tiny-bpe-student\n") and "own 400-token byte-level BPE" in card
+    assert "| stdlib_val |" in card and "2.500" in card
+    assert f"semalign zoo train-tokenizer --vocab-size 400 --out {tok_dir}" in card
+    assert "--config semalign_lens/zoo/configs/tiny_bpe_student.json --run-dir runs/tiny-bpe-student" in card
+    assert json.loads((out / "metrics.json").read_text())["bits_per_byte"][0]["b_bpb"] == 2.5
