@@ -163,6 +163,16 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
     return head + "; one seed, so no interval: see analysis/TRANSFER.md for the benchmark with seeds."
 
 
+class _StepNote:
+    """A trainer plugin that shows the training step inside the demo's stage bar."""
+
+    def __init__(self, bar: StageBar):
+        self.bar = bar
+
+    def on_step(self, trainer, step: int, total: int) -> None:
+        self.bar.detail(f"step {step}/{total}")
+
+
 def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
              **overrides) -> DemoResult:
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
@@ -240,7 +250,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     for method in profile.methods:
         bar.start(f"train {method}")
         result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
-                            run_dir=out / "runs" / method, pairing=pairing)
+                            run_dir=out / "runs" / method, pairing=pairing, plugins=[_StepNote(bar)])
         after[method] = task.evaluate(result.student)
         per_problem[f"student + {method}"] = humaneval_problem_ce(result.student, tokenizer=pair.tokenizer,
                                                                   limit=profile.humaneval_limit)

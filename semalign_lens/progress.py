@@ -58,6 +58,10 @@ class StageBar:
         self.current, self.clock = name, time.time()
         self.bar.set_postfix_str(f"{name}…")
 
+    def detail(self, text: str) -> None:
+        """Progress inside the running stage (e.g. "step 3/12"), shown after its name."""
+        self.bar.set_postfix_str(f"{self.current}… {text}")
+
     def done(self) -> float:
         seconds = round(time.time() - self.clock, 1)
         self.timings[self.current] = seconds

@@ -14,6 +14,8 @@ def test_stage_bar_advances_by_weight_and_times_each_stage():
     assert bar.current == "load"
     bar.done()
     bar.start("train")
+    bar.detail("step 3/12")
+    assert bar.bar.postfix == "train… step 3/12"
     bar.done()
     assert bar.bar.n == 9.0 and list(bar.timings) == ["load", "train"] and bar.current is None
     with pytest.raises(KeyError, match="unknown stage 'nope'"):

@@ -9,7 +9,7 @@ training loop.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,12 +80,13 @@ def method_config(base, method: str | Method):
 
 
 def method_trainer(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
-                   diag_data=None, lean: bool = False):
+                   diag_data=None, lean: bool = False, plugins: Sequence = ()):
     """The trainer of `run_method`, built but not run: for callers that train in pieces
     (`trainer.run(stop_after_steps=n)`) and evaluate `trainer.student` in between.
 
     `lean` sets `figures = false` on the method's copy of the config (no CKA heatmaps or figure files: plotly
-    costs 2-3 s per run); the metrics JSONL is written either way."""
+    costs 2-3 s per run); the metrics JSONL is written either way. `plugins` are the caller's own trainer
+    plugins (`Trainer`), after the method's."""
     m = get_method(method)
     cfg = method_config(base, m)
     if lean:
@@ -93,11 +94,12 @@ def method_trainer(method: str | Method, base, *, teacher, student, data, run_di
     if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
         transfer = None
     return Trainer(cfg, teacher=teacher, student=student, data=data, diag_data=diag_data, pairing=pairing,
-                   transfer=transfer, run_dir=run_dir, plugins=[m.plugin()] if m.plugin is not None else [])
+                   transfer=transfer, run_dir=run_dir,
+                   plugins=([m.plugin()] if m.plugin is not None else []) + list(plugins))
 
 
 def run_method(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
-               diag_data=None, lean: bool = False):
+               diag_data=None, lean: bool = False, plugins: Sequence = ()):
     """Train `student` with `method` under the shared `base` config; returns the trainer's `AlignResult`,
     with `trainable_params` ({stage: count}), `data_hash` and `steps` added (what the fairness rule fixes).
 
@@ -105,7 +107,7 @@ def run_method(method: str | Method, base, *, teacher, student, data, run_dir, p
     kind differs from it. `lean`: skip CKA heatmaps and figure files (the benchmark's setting).
     """
     trainer = method_trainer(method, base, teacher=teacher, student=student, data=data, run_dir=run_dir,
-                             pairing=pairing, transfer=transfer, diag_data=diag_data, lean=lean)
+                             pairing=pairing, transfer=transfer, diag_data=diag_data, lean=lean, plugins=plugins)
     result = trainer.run()
     result.trainable_params = dict(trainer.stage_params)  # per stage; the fairness record of the row
     result.data_hash = trainer.identity["data_hash"]

@@ -126,6 +126,8 @@ class Trainer:
     `close_stage(trainer, stage)` before LoRA is merged; `extras` — a dict attached to every `LayerInputs`;
     `module` — an `nn.Module` (or None) checkpointed with the student while it exists, so a mid-stage resume
     restores it (`open_stage` must recreate it with the same structure).
+    `on_step(trainer, step, total)` after every optimiser step (`step` done of `total`): how a caller's own
+    progress display (the demo's stage bar) follows a run whose own bar is off.
     """
 
     def __init__(self, config: AlignConfig | None = None, *, teacher=None, student=None, pairing=None,
@@ -523,6 +525,9 @@ class Trainer:
                 self._log(record)
             bar.update(1)
             bar.set_postfix(stage=stage.label, loss=f"{record['loss']:.4f}")
+            for plugin in self.plugins:
+                if hasattr(plugin, "on_step"):
+                    plugin.on_step(self, step, self.stages[-1].end)
             if self.cfg.diag_every and step % self.cfg.diag_every == 0 and step != stage.end:
                 self._diagnose(step, stage, "during", cka=False)
             if step == stage.end:

@@ -248,3 +248,18 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
                    teacher=smollm2, student=student)
     assert cached.finished
     assert load_model(cached.student_path).cfg.n_layers == 2
+
+
+def test_on_step_plugins_see_every_step(tmp_path, tiny_pair, tokens):
+    """The `on_step` hook (how the demo's stage bar shows the training step) runs after every optimiser step."""
+    seen = []
+
+    class Note:
+        def on_step(self, trainer, step, total):
+            seen.append((step, total))
+
+    cfg = make_cfg(tmp_path, **{"schedule.stage_steps": 2})
+    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, plugins=[Note()])
+    trainer.run()
+    total = trainer.stages[-1].end
+    assert seen == [(k, total) for k in range(1, total + 1)]
