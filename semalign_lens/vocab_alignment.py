@@ -13,9 +13,9 @@ tokenizers through the *strings* they share (our extension, not the paper's):
 - **Position alignment** (`aligned_positions`). Two tokenizations of one text split it at different places.
   A position is aligned when both tokenizations end a token at the same character offset: there both models
   have read exactly the same prefix, so their states and next-token distributions describe the same context.
-  This is the exact-boundary rule of the cross-tokenizer distillation literature (DSKD and MinED align by
-  token strings or edit distance, ULD only truncates to a common length; the "same prefix" rule needs no
-  heuristic and is exact where it applies). A boundary inside a multi-byte character is no character offset
+  Of the cross-tokenizer distillation methods, DSKD learns a soft token alignment (cross-model attention),
+  MinED pairs tokens by minimum edit distance and ULD only truncates both sequences to one length; the
+  same-prefix rule needs no learned part and no heuristic, and is exact where it applies. A boundary inside a multi-byte character is no character offset
   and never aligns. Where several tokens end at one offset (a zero-width special token), the last one is
   the aligned position.
 """
