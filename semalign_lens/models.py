@@ -460,12 +460,20 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     return out
 
 
-def _intersection_problem(teacher, student, teacher_name: str, student_name: str) -> str | None:
+def intersection_alignment(teacher, student, teacher_name: str | None = None, student_name: str | None = None):
+    """The `VocabAlignment` of two loaded models' tokenizers, refused when too small for an intersection basis
+    of the wider model (`VocabAlignment.check_usable`)."""
     from .vocab_alignment import align_vocabularies
 
-    alignment = align_vocabularies(teacher.tokenizer, student.tokenizer, teacher_name, student_name)
+    alignment = align_vocabularies(teacher.tokenizer, student.tokenizer, teacher_name or model_name(teacher),
+                                   student_name or model_name(student))
+    alignment.check_usable(max(teacher.cfg.d_model, student.cfg.d_model))
+    return alignment
+
+
+def _intersection_problem(teacher, student, teacher_name: str, student_name: str) -> str | None:
     try:
-        alignment.check_usable(max(teacher.cfg.d_model, student.cfg.d_model))
+        intersection_alignment(teacher, student, teacher_name, student_name)
     except SemalignError as err:
         return str(err)
     return None
@@ -546,11 +554,7 @@ class ModelPair:
             raise SemalignError(problem + '; or pass vocab="intersection" to pair them through their shared '
                                 "token strings")
         if self.vocab == "intersection":
-            from .vocab_alignment import align_vocabularies
-
-            self.alignment = align_vocabularies(self.teacher.tokenizer, self.student.tokenizer,
-                                                model_name(self.teacher), model_name(self.student))
-            self.alignment.check_usable(max(self.teacher.cfg.d_model, self.student.cfg.d_model))
+            self.alignment = intersection_alignment(self.teacher, self.student)
         if model_mode(self.teacher) != model_mode(self.student):
             raise SemalignError(f"teacher is in {model_mode(self.teacher)} mode and student in "
                                 f"{model_mode(self.student)} mode; load both with the same mode")

@@ -15,9 +15,9 @@ tokenizers through the *strings* they share (our extension, not the paper's):
   have read exactly the same prefix, so their states and next-token distributions describe the same context.
   Of the cross-tokenizer distillation methods, DSKD learns a soft token alignment (cross-model attention),
   MinED pairs tokens by minimum edit distance and ULD only truncates both sequences to one length; the
-  same-prefix rule needs no learned part and no heuristic, and is exact where it applies. A boundary inside a multi-byte character is no character offset
-  and never aligns. Where several tokens end at one offset (a zero-width special token), the last one is
-  the aligned position.
+  same-prefix rule needs no learned part and no heuristic, and is exact where it applies. A boundary inside
+  a multi-byte character is no character offset and never aligns. Where several tokens end at one offset
+  (a zero-width special token), the last one is the aligned position.
 """
 
 from __future__ import annotations
@@ -93,12 +93,6 @@ class VocabAlignment:
                 f"the vocabularies of {self.teacher} and {self.student} share too few tokens for an intersection "
                 f"basis: {self.summary()}; at least {need} are needed ({MIN_SHARED_FRACTION:.0%} of the smaller "
                 f"vocabulary and no fewer than d_model={d_model}); choose a student whose tokenizer overlaps more")
-
-    def student_from_teacher(self) -> Int[Tensor, " teacher_vocab"]:
-        """Teacher id -> student id of the same string, -1 where the teacher token has no counterpart."""
-        out = torch.full((self.teacher_size,), -1, dtype=torch.long)
-        out[self.teacher_ids] = self.student_ids
-        return out
 
 
 def _first_ids(pieces: Sequence[bytes | None]) -> dict[bytes, int]:

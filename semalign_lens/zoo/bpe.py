@@ -25,7 +25,7 @@ def train_bpe(files: list[Path], vocab_size: int, out_dir: str | Path, min_frequ
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 257 + 1:
+    if vocab_size < 258:
         raise SemalignError(f"vocab_size {vocab_size} is below the 256 byte symbols plus one special token; "
                             "use at least 258 (the embedded student uses 8192)")
     if not files:
