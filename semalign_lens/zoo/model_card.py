@@ -112,7 +112,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
     run = f"runs/{cfg.name}"
     lines += ["## Retrain", "", "```bash"]
     if cfg.tokenizer:
-        lines += [f"semalign zoo train-tokenizer --vocab-size {vocab_size} --out {cfg.tokenizer}   # deterministic, ~10 s"]
+        lines += [f"semalign zoo train-tokenizer --vocab-size {vocab_size} --out {cfg.tokenizer}   # deterministic"]
     lines += [f"semalign zoo pretrain-student{retrain} --run-dir {run}   # resumable",
               f"semalign zoo export-student --run-dir {run} --out semalign_lens/zoo/{folder}",
               "```", "",
