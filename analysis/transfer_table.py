@@ -54,9 +54,19 @@ from semalign_lens.precision import machine_line
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
+OUT_CROSS = ROOT / "out" / "transfer-cross"  # the cross-tokenizer profile's runs
 SCHEDULES = ("frontier", "all")
-COMPARISONS = (("kd", "sft"), ("semalign", "kd"), ("semalign", "sft"), ("semalign-layer", "sft"))
 CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets"]
+# The two roles the comparisons name, by the pair's vocabulary: a cross-tokenizer pair's KD and SemAlign rows
+# read the teacher's logits through the shared strings (`baselines/cross_vocab.py`).
+ROLES = {"shared": {"kd": "kd", "semalign": "semalign"},
+         "intersection": {"kd": "kd-shared", "semalign": "semalign-shared"}}
+
+
+def comparisons(vocab: str = "shared") -> tuple[tuple[str, str], ...]:
+    """(a, b) pairs of the paired differences; the first is the positive control (KD against SFT)."""
+    kd, sem = ROLES[vocab]["kd"], ROLES[vocab]["semalign"]
+    return ((kd, "sft"), (sem, kd), (sem, "sft"), ("semalign-layer", "sft"))
 
 
 @dataclass
@@ -93,6 +103,16 @@ PROFILES = {
     # (`analysis/paper_profile.sh`); on 2 CPU cores one run takes hours.
     "paper": Profile(seq_len=256, n_transfer=1000, per_file=2, epochs=5, batch_size=64, budgets=[6, 15, 30, 78],
                      heldout_tokens=65536, humaneval_limit=None, knowledge_steps=78, lr=2e-4),
+    # The cross-tokenizer pair (issue 16): the student with its own 8k BPE, the teacher read online on its own
+    # tokenization of each block, layer terms and KL at aligned positions; scored in bits per byte (the
+    # teacher's line is then on the same bytes). Code only: the knowledge task's texts are the teacher's.
+    "cross": Profile(student="stdlib-student-8k", vocab="intersection", seq_len=64, n_transfer=2160, per_file=3,
+                     heldout_tokens=16384, humaneval_limit=32, tasks=["code"], schedules=["all"],
+                     methods=["sft", "kd-shared", "semalign-shared", "semalign-layer"], budgets=[27, 90]),
+    "cross-tiny": Profile(seq_len=24, n_transfer=48, batch_size=4, student_layers=(0, 2), lora_rank=4, lr=1e-2,
+                          precision="fp32", humaneval_limit=4, heldout_tokens=128, diag_sequences=2, budgets=[2, 4],
+                          teacher="tiny", student="tiny", vocab="intersection", tasks=["code"],
+                          methods=["sft", "kd-shared", "semalign-shared", "semalign-layer"]),
 }
 
 
@@ -112,11 +132,13 @@ def check_budgets(budgets: list[int], n_stages: int, batch_size: int, pool: int,
 
 # ----------------------------------------------------------------------------------------------- runs
 
-def transfer_maps(teacher, student, methods) -> dict:
-    """The teacher->student maps of every kind the methods use, built once (each run would rebuild them)."""
-    from semalign_lens.semantics import SemanticBasis, TransferMap
+def transfer_maps(teacher, student, methods, alignment=None) -> dict:
+    """The teacher->student maps of every kind the methods use, built once (each run would rebuild them); on
+    a cross-tokenizer pair's `alignment`, from the intersection bases."""
+    from semalign_lens.semantics import SemanticBasis, TransferMap, intersection_bases
 
-    tb, sb = SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)
+    tb, sb = (intersection_bases(teacher, student, alignment) if alignment is not None
+              else (SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)))
     kinds = {get_method(m).transfer_kind for m in methods if get_method(m).transfer_kind} | {"dual"}
     return {kind: TransferMap(tb, sb, kind=kind) for kind in sorted(kinds)}
 
@@ -125,7 +147,8 @@ def run_config(profile: Profile, tr: TaskRun, schedule: str, steps: int, seed: i
     """The shared AlignConfig of one run (`method_config` then swaps in a method's terms): frontier (one stage per paired layer, LoRA) or all (one joint stage,
     every parameter), `steps` optimizer steps in total, teacher targets from the task's top-k cache."""
     cfg = shared_config(profile, len(tr.data), seed=seed, cache_dir=cache_dir)
-    cfg.targets.cache_logits, cfg.targets.top_k = "topk", profile.top_k
+    if cfg.targets.mode == "cached":  # a cross-tokenizer pair reads the teacher online
+        cfg.targets.cache_logits, cfg.targets.top_k = "topk", profile.top_k
     if schedule == "frontier":
         cfg.schedule.stage_steps = steps // len(profile.student_layers)
     else:
@@ -202,9 +225,12 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
-    """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it."""
+    """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
+    (none for a cross-tokenizer pair, which reads its teacher online)."""
     from semalign_lens.trainer import Trainer
 
+    if profile.vocab != "shared":
+        return
     cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), "kd")
     Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
@@ -215,16 +241,23 @@ def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: P
 # Every score a task reports, with its direction: the headline first, then the others the control may use.
 METRICS = {"code": [("stdlib_test_ce", False), ("humaneval_ce", False)],
            "knowledge": [("answer_logprob", True), ("exact_match", True)]}
+# A cross-tokenizer pair is scored in bits per byte: the student's CE per its own token and the teacher's per
+# its own are not one unit (the methods' order is the same in either, one student tokenizer).
+CROSS_METRICS = {"code": [("stdlib_test_bpb", False), ("humaneval_bpb", False)]}
 
 
-def summarise(runs, refs: dict[str, TaskRun]):
+def metrics_of(vocab: str) -> dict:
+    return METRICS if vocab == "shared" else CROSS_METRICS
+
+
+def summarise(runs, refs: dict[str, TaskRun], metrics: dict = METRICS):
     """One row per (task, schedule, method, steps, metric): score and gap closed, mean and 95% t-interval."""
     import pandas as pd
 
     rows = []
     for (task, schedule, method, steps), g in runs.groupby(["task", "schedule", "method", "steps"], sort=False):
         tr = refs[task]
-        for metric, hib in METRICS[task]:
+        for metric, hib in metrics[task]:
             s = ev.summarize_seeds(tr.before[metric], g[f"score_{metric}"].tolist(), tr.teacher[metric],
                                    higher_is_better=hib)
             rows.append({"task": task, "schedule": schedule, "method": method, "steps": steps,
@@ -238,14 +271,14 @@ def _better(diff: float, higher_is_better: bool) -> bool:
     return diff > 0 if higher_is_better else diff < 0
 
 
-def control(summary):
-    """Per (task, schedule, steps, metric): does logit KD separate from the SFT control (non-overlapping 95%
-    intervals over >= 3 seeds, KD the better one)?"""
+def control(summary, kd_method: str = "kd"):
+    """Per (task, schedule, steps, metric): does logit KD (`kd_method`) separate from the SFT control
+    (non-overlapping 95% intervals over >= 3 seeds, KD the better one)?"""
     import pandas as pd
 
     rows = []
     for (task, schedule, steps, metric), g in summary.groupby(["task", "schedule", "steps", "metric"], sort=False):
-        kd, sft = g[g["method"] == "kd"], g[g["method"] == "sft"]
+        kd, sft = g[g["method"] == kd_method], g[g["method"] == "sft"]
         if not len(kd) or not len(sft):
             continue
         kd, sft = kd.iloc[0], sft.iloc[0]
@@ -260,26 +293,26 @@ def control(summary):
     return pd.DataFrame(rows)
 
 
-def paired(runs, controls):
+def paired(runs, controls, metrics: dict = METRICS, pairs: tuple = comparisons()):
     """`a - b` of every metric, paired by seed, per (task, schedule, steps), with a verdict that is
-    "uninformative" where the positive control fails for that metric at that budget."""
+    "uninformative" where the positive control (the first of `pairs`) fails for that metric at that budget."""
     import pandas as pd
 
     rows = []
     for (task, schedule, steps), g in runs.groupby(["task", "schedule", "steps"], sort=False):
-        for metric, hib in METRICS[task]:
+        for metric, hib in metrics[task]:
             by = g.pivot_table(index="seed", columns="method", values=f"score_{metric}")
             c = controls[(controls["task"] == task) & (controls["schedule"] == schedule)
                          & (controls["steps"] == steps) & (controls["metric"] == metric)] if len(controls) else controls
             control_ok = bool(len(c) and c["separated"].iloc[0])
-            for a, b in COMPARISONS:
+            for a, b in pairs:
                 if a not in by or b not in by:
                     continue
                 both = by[[a, b]].dropna()
                 mean, lo, hi = ev.paired_difference(both[a].tolist(), both[b].tolist())
                 if len(both) < 2 or math.isnan(lo):
                     verdict = "too few seeds"
-                elif (a, b) != ("kd", "sft") and not control_ok:
+                elif (a, b) != pairs[0] and not control_ok:
                     verdict = "uninformative (positive control fails here)"
                 elif lo > 0 or hi < 0:
                     verdict = f"{a} better" if _better(mean, hib) else f"{a} worse"
@@ -413,6 +446,14 @@ def budget_png(summary, path: Path) -> bool:
 
 # ----------------------------------------------------------------------------------------------- main
 
+def _fits(method: str, vocab: str) -> bool:
+    """Whether every term of `method` that reads teacher logits reads them in the pair's kind of vocabulary."""
+    from semalign_lens.objectives import get_objective
+
+    terms = [get_objective(t) for t in get_method(method).terms]
+    return all(o.cross_vocab == (vocab != "shared") for o in terms if o.needs_teacher_logits)
+
+
 def build_profile(args) -> Profile:
     profile = replace(PROFILES[args.profile])
     for name in ("methods", "tasks", "seeds", "schedules", "budgets"):
@@ -427,6 +468,14 @@ def build_profile(args) -> Profile:
     bad = sorted(set(profile.tasks) - {"code", "knowledge"})
     if bad:
         raise SemalignError(f"unknown task(s) {bad}; valid: code, knowledge")
+    if profile.vocab != "shared" and "knowledge" in profile.tasks:
+        raise SemalignError(f"profile {args.profile!r} pairs two tokenizers, and the knowledge task's transfer texts "
+                            "are tokenised by the teacher; run it with --tasks code")
+    wrong = [m for m in profile.methods if not _fits(m, profile.vocab)]
+    if wrong:
+        raise SemalignError(f"method(s) {wrong} do not fit profile {args.profile!r} (vocab {profile.vocab!r}); "
+                            f"its KD and SemAlign rows are {ROLES[profile.vocab]['kd']!r} and "
+                            f"{ROLES[profile.vocab]['semalign']!r}")
     profile.budgets = sorted(set(profile.budgets))
     check_budgets(profile.budgets, len(profile.student_layers), profile.batch_size, profile.n_transfer, profile.epochs)
     return profile
@@ -445,15 +494,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in OUT/runs.csv (same profile) and run only the missing ones")
-    parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--summary", default=str(ROOT / "TRANSFER.md"), help="markdown summary ('' to skip)")
+    parser.add_argument("--out", default=None, help=f"output directory (default {OUT.relative_to(ROOT.parent)}, "
+                                                    f"for a cross-tokenizer profile {OUT_CROSS.relative_to(ROOT.parent)})")
+    parser.add_argument("--summary", default=str(ROOT / "TRANSFER.md"),
+                        help="markdown summary ('' to skip); a cross-tokenizer profile writes its own section of it")
     args = parser.parse_args(argv)
 
     import pandas as pd
 
     torch.set_num_threads(args.threads)
     profile = build_profile(args)
-    out = Path(args.out)
+    cross = profile.vocab != "shared"
+    out = Path(args.out or (OUT_CROSS if cross else OUT))
+    metrics = metrics_of(profile.vocab)
     work = out / "work"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -470,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     if records:
         log(f"resuming: {len(records)} runs already in {runs_path}")
 
-    pair = load_pair(profile.teacher, profile.student)
+    pair = load_pair(profile.teacher, profile.student, profile.vocab)
     teacher, student = pair.teacher, pair.student
-    log(f"loaded teacher {profile.teacher} and student {profile.student}; {machine_line(profile.precision)}")
-    maps = transfer_maps(teacher, student, profile.methods)
+    log(f"loaded teacher {profile.teacher} and student {profile.student}; {machine_line(profile.precision)}"
+        + (f"; {pair.alignment.summary()}" if cross else ""))
+    maps = transfer_maps(teacher, student, profile.methods, pair.alignment)
     refs: dict[str, TaskRun] = {}  # every task of the table: the ones trained now and those in runs.csv
     for name in dict.fromkeys([*profile.tasks, *(r["task"] for r in records)]):
         refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
@@ -500,9 +554,9 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = pd.DataFrame(records)
         runs.to_csv(runs_path, index=False)
-        summary = summarise(runs, refs) if len(runs) else pd.DataFrame()
-        controls = control(summary) if len(summary) else pd.DataFrame()
-        pairs = paired(runs, controls) if len(runs) else pd.DataFrame()
+        summary = summarise(runs, refs, metrics) if len(runs) else pd.DataFrame()
+        controls = control(summary, ROLES[profile.vocab]["kd"]) if len(summary) else pd.DataFrame()
+        pairs = paired(runs, controls, metrics, comparisons(profile.vocab)) if len(runs) else pd.DataFrame()
         for name, frame in (("summary", summary), ("control", controls), ("paired", pairs)):
             frame.to_csv(out / f"{name}.csv", index=False)
         png = False
@@ -519,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
                           for k, v in refs.items()},
                 "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
-                "png": png, "knowledge_types": knowledge_types}
+                "png": png, "knowledge_types": knowledge_types,
+                "out": out.resolve().relative_to(ROOT).as_posix() if out.resolve().is_relative_to(ROOT) else str(out),
+                "vocab": pair.alignment.describe() if cross else None}
         meta_path.write_text(json.dumps(meta, indent=2, default=str))
         if args.summary:
             write_summary(Path(args.summary), meta, runs, summary, controls, pairs, refs)
@@ -634,13 +690,20 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
         f"`humaneval_ce` = canonical-solution CE given the prompt on {code.get('humaneval_problems', '–')} "
         "problems (out of distribution); `*_bpb` = the same in bits per byte. Both sets checked against the "
         "transfer files for verbatim overlap.",
+        *([] if not know else [
         f"- **knowledge**: facts read from the Python standard library (`semalign_lens.tasks.stdlib_facts`) that "
         f"the teacher answers exactly on the held-out phrasing: {know.get('teacher_known', '–')} of "
         f"{know.get('facts', '–')}; transfer = the other three phrasings + answer ({know.get('transfer_texts', '–')} "
         f"texts), {p['knowledge_steps']} steps; headline `answer_logprob` on the held-out phrasing (higher is "
-        "better), `exact_match` beside it. Held-out and transfer phrasings checked disjoint.",
-        f"- Teacher targets: one pass per task, cached (paired states + top-{p['top_k']} logits and the tail mass; "
-        "`benchmarks/RESULTS.md` measures that KL against the dense one).",
+        "better), `exact_match` beside it. Held-out and transfer phrasings checked disjoint."]),
+        (f"- Teacher targets: one pass per task, cached (paired states + top-{p['top_k']} logits and the tail mass; "
+         "`benchmarks/RESULTS.md` measures that KL against the dense one)." if p.get("vocab", "shared") == "shared" else
+         "- **Two tokenizers** (`vocab = \"intersection\"`, `semalign_lens/training/cross_pair.py`): "
+         f"{_vocab_line(meta.get('vocab'))}. The teacher reads its own tokenization of each student block, online "
+         "(no cache), and the layer term, the KL and the diagnostics use only the aligned positions (both have read "
+         "the same text there). `kd-shared` = forward KL on the shared tokens, renormalised; `semalign-shared` = "
+         "the relation term through the intersection-basis dual map + that KL. Scores in bits per byte: the "
+         "teacher's on the same bytes, its own tokens."),
         "- Intervals: mean [95% Student-t interval] over seeds; paired differences are per-seed differences.", ""]
     if len(controls):
         c = controls.copy()
@@ -650,8 +713,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   c[["task", "schedule", "steps", "tokens_seen", "metric", "KD", "SFT", "seeds", "separated"]]
                   .to_markdown(index=False), ""]
     if meta.get("png"):
-        lines += ["## Budget curves", "", "![budget curves](out/transfer/budget_curve.png)", "",
-                  "Interactive (with the teacher's line): `analysis/out/transfer/budget_curve.html`. Dotted line: "
+        lines += ["## Budget curves", "", f"![budget curves]({meta['out']}/budget_curve.png)", "",
+                  f"Interactive (with the teacher's line): `analysis/{meta['out']}/budget_curve.html`. Dotted line: "
                   "the student before transfer.", ""]
     if len(summary):
         s = summary.copy()
@@ -698,17 +761,45 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   pd.DataFrame(kinds).to_markdown(index=False), ""]
     if meta["skipped"]:
         lines += ["## Not run (time budget spent)", "", *[f"- {s}" for s in meta["skipped"]], ""]
-    lines += ["## Re-running one row", "",
+    cross = p.get("vocab", "shared") != "shared"
+    lines += [] if cross else ["## Re-running one row", "",
               "A row is (task, schedule, method, budget) over the seeds; the pool, pairing and cache are the "
               "profile's, so it re-runs alone with the same numbers, e.g. KD on code, frontier schedule, at the "
               f"largest budget: `python analysis/transfer_table.py --profile {meta['profile_name']} --tasks code "
               f"--schedules frontier --methods kd --budgets {p['budgets'][-1]} --out /tmp/row --summary ''` (the "
               "teacher pass for the cache comes first: about 5 minutes on 2 cores).", ""]
-    lines += NOTES
-    lines += ["## Files", "", "`analysis/out/transfer/`: runs.csv (every run: scores, steps, tokens, trainable "
+    lines += [] if cross else NOTES
+    lines += ["## Files", "", f"`analysis/{meta['out']}/`: runs.csv (every run: scores, steps, tokens, trainable "
               "parameters, data hash, times), summary.csv, control.csv, paired.csv, meta.json, budget_curve.html, "
               "budget_curve.png, knowledge_teacher_filter.csv (the teacher on every held-out phrasing).", ""]
-    path.write_text("\n".join(lines))
+    if cross:  # a section of the shared table's file: its title first, every heading one level down
+        title = f"## Cross-tokenizer pair: {p['teacher']} → {p['student']}"
+        lines = [title, "", lines[0], *(("#" + line if line.startswith("#") else line)
+                                       for line in lines[1:] if line != "# Transfer benchmark")]
+    write_section(path, "\n".join(lines), cross)
+
+
+CROSS_BEGIN, CROSS_END = "<!-- cross-tokenizer pair: begin -->", "<!-- cross-tokenizer pair: end -->"
+
+
+def write_section(path: Path, text: str, cross: bool) -> None:
+    """Write the shared table's summary, or the cross-tokenizer section (between markers, at the end of the
+    same file); either keeps the other part of the file as it is."""
+    old = path.read_text() if path.exists() else ""
+    head, marked = (old.split(CROSS_BEGIN, 1) + [""])[:2]
+    marked = marked.split(CROSS_END, 1)[0]
+    if cross:
+        head, marked = head.rstrip("\n") + "\n\n", text
+    else:
+        head = text.rstrip("\n") + "\n\n"
+    path.write_text(head + (f"{CROSS_BEGIN}\n{marked.strip()}\n{CROSS_END}\n" if marked.strip() else ""))
+
+
+def _vocab_line(vocab: dict | None) -> str:
+    if not vocab:
+        return "two tokenizers"
+    return (f"{vocab['shared_tokens']:,} shared tokens ({vocab['teacher_coverage']:.1%} of the teacher's "
+            f"{vocab['teacher_vocab']:,}, {vocab['student_coverage']:.1%} of the student's {vocab['student_vocab']:,})")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class RunProfile:
 
     teacher: str = "smollm2-135m"
     student: str = "stdlib-student"
+    vocab: str = "shared"  # "intersection": a student with its own tokenizer (teacher targets online)
     n_transfer: int = 96
     diag_sequences: int = 4
     seq_len: int = 32
@@ -50,15 +51,16 @@ class RunProfile:
     per_file: int = 2
 
 
-def load_pair(teacher: str, student: str):
-    """A `ModelPair` (vocabulary and mode checked); teacher "tiny" gives the seeded random tiny pair."""
+def load_pair(teacher: str, student: str, vocab: str = "shared"):
+    """A `ModelPair` (vocabulary and mode checked); teacher "tiny" gives the seeded random tiny pair (with
+    `vocab="intersection"` the tiny pair of two tokenizers)."""
     if teacher == "tiny":
-        from .zoo.tiny import tiny_pair
+        from .zoo.tiny import tiny_cross_pair, tiny_pair
 
-        return tiny_pair(seed=0)
+        return tiny_cross_pair(seed=0) if vocab == "intersection" else tiny_pair(seed=0)
     from .models import ModelPair
 
-    return ModelPair.load(teacher, student)
+    return ModelPair.load(teacher, student, vocab=vocab)
 
 
 def shared_config(profile: RunProfile, n_sequences: int, *, seed: int = 0, run_dir: str | Path | None = None,
@@ -69,7 +71,7 @@ def shared_config(profile: RunProfile, n_sequences: int, *, seed: int = 0, run_d
     from .trainer import AlignConfig
 
     spec = {
-        "teacher": profile.teacher, "student": profile.student, "seed": seed,
+        "teacher": profile.teacher, "student": profile.student, "vocab": profile.vocab, "seed": seed,
         "data": {"seq_len": profile.seq_len, "n_sequences": n_sequences, "batch_size": profile.batch_size,
                  "diag_sequences": profile.diag_sequences},
         "pairing": {"strategy": "proportional", "student_layers": list(profile.student_layers)},
@@ -78,7 +80,7 @@ def shared_config(profile: RunProfile, n_sequences: int, *, seed: int = 0, run_d
         "precision": profile.precision, "report": False, "progress": False, "cka_max_tokens": cka_max_tokens}
     if run_dir is not None:
         spec["run_dir"] = str(run_dir)
-    if cache_dir is not None:
+    if cache_dir is not None and profile.vocab == "shared":  # a cross-tokenizer pair reads its teacher online
         spec["targets"] = {"mode": "cached", "cache_logits": True, "cache_dir": str(cache_dir)}
     return from_dict(AlignConfig, spec)
 

@@ -46,7 +46,8 @@ class TokenBatch:
         """Consecutive sub-batches, each trimmed to its longest sequence."""
         for i in range(0, len(self), batch_size):
             mask = self.mask[i: i + batch_size]
-            width = int(mask.sum(1).max())
+            real = mask.any(0).nonzero()  # up to the last real column (a mask may have holes, e.g. aligned positions)
+            width = int(real.max()) + 1 if real.numel() else 0
             yield TokenBatch(self.tokens[i: i + batch_size, :width], mask[:, :width])
 
     def select(self, index: torch.Tensor | Sequence[int]) -> TokenBatch:

@@ -564,8 +564,9 @@ class ModelPair:
             raise SemalignError(problem)
 
     @classmethod
-    def load(cls, teacher_source: Any, student_source: Any, **kwargs) -> ModelPair:
-        return cls(load_model(teacher_source, **kwargs), load_model(student_source, **kwargs))
+    def load(cls, teacher_source: Any, student_source: Any, vocab: str = "shared", **kwargs) -> ModelPair:
+        """Both models by source (`load_model(..., **kwargs)`), paired with `vocab`."""
+        return cls(load_model(teacher_source, **kwargs), load_model(student_source, **kwargs), vocab=vocab)
 
     @property
     def tokenizer(self):

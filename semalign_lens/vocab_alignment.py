@@ -164,7 +164,7 @@ def spelled(ids: Sequence[int], tokenizer) -> bytes:
     return b"".join(pieces[i] or b"" for i in ids)
 
 
-def _char_boundaries(data: bytes) -> set[int]:
+def char_boundaries(data: bytes) -> set[int]:
     """Byte offsets in `data` that start a character (or end the text): UTF-8 non-continuation bytes."""
     return {k for k, b in enumerate(data) if b & 0xC0 != 0x80} | {len(data)}
 
@@ -190,7 +190,7 @@ class PositionAlignment:
         return self.n_aligned / max(1, self.n_teacher), self.n_aligned / max(1, self.n_student)
 
 
-def _ends_in_text(ids: list[int], tokenizer, data: bytes, which: str, text: str) -> list[int]:
+def ends_in_text(ids: list[int], tokenizer, data: bytes, which: str, text: str) -> list[int]:
     got = spelled(ids, tokenizer)
     ends = byte_ends(ids, tokenizer)
     if got == data:
@@ -219,9 +219,9 @@ def aligned_positions(text: str, teacher_tokenizer, student_tokenizer) -> Positi
     """Positions of `text`'s two tokenizations (no special tokens added) that end at one character offset."""
     data = text.encode("utf-8")
     t_ids, s_ids = _encode(teacher_tokenizer, text), _encode(student_tokenizer, text)
-    t_ends = _ends_in_text(t_ids, teacher_tokenizer, data, "teacher", text)
-    s_ends = _ends_in_text(s_ids, student_tokenizer, data, "student", text)
-    t_pos, s_pos, offsets = align_token_ends(t_ends, s_ends, _char_boundaries(data))
+    t_ends = ends_in_text(t_ids, teacher_tokenizer, data, "teacher", text)
+    s_ends = ends_in_text(s_ids, student_tokenizer, data, "student", text)
+    t_pos, s_pos, offsets = align_token_ends(t_ends, s_ends, char_boundaries(data))
     offsets = [e for e in offsets if e > 0]  # a zero-width start is no token of the text
     if not offsets:
         first_t = teacher_tokenizer.convert_ids_to_tokens(t_ids[:3])

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from semalign_lens.errors import SemalignError
+
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
 
@@ -83,6 +85,35 @@ def test_transfer_table_tiny_with_the_fairness_record(tmp_path):
     assert (tmp_path / "budget_curve.html").exists() and (tmp_path / "budget_curve.png").exists()
     assert table.main(args + ["--resume"]) == 0
     assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
+
+
+def test_transfer_table_on_a_cross_tokenizer_pair_writes_its_own_section(tmp_path):
+    """The tiny pair of two tokenizers: the same fairness record, bits-per-byte metrics, the cross-vocabulary
+    KD as the positive control, and a section of the same summary file that a shared-pair run keeps."""
+    import pandas as pd
+
+    table = load("transfer_table")
+    summary = tmp_path / "TRANSFER.md"
+    summary.write_text("**Positive control holds** (the shared table)\n\n# Transfer benchmark\n")
+    args = ["--profile", "cross-tiny", "--schedules", "all", "--seeds", "0", "1", "--budgets", "2", "4",
+            "--threads", "1", "--out", str(tmp_path / "cross"), "--summary", str(summary)]
+    assert table.main(args) == 0
+    runs = pd.read_csv(tmp_path / "cross" / "runs.csv")
+    assert set(runs["method"]) == {"sft", "kd-shared", "semalign-shared", "semalign-layer"} and len(runs) == 16
+    for _, group in runs.groupby("steps"):
+        assert group["data_hash"].nunique() == 1 and group["trainable_params"].nunique() == 1
+    paired = pd.read_csv(tmp_path / "cross" / "paired.csv")
+    assert {"kd-shared - sft", "semalign-shared - kd-shared"} <= set(paired["comparison"])
+    assert set(paired["metric"]) == {"stdlib_test_bpb", "humaneval_bpb"}
+    text = summary.read_text()
+    assert text.startswith("**Positive control holds** (the shared table)")  # the shared part is kept
+    assert text.count(table.CROSS_BEGIN) == 1 and "## Cross-tokenizer pair: tiny → tiny" in text
+    table.write_section(summary, "**Positive control** (rewritten)\n", cross=False)  # a shared-pair run
+    again = summary.read_text()
+    assert again.startswith("**Positive control** (rewritten)") and "## Cross-tokenizer pair" in again
+    with pytest.raises(SemalignError, match="do not fit profile 'cross-tiny'"):
+        table.build_profile(table.argparse.Namespace(profile="cross-tiny", methods=["kd"], tasks=None, seeds=None,
+                                                     schedules=None, budgets=None, student=None))
 
 
 def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, tiny_pair):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -54,8 +55,19 @@ def test_method_config_swaps_only_the_loss(base_config):
     assert base_config.objective.terms == {"relation": 1.0, "kl": 1.0}  # the base is not mutated
 
 
+@pytest.fixture(scope="module")
+def cross_pair():
+    from semalign_lens.zoo.tiny import tiny_cross_pair
+
+    return tiny_cross_pair(seed=0)
+
+
 @pytest.mark.parametrize("name", list(baselines.METHODS))
-def test_each_method_trains_only_the_paired_layers(name, tiny_pair, base_config, transfer, tmp_path):
+def test_each_method_trains_only_the_paired_layers(name, tiny_pair, cross_pair, base_config, transfer, tmp_path):
+    if baselines.get_method(name).cross_vocab:  # a cross-tokenizer row: the tiny pair of two tokenizers
+        tiny_pair, base_config = cross_pair, copy.deepcopy(base_config)
+        base_config.vocab = "intersection"
+        transfer = code_transfer_batch(cross_pair.student.tokenizer, 16, 24)
     before = _weights(tiny_pair.student)
     result = baselines.run_method(name, base_config, teacher=tiny_pair.teacher, student=tiny_pair.student,
                                   data=transfer, run_dir=tmp_path)

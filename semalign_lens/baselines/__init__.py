@@ -28,16 +28,19 @@ fields replaced, and `run_method` trains it.
 | `semalign-fisher` | fisher + kl | the ACL version's Fisher-weighted quadratic on aligned logits, dual map |
 | `semalign-paper-map` | relation + kl | `semalign` with the paper's own (non-dual) recomposition |
 | `semalign-v1` | cosine + cosine_onehot | SemAlign v1 as written (cosine layer and output losses, paper map) |
+| `kd-shared` | shared_kl | `kd` across two tokenizers: KL on the shared vocabulary at aligned positions |
+| `uld` | uld | Universal Logit Distillation (Boizard et al.): sorted-probability Wasserstein-1, no vocabulary map |
+| `semalign-shared` | relation + shared_kl | `semalign` across two tokenizers: intersection-basis map, aligned positions |
 """
 
 from __future__ import annotations
 
 # One module per method; each registers its method(s) (their loss terms live in semalign_lens.objectives).
-from . import fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
+from . import cross_vocab, fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
 from .registry import METHODS, Method, get_method, method_config, method_trainer, register_method, run_method
 
 ROW_ORDER = ("sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-layer", "semalign-cosine",
-             "semalign-fisher", "semalign-paper-map", "semalign-v1")
+             "semalign-fisher", "semalign-paper-map", "semalign-v1", "kd-shared", "uld", "semalign-shared")
 for _name in ROW_ORDER:  # the table's row order: control, baselines, SemAlign variants (user methods after)
     METHODS[_name] = METHODS.pop(_name)
 

@@ -41,6 +41,14 @@ class Method:
     uses_teacher: bool = True
     family: str = "baseline"  # control | baseline | semalign
 
+    @property
+    def cross_vocab(self) -> bool:
+        """Whether a term reads the teacher's logits in its own vocabulary: the row then needs a
+        cross-tokenizer pair (`AlignConfig.vocab = "intersection"`)."""
+        from ..objectives import get_objective
+
+        return any(get_objective(t).cross_vocab for t in self.terms)
+
 
 METHODS: dict[str, Method] = {}
 

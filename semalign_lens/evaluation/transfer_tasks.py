@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import TokenBatch, tokenize
+from ..data import TokenBatch, prompt_answer_batch, tokenize
 from ..errors import SemalignError
 from ..tasks.facts import Fact, FactSet, load_facts
 from ..text_bytes import bits_per_byte, scored_bytes
@@ -56,21 +56,42 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
                      names=("code transfer (stdlib test files)", "HumanEval"))
     heldout = eval_set("stdlib_test", tokenizer, max_tokens=heldout_tokens, max_len=seq_len)
     check_no_overlap(sources, heldout.texts, names=("code transfer (stdlib test files)", "held-out stdlib tests"))
-    scored = {"stdlib_test": (heldout.batch, None), "humaneval": (batch, score)}
-    n_bytes = {name: scored_bytes(tokenizer, b, m) for name, (b, m) in scored.items()}
+    # name -> (batch, score mask, the bytes its scored tokens spell)
+    scored = {name: (b, m, scored_bytes(tokenizer, b, m))
+              for name, (b, m) in (("stdlib_test", (heldout.batch, None)), ("humaneval", (batch, score)))}
+
+    foreign: dict[int, dict] = {}  # another tokenizer's own tokenisation of the same texts, built once
 
     def evaluate(model) -> dict[str, float]:
+        own = getattr(model, "tokenizer", None)
+        sets = scored if own is None or own.get_vocab() == tokenizer.get_vocab() else \
+            foreign.setdefault(id(own), _same_texts(own, heldout, tokenizer, problems))
         out = {}
-        for name, (b, m) in scored.items():
+        for name, (b, m, n_bytes) in sets.items():
             total, count = token_nll(model, b, m, batch_size=8, precision=precision)
-            out[f"{name}_ce"], out[f"{name}_bpb"] = total / count, bits_per_byte(total, n_bytes[name])
+            out[f"{name}_ce"], out[f"{name}_bpb"] = total / count, bits_per_byte(total, n_bytes)
         return out
 
     return TransferTask("code", transfer, evaluate, "stdlib_test_ce", higher_is_better=False,
                         meta={"n_transfer": n_transfer, "seq_len": seq_len, "humaneval_problems": len(problems),
                               "transfer_files": n_files, "heldout_tokens": heldout.n_tokens,
-                              "heldout_files": heldout.meta["files"], "heldout_bytes": n_bytes["stdlib_test"],
+                              "heldout_files": heldout.meta["files"], "heldout_bytes": scored["stdlib_test"][2],
                               "scored_tokens": int((score & batch.mask)[:, 1:].sum())})
+
+
+def _same_texts(tokenizer, heldout, task_tokenizer, problems) -> dict:
+    """The code task's scored sets for a model with another tokenizer (a cross-tokenizer teacher): the held-out
+    blocks spelled back to text and each read after the model's own document start, and the same HumanEval
+    problems; (batch, score mask, scored bytes) each. Its CE is then per its own token; its bits per byte are
+    on the same bytes (up to each block's first token, which the task's own tokenisation does not score)."""
+    from .bits_per_byte import block_texts
+
+    texts = block_texts(heldout.batch.tokens, task_tokenizer)
+    batch = tokenize(tokenizer, texts)
+    he_batch, he_score = prompt_answer_batch(tokenizer, [p["prompt"] for p in problems],
+                                             [p["canonical_solution"] for p in problems])
+    return {"stdlib_test": (batch, None, sum(len(t.encode("utf-8")) for t in texts)),
+            "humaneval": (he_batch, he_score, scored_bytes(tokenizer, he_batch, he_score))}
 
 
 def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None = None, n_eval: int = 1,

@@ -82,18 +82,18 @@ def _shared_kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2:
                             "shared, from ModelPair(..., vocab='intersection').alignment); for one shared "
                             "vocabulary use 'kl'")
     student_ids, teacher_ids = x.shared
-    return shared_kl_loss(x.logits, _teacher_logits(x, "shared_kl"), student_ids, teacher_ids, x.mask,
+    return shared_kl_loss(x.logits, _teacher_logits(x, "shared_kl"), student_ids, teacher_ids, x.teacher_positions,
                           direction=direction, temperature=temperature, scale_by_t2=scale_by_t2)
 
 
 for _obj in (
     Objective("shared_kl", "output", _shared_kl, {"direction": "forward", "temperature": 1.0, "scale_by_t2": True},
-              needs_teacher_logits=True,
+              needs_teacher_logits=True, cross_vocab=True,
               source="ours: output KL on the shared vocabulary of two tokenizers, renormalised, at aligned "
                      "positions"),
-    Objective("uld", "output", lambda x, temperature: uld_loss(x.logits, _teacher_logits(x, "uld"), x.mask,
-                                                               temperature),
-              {"temperature": 1.0}, needs_teacher_logits=True,
+    Objective("uld", "output", lambda x, temperature: uld_loss(x.logits, _teacher_logits(x, "uld"),
+                                                               x.teacher_positions, temperature),
+              {"temperature": 1.0}, needs_teacher_logits=True, cross_vocab=True,
               source="not SemAlign: Universal Logit Distillation (Boizard et al. 2024), sorted-probability "
                      "Wasserstein-1 at aligned positions"),
 ):

@@ -63,6 +63,13 @@ class OutputInputs:
     # a cross-tokenizer pair: (student ids, teacher ids) of the shared strings in one order; the logits of
     # both models are then taken at aligned positions only (`vocab_alignment`)
     shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None
+    # where the teacher logits are defined (a cross-tokenizer pair's aligned positions); None: everywhere
+    teacher_mask: Bool[torch.Tensor, "batch pos"] | None = None
+
+    @property
+    def teacher_positions(self) -> Bool[torch.Tensor, "batch pos"]:
+        """The real positions at which a term comparing with the teacher's logits may read them."""
+        return self.mask if self.teacher_mask is None else self.mask & self.teacher_mask
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class Objective:
     fn: Callable[..., torch.Tensor]
     defaults: dict[str, Any] = field(default_factory=dict)
     needs_teacher_logits: bool = False
+    # reads the teacher's logits in the teacher's own vocabulary (shared_kl, uld): the only output terms that
+    # fit a cross-tokenizer pair, and the ones that need one (their shared ids)
+    cross_vocab: bool = False
     source: str = ""  # what is from the paper and what is inferred, one line
 
     def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -132,7 +142,7 @@ def _kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2: bool) 
     if x.teacher_logits is None:
         raise SemalignError("the 'kl' objective needs teacher logits; use targets.mode = 'online' or cache "
                             "the logits (targets.cache_logits = 'topk' or 'dense')")
-    return kl_loss(x.logits, x.teacher_logits, x.mask, direction=direction, temperature=temperature,
+    return kl_loss(x.logits, x.teacher_logits, x.teacher_positions, direction=direction, temperature=temperature,
                    scale_by_t2=scale_by_t2)
 
 

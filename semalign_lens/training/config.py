@@ -198,7 +198,9 @@ class AlignConfig:
     """One SemAlign run. Models are source strings (zoo name, HF directory, .gguf, Hub name)."""
 
     teacher: str = setting("smollm2-135m", doc="teacher model: zoo name, HF directory, .gguf file or Hub name")
-    student: str = setting("stdlib-student", doc="student model (same forms), sharing the teacher's vocabulary")
+    student: str = setting("stdlib-student", doc="student model (same forms)")
+    vocab: str = setting("shared", doc="shared (one vocabulary) or intersection (another tokenizer: shared token "
+                                       "strings, aligned positions, teacher targets online; training/cross_pair.py)")
     run_dir: str = setting("runs/align", doc="output directory: checkpoints, metrics, report, trained student")
     seed: int = setting(0, doc="seed of the data order and of adapter initialisation")
     precision: str = setting("auto", doc="auto (bf16 autocast only where the CPU/GPU computes bf16 natively), "
@@ -223,7 +225,13 @@ class AlignConfig:
     progress: bool = setting(True, doc="show progress bars")
 
     def validate(self) -> None:
+        from ..models import VOCAB_MODES
+
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "vocab", VOCAB_MODES)
+        if self.vocab == "intersection" and self.targets.mode == "cached":
+            raise SemalignError("a cross-tokenizer pair (vocab = 'intersection') reads the teacher online, on its own "
+                                "tokenization of each block; set targets.mode = 'online'")
         require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "cka_max_tokens")
         if self.diag_every < 0:
             raise SemalignError(f"diag_every must be >= 0 (0 = only at stage boundaries), got {self.diag_every}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,18 +29,22 @@ from ..transfer_data import code_transfer_data
 from ..zoo import corpus
 from ..zoo.pretrain import batch_indices
 from .config import DataConfig
+from .cross_pair import TeacherView, teacher_view
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
 
 
 @dataclass
 class AlignData:
-    """Training sequences (with their mask) and a held-out diagnostic batch."""
+    """Training sequences (with their mask) and a held-out diagnostic batch; for a cross-tokenizer pair also
+    the teacher's tokenization of both (`cross_pair.TeacherView`, set by `with_teacher_views`)."""
 
     tokens: Int[torch.Tensor, "n pos"]
     mask: Bool[torch.Tensor, "n pos"]
     diag: TokenBatch
     source: str = "memory"
+    teacher: TeacherView | None = None
+    diag_teacher: TeacherView | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.shape != self.mask.shape or self.tokens.ndim != 2 or len(self.tokens) == 0:
@@ -58,7 +62,16 @@ class AlignData:
             t = t.contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        for view in (self.teacher, self.diag_teacher):
+            if view is not None:
+                view.update(h)
         return h.hexdigest()
+
+    def with_teacher_views(self, student_tokenizer, teacher_tokenizer) -> AlignData:
+        """This data with the teacher's tokenization of every block (a cross-tokenizer pair)."""
+        return replace(self, teacher=teacher_view(self.tokens, self.mask, student_tokenizer, teacher_tokenizer),
+                       diag_teacher=teacher_view(self.diag.tokens, self.diag.mask, student_tokenizer,
+                                                 teacher_tokenizer))
 
     def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
         return batch_indices(len(self), batch_size, step, seed)

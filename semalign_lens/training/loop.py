@@ -43,6 +43,7 @@ from ..objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_obje
 from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
 from .config import AlignConfig, config_diff, load_align_config
+from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
 from .diagnostics import (
     cka_grid,
@@ -166,10 +167,13 @@ class Trainer:
 
         teacher = teacher if teacher is not None else load_model(cfg.teacher)
         student = student if student is not None else load_model(cfg.student)
-        if (problem := vocabulary_mismatch(teacher, student)) is not None:
-            raise SemalignError(f"{problem}; the trainer needs one shared vocabulary (a cross-tokenizer pair runs the "
-                                "analyses only: `semalign report pairing --vocab intersection`, notebook 07)")
-        ModelPair(teacher, student)  # same loading mode, teacher at least as deep
+        self.cross = cfg.vocab == "intersection"
+        if not self.cross and (problem := vocabulary_mismatch(teacher, student)) is not None:
+            raise SemalignError(f"{problem}; set vocab = 'intersection' to train through the shared token strings at "
+                                "aligned positions (training/cross_pair.py)")
+        # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share refused)
+        self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
+        self._check_objectives_fit_vocab()
         for role, model in (("teacher", teacher), ("student", student)):  # an HF model behind each, known blocks
             if (problem := trainer_problem(model, f"the {role} {model_name(model)}")) is not None:
                 raise SemalignError(problem)
@@ -183,6 +187,10 @@ class Trainer:
         if len(self.data) < cfg.data.batch_size:
             raise SemalignError(f"{len(self.data)} training sequences are fewer than one batch of "
                                 f"{cfg.data.batch_size}; add data or lower data.batch_size")
+        if self.cross:  # the teacher reads its own tokenization of every block
+            self.data = self.data.with_teacher_views(student.tokenizer, teacher.tokenizer)
+        # the diagnostic positions where teacher and student states compare (all real ones for one vocabulary)
+        self.diag_mask = (self.data.diag.mask & self.data.diag_teacher.aligned) if self.cross else self.data.diag.mask
 
         # plain HF copies: the teacher's weights shared, the student's copied (the caller's model is untouched)
         self.teacher = clean_copy(teacher, share_weights=True).to(self.device).eval().requires_grad_(False)
@@ -190,13 +198,16 @@ class Trainer:
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
         self.lens = lens_fn(self.student)
-        diag_tokens = self.data.diag.tokens.to(self.device)
+        diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
         self.teacher_diag = {k: v.to(self.device) for k, v in
                              diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
+        if self.cross:  # into the student's positions (the unaligned ones are masked out by diag_mask)
+            self.teacher_diag = {k: gather_positions(v, self.data.diag_teacher.index)
+                                 for k, v in self.teacher_diag.items()}
         cka_pairing = (pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path
                        and cfg.pairing.strategy == "cka")
         # the teacher's residual stack for CKA maps, taken now: a cached-targets run drops the teacher below
-        self.teacher_stack = self._stack(self.teacher) if cfg.figures or cka_pairing else None
+        self.teacher_stack = self._teacher_stack() if cfg.figures or cka_pairing else None
         cka = cka_grid(self.teacher_stack, self._stack(self.student))[0][1:, 1:] if cka_pairing else None
 
         self.pairs = resolve_pairing(cfg, pairing, n_teacher, n_student, cka)
@@ -204,13 +215,23 @@ class Trainer:
         self.pairs.sort(key=lambda p: p.student_layer)
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
-        self.teacher_diag.update(lens_top1(self.teacher, self.teacher_diag,
-                                           [p.nearest_teacher_layer for p in self.pairs], self.autocast))
-        self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student)
+        top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
+                         self.autocast)
+        if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
+            ids = teacher_to_student_ids(self.alignment, parts(self.teacher).head.weight.shape[0]).to(self.device)
+            top1 = {k: ids[v] for k, v in top1.items()}
+        self.teacher_diag.update(top1)
+        self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student, self.alignment)
+        self.shared_ids = None if not self.cross else (self.alignment.student_ids.to(self.device),
+                                                       self.alignment.teacher_ids.to(self.device))
         self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
                            "processes": self.world, "pairing": [p.record() for p in self.pairs],
                            "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
                            "data": self.data.source, "precision": precision_record(cfg.precision, self.device)}
+        if self.cross:
+            self.provenance["vocab"] = {**self.alignment.describe(),
+                                        "aligned_student_positions": self.data.teacher.share,
+                                        "aligned_diagnostic_positions": self.data.diag_teacher.share}
         self.provenance = json.loads(json.dumps(
             self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
         self.identity = {"teacher_hash": weights_fingerprint(self.teacher),
@@ -218,6 +239,8 @@ class Trainer:
                          "tokenizer_hash": tokenizer_fingerprint(self.tokenizer),
                          "data_hash": self.data.fingerprint,
                          "transfer": repr(self.transfer), "pairs": [p.record() for p in self.pairs]}
+        if self.cross:
+            self.identity["teacher_tokenizer_hash"] = tokenizer_fingerprint(teacher.tokenizer)
         self._check_resume_identity()
         self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
         self.targets = self._make_targets()
@@ -234,13 +257,38 @@ class Trainer:
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
 
-    def _stack(self, model) -> list[torch.Tensor]:
-        """`residual_stack` of `model` on the diagnostic batch's first `cka_max_tokens` real tokens."""
-        keep = self.data.diag.mask.clone()
-        if int(keep.sum()) > self.cfg.cka_max_tokens:  # the first max_tokens real tokens (deterministic)
+    def _cka_keep(self) -> torch.Tensor:
+        """The diagnostic positions CKA compares: the first `cka_max_tokens` of `diag_mask` (deterministic)."""
+        keep = self.diag_mask.clone()
+        if int(keep.sum()) > self.cfg.cka_max_tokens:
             keep &= keep.flatten().cumsum(0).view_as(keep) <= self.cfg.cka_max_tokens
+        return keep
+
+    def _stack(self, model) -> list[torch.Tensor]:
+        """`residual_stack` of `model` (the student, or a same-vocabulary teacher) at the `_cka_keep` tokens."""
         with self.autocast():
-            return residual_stack(model, TokenBatch(self.data.diag.tokens, keep))
+            return residual_stack(model, TokenBatch(self.data.diag.tokens, self._cka_keep()))
+
+    def _teacher_stack(self) -> list[torch.Tensor]:
+        """The teacher's stack, row for row with the student's: a cross-tokenizer pair's from its diagnostic
+        states gathered into the student's positions (the same rows by construction)."""
+        if not self.cross:
+            return self._stack(self.teacher)
+        keep = self._cka_keep().to(self.device)
+        keys = ["embed"] + [f"post.{layer}" for layer in range(len(parts(self.teacher).layers))]
+        return [self.teacher_diag[k][keep].float().cpu() for k in keys]
+
+    def _check_objectives_fit_vocab(self) -> None:
+        """Terms reading teacher logits in the student's vocabulary need one vocabulary; shared_kl and uld
+        need a cross-tokenizer pair (`Objective.cross_vocab`)."""
+        for name, obj, _, _ in self.objectives:
+            if self.cross and obj.needs_teacher_logits and not obj.cross_vocab:
+                raise SemalignError(f"objective {name!r} compares teacher and student logits token for token, but "
+                                    "this pair has two vocabularies (vocab = 'intersection'); use 'shared_kl' (KL on "
+                                    "the shared tokens) or 'uld' instead")
+            if obj.cross_vocab and not self.cross:
+                raise SemalignError(f"objective {name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with "
+                                    "one shared vocabulary use 'kl'")
 
     # ------------------------------------------------------------------------------------------- setup
     def _check_resume_identity(self) -> None:
@@ -262,7 +310,8 @@ class Trainer:
         if not (self.need_teacher_states or self.need_teacher_logits):
             return NoTargets()
         if self.cfg.targets.mode == "online":
-            return OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
+            online = OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
+            return CrossTargets(online, self.data.teacher) if self.cross else online
         store = self.cfg.targets.logits_store if self.need_teacher_logits else None
         top_k, vocab = self.cfg.targets.top_k, parts(self.teacher).head.weight.shape[0]
         if store == "topk" and top_k > vocab:
@@ -375,9 +424,11 @@ class Trainer:
         layers = self._student_layers(stage.pairs)
         with self.autocast():
             s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
-        layer_inputs = ([self._layer_inputs(p, s_states, teacher.states, batch.mask) for p in stage.pairs]
+        mask = batch.mask if teacher.mask is None else batch.mask & teacher.mask  # where the teacher compares
+        layer_inputs = ([self._layer_inputs(p, s_states, teacher.states, mask) for p in stage.pairs]
                         if self.need_teacher_states else [])
-        out_inputs = OutputInputs(logits, batch.tokens, batch.mask, teacher.logits) if self.need_logits else None
+        out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
+                                   teacher_mask=teacher.mask) if self.need_logits else None)
         values = {}
         for name, obj, _, options in self.objectives:
             if obj.kind == "layer":
@@ -437,7 +488,7 @@ class Trainer:
         self._log({"kind": "heldout", "step": step, "stage": stage.index, "when": when,
                    "ce": float(ce_loss(logits.float(), tokens, mask))})
         for pair in self.pairs:
-            x = self._layer_inputs(pair, s_states, self.teacher_diag, mask)
+            x = self._layer_inputs(pair, s_states, self.teacher_diag, self.diag_mask.to(self.device))
             top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")
             metrics = projection_metrics(x.state, x.target, x.contribution, x.target_contribution, mask,
                                               self.lens, top1)

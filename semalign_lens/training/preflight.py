@@ -101,7 +101,7 @@ def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, stu
         raise SemalignError(f"transfer.path {cfg.transfer.path} does not exist; point it at a saved TransferMap "
                             "(TransferMap.save), or remove it to build the map from both models")
     n_t, n_s = check_pair_sources(cfg.teacher if teacher is None else teacher,
-                                  cfg.student if student is None else student)
+                                  cfg.student if student is None else student, vocab=cfg.vocab)
     t_name = model_name(teacher) if teacher is not None else cfg.teacher
     s_name = model_name(student) if student is not None else cfg.student
     if n_t is None or n_s is None:

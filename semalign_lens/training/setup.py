@@ -97,24 +97,38 @@ def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int
     return pairs
 
 
-def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student):
+def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student, alignment=None):
     """The TransferMap from the API argument, a saved file, or built from both models' semantic bases.
 
     Built maps leave out token ids with an all-zero head row in either model (`semantics.live_head_tokens`);
-    the excluded ids are listed in the run's provenance (`transfer_excluded_ids`).
+    the excluded ids are listed in the run's provenance (`transfer_excluded_ids`). With a cross-tokenizer
+    pair's `alignment` the bases are the intersection bases (`semantics.intersection_bases`), and a given map
+    must have been built on that same intersection.
     """
-    from ..semantics import SemanticBasis, TransferMap, live_head_tokens
+    from ..semantics import SemanticBasis, TransferMap, intersection_bases, live_head_tokens
 
     excluded = torch.empty(0, dtype=torch.long)
     if given is not None:
         transfer = given
     elif cfg.transfer.path:
         transfer = TransferMap.load(cfg.transfer.path)
+    elif alignment is not None:
+        transfer = TransferMap(*intersection_bases(teacher, student, alignment,
+                                                   fold_final_norm=cfg.transfer.fold_final_norm),
+                               kind=cfg.transfer.kind)
     else:
         tokens, excluded = live_head_tokens(teacher, student)
         kw = {"fold_final_norm": cfg.transfer.fold_final_norm, "tokens": tokens}
         transfer = TransferMap(SemanticBasis.from_model(teacher, **kw), SemanticBasis.from_model(student, **kw),
                                kind=cfg.transfer.kind)
+    built_on = (getattr(transfer, "teacher", None) or {}).get("vocab_key", "")
+    want = alignment.key if alignment is not None else ""
+    if isinstance(getattr(transfer, "teacher", None), dict) and built_on != want:
+        built = "an intersection of two vocabularies" if built_on else "the full vocabulary"
+        pair = ("a cross-tokenizer pair (this one's intersection)" if want else "one shared vocabulary")
+        raise SemalignError(f"the transfer map was built on {built}, but this run trains {pair}; leave "
+                            "transfer.path unset to build the map for these models, or rebuild it from their bases "
+                            "(semantics.intersection_bases for a cross-tokenizer pair)")
     matrix = getattr(transfer, "matrix", None)
     want = (student.cfg.d_model, teacher.cfg.d_model)
     if matrix is None or tuple(matrix.shape) != want or not callable(transfer):

@@ -56,10 +56,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 @dataclass
 class TeacherBatch:
     """Teacher activations for one batch: {"post.{l}" | "embed": [batch, pos, d_T]} and optional logits
-    (dense [batch, pos, V], or `SparseLogits` from a top-k cache)."""
+    (dense [batch, pos, V], or `SparseLogits` from a top-k cache). `mask` [batch, pos]: the student positions
+    where they are defined (a cross-tokenizer pair's aligned positions); None: every position."""
 
     states: dict[str, torch.Tensor]
     logits: torch.Tensor | SparseLogits | None = None
+    mask: torch.Tensor | None = None
 
 
 def teacher_keys(layers: list[int]) -> list[str]:

@@ -33,17 +33,21 @@ TINY_TEACHER = TinyArch(n_layers=6, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=1
 TINY_STUDENT = TinyArch(n_layers=3, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
 
 
-def _training_text() -> list[str]:
-    import collections
-    import json
-    import textwrap
+# The modules whose source trains a tiny tokenizer: the shared one, and the other tokenizer of the tiny
+# cross-tokenizer pair (other text, other size: other merges, other ids, other token boundaries).
+TOKENIZER_TEXTS = {"default": ("collections", "json", "textwrap"), "other": ("string", "pprint", "heapq")}
+TINY_OTHER_VOCAB = 320
 
-    sources = [inspect.getsource(m) for m in (collections, json, textwrap)]
+
+def _training_text(text: str = "default") -> list[str]:
+    import importlib
+
+    sources = [inspect.getsource(importlib.import_module(m)) for m in TOKENIZER_TEXTS[text]]
     return [line for src in sources for line in src.splitlines() if line.strip()]
 
 
-def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB) -> Path:
-    """A directory holding the tiny byte-level BPE tokenizer (trained once, then cached).
+def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB, text: str = "default") -> Path:
+    """A directory holding a tiny byte-level BPE tokenizer (trained once, then cached) on `TOKENIZER_TEXTS`.
 
     `<|endoftext|>` (id 0) is BOS/EOS/PAD, like SmolLM2's document separator. It lives on disk because
     TransformerBridge re-opens tokenizers by `name_or_path`.
@@ -51,7 +55,7 @@ def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    folder = cache_dir("tiny", f"tokenizer-v1-{vocab_size}")
+    folder = cache_dir("tiny", f"tokenizer-v1-{vocab_size}" + ("" if text == "default" else f"-{text}"))
     if (folder / "tokenizer.json").exists():
         return folder
     tok = Tokenizer(models.BPE())
@@ -59,17 +63,17 @@ def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.train_from_iterator(_training_text(text), trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(str(folder))
     return folder
 
 
 @functools.lru_cache(maxsize=4)
-def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+def tiny_tokenizer(vocab_size: int = TINY_VOCAB, text: str = "default"):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(vocab_size)))
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(vocab_size, text)))
 
 
 def tiny_hf_model(arch: TinyArch, vocab_size: int, seed: int):
@@ -103,6 +107,18 @@ def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch
     t_hf, s_hf, tok = tiny_hf_pair(seed, teacher, student)
     return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher"),
                      load_model(s_hf, tokenizer=tok, name="tiny-student"))
+
+
+def tiny_cross_pair(seed: int = 0):
+    """A `ModelPair(vocab="intersection")` of tiny models with two tokenizers: the teacher's is the shared
+    tiny one, the student's another byte-level BPE (`TOKENIZER_TEXTS["other"]`, `TINY_OTHER_VOCAB` tokens)."""
+    from ..models import ModelPair, load_model
+
+    t_tok, s_tok = tiny_tokenizer(), tiny_tokenizer(TINY_OTHER_VOCAB, "other")
+    teacher = load_model(tiny_hf_model(TINY_TEACHER, len(t_tok), seed), tokenizer=t_tok, name="tiny-teacher")
+    student = load_model(tiny_hf_model(TINY_STUDENT, len(s_tok), seed + 1), tokenizer=s_tok,
+                         name="tiny-student-other-tokenizer")
+    return ModelPair(teacher, student, vocab="intersection")
 
 
 # The families of the architecture matrix (`tests/test_architectures.py`): each built tiny from its transformers config.

@@ -18,3 +18,30 @@ def test_knowledge_task_refuses_malformed_facts_file(tmp_path, tiny_pair):
     path.write_text(json.dumps(bad))
     with pytest.raises(SemalignError, match=r"facts\[1\].*'answer'"):
         ev.knowledge_task(tiny_pair.teacher, path)
+
+
+def test_code_task_scores_a_model_with_another_tokenizer_on_the_same_text(tiny_hf):
+    """A cross-tokenizer teacher reads the held-out blocks' text in its own tokens: bits per byte against HF's
+    loss on each text, and the bytes are the text's."""
+    import math
+
+    import torch
+
+    from semalign_lens.evaluation.bits_per_byte import block_texts
+    from semalign_lens.zoo.tiny import tiny_cross_pair
+
+    pair = tiny_cross_pair(seed=0)
+    task = ev.code_task(pair.student.tokenizer, n_transfer=4, seq_len=32, humaneval_limit=2, heldout_tokens=96)
+    got = task.evaluate(pair.teacher)
+    hf, tok = tiny_hf[0], pair.teacher.tokenizer
+    heldout = ev.eval_set("stdlib_test", pair.student.tokenizer, max_tokens=96, max_len=32)
+    nll = n_bytes = 0
+    for text in block_texts(heldout.batch.tokens, pair.student.tokenizer):
+        ids = torch.tensor([[tok.convert_tokens_to_ids("<|endoftext|>")] + tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            loss = hf(input_ids=ids, labels=ids).loss  # mean over the text's tokens after the document start
+        nll += float(loss) * (ids.shape[1] - 1)
+        n_bytes += len(text.encode("utf-8"))
+    assert math.isclose(got["stdlib_test_bpb"], nll / (math.log(2) * n_bytes), rel_tol=1e-4)
+    own = task.evaluate(pair.student)  # the task's own tokenisation for the student
+    assert set(own) == set(got) and all(math.isfinite(v) for v in own.values())
