@@ -108,7 +108,7 @@ PROFILES = {
     # teacher's line is then on the same bytes). Code only: the knowledge task's texts are the teacher's.
     "cross": Profile(student="stdlib-student-8k", vocab="intersection", seq_len=64, n_transfer=2160, per_file=3,
                      heldout_tokens=16384, humaneval_limit=32, tasks=["code"], schedules=["all"],
-                     methods=["sft", "kd-shared", "semalign-shared", "semalign-layer"], budgets=[27, 90]),
+                     methods=["sft", "kd-shared", "semalign-shared", "semalign-layer"], budgets=[27, 90, 270]),
     "cross-tiny": Profile(seq_len=24, n_transfer=48, batch_size=4, student_layers=(0, 2), lora_rank=4, lr=1e-2,
                           precision="fp32", humaneval_limit=4, heldout_tokens=128, diag_sequences=2, budgets=[2, 4],
                           teacher="tiny", student="tiny", vocab="intersection", tasks=["code"],
@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         caches[name] = work / f"cache-{name}"
         if any(k not in done for k in keys(name)):  # a finished table re-summarised with --resume needs no teacher pass
             prebuild_cache(profile, tr, teacher, student, caches[name], work)
-            log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
+            if not cross:
+                log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
     # Control first (sft, kd), then the rest; seeds inside, so a run cut short has whole curves of 3 seeds.
     for schedule in profile.schedules:
         for name in profile.tasks:
