@@ -48,6 +48,7 @@ import torch
 
 from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, method_config, method_trainer
+from semalign_lens.baselines.cross_vocab import for_pair
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
 from semalign_lens.errors import SemalignError, run_reporting_errors
 from semalign_lens.precision import machine_line
@@ -59,8 +60,8 @@ SCHEDULES = ("frontier", "all")
 CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets"]
 # The two roles the comparisons name, by the pair's vocabulary: a cross-tokenizer pair's KD and SemAlign rows
 # read the teacher's logits through the shared strings (`baselines/cross_vocab.py`).
-ROLES = {"shared": {"kd": "kd", "semalign": "semalign"},
-         "intersection": {"kd": "kd-shared", "semalign": "semalign-shared"}}
+ROLES = {vocab: {role: for_pair(role, vocab != "shared") for role in ("kd", "semalign")}
+         for vocab in ("shared", "intersection")}
 
 
 def comparisons(vocab: str = "shared") -> tuple[tuple[str, str], ...]:

@@ -53,13 +53,17 @@ class RunProfile:
 
 def load_pair(teacher: str, student: str, vocab: str = "shared"):
     """A `ModelPair` (vocabulary and mode checked); teacher "tiny" gives the seeded random tiny pair (with
-    `vocab="intersection"` the tiny pair of two tokenizers)."""
+    `vocab="intersection"` the tiny pair of two tokenizers). `vocab="auto"`: "intersection" exactly when the
+    two tokenizers differ."""
     if teacher == "tiny":
         from .zoo.tiny import tiny_cross_pair, tiny_pair
 
         return tiny_cross_pair(seed=0) if vocab == "intersection" else tiny_pair(seed=0)
-    from .models import ModelPair
+    from .models import ModelPair, load_model, vocabulary_mismatch
 
+    if vocab == "auto":
+        t, s = load_model(teacher), load_model(student)
+        return ModelPair(t, s, vocab="intersection" if vocabulary_mismatch(t, s) else "shared")
     return ModelPair.load(teacher, student, vocab=vocab)
 
 

@@ -88,7 +88,8 @@ def _cmd_export(args) -> None:
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
-    result = run_demo(args.profile, out_dir=args.out, progress=not args.no_progress)
+    overrides = {k: v for k, v in (("student", args.student), ("vocab", args.vocab)) if v is not None}
+    result = run_demo(args.profile, out_dir=args.out, progress=not args.no_progress, **overrides)
     m = result.machine
     table = result.results.copy()
     gap = [c for c in table.columns if c.startswith("gap_closed")]
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="demo", help="demo (<= 10 min on 2 cores), quick (<= 2 min) or tiny")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="same as --profile quick")
     p.add_argument("--out", default="runs/demo", help="output directory (report.html, results.csv, runs/)")
+    p.add_argument("--student", help="another student (zoo name or HF directory), e.g. stdlib-student-8k, which "
+                                     "has its own tokenizer (trained through the shared token strings)")
+    p.add_argument("--vocab", choices=("auto", "shared", "intersection"),
+                   help="auto (default): intersection exactly when the student's vocabulary differs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 

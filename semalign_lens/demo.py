@@ -51,8 +51,9 @@ class DemoProfile(RunProfile):
     lr: float = 1e-3
     humaneval_limit: int = 24
     heldout_tokens: int = 2048
-    methods: tuple[str, ...] = ("sft", "semalign")
+    methods: tuple[str, ...] = ("sft", "semalign")  # on a cross-tokenizer pair, their twins (kd -> kd-shared, ...)
     seed: int = 0
+    vocab: str = "auto"  # "intersection" exactly when the student has another tokenizer (training/cross_pair.py)
 
 
 PROFILES = {
@@ -84,20 +85,22 @@ class DemoResult:
     verdict: str = ""  # one sentence: did it transfer, by how much
 
 
-def results_table(task, before: dict, teacher: dict, after: dict[str, dict]) -> pd.DataFrame:
-    """Rows: student before, teacher, each method; columns: every metric, and gap closed on the headline one."""
+def results_table(metric: str, higher_is_better: bool, before: dict, teacher: dict,
+                  after: dict[str, dict]) -> pd.DataFrame:
+    """Rows: student before, teacher, each method; columns: every metric, and gap closed on `metric`."""
     from .evaluation import gap_closed
 
     rows = [{"model": "student (before)", **before}, {"model": "teacher", **teacher}]
     rows += [{"model": f"student + {name}", **scores} for name, scores in after.items()]
     table = pd.DataFrame(rows)
-    table[f"gap_closed ({task.metric})"] = [
-        gap_closed(before[task.metric], r[task.metric], teacher[task.metric], task.higher_is_better) for r in rows]
+    table[f"gap_closed ({metric})"] = [
+        gap_closed(before[metric], r[metric], teacher[metric], higher_is_better) for r in rows]
     return table
 
 
 METRIC_NAMES = {"stdlib_test_ce": "held-out stdlib-test cross-entropy", "humaneval_ce": "HumanEval solution "
-                "cross-entropy", "answer_logprob": "held-out fact log-prob"}
+                "cross-entropy", "answer_logprob": "held-out fact log-prob",
+                "stdlib_test_bpb": "held-out stdlib-test bits per byte"}
 
 
 def pairing_story(pairing, cka: pd.DataFrame, attribution_task: str, transfer_task: str) -> str:
@@ -176,7 +179,8 @@ class _StepNote:
 def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
              **overrides) -> DemoResult:
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
-    from .baselines import run_method
+    from .baselines import get_method, run_method
+    from .baselines.cross_vocab import for_pair
     from .data import tokenize
     from .evaluation import humaneval_problem_ce
     from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
@@ -203,8 +207,13 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     if unknown:
         raise SemalignError(f"unknown demo profile field(s) {unknown}; valid: {', '.join(f.name for f in fields(profile))}")
     profile = replace(profile, **overrides)
+    if profile.vocab not in ("auto", "shared", "intersection"):
+        raise SemalignError(f"vocab must be auto, shared or intersection, got {profile.vocab!r}")
     out = check_output_dir(out_dir, "--out (the demo's output directory)")  # before anything loads or is written
     out.mkdir(parents=True, exist_ok=True)
+    cross = profile.vocab == "intersection" or (profile.vocab == "auto" and _other_tokenizer(profile))
+    profile = replace(profile, vocab="intersection" if cross else "shared",
+                      methods=tuple(for_pair(m, cross) for m in profile.methods))
     stages = ["load pair", "overview", "layer pairing", "transfer task", *[f"train {m}" for m in profile.methods],
               "report"]
     bar = StageBar(stages, [STAGE_WEIGHTS.get(s, TRAIN_WEIGHT) for s in stages], desc="semalign demo",
@@ -215,15 +224,15 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     machine = precision_record(profile.precision)
     torch.manual_seed(profile.seed)
     bar.start("load pair")
-    pair = load_pair(profile.teacher, profile.student)
+    pair = load_pair(profile.teacher, profile.student, profile.vocab)
     teacher, student = pair.teacher, pair.student
     bar.done()
 
     bar.start("overview")
     prompts = humaneval_prompts(profile.overview_prompts)
-    batch = tokenize(pair.tokenizer, prompts, max_len=profile.seq_len)
     arch = architecture_table(teacher, student)
-    norms = pd.concat([residual_norms(teacher, batch), residual_norms(student, batch)])
+    norms = pd.concat([residual_norms(m, tokenize(m.tokenizer, prompts, max_len=profile.seq_len))
+                       for m in (teacher, student)])  # each model reads the prompts in its own tokens
     bar.done()
 
     bar.start("layer pairing")
@@ -231,7 +240,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     inspected = pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
                                methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
                                seed=profile.seed, progress=False, report=pairing_sections, level=3,
-                               strategy="proportional")  # the strategy training uses: its pairs are the marked ones
+                               strategy="proportional",  # the strategy training uses: its pairs are the marked ones
+                               vocab=profile.vocab)
     pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
                            student_layers=list(profile.student_layers))
     bar.done()
@@ -240,9 +250,11 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     run = build_task("code", profile, teacher, student)
     task, train, diag, before, teacher_scores = run.task, run.data, run.diag, run.before, run.teacher
     n_train = len(train)
-    per_problem = {"student (before)": humaneval_problem_ce(student, tokenizer=pair.tokenizer,
-                                                            limit=profile.humaneval_limit)}
-    reference = humaneval_problem_ce(teacher, tokenizer=pair.tokenizer, limit=profile.humaneval_limit)
+    # each model reads HumanEval in its own tokens; a cross-tokenizer pair compares per byte (`metric`)
+    metric = "stdlib_test_bpb" if cross else task.metric
+    unit = "bpb" if cross else "ce"
+    per_problem = {"student (before)": humaneval_problem_ce(student, limit=profile.humaneval_limit)}
+    reference = humaneval_problem_ce(teacher, limit=profile.humaneval_limit)
     bar.done()
 
     base = shared_config(profile, len(train), seed=profile.seed, run_dir=out / "runs", cka_max_tokens=512)
@@ -252,28 +264,36 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
                             run_dir=out / "runs" / method, pairing=pairing, plugins=[_StepNote(bar)])
         after[method] = task.evaluate(result.student)
-        per_problem[f"student + {method}"] = humaneval_problem_ce(result.student, tokenizer=pair.tokenizer,
+        per_problem[f"student + {method}"] = humaneval_problem_ce(result.student, tokenizer=student.tokenizer,
                                                                   limit=profile.humaneval_limit)
         runs[method] = result
         bar.done()
-    per_problem = pd.concat([f.assign(model=name, teacher_ce=reference["ce"]) for name, f in per_problem.items()],
+    per_problem = pd.concat([f.assign(model=name, teacher=reference[unit]) for name, f in per_problem.items()],
                             ignore_index=True)
 
     bar.start("report")
-    results = results_table(task, before, teacher_scores, after)
+    results = results_table(metric, task.higher_is_better, before, teacher_scores, after)
     report = Report(f"semalign demo: {arch.index[0]} → {arch.index[1]}",
                     subtitle=f"profile {profile_name}, seed {profile.seed}, {machine['resolved_precision']}")
     report.add_heading("Results")
-    report.add_markdown(f"**{verdict(results, task.metric)}**")
+    report.add_markdown(f"**{verdict(results, metric)}**")
     report.add_markdown(
         f"Code transfer: {n_train} sequences of {profile.seq_len} tokens from the standard library's test files "
         f"(unseen by the student); {profile.stage_steps} steps per paired student layer "
         f"({', '.join(map(str, profile.student_layers))}), LoRA rank {profile.lora_rank}, lr {profile.lr:g}, "
-        f"seed {profile.seed}. Headline metric: `{task.metric}` (cross-entropy on {task.meta['heldout_tokens']:,} "
-        "tokens of held-out stdlib test files, nats/token, lower is better); `humaneval_ce` is HumanEval "
+        f"seed {profile.seed}. Headline metric: `{metric}` ({'bits per byte' if cross else 'cross-entropy'} on "
+        f"{task.meta['heldout_tokens']:,} tokens of held-out stdlib test files, "
+        f"{'bits/byte' if cross else 'nats/token'}, lower is better); `humaneval_ce` is HumanEval "
         "canonical-solution cross-entropy given the prompt (out of distribution); `*_bpb` are the same in bits per "
         "byte. Gap closed = (after − before) / (teacher − before). Every method trains the same LoRA parameters on "
         "the same data for the same steps; only the loss terms differ.")
+    if cross:
+        report.add_markdown(
+            f"**Two tokenizers.** {pair.alignment.summary()}. The teacher reads its own tokenization of every "
+            "training block; the layer term, the KL and the diagnostics use only the aligned positions, where both "
+            "have read the same text (`semalign_lens/training/cross_pair.py`), and the transfer map is built on the "
+            "intersection bases. `semalign-shared` = the relation term + KL on the shared tokens. The teacher's "
+            "scores are on the same texts in its own tokens, so only its bits per byte compare with the student's.")
     report.add_markdown(
         f"How this relates to the benchmark: the demo trains one seed for {profile.stage_steps * len(pairing)} "
         f"steps of {profile.batch_size} x {profile.seq_len} tokens at lr {profile.lr:g}, a pipeline run. "
@@ -281,14 +301,16 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         "sequences, lr 2e-3) and on a train-all schedule, at four budgets with three seeds each, scores 16k "
         "held-out tokens, and states whether logit KD separates from SFT at all (on the frontier schedule it does "
         "not): read a demo number as one seed near the bottom of that table's frontier curve, not as a result.")
-    report.add_figure(gap_figure(results, task.metric), caption="Gap closed on the headline metric, one seed: 0 is "
+    report.add_figure(gap_figure(results, metric), caption="Gap closed on the headline metric, one seed: 0 is "
                       "the untrained student, 1 the teacher; below 0 the method made the student worse",
                       name="gap-closed")
     report.add_table(results, caption="Before, teacher, and after each method")
-    report.add_figure(versus_reference(per_problem, x="teacher_ce", y="ce", color="model", hover="task_id",
+    unit_title = "bits/byte" if cross else "nats/token"
+    report.add_figure(versus_reference(per_problem, x="teacher", y=unit, color="model", hover="task_id",
                                        title="HumanEval, per problem: student against teacher",
-                                       x_title="teacher CE (nats/token)", y_title="student CE (nats/token)"),
-                      caption=f"Canonical-solution cross-entropy given the prompt, {per_problem['task_id'].nunique()} "
+                                       x_title=f"teacher {unit.upper()} ({unit_title})",
+                                       y_title=f"student {unit.upper()} ({unit_title})"),
+                      caption=f"Canonical-solution {'bits per byte' if cross else 'cross-entropy'} given the prompt, {per_problem['task_id'].nunique()} "
                               "problems; below the dotted line the student beats the teacher on that problem. "
                               "Where a method's points sit relative to the untrained student's shows which problems "
                               "it gained or lost on.", name="humaneval-per-problem")
@@ -313,11 +335,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     for method, result in runs.items():
         records = records_of[method]
         lens[method] = lens_agreement_change(records)
-        terms = list(base.objective.terms) if method == "semalign" else []
         report.add_heading(f"Training: {method}")
-        report.add_figure(loss_figure(records, sorted({k for r in records for k in r
-                                                       if k in ("ce", "kl", "relation", "cosine", "fisher")}
-                                                      | set(terms))), name=f"loss-{method}")
+        report.add_figure(loss_figure(records, list(get_method(method).terms)), name=f"loss-{method}")
         change = cka_change(result.run_dir)
         if change is not None:
             delta, t_labels, s_labels = change
@@ -353,4 +372,16 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     timings["total"] = round(time.time() - started, 1)
     results.to_csv(out / "results.csv", index=False)
     (out / "timings.json").write_text(json.dumps({"timings_s": timings, "machine": machine}, indent=2))
-    return DemoResult(out, report_path, results, timings, machine, verdict(results, task.metric))
+    return DemoResult(out, report_path, results, timings, machine, verdict(results, metric))
+
+
+def _other_tokenizer(profile: DemoProfile) -> bool:
+    """Whether the student's vocabulary size differs from the teacher's, as their configs state it (no model
+    loads); "tiny" is the one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads,
+    naming the fix (vocab = "intersection")."""
+    from .models import inspect_source
+
+    if profile.teacher == "tiny":
+        return False
+    sizes = [(inspect_source(source) or {}).get("vocab_size") for source in (profile.teacher, profile.student)]
+    return None not in sizes and sizes[0] != sizes[1]

@@ -55,6 +55,26 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
         assert (before, after) == (mine[0], mine[-1]) and records[0]["step"] == 0
 
 
+def test_tiny_demo_on_a_cross_tokenizer_pair(tmp_path):
+    """`--vocab intersection` on the tiny pair of two tokenizers: SemAlign's cross-tokenizer twin trains, the
+    headline is in bits per byte (the teacher's own tokens on the same text), and the page says why."""
+    from semalign_lens.evaluation import gap_closed
+
+    result = run_demo("tiny", out_dir=tmp_path, progress=False, vocab="intersection")
+    table = result.results.set_index("model")
+    assert list(table.index) == ["student (before)", "teacher", "student + sft", "student + semalign-shared"]
+    gap = table["gap_closed (stdlib_test_bpb)"]
+    for row in table.index:
+        assert gap[row] == pytest.approx(gap_closed(table.loc["student (before)", "stdlib_test_bpb"],
+                                                    table.loc[row, "stdlib_test_bpb"],
+                                                    table.loc["teacher", "stdlib_test_bpb"], False), nan_ok=True)
+    html = result.report_path.read_text()
+    assert "Two tokenizers." in html and "shared tokens" in html and "Training: semalign-shared" in html
+    assert "held-out stdlib-test bits per byte" in result.verdict
+    with pytest.raises(SemalignError, match="vocab must be auto, shared or intersection"):
+        run_demo("tiny", out_dir=tmp_path / "bad", progress=False, vocab="both")
+
+
 def test_unknown_profile_lists_valid_ones():
     with pytest.raises(SemalignError, match="valid: " + ", ".join(PROFILES)):
         run_demo("huge")

@@ -11,6 +11,13 @@ from __future__ import annotations
 from .registry import Method, register_method
 
 SHARED_KL = {"shared_kl": {"direction": "forward", "temperature": 1.0}}  # `kd`'s KL, on the shared tokens
+# The row each shared-vocabulary method becomes on a cross-tokenizer pair (the others stay as they are).
+CROSS_TWINS = {"kd": "kd-shared", "semalign": "semalign-shared"}
+
+
+def for_pair(method: str, cross: bool) -> str:
+    """`method`, or its cross-tokenizer twin on a cross-tokenizer pair."""
+    return CROSS_TWINS.get(method, method) if cross else method
 
 for _m in (
     Method("kd-shared", {"shared_kl": 1.0}, "logit distillation across two tokenizers: forward KL on the shared "
