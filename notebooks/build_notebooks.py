@@ -752,8 +752,32 @@ x = sl.objectives.OutputInputs(logits=s_logits, tokens=torch.zeros(1, al.n_align
 losses = {name: sl.objectives.get_objective(name) for name in ("shared_kl", "uld")}
 {name: round(float(obj.fn(x, **obj.options(None))), 4) for name, obj in losses.items()}"""),
     ("md", """\
-Training a cross-tokenizer student through the trainer (SFT, cross-vocabulary KD and SemAlign on aligned
-positions) is not wired in yet: the trainer still feeds one token sequence to both models."""),
+## Training across tokenizers
+
+`vocab = "intersection"` lets the trainer take the pair. The teacher reads its own tokenization of every
+student block; its states and logits are gathered into the student's positions where the two are aligned, and
+every other position is left out of the layer loss, the KL and the diagnostics. The transfer map is built on
+the intersection bases. `kl` is refused (the logits are over different vocabularies): the output term is
+`shared_kl` or `uld`. A few steps of SemAlign v2's relation term + `shared_kl` on three student layers:"""),
+    ("code", """\
+import json
+import tempfile
+from pathlib import Path
+
+cfg = sl.load_align_config(None, {
+    "vocab": "intersection", "run_dir": tempfile.mkdtemp(prefix="semalign-nb07-"), "progress": False,
+    "report": False, "figures": False, "data.seq_len": 64, "data.n_sequences": 16 if FAST else 96,
+    "data.batch_size": 4 if FAST else 8, "data.diag_sequences": 2, "schedule.adapter": "lora",
+    "schedule.stage_steps": 2 if FAST else 12, "pairing.student_layers": [1, 3, 5],
+    "objective.terms": {"relation": 1.0, "shared_kl": 1.0}})
+result = sl.align(cfg, teacher=teacher, student=student)
+vocab = json.loads((Path(result.run_dir) / "provenance.json").read_text())["vocab"]
+print(f"{vocab['aligned_student_positions']:.1%} of the student's training positions aligned")
+result.metrics().query("kind == 'train'")[["step", "stage", "relation", "shared_kl", "loss"]].round(4)"""),
+    ("md", """\
+`python analysis/transfer_table.py --profile cross` runs SFT, `kd-shared`, `semalign-shared` and the relation
+term alone on this pair with three seeds (`analysis/TRANSFER.md`, section "Cross-tokenizer pair");
+`semalign demo --student stdlib-student-8k` runs the whole pipeline on it."""),
 ]
 
 NOTEBOOKS = {

@@ -445,8 +445,12 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     out = {"capture, bases, CKA, rankers, pairing report, evaluation": analysis,
            "align (frontier/joint, full/LoRA), reload the student": train}
     if student is not None and analysis is not None and len(modes) == 1:
+        cross = _intersection_problem(teacher, student, teacher_name, student_name)
         out["cross-tokenizer (vocab='intersection'): coverage, intersection basis, aligned positions, "
-            "cross-vocabulary losses"] = _intersection_problem(teacher, student, teacher_name, student_name)
+            "cross-vocabulary losses"] = cross
+        out["align across tokenizers (vocab = 'intersection'; sft, kd-shared, uld, semalign-shared, "
+            "semalign-layer)"] = cross or next((p for m, n in models if (p := trainer_problem(m, n))), None) or \
+            depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
     if student is not None:
         families = [getattr(getattr(underlying_hf(m), "config", None), "model_type", None) for m, _ in models]
         out["seeking baseline (copies teacher weight blocks)"] = train or (

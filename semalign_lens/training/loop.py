@@ -284,8 +284,8 @@ class Trainer:
         for name, obj, _, _ in self.objectives:
             if self.cross and obj.needs_teacher_logits and not obj.cross_vocab:
                 raise SemalignError(f"objective {name!r} compares teacher and student logits token for token, but "
-                                    "this pair has two vocabularies (vocab = 'intersection'); use 'shared_kl' (KL on "
-                                    "the shared tokens) or 'uld' instead")
+                                    "this run pairs two vocabularies through their shared strings (vocab = "
+                                    "'intersection'); use 'shared_kl' (KL on the shared tokens) or 'uld' instead")
             if obj.cross_vocab and not self.cross:
                 raise SemalignError(f"objective {name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with "
                                     "one shared vocabulary use 'kl'")
