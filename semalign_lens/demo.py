@@ -183,7 +183,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .baselines.cross_vocab import for_pair
     from .data import tokenize
     from .evaluation import humaneval_problem_ce
-    from .overview import architecture_table, humaneval_prompts, residual_norm_figure, residual_norms
+    from .overview import architecture_table, humaneval_prompts, norm_jumps, residual_norm_figure, residual_norms
     from .pairing import make_pairing
     from .pairing_report import pairing_report
     from .plotting import signed_heatmap, versus_reference
@@ -319,9 +319,10 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_heading("Models")
     report.add_table(arch.reset_index(), caption="Architecture side by side")
     report.add_figure(residual_norm_figure(norms), caption=f"On {len(prompts)} HumanEval prompts", name="norms")
+    report.add_markdown(norm_jumps(norms, inspected.cka))
     report.add_heading("Layer pairing")
     report.add_markdown(pairing_story(pairing, inspected.cka, profile.attribution_task, "code"))
-    report.add_table(pairing.to_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
+    report.add_table(pairing.summary_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
                                                  "strategy, the paper's depth rule)")
     report.extend(pairing_sections)
     records_of = {method: read_metrics(result.run_dir / "metrics.jsonl") for method, result in runs.items()}

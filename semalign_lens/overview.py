@@ -58,6 +58,36 @@ def residual_norm_figure(norms: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def norm_jumps(norms: pd.DataFrame, cka: pd.DataFrame | None = None) -> str:
+    """One sentence per model: the block where the median residual norm grows most relative to the block before
+    (the "massive activation" jump), and, given a teacher x student CKA frame (rows: "embed", "0", ...), whether
+    the teacher's CKA band changes at the same depth (the largest step of its row mean between adjacent blocks).
+    The first model of `norms` is the teacher."""
+    parts = []
+    for name, g in norms.groupby("model", sort=False):
+        med = g.set_index("layer")["median_norm"]
+        if len(med) < 2:
+            continue
+        ratio = (med / med.shift(1)).iloc[1:]
+        at = int(ratio.idxmax())
+        parts.append(f"{name}: the median norm jumps {ratio.max():.1f}x at block {at} ({med[at - 1]:.3g} → "
+                     f"{med[at]:.3g})")
+    text = "; ".join(parts)
+    if cka is not None and len(parts):
+        rows = cka.drop(index="embed", errors="ignore").mean(axis=1)
+        steps = rows.diff().abs().iloc[1:]
+        if len(steps):
+            band = int(steps.idxmax())
+            teacher = next(iter(norms["model"]))
+            t = norms[norms["model"] == teacher].set_index("layer")["median_norm"]
+            jump = int((t / t.shift(1)).iloc[1:].idxmax())
+            same = ("about the depth of the norm jump" if abs(band - jump) <= 1
+                    else f"another depth than the norm jump (block {jump})")
+            text += (f". The teacher's CKA band changes most at block {band} (mean CKA over student layers "
+                     f"{rows.iloc[rows.index.get_loc(str(band)) - 1]:.2f} → {rows[str(band)]:.2f}), {same}")
+    return text + "." if text else ""
+
+
 def humaneval_prompts(n: int = 8) -> list[str]:
     """The first `n` HumanEval prompts (signature and docstring), in task order: real code for a first look."""
     from .tasks.code import humaneval_problems

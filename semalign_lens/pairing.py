@@ -218,6 +218,21 @@ class LayerPairing:
         frame = pd.DataFrame(rows)
         return frame.astype({"attribution_rank": "Int64", "score": "float64", "cka": "float64"})
 
+    def summary_frame(self):
+        """The pairing as a report shows it: one row per pair, six narrow columns (ours and the paper's
+        numbering in one, no missing-value markers: "–" where a measure was not taken)."""
+        import pandas as pd
+
+        def num(v, digits=3):
+            return "–" if v is None or v != v else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+        return pd.DataFrame([{
+            "student ← teacher": f"{p.student_layer} ← {p.target_label()}",
+            "paper numbering": f"{block_to_paper(p.student_layer)} ← {block_to_paper(p.teacher_low)}"
+                               + ("" if p.teacher_high == p.teacher_low else f"–{block_to_paper(p.teacher_high)}"),
+            "strategy": p.strategy, "CKA": num(p.cka), "attribution rank": num(p.attribution_rank),
+            "reason": p.reason} for p in self.pairs])
+
     def annotate(self, *, cka: Any = None, scores: Any = None, teacher_blocks: Sequence[int] | None = None,
                  student_blocks: Sequence[int] | None = None, method: str | None = None) -> LayerPairing:
         """A copy with `cka` (from a [teacher, student] matrix) and `attribution_rank` (from per-teacher-layer

@@ -370,13 +370,18 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     estimator = "debiased (unbiased HSIC)" if debiased else "linear (biased)"
     report.add_markdown(f"Linear CKA, {estimator}, on {n_cka_tokens} tokens of {len(cka_batch)} clean prompts "
                         f"with their answers{' (document-start token dropped)' if drop_first else ''}. Rows: teacher "
-                        "embeddings and block outputs; columns: the student's. Crosses: the chosen pairing.")
+                        "embeddings and block outputs; columns: the student's. Red crosses: the chosen pairing "
+                        f"(`{strategy}`); open markers: the other strategies, each in its own shape (hover names "
+                        "the pair and its reason).")
+    others = {f"{name} (not chosen)": other for name, other in pairings.items() if name != strategy}
     report.add_figure(cka_heatmap(torch.tensor(cka.to_numpy()), list(cka.columns), list(cka.index),
-                                  title=f"CKA {t_name} × {s_name}", pairs=pairing),
-                      caption="CKA (0..1) with the chosen pairs", name="cka")
+                                  title=f"CKA {t_name} × {s_name}", pairs=pairing, others=others,
+                                  pairs_name=f"{strategy} (chosen)"),
+                      caption=f"CKA (0..1) with the chosen pairs ({strategy}) and the other strategies' pairs",
+                      name="cka")
 
     heading("Pairing")
-    report.add_table(pairing.to_frame(), caption=f"Chosen pairing (`{strategy}`), with the reason for each pair")
+    report.add_table(pairing.summary_frame(), caption=f"Chosen pairing (`{strategy}`), with the reason for each pair")
     report.add_table(_strategy_table(pairings, n_s), caption="Teacher target per student layer under each strategy "
                                                              "(— = not paired)")
 

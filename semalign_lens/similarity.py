@@ -520,7 +520,8 @@ def cka_wide(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = N
 
 def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None, y_labels: Sequence | None = None,
                 title: str | None = None, pairs=None, *, x_title: str = "student layer",
-                y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None):
+                y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None,
+                others: dict | None = None, pairs_name: str = "pairing"):
     """Heatmap of a [teacher, student] CKA matrix (teacher on y, deepest at the top; student on x), colour range
     fixed to 0..1 so figures compare; its height grows with the rows, and cells carry text only up to 15 rows
     and columns (the hover always has the values). Returns a `go.Figure`; never shows it.
@@ -529,7 +530,9 @@ def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None
     teacher rows, at low + weight), or (teacher_row, student_col) tuples in matrix coordinates. A LayerPairing
     uses block indices; when the matrix rows are not blocks 0..L-1 (e.g. an "embed" row comes first), pass
     `row_of_teacher` / `col_of_student` (dict or callable: block -> matrix index), or labels from
-    `residual_labels`, which this function recognises.
+    `residual_labels`, which this function recognises. `others` ({name: pairing}) draws further pairings
+    (e.g. the strategies not chosen) each with its own open marker and legend entry; `pairs_name` labels
+    `pairs` in the legend.
     """
     import plotly.express as px
     import plotly.graph_objects as go
@@ -544,10 +547,19 @@ def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None
     fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
     fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
     fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))  # legible rows: 31 teacher layers need ~700 px
+    styles = iter([("circle-open", "#ffffff"), ("diamond-open", "#ff9f1c"), ("square-open", "#2ec4b6"),
+                   ("triangle-up-open", "#e0e0e0")])
+    for name, other in (others or {}).items():  # behind the chosen pairing's crosses
+        xs, ys, text = _pair_markers(other, y_labels, x_labels, row_of_teacher, col_of_student)
+        symbol, colour = next(styles, ("circle-open", "#ffffff"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, text=[f"{name}: {t}" for t in text],
+                                 hoverinfo="text", marker=dict(symbol=symbol, size=15, color=colour,
+                                                               line=dict(width=2, color=colour))))
     if pairs is not None:
         xs, ys, text = _pair_markers(pairs, y_labels, x_labels, row_of_teacher, col_of_student)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="pairing", text=text, hoverinfo="text",
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=pairs_name, text=text, hoverinfo="text",
                                  marker=dict(symbol="x", size=12, color="red", line=dict(width=2, color="white"))))
+    if pairs is not None or others:
         fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
     return fig
 

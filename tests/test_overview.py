@@ -30,3 +30,22 @@ def test_residual_norms_are_robust_statistics_of_hf_hidden_states(tiny_pair, tin
     fig = residual_norm_figure(table)
     assert fig.layout.yaxis.type == "log" and fig.data[0].error_y.symmetric is False
     assert (np.asarray(fig.data[0].error_y.arrayminus) >= 0).all()
+
+
+def test_norm_jumps_names_the_jump_and_the_cka_band():
+    """A teacher whose median norm grows 10x at block 2 and whose CKA rows step from ~0.1 to ~0.6 there."""
+    import pandas as pd
+
+    from semalign_lens.overview import norm_jumps
+
+    norms = pd.DataFrame({"model": ["t"] * 6 + ["s"] * 3, "layer": [0, 1, 2, 3, 4, 5, 0, 1, 2],
+                          "median_norm": [1.0, 1.5, 15.0, 16.0, 16.5, 17.0, 2.0, 8.0, 9.0]})
+    index = ["embed", "0", "1", "2", "3", "4", "5"]
+    cka = pd.DataFrame({"0": [0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.6], "1": [0.1, 0.12, 0.1, 0.62, 0.6, 0.6, 0.6]},
+                       index=index)
+    text = norm_jumps(norms, cka)
+    assert "t: the median norm jumps 10.0x at block 2 (1.5 → 15)" in text
+    assert "s: the median norm jumps 4.0x at block 1" in text
+    assert "changes most at block 2" in text and "about the depth of the norm jump" in text
+    late = pd.DataFrame({"0": [0.1] * 6 + [0.7], "1": [0.1] * 6 + [0.7]}, index=index)
+    assert "changes most at block 5" in norm_jumps(norms, late) and "another depth" in norm_jumps(norms, late)

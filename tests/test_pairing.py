@@ -254,3 +254,18 @@ def test_pairing_and_trainer_name_the_same_nearest_layer_at_weight_one_half():
         assert LayerPair(2, 4, 5, weight).nearest_teacher_layer == nearest
         trained = resolve_pairing(AlignConfig(), [[2, 4, 5, weight]], n_teacher=8, n_student=3)
         assert isinstance(trained[0], LayerPair) and trained[0].nearest_teacher_layer == nearest
+
+
+def test_summary_frame_is_the_narrow_report_table():
+    """Six columns, ours and the paper's numbering together, an interpolated target shown as its two layers,
+    "–" (never <NA>) where no CKA or rank was measured."""
+    pairing = pair_proportional(30, 4, interpolate=True)
+    frame = pairing.summary_frame()
+    assert list(frame.columns) == ["student ← teacher", "paper numbering", "strategy", "CKA", "attribution rank",
+                                   "reason"]
+    for row, p in zip(frame.itertuples(index=False), pairing.pairs, strict=True):
+        assert row[0] == f"{p.student_layer} ← {p.target_label()}"
+        low, high = p.teacher_low + 1, p.teacher_high + 1
+        assert row[1] == f"{p.student_layer + 1} ← {low}" + ("" if low == high else f"–{high}")
+    assert (frame["CKA"] == "–").all() and (frame["attribution rank"] == "–").all()
+    assert "<NA>" not in frame.to_string()

@@ -266,6 +266,12 @@ def test_frames_and_heatmap(layers):
     assert list(markers.x) == [0, 1] and list(markers.y) == [1, 2]
     fig = cka_heatmap(grid, pairs=[(0.5, 1)])
     assert list(fig.data[-1].y) == [0.5]
+    # other strategies: one trace each, in its own marker and legend entry, under the chosen pairing
+    fig = cka_heatmap(grid, ["0", "1"], residual_labels(2), pairs=pairing, pairs_name="proportional (chosen)",
+                      others={"cka": [(2, 0), (2, 1)], "attribution": [(1, 1)]})
+    names = [t.name for t in fig.data[1:]]
+    assert names == ["cka", "attribution", "proportional (chosen)"]
+    assert len({t.marker.symbol for t in fig.data[1:]}) == 3 and list(fig.data[1].y) == [2, 2]
     with pytest.raises(SemalignError, match="labels"):
         cka_heatmap(grid, ["a"], None)
 

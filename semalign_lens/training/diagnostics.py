@@ -165,9 +165,20 @@ PROJECTION_METRICS = {
 }
 
 
+# Panel titles of `projection_figure`: short, in words (the definitions above go in the table beside it).
+PROJECTION_TITLES = {
+    "cos_state": "cos(state, mapped target)",
+    "cos_contribution": "cos(contribution, target's)",
+    "relation_cka": "relation CKA (token-token)",
+    "span_share": "energy in the targets' span",
+    "top1_teacher": "lens top-1 = teacher's",
+    "top1_target": "lens top-1 = target's",
+}
+
+
 def projection_figure(records: list[dict]):
-    """Projection diagnostics per paired student layer over the run, one panel per metric (its name as the
-    title; `PROJECTION_METRICS` defines each)."""
+    """Projection diagnostics per paired student layer over the run, one panel per metric (titled in words,
+    `PROJECTION_TITLES`; `PROJECTION_METRICS` defines each)."""
     import pandas as pd
     import plotly.express as px
 
@@ -176,7 +187,8 @@ def projection_figure(records: list[dict]):
     frame = pd.DataFrame(rows, columns=["step", "layer", "metric", "value"])
     fig = px.line(frame, x="step", y="value", color="layer", facet_col="metric", facet_col_wrap=3, markers=True,
                   title="Projection diagnostics on the held-out batch")
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.for_each_annotation(lambda a: a.update(text=PROJECTION_TITLES.get(a.text.split("=", 1)[-1],
+                                                                          a.text.split("=", 1)[-1])))
     fig.update_yaxes(matches=None, showticklabels=True, title_text="")
     fig.update_layout(template="plotly_white")
     return integer_steps(fig, int(frame["step"].max()) if len(frame) else 1)
