@@ -183,7 +183,13 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .baselines.cross_vocab import for_pair
     from .data import tokenize
     from .evaluation import humaneval_problem_ce
-    from .overview import architecture_table, humaneval_prompts, norm_jumps, residual_norm_figure, residual_norms
+    from .overview import (
+        architecture_table,
+        humaneval_prompts,
+        norm_jumps,
+        residual_norm_figure,
+        residual_norms,
+    )
     from .pairing import make_pairing
     from .pairing_report import pairing_report
     from .plotting import signed_heatmap, versus_reference
