@@ -547,11 +547,12 @@ def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None
     fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
     fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
     fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))  # legible rows: 31 teacher layers need ~700 px
-    styles = iter([("circle-open", "#ffffff"), ("diamond-open", "#ff9f1c"), ("square-open", "#2ec4b6"),
-                   ("triangle-up-open", "#e0e0e0")])
+    # open rings around the chosen crosses, in colours that read on the Viridis cells and the white legend
+    styles = iter([("circle-open", "#ff9f1c"), ("diamond-open", "#e377c2"), ("square-open", "#17becf"),
+                   ("triangle-up-open", "#8c564b")])
     for name, other in (others or {}).items():  # behind the chosen pairing's crosses
         xs, ys, text = _pair_markers(other, y_labels, x_labels, row_of_teacher, col_of_student)
-        symbol, colour = next(styles, ("circle-open", "#ffffff"))
+        symbol, colour = next(styles, ("circle-open", "#7f7f7f"))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, text=[f"{name}: {t}" for t in text],
                                  hoverinfo="text", marker=dict(symbol=symbol, size=15, color=colour,
                                                                line=dict(width=2, color=colour))))
