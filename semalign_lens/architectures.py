@@ -22,13 +22,16 @@ from .errors import SemalignError
 
 @dataclass(frozen=True)
 class Architecture:
-    """Dotted paths from the causal LM to its trunk, and names inside the trunk and the block."""
+    """Dotted paths from the causal LM to its trunk, and names inside the trunk and the block. `mlp`: the
+    block's (up, down) FFN layers, whose outputs and inputs are the FFN neurons (LaTen's); None where there is
+    no single pair (Phi-3's fused gate_up_proj, mixture-of-experts)."""
 
     trunk: str
     layers: str
     norm: str
     embed: str
     lora_targets: tuple[str, ...]
+    mlp: tuple[str, str] | None = ("mlp.up_proj", "mlp.down_proj")
 
 
 LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"))
@@ -36,17 +39,23 @@ LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_pr
 ARCHITECTURES: dict[str, Architecture] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
                           "granite", "smollm3", "cohere", "stablelm")},
-    "gpt2": Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc")),
+    "gpt2": Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc"), ("mlp.c_fc", "mlp.c_proj")),
     "gpt_neox": Architecture("gpt_neox", "layers", "final_layer_norm", "embed_in",
-                             ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
-    "phi3": Architecture("model", "layers", "norm", "embed_tokens", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
-    "phi": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "dense", "fc1", "fc2")),
-    "opt": Architecture("model.decoder", "layers", "final_layer_norm", "embed_tokens", ("v_proj", "out_proj", "fc1", "fc2")),
-    "starcoder2": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "c_fc", "c_proj")),
+                             ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+                             ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+    "phi3": Architecture("model", "layers", "norm", "embed_tokens", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+                         None),
+    "phi": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "dense", "fc1", "fc2"),
+                        ("mlp.fc1", "mlp.fc2")),
+    "opt": Architecture("model.decoder", "layers", "final_layer_norm", "embed_tokens", ("v_proj", "out_proj", "fc1", "fc2"),
+                        ("fc1", "fc2")),
+    "starcoder2": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "c_fc", "c_proj"),
+                               ("mlp.c_fc", "mlp.c_proj")),
     # mixture-of-experts blocks whose experts are fused parameters, not linear layers: attention only (our choice)
-    "mixtral": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj")),
+    "mixtral": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj"), None),
     **{t: Architecture("transformer", "h", "ln_f", "word_embeddings",
-                       ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")) for t in ("bloom", "falcon")},
+                       ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+                       ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")) for t in ("bloom", "falcon")},
 }
 
 
@@ -83,13 +92,46 @@ def adaptable_names(block: nn.Module) -> list[str]:
 
 
 def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
-    """Why LaTen cannot locate FFN neurons in `model`, else None: this port reads a Llama-style MLP
-    (`mlp.up_proj` rows and `mlp.down_proj` columns), which GPT-2 (`c_fc`), NeoX, Phi-3 (fused `gate_up_proj`)
-    and OPT (`fc1`/`fc2` on the block) do not have."""
-    block = getattr(trunk(model), architecture(model).layers)[0]
-    mlp = getattr(block, "mlp", None)
-    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Module) for n in ("up_proj", "down_proj")):
-        return (f"the LaTen baseline locates neurons in a Llama-style MLP (mlp.up_proj, mlp.down_proj); the {role} "
-                f"({model.config.model_type}) has none; run LaTen on Llama-family models, or leave it out of "
-                "--methods")
+    """Why LaTen cannot locate FFN neurons in `model`, else None: it needs one (up, down) pair of linear
+    layers per block (`Architecture.mlp`), which Phi-3 (fused gate_up_proj) and mixture-of-experts blocks
+    do not have."""
+    from transformers.pytorch_utils import Conv1D
+
+    arch = architecture(model)
+    block = getattr(trunk(model), arch.layers)[0]
+    # a bridge's own HF model holds its layers inside TransformerBridge components (`_original_component`)
+    found = [getattr(m, "_original_component", m) for m in
+             (_base(_get(block, path)) for path in arch.mlp)] if arch.mlp else []
+    if not found or not all(isinstance(m, (nn.Linear, Conv1D)) for m in found):
+        return (f"the LaTen baseline locates neurons in an MLP with one up and one down projection; the {role} "
+                f"({model.config.model_type}) has no such pair (fused or expert projections); leave LaTen out of "
+                "--methods for this model")
     return None
+
+
+def _base(module):
+    """The layer under a LoRA wrapper (peft's `get_base_layer`), or `module` itself."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def mlp_layers(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module]:
+    """(up, down) FFN layers of block `layer` (as they are: LoRA-wrapped during a stage)."""
+    arch = architecture(model)
+    block = getattr(trunk(model), arch.layers)[layer]
+    up, down = (_get(block, path) for path in arch.mlp)
+    return up, down
+
+
+def neuron_axis(module: nn.Module, side: str) -> int:
+    """The weight axis that indexes FFN neurons: an up layer's outputs, a down layer's inputs. nn.Linear stores
+    [out, in]; GPT-2's Conv1D stores [in, out]."""
+    linear = isinstance(_base(module), nn.Linear)
+    return (0 if linear else 1) if side == "up" else (1 if linear else 0)
+
+
+def neuron_vectors(module: nn.Module, side: str, index):
+    """[k, d_model]: the weights of neurons `index` (an up layer's rows of inputs, a down layer's outputs)."""
+    weight = _base(module).weight
+    axis = neuron_axis(module, side)
+    picked = weight.index_select(axis, index)
+    return picked if axis == 0 else picked.T

@@ -458,7 +458,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
                                                     f"{families[0]}, the student {families[1]}")
         from .architectures import mlp_problem
 
-        out["laten baseline (Llama-style MLP neurons)"] = train or next(
+        out["laten baseline (FFN neurons: one up and one down projection)"] = train or next(
             (p for (m, n), role in zip(models, ("teacher", "student"), strict=True)
              if (p := mlp_problem(underlying_hf(m), f"{role} {n}")) is not None), None)
     return out

@@ -112,8 +112,8 @@ def _saved(tmp_path, family: str, arch: TinyArch, seed: int) -> str:
 
 
 def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
-    """`semalign info` on GPT-2 → Llama: analysis and training yes; Seeking (one family) and LaTen (a
-    Llama-style MLP in both) no, each with its reason, before anything runs."""
+    """`semalign info` on GPT-2 → Llama: analysis, training and LaTen (an up/down MLP in both) yes; Seeking
+    (one family) no, with its reason, before anything runs."""
     from semalign_lens.cli import main
 
     teacher, student = _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "llama", STUDENT, 1)
@@ -123,7 +123,7 @@ def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
     assert lines["align (frontier/joint, full/LoRA), reload the student"].endswith("yes")
     assert "no — needs one architecture family; the teacher is gpt2, the student llama" in \
         lines["seeking baseline (copies teacher weight blocks)"]
-    assert "no — the LaTen baseline locates neurons in a Llama-style MLP" in lines["laten baseline (Llama-style MLP neurons)"]
+    assert lines["laten baseline (FFN neurons: one up and one down projection)"].endswith("yes")
     assert main(["info", teacher]) == 0  # one model: what it can take part in
     out = capsys.readouterr().out
     assert "as a teacher or student, per stage:" in out and "seeking" not in out
@@ -139,17 +139,48 @@ def test_info_reads_the_mlp_width_from_the_hf_config():
         assert describe(model)["d_mlp"] == TEACHER.d_mlp, family
 
 
-def test_laten_refuses_a_family_without_a_llama_style_mlp_in_one_line(tmp_path):
+def _laten_cfg(tmp_path):
+    return load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
+                                    "figures": False, "data.batch_size": 4, "schedule.adapter": "lora",
+                                    "schedule.lora_rank": 2, "schedule.stage_steps": 1})
+
+
+def test_laten_refuses_a_family_without_one_up_and_down_projection_in_one_line(tmp_path):
     from semalign_lens.baselines import run_method
     from semalign_lens.errors import SemalignError
 
-    pair, _, _ = _pair("gpt2", "gpt2")
-    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
-                                   "figures": False, "data.batch_size": 4, "schedule.adapter": "lora",
-                                   "schedule.lora_rank": 2, "schedule.stage_steps": 1})
-    with pytest.raises(SemalignError, match=r"Llama-style MLP .* the teacher \(gpt2\) has none"):
-        run_method("laten", cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(pair.student.tokenizer)),
-                   run_dir=tmp_path / "r")
+    pair, _, _ = _pair("phi3", "phi3")  # fused gate_up_proj
+    with pytest.raises(SemalignError, match=r"one up and one down projection; the teacher \(phi3\) has no such pair"):
+        run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+                   data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+
+
+@pytest.mark.parametrize("family,up,down", [("gpt2", "mlp.c_fc", "mlp.c_proj"),
+                                            ("gpt_neox", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+                                            ("opt", "fc1", "fc2")])
+def test_laten_changes_only_located_neurons_in_other_families(tmp_path, family, up, down):
+    """GPT-2's Conv1D stores [in, out]: the located neurons are columns of c_fc and rows of c_proj; an
+    nn.Linear family's are rows of the up layer and columns of the down layer. Nothing else changes."""
+    from transformers.pytorch_utils import Conv1D
+
+    from semalign_lens.baselines import run_method
+
+    pair, _, _ = _pair(family, family)
+    before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
+    result = run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+                        data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+    after = result.student.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith((f"{up}.weight", f"{down}.weight")) for k in changed), changed
+    conv = isinstance(dict(result.student.named_modules())[next(iter(changed)).removesuffix(".weight")], Conv1D)
+    k = int(STUDENT.d_mlp * 0.1)
+    for name in changed:
+        diff = before[name] != after[name]
+        is_up = name.endswith(f"{up}.weight")
+        axis = (1 if conv else 0) if is_up else (0 if conv else 1)  # the axis that indexes neurons
+        touched = diff.any(1 - axis)
+        assert 0 < int(touched.sum()) <= k, name
+        assert conv == (family == "gpt2")
 
 
 def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, capsys):

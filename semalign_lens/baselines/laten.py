@@ -2,8 +2,9 @@
 added to located student neurons (arXiv 2505.14436).
 
 Kept from the published method: FFN neurons located in teacher and student separately (the same count
-k = 10% of the student's FFN width on both sides, ranked and paired by rank); the teacher's up_proj rows
-and down_proj columns of those neurons are extracted; one hypernetwork per module (Linear → ReLU → Linear,
+k = 10% of the student's FFN width on both sides, ranked and paired by rank); the teacher's up-projection
+and down-projection weights of those neurons are extracted (Llama's up_proj rows and down_proj columns; each
+family's pair is `architectures.Architecture.mlp`, GPT-2's Conv1D stored transposed); one hypernetwork per module (Linear → ReLU → Linear,
 no bias, weights ~ N(0, 1e-5)) maps each d_T-vector to a d_S-vector along the hidden dimension; the
 result is **added** to the student's up_proj rows / down_proj columns at its own located neurons, with
 gradients reaching the hypernetwork; loss = LM loss + 1000 · mean(delta²).
@@ -47,7 +48,8 @@ class Hypernet(nn.Module):
 class NeuronDelta(nn.Module):
     """Weight parametrization W ↦ W + scatter(hypernet(teacher vectors)) at the located student neurons.
 
-    `axis=0` adds rows (up_proj [d_mlp, d]); `axis=1` adds columns (down_proj [d, d_mlp]).
+    `axis` is the weight axis that indexes neurons (`architectures.neuron_axis`): 0 adds rows (Llama's up_proj
+    [d_mlp, d]), 1 adds columns (its down_proj [d, d_mlp]; GPT-2's Conv1D c_fc [d, d_mlp]).
     """
 
     def __init__(self, hypernet: Hypernet, teacher_vectors: torch.Tensor, index: torch.Tensor, axis: int):
@@ -69,10 +71,12 @@ class NeuronDelta(nn.Module):
 
 
 def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) -> dict[int, torch.Tensor]:
-    """{layer: Σ |a ⊙ ∂L/∂a| per FFN neuron} (a = the input of down_proj), LM loss, one pass for all layers.
+    """{layer: Σ |a ⊙ ∂L/∂a| per FFN neuron} (a = the input of the down projection), LM loss, one pass for
+    all layers.
 
     Weight gradients are never computed: the graph starts at a detached copy of the input embeddings.
     """
+    from ..architectures import mlp_layers
     from ..hf import parts
 
     p = parts(model)
@@ -82,7 +86,7 @@ def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) 
         def hook(module, args, layer=layer):
             args[0].retain_grad()
             store[layer] = args[0]
-        handles.append(p.layers[layer].mlp.down_proj.register_forward_pre_hook(hook))
+        handles.append(mlp_layers(model, layer)[1].register_forward_pre_hook(hook))
     totals: dict[int, torch.Tensor] = {}
     try:
         for seq in sequences:
@@ -91,7 +95,8 @@ def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) 
                 emb = p.embed(x).detach().requires_grad_(True)
                 model(inputs_embeds=emb, labels=x, use_cache=False).loss.backward()
             for layer, a in store.items():
-                s = (a * a.grad).abs().sum((0, 1)).detach().float()
+                # every axis but the neurons' (OPT flattens batch and positions before its fc layers)
+                s = (a * a.grad).abs().reshape(-1, a.shape[-1]).sum(0).detach().float()
                 totals[layer] = s if layer not in totals else totals[layer] + s
     finally:
         for h in handles:
@@ -129,30 +134,32 @@ class LaTenPlugin:
         self.teacher_scores = _TEACHER_SCORES[key]
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ..hf import parts
+        from ..architectures import mlp_layers, neuron_axis, neuron_vectors
 
         lora_budget = sum(p.numel() for p in params)
         for p in params:  # LaTen trains the hypernetworks instead of the stage's LoRA adapters
             p.requires_grad_(False)
-        s_layers, t_layers = parts(trainer.student).layers, parts(self.teacher).layers
         s_scores = neuron_scores(trainer.student, [p.student_layer for p in stage.pairs],
                                  self.seeds.to(trainer.device))
         gen = torch.Generator().manual_seed(trainer.cfg.seed * 7919 + stage.index)
         new: list[nn.Parameter] = []
         for pair in stage.pairs:
-            s_mlp, t_mlp = s_layers[pair.student_layer].mlp, t_layers[pair.nearest_teacher_layer].mlp
-            s_up = getattr(s_mlp.up_proj, "base", s_mlp.up_proj)  # the LoRA wrapper's frozen layer, if any
-            d_s, d_t = s_up.in_features, t_mlp.up_proj.in_features
-            k = max(1, int(s_up.out_features * self.rate))
+            s_mlp = mlp_layers(trainer.student, pair.student_layer)  # (up, down), LoRA-wrapped during a stage
+            t_mlp = mlp_layers(self.teacher, pair.nearest_teacher_layer)
+            s_up = s_mlp[0].get_base_layer() if hasattr(s_mlp[0], "get_base_layer") else s_mlp[0]
+            d_mlp = s_up.weight.shape[neuron_axis(s_up, "up")]
+            d_s = s_up.weight.shape[1 - neuron_axis(s_up, "up")]
+            d_t = t_mlp[0].weight.shape[1 - neuron_axis(t_mlp[0], "up")]  # the teacher is never LoRA-wrapped
+            k = max(1, int(d_mlp * self.rate))
             t_idx = torch.argsort(self.teacher_scores[pair.nearest_teacher_layer], descending=True)[:k]
             s_idx = torch.argsort(s_scores[pair.student_layer], descending=True)[:k]
             hidden = max(1, lora_budget // len(stage.pairs) // (2 * (d_s + d_t)))
             deltas = []
-            for module, vectors, axis in ((s_mlp.up_proj, t_mlp.up_proj.weight[t_idx], 0),
-                                          (s_mlp.down_proj, t_mlp.down_proj.weight[:, t_idx].T, 1)):
+            for side, module, t_module in (("up", s_mlp[0], t_mlp[0]), ("down", s_mlp[1], t_mlp[1])):
                 base = module.get_base_layer() if hasattr(module, "get_base_layer") else module  # under LoRA
+                vectors = neuron_vectors(t_module, side, t_idx.to(t_module.weight.device))
                 net = Hypernet(d_t, hidden, d_s, self.std, gen)
-                delta = NeuronDelta(net, vectors.detach().float().clone(), s_idx, axis)
+                delta = NeuronDelta(net, vectors.detach().float().clone(), s_idx, neuron_axis(base, side))
                 parametrize.register_parametrization(base, "weight", delta)
                 deltas.append(delta)
                 new += list(net.parameters())
