@@ -32,6 +32,13 @@ class Architecture:
     embed: str
     lora_targets: tuple[str, ...]
     mlp: tuple[str, str] | None = ("mlp.up_proj", "mlp.down_proj")
+    # (path suffix inside a block, role) where a target's position in `lora_targets` does not say its role
+    roles: tuple[tuple[str, str], ...] = ()
+
+
+# The paper's four LoRA targets: the i-th name of every family's `lora_targets` plays the i-th role (a fused
+# qkv projection plays v). What lets Seeking copy a teacher block into a student of another family.
+ROLES = ("v", "o", "up", "down")
 
 
 LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"))
@@ -39,7 +46,8 @@ LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_pr
 ARCHITECTURES: dict[str, Architecture] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
                           "granite", "smollm3", "cohere", "stablelm")},
-    "gpt2": Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc"), ("mlp.c_fc", "mlp.c_proj")),
+    "gpt2": Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc"), ("mlp.c_fc", "mlp.c_proj"),
+                         (("attn.c_attn", "v"), ("attn.c_proj", "o"), ("mlp.c_fc", "up"), ("mlp.c_proj", "down"))),
     "gpt_neox": Architecture("gpt_neox", "layers", "final_layer_norm", "embed_in",
                              ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
                              ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
@@ -107,6 +115,17 @@ def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
                 f"({model.config.model_type}) has no such pair (fused or expert projections); leave LaTen out of "
                 "--methods for this model")
     return None
+
+
+def role_of(model: nn.Module, path: str) -> str | None:
+    """The role (`ROLES`) of the LoRA target at `path` inside a block of `model` (e.g. "self_attn.v_proj" -> "v",
+    GPT-2's "mlp.c_proj" -> "down"); None for a layer that is not one of the family's targets."""
+    arch = architecture(model)
+    for suffix, role in arch.roles:
+        if path == suffix or path.endswith("." + suffix):
+            return role
+    name = path.rsplit(".", 1)[-1]
+    return ROLES[arch.lora_targets.index(name)] if name in arch.lora_targets else None
 
 
 def _base(module):

@@ -430,6 +430,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
                     ) -> dict[str, str | None]:
     """Per stage of the pipeline: None when `teacher` (and `student`, when given) can run it, else the one-line
     reason. What `semalign info` prints, so that a pair that cannot be trained says so before any analysis."""
+    from .architectures import architecture as architecture_of
     from .hf import underlying_hf
 
     models = [(teacher, teacher_name)] + ([(student, student_name)] if student is not None else [])
@@ -452,10 +453,15 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
             "semalign-layer)"] = cross or next((p for m, n in models if (p := trainer_problem(m, n))), None) or \
             depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
     if student is not None:
-        families = [getattr(getattr(underlying_hf(m), "config", None), "model_type", None) for m, _ in models]
-        out["seeking baseline (copies teacher weight blocks)"] = train or (
-            None if families[0] == families[1] else f"needs one architecture family; the teacher is "
-                                                    f"{families[0]}, the student {families[1]}")
+        from .architectures import role_of
+
+        def roles(model) -> set:
+            hf = underlying_hf(model)
+            return {role_of(hf, t) for t in architecture_of(hf).lora_targets} - {None}
+
+        out["seeking baseline (copies teacher weight blocks, by role across families)"] = train or (
+            None if roles(teacher) & roles(student) else "the two families' LoRA targets share no role (v, o, "
+                                                         "up, down)")
         from .architectures import mlp_problem
 
         out["laten baseline (FFN neurons: one up and one down projection)"] = train or next(

@@ -112,8 +112,8 @@ def _saved(tmp_path, family: str, arch: TinyArch, seed: int) -> str:
 
 
 def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
-    """`semalign info` on GPT-2 → Llama: analysis, training and LaTen (an up/down MLP in both) yes; Seeking
-    (one family) no, with its reason, before anything runs."""
+    """`semalign info` on GPT-2 → Llama: analysis, training, Seeking (by role) and LaTen (an up/down MLP in
+    both) yes, before anything runs."""
     from semalign_lens.cli import main
 
     teacher, student = _saved(tmp_path, "gpt2", TEACHER, 0), _saved(tmp_path, "llama", STUDENT, 1)
@@ -121,12 +121,64 @@ def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
     lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert lines["capture, bases, CKA, rankers, pairing report, evaluation"].endswith("yes")
     assert lines["align (frontier/joint, full/LoRA), reload the student"].endswith("yes")
-    assert "no — needs one architecture family; the teacher is gpt2, the student llama" in \
-        lines["seeking baseline (copies teacher weight blocks)"]
+    assert lines["seeking baseline (copies teacher weight blocks, by role across families)"].endswith("yes")
     assert lines["laten baseline (FFN neurons: one up and one down projection)"].endswith("yes")
     assert main(["info", teacher]) == 0  # one model: what it can take part in
     out = capsys.readouterr().out
     assert "as a teacher or student, per stage:" in out and "seeking" not in out
+
+
+def test_roles_name_the_papers_four_targets_in_every_family():
+    from semalign_lens.architectures import role_of
+
+    tok = tiny_tokenizer()
+    want = {"llama": {"self_attn.v_proj": "v", "self_attn.o_proj": "o", "mlp.up_proj": "up", "mlp.down_proj": "down"},
+            "gpt2": {"attn.c_attn": "v", "attn.c_proj": "o", "mlp.c_fc": "up", "mlp.c_proj": "down"},
+            "gpt_neox": {"attention.query_key_value": "v", "attention.dense": "o", "mlp.dense_h_to_4h": "up",
+                         "mlp.dense_4h_to_h": "down"},
+            "opt": {"self_attn.v_proj": "v", "self_attn.out_proj": "o", "fc1": "up", "fc2": "down"}}
+    for family, roles in want.items():
+        model = tiny_family_model(family, STUDENT, len(tok), 0)
+        for path, role in roles.items():
+            assert role_of(model, path) == role, (family, path)
+        assert role_of(model, "mlp.act") is None
+
+
+def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_of_its_role(tmp_path):
+    """GPT-NeoX teacher → Llama student: each student LoRA layer starts at the rank-r SVD of the best block of
+    the teacher layer with the same role (v ← the fused query_key_value, o ← dense, ...), W − BA leaves the
+    student's function unchanged."""
+    from semalign_lens.architectures import role_of
+    from semalign_lens.baselines.seeking import SeekingPlugin, best_block, svd_factors
+    from semalign_lens.lora import dense_weight, lora_factors, lora_layers
+    from semalign_lens.trainer import Trainer
+
+    pair, _, _ = _pair("gpt_neox", "llama")
+    plugin = SeekingPlugin(seed_sequences=4)
+    tr = Trainer(_laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+                 data=_tokens(len(pair.student.tokenizer)), plugins=[plugin])
+    stage = tr.stages[0]
+    x = _tokens(len(pair.student.tokenizer)).tokens[:2]
+    with torch.no_grad():
+        before = tr.student(input_ids=x).logits
+    tr._open_stage(stage)
+    with torch.no_grad():
+        torch.testing.assert_close(tr.student(input_ids=x).logits, before, rtol=1e-4, atol=1e-4)
+    pair0 = stage.pairs[0]
+    t_index = plugin.layer_map[pair0.student_layer]
+    t_modules = dict(plugin.teacher_layers[t_index].named_modules())
+    seen = set()
+    for name, layer in lora_layers(tr.student.model.layers[pair0.student_layer]):
+        role = role_of(tr.student, name)
+        t_name = next(n for n in t_modules if role_of(plugin.teacher, n) == role and (t_index, n) in plugin.blocks)
+        rows, cols = dense_weight(layer).shape
+        r0, c0 = best_block(plugin.blocks[(t_index, t_name)], rows, cols)
+        b, a = svd_factors(dense_weight(t_modules[t_name]).detach().float()[r0: r0 + rows, c0: c0 + cols],
+                           lora_factors(layer)[0].shape[0])
+        lora_a, lora_b, scale = lora_factors(layer)
+        torch.testing.assert_close(scale * lora_b @ lora_a, (b @ a).float(), rtol=1e-4, atol=1e-5)
+        seen.add(role)
+    assert seen == {"v", "o", "up", "down"} and not plugin.skipped
 
 
 def test_info_reads_the_mlp_width_from_the_hf_config():

@@ -33,7 +33,9 @@ CHANGES = (
     "alpha and steps, instead of all seven projections plus embeddings and LM head of all layers for 3 "
     "epochs; 16 seed sequences of the transfer data instead of 32 task examples; loss on every token (no "
     "prompt/response split in code text). The base W - BA + adapter (B, A) trick is exact: the student's "
-    "function is unchanged at step 0."
+    "function is unchanged at step 0. Across architecture families (ours; the paper pairs one family) a "
+    "student layer takes its block from the teacher layer of the same role (`architectures.ROLES`: v, o, up, "
+    "down; a fused qkv plays v), and a role the teacher's family lacks keeps the ordinary LoRA initialisation."
 )
 
 _SENSITIVITY_CACHE: dict[str, tuple[torch.Tensor, dict[tuple[int, str], torch.Tensor]]] = {}
@@ -123,15 +125,20 @@ class SeekingPlugin:
         if trainer.cfg.schedule.adapter != "lora":
             raise SemalignError("Seeking initialises LoRA adapters from teacher blocks; run it with "
                                 "schedule.adapter = 'lora' (with full fine-tuning W - BA + BA changes nothing)")
+        from ..architectures import architecture
         from ..hf import clean_copy, parts, underlying_hf
         from ..training.schedule import lora_targets
 
         t_type, s_type = underlying_hf(teacher).config.model_type, trainer.student.config.model_type
-        if t_type != s_type:
-            raise SemalignError(f"Seeking copies teacher weight blocks into the same-named student layers, so it "
-                                f"needs one architecture family; the teacher is {t_type}, the student {s_type}")
+        self.same_family = t_type == s_type
+        if not self.same_family and trainer.cfg.schedule.lora_targets:
+            raise SemalignError(f"Seeking maps a {t_type} teacher's layers onto a {s_type} student by their roles "
+                                "(v, o, up, down), which only the families' own LoRA targets have; leave "
+                                "schedule.lora_targets unset")
         seeds = trainer.data.tokens[: self.seed_sequences]
-        targets = tuple(lora_targets(trainer.cfg.schedule, trainer.student))
+        # the teacher's own names for the student's targets: the same names in one family, by role across two
+        targets = tuple(lora_targets(trainer.cfg.schedule, trainer.student) if self.same_family
+                        else architecture(clean_copy(teacher, share_weights=True)).lora_targets)
         key = hashlib.sha256((trainer.identity["teacher_hash"] + str(seeds.tolist())
                               + str(sorted(targets))).encode()).hexdigest()
         if key not in _SENSITIVITY_CACHE:
@@ -143,18 +150,25 @@ class SeekingPlugin:
         self.layer_map = dict(enumerate(kept))
         self.teacher = clean_copy(teacher, share_weights=True)
         self.teacher_layers = parts(self.teacher).layers
+        self.skipped: list[str] = []  # student targets whose role the teacher's family has no layer for
         self.extras = {"seeking_layer_map": self.layer_map, "seeking_layer_scores": scores.tolist()}
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        from ..architectures import role_of
         from ..hf import parts
 
         layers = parts(trainer.student).layers
         for pair in stage.pairs:
             t_index = self.layer_map[pair.student_layer]
             t_modules = dict(self.teacher_layers[t_index].named_modules())
+            by_role = {role_of(self.teacher, n): n for n in t_modules if (t_index, n) in self.blocks}
             for name, layer in lora_layers(layers[pair.student_layer]):
-                t_weight = dense_weight(t_modules[name]).detach().float()
-                score = self.blocks[(t_index, name)]
+                t_name = name if self.same_family else by_role.get(role_of(trainer.student, name))
+                if t_name is None:
+                    self.skipped.append(name)  # keeps its ordinary LoRA initialisation
+                    continue
+                t_weight = dense_weight(t_modules[t_name]).detach().float()
+                score = self.blocks[(t_index, t_name)]
                 rows, cols = dense_weight(layer).shape
                 r0, c0 = best_block(score, rows, cols)
                 init_lora_from_block(layer, t_weight[r0: r0 + rows, c0: c0 + cols])
