@@ -122,7 +122,7 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
         data, diag = split_transfer(task.transfer, profile.diag_sequences)
     elif name == "knowledge":
         facts = _tiny_known_facts(teacher) if profile.teacher == "tiny" else _facts(profile.facts)
-        task = knowledge_task(teacher, facts, precision=profile.precision)
+        task = knowledge_task(teacher, facts, precision=profile.precision, student_tokenizer=student.tokenizer)
         data = task.transfer  # few short texts: all train; the diagnostics (no training) look at the first few
         diag = data.select(torch.arange(min(profile.diag_sequences, len(data))))
         n = len(data)

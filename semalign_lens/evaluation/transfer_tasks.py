@@ -95,13 +95,15 @@ def _same_texts(tokenizer, heldout, task_tokenizer, problems) -> dict:
 
 
 def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None = None, n_eval: int = 1,
-                   tokenizer=None, precision: str = "auto") -> TransferTask:
+                   tokenizer=None, precision: str = "auto", student_tokenizer=None) -> TransferTask:
     """Knowledge: teacher-known facts; transfer on training phrasings + answer; score held-out phrasings.
 
     Headline metric: mean answer log-prob on held-out phrasings (higher is better); exact match is also
     returned. The teacher filter is measured here and recorded in `meta`. `facts`: a `FactSet`, a list of
     facts, a facts file (`semalign_lens.tasks.load_facts` validates it, naming record and field), or None for
-    the shipped `tasks/facts.json`.
+    the shipped `tasks/facts.json`. `student_tokenizer`: the transfer texts' tokenizer when the student has
+    its own (a cross-tokenizer pair); every model is scored in its own tokens (the answer log-prob is then
+    log P(answer text | prompt text) under each model, comparable across tokenizers).
     """
     if facts is None or isinstance(facts, (str, Path)):
         facts = load_facts(facts)
@@ -115,10 +117,10 @@ def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None 
     texts = fact_transfer_texts(kept, n_eval)
     check_no_overlap(texts, fact_eval_texts(kept, n_eval), min_chars=10 ** 9,
                      names=("knowledge transfer phrasings", "held-out phrasings"))
-    transfer = tokenize(tok, texts)
+    transfer = tokenize(getattr(student_tokenizer, "tokenizer", None) or student_tokenizer or tok, texts)
 
     def evaluate(model) -> dict[str, float]:
-        scores = fact_scores(model, kept, "eval", n_eval, tok, precision)
+        scores = fact_scores(model, kept, "eval", n_eval, getattr(model, "tokenizer", None) or tok, precision)
         return {"answer_logprob": float(scores["answer_logprob"].mean()),
                 "exact_match": float(scores["exact_match"].mean())}
 

@@ -1,4 +1,5 @@
-"""Transfer tasks: the knowledge task refuses a malformed facts file."""
+"""Transfer tasks: the knowledge task refuses a malformed facts file; both tasks score a model with another
+tokenizer on the same text, in its own tokens."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def test_code_task_scores_a_model_with_another_tokenizer_on_the_same_text(tiny_h
     assert math.isclose(got["stdlib_test_bpb"], nll / (math.log(2) * n_bytes), rel_tol=1e-4)
     own = task.evaluate(pair.student)  # the task's own tokenisation for the student
     assert set(own) == set(got) and all(math.isfinite(v) for v in own.values())
+
+
+def test_knowledge_task_across_tokenizers_trains_and_scores_each_model_in_its_own_tokens():
+    from semalign_lens.benchmark import _tiny_known_facts
+    from semalign_lens.data import tokenize
+    from semalign_lens.evaluation.knowledge import fact_scores, fact_transfer_texts
+    from semalign_lens.zoo.tiny import tiny_cross_pair
+
+    pair = tiny_cross_pair(seed=0)
+    task = ev.knowledge_task(pair.teacher, _tiny_known_facts(pair.teacher), student_tokenizer=pair.student.tokenizer)
+    kept = [f for f in _tiny_known_facts(pair.teacher) if f.id in set(task.meta["kept_ids"])]
+    want = tokenize(pair.student.tokenizer, fact_transfer_texts(kept, 1))
+    assert (task.transfer.tokens == want.tokens).all()  # the student's own tokens
+    for model in (pair.student, pair.teacher):
+        ref = fact_scores(model, kept, "eval", 1, model.tokenizer)
+        assert task.evaluate(model)["answer_logprob"] == pytest.approx(float(ref["answer_logprob"].mean()))
