@@ -771,7 +771,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
     lines += [] if cross else NOTES
     lines += ["## Files", "", f"`analysis/{meta['out']}/`: runs.csv (every run: scores, steps, tokens, trainable "
               "parameters, data hash, times), summary.csv, control.csv, paired.csv, meta.json, budget_curve.html, "
-              "budget_curve.png, knowledge_teacher_filter.csv (the teacher on every held-out phrasing).", ""]
+              "budget_curve.png" + (", knowledge_teacher_filter.csv (the teacher on every held-out phrasing)"
+                                    if "knowledge" in meta["tasks"] else "") + ".", ""]
     if cross:  # a section of the shared table's file: its title first, every heading one level down
         title = f"## Cross-tokenizer pair: {p['teacher']} → {p['student']}"
         lines = [title, "", lines[0], *(("#" + line if line.startswith("#") else line)
