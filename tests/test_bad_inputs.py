@@ -198,7 +198,7 @@ CLI_CASES = [
     ("align-cross-pair-cached", [*ALIGN, "--set", "run_dir=r1", "--set", "vocab=intersection", "--set",
                                  "targets.mode=cached"], ["vocab = 'intersection'", "targets.mode = 'online'"], []),
     ("align-cross-pair-kl", [*ALIGN, "--set", "run_dir=r1", "--set", "vocab=intersection", "--set",
-                             "objective.terms={kl = 1.0}"], ["compares teacher and student logits", "'shared_kl'"], []),
+                             "objective.terms={{kl = 1.0}}"], ["compares teacher and student logits", "'shared_kl'"], []),
     ("align-vocab-unknown", [*ALIGN, "--set", "run_dir=r1", "--set", "vocab=both"],
      ["AlignConfig.vocab must be one of ('shared', 'intersection')"], []),
     ("demo-out-is-file", ["demo", "--out", "afile"], ["afile is an existing file"], ["afile"]),

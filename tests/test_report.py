@@ -225,19 +225,31 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
 
 
 def test_training_figures_have_whole_steps_smoothed_curves_and_plain_panel_titles():
-    from semalign_lens.training.diagnostics import PROJECTION_METRICS, loss_figure, projection_figure, smooth
+    from semalign_lens.training.diagnostics import (
+        PROJECTION_METRICS,
+        PROJECTION_TITLES,
+        loss_figure,
+        projection_figure,
+        smooth,
+    )
 
-    records = [{"kind": "train", "step": s, "stage_label": "L0", "loss": float(10 - s), "ce": float(10 - s)}
-               for s in range(1, 5)]
+    records = [{"kind": "train", "step": s, "stage_label": "L0", "loss": float(10 - s), "ce": float(10 - s),
+                "kl": 1.0} for s in range(1, 5)]
     records += [{"kind": "diag", "step": s, "student_layer": 0, **{m: 0.5 for m in PROJECTION_METRICS}}
                 for s in (0, 4)]
-    fig = loss_figure(records, ["ce"])
+    fig = loss_figure(records, ["ce", "kl"])
     assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
-    assert {t.name for t in fig.data} == {"loss", "ce", "loss (per step)", "ce (per step)"}
+    assert {t.name for t in fig.data} == {"loss", "ce", "kl", "loss (per step)", "ce (per step)", "kl (per step)"}
+    assert "each step" in fig.layout.title.text  # 4 steps: nothing to smooth
+    one = loss_figure(records, ["ce"])  # one term: the total is that term, drawn once
+    assert {t.name for t in one.data} == {"ce", "ce (per step)"} and "weighted total" not in one.layout.title.text
+    long = [{"kind": "train", "step": s, "loss": float(s), "ce": float(s)} for s in range(1, 37)]
+    assert "trailing mean of 3 steps" in loss_figure(long, ["ce"]).layout.title.text  # 36 steps: window 3
     assert smooth([1, 2, 3, 4], 2) == [1.0, 1.5, 2.5, 3.5]
     panels = projection_figure(records)
     titles = {a.text for a in panels.layout.annotations}
-    assert titles == set(PROJECTION_METRICS) and not any("=" in t for t in titles)
+    assert titles == set(PROJECTION_TITLES.values()) and set(PROJECTION_TITLES) == set(PROJECTION_METRICS)
+    assert not any("=" in t or "_" in t for t in titles)
 
 
 def test_tables_show_a_dash_for_every_missing_value():

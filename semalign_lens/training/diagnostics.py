@@ -131,16 +131,19 @@ def smooth(values, window: int):
 
 
 def loss_figure(records: list[dict], terms: list[str]):
-    """Loss per term (and the total) against the step: each raw curve faint, its trailing mean over ~5 % of
-    the run drawn over it; stage boundaries marked; whole-number steps."""
+    """Loss per term (and the weighted total, where there is more than one term) against the step: each raw
+    curve faint, its trailing mean over ~5 % of the run (at least 3 steps once a run has 10) drawn over it;
+    stage boundaries marked; whole-number steps."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
 
     train = [r for r in records if r.get("kind") == "train"]
     steps = [r["step"] for r in train]
-    window = max(1, len(train) // 20)
+    window = max(3, len(train) // 20) if len(train) >= 10 else 1
+    present = [t for t in terms if any(t in r for r in train)]
+    shown = (["loss"] if len(present) != 1 else []) + present  # one term: the total is that term
     fig = go.Figure()
-    for i, term in enumerate(t for t in ["loss", *terms] if any(t in r for r in train)):
+    for i, term in enumerate(t for t in shown if any(t in r for r in train)):
         colour = qualitative.Plotly[i % len(qualitative.Plotly)]
         values = [r.get(term) for r in train]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line={"color": colour, "width": 1}, opacity=0.3,
@@ -150,7 +153,9 @@ def loss_figure(records: list[dict], terms: list[str]):
     for r in records:
         if r.get("kind") == "stage" and r.get("when") == "start" and r["step"] > 0:
             fig.add_vline(x=r["step"], line_dash="dot", line_color="grey")
-    fig.update_layout(title=f"Training loss per term (weighted total = loss; bold: trailing mean of {window} steps)",
+    smoothing = f"bold: trailing mean of {window} steps" if window > 1 else "each step"
+    total = "weighted total = loss; " if "loss" in shown else ""
+    fig.update_layout(title=f"Training loss per term ({total}{smoothing})",
                       xaxis_title="step", yaxis_title="loss", template="plotly_white")
     return integer_steps(fig, max(steps, default=1))
 
@@ -171,8 +176,8 @@ PROJECTION_TITLES = {
     "cos_contribution": "cos(contribution, target's)",
     "relation_cka": "relation CKA (token-token)",
     "span_share": "energy in the targets' span",
-    "top1_teacher": "lens top-1 = teacher's",
-    "top1_target": "lens top-1 = target's",
+    "top1_teacher": "lens top-1 matches the teacher's",
+    "top1_target": "lens top-1 matches the target's",
 }
 
 
