@@ -64,8 +64,12 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
 
     def evaluate(model) -> dict[str, float]:
         own = getattr(model, "tokenizer", None)
-        sets = scored if own is None or own.get_vocab() == tokenizer.get_vocab() else \
-            foreign.setdefault(id(own), _same_texts(own, heldout, tokenizer, problems))
+        if own is None or own.get_vocab() == tokenizer.get_vocab():
+            sets = scored
+        else:
+            if id(own) not in foreign:
+                foreign[id(own)] = _same_texts(own, heldout, tokenizer, problems)
+            sets = foreign[id(own)]
         out = {}
         for name, (b, m, n_bytes) in sets.items():
             total, count = token_nll(model, b, m, batch_size=8, precision=precision)

@@ -490,8 +490,8 @@ class Trainer:
         for pair in self.pairs:
             x = self._layer_inputs(pair, s_states, self.teacher_diag, self.diag_mask.to(self.device))
             top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")
-            metrics = projection_metrics(x.state, x.target, x.contribution, x.target_contribution, mask,
-                                              self.lens, top1)
+            metrics = projection_metrics(x.state, x.target, x.contribution, x.target_contribution, x.mask,
+                                         self.lens, top1)  # x.mask: a cross-tokenizer pair's aligned positions
             self._log({"kind": "diag", "step": step, "stage": stage.index, "when": when,
                        "student_layer": pair.student_layer, **metrics})
         if cka:

@@ -161,6 +161,36 @@ def test_targets_are_the_teachers_states_at_aligned_positions(tmp_path, cross_pa
     assert tr.transfer.teacher["vocab_key"] == cross_pair.alignment.key  # the intersection map
 
 
+def test_diagnostics_read_only_aligned_positions(tmp_path, cross_pair):
+    """The logged cos_state at step 0 against HF forwards of both models: the teacher's block output at each
+    aligned position of the diagnostic text, mapped, against the student's at the same text position."""
+    import json
+
+    import torch.nn.functional as F
+
+    data = _text_blocks(cross_pair.student.tokenizer, 10, 24)
+    cfg = _cfg(tmp_path, **{"objective.terms": {"cosine": 1.0, "shared_kl": 1.0}, "schedule.stage_steps": 1,
+                            "precision": "fp32"})
+    tr = Trainer(cfg, teacher=cross_pair.teacher, student=cross_pair.student, data=data)
+    tr.run(stop_after_steps=1)
+    first = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line).get("kind") == "diag")
+    pair = next(p for p in tr.pairs if p.student_layer == first["student_layer"])
+    t_hf = clean_copy(cross_pair.teacher, share_weights=True).eval()
+    s_hf = clean_copy(cross_pair.student, share_weights=False).eval()
+    s_tok, t_tok = cross_pair.student.tokenizer, cross_pair.teacher.tokenizer
+    cosines = []
+    for row in data.tokens[:2]:  # the diagnostic blocks (API data: the first diag_sequences)
+        text = s_tok.decode(row)
+        ref = aligned_positions(text, t_tok, s_tok)
+        with torch.no_grad():
+            t_out = t_hf(input_ids=torch.tensor([_ids(t_tok, text)]), output_hidden_states=True).hidden_states
+            s_out = s_hf(input_ids=row[None], output_hidden_states=True).hidden_states
+        target = tr.transfer(t_out[pair.teacher_low + 1][0, ref.teacher].float())
+        cosines.append(F.cosine_similarity(s_out[pair.student_layer + 1][0, ref.student].float(), target, dim=-1))
+    assert first["cos_state"] == pytest.approx(float(torch.cat(cosines).mean()), abs=2e-4)
+
+
 def test_cross_pair_trains_and_resumes_exactly(tmp_path, cross_pair):
     data = _text_blocks(cross_pair.student.tokenizer, 12, 24)
     kw = dict(teacher=cross_pair.teacher, student=cross_pair.student, data=data)
