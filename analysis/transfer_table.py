@@ -670,6 +670,9 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   "command plus `--resume`.", ""]
     code, know = meta["tasks"].get("code", {}), meta["tasks"].get("knowledge", {})
     tokens_per_step = p["batch_size"] * p["seq_len"]
+    # the code budgets of the runs in the table (a resumed run may add some under another --budgets)
+    code_runs = runs[runs["task"] == "code"] if len(runs) else runs
+    budgets = sorted({int(b) for b in code_runs["steps"]}) if len(code_runs) else list(p["budgets"])
     lines += [
         "## Setup", "",
         f"- Teacher `{p['teacher']}`, student `{p['student']}`, seeds {p['seeds']} (a seed sets the data order and "
@@ -680,8 +683,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
         f"evenly over the stages, lr {p['lr']}, a separate run per budget. `all`: every student parameter in one "
         f"joint stage (all paired layers' terms at once), lr {p['all_lr']}, one run per seed evaluated at each "
         "budget (constant learning rate, so this equals separate runs).",
-        f"- **Budgets** (steps, all stages): {p['budgets']} = {p['budgets'][0] * tokens_per_step:,} to "
-        f"{p['budgets'][-1] * tokens_per_step:,} tokens ({p['budgets'][-1] // p['budgets'][0]}x), batch "
+        f"- **Budgets** (steps, all stages): {budgets} = {budgets[0] * tokens_per_step:,} to "
+        f"{budgets[-1] * tokens_per_step:,} tokens ({budgets[-1] // budgets[0]}x), batch "
         f"{p['batch_size']} x {p['seq_len']} tokens. The pool holds {p['n_transfer']} sequences and at most "
         f"{p['epochs']} epoch(s) are used: every step of a run sees sequences that run has not seen before.",
         f"- **code**: transfer = {p['seq_len']}-token chunks of {code.get('transfer_files', '–')} standard-library "
