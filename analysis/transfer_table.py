@@ -449,11 +449,10 @@ def budget_png(summary, path: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- main
 
 def _fits(method: str, vocab: str) -> bool:
-    """Whether every term of `method` that reads teacher logits reads them in the pair's kind of vocabulary."""
+    """Whether every term of `method` fits the pair's kind of vocabulary (what the trainer checks)."""
     from semalign_lens.objectives import get_objective
 
-    terms = [get_objective(t) for t in get_method(method).terms]
-    return all(o.cross_vocab == (vocab != "shared") for o in terms if o.needs_teacher_logits)
+    return all(get_objective(t).vocab_problem(vocab != "shared") is None for t in get_method(method).terms)
 
 
 def build_profile(args) -> Profile:

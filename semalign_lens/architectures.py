@@ -109,7 +109,7 @@ def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
     block = getattr(trunk(model), arch.layers)[0]
     # a bridge's own HF model holds its layers inside TransformerBridge components (`_original_component`)
     found = [getattr(m, "_original_component", m) for m in
-             (_base(_get(block, path)) for path in arch.mlp)] if arch.mlp else []
+             (base_layer(_get(block, path)) for path in arch.mlp)] if arch.mlp else []
     if not found or not all(isinstance(m, (nn.Linear, Conv1D)) for m in found):
         return (f"the LaTen baseline locates neurons in an MLP with one up and one down projection; the {role} "
                 f"({model.config.model_type}) has no such pair (fused or expert projections); leave LaTen out of "
@@ -128,7 +128,7 @@ def role_of(model: nn.Module, path: str) -> str | None:
     return ROLES[arch.lora_targets.index(name)] if name in arch.lora_targets else None
 
 
-def _base(module):
+def base_layer(module):
     """The layer under a LoRA wrapper (peft's `get_base_layer`), or `module` itself."""
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
@@ -144,13 +144,13 @@ def mlp_layers(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module]:
 def neuron_axis(module: nn.Module, side: str) -> int:
     """The weight axis that indexes FFN neurons: an up layer's outputs, a down layer's inputs. nn.Linear stores
     [out, in]; GPT-2's Conv1D stores [in, out]."""
-    linear = isinstance(_base(module), nn.Linear)
+    linear = isinstance(base_layer(module), nn.Linear)
     return (0 if linear else 1) if side == "up" else (1 if linear else 0)
 
 
 def neuron_vectors(module: nn.Module, side: str, index):
     """[k, d_model]: the weights of neurons `index` (an up layer's rows of inputs, a down layer's outputs)."""
-    weight = _base(module).weight
+    weight = base_layer(module).weight
     axis = neuron_axis(module, side)
     picked = weight.index_select(axis, index)
     return picked if axis == 0 else picked.T

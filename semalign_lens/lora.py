@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import adaptable_names
+from .architectures import adaptable_names, base_layer
 from .errors import SemalignError
 
 ADAPTER = "default"
@@ -70,7 +70,7 @@ def lora_factors(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter, float]:
 
 def dense_weight(layer: nn.Module) -> torch.Tensor:
     """The [out, in] weight of a linear layer, a LoRA layer's base or GPT-2's Conv1D ([in, out]; a view)."""
-    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    base = base_layer(layer)
     return base.weight.t() if _is_conv1d(base) else base.weight
 
 

@@ -134,7 +134,7 @@ class LaTenPlugin:
         self.teacher_scores = _TEACHER_SCORES[key]
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ..architectures import mlp_layers, neuron_axis, neuron_vectors
+        from ..architectures import base_layer, mlp_layers, neuron_axis, neuron_vectors
 
         lora_budget = sum(p.numel() for p in params)
         for p in params:  # LaTen trains the hypernetworks instead of the stage's LoRA adapters
@@ -146,7 +146,7 @@ class LaTenPlugin:
         for pair in stage.pairs:
             s_mlp = mlp_layers(trainer.student, pair.student_layer)  # (up, down), LoRA-wrapped during a stage
             t_mlp = mlp_layers(self.teacher, pair.nearest_teacher_layer)
-            s_up = s_mlp[0].get_base_layer() if hasattr(s_mlp[0], "get_base_layer") else s_mlp[0]
+            s_up = base_layer(s_mlp[0])
             d_mlp = s_up.weight.shape[neuron_axis(s_up, "up")]
             d_s = s_up.weight.shape[1 - neuron_axis(s_up, "up")]
             d_t = t_mlp[0].weight.shape[1 - neuron_axis(t_mlp[0], "up")]  # the teacher is never LoRA-wrapped
@@ -156,7 +156,7 @@ class LaTenPlugin:
             hidden = max(1, lora_budget // len(stage.pairs) // (2 * (d_s + d_t)))
             deltas = []
             for side, module, t_module in (("up", s_mlp[0], t_mlp[0]), ("down", s_mlp[1], t_mlp[1])):
-                base = module.get_base_layer() if hasattr(module, "get_base_layer") else module  # under LoRA
+                base = base_layer(module)  # under LoRA
                 vectors = neuron_vectors(t_module, side, t_idx.to(t_module.weight.device))
                 net = Hypernet(d_t, hidden, d_s, self.std, gen)
                 delta = NeuronDelta(net, vectors.detach().float().clone(), s_idx, neuron_axis(base, side))

@@ -86,6 +86,19 @@ class Objective:
     cross_vocab: bool = False
     source: str = ""  # what is from the paper and what is inferred, one line
 
+    def vocab_problem(self, cross: bool) -> str | None:
+        """Why this term cannot run on a pair of this kind (`cross`: two vocabularies paired through their shared
+        strings), else None: a term comparing logits token for token needs one vocabulary, a `cross_vocab` term
+        needs two."""
+        if cross and self.needs_teacher_logits and not self.cross_vocab:
+            return (f"objective {self.name!r} compares teacher and student logits token for token, but this run "
+                    "pairs two vocabularies through their shared strings (vocab = 'intersection'); use 'shared_kl' "
+                    "(KL on the shared tokens) or 'uld' instead")
+        if self.cross_vocab and not cross:
+            return (f"objective {self.name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with one shared "
+                    "vocabulary use 'kl'")
+        return None
+
     def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """`defaults` updated with `given`; unknown option names are an error naming the valid ones."""
         given = dict(given or {})

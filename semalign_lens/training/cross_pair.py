@@ -44,13 +44,6 @@ class TeacherView:
     def select(self, rows: torch.Tensor) -> TeacherView:
         return TeacherView(self.tokens[rows], self.index[rows])
 
-    def update(self, h) -> None:
-        """Feed both tensors to a hashlib object (the run's data fingerprint)."""
-        for t in (self.tokens, self.index):
-            t = t.contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
-
     @property
     def share(self) -> float:
         """Share of the student's positions that are aligned."""

@@ -25,6 +25,7 @@ from jaxtyping import Bool, Int
 from ..checks import read_utf8
 from ..data import DOC_START, TokenBatch
 from ..errors import SemalignError
+from ..semantics.basis import tensor_hash
 from ..transfer_data import code_transfer_data
 from ..zoo import corpus
 from ..zoo.pretrain import batch_indices
@@ -56,16 +57,10 @@ class AlignData:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the training and diagnostic tokens and masks: the data part of a target-cache key."""
-        h = hashlib.sha256()
-        for t in (self.tokens, self.mask, self.diag.tokens, self.diag.mask):
-            t = t.contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
-        for view in (self.teacher, self.diag_teacher):
-            if view is not None:
-                view.update(h)
-        return h.hexdigest()
+        """sha256 of the training and diagnostic tokens and masks (and a cross-tokenizer pair's teacher views):
+        the data part of a target-cache key."""
+        views = [t for v in (self.teacher, self.diag_teacher) if v is not None for t in (v.tokens, v.index)]
+        return tensor_hash(self.tokens, self.mask, self.diag.tokens, self.diag.mask, *views)
 
     def with_teacher_views(self, student_tokenizer, teacher_tokenizer) -> AlignData:
         """This data with the teacher's tokenization of every block (a cross-tokenizer pair)."""

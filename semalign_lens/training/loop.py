@@ -68,6 +68,7 @@ from .targets import (
     default_cache_path,
     diagnostic_states,
     lens_top1,
+    teacher_keys,
     tokenizer_fingerprint,
 )
 
@@ -275,20 +276,14 @@ class Trainer:
         if not self.cross:
             return self._stack(self.teacher)
         keep = self._cka_keep().to(self.device)
-        keys = ["embed"] + [f"post.{layer}" for layer in range(len(parts(self.teacher).layers))]
+        keys = teacher_keys(range(len(parts(self.teacher).layers)))
         return [self.teacher_diag[k][keep].float().cpu() for k in keys]
 
     def _check_objectives_fit_vocab(self) -> None:
-        """Terms reading teacher logits in the student's vocabulary need one vocabulary; shared_kl and uld
-        need a cross-tokenizer pair (`Objective.cross_vocab`)."""
-        for name, obj, _, _ in self.objectives:
-            if self.cross and obj.needs_teacher_logits and not obj.cross_vocab:
-                raise SemalignError(f"objective {name!r} compares teacher and student logits token for token, but "
-                                    "this run pairs two vocabularies through their shared strings (vocab = "
-                                    "'intersection'); use 'shared_kl' (KL on the shared tokens) or 'uld' instead")
-            if obj.cross_vocab and not self.cross:
-                raise SemalignError(f"objective {name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with "
-                                    "one shared vocabulary use 'kl'")
+        """Every term fits the pair's kind of vocabulary (`Objective.vocab_problem`)."""
+        for _, obj, _, _ in self.objectives:
+            if (problem := obj.vocab_problem(self.cross)) is not None:
+                raise SemalignError(problem)
 
     # ------------------------------------------------------------------------------------------- setup
     def _check_resume_identity(self) -> None:
