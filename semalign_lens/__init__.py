@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 _API = {  # public name -> the module that defines it
     # models and data
-    "load_model": "models", "ModelPair": "models", "describe": "models", "tiny_pair": "zoo.tiny",
+    "load_model": "models", "save_model": "models", "ModelPair": "models", "describe": "models", "tiny_pair": "zoo.tiny",
     "tokenize": "data", "TokenBatch": "data",
     # looking inside
     "capture": "activations", "Capture": "activations", "residual_stack": "activations",
@@ -105,7 +105,7 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .cross_tokenizer import aligned_stacks
     from .data import TokenBatch, tokenize
     from .errors import SemalignError
-    from .models import ModelPair, describe, load_model
+    from .models import ModelPair, describe, load_model, save_model
     from .overview import humaneval_prompts, residual_norm_figure, residual_norms
     from .pairing import LayerPair, LayerPairing, make_pairing
     from .pairing_report import pairing_report

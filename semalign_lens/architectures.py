@@ -13,6 +13,7 @@ GPT-2's `c_proj` names both the attention output and the MLP output, so one name
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from torch import nn
@@ -41,6 +42,8 @@ class Architecture:
 ROLES = ("v", "o", "up", "down")
 
 
+NATIVE_TYPE = "transformerlens_native"
+
 LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"))
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -64,25 +67,54 @@ ARCHITECTURES: dict[str, Architecture] = {
     **{t: Architecture("transformer", "h", "ln_f", "word_embeddings",
                        ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
                        ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")) for t in ("bloom", "falcon")},
+    # TransformerLens-native models (`semalign_lens.native`, `native_family`): the blocks hang off the model
+    NATIVE_TYPE: Architecture("", "layers", "ln_out", "tok_embed", ("v", "o", "fc_in", "fc_out"),
+                              ("mlp.fc_in", "mlp.fc_out")),
+    f"{NATIVE_TYPE}_gated": Architecture("", "layers", "ln_out", "tok_embed", ("v", "o", "in", "out"),
+                                         ("mlp.in", "mlp.out")),
+    f"{NATIVE_TYPE}_attn_only": Architecture("", "layers", "ln_out", "tok_embed", ("v", "o"), None),
 }
 
 
 def _get(root: nn.Module, dotted: str):
-    for name in dotted.split("."):
+    for name in filter(None, dotted.split(".")):  # "" is `root` itself
         root = getattr(root, name, None)
         if root is None:
             return None
     return root
 
 
+def is_native(module) -> bool:
+    """Whether `module` is a TransformerLens-native model (a native bridge's `original_model`, or a
+    `native.NativeLM`). Read without importing TransformerLens: before its module is imported no object can
+    be one."""
+    source = sys.modules.get("transformer_lens.model_bridge.sources.native.model")
+    return source is not None and isinstance(module, source.NativeModel)
+
+
+def native_family(cfg) -> str:
+    """The family of a native model of TransformerLens config `cfg`: the block layout decides which linear
+    layers exist (a plain MLP's fc_in/fc_out, a gated one's gate/in/out, none without an MLP), so each layout
+    is its own entry of `ARCHITECTURES`."""
+    return NATIVE_TYPE + ("_attn_only" if cfg.attn_only else "_gated" if cfg.gated_mlp else "")
+
+
+def model_type(model: nn.Module) -> str | None:
+    """`model`'s family: its HF `config.model_type`, or for a TransformerLens-native model (whose bridged
+    `NativeModel` has no HF config) the native layout's."""
+    if is_native(model):
+        return native_family(model.cfg)
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
 def architecture(model: nn.Module) -> Architecture:
-    """The entry of `model`'s family (`config.model_type`); a family not listed is tried as Llama-style."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    arch = ARCHITECTURES.get(model_type, LLAMA)
+    """The entry of `model`'s family (`model_type`); a family not listed is tried as Llama-style."""
+    family = model_type(model)
+    arch = ARCHITECTURES.get(family, LLAMA)
     trunk = _get(model, arch.trunk)
     if trunk is None or not isinstance(getattr(trunk, arch.layers, None), nn.ModuleList):
         raise SemalignError(f"the trainer does not know where the decoder blocks of {type(model).__name__} "
-                            f"(model_type {model_type!r}) are; known families: {', '.join(sorted(ARCHITECTURES))}. "
+                            f"(model_type {family!r}) are; known families: {', '.join(sorted(ARCHITECTURES))}. "
                             "Add its paths to semalign_lens.architectures.ARCHITECTURES")
     return arch
 
@@ -101,8 +133,8 @@ def adaptable_names(block: nn.Module) -> list[str]:
 
 def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
     """Why LaTen cannot locate FFN neurons in `model`, else None: it needs one (up, down) pair of linear
-    layers per block (`Architecture.mlp`), which Phi-3 (fused gate_up_proj) and mixture-of-experts blocks
-    do not have."""
+    layers per block (`Architecture.mlp`), which Phi-3 (fused gate_up_proj), mixture-of-experts blocks and
+    attention-only models do not have."""
     from transformers.pytorch_utils import Conv1D
 
     arch = architecture(model)
@@ -112,7 +144,7 @@ def mlp_problem(model: nn.Module, role: str = "model") -> str | None:
              (base_layer(_get(block, path)) for path in arch.mlp)] if arch.mlp else []
     if not found or not all(isinstance(m, (nn.Linear, Conv1D)) for m in found):
         return (f"the LaTen baseline locates neurons in an MLP with one up and one down projection; the {role} "
-                f"({model.config.model_type}) has no such pair (fused or expert projections); leave LaTen out of "
+                f"({model_type(model)}) has no such pair (fused or expert projections, or no MLP); leave LaTen out of "
                 "--methods for this model")
     return None
 

@@ -5,7 +5,7 @@ module becomes a wrapper with hooks, parameter names gain `._original_component`
 attention. For training we want the stock module tree (sdpa attention, `save_pretrained` names that
 `load_model` reads back), so the trainer works on a *clean copy*: a fresh `AutoModelForCausalLM` built from
 the same config, holding the bridge's weights (the teacher's are shared, not copied; the student's are
-copied, so the caller's model is never modified).
+copied, so the caller's model is never modified). A native bridge's copy is a `native.NativeLM`.
 
 Capture uses forward hooks on the decoder blocks; `StopForward` ends the forward after the deepest block
 that is needed, so neither the remaining blocks nor the vocabulary-sized head run.
@@ -26,12 +26,46 @@ _STRIP = "._original_component"
 
 
 def underlying_hf(model) -> nn.Module:
-    """The HF `PreTrainedModel` behind a bridge (or the model itself)."""
+    """The HF `PreTrainedModel` behind a bridge (a native bridge's `NativeModel`), or the model itself."""
     return getattr(model, "original_model", model)
 
 
+def plain_name(key: str) -> str:
+    """A parameter or buffer name of a bridged module tree as the plain module names it."""
+    return key.replace(_STRIP, "")
+
+
+def logits_of(out) -> torch.Tensor:
+    """The logits of a forward's output: HF returns an output object, a native model the tensor itself."""
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _empty_copy(hf: nn.Module, attn: str) -> nn.Module:
+    """The plain model of `hf`'s architecture on the meta device: rebuilt from the HF config, or a
+    `native.NativeLM` for a TransformerLens-native model."""
+    from transformers import AutoModelForCausalLM
+
+    from .architectures import is_native
+    from .native import empty_copy
+
+    if is_native(hf):
+        return empty_copy(hf)
+    config = hf.config.__class__.from_dict(hf.config.to_dict())
+    error = None
+    for impl in dict.fromkeys((attn, "eager")):  # Gemma-2 and a few others have no sdpa path
+        try:
+            config._attn_implementation = impl
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(config, attn_implementation=impl)
+        except ValueError as err:
+            error = err
+    raise SemalignError(f"transformers cannot build {type(hf).__name__} from its config ({error}); this "
+                        "architecture is not supported by the trainer yet")
+
+
 def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
-    """A stock HF model (no bridge wrappers) with `model`'s weights, in train-ready form.
+    """A plain model (no bridge wrappers) with `model`'s weights, in train-ready form: a stock HF model, or
+    for a native bridge a `native.NativeLM`.
 
     `share_weights=True` reuses the tensors (no memory; for a frozen teacher); False clones them (the
     student, which we train without touching the caller's model). Entries the bridge adds beside the HF
@@ -41,23 +75,9 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     eager. The copy's logits are checked against the source's on a short probe, so a family whose rebuild is
     not exact fails here, in one line, and never trains on wrong weights.
     """
-    from transformers import AutoModelForCausalLM
-
     hf = underlying_hf(model)
-    state = {k.replace(_STRIP, ""): v for k, v in hf.state_dict().items()}
-    config = hf.config.__class__.from_dict(hf.config.to_dict())
-    clean, error = None, None
-    for impl in dict.fromkeys((attn, "eager")):  # Gemma-2 and a few others have no sdpa path
-        try:
-            config._attn_implementation = impl
-            with torch.device("meta"):
-                clean = AutoModelForCausalLM.from_config(config, attn_implementation=impl)
-            break
-        except ValueError as err:
-            error = err
-    if clean is None:
-        raise SemalignError(f"transformers cannot build {type(hf).__name__} from its config ({error}); this "
-                            "architecture is not supported by the trainer yet")
+    state = {plain_name(k): v for k, v in hf.state_dict().items()}
+    clean = _empty_copy(hf, attn)
     expected = set(clean.state_dict())
     missing = sorted(expected - set(state))
     if missing:
@@ -69,7 +89,7 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     clean.load_state_dict(state, strict=True, assign=True)
     if getattr(clean.config, "tie_word_embeddings", False):
         clean.tie_weights()
-    source_buffers = {k.replace(_STRIP, ""): b for k, b in hf.named_buffers()}
+    source_buffers = {plain_name(k): b for k, b in hf.named_buffers()}
     for name, buf in list(clean.named_buffers()):
         if buf.is_meta:
             if name not in source_buffers:
@@ -89,7 +109,7 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     source.eval(), copy.eval()
     try:
         with torch.no_grad():
-            want = source(input_ids=tokens, use_cache=False).logits.float()
+            want = logits_of(source(input_ids=tokens, use_cache=False)).float()
             got = copy.to(device)(input_ids=tokens, use_cache=False).logits.float()
     finally:
         source.train(was[0]), copy.train(was[1])
@@ -196,6 +216,6 @@ def weights_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(underlying_hf(model).state_dict().items()):
         t = t.detach().cpu().contiguous()
-        h.update(f"{name.replace(_STRIP, '')}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(f"{plain_name(name)}{t.dtype}{tuple(t.shape)}".encode())
         h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
     return h.hexdigest()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .architectures import NATIVE_TYPE
 from .checks import check_safetensors, require_hooked, require_tokenizer
 from .errors import SemalignError
 from .paths import file_sha256
@@ -337,6 +338,13 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         weights_hash = None
     elif isinstance(source, (str, os.PathLike)):
         kind, folder = _resolve_source(source, need_tokenizer=tokenizer is None)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if config["model_type"].startswith(NATIVE_TYPE):  # a native model saved by the trainer (`native`)
+            tokenizer = tokenizer or _from_pretrained(AutoTokenizer, folder, "tokenizer")
+            bridge = _load_native_dir(folder, config, tokenizer, dtype, device)
+            return _finish(bridge, mode, Provenance(source=name or str(source), kind=kind, path=str(folder),
+                                                    weights_sha256=_weights_hash(folder),
+                                                    dtype=str(dtype).replace("torch.", ""), mode=mode))
         hf_model, info = _from_pretrained(AutoModelForCausalLM, folder, "model", dtype=dtype, output_loading_info=True)
         missing = sorted(info.get("missing_keys") or [])
         if missing:  # transformers would go on with those weights randomly initialised
@@ -353,12 +361,63 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         raise SemalignError(f"{label} has no LM head (unembedding); semalign_lens needs a causal LM")
     bridge = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
                                                  device=device)
+    return _finish(bridge, mode, Provenance(source=label, kind=kind, path=path, weights_sha256=weights_hash,
+                                            dtype=str(dtype).replace("torch.", ""), mode=mode))
+
+
+def _finish(bridge, mode: str, provenance: Provenance):
+    """A freshly booted bridge in the asked mode, in eval mode, with its provenance."""
     if mode == "compat":
         bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
-    bridge.provenance = Provenance(source=label, kind=kind, path=path, weights_sha256=weights_hash,
-                                   dtype=str(dtype).replace("torch.", ""), mode=mode)
+    bridge.provenance = provenance
     return bridge
+
+
+def _load_native_dir(folder: Path, config: dict[str, Any], tokenizer, dtype: torch.dtype, device):
+    """The native bridge saved in `folder` (`native.NativeLM.save_pretrained`), with its weights."""
+    from safetensors.torch import load_file
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from .hf import plain_name
+    from .native import tl_config_from_dict
+
+    try:
+        cfg = tl_config_from_dict(config["transformer_lens_config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SemalignError(f"{folder}/config.json names a TransformerLens-native model but its "
+                            f"transformer_lens_config is unreadable ({type(err).__name__}: {err}); re-save it with "
+                            "semalign_lens.save_model(bridge, DIR)") from None
+    cfg.init_weights = False  # the saved weights replace whatever an initialisation would draw
+    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=dtype, device=device,
+                                           model_name=config.get("name_or_path") or str(folder))
+    saved = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        saved.update(load_file(str(path)))
+    target = bridge.original_model
+    names = {plain_name(k): k for k in target.state_dict()}
+    missing = sorted({plain_name(k) for k, _ in target.named_parameters()} - set(saved))
+    extra = sorted(set(saved) - set(names))
+    if missing or extra:
+        raise SemalignError(f"the weights in {folder} do not fit its config.json ({len(missing)} parameter(s) "
+                            f"missing, {len(extra)} unexpected; first: {(missing or extra)[0]}); the config and "
+                            "weights come from different models: re-save it with semalign_lens.save_model(bridge, DIR)")
+    with torch.no_grad():
+        target.load_state_dict({names[k]: v.to(dtype) for k, v in saved.items()}, strict=False)
+    return bridge
+
+
+def save_model(model, out: str | os.PathLike) -> Path:
+    """Write a loaded model (any family, a native bridge included) as a directory `load_model` reads back:
+    its plain copy (`hf.clean_copy`: the stock HF model, or `native.NativeLM`) and its tokenizer. What a
+    bridge built in memory needs before the command line (`semalign align`, `semalign info`) can take it."""
+    from .hf import clean_copy
+
+    require_hooked(model)
+    out = Path(out)
+    clean_copy(model, share_weights=True).save_pretrained(str(out), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(out))
+    return out
 
 
 def model_name(model) -> str:
@@ -386,7 +445,7 @@ def _mlp_width(model) -> int | None:
             return value
     if getattr(config, "model_type", None) == "gpt2":  # n_inner None means 4 x n_embd
         return 4 * config.n_embd
-    return getattr(model.cfg, "d_mlp", None)
+    return None if getattr(model.cfg, "attn_only", False) else getattr(model.cfg, "d_mlp", None)
 
 
 def describe(model) -> dict[str, Any]:
@@ -410,17 +469,14 @@ def describe(model) -> dict[str, Any]:
 
 
 def trainer_problem(model, name: str) -> str | None:
-    """Why the trainer cannot take `model`, else None: it trains the HF model behind the bridge, so it needs
-    one, and the family's block paths (`architectures`). Evaluation needs neither (it runs the bridge itself)."""
+    """Why the trainer cannot take `model`, else None: it trains a plain copy of the model behind the bridge
+    (`hf.clean_copy`), so it needs the family's block paths (`architectures`). Evaluation needs neither (it
+    runs the bridge itself where the copy is not the stock HF model)."""
     from .architectures import architecture
     from .hf import underlying_hf
 
-    hf = underlying_hf(model)
-    if getattr(hf, "config", None) is None:
-        return (f"{name} is a native TransformerBridge with no Hugging Face model behind it; the trainer trains "
-                "HF modules: load the model from its HF weights (load_model(path or hub id))")
     try:
-        architecture(hf)
+        architecture(underlying_hf(model))
     except SemalignError as err:
         return str(err)
     return None
@@ -466,7 +522,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
 
         out["laten baseline (FFN neurons: one up and one down projection)"] = train or next(
             (p for (m, n), role in zip(models, ("teacher", "student"), strict=True)
-             if (p := mlp_problem(underlying_hf(m), f"{role} {n}")) is not None), None)
+             if (p := mlp_problem(underlying_hf(m), role if n == role else f"{role} {n}")) is not None), None)
     return out
 
 

@@ -1,8 +1,8 @@
 """The architecture matrix: every decoder family trains and is scored, on tiny random models.
 
 Per family (teacher 4 x 64, student 2 x 32, one shared tokenizer; nothing downloaded): the trainer's plain copy
-computes the HF model's logits; evaluation's cross-entropy equals one computed from the HF model's logits by
-hand; `align` trains the frontier schedule with LoRA (the family's own targets, Conv1D and fused projections
+computes the HF model's logits (for a TransformerLens-native layout, which has no HF model, the bridge's);
+evaluation's cross-entropy equals one computed from those logits by hand; `align` trains the frontier schedule with LoRA (the family's own targets, Conv1D and fused projections
 included) and the joint schedule with full parameters; the trained student reloads with the logits it had.
 Cross-architecture pairs run the same way.
 """
@@ -19,20 +19,36 @@ from semalign_lens.hf import clean_copy
 from semalign_lens.models import ModelPair, load_model
 from semalign_lens.trainer import load_align_config
 from semalign_lens.training.loop import Trainer
-from semalign_lens.zoo.tiny import FAMILIES, TinyArch, tiny_family_model, tiny_tokenizer
+from semalign_lens.zoo.tiny import (
+    FAMILIES,
+    NATIVE_LAYOUTS,
+    TinyArch,
+    tiny_family_model,
+    tiny_native_bridge,
+    tiny_tokenizer,
+)
 
 TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
 STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
-PAIRS = [(f, f) for f in FAMILIES] + [("gpt2", "llama"), ("gpt_neox", "qwen2"), ("gemma2", "llama"), ("llama", "gpt2")]
+PAIRS = ([(f, f) for f in (*FAMILIES, *NATIVE_LAYOUTS)]
+         + [("gpt2", "llama"), ("gpt_neox", "qwen2"), ("gemma2", "llama"), ("llama", "gpt2"),
+            ("native", "llama"), ("qwen2", "native_gated")])
+
+
+def _model(family: str, arch: TinyArch, seed: int):
+    """(bridge, reference forward: tokens -> logits) of one tiny model. An HF family's reference is the HF
+    model itself; a native layout's (no HF model behind it) is the bridge TransformerLens built."""
+    tok = tiny_tokenizer()
+    if family in NATIVE_LAYOUTS:
+        bridge = load_model(tiny_native_bridge(family, arch, tok, seed))
+        return bridge, lambda x: bridge(x)
+    hf = tiny_family_model(family, arch, len(tok), seed=seed)
+    return load_model(hf, tokenizer=tok, name=f"tiny-{family}"), lambda x: hf(input_ids=x).logits
 
 
 def _pair(teacher_family: str, student_family: str):
-    tok = tiny_tokenizer()
-    t_hf = tiny_family_model(teacher_family, TEACHER, len(tok), seed=0)
-    s_hf = tiny_family_model(student_family, STUDENT, len(tok), seed=1)
-    pair = ModelPair(load_model(t_hf, tokenizer=tok, name=f"tiny-{teacher_family}"),
-                     load_model(s_hf, tokenizer=tok, name=f"tiny-{student_family}"))
-    return pair, t_hf, s_hf
+    (teacher, t_ref), (student, s_ref) = _model(teacher_family, TEACHER, 0), _model(student_family, STUDENT, 1)
+    return ModelPair(teacher, student), t_ref, s_ref
 
 
 def _tokens(vocab: int) -> TokenBatch:
@@ -42,15 +58,14 @@ def _tokens(vocab: int) -> TokenBatch:
 
 @pytest.mark.parametrize("teacher_family,student_family", PAIRS, ids=[f"{t}->{s}" for t, s in PAIRS])
 def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
-    pair, t_hf, s_hf = _pair(teacher_family, student_family)
+    pair, t_ref, s_ref = _pair(teacher_family, student_family)
     data = _tokens(len(pair.student.tokenizer))
-    for bridge, hf in ((pair.teacher, t_hf), (pair.student, s_hf)):
+    for bridge, reference in ((pair.teacher, t_ref), (pair.student, s_ref)):
         with torch.no_grad():
-            want = hf(input_ids=data.tokens[:2]).logits
+            want = reference(data.tokens[:2])
             got = clean_copy(bridge, share_weights=True).eval()(input_ids=data.tokens[:2]).logits
-            assert torch.allclose(got, want, atol=1e-5), type(hf).__name__
-            by_hand = F.cross_entropy(hf(input_ids=data.tokens).logits[:, :-1].flatten(0, 1),
-                                      data.tokens[:, 1:].flatten()).item()
+            assert torch.allclose(got, want, atol=1e-5), bridge.provenance.source
+            by_hand = F.cross_entropy(reference(data.tokens)[:, :-1].flatten(0, 1), data.tokens[:, 1:].flatten()).item()
         assert ev.cross_entropy(bridge, data, precision="fp32") == pytest.approx(by_hand, rel=1e-5)
     for schedule in ({"schedule.adapter": "lora", "schedule.lora_rank": 2},
                      {"schedule.mode": "joint", "schedule.trainable": "all", "schedule.adapter": "full"}):
@@ -64,6 +79,7 @@ def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
         after = result.student.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
         reloaded = load_model(result.student_path)
+        assert type(reloaded.original_model).__name__ == type(pair.student.original_model).__name__
         with torch.no_grad():
             assert torch.allclose(ev.forward_logits(reloaded, data.tokens[:2]),
                                   result.student.eval()(input_ids=data.tokens[:2]).logits, atol=1e-4)
@@ -251,7 +267,7 @@ def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, ca
     assert "Where in the prompt" in html and "Which heads" in html
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", (*FAMILIES, *NATIVE_LAYOUTS))
 def test_every_analysis_stage_on_every_family(family):
     """Capture, the residual stack and CKA, semantic bases and all nine layer rankers, per family (teacher
     4 x 64): each runs and gives finite numbers; the stack's last entry equals the captured resid_post."""
@@ -277,41 +293,47 @@ def test_every_analysis_stage_on_every_family(family):
     assert set(scores["method"]) == set(METHODS) and scores["score"].notna().all()
 
 
-def test_a_native_bridge_runs_the_analysis_and_evaluation_and_is_refused_for_training(tmp_path):
-    """`TransformerBridge.boot_native` (TransformerLens's own random model, no HF model behind it): load_model
-    keeps it with a provenance record; capture, the residual stack, CKA, bases, the rankers and evaluation run
-    on it; the trainer refuses it in one line naming why."""
-    from transformer_lens.model_bridge import TransformerBridge
+def test_a_native_bridge_is_saved_inspected_trained_from_the_cli_and_read_back(tmp_path, capsys):
+    """A `TransformerBridge.boot_native` model (TransformerLens's own, no HF model behind it): load_model keeps
+    it with a provenance record; `save_model` writes a directory that loads back with the same logits;
+    `semalign info` says every stage can run; `semalign align` trains from the saved directories."""
 
-    from semalign_lens.attribution import rank_layers
-    from semalign_lens.data import tokenize
-    from semalign_lens.errors import SemalignError
-    from semalign_lens.semantics import SemanticBasis
-    from semalign_lens.tasks import fact_task, tokenize_pairs
+    from semalign_lens.cli import main
+    from semalign_lens.models import save_model
 
     tok = tiny_tokenizer()
+    bridges = [tiny_native_bridge("native_gated", arch, tok, seed) for seed, arch in enumerate((TEACHER, STUDENT))]
+    teacher = load_model(bridges[0])
+    assert teacher is bridges[0] and teacher.provenance.kind == "bridge"
+    assert teacher.provenance.source == f"tiny-native_gated-{TEACHER.n_layers}"
+    dirs = [str(save_model(b, tmp_path / f"m{i}")) for i, b in enumerate(bridges)]
+    x = _tokens(len(tok)).tokens[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(dirs[0])(x), teacher(x))
+    assert main(["info", *dirs]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    stages = [line for line in lines if "align (frontier" in line or "seeking baseline" in line
+              or "laten baseline" in line or "capture, bases" in line]
+    assert len(stages) == 4 and all(line.endswith("yes") for line in stages), stages
+    (tmp_path / "data.txt").write_text("".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(200)))
+    run = tmp_path / "run"
+    settings = {"teacher": dirs[0], "student": dirs[1], "run_dir": run, "data.source": tmp_path / "data.txt",
+                "data.seq_len": 16, "data.n_sequences": 8, "data.batch_size": 4, "data.diag_sequences": 2,
+                "schedule.stage_steps": 1, "progress": "false", "report": "false", "figures": "false"}
+    assert main(["align", *(arg for k, v in settings.items() for arg in ("--set", f"{k}={v}"))]) == 0
+    trained = load_model(run / "student")
+    assert trained.cfg.n_layers == STUDENT.n_layers and type(trained.original_model).__name__ == "NativeModel"
 
-    def native(n_layers, d_model, seed):
-        cfg = {"n_layers": n_layers, "d_model": d_model, "n_ctx": 64, "d_head": 16, "n_heads": d_model // 16,
-               "d_mlp": 2 * d_model, "d_vocab": len(tok), "act_fn": "gelu", "normalization_type": "LN", "seed": seed}
-        return load_model(TransformerBridge.boot_native(cfg, tokenizer=tok, model_name=f"native-{n_layers}"))
 
-    teacher, student = native(4, 64, 0), native(2, 32, 1)
-    assert teacher.provenance.source == "native-4" and teacher.provenance.kind == "bridge"
-    pair = ModelPair(teacher, student)
-    batch = tokenize(tok, ["def add(a, b):\n    return a + b\n", "import os\n"])
-    with torch.no_grad():  # evaluation runs the bridge itself: the same CE as its own logits by hand
-        logits = teacher(batch.tokens[:1, : int(batch.mask[0].sum())])
-    by_hand = F.cross_entropy(logits[0, :-1], batch.tokens[0, 1: int(batch.mask[0].sum())]).item()
-    assert ev.cross_entropy(teacher, batch.select([0]), precision="fp32") == pytest.approx(by_hand, rel=1e-5)
-    from semalign_lens.activations import residual_stack
-    from semalign_lens.similarity import cka_matrix
+@pytest.mark.parametrize("method", ["seeking", "laten"])
+def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
+    """The two baselines that read weights by role (Seeking) and FFN neurons (LaTen) on native layouts: a
+    plain MLP teacher (fc_in/fc_out) into a gated one (in/out). The student changes from its start."""
+    from semalign_lens.baselines import run_method
 
-    assert cka_matrix(residual_stack(teacher, batch), residual_stack(student, batch)).shape == (5, 3)
-    assert SemanticBasis.from_model(teacher).S.shape == (64, len(tok))
-    prompts = tokenize_pairs(tok, fact_task(tokenizer=tok, n=4, seed=0), align="left_pad")
-    assert rank_layers(teacher, prompts, methods=["grad_x_act", "seeking"], n_boot=10, progress=False)["score"].notna().all()
-    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False, "figures": False,
-                                   "data.batch_size": 4})
-    with pytest.raises(SemalignError, match="native TransformerBridge with no Hugging Face model"):
-        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(tok)))
+    pair, _, _ = _pair("native", "native_gated")
+    before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
+    result = run_method(method, _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+                        data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+    after = result.student.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -86,6 +86,15 @@ def env(tmp_path_factory):
     other = json.loads((student / "config.json").read_text())
     _copy_model(student, root / "othervocab", config__json=json.dumps({**other, "vocab_size": 400}))
     assert BertLMHeadModel  # the mismatch case needs the class to exist in this transformers
+    from semalign_lens.models import save_model
+    from semalign_lens.zoo.tiny import tiny_native_bridge
+
+    native = save_model(tiny_native_bridge("native", TinyArch(2, 32, 2, 1, 64), tok, 0), root / "native")
+    native_cfg = json.loads((native / "config.json").read_text())
+    _copy_model(native, root / "native-nocfg", config__json=json.dumps(
+        {k: v for k, v in native_cfg.items() if k != "transformer_lens_config"}))
+    _copy_model(native, root / "native-deeper", config__json=json.dumps(  # 3 blocks' config, 2 blocks' weights
+        {**native_cfg, "transformer_lens_config": {**native_cfg["transformer_lens_config"], "n_layers": 3}}))
     (root / "empty").mkdir()
     (root / "gguf-dir").mkdir()
     (root / "gguf-dir" / "model.gguf").write_text("not a gguf")
@@ -311,6 +320,10 @@ def _api_cases():
         ("load-empty-safetensors", lambda c: load_model(c.root / "zero"), "zero/model.safetensors is truncated"),
         ("load-config-weights-mismatch", lambda c: load_model(c.root / "mismatch"), "do not fit its config.json"),
         ("load-unknown-architecture", lambda c: load_model(c.root / "badtype"), "could not load the model.*no_such_arch"),
+        ("load-native-no-tl-config", lambda c: load_model(c.root / "native-nocfg"),
+         "TransformerLens-native model but its transformer_lens_config is unreadable"),
+        ("load-native-weights-mismatch", lambda c: load_model(c.root / "native-deeper"),
+         "do not fit its config.json \\(\\d+ parameter\\(s\\) missing"),
         ("load-int", lambda c: load_model(3), "cannot load a model from int"),
         ("load-hf-without-tokenizer", lambda c: load_model(c.hf[0]), "needs its tokenizer"),
         ("load-unknown-mode", lambda c: load_model(c.hf[0], tokenizer=c.tok, mode="fast"), "mode must be one of"),

@@ -125,11 +125,11 @@ class SeekingPlugin:
         if trainer.cfg.schedule.adapter != "lora":
             raise SemalignError("Seeking initialises LoRA adapters from teacher blocks; run it with "
                                 "schedule.adapter = 'lora' (with full fine-tuning W - BA + BA changes nothing)")
-        from ..architectures import architecture
+        from ..architectures import architecture, model_type
         from ..hf import clean_copy, parts, underlying_hf
         from ..training.schedule import lora_targets
 
-        t_type, s_type = underlying_hf(teacher).config.model_type, trainer.student.config.model_type
+        t_type, s_type = model_type(underlying_hf(teacher)), model_type(trainer.student)
         self.same_family = t_type == s_type
         if not self.same_family and trainer.cfg.schedule.lora_targets:
             raise SemalignError(f"Seeking maps a {t_type} teacher's layers onto a {s_type} student by their roles "

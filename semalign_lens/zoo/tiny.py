@@ -157,3 +157,27 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
     config = AutoConfig.for_model(family, **spec, **common)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+# TransformerLens-native layouts (`TransformerBridge.boot_native`): GPT-2-like, Llama-like (rotary, RMSNorm,
+# gated MLP, grouped-query attention) and attention-only. Each is its own family of `architectures`.
+NATIVE_LAYOUTS = {
+    "native": {"act_fn": "gelu", "normalization_type": "LN"},
+    "native_gated": {"act_fn": "silu", "normalization_type": "RMS", "gated_mlp": True,
+                     "positional_embedding_type": "rotary", "final_rms": True},
+    "native_attn_only": {"normalization_type": "LN", "attn_only": True},
+}
+
+
+def tiny_native_bridge(layout: str, arch: TinyArch, tokenizer, seed: int):
+    """A random TransformerLens-native bridge of `layout` (a `NATIVE_LAYOUTS` name) with `arch`'s sizes."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if layout not in NATIVE_LAYOUTS:
+        raise ValueError(f"unknown native layout {layout!r}; valid: {', '.join(NATIVE_LAYOUTS)}")
+    d_head = arch.d_model // arch.n_heads
+    cfg = {"n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads, "d_head": d_head,
+           "d_mlp": arch.d_mlp, "d_vocab": len(tokenizer), "n_ctx": 256, "seed": seed, **NATIVE_LAYOUTS[layout]}
+    if NATIVE_LAYOUTS[layout].get("positional_embedding_type") == "rotary":
+        cfg.update(n_key_value_heads=arch.n_kv_heads, rotary_dim=d_head)
+    return TransformerBridge.boot_native(cfg, tokenizer=tokenizer, model_name=f"tiny-{layout}-{arch.n_layers}")
