@@ -34,7 +34,7 @@ class Architecture:
     lora_targets: tuple[str, ...]
     mlp: tuple[str, str] | None = ("mlp.up_proj", "mlp.down_proj")
     # (path suffix inside a block, role) where a target's position in `lora_targets` does not say its role
-    roles: tuple[tuple[str, str], ...] = ()
+    roles: tuple[tuple[str, str | None], ...] = ()
 
 
 # The paper's four LoRA targets: the i-th name of every family's `lora_targets` plays the i-th role (a fused
@@ -46,16 +46,21 @@ NATIVE_TYPE = "transformerlens_native"
 
 LLAMA = Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"))
 
+# Llama's paths with a fused gate_up_proj standing in for up_proj (no single FFN pair); Phi-3's qkv is fused too
+LLAMA_FUSED_MLP = Architecture("model", "layers", "norm", "embed_tokens",
+                               ("qkv_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"), None,
+                               (("qkv_proj", "v"), ("v_proj", "v"), ("o_proj", "o"), ("gate_up_proj", "up"),
+                                ("down_proj", "down")))
+
 ARCHITECTURES: dict[str, Architecture] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
                           "granite", "smollm3", "cohere", "stablelm")},
-    "gpt2": Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc"), ("mlp.c_fc", "mlp.c_proj"),
-                         (("attn.c_attn", "v"), ("attn.c_proj", "o"), ("mlp.c_fc", "up"), ("mlp.c_proj", "down"))),
+    **{t: Architecture("transformer", "h", "ln_f", "wte", ("c_attn", "c_proj", "c_fc"), ("mlp.c_fc", "mlp.c_proj"),
+                       (("attn.c_attn", "v"), ("attn.c_proj", "o"), ("mlp.c_fc", "up"), ("mlp.c_proj", "down")))
+       for t in ("gpt2", "gpt_bigcode")},  # GPT-BigCode: GPT-2's names on nn.Linear layers
     "gpt_neox": Architecture("gpt_neox", "layers", "final_layer_norm", "embed_in",
                              ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
                              ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
-    "phi3": Architecture("model", "layers", "norm", "embed_tokens", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-                         None),
     "phi": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "dense", "fc1", "fc2"),
                         ("mlp.fc1", "mlp.fc2")),
     "opt": Architecture("model.decoder", "layers", "final_layer_norm", "embed_tokens", ("v_proj", "out_proj", "fc1", "fc2"),
@@ -64,6 +69,47 @@ ARCHITECTURES: dict[str, Architecture] = {
                                ("mlp.c_fc", "mlp.c_proj")),
     # mixture-of-experts blocks whose experts are fused parameters, not linear layers: attention only (our choice)
     "mixtral": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj"), None),
+    "gptj": Architecture("transformer", "h", "ln_f", "wte", ("v_proj", "out_proj", "fc_in", "fc_out"),
+                         ("mlp.fc_in", "mlp.fc_out")),
+    "codegen": Architecture("transformer", "h", "ln_f", "wte", ("qkv_proj", "out_proj", "fc_in", "fc_out"),
+                            ("mlp.fc_in", "mlp.fc_out")),
+    "gpt_neo": Architecture("transformer", "h", "ln_f", "wte", ("v_proj", "out_proj", "c_fc", "c_proj"),
+                            ("mlp.c_fc", "mlp.c_proj")),
+    "mpt": Architecture("transformer", "blocks", "norm_f", "wte", ("Wqkv", "out_proj", "up_proj", "down_proj"),
+                        ("ffn.up_proj", "ffn.down_proj")),
+    "xglm": Architecture("model", "layers", "layer_norm", "embed_tokens", ("v_proj", "out_proj", "fc1", "fc2"),
+                         ("fc1", "fc2")),
+    "nanochat": Architecture("model", "layers", "norm", "embed_tokens", ("v_proj", "o_proj", "fc1", "fc2"),
+                             ("mlp.fc1", "mlp.fc2")),
+    # LFM2's final norm is named `embedding_norm`; its conv blocks have no attention (LoRA adapts what a block has)
+    "lfm2": Architecture("model", "layers", "embedding_norm", "embed_tokens", ("v_proj", "out_proj", "w3", "w2"),
+                         ("feed_forward.w3", "feed_forward.w2")),
+    # state-space and RNN families (our choices): Mamba's in_proj widens the stream as an FFN's up does (peft
+    # refuses LoRA on its out_proj), its x/dt projections play no role; RWKV's names repeat in its two halves,
+    # hence roles by path
+    **{t: Architecture("backbone", "layers", "norm_f", "embeddings", ("in_proj", "x_proj", "dt_proj"), None,
+                       (("mixer.in_proj", "up"), ("mixer.x_proj", None), ("mixer.dt_proj", None)))
+       for t in ("mamba", "falcon_mamba")},
+    "rwkv": Architecture("rwkv", "blocks", "ln_out", "embeddings", ("value", "output", "key"),
+                         ("feed_forward.key", "feed_forward.value"),
+                         (("attention.value", "v"), ("attention.output", "o"), ("feed_forward.key", "up"),
+                          ("feed_forward.value", "down"), ("attention.key", None))),
+    "jamba": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"),
+                          None),  # Mamba and attention blocks, some FFNs mixtures of experts
+    "falcon_h1": Architecture("model", "layers", "final_layernorm", "embed_tokens",
+                              ("v_proj", "o_proj", "up_proj", "down_proj"),
+                              ("feed_forward.up_proj", "feed_forward.down_proj")),
+    "recurrent_gemma": Architecture("model", "layers", "final_norm", "embed_tokens",
+                                    ("v_proj", "o_proj", "up_proj", "down_proj"),
+                                    ("mlp_block.up_proj", "mlp_block.down_proj")),
+    # ModernBERT's decoder: `Wo` names both outputs (as GPT-2's c_proj), `Wi` is a fused gate + up projection
+    "modernbert-decoder": Architecture("model", "layers", "final_norm", "embeddings", ("v_proj", "Wo", "Wi"), None,
+                                       (("attn.v_proj", "v"), ("attn.Wo", "o"), ("mlp.Wi", "up"),
+                                        ("mlp.Wo", "down"))),
+    # Nemotron-H: each block is one mixer (Mamba, attention or MLP); there is no single FFN pair per block
+    "nemotron_h": Architecture("model", "layers", "norm_f", "embeddings", ("v_proj", "o_proj", "up_proj", "down_proj"),
+                               None),
+    **{t: LLAMA_FUSED_MLP for t in ("phi3", "glm", "glm4")},
     **{t: Architecture("transformer", "h", "ln_f", "word_embeddings",
                        ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
                        ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")) for t in ("bloom", "falcon")},
@@ -111,11 +157,17 @@ def architecture(model: nn.Module) -> Architecture:
     """The entry of `model`'s family (`model_type`); a family not listed is tried as Llama-style."""
     family = model_type(model)
     arch = ARCHITECTURES.get(family, LLAMA)
-    trunk = _get(model, arch.trunk)
-    if trunk is None or not isinstance(getattr(trunk, arch.layers, None), nn.ModuleList):
+    body = _get(model, arch.trunk)
+    if body is None or not isinstance(getattr(body, arch.layers, None), nn.ModuleList):
         raise SemalignError(f"the trainer does not know where the decoder blocks of {type(model).__name__} "
                             f"(model_type {family!r}) are; known families: {', '.join(sorted(ARCHITECTURES))}. "
                             "Add its paths to semalign_lens.architectures.ARCHITECTURES")
+    lacking = [name for name in (arch.embed, arch.norm) if getattr(body, name, None) is None]
+    if lacking:
+        raise SemalignError(f"{type(model).__name__} (model_type {family!r}) has decoder blocks where the trainer "
+                            f"looks, but no {' or '.join(lacking)} beside them (it has "
+                            f"{[n for n, _ in body.named_children()]}); add its entry to "
+                            "semalign_lens.architectures.ARCHITECTURES")
     return arch
 
 
@@ -129,6 +181,37 @@ def adaptable_names(block: nn.Module) -> list[str]:
 
     return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules()
                    if isinstance(m, (nn.Linear, Conv1D)) and name})
+
+
+def default_lora_targets(model: nn.Module, block: nn.Module) -> list[str]:
+    """The family's LoRA targets that `block` (one of `model`'s blocks) has as linear layers. A hybrid or
+    mixture-of-experts family's blocks differ (a conv or Mamba block has no attention projections; fused
+    experts are no linear layers): each block adapts what it has. None of them is an error naming the
+    block's linear layers."""
+    names = adaptable_names(block)
+    found = [t for t in architecture(model).lora_targets if t in names]
+    if not found:
+        raise SemalignError(f"a block of {type(model).__name__} ({model_type(model)}) has none of the family's LoRA "
+                            f"targets {list(architecture(model).lora_targets)}; its linear layers are {names}: set "
+                            "schedule.lora_targets to some of them, or train with schedule.adapter = 'full'")
+    return found
+
+
+def lora_problem(model: nn.Module, role: str = "model", targets: list[str] | None = None) -> str | None:
+    """Why LoRA cannot adapt every block of `model`, else None: with `targets` (the config's), a block that
+    lacks one of them; without, a block that has none of the family's defaults (`default_lora_targets`)."""
+    for block in getattr(trunk(model), architecture(model).layers):
+        if targets:
+            names = adaptable_names(block)
+            if missing := sorted(set(targets) - set(names)):
+                return (f"LoRA target(s) {missing} are not linear layers of every block of the {role}; a block's "
+                        f"linear (or Conv1D) layers are {names}")
+            continue
+        try:
+            default_lora_targets(model, block)
+        except SemalignError as err:
+            return f"the {role}: {err}"
+    return None
 
 
 def mlp_problem(model: nn.Module, role: str = "model") -> str | None:

@@ -112,7 +112,8 @@ def summarise(method: str, model: str, values: np.ndarray, *, denom: np.ndarray 
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     boot = values[idx].mean(1)
     if den is not None:
-        boot = boot / den[idx].mean(1)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample whose denominator is 0: NaN, left out
+            boot = boot / den[idx].mean(1)[:, None]
     with np.errstate(invalid="ignore"):
         lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
     p_top = np.bincount(np.nanargmax(np.where(np.isnan(boot), -np.inf, boot), axis=1), minlength=n_layers) / n_boot

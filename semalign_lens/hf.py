@@ -40,9 +40,9 @@ def logits_of(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _empty_copy(hf: nn.Module, attn: str) -> nn.Module:
-    """The plain model of `hf`'s architecture on the meta device: rebuilt from the HF config, or a
-    `native.NativeLM` for a TransformerLens-native model."""
+def _empty_copy(hf: nn.Module, attn: str, device: str = "meta") -> nn.Module:
+    """The plain model of `hf`'s architecture on `device` (meta: no memory, no initialisation): rebuilt from
+    the HF config, or a `native.NativeLM` for a TransformerLens-native model."""
     from transformers import AutoModelForCausalLM
 
     from .architectures import is_native
@@ -55,7 +55,7 @@ def _empty_copy(hf: nn.Module, attn: str) -> nn.Module:
     for impl in dict.fromkeys((attn, "eager")):  # Gemma-2 and a few others have no sdpa path
         try:
             config._attn_implementation = impl
-            with torch.device("meta"):
+            with torch.device(device):
                 return AutoModelForCausalLM.from_config(config, attn_implementation=impl)
         except ValueError as err:
             error = err
@@ -92,13 +92,23 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     source_buffers = {plain_name(k): b for k, b in hf.named_buffers()}
     for name, buf in list(clean.named_buffers()):
         if buf.is_meta:
-            if name not in source_buffers:
-                raise SemalignError(f"buffer {name} of the rebuilt {type(hf).__name__} has no counterpart in the "
-                                    "source model; this architecture is not supported by the trainer yet")
+            if name not in source_buffers:  # the bridge dropped it (GPT-OSS's rotary inv_freq): compute it
+                source_buffers.update((k, b) for k, b in _empty_copy(hf, attn, "cpu").named_buffers()
+                                      if k not in source_buffers)
             owner, _, leaf = name.rpartition(".")
             clean.get_submodule(owner).register_buffer(leaf, source_buffers[name].detach().clone(), persistent=False)
-    _check_same_logits(hf, clean)
+    try:
+        _check_same_logits(hf, clean)
+    except _CopyFails as err:
+        if attn != "eager":  # an sdpa path that builds but does not run this config (DeepSeek-V2's MLA heads)
+            return clean_copy(model, share_weights=share_weights, attn="eager")
+        raise SemalignError(f"the plain copy of {type(hf).__name__} fails on a forward pass ({err}); this "
+                            "architecture is not supported by the trainer yet") from None
     return clean
+
+
+class _CopyFails(Exception):
+    """The rebuilt model raised on the probe forward (not: computed other logits)."""
 
 
 def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
@@ -110,7 +120,11 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     try:
         with torch.no_grad():
             want = logits_of(source(input_ids=tokens, use_cache=False)).float()
-            got = copy.to(device)(input_ids=tokens, use_cache=False).logits.float()
+            try:
+                got = copy.to(device)(input_ids=tokens, use_cache=False).logits.float()
+            except Exception as err:  # any failure of the rebuilt module is this one problem
+                raise _CopyFails(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}") \
+                    from None
     finally:
         source.train(was[0]), copy.train(was[1])
     err = float((want - got).abs().max() / want.abs().max().clamp_min(1e-6))

@@ -326,7 +326,8 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
             source.provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
                                            dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
                                            mode=model_mode(source))
-        return source.eval()
+        check_bridge_runs(source.eval(), source.provenance.source)
+        return source
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
@@ -357,6 +358,8 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
     else:
         raise SemalignError(f"cannot load a model from {type(source).__name__}; pass a zoo name, a path, a Hub "
                             "name, or an HF PreTrainedModel with tokenizer=")
+    if getattr(hf_model, "config", None) is not None:  # nothing here generates; hybrid families (Jamba, Qwen3-Next,
+        hf_model.config.use_cache = False  # RecurrentGemma) fail a bridge forward that builds a cache
     if not hasattr(hf_model, "get_output_embeddings") or hf_model.get_output_embeddings() is None:
         raise SemalignError(f"{label} has no LM head (unembedding); semalign_lens needs a causal LM")
     bridge = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
@@ -371,7 +374,38 @@ def _finish(bridge, mode: str, provenance: Provenance):
         bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
     bridge.provenance = provenance
+    check_bridge_runs(bridge, provenance.source)
     return bridge
+
+
+def check_bridge_runs(bridge, label: str) -> None:
+    """Refuse, in one line, when it is loaded, a bridge whose forward fails or whose blocks do not carry one
+    residual stream: every stage runs the one and reads the other, so such a model would otherwise fail in the
+    middle of the first analysis (a TransformerLens adapter that does not fit the installed transformers;
+    DeepSeek-V4's several parallel streams). One forward of 8 tokens."""
+    from .architectures import model_type
+
+    family = model_type(getattr(bridge, "original_model", bridge)) or type(bridge).__name__
+    tokens = torch.arange(1, 9).remainder(int(bridge.cfg.d_vocab))[None].to(next(bridge.parameters()).device)
+    shapes = []
+    handle = bridge.blocks[0].register_forward_hook(
+        lambda module, args, out: shapes.append(tuple((out[0] if isinstance(out, tuple) else out).shape)))
+    try:
+        with torch.no_grad():
+            bridge(tokens)
+    except Exception as err:  # whatever the adapter raises, it is the same one problem for the user
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:200]
+        raise SemalignError(f"TransformerLens's bridge for {label} ({family}) fails on a forward pass "
+                            f"({type(err).__name__}: {detail}); its adapter does not run this model with the "
+                            "installed transformers/transformer-lens versions: try another transformers version, or "
+                            "another model family") from None
+    finally:
+        handle.remove()
+    want = (1, 8, int(bridge.cfg.d_model))
+    if shapes and shapes[0] != want:
+        raise SemalignError(f"{label} ({family}): its blocks output {shapes[0]} for 8 tokens, not one residual "
+                            f"stream [batch, pos, d_model] = {want}; semalign_lens reads one stream per layer "
+                            "(capture, CKA, bases, SemAlign's layer targets)")
 
 
 def _load_native_dir(folder: Path, config: dict[str, Any], tokenizer, dtype: torch.dtype, device):
@@ -470,15 +504,17 @@ def describe(model) -> dict[str, Any]:
 
 def trainer_problem(model, name: str) -> str | None:
     """Why the trainer cannot take `model`, else None: it trains a plain copy of the model behind the bridge
-    (`hf.clean_copy`), so it needs the family's block paths (`architectures`). Evaluation needs neither (it
-    runs the bridge itself where the copy is not the stock HF model)."""
+    (`hf.clean_copy`), so it needs the family's block paths (`architectures`) and a copy that computes the
+    bridge's logits (built here on shared weights and probed on 8 tokens). Evaluation needs neither (it runs
+    the bridge itself where there is no exact copy)."""
     from .architectures import architecture
-    from .hf import underlying_hf
+    from .hf import clean_copy, underlying_hf
 
     try:
         architecture(underlying_hf(model))
+        clean_copy(model, share_weights=True)
     except SemalignError as err:
-        return str(err)
+        return f"{name}: {err}" if name not in str(err) else str(err)
     return None
 
 
@@ -487,27 +523,31 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     """Per stage of the pipeline: None when `teacher` (and `student`, when given) can run it, else the one-line
     reason. What `semalign info` prints, so that a pair that cannot be trained says so before any analysis."""
     from .architectures import architecture as architecture_of
-    from .hf import underlying_hf
+    from .hf import clean_copy, underlying_hf
 
     models = [(teacher, teacher_name)] + ([(student, student_name)] if student is not None else [])
+    trainable = next((p for m, n in models if (p := trainer_problem(m, n))), None)
+    depth = None if student is None else depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name,
+                                                       student_name)
     analysis = None
     if student is not None:
         modes = {model_mode(teacher), model_mode(student)}
         analysis = vocabulary_mismatch(teacher, student) or (
             None if len(modes) == 1 else f"loading modes differ (teacher {model_mode(teacher)}, student "
                                           f"{model_mode(student)}); load both the same way")
-    train = analysis or next((p for m, n in models if (p := trainer_problem(m, n))), None)
-    if train is None and student is not None:
-        train = depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
+    train = analysis or trainable or depth
     out = {"capture, bases, CKA, rankers, pairing report, evaluation": analysis,
            "align (frontier/joint, full/LoRA), reload the student": train}
+    from .architectures import lora_problem
+
+    out["LoRA on the family's default targets (else set schedule.lora_targets, or train full)"] = train or (
+        lora_problem(clean_copy(models[-1][0], share_weights=True), models[-1][1]))
     if student is not None and analysis is not None and len(modes) == 1:
         cross = _intersection_problem(teacher, student, teacher_name, student_name)
         out["cross-tokenizer (vocab='intersection'): coverage, intersection basis, aligned positions, "
             "cross-vocabulary losses"] = cross
         out["align across tokenizers (vocab = 'intersection'; sft, kd-shared, uld, semalign-shared, "
-            "semalign-layer)"] = cross or next((p for m, n in models if (p := trainer_problem(m, n))), None) or \
-            depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name, student_name)
+            "semalign-layer)"] = cross or trainable or depth
     if student is not None:
         from .architectures import role_of
 

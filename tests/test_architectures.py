@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
 from semalign_lens.data import TokenBatch
+from semalign_lens.errors import SemalignError
 from semalign_lens.hf import clean_copy
-from semalign_lens.models import ModelPair, load_model
+from semalign_lens.models import ModelPair, load_model, stage_readiness
 from semalign_lens.trainer import load_align_config
 from semalign_lens.training.loop import Trainer
 from semalign_lens.zoo.tiny import (
@@ -30,9 +31,10 @@ from semalign_lens.zoo.tiny import (
 
 TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
 STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+LORA_STAGE = "LoRA on the family's default targets (else set schedule.lora_targets, or train full)"
 PAIRS = ([(f, f) for f in (*FAMILIES, *NATIVE_LAYOUTS)]
          + [("gpt2", "llama"), ("gpt_neox", "qwen2"), ("gemma2", "llama"), ("llama", "gpt2"),
-            ("native", "llama"), ("qwen2", "native_gated")])
+            ("native", "llama"), ("qwen2", "native_gated"), ("mamba", "llama"), ("gptj", "qwen3_moe")])
 
 
 def _model(family: str, arch: TinyArch, seed: int):
@@ -43,7 +45,7 @@ def _model(family: str, arch: TinyArch, seed: int):
         bridge = load_model(tiny_native_bridge(family, arch, tok, seed))
         return bridge, lambda x: bridge(x)
     hf = tiny_family_model(family, arch, len(tok), seed=seed)
-    return load_model(hf, tokenizer=tok, name=f"tiny-{family}"), lambda x: hf(input_ids=x).logits
+    return load_model(hf, tokenizer=tok, name=f"tiny-{family}"), lambda x: hf(input_ids=x, use_cache=False).logits
 
 
 def _pair(teacher_family: str, student_family: str):
@@ -67,12 +69,19 @@ def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
             assert torch.allclose(got, want, atol=1e-5), bridge.provenance.source
             by_hand = F.cross_entropy(reference(data.tokens)[:, :-1].flatten(0, 1), data.tokens[:, 1:].flatten()).item()
         assert ev.cross_entropy(bridge, data, precision="fp32") == pytest.approx(by_hand, rel=1e-5)
+    lora_refused = stage_readiness(pair.teacher, pair.student)[LORA_STAGE]
     for schedule in ({"schedule.adapter": "lora", "schedule.lora_rank": 2},
                      {"schedule.mode": "joint", "schedule.trainable": "all", "schedule.adapter": "full"}):
         cfg = load_align_config(None, {"run_dir": str(tmp_path / schedule["schedule.adapter"]), "progress": False,
                                        "report": False, "figures": False, "data.batch_size": 4,
                                        "data.diag_sequences": 2, "schedule.stage_steps": 2, "schedule.lr": 1e-2,
                                        "objective.terms": {"relation": 1.0, "kl": 1.0}, **schedule})
+        if lora_refused and schedule["schedule.adapter"] == "lora":  # said up front, refused before anything runs
+            assert "none of the family's LoRA targets" in lora_refused
+            with pytest.raises(SemalignError, match="none of the family's LoRA targets"):
+                Trainer(cfg, teacher=pair.teacher, student=pair.student, data=data)
+            assert not (tmp_path / "lora").exists()
+            continue
         trainer = Trainer(cfg, teacher=pair.teacher, student=pair.student, data=data)
         before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
         result = trainer.run()
@@ -105,7 +114,6 @@ def test_pairing_report_leaves_zero_head_rows_out_and_says_so(tmp_path):
 def test_a_bridge_the_user_built_is_accepted_and_its_mode_read_from_itself():
     from transformer_lens.model_bridge import TransformerBridge
 
-    from semalign_lens.errors import SemalignError
     from semalign_lens.models import model_mode
 
     tok = tiny_tokenizer()
@@ -215,7 +223,6 @@ def _laten_cfg(tmp_path):
 
 def test_laten_refuses_a_family_without_one_up_and_down_projection_in_one_line(tmp_path):
     from semalign_lens.baselines import run_method
-    from semalign_lens.errors import SemalignError
 
     pair, _, _ = _pair("phi3", "phi3")  # fused gate_up_proj
     with pytest.raises(SemalignError, match=r"one up and one down projection; the teacher \(phi3\) has no such pair"):
@@ -337,3 +344,37 @@ def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
                         data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
     after = result.student.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_families_that_cannot_run_are_refused_in_one_line_when_loaded():
+    """Refused by `load_model` before any stage runs: a bridge whose forward raises (here a block made to fail, as
+    TransformerLens's CodeGen adapter does with this transformers), and DeepSeek-V4, whose blocks carry several
+    residual streams ([batch, pos, 4, d] for 8 tokens)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from semalign_lens.zoo.tiny import broad_spec
+
+    tok = tiny_tokenizer()
+    bridge = tiny_native_bridge("native", STUDENT, tok, 0)
+
+    def fail(module, args):
+        raise AttributeError("'Attention' object has no attribute 'embed_positions'")
+
+    handle = bridge.blocks[1].register_forward_pre_hook(fail)
+    with pytest.raises(SemalignError, match=r"bridge for .* fails on a forward pass \(AttributeError: 'Attention'"):
+        load_model(bridge)
+    handle.remove()
+    config = AutoConfig.for_model("deepseek_v4", **broad_spec("deepseek_v4", STUDENT), vocab_size=len(tok))
+    with pytest.raises(SemalignError, match=r"its blocks output \(1, 8, \d+, 32\) for 8 tokens, not one residual"):
+        load_model(AutoModelForCausalLM.from_config(config).eval(), tokenizer=tok, name="tiny-deepseek_v4")
+
+
+def test_lora_targets_a_block_lacks_are_refused_before_training_naming_its_layers(tmp_path):
+    pair, _, _ = _pair("gpt2", "llama")
+    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
+                                   "figures": False, "data.batch_size": 4, "schedule.adapter": "lora",
+                                   "schedule.lora_targets": ["c_attn"]})
+    with pytest.raises(SemalignError, match=r"LoRA target\(s\) \['c_attn'\] are not linear layers of every block "
+                                            r"of the student tiny-llama; a block's linear .* are \['down_proj'"):
+        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(pair.student.tokenizer)))
+    assert not (tmp_path / "r").exists()

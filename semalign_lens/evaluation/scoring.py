@@ -41,8 +41,9 @@ def plain_model(model):
     Why: a TransformerBridge forward pays for its hook points and eager attention (measured here: ~1.5-2x
     the CPU time of the same weights as a stock HF model with sdpa), and in raw mode its logits equal HF's.
     The copy shares the bridge's tensors (no memory, and later weight edits show through); hooks attached to
-    the bridge do not run in it. Compatibility-mode bridges, and native ones (no HF model behind them), are run
-    as themselves.
+    the bridge do not run in it. Compatibility-mode bridges, native ones (no HF model behind them), and
+    families whose plain copy cannot be rebuilt exactly (`hf.clean_copy` refuses them) are run as themselves:
+    the copy is a speed-up, never a condition for scoring.
     """
     if is_hf_model(model):
         return model
@@ -54,8 +55,11 @@ def plain_model(model):
     if model not in _PLAIN:
         from ..hf import clean_copy
 
-        _PLAIN[model] = clean_copy(model, share_weights=True).eval()
-    return _PLAIN[model]
+        try:
+            _PLAIN[model] = clean_copy(model, share_weights=True).eval()
+        except SemalignError:
+            _PLAIN[model] = None  # not the model itself: a weak key whose value holds it would never be freed
+    return _PLAIN[model] or model
 
 
 def model_device(model) -> torch.device:
@@ -69,7 +73,7 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch
     model = plain_model(model)
     device = model_device(model)
     if is_hf_model(model):
-        return model(input_ids=tokens.to(device)).logits.cpu()
+        return model(input_ids=tokens.to(device), use_cache=False).logits.cpu()
     return model(tokens.to(device), return_type="logits").cpu()
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import residual_stack
+from ..architectures import lora_problem
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..checks import require_int
 from ..data import TokenBatch
@@ -175,9 +176,13 @@ class Trainer:
         # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share refused)
         self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
         self._check_objectives_fit_vocab()
-        for role, model in (("teacher", teacher), ("student", student)):  # an HF model behind each, known blocks
+        for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
             if (problem := trainer_problem(model, f"the {role} {model_name(model)}")) is not None:
                 raise SemalignError(problem)
+        if cfg.schedule.adapter == "lora" and (problem := lora_problem(
+                clean_copy(student, share_weights=True), f"student {model_name(student)}",
+                cfg.schedule.lora_targets)) is not None:
+            raise SemalignError(problem)
         self.names = {"teacher": model_name(teacher), "student": model_name(student)}
         self.models_provenance = {"teacher": getattr(teacher, "provenance", None),
                                   "student": getattr(student, "provenance", None)}

@@ -88,11 +88,14 @@ def trainable_modules(student: nn.Module, cfg: ScheduleConfig, stage: Stage) -> 
     return [layers[p.student_layer] for p in stage.pairs]
 
 
-def lora_targets(cfg: ScheduleConfig, student: nn.Module) -> list[str]:
-    """The layers LoRA adapts: the config's, else the student family's (`architectures.ARCHITECTURES`)."""
-    from ..architectures import architecture
+def lora_targets(cfg: ScheduleConfig, student: nn.Module, block: nn.Module | None = None) -> list[str]:
+    """The layers LoRA adapts: the config's, else the student family's (`architectures.ARCHITECTURES`); with
+    `block`, the family's that this block has (`architectures.default_lora_targets`)."""
+    from ..architectures import architecture, default_lora_targets
 
-    return list(cfg.lora_targets or architecture(student).lora_targets)
+    if cfg.lora_targets:
+        return list(cfg.lora_targets)
+    return list(architecture(student).lora_targets) if block is None else default_lora_targets(student, block)
 
 
 def open_stage(student: nn.Module, cfg: ScheduleConfig, stage: Stage, seed: int) -> list[nn.Parameter]:
@@ -106,7 +109,7 @@ def open_stage(student: nn.Module, cfg: ScheduleConfig, stage: Stage, seed: int)
     else:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + stage.index)  # resume-safe adapter init
         for m in modules:
-            add_lora(m, lora_targets(cfg, student), cfg.lora_rank, cfg.lora_alpha, gen)
+            add_lora(m, lora_targets(cfg, student, m), cfg.lora_rank, cfg.lora_alpha, gen)
         params = [p for m in modules for p in lora_parameters(m)]
     unique = list({id(p): p for p in params}.values())  # tied embeddings appear twice
     if not unique:

@@ -122,11 +122,46 @@ def tiny_cross_pair(seed: int = 0):
 
 
 # The families of the architecture matrix (`tests/test_architectures.py`): each built tiny from its transformers config.
-# The first ten are the canonical shared-vocabulary families; the rest are every other decoder family the bridge
-# boots that builds tiny from a config (GPT-J's rotary width and Falcon's fixed head_dim need their own sizes).
+# The first ten are the canonical shared-vocabulary families; the rest are other decoder families the bridge boots
+# that build tiny from a config (Falcon's fixed head_dim needs its own sizes).
+# The last group (`BROAD_FAMILIES`) is built from every size name a config may use, kept where the config has it:
+# mixtures of experts, state-space and hybrid families among them (two experts, one active).
+BROAD_FAMILIES = ("gptj", "gpt_neo", "gpt_bigcode", "mpt", "xglm", "glm4", "qwen3_moe", "olmoe", "gpt_oss", "lfm2",
+                  "recurrent_gemma", "qwen3_next", "jamba", "nemotron_h", "modernbert-decoder", "mamba", "rwkv")
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt",
             "gemma", "olmo", "olmo2", "olmo3", "granite", "stablelm", "cohere", "phi", "starcoder2", "smollm3",
-            "mixtral", "qwen2_moe", "bloom", "falcon")
+            "mixtral", "qwen2_moe", "bloom", "falcon", *BROAD_FAMILIES)
+
+
+def broad_spec(family: str, arch: TinyArch) -> dict:
+    """`arch`'s sizes under every name the decoder configs use, kept where `family`'s config has the name."""
+    from transformers import AutoConfig
+
+    head_dim = arch.d_model // arch.n_heads
+    sizes = {"hidden_size": arch.d_model, "d_model": arch.d_model, "n_embd": arch.d_model,
+             "num_hidden_layers": arch.n_layers, "num_layers": arch.n_layers, "n_layer": arch.n_layers,
+             "n_layers": arch.n_layers, "num_attention_heads": arch.n_heads, "num_heads": arch.n_heads,
+             "n_head": arch.n_heads, "n_heads": arch.n_heads, "attention_heads": arch.n_heads,
+             "num_key_value_heads": arch.n_kv_heads, "head_dim": head_dim, "intermediate_size": arch.d_mlp,
+             "ffn_dim": arch.d_mlp, "n_inner": arch.d_mlp, "moe_intermediate_size": arch.d_mlp,
+             "max_position_embeddings": 256, "n_positions": 256, "max_seq_len": 256, "context_length": 256,
+             "num_experts": 2, "num_local_experts": 2, "num_experts_per_tok": 1, "rotary_dim": head_dim,
+             "attention_hidden_size": arch.d_model, "expansion_ratio": arch.d_mlp // arch.d_model}
+    default = AutoConfig.for_model(family)
+    spec = {k: v for k, v in sizes.items() if hasattr(default, k) or k in getattr(default, "attribute_map", {})}
+    for key in ("layers_block_type", "layer_types"):  # hybrids list one block type per layer: cycle theirs
+        types = getattr(default, key, None)
+        if isinstance(types, list) and types and len(types) != arch.n_layers:
+            cycled = [types[i % len(types)] for i in range(arch.n_layers)]
+            try:  # some configs derive the list from another field (RecurrentGemma's block_types)
+                AutoConfig.for_model(family, **{**spec, key: cycled})
+            except Exception:  # noqa: BLE001 - transformers raises validation errors of several kinds here
+                continue
+            spec[key] = cycled
+    if family == "gpt_neo":  # one attention type per layer
+        spec["attention_types"] = [[["global", "local"], arch.n_layers // 2]] if arch.n_layers % 2 == 0 else \
+            [[["global"], arch.n_layers]]
+    return spec
 
 
 def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
@@ -148,6 +183,8 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
     elif family == "falcon":  # head_dim follows from hidden_size / heads; MLP is 4 x hidden
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "new_decoder_architecture": False, "multi_query": True, "max_position_embeddings": 256}
+    elif family in BROAD_FAMILIES:
+        spec = broad_spec(family, arch)
     elif family in FAMILIES:
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "num_key_value_heads": arch.n_kv_heads, "intermediate_size": arch.d_mlp,
