@@ -14,6 +14,7 @@ GPT-2's `c_proj` names both the attention output and the MLP output, so one name
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -84,21 +85,23 @@ ARCHITECTURES: dict[str, Architecture] = {
     # LFM2's final norm is named `embedding_norm`; its conv blocks have no attention (LoRA adapts what a block has)
     "lfm2": Architecture("model", "layers", "embedding_norm", "embed_tokens", ("v_proj", "out_proj", "w3", "w2"),
                          ("feed_forward.w3", "feed_forward.w2")),
+    "lfm2_moe": Architecture("model", "layers", "embedding_norm", "embed_tokens", ("v_proj", "out_proj", "w3", "w2"),
+                             None),  # its first blocks' FFNs are dense, the others' mixtures of experts
     # state-space and RNN families (our choices): Mamba's in_proj widens the stream as an FFN's up does (peft
     # refuses LoRA on its out_proj), its x/dt projections play no role; RWKV's names repeat in its two halves,
     # hence roles by path
     **{t: Architecture("backbone", "layers", "norm_f", "embeddings", ("in_proj", "x_proj", "dt_proj"), None,
                        (("mixer.in_proj", "up"), ("mixer.x_proj", None), ("mixer.dt_proj", None)))
-       for t in ("mamba", "falcon_mamba")},
+       for t in ("mamba", "falcon_mamba", "mamba2")},  # Mamba-2 blocks lack the x/dt projections
     "rwkv": Architecture("rwkv", "blocks", "ln_out", "embeddings", ("value", "output", "key"),
                          ("feed_forward.key", "feed_forward.value"),
                          (("attention.value", "v"), ("attention.output", "o"), ("feed_forward.key", "up"),
                           ("feed_forward.value", "down"), ("attention.key", None))),
     "jamba": Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"),
                           None),  # Mamba and attention blocks, some FFNs mixtures of experts
-    "falcon_h1": Architecture("model", "layers", "final_layernorm", "embed_tokens",
-                              ("v_proj", "o_proj", "up_proj", "down_proj"),
-                              ("feed_forward.up_proj", "feed_forward.down_proj")),
+    # Mamba or attention, then a gated FFN, in every block
+    **{t: Architecture("model", "layers", "final_layernorm", "embed_tokens", ("v_proj", "o_proj", "up_proj", "down_proj"),
+                       ("feed_forward.up_proj", "feed_forward.down_proj")) for t in ("falcon_h1", "bamba")},
     "recurrent_gemma": Architecture("model", "layers", "final_norm", "embed_tokens",
                                     ("v_proj", "o_proj", "up_proj", "down_proj"),
                                     ("mlp_block.up_proj", "mlp_block.down_proj")),
@@ -109,6 +112,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Nemotron-H: each block is one mixer (Mamba, attention or MLP); there is no single FFN pair per block
     "nemotron_h": Architecture("model", "layers", "norm_f", "embeddings", ("v_proj", "o_proj", "up_proj", "down_proj"),
                                None),
+    # Zamba-2: Mamba blocks, and hybrid ones that reuse one shared transformer's weights (not trainable:
+    # `shared_weights_problem`); the entry serves the analysis and says why
+    "zamba2": Architecture("model", "layers", "final_layernorm", "embed_tokens",
+                           ("v_proj", "o_proj", "gate_up_proj", "down_proj"), None),
     **{t: LLAMA_FUSED_MLP for t in ("phi3", "glm", "glm4")},
     **{t: Architecture("transformer", "h", "ln_f", "word_embeddings",
                        ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
@@ -175,12 +182,37 @@ def trunk(model: nn.Module) -> nn.Module:
     return _get(model, architecture(model).trunk)
 
 
+def shared_weights_problem(model: nn.Module) -> str | None:
+    """Why `model`'s blocks cannot be trained one at a time, else None: two blocks hold the same weight (Zamba-2's
+    hybrid blocks reuse one shared transformer). Training the frontier block would also change the other one,
+    and a copy of the model would silently untie them."""
+    owner: dict[int, tuple[int, str]] = {}
+    for i, block in enumerate(getattr(trunk(model), architecture(model).layers)):
+        for name, weight in block.named_parameters():
+            if weight.is_meta or weight.numel() == 0:
+                continue
+            first = owner.setdefault(weight.data_ptr(), (i, name))
+            if first[0] != i:
+                return (f"blocks {first[0]} and {i} of {type(model).__name__} ({model_type(model)}) share the weight "
+                        f"{name}; the trainer trains one block at a time on its own weights, so this family can be "
+                        "analysed but not trained")
+    return None
+
+
 def adaptable_names(block: nn.Module) -> list[str]:
     """Names of the linear-like layers of a block that LoRA can adapt (nn.Linear and GPT-2's Conv1D)."""
     from transformers.pytorch_utils import Conv1D
 
     return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules()
                    if isinstance(m, (nn.Linear, Conv1D)) and name})
+
+
+def target_problem(block: nn.Module, targets: Sequence[str]) -> str | None:
+    """Why LoRA cannot adapt `targets` in `block`, else None: a name that is not one of its linear layers."""
+    names = adaptable_names(block)
+    if missing := sorted(set(targets) - set(names)):
+        return f"LoRA target(s) {missing} are not linear layers of this block; its linear (or Conv1D) layers are {names}"
+    return None
 
 
 def default_lora_targets(model: nn.Module, block: nn.Module) -> list[str]:
@@ -200,12 +232,10 @@ def default_lora_targets(model: nn.Module, block: nn.Module) -> list[str]:
 def lora_problem(model: nn.Module, role: str = "model", targets: list[str] | None = None) -> str | None:
     """Why LoRA cannot adapt every block of `model`, else None: with `targets` (the config's), a block that
     lacks one of them; without, a block that has none of the family's defaults (`default_lora_targets`)."""
-    for block in getattr(trunk(model), architecture(model).layers):
+    for i, block in enumerate(getattr(trunk(model), architecture(model).layers)):
         if targets:
-            names = adaptable_names(block)
-            if missing := sorted(set(targets) - set(names)):
-                return (f"LoRA target(s) {missing} are not linear layers of every block of the {role}; a block's "
-                        f"linear (or Conv1D) layers are {names}")
+            if problem := target_problem(block, targets):
+                return f"the {role}, block {i}: {problem}"
             continue
         try:
             default_lora_targets(model, block)

@@ -38,7 +38,8 @@ and the LM head is applied only at the positions the metric reads (checked again
 on the clean run, with a fallback to full logits for heads the logit-lens readout does not reproduce).
 `engine="transformer_lens"` runs `transformer_lens.patching.generic_activation_patch` (full forwards, one
 per layer and intervention) on the `blocks.{l}.hook_resid_post` alias with an additive patch setter; the
-tests check that both engines agree.
+tests check that both engines agree. A model that cannot restart at a block (Gemma-4 rebuilds its per-layer
+embeddings from the token ids, which a restart from the residual does not have) takes that engine too.
 """
 
 from __future__ import annotations
@@ -326,6 +327,21 @@ def _scan_fast(model, sub, kinds, mean, fn, progress) -> dict[str, torch.Tensor]
     return out
 
 
+def restarts_at_layer(model) -> bool:
+    """Whether the bridge runs from a block's input (`start_at_layer`, the fast engine's restart), probed on
+    one 2-token forward: a family whose forward needs the token ids beyond the embedding (Gemma-4's per-layer
+    inputs) raises there, whatever the error."""
+    weight = next(model.parameters())
+    x = torch.randn(1, 2, model.cfg.d_model, generator=torch.Generator().manual_seed(0))  # no token's embedding
+    x = x.to(weight.device, weight.dtype)
+    try:
+        with torch.no_grad():
+            model.run_with_hooks(x, start_at_layer=0, fwd_hooks=[])
+    except Exception:  # noqa: BLE001 - any failure of the restart means: use full forwards
+        return False
+    return True
+
+
 def _scan_transformer_lens(model, sub, kinds, mean, fn, progress) -> dict[str, torch.Tensor]:
     from transformer_lens.patching import generic_activation_patch
 
@@ -365,7 +381,7 @@ def intervention_scan(model, batch: PairBatch, *, methods: Sequence[str] = PATCH
     mean = None
     if {"ablate_mean", "ablate_resample"} & set(methods):
         mean = _mean_writes(model, subs, batch.clean.tokens.shape[1], progress)
-    scan = _scan_fast if engine == "fast" else _scan_transformer_lens
+    scan = _scan_fast if engine == "fast" and restarts_at_layer(model) else _scan_transformer_lens
     parts = [scan(model, sub, methods, mean, fn, progress) for sub in _progress(subs, "patch/ablate", progress)]
     got = {k: torch.cat([p[k] for p in parts]).double().numpy() for k in parts[0]}
     clean, corrupted = got["clean"], got["corrupted"]

@@ -40,9 +40,10 @@ def logits_of(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _empty_copy(hf: nn.Module, attn: str, device: str = "meta") -> nn.Module:
+def skeleton(hf: nn.Module, attn: str = "eager", device: str = "meta") -> nn.Module:
     """The plain model of `hf`'s architecture on `device` (meta: no memory, no initialisation): rebuilt from
-    the HF config, or a `native.NativeLM` for a TransformerLens-native model."""
+    the HF config, or a `native.NativeLM` for a TransformerLens-native model. On meta, what asks only about the
+    module tree (which linear layers a block has) reads it for free."""
     from transformers import AutoModelForCausalLM
 
     from .architectures import is_native
@@ -77,7 +78,7 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     """
     hf = underlying_hf(model)
     state = {plain_name(k): v for k, v in hf.state_dict().items()}
-    clean = _empty_copy(hf, attn)
+    clean = skeleton(hf, attn)
     expected = set(clean.state_dict())
     missing = sorted(expected - set(state))
     if missing:
@@ -93,7 +94,7 @@ def clean_copy(model, *, share_weights: bool, attn: str = "sdpa") -> nn.Module:
     for name, buf in list(clean.named_buffers()):
         if buf.is_meta:
             if name not in source_buffers:  # the bridge dropped it (GPT-OSS's rotary inv_freq): compute it
-                source_buffers.update((k, b) for k, b in _empty_copy(hf, attn, "cpu").named_buffers()
+                source_buffers.update((k, b) for k, b in skeleton(hf, attn, "cpu").named_buffers()
                                       if k not in source_buffers)
             owner, _, leaf = name.rpartition(".")
             clean.get_submodule(owner).register_buffer(leaf, source_buffers[name].detach().clone(), persistent=False)
@@ -111,10 +112,15 @@ class _CopyFails(Exception):
     """The rebuilt model raised on the probe forward (not: computed other logits)."""
 
 
+def probe_tokens(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 8 tokens, [1, 8], of the load-time and copy-time probe forwards: enough to run every module, a few ms."""
+    return torch.arange(1, 9, device=device).remainder(int(vocab_size))[None]
+
+
 def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
-    """The rebuilt model must compute what the source computes (8 tokens, a few ms)."""
+    """The rebuilt model must compute what the source computes (`probe_tokens`)."""
     device = next(source.parameters()).device
-    tokens = torch.arange(1, 9, device=device).remainder(copy.config.vocab_size)[None]
+    tokens = probe_tokens(copy.config.vocab_size, device)
     was = source.training, copy.training
     source.eval(), copy.eval()
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import adaptable_names, base_layer
+from .architectures import base_layer, target_problem
 from .errors import SemalignError
 
 ADAPTER = "default"
@@ -39,11 +39,8 @@ def add_lora(module: nn.Module, targets: Sequence[str], rank: int, alpha: float,
 
     if rank <= 0:
         raise SemalignError(f"LoRA rank must be positive, got {rank}")
-    names = adaptable_names(module)
-    missing = sorted(set(targets) - set(names))
-    if missing:
-        raise SemalignError(f"LoRA target(s) {missing} are not linear layers of this block; its linear (or Conv1D) "
-                            f"layers are {names}")
+    if problem := target_problem(module, targets):
+        raise SemalignError(problem)
     found = [path for path, m in module.named_modules() if path and path.rsplit(".", 1)[-1] in targets]
     conv = any(_is_conv1d(module.get_submodule(p)) for p in found)
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), lora_dropout=0.0,

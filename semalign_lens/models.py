@@ -319,14 +319,16 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
             raise SemalignError("this TransformerBridge has no tokenizer; pass load_model(bridge, tokenizer=tok)")
         if tokenizer is not None:
             source.tokenizer = tokenizer
-        if getattr(source, "provenance", None) is None:
+        provenance = getattr(source, "provenance", None)
+        if provenance is None:
             hf = getattr(source, "original_model", None)
             label = (name or getattr(getattr(hf, "config", None), "name_or_path", None)
                      or getattr(source.cfg, "model_name", None) or "bridge")
-            source.provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
-                                           dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
-                                           mode=model_mode(source))
-        check_bridge_runs(source.eval(), source.provenance.source)
+            provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
+                                    dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
+                                    mode=model_mode(source))
+        check_bridge_runs(source.eval(), provenance.source)  # a provenance marks a bridge that runs
+        source.provenance = provenance
         return source
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
@@ -340,8 +342,8 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
     elif isinstance(source, (str, os.PathLike)):
         kind, folder = _resolve_source(source, need_tokenizer=tokenizer is None)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tokenizer = tokenizer or _from_pretrained(AutoTokenizer, folder, "tokenizer")
         if config["model_type"].startswith(NATIVE_TYPE):  # a native model saved by the trainer (`native`)
-            tokenizer = tokenizer or _from_pretrained(AutoTokenizer, folder, "tokenizer")
             bridge = _load_native_dir(folder, config, tokenizer, dtype, device)
             return _finish(bridge, mode, Provenance(source=name or str(source), kind=kind, path=str(folder),
                                                     weights_sha256=_weights_hash(folder),
@@ -353,7 +355,6 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
                                 f"the {hf_model.config.model_type} model it describes are missing (first: "
                                 f"{missing[0]}); the config and weights come from different models: re-download or "
                                 "re-export the model")
-        tokenizer = tokenizer or _from_pretrained(AutoTokenizer, folder, "tokenizer")
         path, label, weights_hash = str(folder), name or str(source), _weights_hash(folder)
     else:
         raise SemalignError(f"cannot load a model from {type(source).__name__}; pass a zoo name, a path, a Hub "
@@ -384,9 +385,10 @@ def check_bridge_runs(bridge, label: str) -> None:
     middle of the first analysis (a TransformerLens adapter that does not fit the installed transformers;
     DeepSeek-V4's several parallel streams). One forward of 8 tokens."""
     from .architectures import model_type
+    from .hf import probe_tokens
 
     family = model_type(getattr(bridge, "original_model", bridge)) or type(bridge).__name__
-    tokens = torch.arange(1, 9).remainder(int(bridge.cfg.d_vocab))[None].to(next(bridge.parameters()).device)
+    tokens = probe_tokens(bridge.cfg.d_vocab, next(bridge.parameters()).device)
     shapes = []
     handle = bridge.blocks[0].register_forward_hook(
         lambda module, args, out: shapes.append(tuple((out[0] if isinstance(out, tuple) else out).shape)))
@@ -502,20 +504,22 @@ def describe(model) -> dict[str, Any]:
     }
 
 
-def trainer_problem(model, name: str) -> str | None:
+def trainer_problem(model, name: str, trained: bool = True) -> str | None:
     """Why the trainer cannot take `model`, else None: it trains a plain copy of the model behind the bridge
-    (`hf.clean_copy`), so it needs the family's block paths (`architectures`) and a copy that computes the
-    bridge's logits (built here on shared weights and probed on 8 tokens). Evaluation needs neither (it runs
-    the bridge itself where there is no exact copy)."""
-    from .architectures import architecture
-    from .hf import clean_copy, underlying_hf
+    (`hf.clean_copy`), so it needs the family's block paths (`architectures`), a copy that computes the
+    bridge's logits (built here on shared weights and probed on 8 tokens) and, when `trained` (the student),
+    blocks that own their weights. Evaluation needs none of it (it runs the bridge itself where there is no
+    exact copy)."""
+    from .architectures import architecture, shared_weights_problem
+    from .hf import clean_copy
 
     try:
-        architecture(underlying_hf(model))
-        clean_copy(model, share_weights=True)
+        copy = clean_copy(model, share_weights=True)  # the copy's tensors are the model's, under plain names
+        architecture(copy)
+        problem = shared_weights_problem(copy) if trained else None
     except SemalignError as err:
-        return f"{name}: {err}" if name not in str(err) else str(err)
-    return None
+        problem = str(err)
+    return None if problem is None else f"{name}: {problem}" if name not in problem else problem
 
 
 def stage_readiness(teacher, student=None, teacher_name: str = "teacher", student_name: str = "student"
@@ -523,10 +527,10 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     """Per stage of the pipeline: None when `teacher` (and `student`, when given) can run it, else the one-line
     reason. What `semalign info` prints, so that a pair that cannot be trained says so before any analysis."""
     from .architectures import architecture as architecture_of
-    from .hf import clean_copy, underlying_hf
+    from .hf import skeleton, underlying_hf
 
     models = [(teacher, teacher_name)] + ([(student, student_name)] if student is not None else [])
-    trainable = next((p for m, n in models if (p := trainer_problem(m, n))), None)
+    trainable = next((p for m, n in models if (p := trainer_problem(m, n, trained=m is models[-1][0]))), None)
     depth = None if student is None else depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name,
                                                        student_name)
     analysis = None
@@ -541,7 +545,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     from .architectures import lora_problem
 
     out["LoRA on the family's default targets (else set schedule.lora_targets, or train full)"] = train or (
-        lora_problem(clean_copy(models[-1][0], share_weights=True), models[-1][1]))
+        lora_problem(skeleton(underlying_hf(models[-1][0])), models[-1][1]))
     if student is not None and analysis is not None and len(modes) == 1:
         cross = _intersection_problem(teacher, student, teacher_name, student_name)
         out["cross-tokenizer (vocab='intersection'): coverage, intersection basis, aligned positions, "

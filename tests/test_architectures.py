@@ -9,6 +9,8 @@ Cross-architecture pairs run the same way.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,8 @@ STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
 LORA_STAGE = "LoRA on the family's default targets (else set schedule.lora_targets, or train full)"
 PAIRS = ([(f, f) for f in (*FAMILIES, *NATIVE_LAYOUTS)]
          + [("gpt2", "llama"), ("gpt_neox", "qwen2"), ("gemma2", "llama"), ("llama", "gpt2"),
-            ("native", "llama"), ("qwen2", "native_gated"), ("mamba", "llama"), ("gptj", "qwen3_moe")])
+            ("native", "llama"), ("qwen2", "native_gated"), ("mamba", "llama"), ("gptj", "qwen3_moe"),
+            ("zamba2", "llama")])  # Zamba-2 shares block weights: a teacher (frozen), never a student
 
 
 def _model(family: str, arch: TinyArch, seed: int):
@@ -346,10 +349,11 @@ def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_families_that_cannot_run_are_refused_in_one_line_when_loaded():
+def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
     """Refused by `load_model` before any stage runs: a bridge whose forward raises (here a block made to fail, as
     TransformerLens's CodeGen adapter does with this transformers), and DeepSeek-V4, whose blocks carry several
-    residual streams ([batch, pos, 4, d] for 8 tokens)."""
+    residual streams ([batch, pos, 4, d] for 8 tokens). A bridge handed to the Trainer without `load_model` is
+    probed there."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from semalign_lens.zoo.tiny import broad_spec
@@ -363,10 +367,33 @@ def test_families_that_cannot_run_are_refused_in_one_line_when_loaded():
     handle = bridge.blocks[1].register_forward_pre_hook(fail)
     with pytest.raises(SemalignError, match=r"bridge for .* fails on a forward pass \(AttributeError: 'Attention'"):
         load_model(bridge)
+    assert getattr(bridge, "provenance", None) is None  # refused: not marked as loaded
+    student = load_model(tiny_native_bridge("native", STUDENT, tok, 1))
+    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
+                                   "figures": False, "data.batch_size": 4})
+    with pytest.raises(SemalignError, match=r"bridge for the teacher .* fails on a forward pass"):  # no load_model
+        Trainer(cfg, teacher=bridge, student=student, data=_tokens(len(tok)))
+    assert not (tmp_path / "r").exists()
     handle.remove()
     config = AutoConfig.for_model("deepseek_v4", **broad_spec("deepseek_v4", STUDENT), vocab_size=len(tok))
     with pytest.raises(SemalignError, match=r"its blocks output \(1, 8, \d+, 32\) for 8 tokens, not one residual"):
         load_model(AutoModelForCausalLM.from_config(config).eval(), tokenizer=tok, name="tiny-deepseek_v4")
+
+
+def test_a_student_whose_blocks_share_weights_is_refused_up_front(tmp_path):
+    """Zamba-2's hybrid blocks reuse one shared transformer: training the frontier block would change another
+    one, so `info` and the Trainer refuse it as a student, naming the shared weight (as a teacher it trains a
+    student: the matrix's zamba2 -> llama)."""
+    teacher, student = _model("zamba2", TEACHER, 0)[0], _model("zamba2", TEACHER, 1)[0]  # 4 blocks: 1 and 3 share
+    readiness = stage_readiness(teacher, student)
+    assert readiness["capture, bases, CKA, rankers, pairing report, evaluation"] is None
+    shared = r"blocks 1 and 3 of Zamba2ForCausalLM \(zamba2\) share the weight shared_transformer\..*analysed but not"
+    assert re.search(shared, readiness["align (frontier/joint, full/LoRA), reload the student"])
+    cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
+                                   "figures": False, "data.batch_size": 4, "schedule.adapter": "full"})
+    with pytest.raises(SemalignError, match="the student tiny-zamba2: " + shared):
+        Trainer(cfg, teacher=teacher, student=student, data=_tokens(len(student.tokenizer)))
+    assert not (tmp_path / "r").exists()
 
 
 def test_lora_targets_a_block_lacks_are_refused_before_training_naming_its_layers(tmp_path):
@@ -374,7 +401,7 @@ def test_lora_targets_a_block_lacks_are_refused_before_training_naming_its_layer
     cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
                                    "figures": False, "data.batch_size": 4, "schedule.adapter": "lora",
                                    "schedule.lora_targets": ["c_attn"]})
-    with pytest.raises(SemalignError, match=r"LoRA target\(s\) \['c_attn'\] are not linear layers of every block "
-                                            r"of the student tiny-llama; a block's linear .* are \['down_proj'"):
+    with pytest.raises(SemalignError, match=r"the student tiny-llama, block 0: LoRA target\(s\) \['c_attn'\] are not linear "
+                                            r"layers of this block; its linear .* are \['down_proj'"):
         Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(pair.student.tokenizer)))
     assert not (tmp_path / "r").exists()

@@ -38,7 +38,16 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wr
 from ..checks import require_int
 from ..data import TokenBatch
 from ..errors import SemalignError, run_reporting_errors
-from ..hf import block_states, capture, clean_copy, lens_fn, parts, weights_fingerprint
+from ..hf import (
+    block_states,
+    capture,
+    clean_copy,
+    lens_fn,
+    parts,
+    skeleton,
+    underlying_hf,
+    weights_fingerprint,
+)
 from ..lora import save_lora
 from ..objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from ..pairing import LayerPair
@@ -138,7 +147,14 @@ class Trainer:
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
-        from ..models import ModelPair, load_model, model_name, trainer_problem, vocabulary_mismatch
+        from ..models import (
+            ModelPair,
+            check_bridge_runs,
+            load_model,
+            model_name,
+            trainer_problem,
+            vocabulary_mismatch,
+        )
 
         if config is not None and not isinstance(config, AlignConfig):
             raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
@@ -177,10 +193,12 @@ class Trainer:
         self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
         self._check_objectives_fit_vocab()
         for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
-            if (problem := trainer_problem(model, f"the {role} {model_name(model)}")) is not None:
+            if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
+                check_bridge_runs(model, f"the {role} {model_name(model)}")
+            if (problem := trainer_problem(model, f"the {role} {model_name(model)}", trained=role == "student")):
                 raise SemalignError(problem)
         if cfg.schedule.adapter == "lora" and (problem := lora_problem(
-                clean_copy(student, share_weights=True), f"student {model_name(student)}",
+                skeleton(underlying_hf(student)), f"student {model_name(student)}",
                 cfg.schedule.lora_targets)) is not None:
             raise SemalignError(problem)
         self.names = {"teacher": model_name(teacher), "student": model_name(student)}

@@ -127,7 +127,43 @@ def tiny_cross_pair(seed: int = 0):
 # The last group (`BROAD_FAMILIES`) is built from every size name a config may use, kept where the config has it:
 # mixtures of experts, state-space and hybrid families among them (two experts, one active).
 BROAD_FAMILIES = ("gptj", "gpt_neo", "gpt_bigcode", "mpt", "xglm", "glm4", "qwen3_moe", "olmoe", "gpt_oss", "lfm2",
-                  "recurrent_gemma", "qwen3_next", "jamba", "nemotron_h", "modernbert-decoder", "mamba", "rwkv")
+                  "recurrent_gemma", "qwen3_next", "jamba", "nemotron_h", "modernbert-decoder", "mamba", "rwkv",
+                  "mamba2", "bamba", "lfm2_moe", "gemma4_text", "deepseek_v2", "deepseek_v3", "sarvam_mla")
+# Analysed, not trained (`architectures.shared_weights_problem`): built the same way, kept out of `FAMILIES`
+SHARED_WEIGHT_FAMILIES = ("zamba2",)
+
+
+def _own_sizes(family: str, arch: TinyArch) -> dict:
+    """Sizes a family derives by its own rule, where the shared names of `broad_spec` do not fit: Mamba-2 heads
+    span twice the stream (expand 2), MLA attention has its own head widths, some hybrids list their layers."""
+    n, d, h = arch.n_layers, arch.d_model, arch.n_heads
+    odd = list(range(1, n, 2))
+    ssm = {"mamba_n_heads": h, "mamba_d_head": 2 * d // h, "mamba_d_state": 16, "mamba_expand": 2,
+           "mamba_n_groups": 1, "mamba_chunk_size": 8}
+    mla = {"q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "head_dim": 8, "qk_nope_head_dim": 8,
+           "v_head_dim": 16,
+           "n_routed_experts": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1}
+    return {
+        "mamba2": {"head_dim": 2 * d // h, "state_size": 16, "expand": 2, "n_groups": 1, "chunk_size": 8},
+        "bamba": {"attn_layer_indices": odd, **ssm},
+        "zamba2": {"layers_block_type": ["mamba" if i % 2 == 0 else "hybrid" for i in range(n)],
+                   "hybrid_layer_ids": odd, "mamba_headdim": 2 * d // h, "n_mamba_heads": h, "mamba_ngroups": 1,
+                   "mamba_d_state": 16, "mamba_expand": 2, "num_mem_blocks": 1,
+                   "attention_hidden_size": 2 * d},  # its attention reads the stream and the embeddings
+        "lfm2_moe": {"layer_types": ["conv" if i % 2 == 0 else "full_attention" for i in range(n)],
+                     "num_dense_layers": 1},
+        "gemma4_text": {"global_head_dim": d // h, "hidden_size_per_layer_input": 16, "sliding_window": 8,
+                        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]},
+        "deepseek_v2": mla, "deepseek_v3": mla, "sarvam_mla": mla,
+    }.get(family, {})
+
+
+def _has(config, key: str) -> bool:
+    """Whether `config` has `key` (Gemma-4's per-layer fields raise a non-AttributeError on global access)."""
+    try:
+        return hasattr(config, key) or key in getattr(config, "attribute_map", {})
+    except Exception:  # noqa: BLE001 - transformers' AmbiguousGlobalPerLayerAttributeError: the key exists
+        return True
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt",
             "gemma", "olmo", "olmo2", "olmo3", "granite", "stablelm", "cohere", "phi", "starcoder2", "smollm3",
             "mixtral", "qwen2_moe", "bloom", "falcon", *BROAD_FAMILIES)
@@ -148,10 +184,12 @@ def broad_spec(family: str, arch: TinyArch) -> dict:
              "num_experts": 2, "num_local_experts": 2, "num_experts_per_tok": 1, "rotary_dim": head_dim,
              "attention_hidden_size": arch.d_model, "expansion_ratio": arch.d_mlp // arch.d_model}
     default = AutoConfig.for_model(family)
-    spec = {k: v for k, v in sizes.items() if hasattr(default, k) or k in getattr(default, "attribute_map", {})}
-    for key in ("layers_block_type", "layer_types"):  # hybrids list one block type per layer: cycle theirs
+    own = _own_sizes(family, arch)  # a family with its own rule lists its layers there, or derives the list
+    spec = {**{k: v for k, v in sizes.items() if _has(default, k)}, **own}
+    for key in ("layers_block_type", "layer_types") if not own else ():  # hybrids list a type per layer: cycle
         types = getattr(default, key, None)
-        if isinstance(types, list) and types and len(types) != arch.n_layers:
+        derived = isinstance(getattr(type(default), key, None), property)  # Mamba's, read from other fields
+        if isinstance(types, list) and types and len(types) != arch.n_layers and not derived:
             cycled = [types[i % len(types)] for i in range(arch.n_layers)]
             try:  # some configs derive the list from another field (RecurrentGemma's block_types)
                 AutoConfig.for_model(family, **{**spec, key: cycled})
@@ -183,8 +221,10 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
     elif family == "falcon":  # head_dim follows from hidden_size / heads; MLP is 4 x hidden
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "new_decoder_architecture": False, "multi_query": True, "max_position_embeddings": 256}
-    elif family in BROAD_FAMILIES:
+    elif family in BROAD_FAMILIES + SHARED_WEIGHT_FAMILIES:
         spec = broad_spec(family, arch)
+        if _has(AutoConfig.for_model(family), "vocab_size_per_layer_input"):  # Gemma-4's per-layer embeddings
+            spec["vocab_size_per_layer_input"] = vocab_size
     elif family in FAMILIES:
         spec = {"num_hidden_layers": arch.n_layers, "hidden_size": arch.d_model, "num_attention_heads": arch.n_heads,
                 "num_key_value_heads": arch.n_kv_heads, "intermediate_size": arch.d_mlp,
