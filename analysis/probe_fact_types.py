@@ -5,7 +5,12 @@ The knowledge task keeps only facts the teacher answers exactly on the held-out 
 each read from the running interpreter and each tried with two phrasings (a prose and a code form): the
 teacher's greedy exact match on the answer, as the task's filter computes it (`evaluation.fact_scores`).
 
+With `--phrasings` it measures, instead, candidate phrasings of the set's two largest types on every fact of
+the type: which phrasing the teacher answers, and so which to hold out and which to train on
+(`stdlib_facts.TEMPLATES`; output `fact_phrasing_probe.csv`, one column of exact matches per phrasing).
+
     python analysis/probe_fact_types.py                 # SmolLM2-135M: ~1 min, 2-core Xeon, no native bf16 (fp32)
+    python analysis/probe_fact_types.py --phrasings     # ~10 min on 2 cores
     python analysis/probe_fact_types.py --teacher tiny  # the pipeline on a tiny random model (numbers meaningless)
 """
 
@@ -29,6 +34,32 @@ from semalign_lens.models import load_model
 from semalign_lens.tasks.facts import Fact
 
 OUT = Path(__file__).parent / "out" / "transfer" / "fact_type_probe.csv"
+OUT_PHRASINGS = OUT.with_name("fact_phrasing_probe.csv")
+
+# Candidate phrasings of the set's module types: the prose forms the set used first, a few-shot one, and code
+# comments followed by `from` / `import` with and without a line of context before them.
+PHRASINGS = {
+    "function_module": [
+        "In Python, {subject} is imported from the module",
+        "Q: Which Python module provides set_trace? A: pdb\nQ: Which Python module provides CDLL? A: ctypes\n"
+        "Q: Which Python module provides {subject}? A:",
+        "# {subject} comes from the standard library\nfrom",
+        "import sys\n\n# {subject} comes from the standard library\nfrom",
+        "# uses {subject}\nfrom",
+        "import sys\n\n# uses {subject}\nfrom",
+        "# import {subject}\nfrom",
+        "# {subject} is in the standard library\nimport",
+        "import sys\n\n# {subject} is in the standard library\nimport",
+        "#!/usr/bin/env python3\n\n# {subject} is in the standard library\nimport",
+    ],
+    "constant_module": [
+        "In Python, the constant {subject} is imported from the module",
+        "# the constant {subject} comes from the standard library\nfrom",
+        "import sys\n\n# {subject} comes from the standard library\nfrom",
+        "# uses {subject}\nfrom",
+        "# {subject} is in the standard library\nimport",
+    ],
+}
 
 
 def _chars() -> list[str]:
@@ -85,10 +116,30 @@ def probe(teacher, control: int = 200) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def probe_phrasings(teacher, facts=None) -> pd.DataFrame:
+    """One row per fact of the `PHRASINGS` types, one 0/1 column per phrasing: the teacher's exact match. A
+    phrasing that holds a fact's answer (a few-shot example) scores 0 for that fact."""
+    from semalign_lens.tasks.stdlib_facts import stdlib_facts
+
+    facts = facts or stdlib_facts()
+    frames = []
+    for kind, phrasings in PHRASINGS.items():
+        known = facts.of_type(kind)
+        frame = pd.DataFrame({"type": kind, "fact": [f.id for f in known]})
+        for phrasing in phrasings:
+            probes = [Fact(kind, f.subject, f.answer, ("{subject}", phrasing)) for f in known]
+            table = ev.fact_scores(teacher, probes, "eval", 1)
+            clean = [f.answer not in p.prompts()[-1] for f, p in zip(known, probes, strict=True)]
+            frame[phrasing] = (table["exact_match"].to_numpy() * clean).astype(int)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="smollm2-135m", help="zoo name, HF directory or .gguf (or 'tiny')")
-    parser.add_argument("--out", default=str(OUT), help="CSV of teacher exact matches per type and phrasing")
+    parser.add_argument("--out", help=f"output CSV (default {OUT.name}, with --phrasings {OUT_PHRASINGS.name})")
+    parser.add_argument("--phrasings", action="store_true", help="probe phrasings of the set's module types")
     args = parser.parse_args(argv)
     if args.teacher == "tiny":
         from semalign_lens.zoo.tiny import tiny_pair
@@ -96,9 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         teacher = tiny_pair(seed=0).teacher
     else:
         teacher = load_model(args.teacher)
-    table = probe(teacher)
-    out = Path(args.out)
+    out = Path(args.out or (OUT_PHRASINGS if args.phrasings else OUT))
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.phrasings:
+        table = probe_phrasings(teacher)
+        table.to_csv(out, index=False)
+        for kind, group in table.groupby("type", sort=False):
+            print(f"\n{kind}: {len(group)} facts; teacher exact per phrasing")
+            for phrasing in PHRASINGS[kind]:
+                print(f"  {int(group[phrasing].sum()):5d}  {phrasing!r}")
+        print(f"wrote {out}")
+        return 0
+    table = probe(teacher)
     table.to_csv(out, index=False)
     print(table.assign(phrasing=table["phrasing"].str.replace("\n", "\\n")).to_markdown(index=False))
     new = table.iloc[1:]

@@ -35,6 +35,7 @@ keeps them, and a budget curve of the `all` schedule resumes from its trainer ch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -531,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
         refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
         log(f"task {name}: {len(refs[name].data)} transfer sequences; before {refs[name].before}; "
             f"teacher {refs[name].teacher}")
+        was = old_meta.get("tasks", {}).get(name)
+        if was is not None and was != json.loads(json.dumps(task_spec(refs[name]), default=str)):
+            stale = [r for r in records if r["task"] == name]
+            records[:] = [r for r in records if r["task"] != name]
+            done -= {k for k in done if k[0] == name}
+            log(f"task {name} changed since its {len(stale)} runs in {runs_path} (was {was}); they are run again")
     if "knowledge" in refs:
         refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
         check_budgets([profile.knowledge_steps], len(profile.student_layers), profile.batch_size,
@@ -568,8 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"profile_name": args.profile, "profile": asdict(profile), "invocations": [*invocations, now],
                 "finished": final, "planned_runs": planned, "runs": len(records), "skipped": skipped,
                 "threads": args.threads, "torch": torch.__version__,
-                "tasks": {k: {kk: vv for kk, vv in v.task.meta.items() if kk not in ("teacher_table", "kept_ids")}
-                          for k, v in refs.items()},
+                "tasks": {k: task_spec(v) for k, v in refs.items()},
                 "before": {k: v.before for k, v in refs.items()}, "teacher": {k: v.teacher for k, v in refs.items()},
                 "png": png, "knowledge_types": knowledge_types,
                 "out": out.resolve().relative_to(ROOT).as_posix() if out.resolve().is_relative_to(ROOT) else str(out),
@@ -619,6 +625,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
     return 0
+
+
+def task_spec(tr: TaskRun) -> dict:
+    """What a task's runs depend on, as `meta.json` records it: a resumed table re-runs a task whose spec
+    changed (another fact set, other held-out files) instead of mixing its old rows in."""
+    spec = {k: v for k, v in tr.task.meta.items() if k not in ("teacher_table", "kept_ids")}
+    if "kept_ids" in tr.task.meta:  # the facts themselves, not only how many
+        spec["kept_sha256"] = hashlib.sha256(json.dumps(tr.task.meta["kept_ids"]).encode()).hexdigest()[:16]
+    return spec
 
 
 def _interval(mean, lo, hi, digits=4) -> str:

@@ -211,3 +211,32 @@ def test_probe_fact_types_tiny(tmp_path):
     assert table["type"].iloc[0].startswith("function_module") and len(table) == 1 + 2 * len(probe.CANDIDATES)
     for kind, (source, _) in probe.CANDIDATES.items():
         assert (table.loc[table["type"] == kind, "candidates"] == len(source())).all(), kind
+
+
+def test_probe_fact_phrasings_scores_every_fact_of_a_type_per_phrasing(tmp_path):
+    """`--phrasings`: one row per fact of each probed type, one 0/1 column per phrasing, equal to the task's
+    own exact match of that phrasing (`evaluation.fact_scores`) on a tiny teacher; a few-shot example that is
+    the fact's own answer scores 0."""
+    import pandas as pd
+
+    from semalign_lens import evaluation as ev
+    from semalign_lens.tasks.facts import Fact, FactSet
+    from semalign_lens.tasks.stdlib_facts import stdlib_facts
+    from semalign_lens.zoo.tiny import tiny_pair
+
+    probe = load("probe_fact_types")
+    teacher = tiny_pair(seed=0).teacher
+    facts = FactSet([f for kind in probe.PHRASINGS for f in stdlib_facts().of_type(kind)[:6]]
+                    + [Fact("function_module", "set_trace", " pdb", ("{subject}",))])
+    table = probe.probe_phrasings(teacher, facts)
+    assert len(table) == 13 and set(table["type"]) == set(probe.PHRASINGS)
+    kind, phrasing = "function_module", probe.PHRASINGS["function_module"][2]
+    rows = facts.of_type(kind)
+    want = ev.fact_scores(teacher, [Fact(kind, f.subject, f.answer, ("{subject}", phrasing)) for f in rows],
+                          "eval", 1)["exact_match"]
+    assert table.loc[table["type"] == kind, phrasing].tolist() == want.astype(int).tolist()
+    few_shot = probe.PHRASINGS["function_module"][1]
+    assert table.loc[table["fact"] == "function_module:set_trace", few_shot].item() == 0
+    out = tmp_path / "p.csv"
+    assert probe.main(["--teacher", "tiny", "--phrasings", "--out", str(out)]) == 0
+    assert pd.read_csv(out).shape[1] == 2 + len(set(sum(probe.PHRASINGS.values(), [])))

@@ -5,7 +5,8 @@ to measure knowledge transfer (`analysis/TRANSFER.md` asks for at least 300). He
 set is large, true by construction and needs no download:
 
 - `function_module` — which module defines a public function or class (`deepcopy` → copy), from
-  `obj.__module__` over everyday modules; a name two of them define (`sqrt`: math and cmath) is left out;
+  `obj.__module__` over everyday modules and some less common ones (`MODULES`), a package's `__all__`
+  counting for the package (`gather` → asyncio); a name two of them define (`sqrt`: math and cmath) is left out;
 - `constant_module` — which module exposes a public constant (`AF_INET` → socket), at most 40 per module;
 - `function_doc`    — a function or class of a module from the first line of its docstring;
 - `module_doc`      — a module from the first line of its docstring;
@@ -15,11 +16,15 @@ set is large, true by construction and needs no download:
 - `errno_message`   — `os.strerror`'s message of an `errno` name (`ENOENT` → No such file or directory).
 
 Every fact has four phrasings. The **last is held out** (the benchmark scores it; the student never trains on
-it), the other three are transfer text. The held-out phrasing of each type is the one SmolLM2-135M answered
-most often among those measured when the set was designed (every phrasing for the first types; the code-comment
-form, the best there, for the types added later; `analysis/TRANSFER.md`'s notes); a
-docstring that names its own answer, or a few-shot example that is itself a fact of the set, is left out, so
-no prompt contains its answer. `stdlib_facts()` is deterministic for one Python version (in its description).
+it), the other three are transfer text. Phrasings are chosen by what SmolLM2-135M answers, measured over
+every candidate (`python analysis/probe_fact_types.py --phrasings`, `analysis/out/transfer/
+fact_phrasing_probe.csv`): the 135M teacher states module facts in code, not in prose (on the earlier prose
+phrasings it answered 1 fact in 1,587; on code comments followed by `from`/`import`, 160-230). So the module
+types' transfer phrasings are code too — KD can only pass on what the teacher expresses on the transfer text —
+and their held-out phrasing is another code form (`import X` where the transfer text has `from X`). A
+docstring that names its own answer, or a few-shot example or context line (`import sys`) that is itself an
+answer of the type, is left out, so no prompt contains its answer. `stdlib_facts()` is deterministic for one
+Python version and platform (in its description).
 """
 
 from __future__ import annotations
@@ -40,16 +45,16 @@ from .facts import Fact, FactSet
 # doc types only) is filled per fact.
 TEMPLATES: dict[str, list[str]] = {
     "function_module": [
-        "In Python, {subject} is imported from the module",
-        "The Python standard-library module that defines {subject} is",
-        "Q: Which Python module provides {subject}? A:",
         "# {subject} comes from the standard library\nfrom",
+        "import sys\n\n# {subject} comes from the standard library\nfrom",
+        "# uses {subject}\nfrom",
+        "import sys\n\n# {subject} is in the standard library\nimport",
     ],
     "constant_module": [
-        "In Python, the constant {subject} is imported from the module",
-        "The Python standard-library module that defines the constant {subject} is",
-        "Q: Which Python module provides the constant {subject}? A:",
-        "# {subject} comes from the standard library\nfrom",
+        "# the constant {subject} comes from the standard library\nfrom",
+        "import sys\n\n# {subject} comes from the standard library\nfrom",
+        "# uses {subject}\nfrom",
+        "# {subject} is in the standard library\nimport",
     ],
     "function_doc": [
         "In the {module} module, the function documented as \"{subject}\" is",
@@ -113,6 +118,12 @@ MODULES = (
     "tracemalloc", "types", "typing", "unicodedata", "unittest", "unittest.mock", "urllib.error", "urllib.parse",
     "urllib.request", "urllib.robotparser", "uuid", "warnings", "wave", "weakref", "webbrowser", "xml.dom.minidom",
     "xml.etree.ElementTree", "xmlrpc.client", "zipfile", "zlib", "zoneinfo",
+    # less everyday, on every platform and not deprecated: each adds names only it defines
+    "bdb", "cmd", "code", "compileall", "ctypes", "email.encoders", "email.generator", "email.header", "email.parser",
+    "email.policy", "http.cookiejar", "imaplib", "importlib.abc", "importlib.metadata", "logging.config", "mmap",
+    "pdb", "pickletools", "poplib", "py_compile", "symtable", "tabnanny", "tkinter", "tkinter.filedialog",
+    "tkinter.messagebox", "tkinter.ttk", "trace", "turtle", "venv", "wsgiref.simple_server", "wsgiref.util",
+    "xml.sax", "xml.sax.saxutils", "zipapp",
 )
 
 
@@ -128,9 +139,12 @@ def _modules() -> list:
 
 
 def _defined_here(obj, module) -> bool:
-    """True when `obj` is defined by `module` (also through its C accelerator: `_pickle` for `pickle`)."""
+    """True when `obj` is defined by `module` (also through its C accelerator: `_pickle` for `pickle`), or by
+    one of its own submodules when `module` exports it in `__all__` (asyncio's `gather` lives in
+    `asyncio.tasks`; one writes `from asyncio import gather`)."""
     home = getattr(obj, "__module__", None) or ""
-    return home.lstrip("_") == module.__name__ or home == module.__name__.replace(".", "_")
+    return (home.lstrip("_") == module.__name__ or home == module.__name__.replace(".", "_")
+            or (home.startswith(module.__name__ + ".") and hasattr(module, "__all__")))
 
 
 def _public(module) -> list[tuple[str, object]]:

@@ -337,7 +337,8 @@ class Trainer:
                                 f"most {vocab} (top_k = {vocab} keeps the whole distribution)")
         ident = cache_identity(self.identity["teacher_hash"], self.identity["tokenizer_hash"], self.teacher_layers,
                                self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
-                               self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k)
+                               self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k,
+                               tail_samples=self.cfg.targets.tail_samples)
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
         meta = check_cache(path, ident)
         if meta is None:

@@ -14,7 +14,9 @@ data fingerprint, the shapes, how logits are held. A cache is used only when all
 cache with more layers than needed, or logits nobody reads, is fine); anything else is refused before training
 with the differing field named. Logits are held `dense` (fp16, vocabulary-sized) or `topk`: per token the
 teacher's top-k ids (int32), their log-probabilities (fp16) and the log of the remaining mass (fp16), read
-back as a `SparseLogits` (see `semalign_lens.sparse_logits`). `meta.json`
+back as a `SparseLogits` (see `semalign_lens.sparse_logits`), with `tail_samples` also ids drawn from the
+teacher's tail (int32) and their log-probabilities (fp16), drawn with a generator seeded by the shard
+index, so a rebuilt cache holds the same draws. `meta.json`
 is written last, so an interrupted build is never mistaken for a cache. (The teacher is still loaded once
 at setup, to fingerprint it, build the TransferMap and compute its diagnostic states; it is released
 before training.)
@@ -43,6 +45,13 @@ from .config import logits_store
 CACHE_FORMAT = 1
 _FP16_MAX = 65504.0
 LOGIT_KEYS = {"dense": ["logits"], "topk": ["topk_ids", "topk_logprobs", "tail_logmass"]}
+SAMPLE_KEYS = ["tail_ids", "tail_logprobs"]  # with `tail_samples`
+ID_KEYS = {"topk_ids", "tail_ids"}  # int32 in the shards; everything else fp16
+
+
+def logit_keys(store: str | None, tail_samples: int = 0) -> list[str]:
+    """The shard keys of a cache's logits: none, dense, or top-k (and the tail samples when there are any)."""
+    return LOGIT_KEYS.get(store, []) + (SAMPLE_KEYS if store == "topk" and tail_samples else [])
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -104,14 +113,17 @@ def _to_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
 
 def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], data_hash: str, n_sequences: int,
                    seq_len: int, d_teacher: int, logits: str | None, teacher_name: str,
-                   top_k: int | None = None) -> dict:
-    """What a cache holds. `logits`: None, 'dense' or 'topk' (then with `top_k`); without logits the key is
-    `False`, as before logits had modes, so such caches keep their automatic paths."""
+                   top_k: int | None = None, tail_samples: int = 0) -> dict:
+    """What a cache holds. `logits`: None, 'dense' or 'topk' (then with `top_k`, and `tail_samples` when
+    there are any); without logits the key is `False`, as before logits had modes, so such caches keep their
+    automatic paths (and a top-k cache without tail samples keeps its key)."""
     identity = {"format": CACHE_FORMAT, "teacher": teacher_name, "teacher_hash": teacher_hash,
                 "tokenizer_hash": tokenizer_hash, "layers": sorted(set(layers)), "data_hash": data_hash,
                 "n_sequences": n_sequences, "seq_len": seq_len, "d_teacher": d_teacher, "logits": logits or False}
     if logits == "topk":
         identity["top_k"] = top_k
+        if tail_samples:
+            identity["tail_samples"] = tail_samples
     return identity
 
 
@@ -152,6 +164,10 @@ def check_cache(path: Path, identity: dict) -> dict | None:
         raise SemalignError(f"target cache {path} holds the teacher's top {meta.get('top_k')} tokens per position, "
                             f"but this run asks for targets.top_k = {identity['top_k']}; set top_k = "
                             f"{meta.get('top_k')}, or use another targets.cache_dir (or leave it unset)")
+    if need == "topk" and meta.get("tail_samples", 0) != identity.get("tail_samples", 0):
+        raise SemalignError(f"target cache {path} holds {meta.get('tail_samples', 0)} tail samples per position, but "
+                            f"this run asks for targets.tail_samples = {identity.get('tail_samples', 0)}; set "
+                            "tail_samples to match, or use another targets.cache_dir (or leave it unset)")
     return meta
 
 
@@ -163,11 +179,13 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
     path.mkdir(parents=True)
     layers = identity["layers"]
     mode = identity["logits"] or None
+    samples = identity.get("tail_samples", 0)
     n = tokens.shape[0]
     shards = list(range(0, n, shard_sequences))
     for i, start in enumerate(tqdm(shards, desc="caching teacher targets", disable=not progress, leave=False)):
         out: dict[str, list[torch.Tensor]] = {}
         block = tokens[start: start + shard_sequences]
+        draws = torch.Generator(device=tokens.device).manual_seed(i)  # tail samples: the same draws on a rebuild
         for j in range(0, len(block), batch_size):
             with autocast():
                 store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
@@ -175,14 +193,16 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
             if mode == "dense":
                 store["logits"] = logits
             elif mode == "topk":
-                sparse = SparseLogits.from_logits(logits, identity["top_k"])
+                sparse = SparseLogits.from_logits(logits, identity["top_k"], samples, draws)
                 store.update(topk_ids=sparse.ids, topk_logprobs=sparse.logprobs, tail_logmass=sparse.tail_logmass)
+                if samples:
+                    store.update(tail_ids=sparse.tail_ids, tail_logprobs=sparse.tail_logprobs)
             for key, value in store.items():
-                out.setdefault(key, []).append(value.cpu() if key == "topk_ids" else value.float().cpu())
-        save_file({k: torch.cat(v) if k == "topk_ids" else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
+                out.setdefault(key, []).append(value.cpu() if key in ID_KEYS else value.float().cpu())
+        save_file({k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
                   str(path / f"shard-{i:05d}.safetensors"))
     meta = {**identity, "shards": len(shards), "shard_sequences": shard_sequences, "dtype": "float16",
-            "keys": teacher_keys(layers) + LOGIT_KEYS.get(mode, [])}
+            "keys": teacher_keys(layers) + logit_keys(mode, samples)}
     write_json_atomic(path / "meta.json", meta)
     return meta
 
@@ -226,16 +246,17 @@ class CachedTargets:
         if index is None:
             raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
         per = self.meta["shard_sequences"]
-        keys = self.keys + LOGIT_KEYS.get(self.logits, [])
+        keys = self.keys + logit_keys(self.logits, self.meta.get("tail_samples", 0))
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for i in index.tolist():
             f = self._file(i // per)
             for key in keys:
                 rows[key].append(f.get_slice(key)[i % per: i % per + 1])
-        out = {k: torch.cat(v).to(self.device) if k == "topk_ids" else torch.cat(v).to(self.device, torch.float32)
+        out = {k: torch.cat(v).to(self.device) if k in ID_KEYS else torch.cat(v).to(self.device, torch.float32)
                for k, v in rows.items()}
         if self.logits == "topk":
             return TeacherBatch(out, SparseLogits(out.pop("topk_ids"), out.pop("topk_logprobs"),
-                                                  out.pop("tail_logmass")))
+                                                  out.pop("tail_logmass"), out.pop("tail_ids", None),
+                                                  out.pop("tail_logprobs", None)))
         return TeacherBatch(out, out.pop("logits", None))
 

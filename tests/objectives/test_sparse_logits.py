@@ -4,6 +4,7 @@ and a tiny cached run that trains and resumes."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,64 @@ def test_sparse_logits_hold_the_top_k_and_the_tail_mass():
     assert torch.allclose(sparse.tail_logmass.exp(), 1 - sparse.logprobs.exp().sum(-1), atol=1e-6)
 
 
+def _sampled_kl(s, sparse, mask):
+    """The forward KL at τ = 1 with tail samples, written out with autograd ops (float64): the bucket KL plus
+    r · mean over the drawn ids of log p̃ − log q̃ (p̃, q̃ the two tails renormalised)."""
+    ls = F.log_softmax(s.double(), -1)[mask]
+    ids, drawn = sparse.ids[mask].long(), sparse.tail_ids[mask].long()
+    tail = sparse.tail_logmass[mask].double()
+    lq_tail = ls.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    lp = F.log_softmax(torch.cat([sparse.logprobs[mask].double(), tail[:, None]], -1), -1)
+    lq = torch.cat([ls.gather(-1, ids), lq_tail[:, None]], -1)
+    bucket = (lp.exp() * (lp - lq)).sum(-1)
+    inside = (sparse.tail_logprobs[mask].double() - tail[:, None]) - (ls.gather(-1, drawn) - lq_tail[:, None])
+    return (bucket + lp[:, -1].exp() * inside.mean(-1)).mean()
+
+
+def test_tail_samples_give_the_reference_value_and_the_bucket_gradient():
+    s, t, mask = torch.randn(3, 6, 30) * 2, torch.randn(3, 6, 30) * 2, _mask()
+    sparse = SparseLogits.from_logits(t, 5, tail_samples=7, generator=torch.Generator().manual_seed(0))
+    assert sparse.tail_ids.shape == (3, 6, 7) and sparse.tail_ids.dtype == torch.int32
+    assert not (sparse.tail_ids[..., :, None] == sparse.ids[..., None, :]).any()  # drawn from the tail only
+    assert torch.allclose(sparse.tail_logprobs, F.log_softmax(t, -1).gather(-1, sparse.tail_ids.long()))
+    x = s.clone().requires_grad_(True)
+    got = kl_loss(x, sparse, mask, "forward", chunk=2)
+    got.backward()
+    assert torch.allclose(got.double(), _sampled_kl(s, sparse, mask), atol=1e-5)
+    y = s.double().requires_grad_(True)
+    _bucket_kl(y, sparse, mask, "forward", 1.0).backward()  # the gradient: the bucket KL's, samples or not
+    assert torch.allclose(x.grad.double(), y.grad, atol=1e-6)
+    assert x.grad[~mask].abs().max() == 0
+
+
+def test_tail_samples_estimate_the_dense_kl_without_bias():
+    """Many draws: the value approaches the dense KL (the buckets alone stay low); the gradient is the
+    bucket KL's, close to the dense one."""
+    gen = torch.Generator().manual_seed(2)
+    s, t, mask = torch.randn(3, 6, 60, generator=gen), torch.randn(3, 6, 60, generator=gen) * 1.5, _mask()
+    dense = _dense_kl(s, t, mask, "forward", 1.0)
+    x = s.clone().requires_grad_(True)
+    F.kl_div(F.log_softmax(x[mask], -1), F.log_softmax(t[mask], -1), log_target=True, reduction="sum").div(
+        int(mask.sum())).backward()
+    dense_grad, x.grad = x.grad.clone(), None
+    sparse = SparseLogits.from_logits(t, 4, tail_samples=20000, generator=gen)
+    got = kl_loss(x, sparse, mask, "forward")
+    got.backward()
+    bucket = kl_loss(s, SparseLogits(sparse.ids, sparse.logprobs, sparse.tail_logmass), mask, "forward")
+    assert bucket < 0.8 * dense  # what the samples correct
+    assert abs(got.item() - dense.item()) / dense.item() < 0.01
+    cosine = F.cosine_similarity(x.grad.flatten(), dense_grad.flatten(), 0)
+    assert 0.9 < cosine < 0.9999
+
+
+@pytest.mark.parametrize("direction,tau", [("reverse", 1.0), ("forward", 2.0)])
+def test_tail_samples_leave_reverse_and_tempered_kl_in_the_bucket_form(direction, tau):
+    s, t, mask = torch.randn(3, 6, 30), torch.randn(3, 6, 30), _mask()
+    sampled = SparseLogits.from_logits(t, 5, tail_samples=4, generator=torch.Generator().manual_seed(0))
+    plain = SparseLogits(sampled.ids, sampled.logprobs, sampled.tail_logmass)
+    assert torch.equal(kl_loss(s, sampled, mask, direction, tau), kl_loss(s, plain, mask, direction, tau))
+
+
 # ----------------------------------------------------------------------------------------------- config
 
 @pytest.mark.parametrize("overrides,message", [
@@ -109,6 +168,8 @@ def test_sparse_logits_hold_the_top_k_and_the_tail_mass():
     ({"targets.top_k": 0}, "top_k must be a positive number, got 0"),
     ({"targets.top_k": -3}, "top_k must be a positive number"),
     ({"targets.mode": "cached"}, r"need teacher logits.*cache_logits = 'topk'"),
+    ({"targets.tail_samples": -1}, r"targets.tail_samples must be a whole number >= 0 \(0 = none\), got -1"),
+    ({"targets.tail_samples": 8, "targets.cache_logits": "dense"}, r"tail_samples = 8 refines a top-k cache"),
 ])
 def test_bad_sparse_cache_config_is_refused_in_one_line(overrides, message):
     with pytest.raises(SemalignError, match=message) as err:
@@ -190,6 +251,32 @@ def test_top_k_cache_with_another_top_k_mode_or_data_is_refused(tmp_path, tiny_p
     # a run that reads no logits may use the cache's states
     Trainer(make_cfg(tmp_path / "c", **over, **{"objective.terms": {"relation": 1.0}, "targets.top_k": 4}),
             teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+
+
+def test_top_k_cache_with_tail_samples_holds_the_draws_and_refuses_another_count(tmp_path, tiny_pair, tokens):
+    cache = tmp_path / "cache"
+    over = {"targets.cache_dir": str(cache), "precision": "fp32", "targets.tail_samples": 5}
+    trainer = Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                      data=tokens)
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["tail_samples"] == 5 and meta["keys"][-2:] == ["tail_ids", "tail_logprobs"]
+    with safe_open(str(cache / "shard-00000.safetensors"), "pt") as f:
+        drawn, logprobs = f.get_tensor("tail_ids"), f.get_tensor("tail_logprobs")
+    assert (drawn.dtype, logprobs.dtype, drawn.shape[-1]) == (torch.int32, torch.float16, 5)
+    batch = trainer.targets(tokens.tokens[:2], torch.arange(2)).logits
+    assert torch.equal(batch.tail_ids, drawn[:2])
+    with torch.no_grad():
+        logp = F.log_softmax(tiny_pair.teacher(tokens.tokens[:2]).float(), -1)
+    assert torch.allclose(logp.gather(-1, batch.tail_ids.long()), batch.tail_logprobs, atol=3e-3)
+    assert not (batch.tail_ids[..., :, None] == batch.ids[..., None, :]).any()
+    with pytest.raises(SemalignError, match=r"holds 5 tail samples per position, but this run asks for "
+                                            r"targets.tail_samples = 0"):
+        Trainer(make_cfg(tmp_path / "b", **{**over, "targets.tail_samples": 0}), teacher=tiny_pair.teacher,
+                student=tiny_pair.student, data=tokens)
+    shutil.rmtree(cache)  # rebuilt: the same draws (a generator seeded per shard)
+    Trainer(make_cfg(tmp_path / "c", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    with safe_open(str(cache / "shard-00000.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("tail_ids"), drawn)
 
 
 def test_full_top_k_cache_reproduces_online_kl(tmp_path, tiny_pair, tokens):
