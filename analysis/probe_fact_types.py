@@ -1,6 +1,6 @@
 """Which other kinds of stdlib facts does the teacher know? A probe for growing the knowledge task.
 
-The knowledge task keeps only facts the teacher answers exactly on the held-out phrasing (207 of 3,448 from
+The knowledge task keeps only facts the teacher answers exactly on the held-out phrasing (of the candidates in
 `semalign_lens.tasks.stdlib_facts`). This script measures candidate fact *types* that are not in the set yet,
 each read from the running interpreter and each tried with two phrasings (a prose and a code form): the
 teacher's greedy exact match on the answer, as the task's filter computes it (`evaluation.fact_scores`).
@@ -116,9 +116,14 @@ def probe(teacher, control: int = 200) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def column(phrasing: str) -> str:
+    """A phrasing as a one-line CSV column name (newlines written as \\n)."""
+    return phrasing.replace("\n", "\\n")
+
+
 def probe_phrasings(teacher, facts=None) -> pd.DataFrame:
-    """One row per fact of the `PHRASINGS` types, one 0/1 column per phrasing: the teacher's exact match. A
-    phrasing that holds a fact's answer (a few-shot example) scores 0 for that fact."""
+    """One row per fact of the `PHRASINGS` types, one 0/1 column per phrasing (`column`): the teacher's exact
+    match. A phrasing that holds a fact's answer (a few-shot example) scores 0 for that fact."""
     from semalign_lens.tasks.stdlib_facts import stdlib_facts
 
     facts = facts or stdlib_facts()
@@ -130,7 +135,7 @@ def probe_phrasings(teacher, facts=None) -> pd.DataFrame:
             probes = [Fact(kind, f.subject, f.answer, ("{subject}", phrasing)) for f in known]
             table = ev.fact_scores(teacher, probes, "eval", 1)
             clean = [f.answer not in p.prompts()[-1] for f, p in zip(known, probes, strict=True)]
-            frame[phrasing] = (table["exact_match"].to_numpy() * clean).astype(int)
+            frame[column(phrasing)] = (table["exact_match"].to_numpy() * clean).astype(int)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, group in table.groupby("type", sort=False):
             print(f"\n{kind}: {len(group)} facts; teacher exact per phrasing")
             for phrasing in PHRASINGS[kind]:
-                print(f"  {int(group[phrasing].sum()):5d}  {phrasing!r}")
+                print(f"  {int(group[column(phrasing)].sum()):5d}  {column(phrasing)}")
         print(f"wrote {out}")
         return 0
     table = probe(teacher)

@@ -528,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {pair.alignment.summary()}" if cross else ""))
     maps = transfer_maps(teacher, student, profile.methods, pair.alignment)
     refs: dict[str, TaskRun] = {}  # every task of the table: the ones trained now and those in runs.csv
+    changed: list[str] = []  # tasks whose old runs were dropped (their spec changed)
     for name in dict.fromkeys([*profile.tasks, *(r["task"] for r in records)]):
         refs[name] = build_task(name, profile, teacher, student, cache=out / "references.json")
         log(f"task {name}: {len(refs[name].data)} transfer sequences; before {refs[name].before}; "
@@ -538,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             records[:] = [r for r in records if r["task"] != name]
             done -= {k for k in done if k[0] == name}
             log(f"task {name} changed since its {len(stale)} runs in {runs_path} (was {was}); they are run again")
+            changed.append(name)
     if "knowledge" in refs:
         refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
         check_budgets([profile.knowledge_steps], len(profile.student_layers), profile.batch_size,
@@ -550,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         knowledge_types = []
 
     command = "python analysis/transfer_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    invocations = old_meta.get("invocations", [])
+    # an earlier invocation that ran only tasks whose runs were dropped no longer made any row of the table
+    invocations = [{**h, "superseded": True} if set(h.get("tasks", ())) and set(h.get("tasks", ())) <= set(changed)
+                   else h for h in old_meta.get("invocations", [])]
     skipped: list[str] = []
 
     def finalize(final: bool) -> None:
@@ -569,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             budget_figure(summary).write_html(out / "budget_curve.html", include_plotlyjs="cdn")
             png = budget_png(summary, out / "budget_curve.png")
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        now = {"command": command, "wall_s": round(time.time() - t_start, 1),
+        now = {"command": command, "tasks": list(profile.tasks), "wall_s": round(time.time() - t_start, 1),
                "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "finished": final,
                "machine": machine_line(profile.precision).removeprefix("Machine: ") + f", {os.cpu_count()} cpus"}
         meta = {"profile_name": args.profile, "profile": asdict(profile), "invocations": [*invocations, now],
@@ -651,17 +655,20 @@ NOTES = [
     "top-64 cache, whose tempered tail is modelled), against 4.370 (dense) and 4.364 (top-64) at τ = 1 and "
     "4.320 for SFT (`benchmarks/RESULTS.md`, sparse targets). Every `kl` row here runs at τ = 1, exact from the "
     "cache.",
-    "- **Held-out phrasings.** When the fact set was designed, the teacher's exact-match hits were measured on "
-    "every phrasing of every candidate; the held-out phrasing of each type is the one it answered best (e.g. "
-    "`function_module`: 126 of 1,075 candidates with `# {name} comes from the standard library\\nfrom`, 7 or "
-    "fewer with each question form). The teacher filter then keeps only the facts it answers on that phrasing "
-    "(per type: the table below).",
+    "- **Phrasings.** The 135M teacher states module facts in code, not in prose: over the 1,961 "
+    "`function_module` candidates it answered 7 with `In Python, {name} is imported from the module` "
+    "and 229 with `import sys\\n\\n# {name} is in the standard library\\nimport` "
+    "(`python analysis/probe_fact_types.py --phrasings`, `fact_phrasing_probe.csv`, every candidate phrasing). "
+    "So the module types train on three code phrasings (`# {name} comes from the standard library\\nfrom` "
+    "and two variants) on which the teacher expresses what it knows — KD can only pass on what the teacher says "
+    "on the transfer text; the earlier prose transfer phrasings gave it nothing to pass on — and hold out an "
+    "`import` form. The teacher filter keeps the facts it answers on the held-out phrasing (per type: the table "
+    "above).",
     "- **Growing the fact set.** Seven more fact types read from the interpreter (Unicode names, `ord` "
     "codes, MIME types, month and day names, exception docstrings, token names) were probed with two "
-    "phrasings each: the teacher answered 2 of 972 exactly, against 14 of 200 for the set's own "
-    "`function_module` facts in the same run (`analysis/probe_fact_types.py`, `fact_type_probe.csv`). The "
-    "135M teacher knows too few facts of other kinds to reach 300; a larger teacher is the way to a "
-    "larger set.",
+    "phrasings each: the teacher answered 2 of 972 exactly (`analysis/probe_fact_types.py`, "
+    "`fact_type_probe.csv`). What reached 300 was more of the kind it knows — module facts from 34 more "
+    "modules and from a package's `__all__` (asyncio's `gather`) — and phrasings it answers.",
     "- **Schedules.** The train-all schedule's learning rate (5e-4) was not tuned; the frontier schedule keeps "
     "the earlier benchmark's LoRA rate (2e-3).", ""]
 
@@ -672,10 +679,11 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
 
     p = meta["profile"]
     inv = meta["invocations"]
-    wall = sum(h["wall_s"] for h in inv) / 60
+    wall = sum(h["wall_s"] for h in inv if not h.get("superseded")) / 60
     lines = [control_line(controls), "", "# Transfer benchmark", "",
              "Commands" + (" (interrupted and resumed):" if len(inv) > 1 else ":"), "",
              *[f"- `{h['command']}`: {h['wall_s'] / 60:.1f} min wall, {h['cpu_s'] / 60:.1f} min CPU, on {h['machine']}"
+               + (" (superseded: its task changed since, and its runs were run again)" if h.get("superseded") else "")
                for h in inv], "",
              f"Total wall time **{wall:.1f} min** ({meta['threads']} torch threads, torch {meta['torch']}); wall "
              "time grows with whatever else runs on the machine.", ""]

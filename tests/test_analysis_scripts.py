@@ -234,9 +234,9 @@ def test_probe_fact_phrasings_scores_every_fact_of_a_type_per_phrasing(tmp_path)
     rows = facts.of_type(kind)
     want = ev.fact_scores(teacher, [Fact(kind, f.subject, f.answer, ("{subject}", phrasing)) for f in rows],
                           "eval", 1)["exact_match"]
-    assert table.loc[table["type"] == kind, phrasing].tolist() == want.astype(int).tolist()
-    few_shot = probe.PHRASINGS["function_module"][1]
-    assert table.loc[table["fact"] == "function_module:set_trace", few_shot].item() == 0
+    assert table.loc[table["type"] == kind, probe.column(phrasing)].tolist() == want.astype(int).tolist()
+    few_shot = probe.column(probe.PHRASINGS["function_module"][1])
+    assert "\n" not in few_shot and table.loc[table["fact"] == "function_module:set_trace", few_shot].item() == 0
     out = tmp_path / "p.csv"
     assert probe.main(["--teacher", "tiny", "--phrasings", "--out", str(out)]) == 0
     assert pd.read_csv(out).shape[1] == 2 + len(set(sum(probe.PHRASINGS.values(), [])))

@@ -210,6 +210,8 @@ CLI_CASES = [
                              "objective.terms={{kl = 1.0}}"], ["compares teacher and student logits", "'shared_kl'"], []),
     ("align-vocab-unknown", [*ALIGN, "--set", "run_dir=r1", "--set", "vocab=both"],
      ["AlignConfig.vocab must be one of ('shared', 'intersection')"], []),
+    ("align-tail-samples-without-top-k", [*ALIGN, "--set", "run_dir=r1", "--set", "targets.tail_samples=16"],
+     ["targets.tail_samples = 16 refines a top-k cache", "cache_logits = 'topk'"], []),
     ("demo-out-is-file", ["demo", "--out", "afile"], ["afile is an existing file"], ["afile"]),
     ("demo-out-read-only", ["demo", "--out", "{ro}/demo"], ["not writable"], []),
     ("demo-unknown-profile", ["demo", "--profile", "huge", "--out", "demo"], ["unknown demo profile 'huge'"], ["demo"]),
