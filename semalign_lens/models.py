@@ -363,10 +363,33 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         hf_model.config.use_cache = False  # RecurrentGemma) fail a bridge forward that builds a cache
     if not hasattr(hf_model, "get_output_embeddings") or hf_model.get_output_embeddings() is None:
         raise SemalignError(f"{label} has no LM head (unembedding); semalign_lens needs a causal LM")
+    _name_architecture(hf_model, label)
     bridge = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
                                                  device=device)
     return _finish(bridge, mode, Provenance(source=label, kind=kind, path=path, weights_sha256=weights_hash,
                                             dtype=str(dtype).replace("torch.", ""), mode=mode))
+
+
+def _name_architecture(hf_model, label: str) -> None:
+    """Make `hf_model.config.architectures` name the TransformerLens adapter of its class, or refuse in one line.
+    TransformerLens picks its adapter by that list or the model_type; a model built in memory (`from_config`)
+    has no list, and transformers and TransformerLens may spell a class differently (PhimoeForCausalLM /
+    PhiMoEForCausalLM), so the class name is matched without case."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+
+    config = hf_model.config
+    if not any(name in SUPPORTED_ARCHITECTURES for name in config.architectures or ()):
+        by_case = {name.lower(): name for name in SUPPORTED_ARCHITECTURES}
+        if (known := by_case.get(type(hf_model).__name__.lower())) is not None:
+            config.architectures = [known]
+    try:
+        determine_architecture_from_hf_config(config)  # TransformerLens's own rule
+    except ValueError:
+        raise SemalignError(f"{label}: TransformerLens {package_versions(('transformer-lens',))['transformer-lens']} "
+                            f"has no adapter for {type(hf_model).__name__} (model_type {config.model_type!r}), so it "
+                            "cannot be bridged; use a family it supports (`semalign info` on a model of it says "
+                            "which stages run)") from None
 
 
 def _finish(bridge, mode: str, provenance: Provenance):

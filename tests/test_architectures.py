@@ -351,7 +351,8 @@ def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
 
 def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
     """Refused by `load_model` before any stage runs: a bridge whose forward raises (here a block made to fail, as
-    TransformerLens's CodeGen adapter does with this transformers), and DeepSeek-V4, whose blocks carry several
+    TransformerLens's CodeGen adapter does with this transformers), a class TransformerLens has no adapter for
+    (CTRL), and DeepSeek-V4, whose blocks carry several
     residual streams ([batch, pos, 4, d] for 8 tokens). A bridge handed to the Trainer without `load_model` is
     probed there."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -375,6 +376,10 @@ def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
         Trainer(cfg, teacher=bridge, student=student, data=_tokens(len(tok)))
     assert not (tmp_path / "r").exists()
     handle.remove()
+    ctrl = AutoConfig.for_model("ctrl", n_layer=2, n_embd=32, n_head=2, dff=64, vocab_size=len(tok))
+    with pytest.raises(SemalignError, match=r"tiny-ctrl: TransformerLens .* has no adapter for CTRLLMHeadModel "
+                                            r"\(model_type 'ctrl'\), so it cannot be bridged"):
+        load_model(AutoModelForCausalLM.from_config(ctrl), tokenizer=tok, name="tiny-ctrl")
     config = AutoConfig.for_model("deepseek_v4", **broad_spec("deepseek_v4", STUDENT), vocab_size=len(tok))
     with pytest.raises(SemalignError, match=r"its blocks output \(1, 8, \d+, 32\) for 8 tokens, not one residual"):
         load_model(AutoModelForCausalLM.from_config(config).eval(), tokenizer=tok, name="tiny-deepseek_v4")

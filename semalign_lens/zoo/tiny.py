@@ -128,7 +128,9 @@ def tiny_cross_pair(seed: int = 0):
 # mixtures of experts, state-space and hybrid families among them (two experts, one active).
 BROAD_FAMILIES = ("gptj", "gpt_neo", "gpt_bigcode", "mpt", "xglm", "glm4", "qwen3_moe", "olmoe", "gpt_oss", "lfm2",
                   "recurrent_gemma", "qwen3_next", "jamba", "nemotron_h", "modernbert-decoder", "mamba", "rwkv",
-                  "mamba2", "bamba", "lfm2_moe", "gemma4_text", "deepseek_v2", "deepseek_v3", "sarvam_mla")
+                  "mamba2", "bamba", "lfm2_moe", "gemma4_text", "deepseek_v2", "deepseek_v3", "sarvam_mla",
+                  "falcon_h1", "phimoe", "granitemoe", "jetmoe", "hunyuan_v1_dense", "exaone4", "seed_oss", "ernie4_5",
+                  "apertus", "arcee", "nemotron", "qwen3_5_text", "minimax_m2", "llama4_text", "afmoe")
 # Analysed, not trained (`architectures.shared_weights_problem`): built the same way, kept out of `FAMILIES`
 SHARED_WEIGHT_FAMILIES = ("zamba2",)
 
