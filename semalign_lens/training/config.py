@@ -165,8 +165,8 @@ class TargetsConfig:
     memory during training). `kl` needs teacher logits: online, or cached with `cache_logits = "topk"` (the
     teacher's `top_k` tokens per position plus the tail's mass: 386 B per token at k = 64; KL over those
     buckets, see `semalign_lens.objectives.sparse_logits`; `tail_samples` adds ids drawn from the tail, 6 B
-    each, which make the forward KL's value at τ = 1 unbiased; the gradient stays the bucket KL's) or `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 —
-    small data only)."""
+    each, which make the forward KL's value at τ = 1 unbiased; the gradient stays the bucket KL's) or
+    `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 — small data only)."""
 
     mode: str = setting("online", doc="online (teacher forward each step) or cached (precomputed once)")
     cache_dir: str | None = setting(None, doc="cache directory (unset: the user cache, keyed by inputs)")
@@ -174,15 +174,16 @@ class TargetsConfig:
                                                   "(6·top_k + 2 bytes/token) or 'dense' (= true; 2·vocab bytes)")
     top_k: int = setting(64, doc="teacher tokens kept per position when cache_logits = 'topk'")
     tail_samples: int = setting(0, doc="with cache_logits = 'topk': token ids drawn from the teacher's tail per "
-                                       "position (6 bytes each): the forward KL's value at τ = 1 unbiased, its gradient "
-                                       "unchanged; 0 = none")
+                                       "position (6 bytes each): the forward KL's value at τ = 1 unbiased, its "
+                                       "gradient unchanged; 0 = none")
     shard_sequences: int = setting(64, doc="sequences per cache shard")
 
     def validate(self) -> None:
         _choice(self, "mode", TARGET_MODES)
         require_positive(self, "shard_sequences", "top_k")
         if isinstance(self.tail_samples, bool) or not isinstance(self.tail_samples, int) or self.tail_samples < 0:
-            raise SemalignError(f"targets.tail_samples must be a whole number >= 0 (0 = none), got {self.tail_samples!r}")
+            raise SemalignError(f"targets.tail_samples must be a whole number >= 0 (0 = none), got "
+                                f"{self.tail_samples!r}")
         if self.tail_samples and self.logits_store != "topk":
             raise SemalignError(f"targets.tail_samples = {self.tail_samples} refines a top-k cache; set "
                                 "targets.cache_logits = 'topk' (or tail_samples = 0)")
