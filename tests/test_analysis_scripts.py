@@ -85,6 +85,22 @@ def test_transfer_table_tiny_with_the_fairness_record(tmp_path):
     assert (tmp_path / "budget_curve.html").exists() and (tmp_path / "budget_curve.png").exists()
     assert table.main(args + ["--resume"]) == 0
     assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
+    # a task whose spec changed since its runs (here: another fact set, as meta.json records it) is run again on
+    # --resume, not mixed in; an invocation that ran only that task no longer counts toward the wall time
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["tasks"]["knowledge"]["teacher_known"] += 1
+    meta["invocations"].append({**meta["invocations"][0], "command": "knowledge only", "tasks": ["knowledge"]})
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    before = runs[runs["task"] == "knowledge"].set_index(["schedule", "method", "seed"])["train_s"]
+    assert table.main(args + ["--tasks", "knowledge", "--resume"]) == 0
+    again = pd.read_csv(tmp_path / "runs.csv")
+    assert len(again) == len(runs) and again.equals(again.drop_duplicates())
+    after = again[again["task"] == "knowledge"].set_index(["schedule", "method", "seed"])["train_s"]
+    assert not after.sort_index().equals(before.sort_index())  # trained anew (timings differ)
+    invocations = json.loads((tmp_path / "meta.json").read_text())["invocations"]
+    assert [h.get("superseded", False) for h in invocations] == [False, False, True, False]
+    assert "knowledge only" in (tmp_path / "TRANSFER.md").read_text() and "(superseded" in (
+        tmp_path / "TRANSFER.md").read_text()
 
 
 def test_transfer_table_on_a_cross_tokenizer_pair_writes_its_own_section(tmp_path):
