@@ -133,6 +133,9 @@ BROAD_FAMILIES = ("gptj", "gpt_neo", "gpt_bigcode", "mpt", "xglm", "glm4", "qwen
                   "apertus", "arcee", "nemotron", "qwen3_5_text", "minimax_m2", "llama4_text", "afmoe")
 # Analysed, not trained (`architectures.shared_weights_problem`): built the same way, kept out of `FAMILIES`
 SHARED_WEIGHT_FAMILIES = ("zamba2",)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt",
+            "gemma", "olmo", "olmo2", "olmo3", "granite", "stablelm", "cohere", "phi", "starcoder2", "smollm3",
+            "mixtral", "qwen2_moe", "bloom", "falcon", *BROAD_FAMILIES)
 
 
 def _own_sizes(family: str, arch: TinyArch) -> dict:
@@ -143,8 +146,7 @@ def _own_sizes(family: str, arch: TinyArch) -> dict:
     ssm = {"mamba_n_heads": h, "mamba_d_head": 2 * d // h, "mamba_d_state": 16, "mamba_expand": 2,
            "mamba_n_groups": 1, "mamba_chunk_size": 8}
     mla = {"q_lora_rank": None, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "head_dim": 8, "qk_nope_head_dim": 8,
-           "v_head_dim": 16,
-           "n_routed_experts": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1}
+           "v_head_dim": 16, "n_routed_experts": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1}
     return {
         "mamba2": {"head_dim": 2 * d // h, "state_size": 16, "expand": 2, "n_groups": 1, "chunk_size": 8},
         "bamba": {"attn_layer_indices": odd, **ssm},
@@ -166,9 +168,6 @@ def _has(config, key: str) -> bool:
         return hasattr(config, key) or key in getattr(config, "attribute_map", {})
     except Exception:  # noqa: BLE001 - transformers' AmbiguousGlobalPerLayerAttributeError: the key exists
         return True
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3", "opt",
-            "gemma", "olmo", "olmo2", "olmo3", "granite", "stablelm", "cohere", "phi", "starcoder2", "smollm3",
-            "mixtral", "qwen2_moe", "bloom", "falcon", *BROAD_FAMILIES)
 
 
 def broad_spec(family: str, arch: TinyArch) -> dict:
