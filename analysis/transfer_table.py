@@ -661,7 +661,7 @@ NOTES = [
     "(`python analysis/probe_fact_types.py --phrasings`, `fact_phrasing_probe.csv`, every candidate phrasing). "
     "So the module types train on three code phrasings (`# {name} comes from the standard library\\nfrom` "
     "and two variants) on which the teacher expresses what it knows — KD can only pass on what the teacher says "
-    "on the transfer text; the earlier prose transfer phrasings gave it nothing to pass on — and hold out an "
+    "on the transfer text; the earlier prose transfer phrasings gave it almost nothing to pass on — and hold out an "
     "`import` form. The teacher filter keeps the facts it answers on the held-out phrasing (per type: the table "
     "above).",
     "- **Growing the fact set.** Seven more fact types read from the interpreter (Unicode names, `ord` "

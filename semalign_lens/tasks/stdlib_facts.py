@@ -18,8 +18,9 @@ set is large, true by construction and needs no download:
 Every fact has four phrasings. The **last is held out** (the benchmark scores it; the student never trains on
 it), the other three are transfer text. Phrasings are chosen by what SmolLM2-135M answers, measured over
 every candidate (`python analysis/probe_fact_types.py --phrasings`, `analysis/out/transfer/
-fact_phrasing_probe.csv`): the 135M teacher states module facts in code, not in prose (on the earlier prose
-phrasings it answered 1 fact in 1,587; on code comments followed by `from`/`import`, 160-230). So the module
+fact_phrasing_probe.csv`): the 135M teacher states module facts in code, not in prose (the earlier prose
+phrasing `In Python, X is imported from the module`: 7 of 1,961; code comments followed by `from`/`import`:
+119-229). So the module
 types' transfer phrasings are code too — KD can only pass on what the teacher expresses on the transfer text —
 and their held-out phrasing is another code form (`import X` where the transfer text has `from X`). A
 docstring that names its own answer, or a few-shot example or context line (`import sys`) that is itself an
