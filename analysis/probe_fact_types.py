@@ -10,7 +10,7 @@ the type: which phrasing the teacher answers, and so which to hold out and which
 (`stdlib_facts.TEMPLATES`; output `fact_phrasing_probe.csv`, one column of exact matches per phrasing).
 
     python analysis/probe_fact_types.py                 # SmolLM2-135M: ~1 min, 2-core Xeon, no native bf16 (fp32)
-    python analysis/probe_fact_types.py --phrasings     # ~10 min on 2 cores
+    python analysis/probe_fact_types.py --phrasings     # ~13 min, 2-core AMD EPYC, native bf16 (bf16)
     python analysis/probe_fact_types.py --teacher tiny  # the pipeline on a tiny random model (numbers meaningless)
 """
 

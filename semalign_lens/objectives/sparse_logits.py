@@ -68,11 +68,11 @@ class SparseLogits:
                     generator: torch.Generator | None = None) -> SparseLogits:
         logp = torch.log_softmax(logits.float(), dim=-1)
         values, ids = logp.topk(k, dim=-1)
-        if not tail_samples:
-            tail = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # in place: one vocabulary-sized buffer
-            return cls(ids.to(torch.int32), values.clamp_min(LOG_FLOOR), tail.clamp_min(LOG_FLOOR))
-        masked = logp.scatter(-1, ids, float("-inf"))
+        # in place (one vocabulary-sized buffer) unless the samples read logp again
+        masked = logp.scatter(-1, ids, float("-inf")) if tail_samples else logp.scatter_(-1, ids, float("-inf"))
         tail = masked.logsumexp(-1)
+        if not tail_samples:
+            return cls(ids.to(torch.int32), values.clamp_min(LOG_FLOOR), tail.clamp_min(LOG_FLOOR))
         flat = masked.reshape(-1, masked.shape[-1]).sub_(tail.reshape(-1, 1)).exp_().nan_to_num_(0.0)
         flat[flat.sum(-1) <= 0, 0] = 1.0  # an empty tail (k = V, or underflow): any id; its weight r is 0
         drawn = torch.multinomial(flat, tail_samples, replacement=True, generator=generator)
