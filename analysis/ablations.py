@@ -49,7 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from semalign_lens import evaluation as ev  # noqa: E402
-from semalign_lens.activations import capture, residual_stack  # noqa: E402
+from semalign_lens.activations import capture, accumulated_resid  # noqa: E402
 from semalign_lens.attribution import rank_agreement, rank_layers  # noqa: E402
 from semalign_lens.baselines import Method, get_method, run_method  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402
@@ -154,8 +154,8 @@ def code_attribution_batch(tokenizer, n: int, seed: int):
 
 def cka_pairing(teacher, student, batch, n_t: int, n_s: int):
     """Monotone CKA path on debiased linear CKA over the given sequences (every block's output + embeddings)."""
-    cka = cka_matrix(residual_stack(teacher, batch, drop_first=True), residual_stack(student, batch, drop_first=True),
-                     debiased=True)
+    cka = cka_matrix(accumulated_resid(teacher, batch, drop_first=True),
+                     accumulated_resid(student, batch, drop_first=True), debiased=True)
     table = cka_wide(cka, residual_labels(n_t), residual_labels(n_s))
     return make_pairing("cka", n_t, n_s, cka=table), table
 

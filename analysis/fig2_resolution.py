@@ -42,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import residual_stack  # noqa: E402
+from semalign_lens.activations import accumulated_resid  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.errors import run_reporting_errors  # noqa: E402
 from semalign_lens.models import load_model  # noqa: E402
@@ -120,7 +120,7 @@ def figure(df: pd.DataFrame):
             fig.update_yaxes(range=yrange, row=r, col=c, title_text=label if c == 1 else None)
             fig.update_xaxes(title_text="layer (0 = embeddings)" if r == len(metrics) else None, row=r, col=c)
     fig.update_layout(title="SmolLM2-135M: decompose on a vocabulary basis, recompose (SemAlign Fig. 2, "
-                            "HumanEval prompts)", height=850, width=1250, template="plotly_white")
+                            "HumanEval prompts; logit lens: final norm recomputed)", height=850, width=1250, template="plotly_white")
     return fig
 
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     batch = tokenize(model.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)
     # {0: embeddings, l: output of block l-1}, real tokens only; the doc-start token is the same outlier everywhere
-    states = dict(enumerate(residual_stack(model, batch, drop_first=not args.keep_doc_start)))
+    states = dict(enumerate(accumulated_resid(model, batch, drop_first=not args.keep_doc_start)))
     n_tokens = next(iter(states.values())).shape[0]
     timings["capture"] = time.perf_counter() - t
 

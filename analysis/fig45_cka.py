@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import residual_stack  # noqa: E402
+from semalign_lens.activations import accumulated_resid  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402
 from semalign_lens.data import tokenize  # noqa: E402
 from semalign_lens.errors import run_reporting_errors  # noqa: E402
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     assert not teacher.training and not student.training, "analyses run in eval mode"
     t = lap("load", t0)
     batch = tokenize(teacher.tokenizer, humaneval_prompts(args.n_prompts), max_len=args.max_len)
-    T, S = (residual_stack(m, batch, drop_first=True) for m in (teacher, student))
+    T, S = (accumulated_resid(m, batch, drop_first=True) for m in (teacher, student))
     t = lap("capture", t)
 
     maps = {kind: TransferMap(SemanticBasis.from_model(teacher), SemanticBasis.from_model(student), kind=kind)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fig45-"))
     try:
         aligned, result = align_student(args, teacher, student, work)
-        A = residual_stack(aligned, batch, drop_first=True)
+        A = accumulated_resid(aligned, batch, drop_first=True)
         align_info = {"steps": result.final["step"], "elapsed_s": round(result.final["elapsed_s"], 1),
                       "stages": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()
                                   if k in ("stage", "label", "loss", "relation", "kl")}

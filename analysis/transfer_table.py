@@ -51,8 +51,10 @@ from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, method_config, method_trainer
 from semalign_lens.baselines.cross_vocab import for_pair
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
+from semalign_lens.checkpoint import latest_step
 from semalign_lens.errors import SemalignError, run_reporting_errors
 from semalign_lens.precision import machine_line
+from semalign_lens.runlock import run_lock
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
@@ -200,7 +202,7 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
             shutil.rmtree(run_dir, ignore_errors=True)
         return
     run_dir = work / f"{tr.task.name}-{schedule}-{method}-s{seed}"
-    step = _checkpoint_step(run_dir)  # where a killed curve stopped: the trainer resumes there
+    step = latest_step(run_dir)  # where a killed curve stopped: the trainer resumes there
     if any(b <= step for b in todo):  # a budget passed without its row: that point needs the curve again
         shutil.rmtree(run_dir, ignore_errors=True)
         step = 0
@@ -217,13 +219,6 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
         emit(_row(tr, schedule, method, seed, b, profile, scores, t1 - t0, time.time() - t1,
                   sum(trainer.stage_params.values()), trainer.identity["data_hash"]))
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _checkpoint_step(run_dir: Path) -> int:
-    from semalign_lens.checkpoint import latest_checkpoint
-
-    ckpt = latest_checkpoint(run_dir)
-    return int(json.loads((ckpt / "state.json").read_text())["step"]) if ckpt is not None else 0
 
 
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
@@ -499,15 +494,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="markdown summary ('' to skip); a cross-tokenizer profile writes its own section of it")
     args = parser.parse_args(argv)
 
-    import pandas as pd
-
     torch.set_num_threads(args.threads)
     profile = build_profile(args)
+    out = Path(args.out or (OUT_CROSS if profile.vocab != "shared" else OUT))
+    with run_lock(out, "--out"):  # one table per output directory: its runs.csv, meta.json and work/
+        return _run_table(args, argv, profile, out)
+
+
+def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int:
+    import pandas as pd
+
     cross = profile.vocab != "shared"
-    out = Path(args.out or (OUT_CROSS if cross else OUT))
     metrics = metrics_of(profile.vocab)
     work = out / "work"
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     deadline = t_start + args.budget_minutes * 60
     log = lambda msg: print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)  # noqa: E731
@@ -829,4 +828,6 @@ def _vocab_line(vocab: dict | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_reporting_errors(main, prog=Path(__file__).name))
+    sys.exit(run_reporting_errors(main, prog=Path(__file__).name,
+                                  interrupted="interrupted; rerun the same command with --resume to keep the runs "
+                                              "finished so far"))

@@ -92,13 +92,14 @@ print(repr(pair.tokenizer.decode(batch.tokens[0, :16])))'''),
 `capture` hooks only the requested points of the requested blocks and stops the forward pass after the
 deepest one (no logits are computed). Points are `resid_pre` (entering block *l*), `resid_post` (leaving it)
 and `block_write` = `resid_post − resid_pre`, what block *l* adds to the stream (the quantity layer
-attribution scores). Layers are 0-based block indices; `stack` returns the real positions only."""),
+attribution scores). Layers are 0-based block indices; `flat_stack` returns the real positions only
+([layer, token, d]), `stack_activation` TransformerLens's padded [layer, batch, pos, d]."""),
     ("code", '''\
 t_cap = sl.capture(teacher, batch, layers=range(teacher.cfg.n_layers),
                    points=("resid_pre", "resid_post", "block_write"), progress=False)
 s_cap = sl.capture(student, batch, layers=range(student.cfg.n_layers), points=("resid_post",), progress=False)
-print("teacher resid_post", tuple(t_cap.stack("resid_post").shape), "| student resid_post",
-      tuple(s_cap.stack("resid_post").shape), "  [layer, token, d_model]")'''),
+print("teacher resid_post", tuple(t_cap.flat_stack("resid_post").shape), "| student resid_post",
+      tuple(s_cap.flat_stack("resid_post").shape), "  [layer, token, d_model]")'''),
     ("code", '''\
 layer = teacher.cfg.n_layers // 2
 write = t_cap.get("block_write", layer)
@@ -118,16 +119,19 @@ norms.groupby("model", sort=False)["mean_norm"].agg(first_block="first", last_bl
     ("md", """\
 ## A first look inside: the logit lens
 
-`semantics.logit_lens` reads any residual state with the model's own final norm and unembedding. Here: the
-top next-token guesses at the last position of the first prompt, per block, for both models. Deep layers of
-a trained model usually agree with its output; in fast mode the random models guess noise."""),
+`semantics.logit_lens` reads any residual state with the model's own final norm and unembedding, the norm
+recomputed on each state (TransformerLens's `logit_lens`); with `final=` (the last block's output at the same
+positions) it uses that state's cached scale instead (TransformerLens's `apply_ln_to_stack`). Here: the top
+next-token guesses at the last position of the first prompt, per block, for both models. Deep layers of a
+trained model usually agree with its output; in fast mode the random models guess noise."""),
     ("code", '''\
 last = int(batch.mask[0].sum()) - 1  # last real position of prompt 0
 rows = []
 for role, model, cap in (("teacher", teacher, t_cap), ("student", student, s_cap)):
     for layer in cap.layers:
         top = sl.logit_lens(model, cap.get("resid_post", layer)[0, last]).topk(3).indices.tolist()
-        rows.append({"model": role, "block": layer, "top-3 next tokens": [pair.tokenizer.decode([t]) for t in top]})
+        rows.append({"model": role, "block": layer,
+                     "top-3 next tokens (norm recomputed)": [pair.tokenizer.decode([t]) for t in top]})
 lens = pd.DataFrame(rows)
 lens.groupby("model", sort=False).tail(3)'''),
     ("md", """\
@@ -205,7 +209,7 @@ coef = sl.decompose(h, bases["output"], kind="paper")[0]
 top_coef = coef.topk(5).indices.tolist()
 top_lens = sl.logit_lens(teacher, h)[0].topk(5).indices.tolist()
 pd.DataFrame({"largest cosine coefficients (Eq. 1)": [pair.tokenizer.decode([i]) for i in top_coef],
-              "logit-lens top-5": [pair.tokenizer.decode([i]) for i in top_lens]})'''),
+              "logit-lens top-5 (norm recomputed)": [pair.tokenizer.decode([i]) for i in top_lens]})'''),
     ("md", """\
 ## The round trip, layer by layer
 
@@ -365,9 +369,9 @@ alignment), checks them against a permutation null, builds all three pairings an
            "entering block 0), then the output of each block."),
     ("code", '''\
 batch = sl.tokenize(pair.tokenizer, sl.humaneval_prompts(4 if FAST else 24), max_len=48 if FAST else 128)
-# [embeddings, block 0 output, ..., last block output] at the real tokens, each [n_tokens, d]; the
-# document-start token is dropped: its outlier state dominates linear CKA
-t_states, s_states = (sl.residual_stack(m, batch, drop_first=True) for m in (teacher, student))
+# [embeddings, block 0 output, ..., last block output] at the real tokens, [point, n_tokens, d] (TransformerLens's
+# accumulated_resid, tokens flattened); the document-start token is dropped: its outlier state dominates linear CKA
+t_states, s_states = (sl.accumulated_resid(m, batch, drop_first=True) for m in (teacher, student))
 t_labels, s_labels = sl.residual_labels(teacher.cfg.n_layers), sl.residual_labels(student.cfg.n_layers)
 print(f"{len(t_states)} teacher x {len(s_states)} student points, {len(t_states[0])} tokens")'''),
     ("md", """\
@@ -718,7 +722,7 @@ decompose → recompose on the full and on the restricted basis."""),
 t_shared, s_shared = sl.intersection_bases(teacher, student, pair.alignment)
 full = sl.SemanticBasis.from_model(teacher)
 batch = sl.tokenize(teacher.tokenizer, sl.humaneval_prompts(3 if FAST else 12), max_len=64 if FAST else 128)
-states = dict(enumerate(sl.residual_stack(teacher, batch, drop_first=True)))
+states = dict(enumerate(sl.accumulated_resid(teacher, batch, drop_first=True)))
 fid = sl.fidelity(states, {"full": full, "shared": t_shared}, teacher, metrics=("cosine", "top1"), progress=False)
 fid.pivot_table(index="layer", columns=["metric", "kind", "basis"], values="value").round(3).iloc[::2]"""),
     ("md", """\

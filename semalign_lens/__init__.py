@@ -5,8 +5,8 @@
     pair = sl.ModelPair.load("smollm2-135m", "stdlib-student")      # or sl.tiny_pair(seed=0), offline
     batch = sl.tokenize(pair.tokenizer, ["def add(a, b):\\n    return a + b\\n"])
     teacher = sl.capture(pair.teacher, batch, layers=range(pair.teacher.cfg.n_layers))
-    cka = sl.cka_matrix(sl.residual_stack(pair.teacher, batch, drop_first=True),
-                        sl.residual_stack(pair.student, batch, drop_first=True))
+    cka = sl.cka_matrix(sl.accumulated_resid(pair.teacher, batch, drop_first=True),
+                        sl.accumulated_resid(pair.student, batch, drop_first=True))
     pairing = sl.make_pairing("proportional", pair.teacher.cfg.n_layers, pair.student.cfg.n_layers)
     result = sl.align(sl.AlignConfig(), teacher=pair.teacher, student=pair.student, pairing=pairing)
     sl.evaluation.cross_entropy(result.student, ["def mul(a, b):\\n    return a * b\\n"], tokenizer=pair.tokenizer)
@@ -29,7 +29,7 @@ _API = {  # public name -> the module that defines it
     "load_model": "models", "save_model": "models", "ModelPair": "models", "describe": "models", "tiny_pair": "zoo.tiny",
     "tokenize": "data", "TokenBatch": "data",
     # looking inside
-    "capture": "activations", "Capture": "activations", "residual_stack": "activations",
+    "capture": "activations", "Capture": "activations", "accumulated_resid": "activations",
     "residual_norms": "overview", "residual_norm_figure": "overview", "humaneval_prompts": "overview",
     "SemanticBasis": "semantics", "TransferMap": "semantics", "decompose": "semantics", "logit_lens": "semantics",
     "fidelity": "semantics", "transfer_fidelity": "semantics", "condition_report": "semantics",
@@ -50,10 +50,14 @@ _API = {  # public name -> the module that defines it
 }
 _MODULES = ("attribution", "baselines", "benchmark", "evaluation", "objectives", "pairing", "plotting", "semantics",
             "similarity", "tasks", "training", "zoo")
-__all__ = sorted([*_API, *_MODULES])
+__all__ = sorted([*_API, *_MODULES, "__version__"])
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # the installed distribution's, so it cannot drift from pyproject.toml
+        from importlib.metadata import version
+
+        return version("semalign-lens")
     if name in _MODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _API:
@@ -98,7 +102,7 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
         training,
         zoo,
     )
-    from .activations import Capture, capture, residual_stack
+    from .activations import Capture, accumulated_resid, capture
     from .attribution import rank_agreement, rank_layers, top_layers
     from .baselines import run_method
     from .benchmark import RunProfile, build_task, shared_config

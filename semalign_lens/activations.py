@@ -25,9 +25,11 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import write_json_atomic
 from .checks import check_output_dir, require_hooked, require_int
 from .data import TokenBatch
-from .errors import SemalignError
+from .errors import SemalignError, writing
+from .paths import file_problem, file_record
 
 Point = Literal["resid_pre", "resid_post", "block_write"]
 POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
@@ -163,14 +165,23 @@ class Capture:
     def points(self) -> list[str]:
         return sorted({p for p, _ in self.acts})
 
-    def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
-        """All captured layers of `point` as [layer, n_tokens, d] (real positions only)."""
-        return torch.stack([self.tokens_of(point, layer) for layer in self.layers if (point, layer) in self.acts])
+    def _layers_of(self, point: str, below: int | None = None) -> list[int]:
+        layers = [layer for layer in self.layers if (point, layer) in self.acts and (below is None or layer < below)]
+        if not layers:
+            raise SemalignError(f"no {point!r} layer{'' if below is None else f' below {below}'} was captured; "
+                                f"captured: {sorted(self.acts)}")
+        return layers
 
-    def padded_stack(self, point: str) -> Float[torch.Tensor, "layer seq pos d"]:
-        """All captured layers of `point` as [layer, seq, pos, d], padding kept (TransformerLens's
-        `ActivationCache.stack_activation` shape); `stack` is the same without padding, [layer, n_tokens, d]."""
-        return torch.stack([self.get(point, layer) for layer in self.layers if (point, layer) in self.acts])
+    def stack_activation(self, point: str, layer: int | None = -1) -> Float[torch.Tensor, "layer seq pos d"]:
+        """The captured layers of `point` below `layer` (-1 or None: all) as [layer, seq, pos, d], padding kept:
+        TransformerLens's `ActivationCache.stack_activation`. Row i is the i-th such layer of `self.layers`, so
+        layer i when every layer was captured."""
+        below = None if layer is None or layer == -1 else layer
+        return torch.stack([self.get(point, x) for x in self._layers_of(point, below)])
+
+    def flat_stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        """`stack_activation` over real tokens only, [layer, n_tokens, d]: the rows of a CKA map or a fit."""
+        return torch.stack([self.tokens_of(point, x) for x in self._layers_of(point)])
 
     def __getitem__(self, key: tuple[str, int] | str) -> Float[torch.Tensor, "seq pos d"]:
         """`cap["resid_post", 3]`, or a hook name in TransformerLens's or the bridge's form
@@ -253,21 +264,28 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
         if shard_dir is not None:
             acts = residuals(model, part.tokens, points, layers)
             tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
-            save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
+            with writing(shard_dir / f"shard-{i:05d}.safetensors", "then capture again"):
+                save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
             continue
         rows = slice(row, row + len(part))
         residuals(model, part.tokens, points, layers, sink=write)
         row += len(part)
     name = getattr(model.cfg, "model_name", "")
     if shard_dir is not None:
-        index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts)}
-        (shard_dir / "index.json").write_text(json.dumps(index, indent=2))
+        index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts),
+                 "files": {f"shard-{i:05d}.safetensors": file_record(shard_dir / f"shard-{i:05d}.safetensors")
+                           for i in range(len(parts))}}
+        write_json_atomic(shard_dir / "index.json", index)
         return ShardedCapture(shard_dir)
     return Capture(out, batch.mask.clone(), model=str(name))
 
 
 class ShardedCapture:
-    """A capture on disk (one safetensors file per batch); loads one (point, layer) at a time."""
+    """A capture on disk (one safetensors file per batch); loads one (point, layer) at a time.
+
+    `index.json` records each shard's size and sha256: sizes are checked on opening, each shard's checksum
+    before it is first read, so a damaged shard is one error naming it, never garbage. (A capture written
+    before these records is read unchecked.)"""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -276,6 +294,14 @@ class ShardedCapture:
             raise SemalignError(f"{self.folder} has no index.json; it is not a semalign_lens capture directory")
         self.index = json.loads(index_path.read_text())
         self.files = [self.folder / f"shard-{i:05d}.safetensors" for i in range(self.index["shards"])]
+        for f in self.files:
+            self._check(f, checksum=False)
+
+    def _check(self, path: Path, checksum: bool = True) -> None:
+        record = self.index.get("files", {}).get(path.name)
+        if record is not None and (problem := file_problem(path, record, checksum)) is not None:
+            raise SemalignError(f"capture shard {path} is damaged ({problem}); capture again into an empty "
+                                "shard_dir")
 
     @property
     def layers(self) -> list[int]:
@@ -286,66 +312,84 @@ class ShardedCapture:
         key = f"{point}.{layer}"
         out = []
         for f in self.files:
+            self._check(f)
             shard = load_file(str(f))
             if key not in shard:
                 raise SemalignError(f"({point!r}, {layer}) was not captured in {self.folder}")
             out.append(shard[key][shard["mask"]])
         return torch.cat(out)
 
-    def stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+    def flat_stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        """Every layer of `point` as [layer, n_tokens, d] (`Capture.flat_stack`)."""
         return torch.stack([self.tokens_of(point, layer) for layer in self.layers])
 
 
-def residual_stack(model, batch: TokenBatch, *, drop_first: bool = False, batch_size: int = 16,
-                   progress: bool = False) -> list[Float[torch.Tensor, "n_tokens d"]]:
-    """[embeddings, block 0 output, ..., block L-1 output] at the real tokens of `batch`, each
-    [n_tokens, d] float32 on the CPU: the rows and columns of every CKA map.
+def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, return_labels: bool = False,
+                      drop_first: bool = False, batch_size: int = 16, progress: bool = False
+                      ) -> Float[torch.Tensor, "point n_tokens d"] | tuple[Float[torch.Tensor, "point n_tokens d"],
+                                                                             list[str]]:
+    """TransformerLens's `ActivationCache.accumulated_resid` at the real tokens of `batch`: one float32 CPU
+    tensor whose row i is the residual entering block i (row 0 the embeddings, row b + 1 the output of block b,
+    i.e. the package's layer b), for blocks up to `layer`; with `layer` None / -1 / n_layers the last row is
+    the final residual. `return_labels` adds TL's labels ("0_pre", ..., "final_post").
 
-    The one residual stack of the package (the pairing report, the trainer's diagnostics, the analysis
-    scripts and the notebooks read it). It runs on a TransformerBridge (its hooks) and on a plain HF causal
-    LM (`hf.capture`, e.g. the trainer's copies), without gradients. Tokens are flattened per sub-batch, so
-    padding never costs memory (HumanEval prompts vary from 50 to 400 tokens); row i of every entry is the
-    same token. `drop_first` leaves out each sequence's first token (the document start), whose state is the
-    same outlier on every layer and dominates linear CKA.
+    Unlike TL's [point, batch, pos, d], tokens are flattened ([point, n_tokens, d], row j of every point the
+    same token), so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens). `drop_first`
+    leaves out each sequence's first token (the document start), whose outlier state dominates linear CKA.
+    TL's `apply_ln` is `semantics.logit_lens` here (norm and head); resid_mid is not captured (no `incl_mid`).
+    Runs on a TransformerBridge (its hooks) and on a plain HF causal LM (`hf.capture`: the trainer's copies),
+    without gradients: the one residual stack the pairing report, the trainer, the analyses and notebooks read.
     """
     if not isinstance(batch, TokenBatch):
-        raise SemalignError(f"residual_stack needs a TokenBatch (semalign_lens.data.tokenize), got "
+        raise SemalignError(f"accumulated_resid needs a TokenBatch (semalign_lens.data.tokenize), got "
                             f"{type(batch).__name__}")
     bridge = hasattr(model, "run_with_hooks")
     if bridge:
-        layers = list(range(model.cfg.n_layers))
+        n_layers = model.cfg.n_layers
     else:
         from .hf import parts
 
-        layers = list(range(len(parts(model).layers)))
+        n_layers = len(parts(model).layers)
+    layer = n_layers if layer is None or layer == -1 else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
+        raise SemalignError(f"layer must be a block index in 0..{n_layers} (or None / -1: every block), got {layer!r}")
+    layers = list(range(layer))
+    keep = batch.mask.clone()
+    if drop_first:
+        keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+    if not keep.any():
+        raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
     device = next(iter(model.parameters()), torch.empty(0)).device
-    out: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
-    chunks = list(batch.split(batch_size))
+    out: torch.Tensor | None = None  # [point, n_tokens, d], allocated once d is known: no per-chunk copies
+    row = 0
+    chunks = list(TokenBatch(batch.tokens, keep).split(batch_size))
     was_training = model.training
     model.eval()  # dropout off: the stack is a measurement (a trainer's student is in train mode)
     try:
         for part in tqdm(chunks, desc="residual stack", disable=not progress or len(chunks) < 2, leave=False):
-            keep = part.mask.clone()
-            if drop_first:
-                keep[:, 0] = False  # right padding: position 0 is every sequence's first token
-            if not keep.any():
+            n = int(part.mask.sum())
+            if not n:
                 continue
             states = _stack_states(model, part.tokens.to(device), layers, bridge)
+            if out is None:
+                out = torch.empty(len(states), int(keep.sum()), states[0].shape[-1])
             for i, h in enumerate(states):
-                out[i].append(h[keep.to(h.device)].float().cpu())
+                out[i, row: row + n] = h[part.mask.to(h.device)].float().cpu()
+            row += n
     finally:
         model.train(was_training)
-    if not out[0]:
-        raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
-    return [torch.cat(chunks) for chunks in out]
+    labels = [f"{i}_pre" for i in range(layer + 1)]
+    if layer == n_layers:
+        labels[-1] = "final_post"
+    return (out, labels) if return_labels else out
 
 
 @torch.no_grad()
 def _stack_states(model, tokens: torch.Tensor, layers: list[int], bridge: bool) -> list[torch.Tensor]:
-    """[embeddings, every block's output] as [batch, pos, d] of one forward (two on a bridge: the embedding
-    pass stops at block 0)."""
+    """[embeddings, the output of each of `layers`] as [batch, pos, d] of one forward (two on a bridge: the
+    embedding pass stops at block 0)."""
     if bridge:
-        post = residuals(model, tokens, ["resid_post"], layers)
+        post = residuals(model, tokens, ["resid_post"], layers) if layers else {}
         pre = residuals(model, tokens, ["resid_pre"], [0])
         return [pre[("resid_pre", 0)]] + [post[("resid_post", layer)] for layer in layers]
     from .hf import capture

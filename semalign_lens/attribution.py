@@ -27,7 +27,8 @@ Methods (M = the task metric, by default the teacher-forced answer log-prob of t
   per prompt, as in Seeking's per-sample sum).
 - `laten` (LaTen's static log-prob increase, Tan et al. 2025; **adapted**): LaTen scores a module's output
   o against the residual r before it as log p(y|r+o) − log p(y|r), read through the final norm with the
-  *final* residual's scale and the LM head, at the last position for the last answer token. Here the module
+  *final* residual's scale and the LM head (the "cached" logit lens, TransformerLens's `apply_ln_to_stack`;
+  `semantics.logit_lens`), at the last position for the last answer token. Here the module
   is the whole block (o = block write, r = resid_pre), and the increase is summed over every answer token at
   the position that predicts it (teacher-forced, like the other methods).
 
@@ -471,44 +472,15 @@ def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n
 # ------------------------------------------------------------------------------- LaTen log-prob increase
 
 
-def frozen_readout(model, final: Float[torch.Tensor, "... d"]):
-    """x ↦ log-softmax logits of x read through the final norm with the *final* residual's statistics.
-
-    LaTen's readout: the norm's scale (and mean, for LayerNorm) comes from `final` (the last block's output
-    at the same position), so the readout is affine in x and a layer's increase is not distorted by its own
-    norm. The norm's type, gain, bias and eps come from `semantics.final_norm` (Gemma-style offsets included).
-    """
-    from .semantics import final_norm, unembedding
-
-    norm = final_norm(model)
-    centred = norm["norm"] == "layer"
-    final = final.float()
-    ref = final - final.mean(-1, keepdim=True) if centred else final
-    scale = (ref.pow(2).mean(-1, keepdim=True) + norm["eps"]).sqrt() if norm["norm"] != "none" else 1.0
-    w_u = unembedding(model).float()
-    b_u = getattr(model, "b_U", None)
-
-    def read(x):
-        x = x.float()
-        if centred:
-            x = x - x.mean(-1, keepdim=True)
-        x = x / scale
-        if norm["weight"] is not None:
-            x = x * norm["weight"].float()
-        if norm["bias"] is not None:
-            x = x + norm["bias"].float()
-        logits = x @ w_u
-        if isinstance(b_u, torch.Tensor):
-            logits = logits + b_u.detach().float()
-        return logits.log_softmax(-1)
-
-    return read
-
-
 def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
                      progress: bool = True) -> pd.DataFrame:
-    """`laten` rows: Σ over answer tokens of log p(y | resid_post_l) − log p(y | resid_pre_l), frozen readout."""
+    """`laten` rows: Σ over answer tokens of log p(y | resid_post_l) − log p(y | resid_pre_l), read by the
+    "cached" logit lens (`semantics.logit_lens` with the final residual's norm scale, TransformerLens's
+    `apply_ln_to_stack`): affine in the state, so a block's increase is not distorted by its own norm."""
+    from .semantics import Readout
+
     require_eval(model, "log-prob increase")
+    head = Readout.from_model(model)
     _check_batch(model, batch, "logprob")
     rows = []
     for sub in _progress(_subs(batch, batch_size), "laten", progress):
@@ -516,14 +488,13 @@ def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: in
         pos = sub.answer_pos.to(stream[0].device)
         b_idx = torch.arange(len(sub), device=pos.device)[:, None]
         at = torch.stack([s[b_idx, pos] for s in stream])  # [layer+1, batch, ans, d]
-        read = frozen_readout(model, at[-1])
         with torch.no_grad():
             tok = sub.answer_tokens.to(pos.device)[None, ..., None].expand(at.shape[0], -1, -1, 1)
-            logp = torch.stack([read(a) for a in at]).gather(-1, tok)[..., 0]  # [layer+1, batch, ans]
+            logp = head(at, final=at[-1]).log_softmax(-1).gather(-1, tok)[..., 0]  # [layer+1, batch, ans]
         inc = (logp[1:] - logp[:-1]) * sub.answer_mask.to(logp.device)
         rows.append(inc.sum(-1).T.cpu())
     return summarise("laten", model_name(model), torch.cat(rows).double().numpy(), n_boot=n_boot, seed=seed,
-                     metric="logprob", unit="log-prob increase (frozen final norm)")
+                     metric="logprob", unit="log-prob increase (cached logit lens)")
 
 
 # ------------------------------------------------------------------------------------------- all of them

@@ -1,8 +1,10 @@
 """Atomic training checkpoints: safetensors for tensors, JSON for everything else. Never pickle.
 
 A checkpoint is a directory `step-000123/` holding `model.safetensors`, `optimizer.safetensors` and
-`state.json`. It is written under a temporary name and renamed into place, and `latest.json` is replaced
-atomically afterwards, so a kill at any moment leaves the previous checkpoint intact and pointed to.
+`state.json`. It is written under a temporary name, its files and folder are flushed to disk (fsync), it is
+renamed into place, and only then is `latest.json` replaced atomically, so a kill, a Ctrl-C, a full disk or a
+power loss at any moment leaves the previous checkpoint intact and pointed to (a half-written checkpoint is
+removed, and a refused write is one line naming it: `errors.writing`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,35 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .errors import SemalignError
+from .errors import SemalignError, writing
 
 LATEST = "latest.json"
+RESUMES = "then rerun the same command: it resumes from the last complete checkpoint"
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (what makes a rename durable), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace `path` whole or not at all, durably; a refused write is one line naming `path`."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=2, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_path(path.parent)
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -63,23 +82,30 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     """Write checkpoint `step` atomically and prune all but the newest `keep`."""
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    extra = dict(rng_state())
-    meta = {}
-    if optimizer is not None:
-        opt_tensors, meta = optimizer_to_tensors(optimizer)
-        extra.update({f"opt.{k}": v for k, v in opt_tensors.items()})
-    save_file(extra, str(tmp / "optimizer.safetensors"))
-    with open(tmp / "state.json", "w") as f:
-        json.dump({"step": step, "optimizer": meta, **state}, f, indent=2, default=str)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        with writing(final, RESUMES):
+            tmp.mkdir(parents=True)
+            save_model(model, str(tmp / "model.safetensors"))
+            extra = dict(rng_state())
+            meta = {}
+            if optimizer is not None:
+                opt_tensors, meta = optimizer_to_tensors(optimizer)
+                extra.update({f"opt.{k}": v for k, v in opt_tensors.items()})
+            save_file(extra, str(tmp / "optimizer.safetensors"))
+            with open(tmp / "state.json", "w") as f:
+                json.dump({"step": step, "optimizer": meta, **state}, f, indent=2, default=str)
+            for path in (*tmp.iterdir(), tmp):
+                fsync_path(path)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_path(ckpt_root)
+    except BaseException:  # a refused write or an interrupt: no half-written checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     write_json_atomic(run_dir / LATEST, {"step": step, "path": str(final.relative_to(run_dir))})
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -91,6 +117,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.exists():
         return None
     return Path(run_dir) / json.loads(pointer.read_text())["path"]
+
+
+def latest_step(run_dir: Path) -> int:
+    """The step of the last complete checkpoint (0: none), where a rerun of the same command resumes."""
+    pointer = Path(run_dir) / LATEST
+    return int(json.loads(pointer.read_text())["step"]) if pointer.exists() else 0
 
 
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:

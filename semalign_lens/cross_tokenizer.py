@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from .activations import residual_stack
+from .activations import accumulated_resid
 from .data import tokenize
 from .errors import SemalignError
 from .vocab_alignment import aligned_positions
@@ -25,8 +25,8 @@ from .vocab_alignment import aligned_positions
 class AlignedStacks:
     """[embeddings, block outputs...] of both models at the aligned positions of `texts`, row for row."""
 
-    teacher: list[Float[torch.Tensor, "n d_t"]]
-    student: list[Float[torch.Tensor, "n d_s"]]
+    teacher: Float[torch.Tensor, "point n d_t"]
+    student: Float[torch.Tensor, "point n d_s"]
     n_teacher_positions: int
     n_student_positions: int
 
@@ -42,11 +42,11 @@ class AlignedStacks:
 
 def _rows(model, texts: Sequence[str], positions: list[torch.Tensor], batch_size: int, progress: bool):
     batch = tokenize(model.tokenizer, list(texts))
-    stack = residual_stack(model, batch, batch_size=batch_size, progress=progress)
+    stack = accumulated_resid(model, batch, batch_size=batch_size, progress=progress)
     lengths = batch.mask.sum(1).tolist()
     starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
     rows = torch.cat([start + 1 + pos for start, pos in zip(starts.tolist(), positions, strict=True)])
-    return [layer[rows] for layer in stack]
+    return stack[:, rows]
 
 
 def aligned_stacks(teacher, student, texts: Sequence[str], *, batch_size: int = 8,

@@ -1,9 +1,9 @@
 """Tokenised batches with padding masks: the one way text enters every stage.
 
-Convention (shared by teacher and student, which share a tokenizer): each text is tokenised without the
-tokenizer's own special tokens and prefixed with the document-start token `<|endoftext|>`, the separator
-the embedded student was pretrained with. Batches are padded on the **right**; with causal attention, real
-positions never see padding, so no attention mask is needed in the forward pass and the mask only selects
+Document boundaries come from the tokenizer, by one rule (`document_start`) that every stage uses: each text
+is tokenised without the tokenizer's own special tokens and prefixed once with its document-start token, so a
+post-processor that adds BOS never adds it twice. Batches are padded on the **right**; with causal attention,
+real positions never see padding, so no attention mask is needed in the forward pass and the mask only selects
 positions afterwards.
 """
 
@@ -18,7 +18,10 @@ from jaxtyping import Bool, Int
 from .checks import require_int, require_tokenizer
 from .errors import SemalignError
 
-DOC_START = "<|endoftext|>"
+# The tokenizer_config.json key (read into `tokenizer.init_kwargs`, kept by save_pretrained) naming a model's own
+# document separator where its BOS/EOS say something else (SmolLM2-Instruct: chat markers; `<|endoftext|>` between
+# pretraining documents). Ours: no tokenizer standard names the separator a model was pretrained with.
+DOCUMENT_START_KEY = "document_start"
 
 
 @dataclass
@@ -55,12 +58,51 @@ class TokenBatch:
         return TokenBatch(self.tokens[index], self.mask[index])
 
 
-def doc_start_id(tokenizer) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(DOC_START)
-    if token_id is None or token_id == tokenizer.unk_token_id and DOC_START not in tokenizer.get_vocab():
-        raise SemalignError(f"the tokenizer has no {DOC_START!r} token; semalign_lens expects SmolLM2-style "
-                            "tokenizers (pass prepend_doc_start=False to tokenize without it)")
-    return int(token_id)
+def document_start(tokenizer) -> int | None:
+    """The id of the token that starts every document, or None: the one rule every stage follows.
+
+    In order: the token named by `tokenizer_config.json`'s `document_start` (`set_document_start`); the
+    tokenizer's own BOS (Llama, Gemma, Mistral; OPT's `</s>`); else its EOS, the separator its pretraining put
+    between documents (GPT-2's `<|endoftext|>`, ChatML's `<|im_end|>`); else nothing (`require_document_start`
+    refuses where documents must be separated)."""
+    tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
+    declared = (getattr(tokenizer, "init_kwargs", None) or {}).get(DOCUMENT_START_KEY)
+    if declared:
+        if declared not in tokenizer.get_vocab():
+            raise SemalignError(f"the tokenizer's {DOCUMENT_START_KEY} {declared!r} is not one of its tokens; set "
+                                f"{DOCUMENT_START_KEY} in tokenizer_config.json (or data.document_start) to a token of "
+                                "its vocabulary, e.g. its BOS or EOS")
+        return int(tokenizer.convert_tokens_to_ids(declared))
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
+def require_document_start(tokenizer, what: str = "documents") -> int:
+    """`document_start`, for a stage that packs several documents into one stream and must separate them."""
+    start = document_start(tokenizer)
+    if start is None:
+        raise SemalignError(f"the tokenizer has no BOS and no EOS token to separate {what}; name one of its tokens "
+                            f"as the separator: data.document_start = '<token>' in the align config, or "
+                            f'"{DOCUMENT_START_KEY}": "<token>" in the model\'s tokenizer_config.json')
+    return start
+
+
+def set_document_start(tokenizer, token: str | None) -> None:
+    """Declare `token` as the tokenizer's document start (None: back to its BOS/EOS); saved with it."""
+    tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
+    if token is None:
+        tokenizer.init_kwargs.pop(DOCUMENT_START_KEY, None)
+        return
+    if token not in tokenizer.get_vocab():
+        raise SemalignError(f"document start {token!r} is not a token of this tokenizer; name one of its tokens "
+                            f"(its BOS is {tokenizer.bos_token!r}, its EOS {tokenizer.eos_token!r})")
+    tokenizer.init_kwargs[DOCUMENT_START_KEY] = token
+
+
+def with_document_start(ids: Sequence[int], start: int | None) -> list[int]:
+    return [start, *ids] if start is not None else list(ids)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
@@ -80,8 +122,8 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
     require_tokenizer(tokenizer)
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if prepend_doc_start:
-        start = doc_start_id(tokenizer)
-        ids = [[start, *seq] for seq in ids]
+        start = document_start(tokenizer)
+        ids = [with_document_start(seq, start) for seq in ids]
     if max_len is not None:
         ids = [seq[:max_len] for seq in ids]
     empty = [i for i, seq in enumerate(ids) if not seq]
@@ -98,7 +140,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int | None = None,
 
 
 def as_batch(data, tokenizer=None, max_len: int | None = 512) -> TokenBatch:
-    """Texts (tokenised with the document-start prefix), an int tensor of unpadded blocks, or a TokenBatch."""
+    """Texts (tokenised with the document start), an int tensor of unpadded blocks, or a TokenBatch."""
     if isinstance(data, TokenBatch):
         return data
     if torch.is_tensor(data):
@@ -124,11 +166,13 @@ def prompt_answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str
     """Tokenise prompt+answer jointly; the score mask marks tokens that end inside the answer.
 
     Joint tokenisation keeps the model's natural token boundaries; a token straddling the boundary counts
-    as answer (it is the first thing the model must produce). The document-start token comes first.
+    as answer (it is the first thing the model must produce); offsets, not token strings, decide it, so a
+    SentencePiece word-initial `▁` piece or byte-fallback pieces count like byte-level BPE tokens. The
+    document-start token (`document_start`) comes first.
     """
     if len(prompts) != len(answers) or not prompts:
         raise SemalignError(f"need one answer per prompt (got {len(prompts)} prompts, {len(answers)} answers)")
-    start = doc_start_id(tokenizer)
+    start = document_start(tokenizer)
     texts = [p + a for p, a in zip(prompts, answers, strict=True)]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     rows, answer_rows = [], []
@@ -137,8 +181,8 @@ def prompt_answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str
         is_answer = [end > cut for _, end in offsets]
         if not any(is_answer):
             raise SemalignError(f"item #{i}: the answer {answers[i]!r} tokenises to nothing; give a non-empty answer")
-        rows.append([start, *ids])
-        answer_rows.append([False, *is_answer])
+        rows.append(with_document_start(ids, start))
+        answer_rows.append([False, *is_answer] if start is not None else is_answer)
     if max_len is not None:
         over = [i for i, r in enumerate(rows) if len(r) > max_len]
         if over:

@@ -364,8 +364,10 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
     if not hasattr(hf_model, "get_output_embeddings") or hf_model.get_output_embeddings() is None:
         raise SemalignError(f"{label} has no LM head (unembedding); semalign_lens needs a causal LM")
     _name_architecture(hf_model, label)
+    roles = _special_roles(tokenizer)
     bridge = TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
                                                  device=device)
+    _restore_special_roles(bridge.tokenizer, roles)
     return _finish(bridge, mode, Provenance(source=label, kind=kind, path=path, weights_sha256=weights_hash,
                                             dtype=str(dtype).replace("torch.", ""), mode=mode))
 
@@ -390,6 +392,18 @@ def _name_architecture(hf_model, label: str) -> None:
                             f"has no adapter for {type(hf_model).__name__} (model_type {config.model_type!r}), so it "
                             "cannot be bridged; use a family it supports (`semalign info` on a model of it says "
                             "which stages run)") from None
+
+
+def _special_roles(tokenizer) -> dict[str, str | None]:
+    return {key: getattr(tokenizer, key, None) for key in ("bos_token", "eos_token")}
+
+
+def _restore_special_roles(tokenizer, roles: dict[str, str | None]) -> None:
+    """TransformerLens fills a missing BOS/EOS with the EOS or `<|endoftext|>`; the document start
+    (`data.document_start`) must be decided from the tokenizer the user brought, so its roles are put back."""
+    for key, value in roles.items():
+        if value is None and getattr(tokenizer, key, None) is not None:
+            setattr(tokenizer, key, None)
 
 
 def _finish(bridge, mode: str, provenance: Provenance):
@@ -448,8 +462,10 @@ def _load_native_dir(folder: Path, config: dict[str, Any], tokenizer, dtype: tor
                             f"transformer_lens_config is unreadable ({type(err).__name__}: {err}); re-save it with "
                             "semalign_lens.save_model(bridge, DIR)") from None
     cfg.init_weights = False  # the saved weights replace whatever an initialisation would draw
+    roles = _special_roles(tokenizer)
     bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=dtype, device=device,
                                            model_name=config.get("name_or_path") or str(folder))
+    _restore_special_roles(bridge.tokenizer, roles)
     saved = {}
     for path in sorted(folder.glob("*.safetensors")):
         saved.update(load_file(str(path)))
@@ -545,6 +561,60 @@ def trainer_problem(model, name: str, trained: bool = True) -> str | None:
     return None if problem is None else f"{name}: {problem}" if name not in problem else problem
 
 
+def _config_ids(config, key: str) -> list[int]:
+    value = getattr(config, key, None)
+    return [] if value is None else [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def tokenizer_problem(model, name: str) -> str | None:
+    """None when `model`'s tokenizer and config agree on the tokens every stage relies on, else the one-line
+    reason with the fix: a config special-token id outside the vocabulary; a document start that its config
+    contradicts (the tokenizer's BOS or EOS, where no `document_start` is declared); no document start at all
+    (nothing separates packed documents). `data.document_start` is the one rule these checks follow."""
+    from .data import DOCUMENT_START_KEY, document_start
+    from .hf import underlying_hf
+
+    tokenizer = model.tokenizer
+    config = getattr(underlying_hf(model), "config", None)
+    rows = model.cfg.d_vocab
+    fix = (f"declare the separator instead: data.document_start = '<token>' in the align config, or "
+           f'"{DOCUMENT_START_KEY}": "<token>" in its tokenizer_config.json')
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        bad = next((i for i in _config_ids(config, key) if not 0 <= i < rows), None)
+        if bad is not None:
+            return (f"{name}'s config.json sets {key} = {bad}, outside its vocabulary of {rows} tokens; set {key} "
+                    f"in config.json to a token id below {rows} (its tokenizer's is "
+                    f"{getattr(tokenizer, key, None)}) or remove it")
+    try:
+        start = document_start(tokenizer)
+    except SemalignError as err:
+        return f"{name}: {err}"
+    if start is None:
+        return (f"{name}'s tokenizer has no BOS and no EOS token, so nothing separates documents; {fix}")
+    if not (getattr(tokenizer, "init_kwargs", None) or {}).get(DOCUMENT_START_KEY):
+        key, role = ("bos_token_id", "BOS") if start == tokenizer.bos_token_id else ("eos_token_id", "EOS")
+        ids = _config_ids(config, key)
+        if ids and start not in ids:
+            token = tokenizer.convert_ids_to_tokens(start)
+            return (f"{name}'s tokenizer has {role} {token!r} (id {start}) but its config.json says {key} = "
+                    f"{ids[0] if len(ids) == 1 else ids}; make them agree (fix {key} in config.json or the "
+                    f"tokenizer's {role.lower()}_token), or {fix}")
+    return None
+
+
+def document_start_mismatch(teacher, student) -> str | None:
+    """A shared-vocabulary pair reads one token batch with both models: both must start documents alike."""
+    from .data import document_start
+
+    t, s = document_start(teacher.tokenizer), document_start(student.tokenizer)
+    if t == s:
+        return None
+    shown = [("nothing" if i is None else repr(m.tokenizer.convert_ids_to_tokens(i))) for i, m in
+             ((t, teacher), (s, student))]
+    return (f"teacher {model_name(teacher)} starts documents with {shown[0]} and student {model_name(student)} with "
+            f"{shown[1]}; declare one separator for both: data.document_start = '<token>' in the align config")
+
+
 def stage_readiness(teacher, student=None, teacher_name: str = "teacher", student_name: str = "student"
                     ) -> dict[str, str | None]:
     """Per stage of the pipeline: None when `teacher` (and `student`, when given) can run it, else the one-line
@@ -556,10 +626,11 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
     trainable = next((p for m, n in models if (p := trainer_problem(m, n, trained=m is models[-1][0]))), None)
     depth = None if student is None else depth_problem(teacher.cfg.n_layers, student.cfg.n_layers, teacher_name,
                                                        student_name)
-    analysis = None
+    tokens = next((p for m, n in models if (p := tokenizer_problem(m, n))), None)
+    analysis = tokens
     if student is not None:
         modes = {model_mode(teacher), model_mode(student)}
-        analysis = vocabulary_mismatch(teacher, student) or (
+        analysis = tokens or vocabulary_mismatch(teacher, student) or document_start_mismatch(teacher, student) or (
             None if len(modes) == 1 else f"loading modes differ (teacher {model_mode(teacher)}, student "
                                           f"{model_mode(student)}); load both the same way")
     train = analysis or trainable or depth
@@ -569,7 +640,7 @@ def stage_readiness(teacher, student=None, teacher_name: str = "teacher", studen
 
     out["LoRA on the family's default targets (else set schedule.lora_targets, or train full)"] = train or (
         lora_problem(skeleton(underlying_hf(models[-1][0])), models[-1][1]))
-    if student is not None and analysis is not None and len(modes) == 1:
+    if student is not None and analysis is not None and tokens is None and len(modes) == 1:
         cross = _intersection_problem(teacher, student, teacher_name, student_name)
         out["cross-tokenizer (vocab='intersection'): coverage, intersection basis, aligned positions, "
             "cross-vocabulary losses"] = cross
@@ -682,10 +753,15 @@ class ModelPair:
     def __post_init__(self) -> None:
         if self.vocab not in VOCAB_MODES:
             raise SemalignError(f"vocab must be one of {VOCAB_MODES}, got {self.vocab!r}")
+        for model, role in ((self.teacher, "teacher"), (self.student, "student")):
+            if (problem := tokenizer_problem(model, f"{role} {model_name(model)}")) is not None:
+                raise SemalignError(problem)
         problem = vocabulary_mismatch(self.teacher, self.student)
         if problem and self.vocab == "shared":
             raise SemalignError(problem + '; or pass vocab="intersection" to pair them through their shared '
                                 "token strings")
+        if self.vocab == "shared" and (problem := document_start_mismatch(self.teacher, self.student)):
+            raise SemalignError(problem)
         if self.vocab == "intersection":
             self.alignment = intersection_alignment(self.teacher, self.student)
         if model_mode(self.teacher) != model_mode(self.student):

@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .activations import parse_hook_name
 from .checks import check_output_file, read_utf8, require_hooked
 from .errors import SemalignError
 
@@ -64,6 +65,25 @@ def block_to_paper(b: int) -> int:
     if b < 0:
         raise SemalignError(f"block indices start at 0, got {b}")
     return b + 1
+
+
+def layer_of(value: int | float | str) -> int | float:
+    """A pairing layer given as a block index (returned as is) or as a residual hook name, the way SAELens-style
+    configs name layers: `blocks.b.hook_resid_post` is layer b, `blocks.b.hook_resid_pre` the same state as
+    block b − 1's output (TransformerLens's names; the bridge's hook_out / hook_in alike)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        point, block = parse_hook_name(value)
+    except SemalignError:
+        raise SemalignError(f"pairing layer {value!r} is neither a block index nor a residual hook name; use b, "
+                            "blocks.b.hook_resid_post or blocks.b.hook_resid_pre (= block b − 1's output), or the "
+                            "bridge's blocks.b.hook_out / hook_in") from None
+    layer = block if point == "resid_post" else block - 1
+    if layer < 0:
+        raise SemalignError(f"pairing layer {value!r} is the embeddings, which are never paired; pair a block's "
+                            "output (blocks.b.hook_resid_post, or blocks.b.hook_resid_pre with b >= 1)")
+    return layer
 
 
 # --------------------------------------------------------------------------------------------- data

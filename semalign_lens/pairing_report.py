@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .activations import residual_stack
+from .activations import accumulated_resid
 from .attribution import METHODS, rank_agreement, rank_layers
 from .checks import check_output_file, require_choices, require_hooked, require_int
 from .errors import SemalignError
@@ -219,6 +219,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     from .pairing import STRATEGIES, make_pairing
     from .patching_maps import MAPS, patching_maps
     from .plotting import agreement_heatmap, attribution_bars, layer_metric_bars, signed_heatmap
+    from .semantics import READOUTS
     from .similarity import cka_heatmap
     from .tasks import ALIGN, BUILTIN_TASKS, METRICS, load_task, tokenize_pairs
 
@@ -266,8 +267,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
 
     notes: list[str] = []
     if alignment is None:
-        t_states = residual_stack(teacher, cka_batch, drop_first=drop_first, progress=progress)
-        s_states = residual_stack(student, cka_batch, drop_first=drop_first, progress=progress)
+        t_states = accumulated_resid(teacher, cka_batch, drop_first=drop_first, progress=progress)
+        s_states = accumulated_resid(student, cka_batch, drop_first=drop_first, progress=progress)
     else:
         from .cross_tokenizer import aligned_stacks
 
@@ -343,8 +344,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     heading("Layer attribution (teacher)")
     report.add_markdown("Methods: `grad_x_act` is the paper's (gradient × activation on the block write, signed); "
                         "patching is normalised by the clean − corrupted gap; ablations are in metric units; "
-                        "`seeking` is Seeking's Σ|θ·∇θ| per block; `laten` is LaTen's log-prob increase with a "
-                        "frozen final norm (see `semalign_lens.attribution`).")
+                        "`seeking` is Seeking's Σ|θ·∇θ| per block; `laten` is LaTen's log-prob increase, read "
+                        "by the cached logit lens (the final residual's norm scale, TransformerLens's "
+                        "`apply_ln_to_stack`; see `semalign_lens.attribution`).")
     report.add_figure(attribution_bars(attribution, title=f"Teacher layer attribution ({t_name}, metric {metric})"),
                       caption="Score per teacher layer with 95% bootstrap CI; the top layer is outlined.",
                       name="attribution")
@@ -389,7 +391,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     report.add_markdown("Round trip: cos(h, recompose(decompose(h))) and top-1 agreement of the logit-lens "
                         "readouts, on each model's own basis, for the paired layers. Transfer: the teacher "
                         "target mapped to the student space and read by the student's head, against the "
-                        "teacher's own readout (kind `student` = the student's actual state, the baseline).")
+                        "teacher's own readout (kind `student` = the student's actual state, the baseline). "
+                        f"Readout: {READOUTS['recompute']}.")
     left_out = fid.attrs.get("left_out", [])
     if left_out:
         report.add_note(f"{len(left_out)} token id(s) left out of both semantic bases (first: {left_out[0]}): "
@@ -399,7 +402,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     report.add_figure(layer_metric_bars(top1.assign(series=top1["side"] + " / " + top1["kind"].astype(str)),
                                         x="layer", y="value", color="series", y_range=(0, 1),
                                         x_title="layer (teacher layer for teacher round trip, else student)",
-                                        y_title="top-1 agreement", title="Top-1 readout agreement"),
+                                        y_title="top-1 agreement",
+                                        title="Top-1 readout agreement (logit lens, final norm recomputed)"),
                       name="fidelity")
     wide = fid.pivot_table(index=["side", "layer", "kind"], columns="metric", values="value", sort=False)
     report.add_table(wide.reset_index(), caption="Fidelity per paired layer and basis variant")

@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 
 from .checks import check_output_file
-from .errors import SemalignError
+from .errors import SemalignError, writing
 from .models import package_versions
 
 PROVENANCE_PACKAGES = ("semalign-lens", "transformer-lens", "transformers", "torch", "safetensors", "plotly",
@@ -331,8 +331,12 @@ class Report:
         if png:
             self._export_pngs(Path(png_dir) if png_dir else path.with_name(path.stem + "_figures"))
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_html(), encoding="utf-8")
-        os.replace(tmp, path)
+        with writing(path):  # a refused write is one line naming the page; the previous page stays whole
+            try:
+                tmp.write_text(self.to_html(), encoding="utf-8")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return path
 
     def _export_pngs(self, folder: Path) -> None:

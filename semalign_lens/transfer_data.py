@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from .data import TokenBatch, as_batch, doc_start_id, evenly_spaced
+from .data import TokenBatch, as_batch, document_start, evenly_spaced, with_document_start
 from .errors import SemalignError
 from .zoo import corpus
 
@@ -66,13 +66,14 @@ def code_transfer_data(tokenizer, n_sequences: int, seq_len: int = 128,
 
     Source: the stdlib test files outside the evaluation slice (unseen by the student). Up to `per_file`
     evenly spaced chunks are cut from each file (diversity), files in hash order, each chunk starting with
-    `<|endoftext|>`. A larger `n_sequences` is a superset of a smaller one (for data-budget curves).
+    the tokenizer's document start (`data.document_start`). A larger `n_sequences` is a superset of a smaller one (for data-budget curves).
     """
     tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
     if n_sequences < 1 or seq_len < 2 or per_file < 1:
         raise SemalignError(f"need n_sequences >= 1, seq_len >= 2, per_file >= 1; got {n_sequences}, {seq_len}, "
                             f"{per_file}")
-    start = doc_start_id(tokenizer)
+    start = document_start(tokenizer)
+    body = seq_len - (start is not None)  # tokens of text per chunk, after the document start
     n_files = len(corpus.stdlib_test_split()[0])
     need = min(n_files, max(8, 2 * n_sequences // per_file + 8))
     while True:
@@ -80,9 +81,9 @@ def code_transfer_data(tokenizer, n_sequences: int, seq_len: int = 128,
         used = 0
         for ids in _tokenised_transfer_files(tokenizer, need):
             used += 1
-            n_chunks = len(ids) // (seq_len - 1)
+            n_chunks = len(ids) // body
             for c in evenly_spaced(n_chunks, per_file) if n_chunks else []:
-                chunks.append([start, *ids[c * (seq_len - 1): (c + 1) * (seq_len - 1)]])
+                chunks.append(with_document_start(ids[c * body: (c + 1) * body], start))
             if len(chunks) >= n_sequences:
                 break
         if len(chunks) >= n_sequences or need == n_files:

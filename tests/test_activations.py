@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semalign_lens.activations import ShardedCapture, capture, residuals
+from semalign_lens.activations import ShardedCapture, accumulated_resid, capture, residuals
 from semalign_lens.data import tokenize
 from semalign_lens.errors import SemalignError
 
@@ -79,7 +79,7 @@ def test_sharded_capture_matches_memory(tiny_pair, batch, tmp_path):
     mem = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2)
     disk = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2, shard_dir=tmp_path)
     assert isinstance(disk, ShardedCapture) and len(disk.files) == 2
-    torch.testing.assert_close(disk.stack("resid_post"), mem.stack("resid_post"))
+    torch.testing.assert_close(disk.flat_stack("resid_post"), mem.flat_stack("resid_post"))
 
 
 def test_results_are_float32_on_cpu(tiny_pair, batch):
@@ -103,19 +103,17 @@ def test_unknown_point(tiny_pair, batch):
         capture(tiny_pair.teacher, batch, [0], points=("resid_mid",))
 
 
-def test_residual_stack_matches_hf_hidden_states_on_a_bridge_and_a_plain_model(tiny_pair, tiny_hf, batch):
+def test_accumulated_resid_matches_hf_hidden_states_on_a_bridge_and_a_plain_model(tiny_pair, tiny_hf, batch):
     """The one residual stack: [embed, block 0 .. L-1] at the real tokens, the same on a bridge (its hooks) and
     on a plain HF model (forward hooks), against HF's own hidden states; `drop_first` drops position 0."""
-    from semalign_lens.activations import residual_stack
-
     teacher_hf = tiny_hf[0]
     n = teacher_hf.config.num_hidden_layers
     with torch.no_grad():
         hidden = teacher_hf(input_ids=batch.tokens, output_hidden_states=True).hidden_states
     keep = batch.mask.clone()
     keep[:, 0] = False
-    bridge = residual_stack(tiny_pair.teacher, batch, drop_first=True, batch_size=2)
-    plain = residual_stack(teacher_hf, batch, drop_first=True, batch_size=2)
+    bridge = accumulated_resid(tiny_pair.teacher, batch, drop_first=True, batch_size=2)
+    plain = accumulated_resid(teacher_hf, batch, drop_first=True, batch_size=2)
     assert len(bridge) == len(plain) == n + 1
     for i in range(n):  # HF's last hidden state is after the final norm
         torch.testing.assert_close(bridge[i], hidden[i][keep])
@@ -123,13 +121,28 @@ def test_residual_stack_matches_hf_hidden_states_on_a_bridge_and_a_plain_model(t
     torch.testing.assert_close(plain[n], bridge[n])
     assert bridge[0].shape == (int(keep.sum()), teacher_hf.config.hidden_size)
     with pytest.raises(SemalignError, match="no real token"):
-        residual_stack(teacher_hf, type(batch)(batch.tokens[:, :1], batch.mask[:, :1]), drop_first=True)
+        accumulated_resid(teacher_hf, type(batch)(batch.tokens[:, :1], batch.mask[:, :1]), drop_first=True)
+
+
+def test_accumulated_resid_is_transformer_lens_accumulated_resid(tiny_pair, batch):
+    """The points and labels of TL's own `ActivationCache.accumulated_resid` over the bridge's `run_with_cache`,
+    at the real tokens (TL keeps [point, batch, pos, d]; ours flattens them), for every `layer` form."""
+    model = tiny_pair.teacher
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.tokens)
+    for layer in (None, 3, 0):
+        tl, tl_labels = cache.accumulated_resid(layer=layer, return_labels=True)
+        ours, labels = accumulated_resid(model, batch, layer=layer, return_labels=True, batch_size=2)
+        assert labels == tl_labels, layer
+        torch.testing.assert_close(ours, tl[:, batch.mask].float())
+    with pytest.raises(SemalignError, match=r"block index in 0\.\.6"):
+        accumulated_resid(model, batch, layer=7)
 
 
 def test_capture_speaks_transformer_lens(tiny_pair, batch):
-    """TL conventions: `cap["resid_post", 3]` and hook names in TL's or the bridge's form; a padded
-    [layer, seq, pos, d] stack beside the flattened one; an `ActivationCache` both ways, checked against the
-    bridge's own `run_with_cache`."""
+    """TL conventions: `cap["resid_post", 3]` and hook names in TL's or the bridge's form; `stack_activation`
+    as TL's own over the bridge's `run_with_cache`, beside the flattened `flat_stack`; an `ActivationCache`
+    both ways."""
     from transformer_lens.utilities import get_act_name
 
     from semalign_lens.activations import Capture
@@ -141,12 +154,13 @@ def test_capture_speaks_transformer_lens(tiny_pair, batch):
     assert cap["blocks.0.hook_resid_pre"] is cap.get("resid_pre", 0)
     with pytest.raises(SemalignError, match="not a residual hook name"):
         cap["blocks.0.attn.hook_z"]
-    padded, flat = cap.padded_stack("resid_post"), cap.stack("resid_post")
-    assert padded.shape == (4, *batch.tokens.shape, model.cfg.d_model)
-    torch.testing.assert_close(padded[:, batch.mask], flat)
-
     with torch.no_grad():
         _, tl_cache = model.run_with_cache(batch.tokens)
+    for ours, tl in ((cap.stack_activation("resid_post"), tl_cache.stack_activation("resid_post", 4)),  # captured 0..3
+                     (cap.stack_activation("resid_post", 2), tl_cache.stack_activation("resid_post", 2))):
+        assert ours.shape == tl.shape  # right padding: real positions do not depend on what follows
+        torch.testing.assert_close(ours[:, batch.mask], tl[:, batch.mask].float())
+    torch.testing.assert_close(cap.flat_stack("resid_post"), cap.stack_activation("resid_post")[:, batch.mask])
     cache = cap.to_activation_cache(model)
     for layer in range(4):  # right padding: real positions do not depend on what follows
         key = get_act_name("resid_post", layer)
@@ -155,14 +169,13 @@ def test_capture_speaks_transformer_lens(tiny_pair, batch):
     torch.testing.assert_close(back.tokens_of("resid_pre", 2), cap.tokens_of("resid_pre", 2))
 
 
-def test_residual_stack_measures_with_dropout_off_and_restores_the_mode():
+def test_accumulated_resid_measures_with_dropout_off_and_restores_the_mode():
     """A trainer's student is in train mode; GPT-2 has dropout 0.1: the stack is still deterministic."""
-    from semalign_lens.activations import residual_stack
     from semalign_lens.zoo.tiny import TinyArch, tiny_family_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     model = tiny_family_model("gpt2", TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64), len(tok), 0)
     model.train()
     batch = tokenize(tok, TEXTS)
-    first, second = residual_stack(model, batch), residual_stack(model, batch)
+    first, second = accumulated_resid(model, batch), accumulated_resid(model, batch)
     assert model.training and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

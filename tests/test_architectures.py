@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch
+from semalign_lens.data import TokenBatch, document_start, with_document_start
 from semalign_lens.errors import SemalignError
 from semalign_lens.hf import clean_copy
 from semalign_lens.models import ModelPair, load_model, stage_readiness
@@ -26,6 +26,8 @@ from semalign_lens.zoo.tiny import (
     FAMILIES,
     NATIVE_LAYOUTS,
     TinyArch,
+    family_tokenizer,
+    special_ids,
     tiny_family_model,
     tiny_native_bridge,
     tiny_tokenizer,
@@ -40,31 +42,40 @@ PAIRS = ([(f, f) for f in (*FAMILIES, *NATIVE_LAYOUTS)]
             ("zamba2", "llama")])  # Zamba-2 shares block weights: a teacher (frozen), never a student
 
 
-def _model(family: str, arch: TinyArch, seed: int):
-    """(bridge, reference forward: tokens -> logits) of one tiny model. An HF family's reference is the HF
-    model itself; a native layout's (no HF model behind it) is the bridge TransformerLens built."""
-    tok = tiny_tokenizer()
+def _model(family: str, arch: TinyArch, seed: int, tok=None):
+    """(bridge, reference forward: tokens -> logits) of one tiny model with `tok` (default: its family's own
+    tokenizer convention, `family_tokenizer`). An HF family's reference is the HF model itself; a native
+    layout's (no HF model behind it) is the bridge TransformerLens built."""
+    tok = tok if tok is not None else family_tokenizer(family)
     if family in NATIVE_LAYOUTS:
         bridge = load_model(tiny_native_bridge(family, arch, tok, seed))
         return bridge, lambda x: bridge(x)
-    hf = tiny_family_model(family, arch, len(tok), seed=seed)
+    hf = tiny_family_model(family, arch, len(tok), seed=seed, ids=special_ids(tok))
     return load_model(hf, tokenizer=tok, name=f"tiny-{family}"), lambda x: hf(input_ids=x, use_cache=False).logits
 
 
 def _pair(teacher_family: str, student_family: str):
-    (teacher, t_ref), (student, s_ref) = _model(teacher_family, TEACHER, 0), _model(student_family, STUDENT, 1)
+    """One tokenizer for both (a shared vocabulary): the teacher family's."""
+    tok = family_tokenizer(teacher_family)
+    (teacher, t_ref), (student, s_ref) = _model(teacher_family, TEACHER, 0, tok), _model(student_family, STUDENT, 1, tok)
     return ModelPair(teacher, student), t_ref, s_ref
 
 
-def _tokens(vocab: int) -> TokenBatch:
-    ids = torch.randint(1, vocab, (12, 12), generator=torch.Generator().manual_seed(0))
+TEXT = "def mean(values):\n    total = 0\n    for value in values:\n        total += value\n    return total / len(values)\n"
+
+
+def _tokens(tok) -> TokenBatch:
+    """12 blocks of the family tokenizer's own tokens of real text, each opened by its document start."""
+    body = tok(TEXT * 8, add_special_tokens=False)["input_ids"]
+    rows = [with_document_start(body[i * 11: (i + 1) * 11], document_start(tok)) for i in range(12)]
+    ids = torch.tensor(rows)
     return TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("teacher_family,student_family", PAIRS, ids=[f"{t}->{s}" for t, s in PAIRS])
 def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
     pair, t_ref, s_ref = _pair(teacher_family, student_family)
-    data = _tokens(len(pair.student.tokenizer))
+    data = _tokens(pair.student.tokenizer)
     for bridge, reference in ((pair.teacher, t_ref), (pair.student, s_ref)):
         with torch.no_grad():
             want = reference(data.tokens[:2])
@@ -183,9 +194,9 @@ def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_
     pair, _, _ = _pair("gpt_neox", "llama")
     plugin = SeekingPlugin(seed_sequences=4)
     tr = Trainer(_laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
-                 data=_tokens(len(pair.student.tokenizer)), plugins=[plugin])
+                 data=_tokens(pair.student.tokenizer), plugins=[plugin])
     stage = tr.stages[0]
-    x = _tokens(len(pair.student.tokenizer)).tokens[:2]
+    x = _tokens(pair.student.tokenizer).tokens[:2]
     with torch.no_grad():
         before = tr.student(input_ids=x).logits
     tr._open_stage(stage)
@@ -230,7 +241,7 @@ def test_laten_refuses_a_family_without_one_up_and_down_projection_in_one_line(t
     pair, _, _ = _pair("phi3", "phi3")  # fused gate_up_proj
     with pytest.raises(SemalignError, match=r"one up and one down projection; the teacher \(phi3\) has no such pair"):
         run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
-                   data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+                   data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
 
 
 @pytest.mark.parametrize("family,up,down", [("gpt2", "mlp.c_fc", "mlp.c_proj"),
@@ -246,7 +257,7 @@ def test_laten_changes_only_located_neurons_in_other_families(tmp_path, family, 
     pair, _, _ = _pair(family, family)
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
     result = run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
-                        data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+                        data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
     after = result.student.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith((f"{up}.weight", f"{down}.weight")) for k in changed), changed
@@ -281,7 +292,7 @@ def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, ca
 def test_every_analysis_stage_on_every_family(family):
     """Capture, the residual stack and CKA, semantic bases and all nine layer rankers, per family (teacher
     4 x 64): each runs and gives finite numbers; the stack's last entry equals the captured resid_post."""
-    from semalign_lens.activations import capture, residual_stack
+    from semalign_lens.activations import accumulated_resid, capture
     from semalign_lens.attribution import METHODS, rank_layers
     from semalign_lens.data import tokenize
     from semalign_lens.semantics import SemanticBasis, live_head_tokens
@@ -292,9 +303,9 @@ def test_every_analysis_stage_on_every_family(family):
     model, tok = pair.teacher, pair.teacher.tokenizer
     batch = tokenize(tok, ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n"])
     cap = capture(model, batch, range(TEACHER.n_layers), progress=False)
-    stack = residual_stack(model, batch)
+    stack = accumulated_resid(model, batch)
     torch.testing.assert_close(stack[-1], cap.tokens_of("resid_post", TEACHER.n_layers - 1))
-    cka = cka_matrix(stack, residual_stack(pair.student, batch))
+    cka = cka_matrix(stack, accumulated_resid(pair.student, batch))
     assert cka.shape == (TEACHER.n_layers + 1, STUDENT.n_layers + 1) and torch.isfinite(cka).all()
     keep, _ = live_head_tokens(pair.teacher, pair.student)
     assert torch.isfinite(SemanticBasis.from_model(model, tokens=keep).S).all()
@@ -317,7 +328,7 @@ def test_a_native_bridge_is_saved_inspected_trained_from_the_cli_and_read_back(t
     assert teacher is bridges[0] and teacher.provenance.kind == "bridge"
     assert teacher.provenance.source == f"tiny-native_gated-{TEACHER.n_layers}"
     dirs = [str(save_model(b, tmp_path / f"m{i}")) for i, b in enumerate(bridges)]
-    x = _tokens(len(tok)).tokens[:2]
+    x = _tokens(tok).tokens[:2]
     with torch.no_grad():
         torch.testing.assert_close(load_model(dirs[0])(x), teacher(x))
     assert main(["info", *dirs]) == 0
@@ -344,7 +355,7 @@ def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
     pair, _, _ = _pair("native", "native_gated")
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
     result = run_method(method, _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
-                        data=_tokens(len(pair.student.tokenizer)), run_dir=tmp_path / "r")
+                        data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
     after = result.student.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -373,7 +384,7 @@ def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
     cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
                                    "figures": False, "data.batch_size": 4})
     with pytest.raises(SemalignError, match=r"bridge for the teacher .* fails on a forward pass"):  # no load_model
-        Trainer(cfg, teacher=bridge, student=student, data=_tokens(len(tok)))
+        Trainer(cfg, teacher=bridge, student=student, data=_tokens(tok))
     assert not (tmp_path / "r").exists()
     handle.remove()
     ctrl = AutoConfig.for_model("ctrl", n_layer=2, n_embd=32, n_head=2, dff=64, vocab_size=len(tok))
@@ -397,7 +408,7 @@ def test_a_student_whose_blocks_share_weights_is_refused_up_front(tmp_path):
     cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
                                    "figures": False, "data.batch_size": 4, "schedule.adapter": "full"})
     with pytest.raises(SemalignError, match="the student tiny-zamba2: " + shared):
-        Trainer(cfg, teacher=teacher, student=student, data=_tokens(len(student.tokenizer)))
+        Trainer(cfg, teacher=teacher, student=student, data=_tokens(student.tokenizer))
     assert not (tmp_path / "r").exists()
 
 
@@ -408,5 +419,5 @@ def test_lora_targets_a_block_lacks_are_refused_before_training_naming_its_layer
                                    "schedule.lora_targets": ["c_attn"]})
     with pytest.raises(SemalignError, match=r"the student tiny-llama, block 0: LoRA target\(s\) \['c_attn'\] are not linear "
                                             r"layers of this block; its linear .* are \['down_proj'"):
-        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(len(pair.student.tokenizer)))
+        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(pair.student.tokenizer))
     assert not (tmp_path / "r").exists()

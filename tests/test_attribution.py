@@ -13,6 +13,7 @@ from semalign_lens import attribution as A
 from semalign_lens.activations import residuals
 from semalign_lens.errors import SemalignError
 from semalign_lens.models import load_model
+from semalign_lens.semantics import logit_lens
 from semalign_lens.tasks import PromptPair, Task, answer_logprob, fact_task, tokenize_pairs
 from semalign_lens.zoo.tiny import TinyArch, tiny_hf_model, tiny_tokenizer
 
@@ -123,8 +124,8 @@ def test_stream_block_write_matches_activations(tiny_pair, teacher_batch):
     ref = residuals(model, teacher_batch.clean.tokens, ["block_write"], range(model.cfg.n_layers))
     for layer in range(model.cfg.n_layers):
         torch.testing.assert_close(stream[layer + 1] - stream[layer], ref[("block_write", layer)])
-    read = A.frozen_readout(model, stream[-1])  # LaTen's readout of the final residual = the model's log-probs
-    torch.testing.assert_close(read(stream[-1]), logits.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    read = logit_lens(model, stream[-1], final=stream[-1])  # the final residual at its own scale: the model's output
+    torch.testing.assert_close(read.log_softmax(-1), logits.log_softmax(-1), atol=1e-5, rtol=1e-5)
 
 
 def test_engines_agree_with_transformer_lens_patching(tiny_pair, teacher_batch):
@@ -208,13 +209,15 @@ def test_seeking_counts_each_fused_weight_once(family):
 
 
 def test_laten_telescopes_to_final_minus_embedding(tiny_pair, teacher_batch):
-    """Σ_l [log p(y|post_l) − log p(y|pre_l)] = log p(y|final) − log p(y|embedding) (frozen final norm)."""
+    """Σ_l [log p(y|post_l) − log p(y|pre_l)] = log p(y|final) − log p(y|embedding), the embedding read by the
+    cached logit lens (the final residual's norm scale), as the frame's unit says."""
     model = tiny_pair.teacher
-    got = A.logprob_increase(model, teacher_batch, progress=False, n_boot=10)["score"].sum()
+    df = A.logprob_increase(model, teacher_batch, progress=False, n_boot=10)
+    got = df["score"].sum()
+    assert set(df.unit) == {"log-prob increase (cached logit lens)"}
     logits, stream = A._stream(model, teacher_batch.clean.tokens)
     final = answer_logprob(logits, teacher_batch)
-    read = A.frozen_readout(model, stream[-1])
-    embed = answer_logprob(read(stream[0]), teacher_batch)  # log-softmax is idempotent
+    embed = answer_logprob(logit_lens(model, stream[0], final=stream[-1]), teacher_batch)
     assert got == pytest.approx(float((final - embed).mean()), rel=1e-4)
 
 

@@ -120,6 +120,12 @@ def test_align_set_with_wrong_type_is_one_line_exit_2(tmp_path):
     assert_one_line_error(semalign(tmp_path, "align", "--set", "seed=abc"), "config: seed must be int, got 'abc'")
 
 
+def test_align_set_with_a_bad_hook_name_is_one_line_exit_2(tmp_path):
+    proc = semalign(tmp_path, "align", "--set", 'pairing.pairs=[["blocks.1.hook_attn_out", 3]]')
+    assert_one_line_error(proc, "pairing layer 'blocks.1.hook_attn_out' is neither a block index nor a residual "
+                                "hook name; use b, blocks.b.hook_resid_post")
+
+
 def test_pretrain_set_with_wrong_type_is_one_line_exit_2(tmp_path):
     proc = semalign(tmp_path, "zoo", "pretrain-student", "--set", "seed=abc", "--run-dir", str(tmp_path / "run"))
     assert_one_line_error(proc, f"{PRETRAIN_JSON}: seed must be int, got 'abc'")

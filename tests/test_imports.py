@@ -146,6 +146,16 @@ def test_the_face_resolves_every_public_name_to_its_definition():
         _ = sl.nothing_here
 
 
+def test_the_version_is_the_distributions():
+    """`sl.__version__` is the installed metadata's, which the build took from pyproject.toml."""
+    import tomllib
+
+    import semalign_lens as sl
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    assert sl.__version__ == project["version"] and "__version__" in dir(sl)
+
+
 def test_the_notebooks_use_only_the_face():
     source = (ROOT.parent / "notebooks" / "build_notebooks.py").read_text()
     assert "import semalign_lens as sl" in source

@@ -45,7 +45,7 @@ this package, because the trainer needs them too; they are re-exported here, so 
 
 from __future__ import annotations
 
-from ..data import DOC_START, as_batch, evenly_spaced, prompt_answer_batch
+from ..data import as_batch, document_start, evenly_spaced, prompt_answer_batch
 from ..tasks.facts import Fact, FactSet, load_facts
 from ..tasks.schema import load_texts_jsonl, read_jsonl
 from ..transfer_data import (
@@ -91,10 +91,10 @@ from .stats import gap_closed, mean_ci, paired_difference, summarize_seeds
 from .transfer_tasks import TransferTask, code_task, knowledge_task
 
 __all__ = [
-    "DOC_START", "EVAL_SETS", "HUMANEVAL_STOP", "STDLIB_TEST_EVAL_FRACTION", "EvalSet", "Fact", "FactSet",
+    "EVAL_SETS", "HUMANEVAL_STOP", "STDLIB_TEST_EVAL_FRACTION", "EvalSet", "Fact", "FactSet",
     "TransferTask", "answer_scores", "as_batch", "check_completion", "check_no_overlap", "code_task",
     "code_transfer_batch", "code_transfer_data", "code_transfer_texts", "compare_cross_entropy", "cross_entropy",
-    "decode_batch", "eval_set", "eval_sets", "evenly_spaced", "fact_eval_texts", "fact_scores",
+    "decode_batch", "document_start", "eval_set", "eval_sets", "evenly_spaced", "fact_eval_texts", "fact_scores",
     "fact_transfer_texts", "forward_logits", "gap_closed", "greedy_generate", "humaneval_pass_at_1",
     "humaneval_problem_ce", "humaneval_problems", "humaneval_solution_batch", "humaneval_solution_ce", "is_hf_model", "knowledge_task",
     "load_facts", "load_texts_jsonl", "mean_ci", "model_device", "model_tokenizer", "package_execution_enabled",

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Bool
 from tqdm.auto import tqdm
 
-from ..data import TokenBatch, as_batch, doc_start_id, evenly_spaced, tokenize
+from ..data import TokenBatch, as_batch, evenly_spaced, require_document_start, tokenize
 from ..errors import SemalignError
 from ..text_bytes import bits_per_byte, scored_bytes
 from ..zoo import corpus
@@ -45,7 +45,7 @@ class EvalSet:
 
 
 def _blocks_set(name: str, texts: list[str], tokenizer, max_tokens: int, max_len: int, meta: dict) -> EvalSet:
-    stream = corpus.text_stream(texts, tokenizer, doc_start_id(tokenizer))
+    stream = corpus.text_stream(texts, tokenizer, require_document_start(tokenizer, f"the documents of {name}"))
     blocks = corpus.blocks(stream, max_len)
     keep = evenly_spaced(len(blocks), max(1, max_tokens // max_len))
     batch = as_batch(blocks[keep], tokenizer)

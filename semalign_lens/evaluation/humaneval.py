@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import doc_start_id, evenly_spaced, prompt_answer_batch
+from ..data import document_start, evenly_spaced, prompt_answer_batch, with_document_start
 from ..errors import SemalignError
 from ..tasks.code import humaneval_problems
 from ..text_bytes import bits_per_byte, scored_bytes
@@ -143,7 +143,7 @@ def truncate_completion(text: str, stops: Sequence[str] = HUMANEVAL_STOP) -> str
 def greedy_generate(model, prompt: str, max_new_tokens: int, tokenizer=None) -> str:
     """Greedy continuation of `prompt` (text after the prompt), with a KV cache on HF and bridge models."""
     tok = model_tokenizer(model, tokenizer)
-    ids = torch.tensor([[doc_start_id(tok), *tok(prompt, add_special_tokens=False)["input_ids"]]])
+    ids = torch.tensor([with_document_start(tok(prompt, add_special_tokens=False)["input_ids"], document_start(tok))])
     with torch.no_grad():
         if is_hf_model(model):
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

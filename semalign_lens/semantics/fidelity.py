@@ -28,7 +28,7 @@ from .maps import TransferMap, decompose, roundtrip
 # ------------------------------------------------------------------------------------------ readout
 @dataclass(eq=False)
 class Readout:
-    """A model's logit-lens head as plain tensors: final norm (recomputed on each vector), then W_U + b_U.
+    """A model's logit-lens head as plain tensors: final norm, then W_U + b_U (`logit_lens` names the two readouts).
 
     The frozen, bridge-side twin of `objectives.LogitLens`, which holds the trainer's HF modules (so that
     gradients reach a trainable head and the Fisher loss can fuse the head matmul); the two read the same
@@ -61,12 +61,12 @@ class Readout:
         return Readout(W_U=self.W_U[:, ids], b_U=None if self.b_U is None else self.b_U[ids], norm=self.norm,
                        weight=self.weight, bias=self.bias, eps=self.eps, name=self.name)
 
-    def __call__(self, h: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
-        x = h.to(self.W_U.dtype)
-        if self.norm == "layer":
-            x = x - x.mean(-1, keepdim=True)
+    def __call__(self, h: Float[Tensor, "... d"], final: Float[Tensor, "... d"] | None = None
+                 ) -> Float[Tensor, "... vocab"]:
+        x = self._centred(h)
         if self.norm in ("rms", "layer"):
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            ref = x if final is None else self._centred(final)
+            x = x * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
             x = x * self.weight
         if self.bias is not None:
@@ -74,14 +74,34 @@ class Readout:
         logits = x @ self.W_U
         return logits if self.b_U is None else logits + self.b_U
 
+    def _centred(self, h: Tensor) -> Tensor:
+        x = h.to(self.W_U.dtype)
+        return x - x.mean(-1, keepdim=True) if self.norm == "layer" else x
 
-def logit_lens(model_or_readout, h: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
-    """Logit-lens readout of residual states: the model's final norm recomputed on h, then its head."""
+
+# The two logit-lens readouts, by the label each analysis reports (TransformerLens's meaning of each).
+READOUTS = {
+    "recompute": "final norm recomputed on each state (TransformerLens: logit_lens, accumulated_resid(apply_ln=True))",
+    "cached": "final norm at the final residual's scale (TransformerLens: apply_ln_to_stack, ln_final.hook_scale)",
+}
+
+
+def logit_lens(model_or_readout, h: Float[Tensor, "... d"], *, final: Float[Tensor, "... d"] | None = None
+               ) -> Float[Tensor, "... vocab"]:
+    """Logits of residual states `h` read through the model's final norm and head (`READOUTS`).
+
+    Without `final` ("recompute"), the norm's scale is recomputed on each state: each is read as if it were
+    the last block's output. With `final` ("cached"), the last block's output at the same positions
+    (broadcastable to h), the norm divides by final's scale, which is TransformerLens's cached
+    `ln_final.hook_scale` (`apply_ln_to_stack`): the readout is then affine in h, so the parts of a residual
+    sum read as parts of the model's own logits (LaTen's attribution).
+    """
     readout = model_or_readout if isinstance(model_or_readout, Readout) else Readout.from_model(model_or_readout)
-    if h.shape[-1] != readout.d_model:
-        raise SemalignError(f"states have width {h.shape[-1]}, but {readout.name or 'the readout'} reads d_model="
+    wide = [t.shape[-1] for t in (h, final) if t is not None and t.shape[-1] != readout.d_model]
+    if wide:
+        raise SemalignError(f"states have width {wide[0]}, but {readout.name or 'the readout'} reads d_model="
                             f"{readout.d_model}; read each model's states with its own head")
-    return readout(h)
+    return readout(h, final)
 
 
 # ------------------------------------------------------------------------------------------ fidelity
@@ -143,10 +163,14 @@ def _reference(logits: Tensor, top_k: int) -> dict[str, Tensor]:
     return {"p": p, "neg_entropy": torch.linalg.vecdot(p, logp), "top": logits.topk(top_k, dim=-1).indices}
 
 
+COLUMNS = ["model", "layer", "basis", "kind", "metric", "value", "n", "readout"]
+
+
 def _rows(out: list, common: dict, values: dict[str, float], metrics: Iterable[str], n: int) -> None:
     for metric, value in values.items():
-        if metric in metrics:
-            out.append({**common, "metric": metric, "value": value, "n": n})
+        if metric in metrics:  # every readout here is "recompute": states of any layer, read as the final one
+            readout = None if metric.startswith("cosine") else "recompute"
+            out.append({**common, "metric": metric, "value": value, "n": n, "readout": readout})
 
 
 def fidelity(states, bases, readout=None, kinds: Sequence[str] = KINDS, *,
@@ -160,7 +184,8 @@ def fidelity(states, bases, readout=None, kinds: Sequence[str] = KINDS, *,
     cosine / cosine_min — mean / min of cos(h, r); top1 — the logit-lens readouts of h and r have the same
     argmax; top{k} — mean overlap of their top-k sets, / k; kl — mean KL(readout(h) ‖ readout(r)) in nats;
     coef_top1 (optional) — the argmax of the coefficients themselves is the readout's argmax.
-    Columns: model, layer, basis, kind, metric, value, n.
+    Columns: model, layer, basis, kind, metric, value, n, readout — the logit lens of the row's metric
+    ("recompute", `READOUTS`: a state has no final residual of its own; None for the cosines, which read none).
     """
     import pandas as pd
 
@@ -204,7 +229,7 @@ def fidelity(states, bases, readout=None, kinds: Sequence[str] = KINDS, *,
                     st.add_coefficients(ref, decompose(H[rows], bases[label], kind))
         for (label, kind), st in stats.items():
             _rows(out, {**common, "basis": label, "kind": kind}, st.values(), metrics, H.shape[0])
-    return pd.DataFrame(out, columns=["model", "layer", "basis", "kind", "metric", "value", "n"])
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def transfer_fidelity(teacher_states, maps, teacher_readout, student_readout, *, student_states=None,
@@ -214,7 +239,8 @@ def transfer_fidelity(teacher_states, maps, teacher_readout, student_readout, *,
     For each layer and map: top1 / top{k} agreement and KL(teacher readout(h_T) ‖ student readout(M h_T)).
     With `student_states` ({layer: [n, d_S]}, the paired student layer on the same tokens) two baselines are
     added: kind "student" (the student's own readout against the teacher's) and metric `cosine_to_student`
-    (cos between the mapped target and the actual student state). Same long-form columns as `fidelity`.
+    (cos between the mapped target and the actual student state). Same long-form columns as `fidelity`
+    (readout "recompute").
     """
     import pandas as pd
 
@@ -262,6 +288,6 @@ def transfer_fidelity(teacher_states, maps, teacher_readout, student_readout, *,
             _rows(out, {**common, "kind": label}, values, wanted, H.shape[0])
         if HS is not None:
             _rows(out, {**common, "kind": "student"}, own.values(), wanted, H.shape[0])
-    return pd.DataFrame(out, columns=["model", "layer", "basis", "kind", "metric", "value", "n"])
+    return pd.DataFrame(out, columns=COLUMNS)
 
 

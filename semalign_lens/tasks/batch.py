@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from ..checks import require_tokenizer
-from ..data import TokenBatch, doc_start_id
+from ..data import TokenBatch, document_start, with_document_start
 from ..errors import SemalignError
 from .schema import PromptPair, Task
 
@@ -121,7 +121,7 @@ def tokenize_pairs(tokenizer, task: Task | Sequence[PromptPair], *, align: str =
     pairs = list(task)
     if not pairs:
         raise SemalignError("no prompt pairs to tokenise; give the task at least one pair")
-    start = [doc_start_id(tokenizer)] if prepend_doc_start else []
+    start = with_document_start([], document_start(tokenizer) if prepend_doc_start else None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (start[0] if start else 0)
     lead_token = start[0] if start else pad
     rows, kept, dropped, n_padded = [], [], [], 0

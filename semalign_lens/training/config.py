@@ -39,6 +39,8 @@ class DataConfig:
     n_sequences: int = setting(512, doc="training blocks")
     batch_size: int = setting(8, doc="global batch: split over processes under `accelerate launch`")
     diag_sequences: int = setting(8, doc="held-out blocks for diagnostics (CKA, projections), never trained on")
+    document_start: str | None = setting(None, doc="the token that starts each document (unset: the tokenizer's "
+                                                   "declared document_start, else its BOS, else its EOS)")
 
     def validate(self) -> None:
         require_positive(self, "seq_len", "n_sequences", "batch_size", "diag_sequences")
@@ -48,8 +50,9 @@ class DataConfig:
 class PairingConfig:
     """Which teacher depth supervises which student layer (0-based block indices, resid_post; pairing.py).
 
-    In order of precedence: `pairs` — explicit rows [student_layer, teacher_low, teacher_high, weight]
-    (target = (1-w)·h_T[low] + w·h_T[high]); `path` — a saved `LayerPairing` JSON (e.g. an attribution
+    A layer may also be a TransformerLens hook name: `blocks.3.hook_resid_post` is layer 3, and
+    `blocks.3.hook_resid_pre` layer 2 (the same state). In order of precedence: `pairs` — explicit rows
+    [student_layer, teacher_low, teacher_high, weight] (target = (1-w)·h_T[low] + w·h_T[high]); `path` — a saved `LayerPairing` JSON (e.g. an attribution
     pairing from `pairing.make_pairing("attribution", scores=...)`); else `strategy`: `proportional` (the
     paper's depth rule, interpolated when the depth ratio is not an integer and `interpolate`) or `cka` (the
     monotone path of highest teacher x student CKA on the diagnostic batch). `student_layers` restricts the
@@ -57,13 +60,18 @@ class PairingConfig:
     """
 
     strategy: str = setting("proportional", doc="proportional (the paper's depth rule) or cka")
-    student_layers: list[int] | None = setting(None, doc="pair only these student layers (unset: all)")
+    student_layers: list[int | str] | None = setting(None, doc="pair only these student layers (unset: all)")
     interpolate: bool = setting(True, doc="blend two teacher layers when the depth ratio is not whole")
     path: str | None = setting(None, doc="a saved LayerPairing JSON (over strategy)")
-    pairs: list[list[float]] | None = setting(None, doc="rows [student, teacher_low, teacher_high, weight] "
-                                                        "(over path)")
+    pairs: list[list[float | str]] | None = setting(None, doc="rows [student, teacher_low, teacher_high, weight] or "
+                                                              "[student, teacher] (over path); a layer is a block "
+                                                              "index or a hook name, e.g. blocks.3.hook_resid_post")
 
     def validate(self) -> None:
+        from ..pairing import layer_of
+
+        for value in [v for row in self.pairs or [] for v in row[:3]] + list(self.student_layers or []):
+            layer_of(value)  # a bad hook name fails here, when the config is read
         if self.strategy not in ("proportional", "cka"):
             raise SemalignError(f"pairing.strategy must be 'proportional' or 'cka', got {self.strategy!r}; for an "
                                 "attribution pairing build it with semalign_lens.pairing.make_pairing('attribution', "

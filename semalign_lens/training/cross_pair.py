@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Int
 
+from ..data import document_start
 from ..errors import SemalignError
 from ..text_bytes import token_bytes
 from ..vocab_alignment import align_token_ends, char_boundaries, ends_in_text
@@ -103,6 +104,8 @@ def _teacher_row(ids: list[int], s_pieces, teacher_tokenizer, specials: dict[int
 
 
 def _special_map(student_tokenizer, teacher_tokenizer, s_pieces) -> dict[int, int]:
+    """Each student special token -> the teacher's token of that name (-1: none), the document start -> the
+    teacher's document start."""
     t_vocab = teacher_tokenizer.get_vocab()
     s_names = {i: t for t, i in student_tokenizer.get_vocab().items()}
     out = {}
@@ -110,6 +113,10 @@ def _special_map(student_tokenizer, teacher_tokenizer, s_pieces) -> dict[int, in
         if piece is None and i in s_names:
             name = s_names[i]
             out[i] = t_vocab.get(name, -1)
+    # a document starts with each model's own start token, whatever their names (Llama's <s>, GPT-2's <|endoftext|>)
+    s_start, t_start = document_start(student_tokenizer), document_start(teacher_tokenizer)
+    if s_start is not None and t_start is not None:
+        out[s_start] = t_start
     return out
 
 

@@ -4,7 +4,7 @@ Sources: `code-transfer` is the project's code transfer set (`transfer_data.code
 standard library's test files outside the evaluation slice, unseen by the shipped student), so alignment
 runs and the transfer benchmark train on the same sequences. Any other source (`stdlib`, a directory, a
 .txt/.jsonl file) is read file by file in a fixed pseudo-random order (a hash of each path), joined into one
-token stream with `<|endoftext|>` before each document (the convention of `semalign_lens.data`), and cut
+token stream with the tokenizer's document start before each document (`data.document_start`), and cut
 into fixed-length blocks. Either way there is no padding, so every process of a multi-process run sees the
 same number of real tokens. The last `diag_sequences` blocks are held out for diagnostics.
 
@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from ..checks import read_utf8
-from ..data import DOC_START, TokenBatch
+from ..data import TokenBatch, require_document_start
 from ..errors import SemalignError
 from ..semantics.basis import tensor_hash
 from ..transfer_data import code_transfer_data
@@ -145,10 +145,7 @@ def build_data(cfg: DataConfig, tokenizer) -> AlignData:
         blocks = code_transfer_data(tokenizer, cfg.n_sequences + cfg.diag_sequences, cfg.seq_len)[0].tokens
         return _split(blocks, cfg, cfg.source)
     need = (cfg.n_sequences + cfg.diag_sequences) * cfg.seq_len
-    start = tokenizer.convert_tokens_to_ids(DOC_START)
-    if start is None or DOC_START not in tokenizer.get_vocab():
-        raise SemalignError(f"the tokenizer has no {DOC_START!r} token to separate documents; pass token batches "
-                            "through the Python API instead")
+    start = require_document_start(tokenizer, f"the documents of data.source {cfg.source!r}")
     stream: list[int] = []
     for path in source_files(cfg.source):
         for text in _documents(path, strict=cfg.source != "stdlib"):

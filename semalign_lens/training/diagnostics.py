@@ -51,9 +51,8 @@ def projection_metrics(state: Float[torch.Tensor, "b t d"], target: Float[torch.
     return out
 
 
-def cka_grid(teacher_stack: list[torch.Tensor], student_stack: list[torch.Tensor]
-             ) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Linear CKA [teacher points, student points] of two `activations.residual_stack`s of the same tokens,
+def cka_grid(teacher_stack: torch.Tensor, student_stack: torch.Tensor) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Linear CKA [teacher points, student points] of two `activations.accumulated_resid`s of the same tokens,
     with their labels ("embed", then the blocks "0".."L-1")."""
     from ..similarity import cka_matrix
 

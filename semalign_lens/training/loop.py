@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import residual_stack
+from ..activations import accumulated_resid
 from ..architectures import lora_problem
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
 from ..checks import require_int
-from ..data import TokenBatch
-from ..errors import SemalignError, run_reporting_errors
+from ..data import TokenBatch, set_document_start
+from ..errors import Interrupted, SemalignError, run_reporting_errors, writing
 from ..hf import (
     block_states,
     capture,
@@ -52,6 +53,7 @@ from ..lora import save_lora
 from ..objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from ..pairing import LayerPair
 from ..precision import autocast, precision_record, resolve_precision
+from ..runlock import refuse_if_locked, run_lock
 from .config import AlignConfig, config_diff, load_align_config
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
@@ -174,6 +176,8 @@ class Trainer:
             raise SemalignError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} "
                                 "processes; choose a multiple of the process count")
         self.run_dir = Path(run_dir or cfg.run_dir)
+        if self.main:  # another process training in run_dir: refused before anything loads (run() takes the lock)
+            refuse_if_locked(self.run_dir, "run_dir")
         self.objectives: list[tuple[str, Objective, float, dict]] = [
             (name, get_objective(name), float(w), get_objective(name).options(cfg.objective.options.get(name)))
             for name, w in cfg.objective.terms.items()]
@@ -186,6 +190,9 @@ class Trainer:
         teacher = teacher if teacher is not None else load_model(cfg.teacher)
         student = student if student is not None else load_model(cfg.student)
         self.cross = cfg.vocab == "intersection"
+        if cfg.data.document_start is not None:  # declared on the tokenizers, so the saved student keeps it
+            for model in (student,) if self.cross else (student, teacher):
+                set_document_start(model.tokenizer, cfg.data.document_start)
         if not self.cross and (problem := vocabulary_mismatch(teacher, student)) is not None:
             raise SemalignError(f"{problem}; set vocab = 'intersection' to train through the shared token strings at "
                                 "aligned positions (training/cross_pair.py)")
@@ -288,19 +295,19 @@ class Trainer:
             keep &= keep.flatten().cumsum(0).view_as(keep) <= self.cfg.cka_max_tokens
         return keep
 
-    def _stack(self, model) -> list[torch.Tensor]:
-        """`residual_stack` of `model` (the student, or a same-vocabulary teacher) at the `_cka_keep` tokens."""
+    def _stack(self, model) -> torch.Tensor:
+        """`accumulated_resid` of `model` (the student, or a same-vocabulary teacher) at the `_cka_keep` tokens."""
         with self.autocast():
-            return residual_stack(model, TokenBatch(self.data.diag.tokens, self._cka_keep()))
+            return accumulated_resid(model, TokenBatch(self.data.diag.tokens, self._cka_keep()))
 
-    def _teacher_stack(self) -> list[torch.Tensor]:
+    def _teacher_stack(self) -> torch.Tensor:
         """The teacher's stack, row for row with the student's: a cross-tokenizer pair's from its diagnostic
         states gathered into the student's positions (the same rows by construction)."""
         if not self.cross:
             return self._stack(self.teacher)
         keep = self._cka_keep().to(self.device)
         keys = teacher_keys(range(len(parts(self.teacher).layers)))
-        return [self.teacher_diag[k][keep].float().cpu() for k in keys]
+        return torch.stack([self.teacher_diag[k][keep].float().cpu() for k in keys])
 
     def _check_objectives_fit_vocab(self) -> None:
         """Every term fits the pair's kind of vocabulary (`Objective.vocab_problem`)."""
@@ -340,21 +347,23 @@ class Trainer:
                                self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k,
                                tail_samples=self.cfg.targets.tail_samples)
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
-        meta = check_cache(path, ident)
+        meta = check_cache(path, ident, notes=self.main)
         if meta is None:
             if self.main:
-                build_cache(path, ident, self.teacher, self.data.tokens.to(self.device),
-                            self.cfg.targets.shard_sequences, self.cfg.data.batch_size, self.autocast,
-                            progress=self.cfg.progress)
+                with run_lock(path, "target cache", wait=True):  # one builder; a run needing it meanwhile waits
+                    if check_cache(path, ident, notes=False) is None:
+                        build_cache(path, ident, self.teacher, self.data.tokens.to(self.device),
+                                    self.cfg.targets.shard_sequences, self.cfg.data.batch_size, self.autocast,
+                                    progress=self.cfg.progress)
             self.acc.wait_for_everyone()
-            meta = check_cache(path, ident)
+            meta = check_cache(path, ident, notes=False)
         self.cache_path = path
         return CachedTargets(path, meta, logits=store, device=self.device)
 
     # ------------------------------------------------------------------------------------------- logging
     def _log(self, record: dict) -> None:
         if self.main:
-            with open(self._metrics_path, "a") as f:
+            with writing(self._metrics_path), open(self._metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def _metric_lines(self) -> int:
@@ -376,7 +385,8 @@ class Trainer:
             if hasattr(plugin, "close_stage"):
                 plugin.close_stage(self, self.stages[self._open])
         if self.cfg.schedule.save_adapters and self.cfg.schedule.adapter == "lora" and self.main:
-            save_lora(self.student, self.run_dir / "adapters" / f"stage{self._open}")
+            with writing(self.run_dir / "adapters"):
+                save_lora(self.student, self.run_dir / "adapters" / f"stage{self._open}")
         close_stage(self.student)
         self._opt, self._params, self._open = None, [], None
 
@@ -539,8 +549,9 @@ class Trainer:
         self._write_fig(fig, name)
 
     def _write_fig(self, fig, name: str) -> None:
-        write_figure(fig, self.run_dir / "figures" / f"{name}.html")
-        (self.run_dir / "figures" / f"{name}.json").write_text(fig.to_json())
+        with writing(self.run_dir / "figures" / f"{name}.html"):
+            write_figure(fig, self.run_dir / "figures" / f"{name}.html")
+            (self.run_dir / "figures" / f"{name}.json").write_text(fig.to_json())
 
     # ------------------------------------------------------------------------------------------- run
     def _prepare_run_dir(self) -> None:
@@ -551,7 +562,8 @@ class Trainer:
             write_json_atomic(self.run_dir / "provenance.json", self.provenance)
             write_json_atomic(self.run_dir / "pairing.json", [p.record() for p in self.pairs])
             if hasattr(self.transfer, "save") and not (self.run_dir / "transfer.safetensors").exists():
-                self.transfer.save(self.run_dir / "transfer.safetensors")
+                with writing(self.run_dir / "transfer.safetensors"):
+                    self.transfer.save(self.run_dir / "transfer.safetensors")
         self.acc.wait_for_everyone()
 
     def run(self, stop_after_steps: int | None = None) -> AlignResult:
@@ -559,20 +571,29 @@ class Trainer:
 
         With `stop_after_steps` the call ends after that many steps, having checkpointed: the run directory is
         then exactly what a kill right after a checkpoint leaves (what the resume test uses).
+
+        The main process holds the run directory's lock meanwhile (`runlock`: a second process on it is refused in
+        one line). Ctrl-C or SIGTERM raise `Interrupted`, naming the step reached and the checkpoint the same
+        command resumes from; the directory stays consistent (records past that checkpoint are dropped on resume).
         """
         if stop_after_steps is not None:
             require_int("stop_after_steps", stop_after_steps)
-        self._prepare_run_dir()
-        if self.cfg.flush_denormal:
-            torch.set_flush_denormal(True)
-        try:
-            return self._run(stop_after_steps)
-        finally:
+        self._at: int | None = None  # the step reached, for an interruption's message
+        with run_lock(self.run_dir, "run_dir") if self.main else nullcontext():
             if self.cfg.flush_denormal:
-                torch.set_flush_denormal(False)  # torch's default (there is no getter to restore from)
+                torch.set_flush_denormal(True)
+            try:
+                self._prepare_run_dir()
+                return self._run(stop_after_steps)
+            except KeyboardInterrupt as err:
+                raise Interrupted.at_step(self._at, latest_step(self.run_dir), err) from None
+            finally:
+                if self.cfg.flush_denormal:
+                    torch.set_flush_denormal(False)  # torch's default (there is no getter to restore from)
 
     def _run(self, stop_after_steps: int | None) -> AlignResult:
         step, elapsed = self._resume()
+        self._at = step
         total = self.stages[-1].end
         end = total if stop_after_steps is None else min(total, step + stop_after_steps)
         t_start = time.time() - elapsed
@@ -589,6 +610,7 @@ class Trainer:
                     self._diagnose(step, stage, "start", cka=self.cfg.figures)
             record = self._step(step, stage)
             step += 1
+            self._at = step
             record.update(kind="train", step=step, stage=stage.index, stage_label=stage.label,
                           elapsed_s=time.time() - t_start)
             if step % self.cfg.log_every == 0 or step == stage.end:
@@ -642,10 +664,11 @@ class Trainer:
 
     def _save_student(self, out: Path) -> None:
         """The trained student as an HF directory (config, model.safetensors, tokenizer): `load_model(out)`."""
-        out.mkdir(parents=True, exist_ok=True)
         model = self.student  # its attention implementation is the clean copy's (sdpa, or eager where unsupported)
-        model.save_pretrained(str(out), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(out))
+        with writing(out, "then rerun the same command: it writes the student again from the last checkpoint"):
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(str(out), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(out))
         write_json_atomic(out / "semalign_align.json", {"config": self.cfg.to_dict(), "provenance": self.provenance})
 
 

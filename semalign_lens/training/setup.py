@@ -11,14 +11,15 @@ from typing import Any
 import torch
 
 from ..errors import SemalignError
-from ..pairing import LayerPair, LayerPairing, make_pairing
+from ..pairing import LayerPair, LayerPairing, layer_of, make_pairing
 from .config import AlignConfig
 
 
 def _pairs_from(pairing: Any) -> list[LayerPair]:
     """Pairs from a `LayerPairing`, a list of `LayerPair`s (or objects with their fields), or rows
-    [s, t] / [s, low, high, weight]. A row with weight 0 (or low == high) is the exact pair on `low`, weight 1
-    the exact pair on `high`; anything else must interpolate adjacent layers (`LayerPair` checks)."""
+    [s, t] / [s, low, high, weight] whose layers are block indices or hook names (`pairing.layer_of`). A row
+    with weight 0 (or low == high) is the exact pair on `low`, weight 1 the exact pair on `high`; anything else
+    must interpolate adjacent layers (`LayerPair` checks)."""
     rows = getattr(pairing, "pairs", pairing)
     out = []
     for row in rows:
@@ -35,6 +36,7 @@ def _pairs_from(pairing: Any) -> list[LayerPair]:
                                     "[student_layer, teacher_low, teacher_high, weight]")
             if len(row) == 2:
                 row = [row[0], row[1], row[1], 0.0]
+            row = [*(layer_of(v) for v in row[:3]), row[3]]
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row) \
             and all(float(v).is_integer() for v in row[:3])  # 9.0 from a JSON file is layer 9
         if not numbers:
@@ -77,6 +79,7 @@ def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int
     `cka` [teacher blocks, student blocks] is needed by the `cka` strategy (computed on the diagnostic batch).
     """
     pc = cfg.pairing
+    student_layers = None if pc.student_layers is None else [layer_of(v) for v in pc.student_layers]
     if given is not None:
         obj = given
     elif pc.pairs is not None:
@@ -87,13 +90,13 @@ def resolve_pairing(cfg: AlignConfig, given: Any, n_teacher: int, n_student: int
         obj = make_pairing("cka", n_teacher, n_student, cka=cka.numpy())
     else:
         obj = make_pairing("proportional", n_teacher, n_student, interpolate=pc.interpolate,
-                                          student_layers=pc.student_layers)
+                           student_layers=student_layers)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate(n_teacher, n_student)
     pairs = _pairs_from(obj)
-    if pc.student_layers is not None and given is None and pc.pairs is None:
-        pairs = [p for p in pairs if p.student_layer in set(pc.student_layers)]
+    if student_layers is not None and given is None and pc.pairs is None:
+        pairs = [p for p in pairs if p.student_layer in set(student_layers)]
     return pairs
 
 

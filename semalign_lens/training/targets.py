@@ -17,16 +17,17 @@ teacher's top-k ids (int32), their log-probabilities (fp16) and the log of the r
 back as a `SparseLogits` (see `semalign_lens.sparse_logits`), with `tail_samples` also ids drawn from the
 teacher's tail (int32) and their log-probabilities (fp16), drawn with a generator seeded by the shard
 index, so a rebuilt cache holds the same draws. `meta.json`
-is written last, so an interrupted build is never mistaken for a cache. (The teacher is still loaded once
-at setup, to fingerprint it, build the TransferMap and compute its diagnostic states; it is released
-before training.)
+is written last, so an interrupted build is never mistaken for a cache; it records each shard's size and
+sha256, checked when the cache is opened, so a shard damaged since (truncated, overwritten, copied halfway)
+is named in one line and the cache built again instead of trained on. A cache from before these records is
+built again too. (The teacher is still loaded once at setup, to fingerprint it, build the TransferMap and
+compute its diagnostic states; it is released before training.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..checkpoint import write_json_atomic
-from ..errors import SemalignError
+from ..errors import SemalignError, writing
 from ..hf import capture, lens_fn, parts
 from ..objectives.sparse_logits import SparseLogits
-from ..paths import cache_dir
+from ..paths import cache_dir, file_problem, file_record
+from ..progress import note
 from .config import logits_store
 
 CACHE_FORMAT = 1
@@ -133,12 +135,17 @@ def default_cache_path(identity: dict) -> Path:
     return cache_dir("targets") / key[:20]
 
 
-def check_cache(path: Path, identity: dict) -> dict | None:
-    """The cache's meta when it serves `identity`; None when there is no complete cache; else an error."""
+def check_cache(path: Path, identity: dict, notes: bool = True) -> dict | None:
+    """The cache's meta when it serves `identity`; None when there is no complete, intact cache (a damaged or
+    unchecked one is noted, with `notes`, and is to be built again); an error when it was built for other
+    inputs."""
     meta_path = path / "meta.json"
     if not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return _rebuild(path, "its meta.json is damaged", notes)
     what = {"teacher_hash": "teacher weights", "tokenizer_hash": "tokenizer", "data_hash": "training data",
             "n_sequences": "number of sequences", "seq_len": "sequence length", "d_teacher": "teacher width",
             "format": "cache format"}
@@ -168,15 +175,42 @@ def check_cache(path: Path, identity: dict) -> dict | None:
         raise SemalignError(f"target cache {path} holds {meta.get('tail_samples', 0)} tail samples per position, but "
                             f"this run asks for targets.tail_samples = {identity.get('tail_samples', 0)}; set "
                             "tail_samples to match, or use another targets.cache_dir (or leave it unset)")
+    if "files" not in meta:
+        return _rebuild(path, "it records no shard checksums (built by an older version)", notes)
+    for name, record in meta["files"].items():
+        if (problem := file_problem(path / name, record)) is not None:
+            return _rebuild(path, f"shard {name} is damaged ({problem})", notes)
     return meta
+
+
+def _rebuild(path: Path, why: str, notes: bool) -> None:
+    if notes:
+        note(f"target cache {path}: {why}; building it again")
+    return None
 
 
 @torch.no_grad()
 def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard_sequences: int, batch_size: int,
                 autocast, progress: bool = True) -> dict:
-    """Run the teacher once over `tokens` and write fp16 shards (top-k ids: int32), then `meta.json`."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    """Run the teacher once over `tokens` and write fp16 shards (top-k ids: int32), then `meta.json` with each
+    shard's size and sha256. Only the cache's own files are replaced; a write the disk refuses removes the
+    shards written so far (freeing their space) and is one line naming the shard."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_cache(path, identity, teacher, tokens, shard_sequences, batch_size, autocast, progress)
+    except BaseException:
+        _remove_cache_files(path)
+        raise
+
+
+def _remove_cache_files(path: Path) -> None:
+    for old in [path / "meta.json", *path.glob("shard-*.safetensors")]:  # meta first: never a cache without shards
+        old.unlink(missing_ok=True)
+
+
+def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard_sequences: int, batch_size: int,
+                 autocast, progress: bool) -> dict:
+    _remove_cache_files(path)
     layers = identity["layers"]
     mode = identity["logits"] or None
     samples = identity.get("tail_samples", 0)
@@ -199,10 +233,15 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
                     store.update(tail_ids=sparse.tail_ids, tail_logprobs=sparse.tail_logprobs)
             for key, value in store.items():
                 out.setdefault(key, []).append(value.cpu() if key in ID_KEYS else value.float().cpu())
-        save_file({k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
-                  str(path / f"shard-{i:05d}.safetensors"))
+        shard = path / f"shard-{i:05d}.safetensors"
+        with writing(shard, "then rerun the same command, which builds the cache again (targets.cache_dir or "
+                            "SEMALIGN_CACHE put it elsewhere)"):
+            save_file({k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
+                      str(shard))
     meta = {**identity, "shards": len(shards), "shard_sequences": shard_sequences, "dtype": "float16",
-            "keys": teacher_keys(layers) + logit_keys(mode, samples)}
+            "keys": teacher_keys(layers) + logit_keys(mode, samples),
+            "files": {f"shard-{i:05d}.safetensors": file_record(path / f"shard-{i:05d}.safetensors")
+                      for i in range(len(shards))}}
     write_json_atomic(path / "meta.json", meta)
     return meta
 

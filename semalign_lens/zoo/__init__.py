@@ -45,7 +45,9 @@ def smollm2_gguf() -> Path:
 def resolve(name: str) -> Path:
     """Return the local HF directory for zoo model `name`."""
     if name == "smollm2-135m":
-        return converted_dir(smollm2_gguf(), "smollm2-135m")
+        # SmolLM2 was pretrained with <|endoftext|> between documents (its base tokenizer's BOS and EOS); the
+        # Instruct tokenizer's BOS/EOS are the chat markers <|im_start|>/<|im_end|>
+        return converted_dir(smollm2_gguf(), "smollm2-135m", document_start="<|endoftext|>")
     shipped = {"stdlib-student": (STUDENT_DIR, ""),
                "stdlib-student-8k": (STUDENT_8K_DIR, " --config semalign_lens/zoo/configs/stdlib_student_8k.json")}
     if name in shipped:

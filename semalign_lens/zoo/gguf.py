@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..data import set_document_start
 from ..errors import SemalignError
 from ..paths import cache_dir, file_sha256
 
@@ -30,16 +31,22 @@ def check_gguf(path: Path) -> None:
             "pass a .gguf model file, a Hugging Face model directory, or a zoo name")
 
 
+# Bumped when a conversion writes something new (v2: the tokenizer's declared document start), so older
+# conversions in a user's cache are redone once instead of read without it.
+CONVERSION_VERSION = "v2"
+
+
 def converted_path(gguf_path: Path, label: str) -> tuple[Path, bool]:
     """(where the conversion of `gguf_path` lives in the cache, whether it is already there)."""
     gguf_path = Path(gguf_path)
     check_gguf(gguf_path)
-    target = cache_dir("converted") / f"{label}-{file_sha256(gguf_path)[:16]}"
+    target = cache_dir("converted") / f"{label}-{CONVERSION_VERSION}-{file_sha256(gguf_path)[:16]}"
     return target, all((target / name).exists() for name in _REQUIRED)
 
 
-def converted_dir(gguf_path: Path, label: str) -> Path:
-    """Return a local HF directory for `gguf_path`, converting on first use."""
+def converted_dir(gguf_path: Path, label: str, document_start: str | None = None) -> Path:
+    """Return a local HF directory for `gguf_path`, converting on first use; `document_start` is written into
+    the tokenizer's config where the model's document separator is not its BOS (`data.document_start`)."""
     gguf_path = Path(gguf_path)
     target, done = converted_path(gguf_path, label)
     if done:
@@ -55,6 +62,8 @@ def converted_dir(gguf_path: Path, label: str) -> Path:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    if document_start is not None:
+        set_document_start(tokenizer, document_start)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
 from ..checks import check_output_dir, read_utf8
 from ..config import from_dict, require_positive, to_dict
-from ..errors import SemalignError
+from ..errors import Interrupted, SemalignError, writing
 from ..precision import autocast, check_precision, precision_record
+from ..runlock import run_lock
 from . import corpus
 
 
@@ -206,12 +207,21 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, stop_after_steps: int | N
     """Train (or resume) the student in `run_dir`. Returns the final metrics.
 
     `stop_after_steps` ends this call after that many steps, having checkpointed: the state on disk is then
-    exactly what a kill right after a checkpoint leaves, which is what the resume test needs.
+    exactly what a kill right after a checkpoint leaves, which is what the resume test needs. One process at a
+    time trains in `run_dir` (`runlock`); Ctrl-C or SIGTERM raise `Interrupted` naming the checkpoint the same
+    command resumes from.
     """
+    run_dir = check_output_dir(run_dir, "--run-dir (the pretraining run directory)")
+    with run_lock(run_dir, "--run-dir"):
+        try:
+            return _pretrain(cfg, run_dir, stop_after_steps, progress)
+        except KeyboardInterrupt as err:
+            raise Interrupted.at_step(None, latest_step(run_dir), err) from None
+
+
+def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, progress: bool) -> dict:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    run_dir = check_output_dir(run_dir, "--run-dir (the pretraining run directory)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume_config(run_dir, cfg)
     write_json_atomic(run_dir / "config.json", to_dict(cfg))
 
@@ -244,7 +254,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, stop_after_steps: int | N
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
     def log(record: dict) -> None:
-        with open(metrics_path, "a") as f:
+        with writing(metrics_path), open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     model.train()

@@ -69,6 +69,111 @@ def tiny_tokenizer_dir(vocab_size: int = TINY_VOCAB, text: str = "default") -> P
     return folder
 
 
+@dataclass(frozen=True)
+class TokenizerConvention:
+    """How a family's real tokenizer marks documents: its special tokens (in id order; `at_end`: after the
+    learned pieces, as Llama-3, GPT-2 and Qwen number them), which are BOS/EOS/PAD/UNK, whether its
+    post-processor adds BOS, and its kind: byte-level BPE, or SentencePiece-style BPE (metaspace `▁`,
+    `<0xNN>` byte fallback; `prefix_space`: a `▁` before the first word, as Llama-2 adds and Gemma does not)."""
+
+    specials: tuple[str, ...]
+    bos: str | None
+    eos: str | None
+    pad: str | None = None
+    unk: str | None = None
+    adds_bos: bool = False
+    sentencepiece: bool = False
+    prefix_space: bool = True
+    at_end: bool = False
+
+
+TOKENIZER_CONVENTIONS = {
+    "llama3": TokenizerConvention(("<|begin_of_text|>", "<|end_of_text|>"), "<|begin_of_text|>", "<|end_of_text|>",
+                                  adds_bos=True, at_end=True),
+    "llama2": TokenizerConvention(("<unk>", "<s>", "</s>"), "<s>", "</s>", unk="<unk>", adds_bos=True,
+                                  sentencepiece=True),
+    "gemma": TokenizerConvention(("<pad>", "<eos>", "<bos>", "<unk>"), "<bos>", "<eos>", pad="<pad>", unk="<unk>",
+                                 adds_bos=True, sentencepiece=True, prefix_space=False),
+    "opt": TokenizerConvention(("<s>", "<pad>", "</s>", "<unk>"), "</s>", "</s>", pad="<pad>", unk="<unk>",
+                               adds_bos=True),
+    "chatml": TokenizerConvention(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|im_end|>",
+                                  pad="<|endoftext|>", at_end=True),
+    "gpt2": TokenizerConvention(("<|endoftext|>",), "<|endoftext|>", "<|endoftext|>", at_end=True),
+}
+
+
+def convention_tokenizer_dir(convention: str, vocab_size: int = TINY_VOCAB) -> Path:
+    """A tiny tokenizer built the way `convention`'s family builds its real one (`TOKENIZER_CONVENTIONS`), trained
+    once with `tokenizers` on `TOKENIZER_TEXTS["default"]` and cached: so that tests meet the special tokens,
+    BOS behaviour and pieces of the families users bring, not only SmolLM2's."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    conv = TOKENIZER_CONVENTIONS[convention]
+    folder = cache_dir("tiny", f"tokenizer-{convention}-v1-{vocab_size}")
+    if (folder / "tokenizer.json").exists():
+        return folder
+    first = () if conv.at_end else conv.specials
+    if conv.sentencepiece:  # learn pieces on ▁-words, then lay out the vocabulary as SentencePiece does
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first" if conv.prefix_space else "never")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(first) - 256, show_progress=False)
+        tok.train_from_iterator(_training_text(), trainer=trainer)
+        learned = json.loads(tok.to_str())["model"]
+        pieces = [*first, *(f"<0x{b:02X}>" for b in range(256)),
+                  *sorted(learned["vocab"], key=learned["vocab"].get)]
+        tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[tuple(m) if isinstance(m, list)
+                                   else tuple(m.split(" ")) for m in learned["merges"]], unk_token=conv.unk,
+                                   byte_fallback=True, fuse_unk=True))
+        steps = [normalizers.Prepend("▁")] if conv.prefix_space else []
+        tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         *([decoders.Strip(" ", 1, 0)] if conv.prefix_space else [])])
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(conv.specials) * conv.at_end, special_tokens=list(first),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in conv.specials])
+    if conv.adds_bos:
+        bos = (conv.bos, tok.token_to_id(conv.bos))
+        tok.post_processor = processors.TemplateProcessing(single=f"{conv.bos} $A", pair=f"{conv.bos} $A {conv.bos} $B",
+                                                           special_tokens=[bos])
+    roles = {k: v for k, v in (("bos_token", conv.bos), ("eos_token", conv.eos), ("pad_token", conv.pad),
+                               ("unk_token", conv.unk)) if v is not None}
+    PreTrainedTokenizerFast(tokenizer_object=tok, **roles).save_pretrained(str(folder))
+    return folder
+
+
+# The tokenizer convention of each family's real tokenizer (`TOKENIZER_CONVENTIONS`; the rest: GPT-2's), so the
+# architecture matrix meets each family's special tokens and BOS behaviour, not one shared tiny tokenizer's.
+FAMILY_CONVENTIONS = {
+    **dict.fromkeys(("llama", "mistral", "mixtral"), "llama2"),
+    **dict.fromkeys(("gemma", "gemma2", "gemma3_text", "gemma4_text", "recurrent_gemma"), "gemma"),
+    "opt": "opt",
+    **dict.fromkeys(("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_5_text"), "chatml"),
+    **dict.fromkeys(("llama4_text", "smollm3", "olmo3"), "llama3"),
+}
+
+
+@functools.lru_cache(maxsize=8)
+def family_tokenizer(family: str):
+    """The tiny tokenizer of `family`'s convention (`FAMILY_CONVENTIONS`)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(convention_tokenizer_dir(FAMILY_CONVENTIONS.get(family, "gpt2"))))
+
+
+def special_ids(tokenizer) -> dict[str, int | None]:
+    """The config keys of a tokenizer's BOS/EOS/PAD ids, as its family's config.json sets them."""
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
 @functools.lru_cache(maxsize=4)
 def tiny_tokenizer(vocab_size: int = TINY_VOCAB, text: str = "default"):
     from transformers import AutoTokenizer
@@ -76,13 +181,16 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB, text: str = "default"):
     return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir(vocab_size, text)))
 
 
-def tiny_hf_model(arch: TinyArch, vocab_size: int, seed: int):
+def tiny_hf_model(arch: TinyArch, vocab_size: int, seed: int, ids: dict[str, int | None] | None = None):
+    """A random Llama; `ids`: its config's special-token ids (`special_ids(tokenizer)`; default all 0, the tiny
+    tokenizer's `<|endoftext|>`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    ids = ids if ids is not None else {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=arch.d_model, intermediate_size=arch.d_mlp,
                       num_hidden_layers=arch.n_layers, num_attention_heads=arch.n_heads,
                       num_key_value_heads=arch.n_kv_heads, max_position_embeddings=256, tie_word_embeddings=False,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation="eager")
+                      attn_implementation="eager", **ids)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     # Random init leaves the final norm at 1 and everything tiny; widen the scales a little so that layers
@@ -203,11 +311,14 @@ def broad_spec(family: str, arch: TinyArch) -> dict:
     return spec
 
 
-def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int):
-    """A random HF causal LM of `family` (a `FAMILIES` name) with `arch`'s sizes, in eval mode."""
+def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int,
+                      ids: dict[str, int | None] | None = None):
+    """A random HF causal LM of `family` (a `FAMILIES` name) with `arch`'s sizes, in eval mode; `ids`: its
+    config's special-token ids (`special_ids(tokenizer)`; default all 0, the tiny tokenizer's)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    common = {"vocab_size": vocab_size,
+              **(ids if ids is not None else {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})}
     if family == "gpt2":
         spec = {"n_layer": arch.n_layers, "n_embd": arch.d_model, "n_head": arch.n_heads, "n_positions": 256,
                 "n_inner": arch.d_mlp}

@@ -73,6 +73,27 @@ def test_pairing_rows_that_are_not_numbers_are_refused_in_one_line():
     from semalign_lens.trainer import AlignConfig
     from semalign_lens.training.setup import resolve_pairing
 
-    for rows in ([["a", 1]], [[0, None]], [[0, 1.5, 2, 0.5]], [[0, 1, 2, "x"]]):
+    for rows in ([[0, None]], [[0, 1.5, 2, 0.5]], [[0, 1, 2, "x"]]):
         with pytest.raises(SemalignError, match="integer layer indices and a numeric weight"):
             resolve_pairing(AlignConfig(), rows, 8, 3)
+    with pytest.raises(SemalignError, match="'a' is neither a block index nor a residual hook name"):
+        resolve_pairing(AlignConfig(), [["a", 1]], 8, 3)
+
+
+def test_pairing_layers_may_be_transformer_lens_hook_names():
+    """Config rows and student_layers name layers by hook as `--set` writes them: the same `LayerPair`s as the
+    integer form (blocks.b.hook_resid_pre is block b − 1's output); a bad name is one line naming the forms."""
+    from semalign_lens.training import load_align_config
+    from semalign_lens.training.setup import resolve_pairing
+
+    named = load_align_config(overrides=['pairing.pairs=[["blocks.1.hook_resid_post", "blocks.4.hook_resid_pre"], '
+                                         '[2, "blocks.3.hook_out", "blocks.4.hook_resid_post", 0.25]]'])
+    plain = load_align_config(overrides=["pairing.pairs=[[1, 3], [2, 3, 4, 0.25]]"])
+    assert resolve_pairing(named, None, 6, 3) == resolve_pairing(plain, None, 6, 3)
+    chosen = load_align_config(overrides=['pairing.student_layers=["blocks.2.hook_resid_pre", 2]'])
+    assert [p.student_layer for p in resolve_pairing(chosen, None, 6, 3)] == [1, 2]
+    for name, message in (("blocks.1.hook_attn_out", "blocks.b.hook_resid_post"), ("blocks.0.hook_resid_pre",
+                                                                                    "the embeddings")):
+        with pytest.raises(SemalignError, match=message) as err:
+            load_align_config(overrides=[f'pairing.pairs=[["{name}", 1]]'])
+        assert "\n" not in str(err.value)
