@@ -49,7 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from semalign_lens import evaluation as ev  # noqa: E402
-from semalign_lens.activations import capture, accumulated_resid  # noqa: E402
+from semalign_lens.activations import accumulated_resid, capture  # noqa: E402
 from semalign_lens.attribution import rank_agreement, rank_layers  # noqa: E402
 from semalign_lens.baselines import Method, get_method, run_method  # noqa: E402
 from semalign_lens.benchmark import load_pair  # noqa: E402

@@ -480,8 +480,8 @@ def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: in
     from .semantics import Readout
 
     require_eval(model, "log-prob increase")
-    head = Readout.from_model(model)
     _check_batch(model, batch, "logprob")
+    head = Readout.from_model(model)
     rows = []
     for sub in _progress(_subs(batch, batch_size), "laten", progress):
         _, stream = _stream(model, sub.clean.tokens)

@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 
-from semalign_lens.data import DOC_START
 from semalign_lens.errors import SemalignError
 from semalign_lens.tasks import (
     PromptPair,
@@ -22,6 +21,8 @@ from semalign_lens.tasks import (
     logit_diff,
     tokenize_pairs,
 )
+
+DOC_START = "<|endoftext|>"  # the tiny tokenizer's BOS: its document start
 
 
 @pytest.fixture(scope="module")

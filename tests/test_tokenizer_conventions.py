@@ -23,7 +23,12 @@ from semalign_lens.errors import SemalignError
 from semalign_lens.models import ModelPair, load_model, stage_readiness
 from semalign_lens.trainer import load_align_config
 from semalign_lens.training.loop import Trainer
-from semalign_lens.zoo.tiny import TOKENIZER_CONVENTIONS, TinyArch, convention_tokenizer_dir, special_ids, tiny_hf_model
+from semalign_lens.zoo.tiny import (
+    TOKENIZER_CONVENTIONS,
+    TinyArch,
+    convention_tokenizer_dir,
+    write_convention_pair,
+)
 
 TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
 STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
@@ -42,15 +47,8 @@ def _tokenizer(convention):
 
 def _write_pair(root, convention, ids_override=None):
     """Teacher and student directories as a user saves them; returns their paths and the tokenizer."""
-    tok = _tokenizer(convention)
-    ids = {**special_ids(tok), **(ids_override or {})}
-    dirs = []
-    for name, arch, seed in (("teacher", TEACHER, 0), ("student", STUDENT, 1)):
-        model = tiny_hf_model(arch, len(tok), seed, ids=ids)
-        model.save_pretrained(str(root / name))
-        tok.save_pretrained(str(root / name))
-        dirs.append(root / name)
-    return dirs[0], dirs[1], tok
+    t_dir, s_dir = write_convention_pair(root, convention, TEACHER, STUDENT, ids=ids_override)
+    return t_dir, s_dir, _tokenizer(convention)
 
 
 def _text_dir(root):

@@ -55,7 +55,15 @@ from .basis import (
     tensor_hash,
     unembedding,
 )
-from .fidelity import FIDELITY_METRICS, OPTIONAL_METRICS, READOUTS, Readout, fidelity, logit_lens, transfer_fidelity
+from .fidelity import (
+    FIDELITY_METRICS,
+    OPTIONAL_METRICS,
+    READOUTS,
+    Readout,
+    fidelity,
+    logit_lens,
+    transfer_fidelity,
+)
 from .intersection import intersection_bases
 from .maps import CoefficientGram, TransferMap, decompose, iter_decompose, recompose, roundtrip
 

@@ -108,7 +108,16 @@ def convention_tokenizer_dir(convention: str, vocab_size: int = TINY_VOCAB) -> P
     BOS behaviour and pieces of the families users bring, not only SmolLM2's."""
     import json
 
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     conv = TOKENIZER_CONVENTIONS[convention]
@@ -172,6 +181,24 @@ def special_ids(tokenizer) -> dict[str, int | None]:
     """The config keys of a tokenizer's BOS/EOS/PAD ids, as its family's config.json sets them."""
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id}
+
+
+def write_convention_pair(out: str | Path, convention: str, teacher: TinyArch = TinyArch(4, 64, 4, 2, 128),
+                          student: TinyArch = TinyArch(2, 32, 2, 1, 64), ids: dict[str, int | None] | None = None
+                          ) -> tuple[Path, Path]:
+    """`out/teacher` and `out/student`: random Llama directories saved as a user saves a model they bring
+    (`save_pretrained` of model and tokenizer), sharing `convention`'s tokenizer, their configs' special-token
+    ids its own (`ids` overrides some, to build a broken config)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(convention_tokenizer_dir(convention)))
+    dirs = []
+    for name, arch, seed in (("teacher", teacher, 0), ("student", student, 1)):
+        folder = Path(out) / name
+        tiny_hf_model(arch, len(tok), seed, ids={**special_ids(tok), **(ids or {})}).save_pretrained(str(folder))
+        tok.save_pretrained(str(folder))
+        dirs.append(folder)
+    return dirs[0], dirs[1]
 
 
 @functools.lru_cache(maxsize=4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from semalign_lens.data import DOC_START, TokenBatch
+from semalign_lens.data import TokenBatch
 from semalign_lens.errors import SemalignError
 from semalign_lens.hf import clean_copy
 from semalign_lens.semantics import SemanticBasis, TransferMap
@@ -23,6 +23,8 @@ TEXTS = [
     "    if a==b and c!=d:\n        print('%s: %d' % (name, 2024))",
     "import os, sys\nfrom collections import OrderedDict as OD\n",
 ]
+
+DOC_START = "<|endoftext|>"  # both embedded tokenizers' document start (declared, and the 8k one's BOS)
 
 
 @pytest.fixture(scope="module")
