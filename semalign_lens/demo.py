@@ -368,8 +368,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
                               **{f"after {m}": [v.get(k, (None, None))[1] for k in first] for m, v in lens.items()}})
         report.add_table(table.round(3), caption="Share of held-out tokens on which the student's logit lens at the "
                                                  "paired layer names the teacher's top-1 token at its paired layer "
-                                                 "(each read with its own head); higher = the student's layer reads "
-                                                 "out more like the teacher's")
+                                                 "(each read with its own head, final norm recomputed); higher = the "
+                                                 "student's layer reads out more like the teacher's")
     report.add_provenance(("teacher", teacher), ("student", student), seed=profile.seed,
                           extra={"precision": f"{machine['precision']} → {machine['resolved_precision']}",
                                  "timings_s": json.dumps(timings)})

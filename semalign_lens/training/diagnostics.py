@@ -9,7 +9,8 @@ Per paired layer, on the held-out diagnostic batch (no grad):
   With more tokens than dimensions the targets span everything, so the *principal* span is what says
   whether the student writes where the teacher's semantics live;
 - `top1_teacher`: logit-lens top-1 agreement of the student at its layer and the teacher at the paired
-  teacher layer (the nearer one when the target interpolates two), each read with its own head;
+  teacher layer (the nearer one when the target interpolates two), each read with its own head, the final
+  norm recomputed on each state (the "recompute" readout, `semantics.READOUTS`);
 - `top1_target`: top-1 agreement of the student's lens on its state and on the mapped target.
 And at the start and end of every stage, the teacher x student linear CKA of every block's resid_post.
 """
@@ -164,8 +165,9 @@ PROJECTION_METRICS = {
     "cos_contribution": "cosine of the layer's residual contribution with the target's",
     "relation_cka": "CKA of the token-token relations of the layer's contribution and the target's, per sequence",
     "span_share": "share of the student state's energy inside the principal span of the target states",
-    "top1_teacher": "logit-lens top-1 agreement of the student state with the teacher's own layer",
-    "top1_target": "logit-lens top-1 agreement of the student state with the mapped target",
+    "top1_teacher": "logit-lens top-1 agreement of the student state with the teacher's own layer (final norm "
+                    "recomputed)",
+    "top1_target": "logit-lens top-1 agreement of the student state with the mapped target (final norm recomputed)",
 }
 
 
