@@ -37,7 +37,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
 
     from semalign_lens.training.diagnostics import cka_change
 
-    assert "CKA after − before training (semalign)" in html
+    assert '<figure id="dcka-semalign">' in html  # the section id, not the title (plotly escapes '−' without orjson)
     assert "HumanEval, per problem: student against teacher" in html
     folder = tmp_path / "runs" / "semalign" / "diagnostics"
     ends = sorted(folder.glob("cka_stage*_end.json"))

@@ -147,8 +147,8 @@ def test_refused_checkpoint_write_is_one_line_keeps_the_last_checkpoint_and_resu
 def test_truncated_cache_shard_is_named_and_the_cache_rebuilt(tmp_path, reference):
     config, _ = reference
     cache = tmp_path / "cache"
-    cached = ["targets.mode=cached", f"targets.cache_dir={cache}", "targets.shard_sequences=4",
-              "schedule.stage_steps=1"]
+    cached = ["targets.mode=cached", f"targets.cache_dir={cache}", "targets.cache_logits=topk", "targets.top_k=8",
+              "targets.shard_sequences=4", "schedule.stage_steps=1"]
     first = _run([*_align(config, tmp_path / "a", *cached), "--stop-after-steps", "1"])
     assert first.returncode == 0, first.stderr[-3000:]
     shard = cache / "shard-00001.safetensors"
