@@ -107,6 +107,13 @@ def _cmd_align(args) -> None:
     align_main(args.config, args.set, stop_after_steps=args.stop_after_steps)
 
 
+def _cmd_plan(args) -> None:
+    from .training.plan import plan_main
+
+    plan_main(args.teacher, args.student, args.config, args.set, gpu=args.gpu_memory, host=args.host_memory,
+              disk=args.disk)
+
+
 def _cmd_report_pairing(args) -> None:
     from .attribution import METHODS
     from .pairing_report import pairing_report
@@ -170,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set schedule.stage_steps=20 (repeatable)")
     p.add_argument("--stop-after-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
     p.set_defaults(func=_cmd_align)
+
+    p = sub.add_parser("plan", help="GPU memory, host RAM, disk and steps an align run needs, from the configs "
+                                    "alone; refuses a run that will not fit")
+    p.add_argument("teacher", metavar="TEACHER", help="zoo name, HF directory, config.json, .gguf or Hub name")
+    p.add_argument("student", metavar="STUDENT")
+    p.add_argument("--config", help="the align config file (omitted: the defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="GPU budget (default: the CUDA device's free memory)")
+    p.add_argument("--host-memory", type=float, metavar="GIB", help="host RAM budget (default: available RAM)")
+    p.add_argument("--disk", type=float, metavar="GIB", help="disk budget (default: free at the cache or run dir)")
+    p.set_defaults(func=_cmd_plan)
 
     report = sub.add_parser("report", help="HTML reports").add_subparsers(dest="report_command", required=True)
     p = report.add_parser("pairing", help="layer attribution, CKA and pairing of TEACHER and STUDENT, one HTML file")

@@ -68,12 +68,14 @@ def _os_errno(err: BaseException) -> int | None:
 def write_failure(err: BaseException, path: str | os.PathLike | None = None,
                   then: str = "then rerun the same command") -> SemalignError | None:
     """A refused write (`_WRITE_FIXES`) as one `SemalignError` naming the file, the reason and the fix; None
-    for any other error (a bug, or a failure that is not the file system's refusal)."""
+    for any other error (a bug, or a failure that is not the file system's refusal). Without `path` (no
+    `writing` site: the file comes from the error) a permission error may be a read's, so it says "access"."""
     code = _os_errno(err)
     if code not in _WRITE_FIXES:
         return None
+    verb = "access" if path is None and code in (errno.EACCES, errno.EPERM) else "write"
     path = path or getattr(err, "filename", None)
-    return SemalignError(f"cannot write {path or 'a file'}: {os.strerror(code)}; {_WRITE_FIXES[code]}, {then}")
+    return SemalignError(f"cannot {verb} {path or 'a file'}: {os.strerror(code)}; {_WRITE_FIXES[code]}, {then}")
 
 
 @contextmanager

@@ -14,6 +14,7 @@ that is needed, so neither the remaining blocks nor the vocabulary-sized head ru
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -117,26 +118,114 @@ def probe_tokens(vocab_size: int, device: torch.device | str = "cpu") -> torch.T
     return torch.arange(1, 9, device=device).remainder(int(vocab_size))[None]
 
 
+HALF = (torch.bfloat16, torch.float16)
+COPY_TOLERANCE = 1e-3  # relative, in fp32: sdpa vs eager attention and summation order stay far below it
+
+
 def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
-    """The rebuilt model must compute what the source computes (`probe_tokens`)."""
+    """The rebuilt model must compute what the source computes (`probe_tokens`).
+
+    Both run in fp32 whatever their dtype (`computing_in_fp32`), so the comparison is exact up to summation
+    order: a bf16 forward alone differs from itself in fp32 by ~1e-2 (tiny Llama) to 1.3 (SmolLM2-135M, whose
+    probe tokens reach large activations), far above any tolerance that still catches a wrong rebuild.
+    """
     device = next(source.parameters()).device
     tokens = probe_tokens(copy.config.vocab_size, device)
+    dtype = next((p.dtype for p in source.parameters() if p.dtype in HALF), torch.float32)
     was = source.training, copy.training
     source.eval(), copy.eval()
     try:
         with torch.no_grad():
-            want = logits_of(source(input_ids=tokens, use_cache=False)).float()
+            with computing_in_fp32(source, _blocks_of(source, copy)):
+                want = logits_of(source(input_ids=tokens, use_cache=False)).float()
             try:
-                got = copy.to(device)(input_ids=tokens, use_cache=False).logits.float()
+                with computing_in_fp32(copy.to(device), _blocks_of(copy, copy)):
+                    got = copy(input_ids=tokens, use_cache=False).logits.float()
             except Exception as err:  # any failure of the rebuilt module is this one problem
                 raise _CopyFails(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}") \
                     from None
     finally:
         source.train(was[0]), copy.train(was[1])
     err = float((want - got).abs().max() / want.abs().max().clamp_min(1e-6))
-    if not err < 1e-3:
+    if not err < COPY_TOLERANCE:
+        held = "" if dtype == torch.float32 else f"; both were run in float32 from their {str(dtype)[6:]} weights, " \
+                                                  "so this is not rounding"
         raise SemalignError(f"the plain copy of {type(source).__name__} computes different logits from the source "
-                            f"(relative error {err:.1e}); this architecture is not supported by the trainer yet")
+                            f"(relative error {err:.1e} on {tokens.shape[1]} probe tokens{held}): transformers "
+                            "rebuilds this family differently from the loaded model; this architecture is not "
+                            "supported by the trainer yet")
+
+
+def _blocks_of(model: nn.Module, plain: nn.Module) -> list[nn.Module]:
+    """`model`'s decoder blocks, found by the plain copy's block paths (a bridged tree keeps them under the same
+    names, `plain_name`); [] where the family's blocks are unknown (the whole model is then upcast at once)."""
+    from .architectures import architecture, trunk
+
+    try:
+        arch, body = architecture(plain), trunk(plain)
+        prefix = next(n for n, m in plain.named_modules() if m is body)
+        paths = [f"{prefix}.{arch.layers}.{i}".lstrip(".") for i in range(len(getattr(body, arch.layers)))]
+    except Exception:  # noqa: BLE001 - an unknown family: no per-block upcast, still a correct check
+        return []
+    outer: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        outer.setdefault(plain_name(name), module)  # the outermost module of that plain name (a bridge's wrapper)
+    return [outer[p] for p in paths if p in outer]
+
+
+@contextmanager
+def computing_in_fp32(model: nn.Module, blocks: Iterable[nn.Module] = ()):
+    """Run `model` in fp32 although its weights are bf16/fp16, and give every tensor back unchanged after.
+
+    Ours, for the copy check (and any reference forward of a half-precision model): the tensors outside `blocks`
+    (embeddings, final norm, head) are upcast for the whole context, each block's only while that block runs,
+    so the extra memory is one fp32 block plus the non-block weights, not a second fp32 model (52 GB for 13B).
+    Parameters keep their identity (only `.data` is swapped), so weights the trainer's copies share stay shared.
+    A model without half-precision tensors is left alone.
+    """
+    if not any(t.dtype in HALF for t in [*model.parameters(), *model.buffers()]):
+        yield model
+        return
+    saved: dict[int, tuple[dict, str, torch.Tensor]] = {}  # id of the upcast tensor -> (its table, name, original)
+
+    def upcast(modules: Iterable[nn.Module]) -> list[int]:
+        done = []
+        for module in modules:
+            for table in (module._parameters, module._buffers):
+                for name, t in table.items():
+                    if t is None or t.dtype not in HALF or id(t) in saved:
+                        continue
+                    if isinstance(t, nn.Parameter):
+                        saved[id(t)] = (table, name, t.data)
+                        t.data = t.data.float()
+                    else:
+                        table[name] = t.float()
+                        saved[id(table[name])] = (table, name, t)
+                    done.append(id(table[name]))
+        return done
+
+    def restore(keys: Iterable[int]) -> None:
+        for key in list(keys):
+            table, name, original = saved.pop(key)
+            if isinstance(table[name], nn.Parameter):
+                table[name].data = original
+            else:
+                table[name] = original
+
+    blocks = list(blocks)
+    inside = {id(m) for b in blocks for m in b.modules()}
+    handles, open_blocks = [], {}
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(
+            lambda m, args, i=i: open_blocks.__setitem__(i, upcast(m.modules()))))
+        handles.append(block.register_forward_hook(lambda m, args, out, i=i: restore(open_blocks.pop(i, []))))
+    try:
+        upcast(m for m in model.modules() if id(m) not in inside)
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        restore(list(saved))
 
 
 @dataclass
@@ -216,12 +305,13 @@ def _raise_stop(module, args):
     raise StopForward
 
 
-def lens_fn(model: nn.Module):
-    """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`."""
+def lens_fn(model: nn.Module, rows: int | None = None):
+    """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`, over the
+    first `rows` head rows (the real vocabulary, `models.vocab_rows`; None: all)."""
     from .objectives import LogitLens
 
     p = parts(model)
-    return LogitLens(p.norm, p.head)
+    return LogitLens(p.norm, p.head, rows)
 
 
 def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:

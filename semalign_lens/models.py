@@ -683,15 +683,71 @@ def _intersection_problem(teacher, student, teacher_name: str, student_name: str
     return None
 
 
+def head_rows(model) -> int:
+    """The rows of `model`'s LM head (a bridge's `cfg.d_vocab`, an HF model's output embedding rows)."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(getattr(cfg, "d_vocab", None), int):
+        return int(cfg.d_vocab)
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def vocab_rows(model, tokenizer: Any = None) -> int:
+    """The real vocabulary of `model`: head rows 0..n-1, n = len(tokenizer) (at most the head's rows).
+
+    The one place that decides it (ours; the paper's pairs have unpadded heads). Hugging Face numbers a
+    tokenizer's ids 0..len-1, added tokens after the base vocabulary; heads are often padded beyond that to a
+    multiple of 64 or 128 (Qwen2.5-7B: 152,064 rows, 1.5B: 151,936, one tokenizer of 151,665), and a padded row
+    is no token: no text encodes to it and none decodes from it. So semantic bases, readouts, the KL / CE terms,
+    the teacher cache's logits and evaluation use these rows only, and two models pair when their tokenizers
+    agree, whatever their heads' padding. A model without a tokenizer (the trainer's plain copies) counts every
+    head row unless `tokenizer` is given.
+    """
+    rows = head_rows(model)
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    return rows if tokenizer is None else min(rows, len(tokenizer))
+
+
 def _vocab_size_message(t_name: str, t_size: int, s_name: str, s_size: int) -> str:
     return (f"vocabularies differ in size: teacher {t_name} has {t_size} tokens, student {s_name} has "
             f"{s_size}; SemAlign needs one shared vocabulary (same tokenizer)")
 
 
+def tokenizer_mismatch(t_tok, s_tok, t_name: str, s_name: str, t_rows: int, s_rows: int) -> str | None:
+    """None when two tokenizers number the same tokens the same way over their models' real rows (`vocab_rows`:
+    `t_rows`, `s_rows`), else a message naming the difference. Head rows beyond the tokenizer do not count."""
+    if t_rows != s_rows:
+        return _vocab_size_message(t_name, t_rows, s_name, s_rows)
+    t_vocab = {i: t for t, i in t_tok.get_vocab().items()}
+    s_vocab = {i: t for t, i in s_tok.get_vocab().items()}
+    differing = [i for i in range(t_rows) if t_vocab.get(i) != s_vocab.get(i)]
+    if differing:
+        shown = ", ".join(f"id {i}: {t_vocab.get(i)!r} vs {s_vocab.get(i)!r}" for i in differing[:5])
+        return (f"vocabularies of teacher {t_name} and student {s_name} (both {t_rows} tokens) differ at "
+                f"{len(differing)} ids, first: {shown}; use models that share one tokenizer")
+    return None
+
+
+def _source_tokenizer(source: Any):
+    """The tokenizer in a source's directory where it is there to read without converting or downloading
+    anything, else None."""
+    try:
+        _, path = _resolve_source(source, fetch=False)
+        if path is None:
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # noqa: BLE001 - the full load says what is wrong; here we only look cheaply
+        return None
+
+
 def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tuple[int | None, int | None]:
     """Before anything loads: check both sources (`inspect_source`; loaded models must be hooked) and, where
-    their configs tell it cheaply, that vocabulary sizes match (unless `vocab="intersection"`) and the teacher
-    is at least as deep as the student. Returns both depths (None where unknown until the model loads)."""
+    their configs tell it cheaply, that they share a vocabulary (unless `vocab="intersection"`) and the teacher
+    is at least as deep as the student. Returns both depths (None where unknown until the model loads).
+
+    Heads of different sizes alone are no mismatch (a padded head, `vocab_rows`): only then are both tokenizers
+    read and compared; where one cannot be read yet the comparison waits for the loaded models."""
     if vocab not in VOCAB_MODES:
         raise SemalignError(f"vocab must be one of {VOCAB_MODES}, got {vocab!r}")
     facts = []
@@ -706,8 +762,14 @@ def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tup
                           getattr(source.cfg, "d_vocab", None)))
     (t_name, n_t, v_t), (s_name, n_s, v_s) = facts
     if vocab == "shared" and v_t is not None and v_s is not None and v_t != v_s:
-        raise SemalignError(_vocab_size_message(t_name, v_t, s_name, v_s) + '; or pair them through their shared '
-                            'token strings (vocab="intersection")')
+        toks = [getattr(src, "tokenizer", None) if not isinstance(src, (str, os.PathLike)) else _source_tokenizer(src)
+                for src in (teacher, student)]
+        if all(tok is not None for tok in toks):
+            problem = tokenizer_mismatch(toks[0], toks[1], t_name, s_name, min(v_t, len(toks[0])),
+                                         min(v_s, len(toks[1])))
+            if problem:
+                raise SemalignError(problem + '; or pair them through their shared token strings '
+                                    '(vocab="intersection")')
     problem = depth_problem(n_t, n_s, t_name, s_name)
     if problem:
         raise SemalignError(problem)
@@ -715,21 +777,12 @@ def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tup
 
 
 def vocabulary_mismatch(teacher, student) -> str | None:
-    """None when the two models share a vocabulary, else a message naming the difference."""
+    """None when the two models share a vocabulary (their tokenizers over their real rows, `vocab_rows`; a
+    padded head is no difference), else a message naming the difference."""
     require_hooked(teacher, "teacher")
     require_hooked(student, "student")
-    t_name, s_name = model_name(teacher), model_name(student)
-    t_size, s_size = teacher.cfg.d_vocab, student.cfg.d_vocab
-    if t_size != s_size:
-        return _vocab_size_message(t_name, t_size, s_name, s_size)
-    t_vocab = {i: t for t, i in teacher.tokenizer.get_vocab().items()}
-    s_vocab = {i: t for t, i in student.tokenizer.get_vocab().items()}
-    differing = [i for i in range(t_size) if t_vocab.get(i) != s_vocab.get(i)]
-    if differing:
-        shown = ", ".join(f"id {i}: {t_vocab.get(i)!r} vs {s_vocab.get(i)!r}" for i in differing[:5])
-        return (f"vocabularies of teacher {t_name} and student {s_name} (both {t_size} tokens) differ at "
-                f"{len(differing)} ids, first: {shown}; use models that share one tokenizer")
-    return None
+    return tokenizer_mismatch(teacher.tokenizer, student.tokenizer, model_name(teacher), model_name(student),
+                              vocab_rows(teacher), vocab_rows(student))
 
 
 VOCAB_MODES = ("shared", "intersection")

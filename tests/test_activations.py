@@ -179,3 +179,17 @@ def test_accumulated_resid_measures_with_dropout_off_and_restores_the_mode():
     batch = tokenize(tok, TEXTS)
     first, second = accumulated_resid(model, batch), accumulated_resid(model, batch)
     assert model.training and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_damaged_capture_shard_is_named_never_read(tiny_pair, batch, tmp_path):
+    capture(tiny_pair.teacher, batch, [0, 5], batch_size=2, shard_dir=tmp_path)
+    first, second = tmp_path / "shard-00000.safetensors", tmp_path / "shard-00001.safetensors"
+    data = second.read_bytes()
+    second.write_bytes(data[:-4] + bytes(b ^ 0xFF for b in data[-4:]))  # same size: found before it is first read
+    disk = ShardedCapture(tmp_path)
+    with pytest.raises(SemalignError, match=f"capture shard {second} is damaged \\(its sha256 differs"):
+        disk.flat_stack("resid_post")
+    first.write_bytes(first.read_bytes()[:100])  # truncated: found on opening
+    with pytest.raises(SemalignError, match=f"capture shard {first} is damaged \\(100 bytes, \\d+ when written\\); "
+                                            "capture again into an empty shard_dir"):
+        ShardedCapture(tmp_path)

@@ -256,3 +256,13 @@ def test_probe_fact_phrasings_scores_every_fact_of_a_type_per_phrasing(tmp_path)
     out = tmp_path / "p.csv"
     assert probe.main(["--teacher", "tiny", "--phrasings", "--out", str(out)]) == 0
     assert pd.read_csv(out).shape[1] == 2 + len(set(sum(probe.PHRASINGS.values(), [])))
+
+
+def test_transfer_table_refuses_an_output_directory_another_table_writes(tmp_path):
+    from semalign_lens.runlock import run_lock
+
+    table = load("transfer_table")
+    with run_lock(tmp_path, "--out"):
+        with pytest.raises(SemalignError, match=rf"^--out {tmp_path} is in use by process "):
+            table.main(["--profile", "tiny", "--out", str(tmp_path), "--summary", ""])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".semalign.lock"]  # nothing of the table's written

@@ -40,3 +40,67 @@ def test_commands_print_user_errors_without_traceback(tmp_path, command, message
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_refused_writes_are_one_line_naming_the_file_and_other_os_errors_keep_their_traceback(tmp_path, capsys):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from semalign_lens.errors import writing
+
+    def full_disk():  # what the OS says when a write fails mid-file: no file name
+        with writing(tmp_path / "out.bin"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert run_reporting_errors(full_disk) == 2
+    assert capsys.readouterr().err == (f"semalign: error: cannot write {tmp_path / 'out.bin'}: No space left on "
+                                       "device; free disk space there (or write elsewhere), then rerun the same "
+                                       "command\n")
+
+    def safetensors_quota():  # safetensors carries the OS error in its text only
+        with writing(tmp_path / "w.safetensors", "then rerun it"):
+            raise SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+
+    assert run_reporting_errors(safetensors_quota) == 2
+    assert capsys.readouterr().err.startswith(f"semalign: error: cannot write {tmp_path / 'w.safetensors'}: Disk "
+                                              "quota exceeded; free space within your disk quota")
+
+    def read_only_unwrapped():  # no `writing` at the site: the command still names the file from the error
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/report.html")
+
+    assert run_reporting_errors(read_only_unwrapped) == 2
+    assert capsys.readouterr().err.startswith("semalign: error: cannot write /mnt/ro/report.html: Read-only file "
+                                              "system; the file system is read-only")
+    with pytest.raises(FileNotFoundError):  # a missing file is not a refused write: a bug keeps its traceback
+        run_reporting_errors(lambda: open(tmp_path / "nope"))
+
+
+def test_interrupts_are_one_line_with_exit_code_128_plus_the_signal(capsys):
+    import signal
+    import time
+
+    from semalign_lens.errors import Interrupted
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    assert run_reporting_errors(ctrl_c) == 130
+    assert capsys.readouterr().err == "semalign: interrupted; rerun the same command to run it again\n"
+    assert run_reporting_errors(ctrl_c, prog="t.py", interrupted="interrupted; rerun with --resume") == 130
+    assert capsys.readouterr().err == "t.py: interrupted; rerun with --resume\n"
+
+    def trained():
+        raise Interrupted.at_step(7, 5, KeyboardInterrupt())
+
+    assert run_reporting_errors(trained) == 130
+    assert capsys.readouterr().err == "semalign: interrupted at step 7; the same command resumes from step 5\n"
+
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_reporting_errors(terminated) == 143
+    assert capsys.readouterr().err == "semalign: interrupted; rerun the same command to run it again\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone again

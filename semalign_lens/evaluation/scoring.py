@@ -67,23 +67,36 @@ def model_device(model) -> torch.device:
     return next(iter(plain_model(model).parameters()), torch.empty(0)).device
 
 
-def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
-    """Logits of a TransformerBridge or an HF causal LM, on the CPU. The tokens go to the model's device (a
-    student trained on a GPU is scored where it is). Right padding needs no attention mask (causal)."""
+def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | None = None
+                   ) -> Float[torch.Tensor, "batch pos vocab"]:
+    """Logits of a TransformerBridge or an HF causal LM, on the CPU, over the real vocabulary rows (`rows`,
+    default `models.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The tokens go
+    to the model's device (a student trained on a GPU is scored where it is). Right padding needs no attention
+    mask (causal).
+
+    Scores are over the real rows only (ours): a padded row is never a target, and the softmax over the
+    tokenizer's rows is the model's distribution over text; it differs from the all-rows one by the log of
+    (1 + the mass on padded rows), which a trained model keeps near 0 (they never appear in its data)."""
+    from ..models import vocab_rows
+
+    rows = vocab_rows(model) if rows is None else rows
     model = plain_model(model)
     device = model_device(model)
     if is_hf_model(model):
-        return model(input_ids=tokens.to(device), use_cache=False).logits.cpu()
-    return model(tokens.to(device), return_type="logits").cpu()
+        logits = model(input_ids=tokens.to(device), use_cache=False).logits
+    else:
+        logits = model(tokens.to(device), return_type="logits")
+    return logits[..., :rows].cpu()
 
 
 def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
               batch_size: int = 8, precision: str = "auto", progress: bool = False,
-              desc: str = "cross-entropy") -> tuple[float, int]:
+              desc: str = "cross-entropy", rows: int | None = None) -> tuple[float, int]:
     """(sum of next-token NLL in nats, number of scored tokens) over `batch`.
 
     Position t is scored when token t is real (and in `score_mask`, if given) and t >= 1: it is predicted
-    from positions < t. Padding never counts. Runs under no_grad in eval mode and restores the mode.
+    from positions < t. Padding never counts. Runs under no_grad in eval mode and restores the mode. The
+    softmax is over the real vocabulary rows (`forward_logits`; `rows`), in fp32 whatever the model's dtype.
     """
     if score_mask is None:
         score_mask = batch.mask
@@ -102,7 +115,7 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
             if not scored.any():
                 continue
             with torch.no_grad(), autocast(precision, model_device(model)):
-                logits = forward_logits(model, tokens)
+                logits = forward_logits(model, tokens, rows)
             logits = logits[:, :-1][scored].float()
             total += F.cross_entropy(logits, tokens[:, 1:][scored], reduction="sum").item()
             count += int(scored.sum())
@@ -122,7 +135,10 @@ def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | Non
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     batch = as_batch(data, tok, max_len)
-    total, count = token_nll(model, batch, score_mask, batch_size=batch_size, precision=precision, progress=progress)
+    from ..models import vocab_rows
+
+    total, count = token_nll(model, batch, score_mask, batch_size=batch_size, precision=precision, progress=progress,
+                             rows=vocab_rows(model, tokenizer))
     if count == 0:
         raise SemalignError("no token was scored (every sequence has < 2 real tokens or an empty score_mask)")
     return total / count

@@ -129,12 +129,27 @@ class LogitLens(torch.nn.Module):
     bridges and plain tensors is `semantics.Readout`.
     """
 
-    def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear):
+    def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear, rows: int | None = None):
         super().__init__()
         self.norm, self.head = norm, head
+        self.rows = rows  # the real vocabulary rows (`models.vocab_rows`); None: every head row
+
+    def normed(self, h: torch.Tensor) -> torch.Tensor:
+        """norm(h), `h` first cast to the head's dtype (fp32 states read through a bf16 student's head)."""
+        return self.norm(h.to(self.head.weight.dtype))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight if self.rows is None else self.head.weight[: self.rows]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = self.head.bias
+        return bias if bias is None or self.rows is None else bias[: self.rows]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(h))
+        z = self.head(self.normed(h))
+        return z if self.rows is None else z[..., : self.rows]
 
 
 class _FusedFisher(torch.autograd.Function):
@@ -201,8 +216,8 @@ def fisher_loss(h: Float[torch.Tensor, "batch pos d"], target: Float[torch.Tenso
         return h.sum() * 0.0
     if isinstance(lens, LogitLens) and isinstance(lens.head, torch.nn.Linear):
         with torch.no_grad():
-            x_target = lens.norm(ts)
-        total = _FusedFisher.apply(lens.norm(hs), x_target, lens.head.weight, lens.head.bias)
+            x_target = lens.normed(ts)
+        total = _FusedFisher.apply(lens.normed(hs), x_target, lens.weight, lens.bias)
         return total / hs.shape[0]
 
     def piece(h_chunk: torch.Tensor, t_chunk: torch.Tensor) -> torch.Tensor:

@@ -158,14 +158,18 @@ def _pinv_qr(W: Float[Tensor, "v d"], method: str) -> tuple[Tensor, str]:
 
 # ------------------------------------------------------------------------------------------ model access
 def live_head_tokens(*models) -> tuple[Tensor | None, Tensor]:
-    """(token ids to build bases on, or None for all; ids left out): the ids whose LM-head row is all zero in
-    any of `models` are left out. HF keeps a `padding_idx` embedding row at zero, and a tied head inherits it;
-    such a row has no pinv direction (its basis column is 0, unit-normalised it is NaN)."""
-    zero = None
+    """(token ids to build bases on, or None for all; ids left out): the real vocabulary rows the models share
+    (`models.vocab_rows`: a head padded beyond its tokenizer contributes no padded row), less the ids whose LM-head
+    row is all zero in any of `models`. HF keeps a `padding_idx` embedding row at zero, and a tied head inherits
+    it; such a row has no pinv direction (its basis column is 0, unit-normalised it is NaN). The ids left out are
+    the zero rows only; padded rows are not vocabulary and are not listed."""
+    from ..models import head_rows, vocab_rows
+
+    rows = min(vocab_rows(model) for model in models)
+    zero = torch.zeros(rows, dtype=torch.bool)
     for model in models:
-        rows = (unembedding(model) == 0).all(0).cpu()
-        zero = rows if zero is None else zero | rows
-    if not bool(zero.any()):
+        zero |= (unembedding(model)[:, :rows] == 0).all(0).cpu()
+    if not bool(zero.any()) and all(head_rows(model) == rows for model in models):
         return None, torch.empty(0, dtype=torch.long)
     return (~zero).nonzero().flatten(), zero.nonzero().flatten()
 
@@ -274,9 +278,13 @@ class SemanticBasis:
     def from_model(cls, model, *, fold_final_norm: bool = True, center: bool = False, tokens: Any = None,
                    dtype: torch.dtype = torch.float32, cache: bool = True, method: str = "cholqr2") -> SemanticBasis:
         """Output-side basis of `model`: unit columns of pinv(W), W = W_U.T (· diag(final-norm gain))."""
+        from ..models import vocab_rows
+
         W_U = unembedding(model)
         # a final norm without a learned gain (OLMo's non-parametric LayerNorm) has nothing to fold: gain 1
         gain = final_norm(model)["weight"] if fold_final_norm else None
+        if tokens is None and (rows := vocab_rows(model)) < W_U.shape[1]:
+            tokens = torch.arange(rows)  # a head padded beyond its tokenizer: padded rows are no tokens
         return cls.from_unembedding(W_U, norm_weight=gain, center=center, tokens=tokens, dtype=dtype,
                                     cache=cache, method=method, name=_model_name(model))
 
@@ -284,12 +292,19 @@ class SemanticBasis:
     def from_unembedding(cls, W_U: Float[Tensor, "d vocab"], *, norm_weight: Float[Tensor, " d"] | None = None,
                          center: bool = False, tokens: Any = None, dtype: torch.dtype = torch.float32,
                          cache: bool = False, method: str = "cholqr2", name: str = "custom") -> SemanticBasis:
-        """Output-side basis from a head given as W_U [d_model, vocab] (and optionally the gain to fold)."""
+        """Output-side basis from a head given as W_U [d_model, vocab] (and optionally the gain to fold).
+
+        The pinv is computed in `dtype`, fp32 or fp64, whatever the head's own dtype: a bf16/fp16 head (or
+        dtype) is upcast to fp32 (ours: a half-precision QR's rank test and unit columns would be rounding noise
+        at eps 4e-3 / 5e-4), so the basis of a half-precision model is an fp32 basis of its exact weights."""
         if not isinstance(W_U, Tensor) or W_U.ndim != 2:
             raise SemalignError("W_U must be a [d_model, vocab] tensor (TransformerLens convention: "
                                 "lm_head.weight.T)")
+        if dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
         if dtype not in (torch.float32, torch.float64):
-            raise SemalignError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise SemalignError(f"dtype must be torch.float32 or torch.float64 (bf16/fp16 compute in float32), "
+                                f"got {dtype}")
         d, V = W_U.shape
         if V < d:
             raise SemalignError(f"W_U has shape {tuple(W_U.shape)}; expected [d_model, vocab] with vocab >= "
@@ -488,7 +503,8 @@ def _same_vocabulary(a: SemanticBasis, b: SemanticBasis, what: str) -> None:
                  }.get((bool(a.vocab_key), bool(b.vocab_key)), "they follow different vocabulary alignments")
         raise SemalignError(f"{what}: the bases do not follow one vocabulary alignment ({which}); build both with "
                             "semalign_lens.semantics.intersection_bases(teacher, student, pair.alignment)")
-    if a.vocab_size != b.vocab_size or a.n_tokens != b.n_tokens or not torch.equal(a.token_ids, b.token_ids):
+    # the token ids are the columns' identity; the heads' sizes may differ by padding (`models.vocab_rows`)
+    if a.n_tokens != b.n_tokens or not torch.equal(a.token_ids, b.token_ids):
         raise SemalignError(f"{what}: the bases cover different tokens ({a.model}: {a.n_tokens} of {a.vocab_size}, "
                             f"{b.model}: {b.n_tokens} of {b.vocab_size}); build both with the same tokens= subset "
                             "of one shared vocabulary")

@@ -45,10 +45,18 @@ class Readout:
 
     @classmethod
     def from_model(cls, model) -> Readout:
+        """`model`'s readout over its real vocabulary rows (`models.vocab_rows`: a head padded beyond its
+        tokenizer reads no padded row), in fp32 whatever the model's dtype (ours: a bf16 readout's logits are
+        rounded to 3 significant digits, and the KL and top-k metrics read differences far below that)."""
+        from ..models import vocab_rows
+
         fn = final_norm(model)
         b_U = getattr(model, "b_U", None)
-        return cls(W_U=unembedding(model), b_U=b_U.detach() if isinstance(b_U, Tensor) else None, norm=fn["norm"],
-                   weight=fn["weight"], bias=fn["bias"], eps=fn["eps"], name=_model_name(model))
+        rows = vocab_rows(model)
+        fp32 = lambda t: None if not isinstance(t, Tensor) else t.detach().float()  # noqa: E731
+        return cls(W_U=unembedding(model)[:, :rows].float(), b_U=fp32(b_U[:rows] if isinstance(b_U, Tensor) else None),
+                   norm=fn["norm"], weight=fp32(fn["weight"]), bias=fp32(fn["bias"]), eps=fn["eps"],
+                   name=_model_name(model))
 
     @property
     def d_model(self) -> int:
@@ -144,7 +152,8 @@ class _ReadoutStats:
         self.n += logits.shape[0]
         self.top1 += float((top[:, 0] == ref["top"][:, 0]).sum())
         self.topk += float((ref["top"][:, :, None] == top[:, None, :]).any(-1).sum()) / self.k
-        self.kl += float((ref["neg_entropy"] - torch.linalg.vecdot(ref["p"], torch.log_softmax(logits, -1))).sum())
+        logp = torch.log_softmax(logits.float(), -1)  # fp32 even for a half-precision Readout built by hand
+        self.kl += float((ref["neg_entropy"] - torch.linalg.vecdot(ref["p"], logp)).sum())
 
     def add_coefficients(self, ref: dict[str, Tensor], coefficients: Tensor) -> None:
         self.coef_n += coefficients.shape[0]
@@ -158,7 +167,7 @@ class _ReadoutStats:
 
 
 def _reference(logits: Tensor, top_k: int) -> dict[str, Tensor]:
-    logp = torch.log_softmax(logits, -1)
+    logp = torch.log_softmax(logits.float(), -1)
     p = logp.exp()
     return {"p": p, "neg_entropy": torch.linalg.vecdot(p, logp), "top": logits.topk(top_k, dim=-1).indices}
 

@@ -23,11 +23,13 @@ from .basis import SemanticBasis
 def intersection_bases(teacher, student, alignment, **options) -> tuple[SemanticBasis, SemanticBasis]:
     """(teacher basis, student basis) on the shared strings of `alignment` (`ModelPair(..., vocab=
     "intersection").alignment`), in one common order; `options` go to `SemanticBasis.from_model`."""
+    from ..models import vocab_rows
+
     for role, model, size in (("teacher", teacher, alignment.teacher_size),
                               ("student", student, alignment.student_size)):
-        if model.cfg.d_vocab != size:
+        if vocab_rows(model) != size:  # the tokenizer's rows: a head padded beyond them is the same vocabulary
             raise SemalignError(f"the alignment is for a {role} vocabulary of {size} tokens, but the {role} has "
-                                f"{model.cfg.d_vocab}; align the pair's own tokenizers (ModelPair(..., "
+                                f"{vocab_rows(model)}; align the pair's own tokenizers (ModelPair(..., "
                                 "vocab='intersection'))")
     alignment.check_usable(max(teacher.cfg.d_model, student.cfg.d_model))
     out = []

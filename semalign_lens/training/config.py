@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import load_config, require_positive, setting, to_dict
 from ..errors import SemalignError
 from ..precision import PRECISIONS
+
+# `AlignConfig.dtype`: the dtypes models may be loaded in
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 MODES = ("frontier", "joint")
 TRAINABLE = ("paired", "all")
@@ -223,6 +228,10 @@ class AlignConfig:
     seed: int = setting(0, doc="seed of the data order and of adapter initialisation")
     precision: str = setting("auto", doc="auto (bf16 autocast only where the CPU/GPU computes bf16 natively), "
                                          "fp32 or bf16")
+    dtype: str = setting("float32", doc="the dtype teacher and student are loaded in from their sources: float32, "
+                                        "bfloat16 or float16 (half the memory; models passed in keep theirs). A "
+                                        "half-precision student computes in its dtype (autocast, whatever "
+                                        "precision says) and trains fp32 master weights of each stage")
     # Flush denormal floats to zero while training (CPU): softmax probabilities and their gradients are full
     # of denormals, and x86 matmuls with denormal inputs ran 3x slower here (fisher/kl/ce backward); the
     # numerical effect is nil (values below 1.2e-38).
@@ -246,6 +255,7 @@ class AlignConfig:
         from ..models import VOCAB_MODES
 
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "dtype", tuple(DTYPES))
         _choice(self, "vocab", VOCAB_MODES)
         if self.vocab == "intersection" and self.targets.mode == "cached":
             raise SemalignError("a cross-tokenizer pair (vocab = 'intersection') reads the teacher online, on its own "
@@ -268,6 +278,11 @@ class AlignConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))
+
+    @property
+    def torch_dtype(self):
+        """`dtype` as a torch dtype."""
+        return DTYPES[self.dtype]
 
 
 def _needs_teacher_logits(name: str) -> bool:
@@ -297,13 +312,17 @@ RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_ever
                   "cka_max_tokens", "run_dir"}
 
 
+# Keys added since runs were first saved, with the value a run saved before them had.
+ADDED_KEYS = {"dtype": "float32"}
+
+
 def config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between a saved run config and this one (resumable keys aside)."""
     out = []
     for key in sorted(set(saved) | set(now)):
         if not prefix and key in RESUMABLE_KEYS:
             continue
-        a, b = saved.get(key), now.get(key)
+        a, b = saved.get(key, ADDED_KEYS.get(key) if not prefix else None), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_diff(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -152,9 +152,11 @@ class Trainer:
         from ..models import (
             ModelPair,
             check_bridge_runs,
+            head_rows,
             load_model,
             model_name,
             trainer_problem,
+            vocab_rows,
             vocabulary_mismatch,
         )
 
@@ -187,8 +189,13 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
-        teacher = teacher if teacher is not None else load_model(cfg.teacher)
-        student = student if student is not None else load_model(cfg.student)
+        teacher = teacher if teacher is not None else load_model(cfg.teacher, dtype=cfg.torch_dtype)
+        student = student if student is not None else load_model(cfg.student, dtype=cfg.torch_dtype)
+        # a half-precision student computes in its dtype: autocast to it, whatever `precision` says, so the fp32
+        # master weights of a stage (`schedule._fp32_masters`) run beside its frozen bf16/fp16 weights
+        half = next((p.dtype for p in student.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
+        if half is not None:
+            self.autocast = lambda: torch.autocast(self.device.type, dtype=half)
         self.cross = cfg.vocab == "intersection"
         if cfg.data.document_start is not None:  # declared on the tokenizers, so the saved student keeps it
             for model in (student,) if self.cross else (student, teacher):
@@ -198,6 +205,11 @@ class Trainer:
                                 "aligned positions (training/cross_pair.py)")
         # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share refused)
         self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
+        # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None where
+        # a head has no padding (nothing is sliced)
+        self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m) for m in (teacher, student))
+        if not self.cross and (self.t_rows or self.s_rows):
+            self.t_rows = self.s_rows = vocab_rows(student)  # one tokenizer: the KL compares the common real rows
         self._check_objectives_fit_vocab()
         for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
             if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
@@ -228,7 +240,7 @@ class Trainer:
         self.student = clean_copy(student, share_weights=False).to(self.device)
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
-        self.lens = lens_fn(self.student)
+        self.lens = lens_fn(self.student, self.s_rows)
         diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
         self.teacher_diag = {k: v.to(self.device) for k, v in
                              diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
@@ -247,7 +259,7 @@ class Trainer:
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
         top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
-                         self.autocast)
+                         self.autocast, rows=self.t_rows)
         if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
             ids = teacher_to_student_ids(self.alignment, parts(self.teacher).head.weight.shape[0]).to(self.device)
             top1 = {k: ids[v] for k, v in top1.items()}
@@ -258,7 +270,13 @@ class Trainer:
         self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
                            "processes": self.world, "pairing": [p.record() for p in self.pairs],
                            "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
-                           "data": self.data.source, "precision": precision_record(cfg.precision, self.device)}
+                           "data": self.data.source, "precision": {
+                               **precision_record(cfg.precision, self.device),
+                               "model_dtype": {r: str(next(m.parameters()).dtype)[6:]
+                                               for r, m in (("teacher", teacher), ("student", student))},
+                               **({"autocast": str(half)[6:]} if half is not None else {})},
+                           "vocab_rows": {"teacher": vocab_rows(teacher), "student": vocab_rows(student),
+                                          "head_rows": [head_rows(teacher), head_rows(student)]}}
         if self.cross:
             self.provenance["vocab"] = {**self.alignment.describe(),
                                         "aligned_student_positions": self.data.teacher.share,
@@ -338,7 +356,7 @@ class Trainer:
             online = OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
             return CrossTargets(online, self.data.teacher) if self.cross else online
         store = self.cfg.targets.logits_store if self.need_teacher_logits else None
-        top_k, vocab = self.cfg.targets.top_k, parts(self.teacher).head.weight.shape[0]
+        top_k, vocab = self.cfg.targets.top_k, self.t_rows or parts(self.teacher).head.weight.shape[0]
         if store == "topk" and top_k > vocab:
             raise SemalignError(f"targets.top_k = {top_k} exceeds the teacher's vocabulary of {vocab} tokens; use at "
                                 f"most {vocab} (top_k = {vocab} keeps the whole distribution)")
@@ -346,6 +364,8 @@ class Trainer:
                                self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
                                self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k,
                                tail_samples=self.cfg.targets.tail_samples)
+        if store and self.t_rows:  # a padded teacher head: the cache holds logits over the real rows only
+            ident["vocab_rows"] = self.t_rows
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
         meta = check_cache(path, ident, notes=self.main)
         if meta is None:
@@ -453,6 +473,10 @@ class Trainer:
         layers = self._student_layers(stage.pairs)
         with self.autocast():
             s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
+        if logits is not None and self.s_rows:  # padded head rows are no tokens: no term reads them
+            logits = logits[..., : self.s_rows]
+        if isinstance(teacher.logits, torch.Tensor) and self.t_rows:
+            teacher.logits = teacher.logits[..., : self.t_rows]
         mask = batch.mask if teacher.mask is None else batch.mask & teacher.mask  # where the teacher compares
         layer_inputs = ([self._layer_inputs(p, s_states, teacher.states, mask) for p in stage.pairs]
                         if self.need_teacher_states else [])
@@ -515,7 +539,7 @@ class Trainer:
         s_states = {k: v.float() for k, v in s_states.items()}
         # the held-out metric every method shares: next-token CE of the student on the diagnostic batch
         self._log({"kind": "heldout", "step": step, "stage": stage.index, "when": when,
-                   "ce": float(ce_loss(logits.float(), tokens, mask))})
+                   "ce": float(ce_loss(logits[..., : self.s_rows or logits.shape[-1]].float(), tokens, mask))})
         for pair in self.pairs:
             x = self._layer_inputs(pair, s_states, self.teacher_diag, self.diag_mask.to(self.device))
             top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")

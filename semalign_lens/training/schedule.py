@@ -114,12 +114,37 @@ def open_stage(student: nn.Module, cfg: ScheduleConfig, stage: Stage, seed: int)
     unique = list({id(p): p for p in params}.values())  # tied embeddings appear twice
     if not unique:
         raise SemalignError(f"stage {stage.index} ({stage.label}) has no trainable parameters")
+    _fp32_masters(student, unique)
     return unique
 
 
+HALF = (torch.bfloat16, torch.float16)
+
+
+def _fp32_masters(student: nn.Module, params: list[nn.Parameter]) -> None:
+    """Train a half-precision student's stage parameters in fp32 (ours; mixed-precision practice): AdamW's
+    update lr·m/√v is ~1e-4 of a weight, below bf16's resolution (2⁻⁸ ≈ 4e-3 relative), so most updates applied
+    to bf16 weights round away. The stage's parameters (or its LoRA factors) are upcast while it trains, under
+    the trainer's autocast in the model's dtype, and `close_stage` casts them back after LoRA is merged (the
+    merge adds the fp32 update to the bf16 weight, rounded once). Frozen weights stay in the model's dtype."""
+    masters = getattr(student, "_semalign_masters", None)
+    if masters is None:
+        masters = {}
+        student._semalign_masters = masters  # plain attribute: not a parameter, not in the state dict
+    for p in params:
+        if p.dtype in HALF:
+            masters[id(p)] = (p, p.dtype)
+            p.data = p.data.float()
+
+
 def close_stage(student: nn.Module) -> None:
-    """Merge LoRA adapters into their weights and freeze everything."""
+    """Merge LoRA adapters into their weights, cast fp32 master weights back to the model's dtype, and freeze
+    everything."""
     merge_lora(student)
+    for p, dtype in getattr(student, "_semalign_masters", {}).values():
+        p.data = p.data.to(dtype)
+    if hasattr(student, "_semalign_masters"):
+        student._semalign_masters.clear()
     student.requires_grad_(False)
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ..data import require_document_start
 from ..errors import SemalignError
 
-DOC_SEPARATOR = "<|endoftext|>"
+DOC_SEPARATOR = "<|endoftext|>"  # the one special token of the tokenizers this package trains (zoo.bpe)
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
@@ -112,9 +113,11 @@ def text_stream(texts: Sequence[str], tokenizer, separator_id: int) -> torch.Ten
     return torch.tensor(out, dtype=torch.int32)
 
 
-def token_stream(files: list[Path], tokenizer, separator: str = DOC_SEPARATOR) -> torch.Tensor:
-    """Concatenate files into one int32 token stream, each document preceded by `separator`."""
-    return text_stream([read_text(p) for p in files], tokenizer, tokenizer.convert_tokens_to_ids(separator))
+def token_stream(files: list[Path], tokenizer) -> torch.Tensor:
+    """Concatenate files into one int32 token stream, each document preceded by the tokenizer's document start
+    (`data.document_start`: `<|endoftext|>` for the embedded student's tokenizers)."""
+    return text_stream([read_text(p) for p in files], tokenizer,
+                       require_document_start(tokenizer, "the corpus's documents"))
 
 
 def blocks(stream: torch.Tensor, length: int) -> torch.Tensor:

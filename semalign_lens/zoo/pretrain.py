@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
 from ..checks import check_output_dir, read_utf8
 from ..config import from_dict, require_positive, to_dict
+from ..data import require_document_start
 from ..errors import Interrupted, SemalignError, writing
 from ..precision import autocast, check_precision, precision_record
 from ..runlock import run_lock
@@ -232,7 +233,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, 
     write_json_atomic(run_dir / "machine.json", precision_record(cfg.precision))  # this session's CPU and precision
 
     torch.manual_seed(cfg.seed)
-    eos = tokenizer.convert_tokens_to_ids(corpus.DOC_SEPARATOR)
+    eos = require_document_start(tokenizer, "the corpus's documents")  # BOS = EOS = the separator
     hf_cfg = cfg.arch.hf_config(len(tokenizer), bos_id=eos, eos_id=eos)
     model = LlamaForCausalLM(hf_cfg)
     model.config._attn_implementation = "sdpa"
@@ -361,7 +362,7 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
         raise SemalignError(f"--out {out_dir} holds a config.json that is not a model's (a run directory?); the "
                             "export would overwrite it: choose another --out")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(cfg)))
-    eos = tokenizer.convert_tokens_to_ids(corpus.DOC_SEPARATOR)
+    eos = require_document_start(tokenizer, "the corpus's documents")  # BOS = EOS = the separator
     model = LlamaForCausalLM(cfg.arch.hf_config(len(tokenizer), bos_id=eos, eos_id=eos))
     load_checkpoint(ckpt, model, None)
     model.to(dtype)

@@ -244,6 +244,29 @@ def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch
                      load_model(s_hf, tokenizer=tok, name="tiny-student"))
 
 
+# Head rows beyond the tokenizer of the tiny padded pair (teacher, student): one tokenizer, two padded heads, as
+# Qwen2.5-7B (152,064 rows) and 1.5B (151,936) pad one 151,665-token tokenizer to different multiples.
+TINY_PADDING = (64, 16)
+
+
+def tiny_padded_hf_pair(seed: int = 0, padding: tuple[int, int] = TINY_PADDING):
+    """(teacher_hf, student_hf, tokenizer): the tiny pair with `padding` head (and embedding) rows beyond the
+    shared tokenizer, `vocab_size = len(tokenizer) + padding` in their configs. The padded rows hold random weights
+    like every other row, as an untrained padding does, so a stage that read them would give other numbers."""
+    tok = tiny_tokenizer()
+    return (tiny_hf_model(TINY_TEACHER, len(tok) + padding[0], seed),
+            tiny_hf_model(TINY_STUDENT, len(tok) + padding[1], seed + 1), tok)
+
+
+def tiny_padded_pair(seed: int = 0, padding: tuple[int, int] = TINY_PADDING):
+    """A `ModelPair` of the tiny padded models (`tiny_padded_hf_pair`)."""
+    from ..models import ModelPair, load_model
+
+    t_hf, s_hf, tok = tiny_padded_hf_pair(seed, padding)
+    return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher-padded"),
+                     load_model(s_hf, tokenizer=tok, name="tiny-student-padded"))
+
+
 def tiny_cross_pair(seed: int = 0):
     """A `ModelPair(vocab="intersection")` of tiny models with two tokenizers: the teacher's is the shared
     tiny one, the student's another byte-level BPE (`TOKENIZER_TEXTS["other"]`, `TINY_OTHER_VOCAB` tokens)."""

@@ -160,3 +160,55 @@ def test_truncated_cache_shard_is_named_and_the_cache_rebuilt(tmp_path, referenc
     assert f"target cache {cache}: shard shard-00001.safetensors is damaged ({len(intact) // 2} bytes, " \
            f"{len(intact)} when written); building it again" in again.stderr.splitlines(), again.stderr[-3000:]
     assert shard.read_bytes() == intact  # the same teacher states again
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one_pointed_to(tmp_path, monkeypatch):
+    """In-process ENOSPC (as safetensors reports it) and an interrupt, each in the middle of a checkpoint."""
+    import torch
+    from safetensors import SafetensorError
+
+    from semalign_lens import checkpoint
+    from semalign_lens.errors import SemalignError
+
+    model = torch.nn.Linear(4, 4)
+    checkpoint.save_checkpoint(tmp_path, 1, model, None, {})
+    kept = _snapshot(tmp_path)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(SemalignError, match=re.escape(f"cannot write {tmp_path}/checkpoints/step-0000002: No space "
+                                                      "left on device; free disk space there")):
+        checkpoint.save_checkpoint(tmp_path, 2, model, None, {})
+    assert _snapshot(tmp_path) == kept and checkpoint.latest_step(tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000001"]  # no .tmp-step-2
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(tmp_path, 2, model, None, {})
+    assert _snapshot(tmp_path) == kept
+
+
+def test_run_lock_names_its_holder_and_guards_pretraining(tmp_path):
+    from semalign_lens.errors import SemalignError
+    from semalign_lens.runlock import refuse_if_locked, run_lock
+    from semalign_lens.zoo.pretrain import PretrainConfig, pretrain
+
+    held = tmp_path / "run"
+    with run_lock(held, "run_dir"):
+        holder = json.loads((held / ".semalign.lock.json").read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(SemalignError, match=rf"^run_dir {held} is in use by process {os.getpid()} on "
+                                                rf"{re.escape(holder['host'])} \(since "):
+            refuse_if_locked(held, "run_dir")
+        with pytest.raises(SemalignError, match=rf"^--run-dir {held} is in use by process {os.getpid()}"):
+            pretrain(PretrainConfig(), held)
+        assert sorted(p.name for p in held.iterdir()) == [".semalign.lock", ".semalign.lock.json"]  # nothing written
+    assert not (held / ".semalign.lock.json").exists()
+    refuse_if_locked(held, "run_dir")  # free again
+    with run_lock(held):  # and taken again
+        pass

@@ -53,3 +53,30 @@ def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny
     with pytest.raises(SemalignError, match="another tokenizer"):
         Trainer(make_cfg(tmp_path / "d", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
     assert not (tmp_path / "b" / "run" / "checkpoints").exists()
+
+
+def test_damaged_or_unchecked_cache_is_noted_and_built_again(tmp_path, tiny_pair, tokens, capsys):
+    """A shard changed in place (same size: only the checksum sees it) or a cache without checksums is not
+    trained on: one note naming it, then the cache is built again, byte for byte the same."""
+    cache = tmp_path / "cache"
+    over = {"targets.mode": "cached", "targets.cache_dir": str(cache), "objective.terms": {"relation": 1.0},
+            "targets.shard_sequences": 8}
+
+    def trainer(name):
+        return Trainer(make_cfg(tmp_path / name, **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+                       data=tokens)
+
+    trainer("a")
+    shard = cache / "shard-00001.safetensors"
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:-8] + bytes(b ^ 0xFF for b in intact[-8:]))  # the last values changed in place
+    capsys.readouterr()
+    trainer("b")
+    assert f"target cache {cache}: shard shard-00001.safetensors is damaged (its sha256 differs from the one " \
+           "recorded when it was written); building it again" in capsys.readouterr().err
+    assert shard.read_bytes() == intact
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    trainer("c")
+    assert "records no shard checksums (built by an older version); building it again" in capsys.readouterr().err
+    assert json.loads((cache / "meta.json").read_text()) == meta
