@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from .activations import hook_name
 from .checks import require_hooked, require_int
 from .errors import SemalignError
-from .models import model_name
+from .models import model_name, vocab_rows
 from .tasks.batch import PairBatch
 from .tasks.metrics import check_metric, metric_fn
 
@@ -208,7 +208,7 @@ def grad_x_activation(model, batch: PairBatch, *, metric: str = "logprob", batch
     """`grad_x_act` (signed, the paper's) and `grad_x_act_abs` rows, on the clean run."""
     require_eval(model, "gradient x activation")
     _check_batch(model, batch, metric)
-    fn = metric_fn(metric)
+    fn = metric_fn(metric, vocab_rows(model))
     signed, absolute = [], []
     for sub in _progress(_subs(batch, batch_size), "grad x act", progress):
         logits, stream = _stream(model, sub.clean.tokens, grad=True)
@@ -377,7 +377,7 @@ def intervention_scan(model, batch: PairBatch, *, methods: Sequence[str] = PATCH
         raise SemalignError(f"engine must be one of {ENGINES}, got {engine!r}")
     require_eval(model, "activation patching and ablation")
     _check_batch(model, batch, metric)
-    fn = metric_fn(metric)
+    fn = metric_fn(metric, vocab_rows(model))
     subs = _subs(batch, batch_size)
     mean = None
     if {"ablate_mean", "ablate_resample"} & set(methods):
@@ -447,7 +447,7 @@ def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n
     """
     require_eval(model, "parameter sensitivity")
     _check_batch(model, batch, metric)
-    fn = metric_fn(metric)
+    fn = metric_fn(metric, vocab_rows(model))
     blocks = [list(block.parameters()) for block in model.blocks]
     if any(not p for p in blocks):
         raise SemalignError(f"{model_name(model)} exposes no parameters under model.blocks[l]; parameter "

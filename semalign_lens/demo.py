@@ -383,12 +383,12 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
 
 
 def _other_tokenizer(profile: DemoProfile) -> bool:
-    """Whether the student's vocabulary size differs from the teacher's, as their configs state it (no model
-    loads); "tiny" is the one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads,
-    naming the fix (vocab = "intersection")."""
-    from .models import inspect_source
+    """Whether the student's tokenizer differs from the teacher's, read from their directories (no model loads;
+    heads padded to different sizes over one tokenizer are one vocabulary, `models.vocab_rows`); "tiny" is the
+    one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads, naming the fix
+    (vocab = "intersection")."""
+    from .models import sources_differ_in_vocabulary
 
     if profile.teacher == "tiny":
         return False
-    sizes = [(inspect_source(source) or {}).get("vocab_size") for source in (profile.teacher, profile.student)]
-    return None not in sizes and sizes[0] != sizes[1]
+    return sources_differ_in_vocabulary(profile.teacher, profile.student)

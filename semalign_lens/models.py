@@ -741,6 +741,29 @@ def _source_tokenizer(source: Any):
         return None
 
 
+def _sources_vocab_problem(teacher: Any, student: Any, facts: list[tuple]) -> str | None:
+    """`tokenizer_mismatch` of two sources before they load, where their heads differ in size and both
+    tokenizers can be read (`facts`: (name, depth, head rows) per source); None otherwise."""
+    (t_name, _, v_t), (s_name, _, v_s) = facts
+    if v_t is None or v_s is None or v_t == v_s:
+        return None
+    toks = [getattr(src, "tokenizer", None) if not isinstance(src, (str, os.PathLike)) else _source_tokenizer(src)
+            for src in (teacher, student)]
+    if any(tok is None for tok in toks):
+        return None
+    return tokenizer_mismatch(toks[0], toks[1], t_name, s_name, min(v_t, len(toks[0])), min(v_s, len(toks[1])))
+
+
+def sources_differ_in_vocabulary(teacher: Any, student: Any) -> bool:
+    """Whether two sources' tokenizers differ, from their directories without loading a model (heads of one
+    size are taken as one tokenizer here; `vocabulary_mismatch` checks the loaded models)."""
+    facts = []
+    for source in (teacher, student):
+        size = (inspect_source(source) or {}).get("vocab_size")
+        facts.append((str(source), None, size if isinstance(size, int) else None))
+    return _sources_vocab_problem(teacher, student, facts) is not None
+
+
 def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tuple[int | None, int | None]:
     """Before anything loads: check both sources (`inspect_source`; loaded models must be hooked) and, where
     their configs tell it cheaply, that they share a vocabulary (unless `vocab="intersection"`) and the teacher
@@ -761,15 +784,8 @@ def check_pair_sources(teacher: Any, student: Any, vocab: str = "shared") -> tup
             facts.append((model_name(source), getattr(source.cfg, "n_layers", None),
                           getattr(source.cfg, "d_vocab", None)))
     (t_name, n_t, v_t), (s_name, n_s, v_s) = facts
-    if vocab == "shared" and v_t is not None and v_s is not None and v_t != v_s:
-        toks = [getattr(src, "tokenizer", None) if not isinstance(src, (str, os.PathLike)) else _source_tokenizer(src)
-                for src in (teacher, student)]
-        if all(tok is not None for tok in toks):
-            problem = tokenizer_mismatch(toks[0], toks[1], t_name, s_name, min(v_t, len(toks[0])),
-                                         min(v_s, len(toks[1])))
-            if problem:
-                raise SemalignError(problem + '; or pair them through their shared token strings '
-                                    '(vocab="intersection")')
+    if vocab == "shared" and (problem := _sources_vocab_problem(teacher, student, facts)):
+        raise SemalignError(problem + '; or pair them through their shared token strings (vocab="intersection")')
     problem = depth_problem(n_t, n_s, t_name, s_name)
     if problem:
         raise SemalignError(problem)

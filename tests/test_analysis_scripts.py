@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from semalign_lens.checkpoint import latest_step
 from semalign_lens.errors import SemalignError
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
@@ -161,7 +162,7 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
     with pytest.raises(Killed):
         table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, student, work, cache, maps, set(),
                         killed_after_first)
-    assert table._checkpoint_step(work / "code-all-kd-s0") == 2
+    assert latest_step(work / "code-all-kd-s0") == 2
     resumed = []
     table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, copy.deepcopy(tiny_pair.student), work,
                     cache, maps, {("code", "all", "kd", 0, 2)}, resumed.append)

@@ -83,8 +83,11 @@ def env(tmp_path_factory):
                       intermediate_size=32, is_decoder=True)
     _copy_model(teacher, root / "mismatch", config__json=bert.to_json_string())  # Llama weights, BERT config
     _copy_model(teacher, root / "badtype", config__json=json.dumps({"model_type": "no_such_arch"}))
-    other = json.loads((student / "config.json").read_text())
-    _copy_model(student, root / "othervocab", config__json=json.dumps({**other, "vocab_size": 400}))
+    # another tokenizer (400 tokens) under a 400-row head: a head padded beyond one tokenizer would be accepted
+    from semalign_lens.zoo.tiny import TINY_STUDENT, tiny_tokenizer
+
+    other_tok = tiny_tokenizer(vocab_size=400)
+    _save(tiny_hf_model(TINY_STUDENT, len(other_tok), 1), other_tok, root / "othervocab")
     assert BertLMHeadModel  # the mismatch case needs the class to exist in this transformers
     from semalign_lens.models import save_model
     from semalign_lens.zoo.tiny import tiny_native_bridge

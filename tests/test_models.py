@@ -39,8 +39,21 @@ def test_describe_reports_architecture(tiny_pair):
     assert row["norm"] == "RMS"
 
 
+class _FakeTokenizer:
+    bos_token_id = eos_token_id = 0  # id 0 starts documents (`data.document_start`)
+
+    def __init__(self, vocab: dict[str, int]):
+        self.vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+
 def _fake(name: str, vocab: dict[str, int]):
-    tokenizer = SimpleNamespace(get_vocab=lambda: dict(vocab))
+    tokenizer = _FakeTokenizer(vocab)
     return SimpleNamespace(cfg=SimpleNamespace(d_vocab=len(vocab), model_name=name), tokenizer=tokenizer,
                            provenance=SimpleNamespace(source=name, mode="raw"))
 

@@ -27,7 +27,13 @@ from semalign_lens.models import (
     vocab_rows,
 )
 from semalign_lens.trainer import align, load_align_config
-from semalign_lens.zoo.tiny import TINY_PADDING, TINY_STUDENT, tiny_hf_model, tiny_padded_hf_pair, tiny_tokenizer
+from semalign_lens.zoo.tiny import (
+    TINY_PADDING,
+    TINY_STUDENT,
+    tiny_hf_model,
+    tiny_padded_hf_pair,
+    tiny_tokenizer,
+)
 
 V = len(tiny_tokenizer())  # 384 real tokens; heads of 384 + 64 and 384 + 16 rows
 TEXTS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n", "x = [i * i for i in range(9)]\n"]
@@ -84,7 +90,14 @@ def test_pairs_are_compared_by_tokenizer_not_by_head_rows(padded, hf_pair, tmp_p
 def test_analysis_stages_read_the_real_rows_only(padded, twin):
     """Capture, CKA, semantic bases, the transfer map, readouts and (transfer) fidelity equal the twin's."""
     from semalign_lens.activations import accumulated_resid, capture
-    from semalign_lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, live_head_tokens, transfer_fidelity
+    from semalign_lens.semantics import (
+        Readout,
+        SemanticBasis,
+        TransferMap,
+        fidelity,
+        live_head_tokens,
+        transfer_fidelity,
+    )
     from semalign_lens.similarity import cka_matrix
 
     batch = tokenize(padded.tokenizer, TEXTS)
@@ -123,6 +136,18 @@ def test_analysis_stages_read_the_real_rows_only(padded, twin):
                                                         weight=readouts["padded"][0].weight, eps=readouts["padded"][0].eps)
     mass = torch.softmax(full(h_t), -1)[:, V:].sum(-1).mean()
     assert mass > 0.05
+
+
+def test_rankers_read_the_real_rows_only(padded, twin):
+    """The log-prob metric's softmax (gradient and patching rankers) and LaTen's readout: the twin's scores."""
+    from semalign_lens.attribution import rank_layers
+    from semalign_lens.tasks import fact_task, tokenize_pairs
+
+    prompts = tokenize_pairs(padded.tokenizer, fact_task(tokenizer=padded.tokenizer, n=4, seed=0), align="left_pad")
+    scores = [rank_layers(p.teacher, prompts, methods=["grad_x_act", "patch_denoise", "laten"], n_boot=10,
+                          progress=False) for p in (padded, twin)]
+    assert scores[0]["score"].notna().all()
+    assert scores[0]["score"].to_numpy() == pytest.approx(scores[1]["score"].to_numpy(), rel=1e-4, abs=1e-6)
 
 
 def test_pairing_report_on_a_padded_pair(padded, tmp_path):

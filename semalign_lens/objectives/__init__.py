@@ -32,6 +32,16 @@ Interfaces of the layer losses (the `interface` option):
 
 Masks: padding positions never enter any loss. Output losses that score next-token predictions use
 positions t with both t and t+1 real; `kl` uses every real position.
+
+Vocabulary rows (ours; the paper's Llama-2 heads have no padding): the trainer hands every output term the
+logits of the real vocabulary only, the first `models.vocab_rows` = len(tokenizer) head rows, and the logit lens
+(`LogitLens.rows`, so `fisher` too) reads those rows. A head padded beyond its tokenizer (Qwen2.5: 152,064 rows
+for 151,665 tokens) has rows no text encodes to: a padded row is never a target, and the softmax over the
+tokenizer's rows is the model's distribution over text, conditioned on emitting a token. So `ce` and `kl` are
+over the real rows, renormalised there; the all-rows CE would exceed it by log(1 + mass on padded rows / mass
+on real rows), which a trained model keeps near 0 (those rows never occur in its data); padded rows get no
+gradient, so training leaves their mass as it was. Two heads of different sizes over one tokenizer (Qwen2.5-7B:
+152,064 rows, 1.5B: 151,936) compare on their common real rows.
 """
 
 from __future__ import annotations

@@ -158,6 +158,8 @@ class TransferMap:
         if h_T.shape[-1] != d_T:
             raise SemalignError(f"teacher states have width {h_T.shape[-1]}, but this map expects d_T={d_T} "
                                 f"({self.teacher['model']}); pass states of the teacher the map was built for")
+        if h_T.dtype in (torch.bfloat16, torch.float16):  # in fp32: a half-precision norm clamp underflows to 0/0
+            return self(h_T.float()).to(h_T.dtype)
         key = (h_T.device, h_T.dtype)
         if key not in self._moved:
             self._moved[key] = self.matrix.to(h_T.device, h_T.dtype)

@@ -52,7 +52,10 @@ def check_metric(metric: str, batch: PairBatch) -> None:
                             "use metric='logprob' or give every pair a distinct corrupted_answer")
 
 
-def metric_fn(metric: str) -> Callable[[torch.Tensor, PairBatch], torch.Tensor]:
+def metric_fn(metric: str, rows: int | None = None) -> Callable[[torch.Tensor, PairBatch], torch.Tensor]:
+    """The metric by name; with `rows`, over the first `rows` logits only (the real vocabulary,
+    `models.vocab_rows`: the log-prob's softmax then reads no padded head row)."""
     if metric not in METRICS:
         raise SemalignError(f"metric must be one of {METRICS}, got {metric!r}")
-    return answer_logprob if metric == "logprob" else logit_diff
+    fn = answer_logprob if metric == "logprob" else logit_diff
+    return fn if rows is None else lambda logits, batch: fn(logits[..., :rows], batch)

@@ -7,30 +7,33 @@ them on the meta device (exact parameter counts and block layouts; no memory, no
 the formulas below to the run's `AlignConfig`. `check` then refuses a run that will not fit the budgets, in
 one line naming the changes that make it fit.
 
-The formulas mirror the trainer as it is (`training/loop.py`): both models held in fp32 (`load_model`'s
-dtype), `precision = "bf16"` being autocast over fp32 weights, one process. Bytes; printed in GiB (2^30 B).
+The formulas mirror the trainer as it is (`training/loop.py`, one process): both models loaded in `dtype`;
+float32 weights compute under `precision` (bf16: autocast over them), half-precision ones under autocast to
+their own dtype, with the stage's trainable parameters upcast to fp32 masters. Bytes; printed in GiB (2^30 B).
 
 Symbols. P_T, P_S: parameters (tied embeddings once); L_T, L_S: blocks; d_T, d_S: widths; V_T, V_S: LM-head
 rows. Per student block: h heads, q = h·head_dim, kv = kv_heads·head_dim, f MLP width, m = 3 for a gated
 MLP (gate, up, activation) else 2, n_norm norms with a weight, Σin the input widths of its linear layers.
 B = data.batch_size, S = data.seq_len, n = B·S tokens a step, N = data.n_sequences, N_d =
 data.diag_sequences·S diagnostic tokens, n_c = min(cka_max_tokens, N_d). K = teacher states per token: the
-distinct teacher layers of all pairs plus the embedding (0 when no term reads the teacher). b = 2 under bf16
-autocast (the dtype of matmul outputs), else 4. r = schedule.lora_rank. "logits" below: some output term
+distinct teacher layers of all pairs plus the embedding (0 when no term reads the teacher). w = 2 for a
+bfloat16 or float16 `dtype`, else 4 (bytes a weight). b = 2 (the dtype of matmul outputs) for half-precision
+models or under bf16 autocast, else 4. r = schedule.lora_rank. "logits" below: some output term
 (kl, ce, ...) needs the student's logits, so the student forward runs every block and the head.
 
 GPU, setup (`Trainer.__init__`: both models on the device):
-- teacher weights 4·P_T, student weights 4·P_S;
+- teacher weights w·P_T, student weights w·P_S;
 - teacher diagnostic states 4·(L_T + 1)·N_d·d_T (kept all run);
 - cached targets, the cache build's batch: n·(4·K·d_T + (b + 8)·V_T when logits are stored: the logits, their
   fp32 log-softmax and the top-k temporaries);
 - teacher forward: one block's MLP intermediates, b·(m_T + 1)·f_T per token, over max(N_d, n if cached).
 GPU, training, the stage that needs most (rows summed: an upper bound, the teacher's and the student's
 forwards are not live at once):
-- teacher weights 4·P_T (online targets only: a cached run releases the teacher after setup);
-- student weights 4·P_S; teacher diagnostic states as in setup;
-- trainable state: P_tr·12 with full parameters (fp32 gradient, AdamW's two moments), P_tr·16 with LoRA (the
-  adapters too); P_tr: LoRA r·Σ(in + out) over the adapted layers of the trainable blocks, else their parameters;
+- teacher weights w·P_T (online targets only: a cached run releases the teacher after setup);
+- student weights w·P_S; teacher diagnostic states as in setup;
+- trainable state: P_tr·12 + M (fp32 gradient, AdamW's two moments, and M: the fp32 LoRA adapters, 4·P_tr, or
+  the upcast of full half-precision parameters to fp32 masters, (4 − w)·P_tr); P_tr: LoRA r·Σ(in + out) over the
+  adapted layers of the trainable blocks, else their parameters;
 - teacher targets: n·(4·K·d_T + logits): 4·V_T online or from a dense cache, 8·top_k + 4 + 8·tail_samples
   from a top-k cache (int32 ids, fp32 log-probabilities and tail), 0 without teacher logits;
 - teacher forward (online): n·b·((m_T + 1)·f_T + V_T if teacher logits);
@@ -42,16 +45,17 @@ forwards are not live at once):
     trainable      A + 4·n_norm·d + b·Σin (full: norm outputs, each linear's input) or A + b·Σ(in + r) over
                    the adapted layers (LoRA);
     with logits    + 4·(d + 1) + b·d (final norm, head input);
-- autocast weight copies (b = 2): 2·(the linear weights of the blocks on that path + V_S·d_S with logits):
-  autocast casts frozen weights at every use and backward keeps the bf16 copies;
+- autocast weight copies: over float32 weights (b = 2), 2·(the linear weights of the blocks on that path +
+  V_S·d_S with logits): autocast casts frozen weights at every use and backward keeps the bf16 copies; over
+  half-precision weights, 2·P_tr (the fp32 masters' casts);
 - vocabulary buffers (logits): n·V_S·(b + Σ c): the student logits, and per output term c = 4 + b for kl (the
   fp32 gradient it keeps and its cast), 12 + b for ce (fp32 log-softmax, the gradient in and out, the cast),
   8 + b for cosine_onehot and shared_kl, 32 + b for uld (two sorted softmaxes), 12 + b for any other;
 - layer terms: n·4·(3·d_S + d_T + 3·S) per active pair (mapped target and contribution, the teacher's
   contribution, three S × S Grams a sequence); fisher's vocabulary chunks (16 MiB) are not counted;
 - backward: one block's activation gradients, n·(8·d_S + b·m·f_S).
-Host RAM, setup: the teacher bridge 4·P_T; the student bridge and the plain copy made of it before it moves,
-8·P_S; the data (N + diag_sequences)·S·9 (int64 tokens, bool mask); the teacher's CKA stack
+Host RAM, setup: the teacher bridge w·P_T; the student bridge and the plain copy made of it before it moves,
+2·w·P_S; the data (N + diag_sequences)·S·9 (int64 tokens, bool mask); the teacher's CKA stack
 4·(L_T + 1)·n_c·d_T (when `figures`, or the cka pairing); the CKA grid G = 12·n_c·(L_S + 1)·d_S +
 20·d_T·(L_S + 1)·d_S (the cka pairing: the student stack and two concatenated copies; per teacher layer its
 cross products in fp32, fp64 and squared); the cache build 6·shard_sequences·S·c (a shard as fp32 lists,
@@ -59,8 +63,8 @@ their concatenation, the fp16 copy and the serialised buffer). Training (the bri
 teacher's CKA stack, G at every stage boundary when `figures`, cached reads 2·n·c (rows and their
 concatenation). The larger of the two phases.
 Disk: the target cache N·S·c, c = 2·K·d_T + 2·V_T (dense logits) or 6·top_k + 2 + 6·tail_samples (top-k);
-checkpoints (keep_checkpoints + 1)·(4·P_S + 4·P_lora + 8·P_tr) (the whole student with its adapters, AdamW's
-moments; the newest is written before the oldest goes); the trained student 4·P_S.
+checkpoints (keep_checkpoints + 1)·(w·P_S + M + 8·P_tr) (the whole student with its fp32 adapters or masters,
+AdamW's moments; the newest is written before the oldest goes); the trained student w·P_S.
 Steps: stages (paired student layers in frontier mode, else 1) × schedule.stage_steps (or their sum).
 
 Not counted: the CUDA context and allocator fragmentation (the default GPU budget is the device's free
@@ -243,7 +247,8 @@ def model_shape(source: str) -> ModelShape:
         source=str(source), family=config.model_type, params=sum(w.numel() for w in model.parameters()),
         d=config.hidden_size, heads=heads, q=heads * head_dim,
         kv=(getattr(config, "num_key_value_heads", None) or heads) * head_dim,
-        d_mlp=getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size,
+        d_mlp=(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+               or 4 * config.hidden_size),
         gated=any("gate" in name for blk in blocks for name, _, _ in blk.linears),
         vocab=p.head.weight.shape[0], eager=model.config._attn_implementation == "eager", blocks=tuple(blocks),
         lora_defaults=tuple(architecture(model).lora_targets))
@@ -292,18 +297,19 @@ class Plan:
         out = [f"semalign plan: {t.source} -> {s.source} (from their configs; no weights read)"]
         for role, m in (("teacher", t), ("student", s)):
             out.append(f"  {role}  {m.family}, {m.params:,} parameters, {m.layers} blocks, d {m.d}, vocab {m.vocab}")
-        out += [f"  run      {sc.mode}, {self.stages} stage(s), {self.steps} steps; {cfg.data.batch_size} x "
-                f"{cfg.data.seq_len} = {self.tokens_per_step:,} tokens a step, {self.steps * self.tokens_per_step:,} "
+        out += [f"  run      {sc.mode}, {self.stages} stage{'s' * (self.stages != 1)}, {self.steps} steps; "
+                f"{cfg.data.batch_size} x {cfg.data.seq_len} = {self.tokens_per_step:,} tokens a step, "
+                f"{self.steps * self.tokens_per_step:,} "
                 f"in all ({passes:.2f} passes over {cfg.data.n_sequences} sequences)",
                 f"           {adapter} ({sc.trainable}): at most {self.trainable:,} trainable parameters a stage; "
-                f"precision {self.precision}",
+                f"{self.precision}",
                 f"           teacher targets {cfg.targets.mode}: {self.teacher_states} states a token; terms "
                 f"{', '.join(cfg.objective.terms)}"]
         out += _table(f"GPU memory, GiB (worst stage: {self.worst})", ("setup", "training"),
                       self.gpu_setup, self.gpu_training)
         out += _table("host RAM, GiB", ("setup", "training"), self.host_setup, self.host_training)
         out += _table("disk, GiB", ("",), self.disk)
-        return out
+        return [line.rstrip() for line in out]
 
 
 def _table(title: str, columns: tuple[str, ...], *phases: dict[str, int]) -> list[str]:
@@ -350,7 +356,8 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     if (problem := depth_problem(teacher.layers, student.layers, teacher.source, student.source)) is not None:
         raise SemalignError(problem)
     t, s, d, sc, tg = teacher, student, cfg.data, cfg.schedule, cfg.targets
-    b = 2 if (precision := resolved_precision(cfg)) == "bf16" else 4
+    w = 4 if cfg.dtype == "float32" else 2
+    b = 2 if w == 2 or resolved_precision(cfg) == "bf16" else 4
     objectives = {name: get_objective(name) for name in cfg.objective.terms}
     logits = any(o.kind == "output" for o in objectives.values())
     layer_terms = any(o.kind == "layer" for o in objectives.values())
@@ -374,10 +381,10 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     cka_stack = 4 * (t.layers + 1) * n_c * t.d if cfg.figures or cfg.pairing.strategy == "cka" else 0
     cka_grid = 12 * n_c * (s.layers + 1) * s.d + 20 * t.d * (s.layers + 1) * s.d
 
-    plan = Plan(t, s, cfg, f"{precision} ({'autocast over ' if b == 2 else ''}fp32 weights)", 0, 0, 0, "",
-                teacher_states=K)
-    plan.gpu_setup = {"teacher weights (fp32)": 4 * t.params, "student weights (fp32)": 4 * s.params,
-                      "teacher diagnostic states": diag_states}
+    compute = (f"autocast to {cfg.dtype}" if w == 2 else "bf16 autocast" if b == 2 else "fp32")
+    plan = Plan(t, s, cfg, f"{cfg.dtype} weights, {compute}", 0, 0, 0, "", teacher_states=K)
+    weights = (f"teacher weights ({cfg.dtype})", f"student weights ({cfg.dtype})")
+    plan.gpu_setup = {weights[0]: w * t.params, weights[1]: w * s.params, "teacher diagnostic states": diag_states}
     if cached:
         plan.gpu_setup["teacher targets"] = n * (4 * K * t.d + ((b + 8) * t.vocab if store else 0))
     plan.gpu_setup["teacher forward"] = max(N_d, n if cached else 0) * teacher_mlp
@@ -385,6 +392,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     stages = build_stages(sc, pairs)
     plan.stages, plan.steps = len(stages), stages[-1].end
     best: dict[str, int] = {}
+    most_masters = 0
     for stage in stages:
         deepest = max(p.student_layer for p in stage.pairs)
         trained = (range(s.layers) if sc.trainable == "all" else sorted({p.student_layer for p in stage.pairs}))
@@ -397,13 +405,15 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         acts = sum(s.trainable_bytes(s.blocks[i], b, d.seq_len, rank, sc.lora_targets) if i in trained
                    else s.frozen_bytes(s.blocks[i], b, d.seq_len) for i in path)
         acts += 4 * (s.d + 1) + b * s.d if logits else 0
-        rows = {"teacher weights (fp32)": 0 if cached else 4 * t.params, "student weights (fp32)": 4 * s.params,
-                "trainable state": n_train * (16 if rank else 12), "teacher diagnostic states": diag_states,
+        masters = n_train * (4 if rank else 4 - w)
+        rows = {weights[0]: 0 if cached else w * t.params, weights[1]: w * s.params,
+                "trainable state": 12 * n_train + masters, "teacher diagnostic states": diag_states,
                 "teacher targets": n * targets_on_gpu,
-                "teacher forward": 0 if cached or not K else n * (teacher_mlp + (b * t.vocab if teacher_logits else 0)),
+                "teacher forward": 0 if cached or not K else n * (teacher_mlp
+                                                                  + (b * t.vocab if teacher_logits else 0)),
                 "student activations": n * acts,
-                "autocast weight copies": 0 if b == 4 else 2 * (sum(s.blocks[i].linear_weights for i in path)
-                                                                 + (s.vocab * s.d if logits else 0)),
+                "autocast weight copies": 2 * n_train if w == 2 else 0 if b == 4 else 2 * (
+                    sum(s.blocks[i].linear_weights for i in path) + (s.vocab * s.d if logits else 0)),
                 "vocabulary buffers": 0 if not logits else n * s.vocab * sum(
                     [b] + [TERM_BYTES.get(name, OTHER_TERM_BYTES) + b
                            for name, o in objectives.items() if o.kind == "output"]),
@@ -411,11 +421,12 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
                 "backward": n * (8 * s.d + b * s.mlp_factor * s.d_mlp)}
         if sum(rows.values()) > sum(best.values()):
             best, plan.worst = rows, f"stage {stage.index}, {stage.label}"
-        plan.trainable = max(plan.trainable, n_train)
+        plan.trainable, most_masters = max(plan.trainable, n_train), max(most_masters, masters)
     plan.gpu_training = {k: v for k, v in best.items() if v}
 
     data_bytes = (d.n_sequences + d.diag_sequences) * d.seq_len * 9
-    plan.host_setup = {"teacher bridge (fp32)": 4 * t.params, "student bridge and its copy (fp32)": 8 * s.params,
+    plan.host_setup = {f"teacher bridge ({cfg.dtype})": w * t.params,
+                       f"student bridge and its copy ({cfg.dtype})": 2 * w * s.params,
                        "data": data_bytes, "teacher CKA stack": cka_stack,
                        "CKA grid": cka_grid if cfg.pairing.strategy == "cka" else 0,
                        "target cache build": 6 * tg.shard_sequences * d.seq_len * stored if cached else 0}
@@ -423,10 +434,11 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
                           "CKA grid": cka_grid if cfg.figures else 0, "cached reads": 2 * n * stored if cached else 0}
     plan.host_setup = {k: v for k, v in plan.host_setup.items() if v}
     plan.host_training = {k: v for k, v in plan.host_training.items() if v}
-    checkpoint = 4 * s.params + (4 * plan.trainable if rank else 0) + 8 * plan.trainable
+    checkpoint = w * s.params + most_masters + 8 * plan.trainable
     plan.disk = {"target cache": d.n_sequences * d.seq_len * stored if cached else 0,
-                 f"checkpoints ({cfg.keep_checkpoints} + 1 while writing)": (cfg.keep_checkpoints + 1) * checkpoint,
-                 "trained student": 4 * s.params}
+                 f"checkpoints ({cfg.keep_checkpoints} + 1 while writing)":
+                     (cfg.keep_checkpoints + 1) * checkpoint,
+                 "trained student": w * s.params}
     plan.disk = {k: v for k, v in plan.disk.items() if v}
     return plan
 
@@ -492,13 +504,15 @@ def _variant(cfg: AlignConfig, changes: dict[str, Any]) -> AlignConfig | None:
 
 def _changes(cfg: AlignConfig) -> list[dict[str, Any]]:
     """Single config changes that lower some need, in the order they are proposed."""
-    out: list[dict[str, Any]] = [{}]
+    out: list[dict[str, Any]] = [{}, *([{"dtype": "bfloat16"}] if cfg.dtype == "float32" else [])]
+    small_shards = {"targets.shard_sequences": 8} if cfg.targets.shard_sequences > 8 else {}
     if cfg.targets.mode == "online":
         needs_logits = any(_needs_logits(name) for name in cfg.objective.terms)
-        out.append({"targets.mode": "cached", **({"targets.cache_logits": "topk"}
-                                                 if needs_logits and not cfg.targets.cache_logits else {})})
+        cached = {"targets.mode": "cached", **({"targets.cache_logits": "topk"}
+                                               if needs_logits and not cfg.targets.cache_logits else {})}
+        out += [cached, {**cached, **small_shards}] if small_shards else [cached]
     else:
-        out.append({"targets.mode": "online"})
+        out += [{"targets.mode": "online"}, *([small_shards] if small_shards else [])]
     if cfg.targets.logits_store == "dense":
         out.append({"targets.cache_logits": "topk"})
     if cfg.schedule.adapter == "full":
@@ -522,29 +536,36 @@ def _needs_logits(name: str) -> bool:
 
 def fixes(cfg: AlignConfig, teacher: ModelShape, student: ModelShape, budgets: Budgets, resources: list[str],
           limit: int = 3) -> list[str]:
-    """Up to `limit` config changes with which `resources` fit their budgets: one change, or one change and the
-    largest data.batch_size that fits with it (a plan is arithmetic, so every candidate is simply tried)."""
-    def fits(trial: AlignConfig | None) -> bool:
-        return trial is not None and not set(resources) & set(overruns(make_plan(trial, teacher, student), budgets))
+    """Up to `limit` config changes with which `resources` fit their budgets and nothing else goes over that
+    was not over already: one change, or one change and the largest data.batch_size that fits with it (a plan
+    is arithmetic, so every candidate is simply tried)."""
+    allowed = set(overruns(make_plan(cfg, teacher, student), budgets)) - set(resources)
 
-    found = []
+    def fits(trial: AlignConfig | None) -> bool:
+        return trial is not None and set(overruns(make_plan(trial, teacher, student), budgets)) <= allowed
+
+    def need(trial: AlignConfig) -> list[int]:
+        return [needs(make_plan(trial, teacher, student))[r] for r in resources]
+
+    found, base = [], need(cfg)
     for changes in _changes(cfg):
         trial = _variant(cfg, changes)
-        if trial is None:
-            continue
-        if fits(trial):
-            found.append(changes)
-        else:
-            low, high = 0, trial.data.batch_size - 1  # the largest batch that fits, by bisection
+        if trial is None or changes and not any(a < b for a, b in zip(need(trial), base, strict=True)):
+            continue  # a change that lowers none of these needs is no fix for them
+        batch = trial.data.batch_size
+        if not fits(trial):
+            low, high = 0, batch - 1  # the largest batch that fits, by bisection
             while low < high:
                 mid = (low + high + 1) // 2
                 low, high = (mid, high) if fits(_variant(trial, {"data.batch_size": mid})) else (low, mid - 1)
-            if low:
-                found.append({**changes, "data.batch_size": low})
+            batch = low
+        if batch and not any(c.items() <= changes.items() and b >= batch for c, b in found):  # no fewer changes do
+            found.append((changes, batch))
         if len(found) == limit:
             break
-    return [" and ".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}"
-                         for k, v in f.items()) for f in found]
+    return [" and ".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}" for k, v in
+                         {**c, **({"data.batch_size": b} if b != cfg.data.batch_size else {})}.items())
+            for c, b in found]
 
 
 def check(plan: Plan, budgets: Budgets) -> None:
@@ -565,7 +586,8 @@ def check(plan: Plan, budgets: Budgets) -> None:
             clauses.append(f"{clause}: it fits with " + ", or with ".join(found))
         else:
             top = sorted(rows[resource], key=rows[resource].get, reverse=True)[:3]
-            clauses.append(f"{clause}, whatever the targets, adapter, precision or batch size (largest: "
+            clauses.append(f"{clause}, and no single change of the config fits it within the other budgets "
+                           "(largest: "
                            + ", ".join(f"{k} {rows[resource][k] / GiB:.1f} GiB" for k in top) + ")")
     raise SemalignError("this run will not fit: " + "; ".join(clauses))
 
@@ -585,6 +607,7 @@ def plan_main(teacher: str, student: str, config: str | Path | None = None, over
                                      ("disk", "disk", budgets.disk)) if value is not None]
     print(f"needs: GPU {plan.gpu / GiB:.1f} GiB, host RAM {plan.host / GiB:.1f} GiB, disk "
           f"{plan.disk_total / GiB:.1f} GiB; budgets: {', '.join(have)}"
-          + ("" if budgets.gpu is not None else "; no GPU budget (no CUDA device, no --gpu-memory): not checked"))
+          + ("" if budgets.gpu is not None else "; no GPU budget (no CUDA device, no --gpu-memory): not "
+                                                  "checked"))
     check(plan, budgets)
     return plan

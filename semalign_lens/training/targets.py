@@ -175,10 +175,6 @@ def check_cache(path: Path, identity: dict, notes: bool = True) -> dict | None:
         raise SemalignError(f"target cache {path} holds {meta.get('tail_samples', 0)} tail samples per position, but "
                             f"this run asks for targets.tail_samples = {identity.get('tail_samples', 0)}; set "
                             "tail_samples to match, or use another targets.cache_dir (or leave it unset)")
-    if need and meta.get("vocab_rows") != identity.get("vocab_rows"):  # logits over a padded head's real rows
-        raise SemalignError(f"target cache {path} holds teacher logits over {meta.get('vocab_rows') or 'all'} head "
-                            f"rows, but this run reads {identity.get('vocab_rows') or 'all'} (the tokenizer's, "
-                            "models.vocab_rows); use another targets.cache_dir (or leave it unset)")
     if "files" not in meta:
         return _rebuild(path, "it records no shard checksums (built by an older version)", notes)
     for name, record in meta["files"].items():
@@ -228,8 +224,8 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
             with autocast():
                 store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
                                         logits=mode is not None)
-            if logits is not None and identity.get("vocab_rows"):  # a padded head's rows are no tokens
-                logits = logits[..., : identity["vocab_rows"]]
+            if logits is not None and identity.get("vocab_rows"):  # a padded head's rows are no tokens (the
+                logits = logits[..., : identity["vocab_rows"]]  # teacher's and tokenizer's hashes fix this count)
             if mode == "dense":
                 store["logits"] = logits
             elif mode == "topk":

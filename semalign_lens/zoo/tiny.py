@@ -370,8 +370,8 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int,
     config's special-token ids (`special_ids(tokenizer)`; default all 0, the tiny tokenizer's)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    common = {"vocab_size": vocab_size,
-              **(ids if ids is not None else {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})}
+    ids = ids if ids is not None else {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    common = {"vocab_size": vocab_size, **{k: v for k, v in ids.items() if v is not None}}
     if family == "gpt2":
         spec = {"n_layer": arch.n_layers, "n_embd": arch.d_model, "n_head": arch.n_heads, "n_positions": 256,
                 "n_inner": arch.d_mlp}
@@ -397,6 +397,9 @@ def tiny_family_model(family: str, arch: TinyArch, vocab_size: int, seed: int,
     else:
         raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
     config = AutoConfig.for_model(family, **spec, **common)
+    for key in ids.keys() - common.keys():  # a role the tokenizer lacks: the family's default id, if it fits,
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) >= vocab_size:  # else its EOS
+            setattr(config, key, ids.get("eos_token_id") or 0)  # (some configs require an int: ModernBERT's pad)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
 
