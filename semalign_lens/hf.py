@@ -136,10 +136,11 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     source.eval(), copy.eval()
     try:
         with torch.no_grad():
-            with computing_in_fp32(source, _blocks_of(source, copy)):
+            half = dtype in HALF  # per-block upcasting needs the blocks; an fp32 model runs as it is
+            with computing_in_fp32(source, _blocks_of(source, copy) if half else ()):
                 want = logits_of(source(input_ids=tokens, use_cache=False)).float()
             try:
-                with computing_in_fp32(copy.to(device), _blocks_of(copy, copy)):
+                with computing_in_fp32(copy.to(device), _blocks_of(copy, copy) if half else ()):
                     got = copy(input_ids=tokens, use_cache=False).logits.float()
             except Exception as err:  # any failure of the rebuilt module is this one problem
                 raise _CopyFails(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}") \

@@ -434,6 +434,12 @@ def check_bridge_runs(bridge, label: str) -> None:
             bridge(tokens)
     except Exception as err:  # whatever the adapter raises, it is the same one problem for the user
         detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:200]
+        dtype = next(bridge.parameters()).dtype
+        if dtype in (torch.bfloat16, torch.float16) and "dtype" in str(err):  # OLMo's adapter upcasts its norms
+            raise SemalignError(f"TransformerLens's bridge for {label} ({family}) fails on a forward pass in "
+                                f"{str(dtype)[6:]} ({type(err).__name__}: {detail}): its adapter mixes float32 and "
+                                f"{str(dtype)[6:]} tensors; load this model with dtype=torch.float32 (dtype = "
+                                "'float32' in an align config)") from None
         raise SemalignError(f"TransformerLens's bridge for {label} ({family}) fails on a forward pass "
                             f"({type(err).__name__}: {detail}); its adapter does not run this model with the "
                             "installed transformers/transformer-lens versions: try another transformers version, or "

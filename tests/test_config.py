@@ -47,7 +47,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
     ("[data]\nseq_len = true", "data.seq_len must be int, got True"),
     ("[data]\nbatch_size = 4.5", "data.batch_size must be int, got 4.5"),
     ('[schedule]\nlora_targets = "v_proj"', "schedule.lora_targets must be list of str or None, got 'v_proj'"),
-    ("[pairing]\nstudent_layers = 1", "pairing.student_layers must be list of int or None, got 1"),
+    ("[pairing]\nstudent_layers = 1", "pairing.student_layers must be list of int or str or None, got 1"),
     ("[schedule]\nstage_steps = [10, 2.5]", "schedule.stage_steps must be int or list of int, got [10, 2.5]"),
     ("[schedule]\nlr = true", "schedule.lr must be float or list of float, got True"),
     ('[objective.terms]\nkl = "1"', "objective.terms must be table of float, got {'kl': '1'}"),
@@ -63,7 +63,7 @@ def test_wrong_type_in_a_file_names_the_file_key_type_and_value(tmp_path, toml, 
 @pytest.mark.parametrize("overrides,message", [
     (["seed=abc"], "config: seed must be int, got 'abc'"),
     ({"data.batch_size": 4.5}, "config: data.batch_size must be int, got 4.5"),
-    ({"pairing.student_layers": 1}, "config: pairing.student_layers must be list of int or None, got 1"),
+    ({"pairing.student_layers": 1}, "config: pairing.student_layers must be list of int or str or None, got 1"),
 ])
 def test_wrong_type_in_overrides(overrides, message):
     with pytest.raises(SemalignError, match=f"^{re.escape(message)}$"):

@@ -78,6 +78,30 @@ def test_copy_check_runs_in_fp32_and_still_refuses_a_wrong_rebuild(pairs, monkey
     assert "both were run in float32 from their bfloat16 weights, so this is not rounding" in problem
 
 
+# TransformerLens's OLMo adapters compute their non-parametric norms in fp32 and hand that to bf16 linears
+BRIDGE_FAILS_IN_HALF = ("olmo", "olmo2", "olmo3")
+
+
+def test_every_family_passes_the_copy_check_in_bf16():
+    """Each family of the architecture matrix (2 x 32 Llama sizes, its own tokenizer convention), loaded in bf16:
+    the trainer's copy check passes (upcast one block at a time, so per-block paths of every family are found or
+    the whole model is upcast), or, where TransformerLens's bridge itself cannot run in bf16, loading is refused
+    naming the dtype and the fix."""
+    from semalign_lens.zoo.tiny import FAMILIES, TinyArch, family_tokenizer, special_ids, tiny_family_model
+
+    arch = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+    for family in FAMILIES:
+        tok = family_tokenizer(family)
+        hf_model = tiny_family_model(family, arch, len(tok), seed=1, ids=special_ids(tok))
+        if family in BRIDGE_FAILS_IN_HALF:
+            with pytest.raises(SemalignError, match=r"fails on a forward pass in bfloat16 .*mixes float32 and "
+                                                    r"bfloat16 tensors; load this model with dtype=torch.float32"):
+                load_model(hf_model, tokenizer=tok, name=family, dtype=torch.bfloat16)
+            continue
+        model = load_model(hf_model, tokenizer=tok, name=family, dtype=torch.bfloat16)
+        assert trainer_problem(model, family) is None, family
+
+
 @pytest.mark.parametrize("dtype", list(HALF))
 def test_analysis_in_half_precision_matches_fp32(pairs, dtype):
     """Capture, CKA, semantic bases (pinv in fp32 of the half-precision head), the transfer map, readouts,

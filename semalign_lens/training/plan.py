@@ -261,7 +261,7 @@ class Plan:
     teacher: ModelShape
     student: ModelShape
     cfg: AlignConfig
-    precision: str
+    numerics: str  # weights' dtype and the compute dtype, in words
     stages: int
     steps: int
     trainable: int
@@ -302,7 +302,7 @@ class Plan:
                 f"{self.steps * self.tokens_per_step:,} "
                 f"in all ({passes:.2f} passes over {cfg.data.n_sequences} sequences)",
                 f"           {adapter} ({sc.trainable}): at most {self.trainable:,} trainable parameters a stage; "
-                f"{self.precision}",
+                f"{self.numerics}",
                 f"           teacher targets {cfg.targets.mode}: {self.teacher_states} states a token; terms "
                 f"{', '.join(cfg.objective.terms)}"]
         out += _table(f"GPU memory, GiB (worst stage: {self.worst})", ("setup", "training"),

@@ -225,14 +225,21 @@ def test_an_unreachable_source_is_one_line():
         model_shape("nobody-here/no-such-model")  # HF_HUB_OFFLINE=1 in the suite
 
 
-@pytest.mark.parametrize(("precision", "adapter"), [("fp32", "full"), ("bf16", "lora")])
-def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tiny_hf, tokens, precision, adapter):
+@pytest.mark.parametrize(("precision", "adapter", "dtype"),
+                         [("fp32", "full", "float32"), ("bf16", "lora", "float32"), ("fp32", "full", "bfloat16")])
+def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tiny_hf, tokens, precision, adapter,
+                                                        dtype):
     """The tiny pair's first stage, through the trainer's own step: every tensor autograd keeps for backward
     (weight casts included, parameters not) fits in the plan's activation, weight-copy, vocabulary and
-    layer-term rows, and the bound is not loose by more than 2x."""
-    cfg = make_cfg(tmp_path, precision=precision, **{"schedule.adapter": adapter, "data.seq_len": 16,
-                                                     "data.n_sequences": 20})
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    layer-term rows, and the bound is not loose by more than 2x; the trainable parameters are the plan's."""
+    from semalign_lens.models import load_model
+
+    cfg = make_cfg(tmp_path, precision=precision, dtype=dtype, **{"schedule.adapter": adapter, "data.seq_len": 16,
+                                                                  "data.n_sequences": 20})
+    models = (tiny_pair.teacher, tiny_pair.student) if dtype == "float32" else (
+        load_model(m, tokenizer=tiny_hf[2], name=f"tiny-{role}", dtype=cfg.torch_dtype)
+        for role, m in zip(("teacher", "student"), tiny_hf[:2], strict=True))
+    trainer = Trainer(cfg, **dict(zip(("teacher", "student"), models, strict=True)), data=tokens)
     stage = trainer.stages[0]
     trainer._open_stage(stage)
     index, batch = trainer._local_batch(0)
@@ -251,7 +258,9 @@ def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tin
     for name, model in zip(("teacher", "student"), tiny_hf[:2], strict=True):
         model.config.save_pretrained(str(tmp_path / name))
         shapes.append(model_shape(str(tmp_path / name)))
-    rows = make_plan(cfg, *shapes).gpu_training
+    plan = make_plan(cfg, *shapes)
+    assert plan.trainable == sum(p.numel() for p in trainer._params)  # every block of the tiny student alike
+    rows = plan.gpu_training
     bound = sum(rows.get(k, 0) for k in ("student activations", "autocast weight copies", "vocabulary buffers",
                                          "layer terms"))
     assert sum(kept.values()) <= bound < 2 * sum(kept.values())
