@@ -51,7 +51,7 @@ from semalign_lens import evaluation as ev
 from semalign_lens.baselines import METHODS, get_method, method_config, method_trainer
 from semalign_lens.baselines.cross_vocab import for_pair
 from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
-from semalign_lens.checkpoint import latest_step
+from semalign_lens.checkpoint import latest_step, write_json_atomic
 from semalign_lens.errors import SemalignError, run_reporting_errors
 from semalign_lens.precision import machine_line
 from semalign_lens.runlock import run_lock
@@ -561,7 +561,8 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         import resource
 
         runs = pd.DataFrame(records)
-        runs.to_csv(runs_path, index=False)
+        runs.to_csv(runs_path.with_suffix(".tmp"), index=False)  # whole or not at all: what --resume reads
+        os.replace(runs_path.with_suffix(".tmp"), runs_path)
         summary = summarise(runs, refs, metrics) if len(runs) else pd.DataFrame()
         controls = control(summary, ROLES[profile.vocab]["kd"]) if len(summary) else pd.DataFrame()
         pairs = paired(runs, controls, metrics, comparisons(profile.vocab)) if len(runs) else pd.DataFrame()
@@ -583,7 +584,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                 "png": png, "knowledge_types": knowledge_types,
                 "out": out.resolve().relative_to(ROOT).as_posix() if out.resolve().is_relative_to(ROOT) else str(out),
                 "vocab": pair.alignment.describe() if cross else None}
-        meta_path.write_text(json.dumps(meta, indent=2, default=str))
+        write_json_atomic(meta_path, meta)
         if args.summary:
             write_summary(Path(args.summary), meta, runs, summary, controls, pairs, refs)
 

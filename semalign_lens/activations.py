@@ -29,6 +29,7 @@ from .checkpoint import write_json_atomic
 from .checks import check_output_dir, require_hooked, require_int
 from .data import TokenBatch
 from .errors import SemalignError, writing
+from .hf import model_device
 from .paths import file_problem, file_record
 
 Point = Literal["resid_pre", "resid_post", "block_write"]
@@ -93,7 +94,8 @@ def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequen
               keep_graph: bool = False,
               sink: Callable[[tuple[str, int], torch.Tensor], None] | None = None
               ) -> dict[tuple[str, int], torch.Tensor]:
-    """One forward over `tokens`, returning {(point, layer): [batch, pos, d]} in the model's dtype.
+    """One forward over `tokens` (moved to the model's device), returning {(point, layer): [batch, pos, d]} in the
+    model's dtype, on its device.
 
     Stops after the deepest requested block. With `keep_graph=True` the tensors stay attached to the
     autograd graph (for losses and gradient attribution); otherwise the forward runs under no_grad.
@@ -125,7 +127,8 @@ def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequen
 
     fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
     with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
-        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1, return_type=None)
+        model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1,
+                             return_type=None)
     if sink is not None:
         return {}
     out = {}
@@ -359,7 +362,7 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
         keep[:, 0] = False  # right padding: position 0 is every sequence's first token
     if not keep.any():
         raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     out: torch.Tensor | None = None  # [point, n_tokens, d], allocated once d is known: no per-chunk copies
     row = 0
     chunks = list(TokenBatch(batch.tokens, keep).split(batch_size))

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from .activations import hook_name
 from .checks import require_hooked, require_int
 from .errors import SemalignError
+from .hf import model_device
 from .models import model_name, vocab_rows
 from .tasks.batch import PairBatch
 from .tasks.metrics import check_metric, metric_fn
@@ -165,7 +166,8 @@ def top_layers(df: pd.DataFrame, method: str, k: int = 1) -> list[int]:
 
 
 def _stream(model, tokens: torch.Tensor, *, grad: bool = False):
-    """(logits, stream) with stream[0] = resid_pre of block 0 and stream[l+1] = resid_post of block l.
+    """(logits, stream) with stream[0] = resid_pre of block 0 and stream[l+1] = resid_post of block l, on the
+    model's device (`tokens` are moved there).
 
     With `grad`, the stream is cut from the embedding (`detach().requires_grad_()`), so gradients reach every
     block output whether or not the weights require grad, and no weight gradients are needed.
@@ -186,7 +188,7 @@ def _stream(model, tokens: torch.Tensor, *, grad: bool = False):
     hooks = [(hook_name("resid_pre", 0), entry)]
     hooks += [(hook_name("resid_post", layer), lambda x, hook, layer=layer: exit_(x, hook, layer)) for layer in range(n)]
     with torch.set_grad_enabled(grad):
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        logits = model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=hooks)
     return logits, [store[i] for i in range(n + 1)]
 
 
@@ -358,7 +360,8 @@ def _scan_transformer_lens(model, sub, kinds, mean, fn, progress) -> dict[str, t
                 old = (corrupt if kind == "patch_denoise" else clean)[layer + 1]
                 deltas[f"blocks.{layer}.hook_resid_post"] = new - old
             tokens = sub.corrupted.tokens if kind == "patch_denoise" else sub.clean.tokens
-            result = generic_activation_patch(model, tokens, deltas, lambda logits: fn(logits, sub),
+            result = generic_activation_patch(model, tokens.to(model_device(model)), deltas,
+                                              lambda logits: fn(logits, sub),
                                               lambda act, index, delta: act + delta, "resid_post",
                                               index_axis_names=["layer"], reduce="none")
             out[kind] = result.values.T.cpu()  # [layer, batch] -> [batch, layer]
@@ -457,7 +460,7 @@ def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n
     with _weights_require_grad(flat):
         for i in _progress(range(len(batch)), "seeking (per prompt)", progress):
             one = batch.select([i])
-            loss = -fn(model(one.clean.tokens), one).sum()
+            loss = -fn(model(one.clean.tokens.to(model_device(model))), one).sum()
             # allow_unused: a bridge over fused weights (GPT-2's c_attn, NeoX and Phi-3's qkv) lists both the fused
             # parameter and its split q/k/v aliases, and the forward uses only one of the two; the unused one has
             # no gradient and adds nothing, so each weight is counted once

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import write_json_atomic
 from .data import TokenBatch
 from .errors import SemalignError
 from .evaluation import TransferTask, code_task, greedy_generate, knowledge_task
@@ -155,7 +156,7 @@ def _references(task: TransferTask, teacher, student, cache: Path | None) -> tup
         store[key] = {"before": task.evaluate(student), "teacher": task.evaluate(teacher)}
         if usable:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(store, indent=1))
+            write_json_atomic(cache, store)  # an interrupt never leaves half a file for the next run to read
     return store[key]["before"], store[key]["teacher"]
 
 

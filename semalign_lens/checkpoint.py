@@ -9,6 +9,7 @@ removed, and a refused write is one line naming it: `errors.writing`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,10 +26,14 @@ RESUMES = "then rerun the same command: it resumes from the last complete checkp
 
 
 def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory's entries (what makes a rename durable), to disk."""
+    """Flush a file, or a directory's entries (what makes a rename durable), to disk; a file system that
+    cannot sync a directory (EINVAL) has nothing more to offer."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 

@@ -29,8 +29,9 @@ import pandas as pd
 import torch
 
 from .benchmark import RunProfile, build_task, load_pair, shared_config
+from .checkpoint import write_json_atomic
 from .checks import check_output_dir
-from .errors import SemalignError
+from .errors import SemalignError, writing
 from .precision import precision_record
 from .progress import StageBar
 
@@ -377,8 +378,9 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     bar.done()
     bar.close()
     timings["total"] = round(time.time() - started, 1)
-    results.to_csv(out / "results.csv", index=False)
-    (out / "timings.json").write_text(json.dumps({"timings_s": timings, "machine": machine}, indent=2))
+    with writing(out / "results.csv"):
+        results.to_csv(out / "results.csv", index=False)
+    write_json_atomic(out / "timings.json", {"timings_s": timings, "machine": machine})
     return DemoResult(out, report_path, results, timings, machine, verdict(results, metric))
 
 

@@ -31,6 +31,13 @@ def underlying_hf(model) -> nn.Module:
     return getattr(model, "original_model", model)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s weights are (the CPU for a model without parameters): the device every stage creates its
+    tensors on and moves its token batches to before a forward, so that it runs where the model is."""
+    first = next(iter(model.parameters()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
 def plain_name(key: str) -> str:
     """A parameter or buffer name of a bridged module tree as the plain module names it."""
     return key.replace(_STRIP, "")
@@ -129,7 +136,7 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     order: a bf16 forward alone differs from itself in fp32 by ~1e-2 (tiny Llama) to 1.3 (SmolLM2-135M, whose
     probe tokens reach large activations), far above any tolerance that still catches a wrong rebuild.
     """
-    device = next(source.parameters()).device
+    device = model_device(source)
     tokens = probe_tokens(copy.config.vocab_size, device)
     dtype = next((p.dtype for p in source.parameters() if p.dtype in HALF), torch.float32)
     was = source.training, copy.training

@@ -298,9 +298,14 @@ def _from_pretrained(loader, folder: Path, what: str, **kwargs):
                             "is a complete Hugging Face causal-LM directory (re-download or re-export it)") from None
 
 
-def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, dtype: torch.dtype = torch.float32,
+def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, mode: str = "raw"):
     """Load `source` as a TransformerBridge in eval mode, raw mode by default, with `.provenance` set.
+
+    `dtype` (default float32) and `device` (default TransformerLens's: CUDA where available, else the CPU) are
+    where the weights are, for every source, and `bridge.cfg.device` names that device: every stage runs where
+    the model is (`hf.model_device`), and TransformerLens moves string inputs and `generate` to `cfg.device`. A
+    bridge passed in is moved (in place) only to a `dtype` or `device` that is given.
 
     A local source is checked before anything loads (`check_model_dir`: not a run or checkpoint directory,
     config.json, intact safetensors headers, tokenizer files); what transformers still refuses, and weights
@@ -310,7 +315,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
 
     if mode not in MODES:
         raise SemalignError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(dtype, torch.dtype):
+    if dtype is not None and not isinstance(dtype, torch.dtype):
         raise SemalignError(f"dtype must be a torch.dtype (e.g. torch.float32), got {dtype!r}")
     if tokenizer is not None:
         require_tokenizer(tokenizer)
@@ -319,22 +324,29 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
             raise SemalignError("this TransformerBridge has no tokenizer; pass load_model(bridge, tokenizer=tok)")
         if tokenizer is not None:
             source.tokenizer = tokenizer
+        if device is not None or dtype is not None:
+            source.to(**({"device": _target_device(device)} if device is not None else {}),
+                      **({"dtype": dtype} if dtype is not None else {}), print_details=False)
+        held = str(next(source.parameters()).dtype).replace("torch.", "")
         provenance = getattr(source, "provenance", None)
-        if provenance is None:
+        if provenance is not None:
+            provenance.dtype = held
+        else:
             hf = getattr(source, "original_model", None)
             label = (name or getattr(getattr(hf, "config", None), "name_or_path", None)
                      or getattr(source.cfg, "model_name", None) or "bridge")
-            provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None,
-                                    dtype=str(next(source.parameters()).dtype).replace("torch.", ""),
+            provenance = Provenance(source=label, kind="bridge", path=None, weights_sha256=None, dtype=held,
                                     mode=model_mode(source))
         check_bridge_runs(source.eval(), provenance.source)  # a provenance marks a bridge that runs
         source.provenance = provenance
         return source
+    dtype = dtype or torch.float32
+    device = _target_device(device)
     if isinstance(source, PreTrainedModel):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
         # The bridge rewires the HF modules it wraps, so wrap a copy and leave the caller's model intact.
-        hf_model = copy.deepcopy(source).to(dtype)
+        hf_model = copy.deepcopy(source).to(device=device, dtype=dtype)
         if not getattr(hf_model.config, "architectures", None):  # a model built from a config: the bridge
             hf_model.config.architectures = [type(hf_model).__name__]  # picks its adapter by this name
         kind, path, label = "memory", None, name or source.config.name_or_path or "memory"
@@ -355,6 +367,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
                                 f"the {hf_model.config.model_type} model it describes are missing (first: "
                                 f"{missing[0]}); the config and weights come from different models: re-download or "
                                 "re-export the model")
+        hf_model = hf_model.to(device)  # TransformerLens leaves a model it is handed where it is
         path, label, weights_hash = str(folder), name or str(source), _weights_hash(folder)
     else:
         raise SemalignError(f"cannot load a model from {type(source).__name__}; pass a zoo name, a path, a Hub "
@@ -370,6 +383,20 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
     _restore_special_roles(bridge.tokenizer, roles)
     return _finish(bridge, mode, Provenance(source=label, kind=kind, path=path, weights_sha256=weights_hash,
                                             dtype=str(dtype).replace("torch.", ""), mode=mode))
+
+
+def _target_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device` (None: TransformerLens's default, CUDA where available), refused in one line
+    where this torch cannot place tensors (a CUDA device on a CPU-only build, a GPU index that does not exist)."""
+    from transformer_lens.utilities import get_device
+
+    try:
+        target = torch.device(device if device is not None else get_device())
+        torch.empty(0, device=target)
+    except (RuntimeError, AssertionError, TypeError) as err:
+        raise SemalignError(f"cannot load a model onto device {device!r}: {str(err).splitlines()[0][:200]}; pass "
+                            "a device this torch has (e.g. 'cpu', 'cuda')") from None
+    return target
 
 
 def _name_architecture(hf_model, label: str) -> None:
@@ -422,10 +449,10 @@ def check_bridge_runs(bridge, label: str) -> None:
     middle of the first analysis (a TransformerLens adapter that does not fit the installed transformers;
     DeepSeek-V4's several parallel streams). One forward of 8 tokens."""
     from .architectures import model_type
-    from .hf import probe_tokens
+    from .hf import model_device, probe_tokens
 
     family = model_type(getattr(bridge, "original_model", bridge)) or type(bridge).__name__
-    tokens = probe_tokens(bridge.cfg.d_vocab, next(bridge.parameters()).device)
+    tokens = probe_tokens(bridge.cfg.d_vocab, model_device(bridge))
     shapes = []
     handle = bridge.blocks[0].register_forward_hook(
         lambda module, args, out: shapes.append(tuple((out[0] if isinstance(out, tuple) else out).shape)))

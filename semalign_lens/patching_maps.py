@@ -25,6 +25,7 @@ import torch
 from .attribution import require_eval
 from .checks import require_choices, require_hooked
 from .errors import SemalignError
+from .hf import model_device
 from .tasks.batch import PairBatch
 from .tasks.metrics import METRICS, metric_fn
 
@@ -53,10 +54,11 @@ def patching_maps(model, batch: PairBatch, *, maps: Sequence[str] = MAPS, metric
                             "cannot be matched; use a task whose corruption keeps the length (e.g. facts)")
     sub = batch.select(same[:max_pairs])
     fn = metric_fn(metric)
+    device = model_device(model)
     with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(sub.clean.tokens)
+        clean_logits, cache = model.run_with_cache(sub.clean.tokens.to(device))
         clean = float(fn(clean_logits, sub).mean())
-        corrupted = float(fn(model(sub.corrupted.tokens), sub).mean())
+        corrupted = float(fn(model(sub.corrupted.tokens.to(device)), sub).mean())
     if abs(clean - corrupted) < 1e-6:
         raise SemalignError(f"the corruption does not change the {metric} ({clean:.4g} both ways), so there is no "
                             "effect to locate; use prompt pairs whose answers differ")
@@ -68,7 +70,7 @@ def patching_maps(model, batch: PairBatch, *, maps: Sequence[str] = MAPS, metric
     out = {}
     for name in maps:
         with torch.no_grad(), _bars(progress):
-            values = runners[name](model, sub.corrupted.tokens, cache, recovery).float().cpu()
+            values = runners[name](model, sub.corrupted.tokens.to(device), cache, recovery).float().cpu()
         frame = pd.DataFrame(values.numpy(), index=pd.Index(range(values.shape[0]), name="layer"))
         frame.columns.name = "position" if name == "position" else "head"
         frame.attrs.update({"metric": metric, "pairs": len(sub), "left_out": len(batch) - len(sub),

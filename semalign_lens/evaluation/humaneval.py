@@ -19,7 +19,7 @@ from ..data import document_start, evenly_spaced, prompt_answer_batch, with_docu
 from ..errors import SemalignError
 from ..tasks.code import humaneval_problems
 from ..text_bytes import bits_per_byte, scored_bytes
-from .scoring import cross_entropy, is_hf_model, model_tokenizer, token_nll
+from .scoring import cross_entropy, is_hf_model, model_device, model_tokenizer, token_nll
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 
@@ -141,9 +141,11 @@ def truncate_completion(text: str, stops: Sequence[str] = HUMANEVAL_STOP) -> str
 
 
 def greedy_generate(model, prompt: str, max_new_tokens: int, tokenizer=None) -> str:
-    """Greedy continuation of `prompt` (text after the prompt), with a KV cache on HF and bridge models."""
+    """Greedy continuation of `prompt` (text after the prompt), with a KV cache on HF and bridge models, on the
+    model's device."""
     tok = model_tokenizer(model, tokenizer)
-    ids = torch.tensor([with_document_start(tok(prompt, add_special_tokens=False)["input_ids"], document_start(tok))])
+    ids = torch.tensor([with_document_start(tok(prompt, add_special_tokens=False)["input_ids"], document_start(tok))],
+                       device=model_device(model))
     with torch.no_grad():
         if is_hf_model(model):
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

@@ -19,15 +19,17 @@ from .scoring import forward_logits, model_device, model_tokenizer
 
 def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int = 16,
                   precision: str = "auto") -> tuple[Float[torch.Tensor, "item"], Bool[torch.Tensor, "item"]]:  # noqa: F821
-    """Per item: summed log-prob of the answer tokens, and exact match (argmax = gold at every answer token)."""
+    """Per item: summed log-prob of the answer tokens, and exact match (argmax = gold at every answer token),
+    computed on the model's device; the two per-item vectors come back to the host."""
     logprob, exact = [], []
     was_training = model.training
     model.eval()
+    device = model_device(model)
     try:
         for i in range(0, len(batch), batch_size):
-            tokens, mask = batch.tokens[i: i + batch_size], batch.mask[i: i + batch_size]
-            scored = (score[i: i + batch_size] & mask)[:, 1:]
-            with torch.no_grad(), autocast(precision, model_device(model)):
+            tokens, mask = batch.tokens[i: i + batch_size].to(device), batch.mask[i: i + batch_size].to(device)
+            scored = (score[i: i + batch_size].to(device) & mask)[:, 1:]
+            with torch.no_grad(), autocast(precision, device):
                 logits = forward_logits(model, tokens)[:, :-1]
             targets = tokens[:, 1:][scored]
             answer = logits[scored].float()  # only the answer positions: the softmax over V is the cost
@@ -39,7 +41,7 @@ def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int
             exact.append(hit.all(1))
     finally:
         model.train(was_training)
-    return torch.cat(logprob), torch.cat(exact)
+    return torch.cat(logprob).cpu(), torch.cat(exact).cpu()
 
 
 def fact_scores(model, facts: Sequence[Fact], which: str = "eval", n_eval: int = 1, tokenizer=None,

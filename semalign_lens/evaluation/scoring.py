@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..data import TokenBatch, as_batch
 from ..errors import SemalignError
+from ..hf import model_device
 from ..precision import autocast
 
 
@@ -62,17 +63,12 @@ def plain_model(model):
     return _PLAIN[model] or model
 
 
-def model_device(model) -> torch.device:
-    """Where a model's weights are (CPU for a model without parameters)."""
-    return next(iter(plain_model(model).parameters()), torch.empty(0)).device
-
-
 def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | None = None
                    ) -> Float[torch.Tensor, "batch pos vocab"]:
-    """Logits of a TransformerBridge or an HF causal LM, on the CPU, over the real vocabulary rows (`rows`,
-    default `models.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The tokens go
-    to the model's device (a student trained on a GPU is scored where it is). Right padding needs no attention
-    mask (causal).
+    """Logits of a TransformerBridge or an HF causal LM, on the model's device, over the real vocabulary rows
+    (`rows`, default `models.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The
+    tokens go to the model's device (a student trained on a GPU is scored where it is, and its [batch, pos, V]
+    logits never cross to the host: reduce them there). Right padding needs no attention mask (causal).
 
     Scores are over the real rows only (ours): a padded row is never a target, and the softmax over the
     tokenizer's rows is the model's distribution over text; it differs from the all-rows one by the log of
@@ -86,7 +82,7 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | No
         logits = model(input_ids=tokens.to(device), use_cache=False).logits
     else:
         logits = model(tokens.to(device), return_type="logits")
-    return logits[..., :rows].cpu()
+    return logits[..., :rows]
 
 
 def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
@@ -96,7 +92,8 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
 
     Position t is scored when token t is real (and in `score_mask`, if given) and t >= 1: it is predicted
     from positions < t. Padding never counts. Runs under no_grad in eval mode and restores the mode. The
-    softmax is over the real vocabulary rows (`forward_logits`; `rows`), in fp32 whatever the model's dtype.
+    softmax is over the real vocabulary rows (`forward_logits`; `rows`), in fp32 whatever the model's dtype,
+    on the model's device: one number per batch comes back to the host.
     """
     if score_mask is None:
         score_mask = batch.mask
@@ -106,6 +103,7 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
     model.eval()
     total, count = 0.0, 0
     starts = range(0, len(batch), batch_size)
+    device = model_device(model)
     try:
         for i in tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
             mask = batch.mask[i: i + batch_size]
@@ -114,11 +112,12 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
             scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
             if not scored.any():
                 continue
-            with torch.no_grad(), autocast(precision, model_device(model)):
+            with torch.no_grad(), autocast(precision, device):
                 logits = forward_logits(model, tokens, rows)
+            count += int(scored.sum())
+            scored, tokens = scored.to(device), tokens.to(device)
             logits = logits[:, :-1][scored].float()
             total += F.cross_entropy(logits, tokens[:, 1:][scored], reduction="sum").item()
-            count += int(scored.sum())
     finally:
         model.train(was_training)
     return total, count

@@ -83,7 +83,7 @@ class Readout:
         return logits if self.b_U is None else logits + self.b_U
 
     def _centred(self, h: Tensor) -> Tensor:
-        x = h.to(self.W_U.dtype)
+        x = h.to(self.W_U)  # states captured to the host are read where the head is, in its dtype
         return x - x.mean(-1, keepdim=True) if self.norm == "layer" else x
 
 

@@ -206,7 +206,7 @@ def test_run_lock_names_its_holder_and_guards_pretraining(tmp_path):
                                                 rf"{re.escape(holder['host'])} \(since "):
             refuse_if_locked(held, "run_dir")
         with pytest.raises(SemalignError, match=rf"^--run-dir {held} is in use by process {os.getpid()}"):
-            pretrain(PretrainConfig(), held)
+            pretrain(PretrainConfig(teacher=str(tmp_path / "no-teacher")), held)  # unlocked: another error at once
         assert sorted(p.name for p in held.iterdir()) == [".semalign.lock", ".semalign.lock.json"]  # nothing written
     assert not (held / ".semalign.lock.json").exists()
     refuse_if_locked(held, "run_dir")  # free again
