@@ -856,6 +856,7 @@ class ModelPair:
         if self.vocab not in VOCAB_MODES:
             raise SemalignError(f"vocab must be one of {VOCAB_MODES}, got {self.vocab!r}")
         for model, role in ((self.teacher, "teacher"), (self.student, "student")):
+            require_hooked(model, role)
             if (problem := tokenizer_problem(model, f"{role} {model_name(model)}")) is not None:
                 raise SemalignError(problem)
         problem = vocabulary_mismatch(self.teacher, self.student)

@@ -219,7 +219,8 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
     for i, start in enumerate(tqdm(shards, desc="caching teacher targets", disable=not progress, leave=False)):
         out: dict[str, list[torch.Tensor]] = {}
         block = tokens[start: start + shard_sequences]
-        draws = torch.Generator(device=tokens.device).manual_seed(i)  # tail samples: the same draws on a rebuild
+        # tail samples: the same draws on a rebuild, on the device the teacher runs on
+        draws = torch.Generator(device=tokens.device).manual_seed(i) if samples else None
         for j in range(0, len(block), batch_size):
             with autocast():
                 store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
