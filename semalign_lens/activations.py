@@ -225,10 +225,10 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
             batch_size: int = 1, shard_dir: str | Path | None = None, progress: bool = True):
     """Capture residual `points` at `layers` for every sequence of `batch`.
 
-    Returns a `Capture` in memory, or — with `shard_dir` — writes one safetensors shard per batch and
-    returns a `ShardedCapture` that loads layers on demand. `batch_size` sequences go through each forward:
-    1 (the default) keeps peak memory at the result plus one sequence's forward, and on a CPU costs little
-    speed (benchmarks/RESULTS.md); raise it on a GPU.
+    Returns a `Capture` in host memory (float32; the forwards run on the model's device), or — with `shard_dir`
+    — writes one safetensors shard per batch and returns a `ShardedCapture` that loads layers on demand.
+    `batch_size` sequences go through each forward: 1 (the default) keeps peak memory at the result plus one
+    sequence's forward, and on a CPU costs little speed (benchmarks/RESULTS.md); raise it on a GPU.
     """
     require_hooked(model)
     if not isinstance(batch, TokenBatch):

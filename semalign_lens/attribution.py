@@ -235,14 +235,15 @@ def grad_x_activation(model, batch: PairBatch, *, metric: str = "logprob", batch
 
 
 def _mean_writes(model, subs: list[PairBatch], width: int, progress: bool) -> Float[torch.Tensor, "layer pos d"]:
-    """Per-position mean block write over the clean prompts (global mean where no prompt reaches)."""
-    total, count = None, torch.zeros(width)
+    """Per-position mean block write over the clean prompts (global mean where no prompt reaches), on the
+    model's device."""
+    total, count = None, torch.zeros(width, device=model_device(model))
     for sub in _progress(subs, "mean writes", progress):
         _, stream = _stream(model, sub.clean.tokens)
-        writes = torch.stack([b - a for a, b in zip(stream[:-1], stream[1:], strict=True)]).float().cpu()
-        mask = sub.clean.mask.float()
+        writes = torch.stack([b - a for a, b in zip(stream[:-1], stream[1:], strict=True)]).float()
+        mask = sub.clean.mask.to(count.device).float()
         if total is None:
-            total = torch.zeros(writes.shape[0], width, writes.shape[-1])
+            total = writes.new_zeros(writes.shape[0], width, writes.shape[-1])
         total[:, : mask.shape[1]] += (writes * mask[None, :, :, None]).sum(1)
         count[: mask.shape[1]] += mask.sum(0)
     mean = total / count.clamp(min=1)[None, :, None]

@@ -272,9 +272,10 @@ def capture(model: nn.Module, tokens: Int[torch.Tensor, "batch pos"], layers: It
     """One forward over `tokens`: {"post.{l}": resid_post of block l, "embed": block 0's input} and logits.
 
     Stops after the deepest requested block unless `logits` is asked for. Gradients flow if enabled (the
-    caller decides with `torch.no_grad()`).
+    caller decides with `torch.no_grad()`). `tokens` are moved to the model's device, where the states stay.
     """
     p = parts(model)
+    tokens = tokens.to(model_device(model))
     layers = sorted(set(int(x) for x in layers))
     store: dict[str, torch.Tensor] = {}
     handles = []

@@ -325,8 +325,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         if tokenizer is not None:
             source.tokenizer = tokenizer
         if device is not None or dtype is not None:
-            source.to(**({"device": _target_device(device)} if device is not None else {}),
-                      **({"dtype": dtype} if dtype is not None else {}), print_details=False)
+            source.to(device=None if device is None else _target_device(device), dtype=dtype, print_details=False)
         held = str(next(source.parameters()).dtype).replace("torch.", "")
         provenance = getattr(source, "provenance", None)
         if provenance is not None:
@@ -496,7 +495,7 @@ def _load_native_dir(folder: Path, config: dict[str, Any], tokenizer, dtype: tor
                             "semalign_lens.save_model(bridge, DIR)") from None
     cfg.init_weights = False  # the saved weights replace whatever an initialisation would draw
     roles = _special_roles(tokenizer)
-    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=dtype, device=device,
+    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=dtype,
                                            model_name=config.get("name_or_path") or str(folder))
     _restore_special_roles(bridge.tokenizer, roles)
     saved = {}
@@ -512,7 +511,7 @@ def _load_native_dir(folder: Path, config: dict[str, Any], tokenizer, dtype: tor
                             "weights come from different models: re-save it with semalign_lens.save_model(bridge, DIR)")
     with torch.no_grad():
         target.load_state_dict({names[k]: v.to(dtype) for k, v in saved.items()}, strict=False)
-    return bridge
+    return bridge.to(device, print_details=False)  # read on the host, then moved: `cfg.device` follows
 
 
 def save_model(model, out: str | os.PathLike) -> Path:

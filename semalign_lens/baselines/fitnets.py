@@ -26,7 +26,7 @@ def ridge_projector(h_student: torch.Tensor, h_teacher: torch.Tensor, ridge: flo
     x, y = h_student.double(), h_teacher.double()
     gram = x.T @ x
     lam = ridge * gram.diagonal().mean().clamp(min=1e-12)
-    p = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x.T @ y)
+    p = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), x.T @ y)
     layer = nn.Linear(x.shape[1], y.shape[1], bias=False)
     with torch.no_grad():
         layer.weight.copy_(p.T.float())

@@ -34,7 +34,8 @@ CHANGES = (
 
 
 class Hypernet(nn.Module):
-    """Linear(d_T, h) → ReLU → Linear(h, d_S), no bias, N(0, std) init (LaTen: std 1e-5)."""
+    """Linear(d_T, h) → ReLU → Linear(h, d_S), no bias, N(0, std) init (LaTen: std 1e-5), drawn from `generator`
+    (a CPU one: the same weights on every device; move the module to the student's device after)."""
 
     def __init__(self, d_in: int, hidden: int, d_out: int, std: float = 1e-5, generator=None):
         super().__init__()
@@ -77,7 +78,7 @@ def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) 
     Weight gradients are never computed: the graph starts at a detached copy of the input embeddings.
     """
     from ..architectures import mlp_layers
-    from ..hf import parts
+    from ..hf import model_device, parts
 
     p = parts(model)
     store: dict[int, torch.Tensor] = {}
@@ -90,7 +91,7 @@ def neuron_scores(model: nn.Module, layers: list[int], sequences: torch.Tensor) 
     totals: dict[int, torch.Tensor] = {}
     try:
         for seq in sequences:
-            x = seq[None]
+            x = seq[None].to(model_device(model))
             with torch.enable_grad():
                 emb = p.embed(x).detach().requires_grad_(True)
                 model(inputs_embeds=emb, labels=x, use_cache=False).loss.backward()
@@ -157,9 +158,10 @@ class LaTenPlugin:
             deltas = []
             for side, module, t_module in (("up", s_mlp[0], t_mlp[0]), ("down", s_mlp[1], t_mlp[1])):
                 base = base_layer(module)  # under LoRA
-                vectors = neuron_vectors(t_module, side, t_idx.to(t_module.weight.device))
-                net = Hypernet(d_t, hidden, d_s, self.std, gen)
-                delta = NeuronDelta(net, vectors.detach().float().clone(), s_idx, neuron_axis(base, side))
+                vectors = neuron_vectors(t_module, side, t_idx.to(t_module.weight.device))  # where the teacher is
+                net = Hypernet(d_t, hidden, d_s, self.std, gen).to(base.weight.device)
+                delta = NeuronDelta(net, vectors.detach().to(base.weight.device, torch.float32, copy=True), s_idx,
+                                    neuron_axis(base, side))
                 parametrize.register_parametrization(base, "weight", delta)
                 deltas.append(delta)
                 new += list(net.parameters())

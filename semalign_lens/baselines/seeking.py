@@ -43,12 +43,13 @@ _SENSITIVITY_CACHE: dict[str, tuple[torch.Tensor, dict[tuple[int, str], torch.Te
 
 def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str, ...],
                 progress: bool = False) -> tuple[Float[torch.Tensor, "layer"], dict[tuple[int, str], torch.Tensor]]:  # noqa: F821
-    """(layer scores [n_layers], {(layer, module path): S of that weight}) of an HF causal LM.
+    """(layer scores [n_layers], {(layer, module path): S of that weight, on the teacher's device}) of an HF
+    causal LM.
 
-    One forward/backward per sequence (Seeking's per-example |θ·∇θL|), fp32, LM loss on every token. The
-    layer ranker `attribution.parameter_sensitivity` is the same formula per prompt and task metric.
+    One forward/backward per sequence (Seeking's per-example |θ·∇θL|), fp32, LM loss on every token, where the
+    teacher is. The layer ranker `attribution.parameter_sensitivity` is the same formula per prompt and task metric.
     """
-    from ..hf import clean_copy, parts
+    from ..hf import clean_copy, model_device, parts
 
     model = clean_copy(teacher, share_weights=True, attn="eager").float().eval()
     layers = parts(model).layers
@@ -62,7 +63,7 @@ def sensitivity(teacher: nn.Module, sequences: torch.Tensor, targets: tuple[str,
     scores = torch.zeros(len(layers), dtype=torch.float64)
     blocks = {key: torch.zeros_like(dense_weight(m), dtype=torch.float32) for key, m in named.items()}
     for seq in tqdm(sequences, desc="seeking sensitivity", disable=not progress, leave=False):
-        x = seq[None]
+        x = seq[None].to(model_device(model))
         loss = model(input_ids=x, labels=x, use_cache=False).loss
         loss.backward()
         with torch.no_grad():
@@ -81,7 +82,7 @@ def best_block(score: Float[torch.Tensor, "rows cols"], rows: int, cols: int) ->
     if rows > score.shape[0] or cols > score.shape[1]:
         raise SemalignError(f"cannot cut a {rows}x{cols} block out of a {tuple(score.shape)} teacher matrix; "
                             "Seeking needs the teacher at least as wide as the student")
-    sat = torch.zeros(score.shape[0] + 1, score.shape[1] + 1, dtype=torch.float64)
+    sat = score.new_zeros(score.shape[0] + 1, score.shape[1] + 1, dtype=torch.float64)
     sat[1:, 1:] = score.double().cumsum(0).cumsum(1)
     sums = sat[rows:, cols:] - sat[:-rows, cols:] - sat[rows:, :-cols] + sat[:-rows, :-cols]
     flat = int(torch.argmax(sums))
@@ -101,12 +102,13 @@ def svd_factors(block: Float[torch.Tensor, "out inp"], rank: int) -> tuple[torch
 
 def init_lora_from_block(layer: nn.Module, block: torch.Tensor) -> None:
     """Base W ← W − BA, adapter (B/scale, A): the layer's output is unchanged, its trainable subspace is B·A's.
-    `layer`: a peft LoRA layer (`semalign_lens.lora`)."""
+    `layer`: a peft LoRA layer (`semalign_lens.lora`); `block` may be where the teacher is (the product moves to
+    the student's weight)."""
     lora_a, lora_b, scale = lora_factors(layer)
     b, a = svd_factors(block, lora_a.shape[0])
     weight = dense_weight(layer)
     with torch.no_grad():
-        weight -= (b @ a).to(weight.dtype)
+        weight -= (b @ a).to(weight)
         lora_b.copy_((b / scale).to(lora_b.dtype))
         lora_a.copy_(a.to(lora_a.dtype))
 

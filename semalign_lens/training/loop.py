@@ -189,8 +189,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
-        teacher = teacher if teacher is not None else load_model(cfg.teacher, dtype=cfg.torch_dtype)
-        student = student if student is not None else load_model(cfg.student, dtype=cfg.torch_dtype)
+        # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device
+        teacher = teacher if teacher is not None else load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu")
+        student = student if student is not None else load_model(cfg.student, dtype=cfg.torch_dtype, device="cpu")
         # a half-precision student computes in its dtype: autocast to it, whatever `precision` says, so the fp32
         # master weights of a stage (`schedule._fp32_masters`) run beside its frozen bf16/fp16 weights
         half = next((p.dtype for p in student.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
