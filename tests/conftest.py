@@ -9,9 +9,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # precision "auto" means fp32 in the suite: its tolerances are fp32's, and must hold on every CPU (auto would
 # be bf16 on CPUs with native bf16 only); tests/test_precision.py tests the hardware rule itself.
 os.environ.setdefault("SEMALIGN_PRECISION", "fp32")
+# Under pytest-xdist each worker is one of two processes on two cores: one torch thread each, and a cache of its
+# own, so that two workers never build the same converted teacher or tiny tokenizer at once.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    _root = os.environ.get("SEMALIGN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "semalign_lens")
+    os.environ["SEMALIGN_CACHE"] = os.path.join(_root, f"xdist-{worker}")
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -232,10 +232,15 @@ def _argv(argv: list[str], env) -> list[str] | None:
     return [a.format(ro=env.read_only, ckpt=env.ckpt.name) for a in argv]
 
 
+CLI_GROUP = 8  # cases run together (three processes at a time), so that no one test waits for them all
+
+
 @pytest.fixture(scope="module")
 def cli_results(env):
-    before = _snapshot(env.root)
+    """`cli_results(i)`: (results, snapshot before, snapshot after) of the group of CLI cases holding case i, run
+    on first use."""
     run_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    groups = {}
 
     def run(case):
         argv = _argv(case[1], env)
@@ -244,15 +249,23 @@ def cli_results(env):
         return case[0], subprocess.run([sys.executable, "-m", "semalign_lens", *argv], capture_output=True,
                                        text=True, timeout=300, cwd=env.root, env=run_env)
 
-    with ThreadPoolExecutor(3) as pool:
-        results = dict(pool.map(run, CLI_CASES))
-    return results, before, _snapshot(env.root)
+    def results(index: int):
+        group = index // CLI_GROUP
+        if group not in groups:
+            before = _snapshot(env.root)
+            with ThreadPoolExecutor(3) as pool:
+                done = dict(pool.map(run, CLI_CASES[group * CLI_GROUP: (group + 1) * CLI_GROUP]))
+            groups[group] = (done, before, _snapshot(env.root))
+        return groups[group]
+
+    return results
 
 
+@pytest.mark.xdist_group("bad-inputs-cli")
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_is_one_line_exit_2_and_loses_nothing(case, cli_results):
     name, _, expected, kept = case
-    results, before, after = cli_results
+    results, before, after = cli_results(CLI_CASES.index(case))
     proc = results[name]
     if proc is None:
         pytest.skip("no read-only directory on this machine")
@@ -269,10 +282,12 @@ def test_cli_bad_input_is_one_line_exit_2_and_loses_nothing(case, cli_results):
         assert not changed, f"{name} changed {sorted(changed)[:5]}"
 
 
+@pytest.mark.xdist_group("bad-inputs-cli")
 def test_refused_commands_wrote_nothing_anywhere(cli_results):
-    _, before, after = cli_results
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    assert not changed, changed[:10]
+    for index in range(0, len(CLI_CASES), CLI_GROUP):
+        _, before, after = cli_results(index)
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        assert not changed, changed[:10]
 
 
 # ----------------------------------------------------------------------------------------------- Python API
