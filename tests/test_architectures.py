@@ -24,6 +24,8 @@ from semalign_lens.trainer import load_align_config
 from semalign_lens.training.loop import Trainer
 from semalign_lens.zoo.tiny import (
     FAMILIES,
+    MATRIX_STUDENT,
+    MATRIX_TEACHER,
     NATIVE_LAYOUTS,
     TinyArch,
     family_tokenizer,
@@ -33,8 +35,7 @@ from semalign_lens.zoo.tiny import (
     tiny_tokenizer,
 )
 
-TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
-STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+TEACHER, STUDENT = MATRIX_TEACHER, MATRIX_STUDENT
 LORA_STAGE = "LoRA on the family's default targets (else set schedule.lora_targets, or train full)"
 PAIRS = ([(f, f) for f in (*FAMILIES, *NATIVE_LAYOUTS)]
          + [("gpt2", "llama"), ("gpt_neox", "qwen2"), ("gemma2", "llama"), ("llama", "gpt2"),

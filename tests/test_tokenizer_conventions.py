@@ -24,14 +24,14 @@ from semalign_lens.models import ModelPair, load_model, stage_readiness
 from semalign_lens.trainer import load_align_config
 from semalign_lens.training.loop import Trainer
 from semalign_lens.zoo.tiny import (
+    MATRIX_STUDENT,
+    MATRIX_TEACHER,
     TOKENIZER_CONVENTIONS,
-    TinyArch,
     convention_tokenizer_dir,
     write_convention_pair,
 )
 
-TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
-STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+TEACHER, STUDENT = MATRIX_TEACHER, MATRIX_STUDENT
 CONVENTIONS = list(TOKENIZER_CONVENTIONS)
 TEXTS = ["def area(r):\n    return 3.14159 * r ** 2\n", "import json\n\nprint(json.dumps({'ü': [1, 2]}))\n"]
 # the document start each family's own tokenizer implies (its BOS where it has one, else its EOS)

@@ -31,6 +31,10 @@ class TinyArch:
 
 TINY_TEACHER = TinyArch(n_layers=6, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
 TINY_STUDENT = TinyArch(n_layers=3, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
+# the pair of the architecture and tokenizer-convention matrices (tests/test_architectures.py and
+# tests/test_tokenizer_conventions.py): smaller still, since those run every stage on every family or convention
+MATRIX_TEACHER = TinyArch(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128)
+MATRIX_STUDENT = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
 
 
 # The modules whose source trains a tiny tokenizer: the shared one, and the other tokenizer of the tiny
@@ -183,8 +187,8 @@ def special_ids(tokenizer) -> dict[str, int | None]:
             "pad_token_id": tokenizer.pad_token_id}
 
 
-def write_convention_pair(out: str | Path, convention: str, teacher: TinyArch = TinyArch(4, 64, 4, 2, 128),
-                          student: TinyArch = TinyArch(2, 32, 2, 1, 64), ids: dict[str, int | None] | None = None
+def write_convention_pair(out: str | Path, convention: str, teacher: TinyArch = MATRIX_TEACHER,
+                          student: TinyArch = MATRIX_STUDENT, ids: dict[str, int | None] | None = None
                           ) -> tuple[Path, Path]:
     """`out/teacher` and `out/student`: random Llama directories saved as a user saves a model they bring
     (`save_pretrained` of model and tokenizer), sharing `convention`'s tokenizer, their configs' special-token

@@ -98,6 +98,11 @@ def test_second_run_is_refused_and_ctrl_c_stops_one_line_then_resumes_exactly(tm
     resume = json.loads((run_dir / "latest.json").read_text())["step"]
     assert int(match[2]) == resume and 3 <= resume <= int(match[1]) < 60, line
     assert not list((run_dir / "checkpoints").glob(".tmp-*")), "a half-written checkpoint stayed behind"
+    _resume_equals_reference(config, run_dir, ref)
+
+
+def _resume_equals_reference(config, run_dir, ref):
+    """The same command again finishes the run, and its losses are the uninterrupted reference's."""
     again = _run(_align(config, run_dir))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _train_losses(run_dir) == _train_losses(ref)
@@ -111,9 +116,7 @@ def test_lock_left_by_a_killed_run_is_taken_over(tmp_path, reference):
     first.kill()
     assert first.wait(timeout=60) == -signal.SIGKILL
     assert json.loads((run_dir / ".semalign.lock.json").read_text())["pid"] == first.pid  # the dead holder's note
-    again = _run(_align(config, run_dir))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _train_losses(run_dir) == _train_losses(ref)
+    _resume_equals_reference(config, run_dir, ref)
     assert not (run_dir / ".semalign.lock.json").exists()  # released when the run ended
 
 
@@ -139,9 +142,7 @@ def test_refused_checkpoint_write_is_one_line_keeps_the_last_checkpoint_and_resu
     assert json.loads((run_dir / "latest.json").read_text())["step"] == 2
     assert _snapshot(run_dir / "checkpoints" / "step-0000002") == kept
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
-    again = _run(_align(config, run_dir))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _train_losses(run_dir) == _train_losses(ref)
+    _resume_equals_reference(config, run_dir, ref)
 
 
 def test_truncated_cache_shard_is_named_and_the_cache_rebuilt(tmp_path, reference):
