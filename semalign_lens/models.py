@@ -623,6 +623,9 @@ def tokenizer_problem(model, name: str) -> str | None:
         return f"{name}: {err}"
     if start is None:
         return (f"{name}'s tokenizer has no BOS and no EOS token, so nothing separates documents; {fix}")
+    if start >= rows:  # a token added to the tokenizer after the model was built: the embedding has no row for it
+        return (f"{name}'s document start {tokenizer.convert_ids_to_tokens(start)!r} has id {start}, outside its "
+                f"vocabulary of {rows} rows; {fix}")
     if not (getattr(tokenizer, "init_kwargs", None) or {}).get(DOCUMENT_START_KEY):
         key, role = ("bos_token_id", "BOS") if start == tokenizer.bos_token_id else ("eos_token_id", "EOS")
         ids = _config_ids(config, key)

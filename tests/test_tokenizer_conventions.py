@@ -218,3 +218,14 @@ def test_declaring_the_separator_in_the_config_fixes_a_tokenizer_without_one(tmp
     result = Trainer(cfg, teacher=teacher, student=student).run()
     sep = student.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert document_start(load_model(result.student_path).tokenizer) == sep  # the saved student keeps it
+
+
+def test_a_document_start_the_model_has_no_row_for_is_refused(tmp_path):
+    """A separator added to the tokenizer after the model was built has no embedding row: refused, not indexed."""
+    t_dir, s_dir, tok = _write_pair(tmp_path, "gpt2")
+    teacher, student = load_model(t_dir), load_model(s_dir)
+    for model in (teacher, student):
+        model.tokenizer.add_special_tokens({"additional_special_tokens": ["<doc>"]})
+        sl.data.set_document_start(model.tokenizer, "<doc>")
+    with pytest.raises(SemalignError, match=r"document start '<doc>' has id 384, outside its vocabulary of 384 rows"):
+        ModelPair(teacher, student)
