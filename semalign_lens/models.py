@@ -608,7 +608,7 @@ def tokenizer_problem(model, name: str) -> str | None:
 
     tokenizer = model.tokenizer
     config = getattr(underlying_hf(model), "config", None)
-    rows = model.cfg.d_vocab
+    rows = head_rows(model)  # the embedding's rows: an id at or past them indexes nothing
     fix = (f"declare the separator instead: data.document_start = '<token>' in the align config, or "
            f'"{DOCUMENT_START_KEY}": "<token>" in its tokenizer_config.json')
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
