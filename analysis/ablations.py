@@ -49,18 +49,18 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from semalign_lens import evaluation as ev  # noqa: E402
-from semalign_lens.activations import accumulated_resid, capture  # noqa: E402
-from semalign_lens.attribution import rank_agreement, rank_layers  # noqa: E402
-from semalign_lens.baselines import Method, get_method, run_method  # noqa: E402
-from semalign_lens.benchmark import load_pair  # noqa: E402
-from semalign_lens.errors import run_reporting_errors  # noqa: E402
-from semalign_lens.models import describe  # noqa: E402
-from semalign_lens.pairing import make_pairing  # noqa: E402
-from semalign_lens.report import Report  # noqa: E402
-from semalign_lens.semantics import SemanticBasis, TransferMap, transfer_fidelity  # noqa: E402
-from semalign_lens.similarity import cka_matrix, cka_wide, residual_labels  # noqa: E402
-from semalign_lens.tasks import load_task, tokenize_pairs  # noqa: E402
-from semalign_lens.trainer import load_align_config  # noqa: E402
+from semalign_lens.core.errors import run_reporting_errors  # noqa: E402
+from semalign_lens.data.tasks import load_task, tokenize_pairs  # noqa: E402
+from semalign_lens.evaluation.protocol import load_pair  # noqa: E402
+from semalign_lens.lens.attribution import rank_agreement, rank_layers  # noqa: E402
+from semalign_lens.lens.capture import accumulated_resid, capture  # noqa: E402
+from semalign_lens.lens.pairing import make_pairing  # noqa: E402
+from semalign_lens.lens.semantics import SemanticBasis, TransferMap, transfer_fidelity  # noqa: E402
+from semalign_lens.lens.similarity import cka_matrix, cka_wide, residual_labels  # noqa: E402
+from semalign_lens.models.load import describe  # noqa: E402
+from semalign_lens.reports.page import Report  # noqa: E402
+from semalign_lens.training import load_align_config  # noqa: E402
+from semalign_lens.training.methods import Method, get_method, run_method  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "ablations"
 AXES = ("attribution", "pairing", "objective", "map")
@@ -143,7 +143,7 @@ def code_attribution_batch(tokenizer, n: int, seed: int):
     """The `n` shortest HumanEval prompts with a parameter renamed (clean/corrupted pairs), for ranking teacher
     layers. Shortest, because patching and ablation rerun the teacher from every layer: the cost grows with
     prompt length x layers, and HumanEval prompts run to 400+ tokens (a bias toward short problems, stated)."""
-    from semalign_lens.tasks import Task
+    from semalign_lens.data.tasks import Task
 
     task = load_task("humaneval", tokenizer=tokenizer, seed=seed)
     length = lambda p: len(tokenizer(p.clean, add_special_tokens=False)["input_ids"])  # noqa: E731

@@ -42,12 +42,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import accumulated_resid  # noqa: E402
-from semalign_lens.data import tokenize  # noqa: E402
-from semalign_lens.errors import run_reporting_errors  # noqa: E402
-from semalign_lens.models import load_model  # noqa: E402
-from semalign_lens.overview import humaneval_prompts  # noqa: E402
-from semalign_lens.semantics import (  # noqa: E402
+from semalign_lens.core.errors import run_reporting_errors  # noqa: E402
+from semalign_lens.data.tokens import tokenize  # noqa: E402
+from semalign_lens.lens.capture import accumulated_resid  # noqa: E402
+from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
+from semalign_lens.lens.semantics import (  # noqa: E402
     KINDS,
     SemanticBasis,
     TransferMap,
@@ -56,6 +55,7 @@ from semalign_lens.semantics import (  # noqa: E402
     intersection_bases,
     transfer_fidelity,
 )
+from semalign_lens.models.load import load_model  # noqa: E402
 
 BASIS_ORDER = ["output", "output_shared", "output_raw", "input", "random"]
 HIGH, NEAR_ZERO = 0.9, 0.1  # what we take "very high" and "close to zero / orthogonal" to mean
@@ -152,8 +152,8 @@ def student_part(args, teacher, bases, states, sample, out: Path, pair=None) -> 
 
     With a cross-tokenizer `pair` the maps come from the intersection bases and both readouts are
     restricted to the shared strings (one vocabulary to compare on)."""
-    from semalign_lens.models import ModelPair
-    from semalign_lens.semantics import Readout
+    from semalign_lens.lens.semantics import Readout
+    from semalign_lens.models.load import ModelPair
 
     if pair is None:
         pair = ModelPair(teacher, load_model(args.student))  # refuses different vocabularies, naming them
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     bases, conditions = build_bases(model, args.seed)
     pair = None
     if args.intersection:
-        from semalign_lens.models import ModelPair
+        from semalign_lens.models.load import ModelPair
 
         pair = ModelPair(model, load_model(args.intersection), vocab="intersection")
         print(f"intersection with {args.intersection}: {pair.alignment.summary()}")

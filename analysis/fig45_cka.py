@@ -53,21 +53,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from semalign_lens.activations import accumulated_resid  # noqa: E402
-from semalign_lens.benchmark import load_pair  # noqa: E402
-from semalign_lens.data import tokenize  # noqa: E402
-from semalign_lens.errors import run_reporting_errors  # noqa: E402
-from semalign_lens.models import describe, load_model  # noqa: E402
-from semalign_lens.overview import humaneval_prompts  # noqa: E402
-from semalign_lens.pairing import make_pairing  # noqa: E402
-from semalign_lens.report import Report  # noqa: E402
-from semalign_lens.semantics import SemanticBasis, TransferMap  # noqa: E402
-from semalign_lens.similarity import (  # noqa: E402
+from semalign_lens.core.errors import run_reporting_errors  # noqa: E402
+from semalign_lens.data.tokens import tokenize  # noqa: E402
+from semalign_lens.evaluation.protocol import load_pair  # noqa: E402
+from semalign_lens.lens.capture import accumulated_resid  # noqa: E402
+from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
+from semalign_lens.lens.pairing import make_pairing  # noqa: E402
+from semalign_lens.lens.semantics import SemanticBasis, TransferMap  # noqa: E402
+from semalign_lens.lens.similarity import (  # noqa: E402
     cka_heatmap,
     cka_matrix,
     cka_permutation_null,
     residual_labels,
 )
+from semalign_lens.models.load import describe, load_model  # noqa: E402
+from semalign_lens.reports.page import Report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "fig45"
 HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
@@ -89,7 +89,7 @@ def top_dimension_share(stack: list[torch.Tensor]) -> list[float]:
 
 def align_student(args, teacher, student, work: Path):
     """A short SemAlign run (the package defaults, sized by --steps / --align-*); returns (bridge, result)."""
-    from semalign_lens.trainer import align, load_align_config
+    from semalign_lens.training import align, load_align_config
 
     cfg = load_align_config(None, {
         "run_dir": str(work / "align"), "progress": False, "report": False, "seed": args.seed,

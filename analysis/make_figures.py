@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from semalign_lens.errors import run_reporting_errors
+from semalign_lens.core.errors import run_reporting_errors
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,7 +42,7 @@ def tiny_teacher_dir(folder: Path) -> Path:
     """Save the tiny random teacher (and its tokenizer) as a local HF directory that `load_model` reads."""
     import torch
 
-    from semalign_lens.zoo.tiny import tiny_hf_pair
+    from semalign_lens.models.tiny import tiny_hf_pair
 
     if (folder / "config.json").exists():
         return folder

@@ -1,7 +1,7 @@
 """Which other kinds of stdlib facts does the teacher know? A probe for growing the knowledge task.
 
 The knowledge task keeps only facts the teacher answers exactly on the held-out phrasing (of the candidates in
-`semalign_lens.tasks.stdlib_facts`). This script measures candidate fact *types* that are not in the set yet,
+`semalign_lens.data.tasks.stdlib_facts`). This script measures candidate fact *types* that are not in the set yet,
 each read from the running interpreter and each tried with two phrasings (a prose and a code form): the
 teacher's greedy exact match on the answer, as the task's filter computes it (`evaluation.fact_scores`).
 
@@ -29,9 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 from semalign_lens import evaluation as ev
-from semalign_lens.errors import run_reporting_errors
-from semalign_lens.models import load_model
-from semalign_lens.tasks.facts import Fact
+from semalign_lens.core.errors import run_reporting_errors
+from semalign_lens.data.tasks.facts import Fact
+from semalign_lens.models.load import load_model
 
 OUT = Path(__file__).parent / "out" / "transfer" / "fact_type_probe.csv"
 OUT_PHRASINGS = OUT.with_name("fact_phrasing_probe.csv")
@@ -100,7 +100,7 @@ CANDIDATES = {
 def probe(teacher, control: int = 200) -> pd.DataFrame:
     """One row per (type, phrasing); the first row is the control: the first `control` facts of the set's own
     `function_module` type on its held-out phrasing, so a row of zeros means the type, not the instrument."""
-    from semalign_lens.tasks.stdlib_facts import stdlib_facts
+    from semalign_lens.data.tasks.stdlib_facts import stdlib_facts
 
     known = stdlib_facts().of_type("function_module")[:control]
     table = ev.fact_scores(teacher, known, "eval", 1)
@@ -124,7 +124,7 @@ def column(phrasing: str) -> str:
 def probe_phrasings(teacher, facts=None) -> pd.DataFrame:
     """One row per fact of the `PHRASINGS` types, one 0/1 column per phrasing (`column`): the teacher's exact
     match. A phrasing that holds a fact's answer (a few-shot example) scores 0 for that fact."""
-    from semalign_lens.tasks.stdlib_facts import stdlib_facts
+    from semalign_lens.data.tasks.stdlib_facts import stdlib_facts
 
     facts = facts or stdlib_facts()
     frames = []
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrasings", action="store_true", help="probe phrasings of the set's module types")
     args = parser.parse_args(argv)
     if args.teacher == "tiny":
-        from semalign_lens.zoo.tiny import tiny_pair
+        from semalign_lens.models.tiny import tiny_pair
 
         teacher = tiny_pair(seed=0).teacher
     else:

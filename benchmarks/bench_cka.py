@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from semalign_lens.precision import machine_line
-from semalign_lens.similarity import cka_matrix, cka_permutation_null, minibatch_cka_matrix  # noqa: E402
+from semalign_lens.core.precision import machine_line
+from semalign_lens.lens.similarity import cka_matrix, cka_permutation_null, minibatch_cka_matrix  # noqa: E402
 
 
 def timed(fn, repeats: int):
@@ -99,7 +99,7 @@ def run_suite(name, xs, ys, args, mask=None, drop_first=False, naive=False):
     rows["permutation null, k=4"] = dict(wall=wall, cpu=cpu, note=f"null mean max {null.mean.max().item():.4f}")
     if naive:
         if mask is not None or drop_first:
-            from semalign_lens.similarity import token_matrix
+            from semalign_lens.lens.similarity import token_matrix
             xs = [token_matrix(x, mask, drop_first) for x in xs]
             ys = [token_matrix(y, mask, drop_first) for y in ys]
         nv, wall, cpu = timed(lambda: naive_gram_cka(list(xs), list(ys)), 1)
@@ -126,9 +126,9 @@ def real_states(n_tokens: int):
     import sysconfig
     from pathlib import Path
 
-    from semalign_lens.activations import capture
-    from semalign_lens.data import tokenize
-    from semalign_lens.models import load_model
+    from semalign_lens.data.tokens import tokenize
+    from semalign_lens.lens.capture import capture
+    from semalign_lens.models.load import load_model
 
     teacher = load_model("smollm2-135m")
     student = student_model()
@@ -152,12 +152,12 @@ def student_model():
     """The shipped student if present, else the latest checkpoint of an in-progress pretraining run."""
     from pathlib import Path
 
-    from semalign_lens.models import load_model
-    from semalign_lens.zoo import STUDENT_DIR
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.zoo import STUDENT_DIR
 
     if (STUDENT_DIR / "model.safetensors").exists():
         return load_model("stdlib-student")
-    from semalign_lens.zoo.pretrain import export_student
+    from semalign_lens.training.pretrain import export_student
 
     run = Path("runs/stdlib-student")
     step = json.loads((run / "latest.json").read_text())["step"]

@@ -25,7 +25,7 @@ AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def machine(env: dict) -> str:
-    code = "from semalign_lens.precision import machine_line; print(machine_line())"
+    code = "from semalign_lens.core.precision import machine_line; print(machine_line())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--avx2", action="store_true", help="cap the kernels at AVX2 (see the docstring)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(AVX2_ENV if args.avx2 else {})}
-    subprocess.run([sys.executable, "-c", "from semalign_lens.zoo import resolve; resolve('smollm2-135m')"],
+    subprocess.run([sys.executable, "-c", "from semalign_lens.models.zoo import resolve; resolve('smollm2-135m')"],
                    env=env, check=True)  # the one-time conversion, untimed
     print(machine(env) + (" (kernels capped at AVX2)" if args.avx2 else ""))
     print("| profile | wall | CPU time | peak RSS | stages (s) |\n|---|---|---|---|---|")

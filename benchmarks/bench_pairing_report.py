@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def stand_in_student(teacher):
-    from semalign_lens.models import load_model
-    from semalign_lens.zoo.tiny import TinyArch, tiny_hf_model
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.tiny import TinyArch, tiny_hf_model
 
     hf = tiny_hf_model(TinyArch(n_layers=6, d_model=256, n_heads=4, n_kv_heads=2, d_mlp=768), teacher.cfg.d_vocab, 0)
     return load_model(hf, tokenizer=teacher.tokenizer, name="stand-in student (random, 6x256)")
@@ -40,12 +40,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from semalign_lens.precision import machine_line
+    from semalign_lens.core.precision import machine_line
 
     print(machine_line())
-    from semalign_lens.errors import SemalignError
-    from semalign_lens.models import load_model
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.core.errors import SemalignError
+    from semalign_lens.models.load import load_model
+    from semalign_lens.reports.pairing import pairing_report
 
     start = time.perf_counter()
     teacher = load_model("smollm2-135m")

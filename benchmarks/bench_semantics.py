@@ -20,9 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 
 import torch  # noqa: E402
 
-from semalign_lens.models import load_model  # noqa: E402
-from semalign_lens.precision import machine_line  # noqa: E402
-from semalign_lens.semantics import (  # noqa: E402
+from semalign_lens.core.precision import machine_line  # noqa: E402
+from semalign_lens.lens.semantics import (  # noqa: E402
     CoefficientGram,
     SemanticBasis,
     TransferMap,
@@ -32,6 +31,7 @@ from semalign_lens.semantics import (  # noqa: E402
     tensor_hash,
     unembedding,
 )
+from semalign_lens.models.load import load_model  # noqa: E402
 
 
 def timed(fn, repeats: int):

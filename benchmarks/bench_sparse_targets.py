@@ -30,14 +30,14 @@ from pathlib import Path
 
 def load_pair(tiny: bool):
     """(teacher, student, teacher name, student name): SmolLM2-135M and the shipped student when loadable."""
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     if not tiny:
         try:
             return load_model("smollm2-135m"), load_model("stdlib-student"), "smollm2-135m", "stdlib-student"
         except Exception as err:  # noqa: BLE001 — any failure to load means: fall back to the tiny pair
             print(f"real models unavailable ({type(err).__name__}: {str(err)[:120]}); using the tiny pair")
-    from semalign_lens.zoo.tiny import tiny_pair
+    from semalign_lens.models.tiny import tiny_pair
 
     pair = tiny_pair(seed=0)
     return pair.teacher, pair.student, "tiny teacher", "tiny student"
@@ -49,9 +49,9 @@ def accuracy(teacher, student, k: int, tau: float, blocks: int, seq_len: int, ba
     import torch
 
     from semalign_lens.evaluation import eval_set
-    from semalign_lens.hf import clean_copy
-    from semalign_lens.objectives import kl_loss
-    from semalign_lens.objectives.sparse_logits import SparseLogits
+    from semalign_lens.models.plain import clean_copy
+    from semalign_lens.training.objectives import kl_loss
+    from semalign_lens.training.objectives.sparse_logits import SparseLogits
 
     held = eval_set("stdlib_test", teacher.tokenizer, max_tokens=blocks * seq_len, max_len=seq_len).batch
     t_hf, s_hf = (clean_copy(m, share_weights=True).eval() for m in (teacher, student))
@@ -89,7 +89,7 @@ def steps(teacher, student, k: int, seq_len: int, n_sequences: int, batch: int, 
     import torch
     from safetensors import safe_open
 
-    from semalign_lens.trainer import Trainer, load_align_config
+    from semalign_lens.training import Trainer, load_align_config
     from semalign_lens.training.targets import logit_keys
 
     work = Path(tempfile.mkdtemp(prefix="bench-sparse-"))
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="use the tiny random pair (no download, seconds)")
     args = parser.parse_args()
 
-    from semalign_lens.precision import machine_line
+    from semalign_lens.core.precision import machine_line
 
     print(machine_line(args.precision))
     teacher, student, *names = load_pair(args.tiny)

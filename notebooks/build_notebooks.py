@@ -8,7 +8,7 @@ notebook here, then run
     python notebooks/build_notebooks.py --check   # exit 1 if a committed notebook differs from this file
 
 Every notebook starts with the same setup cell: `SEMALIGN_FAST=1` (what CI sets) switches to the tiny random
-pair of `semalign_lens.zoo.tiny` and small sizes; unset, it uses the embedded pair (SmolLM2-135M-Instruct
+pair of `semalign_lens.models.tiny` and small sizes; unset, it uses the embedded pair (SmolLM2-135M-Instruct
 teacher, `stdlib-student`). `tests/test_notebooks.py` executes all of them in fast mode.
 """
 
@@ -313,7 +313,7 @@ methods = list(sl.attribution.METHODS) if FAST else ["grad_x_act", "grad_x_act_a
 scores = sl.rank_layers(teacher, batch, methods=methods, n_boot=200 if FAST else 1000, seed=0, progress=False)
 scores.head()'''),
     ("code", '''\
-fig = sl.plotting.attribution_bars(scores, title="Teacher layer attribution, per method (95% bootstrap CI)")
+fig = sl.plots.attribution_bars(scores, title="Teacher layer attribution, per method (95% bootstrap CI)")
 fig'''),
     ("md", """\
 ## Top layers, and how sure we are
@@ -334,7 +334,7 @@ single method (gradient × activation) is one row of this table; low agreement m
 would change with the attribution method (`analysis/ablations.py` measures what that does to training)."""),
     ("code", '''\
 agreement = sl.rank_agreement(scores)
-fig = sl.plotting.agreement_heatmap(agreement)
+fig = sl.plots.agreement_heatmap(agreement)
 fig'''),
     ("code", '''\
 pairs = sl.rank_agreement(scores, with_pvalues=True)
@@ -578,7 +578,7 @@ per seed, then the mean and a Student-t 95% interval over seeds.
 
 The knowledge task keeps only facts the teacher answers exactly on a held-out phrasing. The student trains on
 the *other* phrasings with their answers and is scored on the held-out phrasing (answer log-prob, higher is
-better). `semalign_lens.benchmark` builds it exactly as the transfer benchmark does, from a `RunProfile` (the
+better). `semalign_lens.evaluation.protocol` builds it exactly as the transfer benchmark does, from a `RunProfile` (the
 sizes every method shares). A random tiny teacher knows no facts, so in fast mode the tiny teacher is made to
 "know" its own greedy answers, which is all a pipeline check needs."""),
     ("code", '''\

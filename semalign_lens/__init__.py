@@ -14,42 +14,45 @@
 The face is lazy (PEP 562): a name's module is imported on first use, so `import semalign_lens` and the CLI's
 `semalign zoo list` load no torch. The grouped names follow the notebooks: models and data, looking inside,
 layer attribution and pairing, training and comparing. Subpackages and modules for the long tail are
-attributes too (`sl.evaluation`, `sl.objectives`, `sl.baselines`, `sl.attribution`, ...).
+attributes too (`sl.evaluation`, `sl.objectives`, `sl.methods`, `sl.attribution`, ...), and so are the seven floors
+(`sl.core`, `sl.data`, `sl.models`, `sl.lens`, `sl.training`, `sl.evaluation`, `sl.reports`).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 _API = {  # public name -> the module that defines it
     # models and data
-    "load_model": "models", "save_model": "models", "ModelPair": "models", "describe": "models", "tiny_pair": "zoo.tiny",
-    "tokenize": "data", "TokenBatch": "data",
+    "load_model": "models.load", "save_model": "models.load", "ModelPair": "models.load", "describe": "models.load", "tiny_pair": "models.tiny",
+    "tokenize": "data.tokens", "TokenBatch": "data.tokens",
     # looking inside
-    "capture": "activations", "Capture": "activations", "accumulated_resid": "activations",
-    "residual_norms": "overview", "residual_norm_figure": "overview", "humaneval_prompts": "overview",
-    "SemanticBasis": "semantics", "TransferMap": "semantics", "decompose": "semantics", "logit_lens": "semantics",
-    "fidelity": "semantics", "transfer_fidelity": "semantics", "condition_report": "semantics",
-    "cka_matrix": "similarity", "cka_permutation_null": "similarity", "cka_heatmap": "similarity",
-    "cka_wide": "similarity", "residual_labels": "similarity",
+    "capture": "lens.capture", "Capture": "lens.capture", "accumulated_resid": "lens.capture",
+    "residual_norms": "lens.overview", "residual_norm_figure": "lens.overview", "humaneval_prompts": "lens.overview",
+    "SemanticBasis": "lens.semantics", "TransferMap": "lens.semantics", "decompose": "lens.semantics", "logit_lens": "lens.semantics",
+    "fidelity": "lens.semantics", "transfer_fidelity": "lens.semantics", "condition_report": "lens.semantics",
+    "cka_matrix": "lens.similarity", "cka_permutation_null": "lens.similarity", "cka_heatmap": "lens.similarity",
+    "cka_wide": "lens.similarity", "residual_labels": "lens.similarity",
     # two tokenizers
-    "align_vocabularies": "vocab_alignment", "aligned_positions": "vocab_alignment",
-    "held_out_coverage": "vocab_alignment", "intersection_bases": "semantics", "aligned_stacks": "cross_tokenizer",
+    "align_vocabularies": "data.vocab", "aligned_positions": "data.vocab",
+    "held_out_coverage": "data.vocab", "intersection_bases": "lens.semantics", "aligned_stacks": "lens.aligned",
     # layer attribution and pairing
-    "load_task": "tasks", "fact_task": "tasks", "tokenize_pairs": "tasks",
-    "rank_layers": "attribution", "rank_agreement": "attribution", "top_layers": "attribution",
-    "make_pairing": "pairing", "LayerPairing": "pairing", "LayerPair": "pairing",
-    "pairing_report": "pairing_report", "Report": "report",
+    "load_task": "data.tasks", "fact_task": "data.tasks", "tokenize_pairs": "data.tasks",
+    "rank_layers": "lens.attribution", "rank_agreement": "lens.attribution", "top_layers": "lens.attribution",
+    "make_pairing": "lens.pairing", "LayerPairing": "lens.pairing", "LayerPair": "lens.pairing",
+    "pairing_report": "reports.pairing", "Report": "reports.page",
     # training and comparing
     "AlignConfig": "training", "load_align_config": "training", "align": "training", "Trainer": "training",
-    "run_method": "baselines", "RunProfile": "benchmark", "build_task": "benchmark", "shared_config": "benchmark",
-    "SemalignError": "errors",
+    "run_method": "training.methods", "RunProfile": "evaluation.protocol", "build_task": "evaluation.protocol", "shared_config": "evaluation.protocol",
+    "SemalignError": "core.errors",
 }
-_MODULES = ("attribution", "baselines", "benchmark", "evaluation", "objectives", "pairing", "plotting", "semantics",
-            "similarity", "tasks", "training", "zoo")
+_MODULES = {  # module on the face -> where it lives: the seven floors, and the rooms notebooks reach for
+    **{floor: floor for floor in ("core", "data", "models", "lens", "training", "evaluation", "reports")},
+    "attribution": "lens.attribution", "pairing": "lens.pairing", "semantics": "lens.semantics",
+    "similarity": "lens.similarity", "tasks": "data.tasks", "zoo": "models.zoo", "objectives": "training.objectives",
+    "methods": "training.methods", "plots": "reports.plots", "protocol": "evaluation.protocol",
+}
 __all__ = sorted([*_API, *_MODULES, "__version__"])
 
 
@@ -59,7 +62,7 @@ def __getattr__(name: str):
 
         return version("semalign-lens")
     if name in _MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     if name in _API:
         value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
         globals()[name] = value
@@ -71,50 +74,22 @@ def __dir__() -> list[str]:
     return __all__
 
 
-class _Face(types.ModuleType):
-    """The package module, except that an imported submodule never shadows the public function of its name.
-
-    Python binds every imported submodule as an attribute of its package, so once anything has imported the
-    module `semalign_lens.pairing_report`, `sl.pairing_report` would be that module, not the function.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Face
-
-
 if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
-    from . import (
-        attribution,
-        baselines,
-        benchmark,
-        evaluation,
-        objectives,
-        pairing,
-        plotting,
-        semantics,
-        similarity,
-        tasks,
-        training,
-        zoo,
-    )
-    from .activations import Capture, accumulated_resid, capture
-    from .attribution import rank_agreement, rank_layers, top_layers
-    from .baselines import run_method
-    from .benchmark import RunProfile, build_task, shared_config
-    from .cross_tokenizer import aligned_stacks
-    from .data import TokenBatch, tokenize
-    from .errors import SemalignError
-    from .models import ModelPair, describe, load_model, save_model
-    from .overview import humaneval_prompts, residual_norm_figure, residual_norms
-    from .pairing import LayerPair, LayerPairing, make_pairing
-    from .pairing_report import pairing_report
-    from .report import Report
-    from .semantics import (
+    from . import core, data, evaluation, lens, models, reports, training
+    from .core.errors import SemalignError
+    from .data import tasks
+    from .data.tasks import fact_task, load_task, tokenize_pairs
+    from .data.tokens import TokenBatch, tokenize
+    from .data.vocab import align_vocabularies, aligned_positions, held_out_coverage
+    from .evaluation import protocol
+    from .evaluation.protocol import RunProfile, build_task, shared_config
+    from .lens import attribution, pairing, semantics, similarity
+    from .lens.aligned import aligned_stacks
+    from .lens.attribution import rank_agreement, rank_layers, top_layers
+    from .lens.capture import Capture, accumulated_resid, capture
+    from .lens.overview import humaneval_prompts, residual_norm_figure, residual_norms
+    from .lens.pairing import LayerPair, LayerPairing, make_pairing
+    from .lens.semantics import (
         SemanticBasis,
         TransferMap,
         condition_report,
@@ -124,8 +99,12 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
         logit_lens,
         transfer_fidelity,
     )
-    from .similarity import cka_heatmap, cka_matrix, cka_permutation_null, cka_wide, residual_labels
-    from .tasks import fact_task, load_task, tokenize_pairs
-    from .training import AlignConfig, Trainer, align, load_align_config
-    from .vocab_alignment import align_vocabularies, aligned_positions, held_out_coverage
-    from .zoo.tiny import tiny_pair
+    from .lens.similarity import cka_heatmap, cka_matrix, cka_permutation_null, cka_wide, residual_labels
+    from .models import zoo
+    from .models.load import ModelPair, describe, load_model, save_model
+    from .models.tiny import tiny_pair
+    from .reports import plots
+    from .reports.page import Report
+    from .reports.pairing import pairing_report
+    from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
+    from .training.methods import run_method

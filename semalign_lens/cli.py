@@ -10,13 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import SemalignError, run_reporting_errors
+from .core.errors import SemalignError, run_reporting_errors
 
 
 def _cmd_info(args) -> None:
     import pandas as pd
 
-    from .models import describe, inspect_source, load_model, stage_readiness, vocabulary_mismatch
+    from .models.load import describe, inspect_source, load_model, stage_readiness, vocabulary_mismatch
 
     if args.system:
         from .system import system_info
@@ -46,41 +46,41 @@ def _cmd_info(args) -> None:
     for stage, problem in stages.items():
         print(f"  {stage:<{width}}  {'yes' if problem is None else 'no — ' + problem}")
     if len(models) == 2 and vocabulary_mismatch(*models):
-        from .vocab_alignment import held_out_coverage
+        from .data.vocab import held_out_coverage
 
         print(f"\nvocabulary coverage (tokens with the same string; bytes and positions on held-out "
               f"standard-library text):\n{held_out_coverage(*models, *args.sources).to_string(header=False)}")
 
 
 def _cmd_zoo_list(args) -> None:
-    from .zoo import ZOO_NAMES
+    from .models.zoo import ZOO_NAMES
 
     for name, text in sorted(ZOO_NAMES.items()):
         print(f"{name:16s} {text}")
 
 
 def _cmd_pretrain(args) -> None:
-    from .config import load_config
-    from .zoo.pretrain import PretrainConfig, pretrain
+    from .core.config import load_config
+    from .training.pretrain import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     print(json.dumps(pretrain(cfg, args.run_dir), indent=2))
 
 
 def _cmd_train_tokenizer(args) -> None:
-    from .zoo.bpe import train_corpus_bpe
+    from .training.bpe import train_corpus_bpe
 
     print(train_corpus_bpe(args.vocab_size, args.out, root=args.corpus))
 
 
 def _cmd_card(args) -> None:
-    from .zoo.model_card import card_from_run
+    from .reports.model_card import card_from_run
 
     print(card_from_run(args.run_dir, args.out, max_tokens=args.max_tokens))
 
 
 def _cmd_export(args) -> None:
-    from .zoo.pretrain import export_student
+    from .training.pretrain import export_student
 
     print(export_student(args.run_dir, args.out))
 
@@ -102,7 +102,7 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_align(args) -> None:
-    from .trainer import align_main
+    from .training import align_main
 
     align_main(args.config, args.set, stop_after_steps=args.stop_after_steps)
 
@@ -115,8 +115,8 @@ def _cmd_plan(args) -> None:
 
 
 def _cmd_report_pairing(args) -> None:
-    from .attribution import METHODS
-    from .pairing_report import pairing_report
+    from .lens.attribution import METHODS
+    from .reports.pairing import pairing_report
 
     methods = args.methods or METHODS
     ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
@@ -143,7 +143,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _align_config_help() -> str:
-    from .config import config_help
+    from .core.config import config_help
     from .training.config import AlignConfig
 
     return config_help(AlignConfig)
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func is not _cmd_zoo_list:  # `zoo list` stays free of heavy imports
-        from .progress import quiet_libraries
+        from .core.progress import quiet_libraries
 
         quiet_libraries()
     return run_reporting_errors(args.func, args)

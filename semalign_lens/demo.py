@@ -7,7 +7,7 @@ Stages (each a step of the progress bar):
 3. transfer data and evaluation: code transfer on the standard library's test files (never seen by the
    student), scored by HumanEval solution cross-entropy given the prompt and by held-out stdlib-test CE;
 4. train the SFT control and SemAlign on exactly the same data, steps and trainable parameters
-   (`semalign_lens.baselines.run_method`; frontier schedule over the proportionally paired layers);
+   (`semalign_lens.training.methods.run_method`; frontier schedule over the proportionally paired layers);
 5. evaluate before/after against the teacher: gap closed = (after − before) / (teacher − before);
 6. write one page, `report.html`: results, models, the pairing report's sections, training diagnostics,
    provenance.
@@ -28,12 +28,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .benchmark import RunProfile, build_task, load_pair, shared_config
-from .checkpoint import write_json_atomic
-from .checks import check_output_dir
-from .errors import SemalignError, writing
-from .precision import precision_record
-from .progress import StageBar
+from .core.checks import check_output_dir
+from .core.errors import SemalignError, writing
+from .core.precision import precision_record
+from .core.progress import StageBar
+from .evaluation.protocol import RunProfile, build_task, load_pair, shared_config
+from .training.checkpoint import write_json_atomic
 
 
 @dataclass
@@ -180,21 +180,19 @@ class _StepNote:
 def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/demo", progress: bool = True,
              **overrides) -> DemoResult:
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
-    from .baselines import get_method, run_method
-    from .baselines.cross_vocab import for_pair
-    from .data import tokenize
+    from .data.tokens import tokenize
     from .evaluation import humaneval_problem_ce
-    from .overview import (
+    from .lens.overview import (
         architecture_table,
         humaneval_prompts,
         norm_jumps,
         residual_norm_figure,
         residual_norms,
     )
-    from .pairing import make_pairing
-    from .pairing_report import pairing_report
-    from .plotting import signed_heatmap, versus_reference
-    from .report import Report
+    from .lens.pairing import make_pairing
+    from .reports.page import Report
+    from .reports.pairing import pairing_report
+    from .reports.plots import signed_heatmap, versus_reference
     from .training.diagnostics import (
         PROJECTION_METRICS,
         cka_change,
@@ -204,6 +202,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         projection_figure,
         read_metrics,
     )
+    from .training.methods import get_method, run_method
+    from .training.methods.cross_vocab import for_pair
 
     profile_name = profile if isinstance(profile, str) else "custom"
     if isinstance(profile, str):
@@ -389,7 +389,7 @@ def _other_tokenizer(profile: DemoProfile) -> bool:
     heads padded to different sizes over one tokenizer are one vocabulary, `models.vocab_rows`); "tiny" is the
     one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads, naming the fix
     (vocab = "intersection")."""
-    from .models import sources_differ_in_vocabulary
+    from .models.load import sources_differ_in_vocabulary
 
     if profile.teacher == "tiny":
         return False

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import SemalignError
+from .core.errors import SemalignError
 
 
 def teacher_status() -> str:
     """Whether the zoo teacher's GGUF is installed and already converted (without converting it)."""
-    from .zoo import SMOLLM2_INSTALL, smollm2_gguf
-    from .zoo.gguf import converted_path
+    from .models.zoo import SMOLLM2_INSTALL, smollm2_gguf
+    from .models.zoo.gguf import converted_path
 
     try:
         gguf = smollm2_gguf()
@@ -30,9 +30,9 @@ def system_info() -> dict[str, Any]:
     """One key/value record: CPU, ISA, native bf16, threads, versions, cache directory, teacher status."""
     import torch
 
-    from .models import package_versions
-    from .paths import cache_dir
-    from .precision import cpu_summary, resolve_precision
+    from .core.paths import cache_dir
+    from .core.precision import cpu_summary, resolve_precision
+    from .models.load import package_versions
 
     cpu = cpu_summary()
     cuda = (f"{torch.cuda.get_device_name(0)} (native bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'})"

@@ -27,7 +27,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session")
 def tiny_pair():
     """ModelPair of tiny TransformerBridge Llamas: teacher 6 layers d64, student 3 layers d32, vocab 384."""
-    from semalign_lens.zoo.tiny import tiny_pair as build
+    from semalign_lens.models.tiny import tiny_pair as build
 
     return build(seed=0)
 
@@ -35,7 +35,7 @@ def tiny_pair():
 @pytest.fixture(scope="session")
 def tiny_hf():
     """(teacher_hf, student_hf, tokenizer): the same tiny models as plain HF modules, the reference."""
-    from semalign_lens.zoo.tiny import tiny_hf_pair
+    from semalign_lens.models.tiny import tiny_hf_pair
 
     return tiny_hf_pair(seed=0)
 
@@ -43,7 +43,7 @@ def tiny_hf():
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M teacher (slow: ~3 s warm, ~20 s on first conversion)."""
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     return load_model("smollm2-135m")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semalign_lens.activations import ShardedCapture, accumulated_resid, capture, residuals
-from semalign_lens.data import tokenize
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import tokenize
+from semalign_lens.lens.capture import ShardedCapture, accumulated_resid, capture, residuals
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "import os", "class Point:\n    x: int = 0"]
 
@@ -145,7 +145,7 @@ def test_capture_speaks_transformer_lens(tiny_pair, batch):
     both ways."""
     from transformer_lens.utilities import get_act_name
 
-    from semalign_lens.activations import Capture
+    from semalign_lens.lens.capture import Capture
 
     model = tiny_pair.teacher
     cap = capture(model, batch, range(4), points=("resid_pre", "resid_post"), progress=False)
@@ -171,7 +171,7 @@ def test_capture_speaks_transformer_lens(tiny_pair, batch):
 
 def test_accumulated_resid_measures_with_dropout_off_and_restores_the_mode():
     """A trainer's student is in train mode; GPT-2 has dropout 0.1: the stack is still deterministic."""
-    from semalign_lens.zoo.tiny import TinyArch, tiny_family_model, tiny_tokenizer
+    from semalign_lens.models.tiny import TinyArch, tiny_family_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     model = tiny_family_model("gpt2", TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64), len(tok), 0)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from semalign_lens.checkpoint import latest_step
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training.checkpoint import latest_step
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
@@ -183,7 +183,7 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
 
 
 def test_a_budget_beyond_the_transfer_set_is_refused():
-    from semalign_lens.errors import SemalignError
+    from semalign_lens.core.errors import SemalignError
 
     table = load("transfer_table")
     with pytest.raises(SemalignError, match=r"budget 40 steps x batch 4 = 160 sequences exceeds the transfer set: "
@@ -249,9 +249,9 @@ def test_probe_fact_phrasings_scores_every_fact_of_a_type_per_phrasing(tmp_path)
     import pandas as pd
 
     from semalign_lens import evaluation as ev
-    from semalign_lens.tasks.facts import Fact, FactSet
-    from semalign_lens.tasks.stdlib_facts import stdlib_facts
-    from semalign_lens.zoo.tiny import tiny_pair
+    from semalign_lens.data.tasks.facts import Fact, FactSet
+    from semalign_lens.data.tasks.stdlib_facts import stdlib_facts
+    from semalign_lens.models.tiny import tiny_pair
 
     probe = load("probe_fact_types")
     teacher = tiny_pair(seed=0).teacher
@@ -272,7 +272,7 @@ def test_probe_fact_phrasings_scores_every_fact_of_a_type_per_phrasing(tmp_path)
 
 
 def test_transfer_table_refuses_an_output_directory_another_table_writes(tmp_path):
-    from semalign_lens.runlock import run_lock
+    from semalign_lens.core.runlock import run_lock
 
     table = load("transfer_table")
     with run_lock(tmp_path, "--out"):

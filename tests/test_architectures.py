@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch, document_start, with_document_start
-from semalign_lens.errors import SemalignError
-from semalign_lens.hf import clean_copy
-from semalign_lens.models import ModelPair, load_model, stage_readiness
-from semalign_lens.trainer import load_align_config
-from semalign_lens.training.loop import Trainer
-from semalign_lens.zoo.tiny import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch, document_start, with_document_start
+from semalign_lens.models.load import ModelPair, load_model, stage_readiness
+from semalign_lens.models.plain import clean_copy
+from semalign_lens.models.tiny import (
     FAMILIES,
     MATRIX_STUDENT,
     MATRIX_TEACHER,
@@ -34,6 +32,8 @@ from semalign_lens.zoo.tiny import (
     tiny_native_bridge,
     tiny_tokenizer,
 )
+from semalign_lens.training import load_align_config
+from semalign_lens.training.loop import Trainer
 
 TEACHER, STUDENT = MATRIX_TEACHER, MATRIX_STUDENT
 LORA_STAGE = "LoRA on the family's default targets (else set schedule.lora_targets, or train full)"
@@ -111,7 +111,7 @@ def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
 
 def test_pairing_report_leaves_zero_head_rows_out_and_says_so(tmp_path):
     """A tied head inherits HF's zero padding embedding: the report builds its bases without that id."""
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     tok = tiny_tokenizer()
     models = []
@@ -129,7 +129,7 @@ def test_pairing_report_leaves_zero_head_rows_out_and_says_so(tmp_path):
 def test_a_bridge_the_user_built_is_accepted_and_its_mode_read_from_itself():
     from transformer_lens.model_bridge import TransformerBridge
 
-    from semalign_lens.models import model_mode
+    from semalign_lens.models.load import model_mode
 
     tok = tiny_tokenizer()
     bridges = [TransformerBridge.boot_transformers(f"user-{i}", hf_model=tiny_family_model("llama", arch, len(tok), i),
@@ -168,7 +168,7 @@ def test_info_says_per_stage_what_a_cross_family_pair_can_run(tmp_path, capsys):
 
 
 def test_roles_name_the_papers_four_targets_in_every_family():
-    from semalign_lens.architectures import role_of
+    from semalign_lens.models.architectures import role_of
 
     tok = tiny_tokenizer()
     want = {"llama": {"self_attn.v_proj": "v", "self_attn.o_proj": "o", "mlp.up_proj": "up", "mlp.down_proj": "down"},
@@ -187,10 +187,10 @@ def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_
     """GPT-NeoX teacher → Llama student: each student LoRA layer starts at the rank-r SVD of the best block of
     the teacher layer with the same role (v ← the fused query_key_value, o ← dense, ...), W − BA leaves the
     student's function unchanged."""
-    from semalign_lens.architectures import role_of
-    from semalign_lens.baselines.seeking import SeekingPlugin, best_block, svd_factors
-    from semalign_lens.lora import dense_weight, lora_factors, lora_layers
-    from semalign_lens.trainer import Trainer
+    from semalign_lens.models.architectures import role_of
+    from semalign_lens.models.lora import dense_weight, lora_factors, lora_layers
+    from semalign_lens.training import Trainer
+    from semalign_lens.training.methods.seeking import SeekingPlugin, best_block, svd_factors
 
     pair, _, _ = _pair("gpt_neox", "llama")
     plugin = SeekingPlugin(seed_sequences=4)
@@ -222,7 +222,7 @@ def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_
 
 def test_info_reads_the_mlp_width_from_the_hf_config():
     """OPT's config calls it `ffn_dim`; the bridge's cfg.d_mlp says 4 x d_model (256) where the config says 128."""
-    from semalign_lens.models import describe
+    from semalign_lens.models.load import describe
 
     tok = tiny_tokenizer()
     for family in ("opt", "gpt2", "phi3"):
@@ -237,7 +237,7 @@ def _laten_cfg(tmp_path):
 
 
 def test_laten_refuses_a_family_without_one_up_and_down_projection_in_one_line(tmp_path):
-    from semalign_lens.baselines import run_method
+    from semalign_lens.training.methods import run_method
 
     pair, _, _ = _pair("phi3", "phi3")  # fused gate_up_proj
     with pytest.raises(SemalignError, match=r"one up and one down projection; the teacher \(phi3\) has no such pair"):
@@ -253,7 +253,7 @@ def test_laten_changes_only_located_neurons_in_other_families(tmp_path, family, 
     nn.Linear family's are rows of the up layer and columns of the down layer. Nothing else changes."""
     from transformers.pytorch_utils import Conv1D
 
-    from semalign_lens.baselines import run_method
+    from semalign_lens.training.methods import run_method
 
     pair, _, _ = _pair(family, family)
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
@@ -293,12 +293,12 @@ def test_pairing_report_cli_runs_the_rankers_asked_for_on_fused_qkv(tmp_path, ca
 def test_every_analysis_stage_on_every_family(family):
     """Capture, the residual stack and CKA, semantic bases and all nine layer rankers, per family (teacher
     4 x 64): each runs and gives finite numbers; the stack's last entry equals the captured resid_post."""
-    from semalign_lens.activations import accumulated_resid, capture
-    from semalign_lens.attribution import METHODS, rank_layers
-    from semalign_lens.data import tokenize
-    from semalign_lens.semantics import SemanticBasis, live_head_tokens
-    from semalign_lens.similarity import cka_matrix
-    from semalign_lens.tasks import fact_task, tokenize_pairs
+    from semalign_lens.data.tasks import fact_task, tokenize_pairs
+    from semalign_lens.data.tokens import tokenize
+    from semalign_lens.lens.attribution import METHODS, rank_layers
+    from semalign_lens.lens.capture import accumulated_resid, capture
+    from semalign_lens.lens.semantics import SemanticBasis, live_head_tokens
+    from semalign_lens.lens.similarity import cka_matrix
 
     pair, _, _ = _pair(family, family)
     model, tok = pair.teacher, pair.teacher.tokenizer
@@ -321,7 +321,7 @@ def test_a_native_bridge_is_saved_inspected_trained_from_the_cli_and_read_back(t
     `semalign info` says every stage can run; `semalign align` trains from the saved directories."""
 
     from semalign_lens.cli import main
-    from semalign_lens.models import save_model
+    from semalign_lens.models.load import save_model
 
     tok = tiny_tokenizer()
     bridges = [tiny_native_bridge("native_gated", arch, tok, seed) for seed, arch in enumerate((TEACHER, STUDENT))]
@@ -351,7 +351,7 @@ def test_a_native_bridge_is_saved_inspected_trained_from_the_cli_and_read_back(t
 def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
     """The two baselines that read weights by role (Seeking) and FFN neurons (LaTen) on native layouts: a
     plain MLP teacher (fc_in/fc_out) into a gated one (in/out). The student changes from its start."""
-    from semalign_lens.baselines import run_method
+    from semalign_lens.training.methods import run_method
 
     pair, _, _ = _pair("native", "native_gated")
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
@@ -369,7 +369,7 @@ def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
     probed there."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from semalign_lens.zoo.tiny import broad_spec
+    from semalign_lens.models.tiny import broad_spec
 
     tok = tiny_tokenizer()
     bridge = tiny_native_bridge("native", STUDENT, tok, 0)

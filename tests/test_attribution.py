@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from semalign_lens import attribution as A
-from semalign_lens.activations import residuals
-from semalign_lens.errors import SemalignError
-from semalign_lens.models import load_model
-from semalign_lens.semantics import logit_lens
-from semalign_lens.tasks import PromptPair, Task, answer_logprob, fact_task, tokenize_pairs
-from semalign_lens.zoo.tiny import TinyArch, tiny_hf_model, tiny_tokenizer
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tasks import PromptPair, Task, answer_logprob, fact_task, tokenize_pairs
+from semalign_lens.lens import attribution as A
+from semalign_lens.lens.capture import residuals
+from semalign_lens.lens.semantics import logit_lens
+from semalign_lens.models.load import load_model
+from semalign_lens.models.tiny import TinyArch, tiny_hf_model, tiny_tokenizer
 
 SUBJECTS = {" self": " def", " other": " the", " count": " and", " for": " return"}  # single tiny-BPE tokens
 TEMPLATES = ("x ={subject}:", "y ={subject}:")
@@ -140,7 +140,7 @@ def test_engines_agree_with_transformer_lens_patching(tiny_pair, teacher_batch):
 
 def test_fast_engine_falls_back_to_full_logits_when_the_head_differs(tiny_pair, teacher_batch, monkeypatch):
     """A head the logit-lens readout does not reproduce (e.g. soft-capped logits) must not change the scores."""
-    from semalign_lens import semantics
+    from semalign_lens.lens import semantics
 
     model = tiny_pair.teacher
     kwargs = dict(methods=["patch_denoise", "ablate_zero"], progress=False, n_boot=20, batch_size=4)
@@ -189,8 +189,8 @@ def test_seeking_matches_hf_reference(tiny_pair, tiny_hf, teacher_batch):
 def test_seeking_counts_each_fused_weight_once(family):
     """Bridges over fused qkv weights list the fused parameter beside its split aliases; the sensitivity must
     equal the plain HF model's, where each weight is one parameter."""
-    from semalign_lens.hf import parts
-    from semalign_lens.zoo.tiny import tiny_family_model
+    from semalign_lens.models.plain import parts
+    from semalign_lens.models.tiny import tiny_family_model
 
     tok = tiny_tokenizer()
     hf = tiny_family_model(family, TinyArch(n_layers=3, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64), len(tok), 0)
@@ -296,8 +296,8 @@ def test_corruption_without_effect_and_small_batches_are_refused(planted):
 def test_patching_maps_equal_a_hand_written_patch(tiny_pair, capfd):
     """Each cell of the [layer, pos] and [layer, head] maps (TransformerLens's patching functions) equals the
     recovery of one hand-written hook that copies the clean activation into the corrupted run."""
-    from semalign_lens.patching_maps import patching_maps
-    from semalign_lens.plotting import signed_heatmap
+    from semalign_lens.lens.patching import patching_maps
+    from semalign_lens.reports.plots import signed_heatmap
 
     model = tiny_pair.teacher
     batch = tokenize_pairs(tiny_pair.tokenizer, fact_task(tokenizer=tiny_pair.tokenizer, n=8, seed=0), align="left_pad")

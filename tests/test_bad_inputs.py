@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError, one_line
+from semalign_lens.core.errors import SemalignError, one_line
 
 LATIN1 = "caf\xe9 cr\xe8me\n".encode("latin-1")  # not UTF-8: byte 0xe9
 
@@ -49,7 +49,7 @@ def _copy_model(src: Path, out: Path, drop=(), **files) -> Path:
 def _read_only_dir(root: Path) -> Path | None:
     """A directory nothing can be created in: chmod 555 for a normal user; /proc for root (root ignores the
     permission bits); None where neither exists."""
-    from semalign_lens.checks import _writable
+    from semalign_lens.core.checks import _writable
 
     if os.geteuid() != 0:
         ro = root / "read-only"
@@ -64,8 +64,8 @@ def _read_only_dir(root: Path) -> Path | None:
 def env(tmp_path_factory):
     from transformers import BertConfig, BertLMHeadModel
 
-    from semalign_lens.trainer import align, load_align_config
-    from semalign_lens.zoo.tiny import TinyArch, tiny_hf_model, tiny_hf_pair
+    from semalign_lens.models.tiny import TinyArch, tiny_hf_model, tiny_hf_pair
+    from semalign_lens.training import align, load_align_config
 
     root = tmp_path_factory.mktemp("bad-inputs")
     t_hf, s_hf, tok = tiny_hf_pair(seed=0)
@@ -84,13 +84,13 @@ def env(tmp_path_factory):
     _copy_model(teacher, root / "mismatch", config__json=bert.to_json_string())  # Llama weights, BERT config
     _copy_model(teacher, root / "badtype", config__json=json.dumps({"model_type": "no_such_arch"}))
     # another tokenizer (400 tokens) under a 400-row head: a head padded beyond one tokenizer would be accepted
-    from semalign_lens.zoo.tiny import TINY_STUDENT, tiny_tokenizer
+    from semalign_lens.models.tiny import TINY_STUDENT, tiny_tokenizer
 
     other_tok = tiny_tokenizer(vocab_size=400)
     _save(tiny_hf_model(TINY_STUDENT, len(other_tok), 1), other_tok, root / "othervocab")
     assert BertLMHeadModel  # the mismatch case needs the class to exist in this transformers
-    from semalign_lens.models import save_model
-    from semalign_lens.zoo.tiny import tiny_native_bridge
+    from semalign_lens.models.load import save_model
+    from semalign_lens.models.tiny import tiny_native_bridge
 
     native = save_model(tiny_native_bridge("native", TinyArch(2, 32, 2, 1, 64), tok, 0), root / "native")
     native_cfg = json.loads((native / "config.json").read_text())
@@ -139,8 +139,8 @@ def env(tmp_path_factory):
 
     pretrain = root / "pretrain-run"  # enough of a pretraining run for export-student to reach its --out check
     pretrain.mkdir()
-    from semalign_lens.config import to_dict
-    from semalign_lens.zoo.pretrain import PretrainConfig
+    from semalign_lens.core.config import to_dict
+    from semalign_lens.training.pretrain import PretrainConfig
 
     (pretrain / "config.json").write_text(json.dumps(to_dict(PretrainConfig())))
     shutil.copytree(ckpt, pretrain / "checkpoints" / ckpt.name)
@@ -293,17 +293,18 @@ def test_refused_commands_wrote_nothing_anywhere(cli_results):
 # ----------------------------------------------------------------------------------------------- Python API
 
 def _api_cases():
-    from semalign_lens import activations, attribution, pairing, similarity
-    from semalign_lens.checks import check_output_dir, check_output_file, read_utf8
-    from semalign_lens.data import TokenBatch, tokenize
+    from semalign_lens.core.checks import check_output_dir, check_output_file, read_utf8
+    from semalign_lens.data.tasks import load_task, tokenize_pairs
+    from semalign_lens.data.tokens import TokenBatch, tokenize
     from semalign_lens.demo import run_demo
-    from semalign_lens.models import ModelPair, check_safetensors, describe, load_model
-    from semalign_lens.overview import architecture_table, residual_norms
-    from semalign_lens.pairing_report import pairing_report
-    from semalign_lens.semantics import SemanticBasis, TransferMap
-    from semalign_lens.tasks import load_task, tokenize_pairs
-    from semalign_lens.trainer import Trainer, align, load_align_config
-    from semalign_lens.zoo.pretrain import export_student
+    from semalign_lens.lens import attribution, pairing, similarity
+    from semalign_lens.lens import capture as activations
+    from semalign_lens.lens.overview import architecture_table, residual_norms
+    from semalign_lens.lens.semantics import SemanticBasis, TransferMap
+    from semalign_lens.models.load import ModelPair, check_safetensors, describe, load_model
+    from semalign_lens.reports.pairing import pairing_report
+    from semalign_lens.training import Trainer, align, load_align_config
+    from semalign_lens.training.pretrain import export_student
 
     def batch(ctx):
         return tokenize(ctx.tok, ["def f(x):", "import os"])

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_lens import baselines
-from semalign_lens.baselines import fitnets, laten, relation, seeking
-from semalign_lens.config import from_dict
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.config import from_dict
+from semalign_lens.core.errors import SemalignError
 from semalign_lens.evaluation import code_transfer_batch
-from semalign_lens.lora import add_lora, lora_factors, lora_layers
-from semalign_lens.trainer import AlignConfig
+from semalign_lens.models.lora import add_lora, lora_factors, lora_layers
+from semalign_lens.training import AlignConfig
+from semalign_lens.training import methods as baselines
+from semalign_lens.training.methods import fitnets, laten, relation, seeking
 
 PAIRED = (0, 2)  # the tiny student has 3 blocks; block 1 is never trained
 LORA_TARGETS = ("self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
@@ -35,7 +35,7 @@ def transfer(tiny_pair):
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
-    from semalign_lens.hf import clean_copy
+    from semalign_lens.models.plain import clean_copy
 
     return {k: v.detach().clone() for k, v in clean_copy(model, share_weights=True).state_dict().items()}
 
@@ -57,7 +57,7 @@ def test_method_config_swaps_only_the_loss(base_config):
 
 @pytest.fixture(scope="module")
 def cross_pair():
-    from semalign_lens.zoo.tiny import tiny_cross_pair
+    from semalign_lens.models.tiny import tiny_cross_pair
 
     return tiny_cross_pair(seed=0)
 
@@ -156,7 +156,7 @@ def test_gram_loss_is_zero_for_same_geometry_and_width_free():
 
 
 def test_plugin_objectives_refuse_to_run_without_their_plugin(tiny_pair, base_config, transfer, tmp_path):
-    from semalign_lens.trainer import Trainer
+    from semalign_lens.training import Trainer
 
     for term in ("fitnets", "laten_l2"):
         cfg = from_dict(AlignConfig, {**base_config.to_dict(), "objective": {"terms": {term: 1.0}}})

@@ -58,7 +58,7 @@ def test_demo_report_renders_in_chromium(tmp_path):
 
 
 def test_pairing_report_renders_in_chromium(tmp_path, tiny_pair):
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     out = tmp_path / "pairing.html"
     pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", out, n_prompts=6, methods=["grad_x_act"],

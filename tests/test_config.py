@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from semalign_lens.cli import main
-from semalign_lens.config import from_dict, load_config, read_config_file
-from semalign_lens.errors import SemalignError
-from semalign_lens.trainer import AlignConfig, load_align_config
-from semalign_lens.zoo.pretrain import PretrainConfig
+from semalign_lens.core.config import from_dict, load_config, read_config_file
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training import AlignConfig, load_align_config
+from semalign_lens.training.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN_JSON = REPO / "semalign_lens" / "zoo" / "configs" / "stdlib_student.json"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from semalign_lens.core.errors import SemalignError
 from semalign_lens.demo import PROFILES, run_demo
-from semalign_lens.errors import SemalignError
 
 
 def test_tiny_demo_runs_end_to_end(tmp_path):
@@ -127,7 +127,7 @@ def test_pairing_story_names_the_trained_pairs_the_task_mismatch_and_low_cka():
     import pandas as pd
 
     from semalign_lens.demo import pairing_story
-    from semalign_lens.pairing import make_pairing
+    from semalign_lens.lens.pairing import make_pairing
 
     pairing = make_pairing("proportional", 6, 3, student_layers=[0, 2])
     cka = pd.DataFrame({"0": [0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.4], "1": [0.5] * 7, "2": [0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.2]},

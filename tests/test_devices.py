@@ -24,15 +24,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from semalign_lens import evaluation as ev
-from semalign_lens.baselines import fitnets, laten, seeking
-from semalign_lens.data import tokenize
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import tokenize
 from semalign_lens.evaluation import code_transfer_batch
-from semalign_lens.hf import clean_copy, model_device
-from semalign_lens.models import ModelPair, load_model, save_model
-from semalign_lens.trainer import load_align_config
+from semalign_lens.models.load import ModelPair, load_model, save_model
+from semalign_lens.models.plain import clean_copy, model_device
+from semalign_lens.models.tiny import TinyArch, tiny_hf_pair, tiny_native_bridge
+from semalign_lens.training import load_align_config
 from semalign_lens.training.loop import Trainer
-from semalign_lens.zoo.tiny import TinyArch, tiny_hf_pair, tiny_native_bridge
+from semalign_lens.training.methods import fitnets, laten, seeking
 
 aten = torch.ops.aten
 META = torch.device("meta")
@@ -245,7 +245,7 @@ def gpu_pair(hf_pair):
 
 
 def _capture(pair):
-    from semalign_lens.activations import capture
+    from semalign_lens.lens.capture import capture
 
     c = capture(pair.teacher, tokenize(pair.tokenizer, TEXTS), [0, 2], points=("resid_post", "block_write"),
                 progress=False)
@@ -253,8 +253,8 @@ def _capture(pair):
 
 
 def _cka(pair):
-    from semalign_lens.activations import accumulated_resid
-    from semalign_lens.similarity import cka_matrix
+    from semalign_lens.lens.capture import accumulated_resid
+    from semalign_lens.lens.similarity import cka_matrix
 
     batch = tokenize(pair.tokenizer, TEXTS)
     stacks = [accumulated_resid(m, batch, drop_first=True) for m in (pair.teacher, pair.student)]
@@ -262,13 +262,13 @@ def _cka(pair):
 
 
 def _prompts(pair):
-    from semalign_lens.tasks import fact_task, tokenize_pairs
+    from semalign_lens.data.tasks import fact_task, tokenize_pairs
 
     return tokenize_pairs(pair.tokenizer, fact_task(tokenizer=pair.tokenizer, n=6, seed=0), align="left_pad")
 
 
 def _rankers(pair):
-    from semalign_lens.attribution import METHODS, rank_layers
+    from semalign_lens.lens.attribution import METHODS, rank_layers
 
     return [rank_layers(pair.student, _prompts(pair), methods=METHODS, n_boot=10, progress=False)["score"],
             rank_layers(pair.student, _prompts(pair), methods=["patch_denoise"], engine="transformer_lens",
@@ -276,14 +276,14 @@ def _rankers(pair):
 
 
 def _patching_maps(pair):
-    from semalign_lens.patching_maps import patching_maps
+    from semalign_lens.lens.patching import patching_maps
 
     return list(patching_maps(pair.student, _prompts(pair), maps=["head"], max_pairs=2, progress=False).values())
 
 
 def _fidelity(pair):
-    from semalign_lens.activations import accumulated_resid
-    from semalign_lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from semalign_lens.lens.capture import accumulated_resid
+    from semalign_lens.lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
 
     batch = tokenize(pair.tokenizer, TEXTS)
     t, s = (accumulated_resid(m, batch, drop_first=True) for m in (pair.teacher, pair.student))
@@ -295,7 +295,7 @@ def _fidelity(pair):
 
 
 def _evaluation(pair):
-    from semalign_lens.tasks.facts import load_facts
+    from semalign_lens.data.tasks.facts import load_facts
 
     return [ev.cross_entropy(pair.student, TEXTS, precision="fp32"),
             ev.fact_scores(pair.student, load_facts().facts[:3], which="all", precision="fp32")["answer_logprob"]]
@@ -356,7 +356,7 @@ CASES = [(run, "on-device") for run in RUNS] + [(run, "on-host") for run in ("se
 
 @pytest.fixture(scope="module")
 def gpu_cross_pair():
-    from semalign_lens.zoo.tiny import tiny_cross_pair
+    from semalign_lens.models.tiny import tiny_cross_pair
 
     cpu = tiny_cross_pair(0)
     with VirtualGPU():

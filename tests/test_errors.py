@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semalign_lens.errors import SemalignError, run_reporting_errors
+from semalign_lens.core.errors import SemalignError, run_reporting_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_refused_writes_are_one_line_naming_the_file_and_other_os_errors_keep_th
 
     from safetensors import SafetensorError
 
-    from semalign_lens.errors import writing
+    from semalign_lens.core.errors import writing
 
     def full_disk():  # what the OS says when a write fails mid-file: no file name
         with writing(tmp_path / "out.bin"):
@@ -80,7 +80,7 @@ def test_interrupts_are_one_line_with_exit_code_128_plus_the_signal(capsys):
     import signal
     import time
 
-    from semalign_lens.errors import Interrupted
+    from semalign_lens.core.errors import Interrupted
 
     def ctrl_c():
         raise KeyboardInterrupt

@@ -23,12 +23,12 @@ import pytest
 import torch
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch, tokenize
-from semalign_lens.errors import SemalignError
-from semalign_lens.hf import clean_copy, underlying_hf
-from semalign_lens.models import ModelPair, load_model, trainer_problem
-from semalign_lens.trainer import align, load_align_config
-from semalign_lens.zoo.tiny import tiny_hf_pair
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch, tokenize
+from semalign_lens.models.load import ModelPair, load_model, trainer_problem
+from semalign_lens.models.plain import clean_copy, underlying_hf
+from semalign_lens.models.tiny import tiny_hf_pair
+from semalign_lens.training import align, load_align_config
 
 U = 2.0 ** -9  # bf16 unit roundoff
 TEXTS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n", "x = [i * i for i in range(9)]\n",
@@ -53,7 +53,7 @@ def test_copy_check_runs_in_fp32_and_still_refuses_a_wrong_rebuild(pairs, monkey
     """The copy check compares the plain copy with the bridge both upcast to fp32 (it refused every bf16 model at
     a 1e-3 relative error it compared in bf16), leaves every weight as it was, and still refuses a copy that
     computes something else, saying that rounding is not the cause."""
-    import semalign_lens.hf as hf
+    import semalign_lens.models.plain as hf
 
     bf16 = pairs["bfloat16"]
     for model in (bf16.teacher, bf16.student):
@@ -88,7 +88,7 @@ def test_every_family_passes_the_copy_check_in_bf16():
     the trainer's copy check passes (upcast one block at a time, so per-block paths of every family are found or
     the whole model is upcast), or, where TransformerLens's bridge itself cannot run in bf16, loading is refused
     naming the dtype and the fix."""
-    from semalign_lens.zoo.tiny import FAMILIES, TinyArch, family_tokenizer, special_ids, tiny_family_model
+    from semalign_lens.models.tiny import FAMILIES, TinyArch, family_tokenizer, special_ids, tiny_family_model
 
     arch = TinyArch(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_mlp=64)
     for family in FAMILIES:
@@ -107,9 +107,9 @@ def test_every_family_passes_the_copy_check_in_bf16():
 def test_analysis_in_half_precision_matches_fp32(pairs, dtype):
     """Capture, CKA, semantic bases (pinv in fp32 of the half-precision head), the transfer map, readouts,
     (transfer) fidelity and evaluation's cross-entropy, against the fp32 load (tolerances: module docstring)."""
-    from semalign_lens.activations import accumulated_resid
-    from semalign_lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
-    from semalign_lens.similarity import cka_matrix
+    from semalign_lens.lens.capture import accumulated_resid
+    from semalign_lens.lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from semalign_lens.lens.similarity import cka_matrix
 
     batch = tokenize(pairs["float32"].tokenizer, TEXTS)
     out = {}
@@ -155,10 +155,10 @@ def test_info_rankers_and_pairing_report_in_bf16(pairs, tmp_path):
     method's largest |score| of the fp32 load's [measured: laten 0.6 %, grad_x_act 0.7 %, ablate_zero 1 %, seeking
     0.15 %, patch_denoise 6.4 %: a patched log-prob difference at logits of ~10 moves by bf16's logit spacing];
     the pairing report runs."""
-    from semalign_lens.attribution import rank_layers
-    from semalign_lens.models import stage_readiness
-    from semalign_lens.pairing_report import pairing_report
-    from semalign_lens.tasks import fact_task, tokenize_pairs
+    from semalign_lens.data.tasks import fact_task, tokenize_pairs
+    from semalign_lens.lens.attribution import rank_layers
+    from semalign_lens.models.load import stage_readiness
+    from semalign_lens.reports.pairing import pairing_report
 
     bf16 = pairs["bfloat16"]
     assert all(problem is None for problem in stage_readiness(bf16.teacher, bf16.student).values())
@@ -222,7 +222,7 @@ def test_a_bf16_pair_trains_like_the_fp32_pair(pairs, tmp_path, adapter, targets
 def test_a_half_precision_stage_trains_fp32_master_weights(pairs, tmp_path):
     """While a stage trains, its parameters are fp32 (AdamW's ~1e-5 relative updates at lr 1e-5 would round away
     in bf16, whose spacing is 2⁻⁸ relative); the stage's update is there; closed stages are bf16 again."""
-    from semalign_lens.hf import parts
+    from semalign_lens.models.plain import parts
 
     pair = pairs["bfloat16"]
     before = clean_copy(pair.student, share_weights=False)

@@ -6,8 +6,15 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.lora import add_lora, dense_weight, lora_factors, lora_layers, lora_parameters, merge_lora
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.models.lora import (
+    add_lora,
+    dense_weight,
+    lora_factors,
+    lora_layers,
+    lora_parameters,
+    merge_lora,
+)
 
 
 def _block(conv1d: bool) -> nn.Module:

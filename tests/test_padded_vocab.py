@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch, tokenize
-from semalign_lens.errors import SemalignError
-from semalign_lens.models import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch, tokenize
+from semalign_lens.models.load import (
     ModelPair,
     check_pair_sources,
     head_rows,
@@ -26,14 +26,14 @@ from semalign_lens.models import (
     stage_readiness,
     vocab_rows,
 )
-from semalign_lens.trainer import align, load_align_config
-from semalign_lens.zoo.tiny import (
+from semalign_lens.models.tiny import (
     TINY_PADDING,
     TINY_STUDENT,
     tiny_hf_model,
     tiny_padded_hf_pair,
     tiny_tokenizer,
 )
+from semalign_lens.training import align, load_align_config
 
 V = len(tiny_tokenizer())  # 384 real tokens; heads of 384 + 64 and 384 + 16 rows
 TEXTS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n", "x = [i * i for i in range(9)]\n"]
@@ -89,8 +89,8 @@ def test_pairs_are_compared_by_tokenizer_not_by_head_rows(padded, hf_pair, tmp_p
 
 def test_analysis_stages_read_the_real_rows_only(padded, twin):
     """Capture, CKA, semantic bases, the transfer map, readouts and (transfer) fidelity equal the twin's."""
-    from semalign_lens.activations import accumulated_resid, capture
-    from semalign_lens.semantics import (
+    from semalign_lens.lens.capture import accumulated_resid, capture
+    from semalign_lens.lens.semantics import (
         Readout,
         SemanticBasis,
         TransferMap,
@@ -98,7 +98,7 @@ def test_analysis_stages_read_the_real_rows_only(padded, twin):
         live_head_tokens,
         transfer_fidelity,
     )
-    from semalign_lens.similarity import cka_matrix
+    from semalign_lens.lens.similarity import cka_matrix
 
     batch = tokenize(padded.tokenizer, TEXTS)
     cap, cap_twin = (capture(p.teacher, batch, [5], progress=False).tokens_of("resid_post", 5) for p in (padded, twin))
@@ -140,8 +140,8 @@ def test_analysis_stages_read_the_real_rows_only(padded, twin):
 
 def test_rankers_read_the_real_rows_only(padded, twin):
     """The log-prob metric's softmax (gradient and patching rankers) and LaTen's readout: the twin's scores."""
-    from semalign_lens.attribution import rank_layers
-    from semalign_lens.tasks import fact_task, tokenize_pairs
+    from semalign_lens.data.tasks import fact_task, tokenize_pairs
+    from semalign_lens.lens.attribution import rank_layers
 
     prompts = tokenize_pairs(padded.tokenizer, fact_task(tokenizer=padded.tokenizer, n=4, seed=0), align="left_pad")
     scores = [rank_layers(p.teacher, prompts, methods=["grad_x_act", "patch_denoise", "laten"], n_boot=10,
@@ -151,7 +151,7 @@ def test_rankers_read_the_real_rows_only(padded, twin):
 
 
 def test_pairing_report_on_a_padded_pair(padded, tmp_path):
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     out = pairing_report(padded.teacher, padded.student, "facts", tmp_path / "p.html", n_prompts=4,
                          methods=["grad_x_act"], cka_prompts=4, cka_tokens=64, fidelity_tokens=32, n_boot=10,
@@ -220,8 +220,8 @@ def test_cross_entropy_is_over_the_real_rows(padded, twin, hf_pair):
 
 def test_intersection_bases_accept_a_padded_head(padded):
     """A cross-tokenizer pair whose teacher head is padded: the alignment is over the tokenizer's rows."""
-    from semalign_lens.semantics import intersection_bases
-    from semalign_lens.zoo.tiny import TINY_OTHER_VOCAB
+    from semalign_lens.lens.semantics import intersection_bases
+    from semalign_lens.models.tiny import TINY_OTHER_VOCAB
 
     other_tok = tiny_tokenizer(TINY_OTHER_VOCAB, "other")
     student = load_model(tiny_hf_model(TINY_STUDENT, len(other_tok) + 32, 3), tokenizer=other_tok, name="other-padded")

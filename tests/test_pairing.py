@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.pairing import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.lens.pairing import (
     LayerPair,
     LayerPairing,
     block_to_paper,
@@ -40,7 +40,7 @@ def test_paper_and_block_numbering():
 
 
 def test_pair_block_is_the_resid_post_hook_of_that_block():
-    from semalign_lens.activations import hook_name
+    from semalign_lens.lens.capture import hook_name
 
     pair = pair_proportional(20, 10).pair_for(0)  # paper: student layer 1 <- teacher layer 2
     assert (pair.student_layer, pair.teacher_low) == (0, 1)
@@ -244,9 +244,8 @@ def test_make_pairing_annotates_every_pair():
 def test_pairing_and_trainer_name_the_same_nearest_layer_at_weight_one_half():
     """The pairing report and the trainer share one pair type, so they agree on the one teacher layer of an
     interpolated target, including the tie w = 0.5 (two types once rounded it differently)."""
-    from semalign_lens.pairing import LayerPair
-    from semalign_lens.trainer import AlignConfig
-    from semalign_lens.training import Pair
+    from semalign_lens.lens.pairing import LayerPair
+    from semalign_lens.training import AlignConfig, Pair
     from semalign_lens.training.setup import resolve_pairing
 
     assert Pair is LayerPair

@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from semalign_lens import precision as P
-from semalign_lens.errors import SemalignError
+from semalign_lens.core import precision as P
+from semalign_lens.core.errors import SemalignError
 
 
 @pytest.fixture
@@ -93,10 +93,10 @@ def test_records_name_the_cpu_and_the_resolution(cpu):
 
 
 def test_config_defaults_are_auto():
-    from semalign_lens.benchmark import RunProfile
     from semalign_lens.demo import PROFILES
-    from semalign_lens.trainer import AlignConfig
-    from semalign_lens.zoo.pretrain import PretrainConfig
+    from semalign_lens.evaluation.protocol import RunProfile
+    from semalign_lens.training import AlignConfig
+    from semalign_lens.training.pretrain import PretrainConfig
 
     assert AlignConfig().precision == PretrainConfig().precision == RunProfile().precision == "auto"
     assert all(p.precision == "auto" for p in PROFILES.values())

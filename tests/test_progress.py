@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_lens.progress import StageBar, quiet_libraries
+from semalign_lens.core.progress import StageBar, quiet_libraries
 
 
 def test_stage_bar_advances_by_weight_and_times_each_stage():

@@ -9,10 +9,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from semalign_lens import report as R
-from semalign_lens.errors import SemalignError
-from semalign_lens.plotting import agreement_heatmap, attribution_bars, layer_metric_bars
-from semalign_lens.report import Report, markdown_to_html
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.reports import page as R
+from semalign_lens.reports.page import Report, markdown_to_html
+from semalign_lens.reports.plots import agreement_heatmap, attribution_bars, layer_metric_bars
 
 PLOTLY_BANNER = "plotly.js v"  # first line of the inlined bundle
 
@@ -135,7 +135,7 @@ def test_agreement_heatmap_and_grouped_bars():
 
 
 def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     out = pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "pairing.html", n_prompts=8,
                          cka_prompts=24, n_boot=50, strategy="cka", progress=False)
@@ -146,7 +146,7 @@ def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
         assert f">{section}</h2>" in page, section
     assert page.count('class="plotly-graph-div"') == 4  # attribution, agreement, CKA, fidelity
     assert "monotone CKA path" in page and "Kendall tau" in page and "tiny-teacher" in page
-    assert set(out.attribution["method"]) == set(__import__("semalign_lens.attribution").attribution.METHODS)
+    assert set(out.attribution["method"]) == set(__import__("semalign_lens.lens.attribution").attribution.METHODS)
     assert out.cka.shape == (tiny_pair.teacher.cfg.n_layers + 1, tiny_pair.student.cfg.n_layers + 1)
     assert out.pairing.strategy == "cka" and len(out.pairing) == tiny_pair.student.cfg.n_layers
     assert set(out.pairings) == {"proportional", "attribution", "cka"}
@@ -157,7 +157,7 @@ def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
 def test_pairing_report_with_one_method_and_a_model_card(tmp_path, tiny_pair):
     import dataclasses
 
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     (tmp_path / "student").mkdir()
     (tmp_path / "student" / "MODEL_CARD.md").write_text("# Tiny student\ntrained on <nothing>")
@@ -176,7 +176,7 @@ def test_pairing_report_with_one_method_and_a_model_card(tmp_path, tiny_pair):
 
 
 def test_pairing_report_bad_input(tmp_path, tiny_pair):
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     with pytest.raises(SemalignError, match="unknown pairing strategy"):
         pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "x.html", strategy="random")
@@ -189,8 +189,8 @@ def test_pairing_report_bad_input(tmp_path, tiny_pair):
 
 @pytest.mark.slow
 def test_pairing_report_on_smollm2(tmp_path, smollm2):
-    from semalign_lens.models import load_model
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.models.load import load_model
+    from semalign_lens.reports.pairing import pairing_report
 
     try:
         student = load_model("stdlib-student")
@@ -205,7 +205,7 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
     import dataclasses
     from pathlib import Path
 
-    from semalign_lens.report import home_relative, provenance_tables
+    from semalign_lens.reports.page import home_relative, provenance_tables
 
     monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
     assert home_relative(str(tmp_path / ".cache" / "m")) == "~/.cache/m"
@@ -213,7 +213,7 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
     import semalign_lens
 
     shipped = str(Path(semalign_lens.__file__).resolve().parent / "tasks" / "facts.json")
-    assert home_relative(shipped) == "semalign_lens/tasks/facts.json"
+    assert home_relative(shipped) == "semalign_lens/data/tasks/facts.json"
     model = tiny_pair.student
     saved = model.provenance
     model.provenance = dataclasses.replace(saved, path=str(tmp_path / "models" / "student"))
@@ -255,7 +255,7 @@ def test_training_figures_have_whole_steps_smoothed_curves_and_plain_panel_title
 def test_tables_show_a_dash_for_every_missing_value():
     import pandas as pd
 
-    from semalign_lens.report import Report
+    from semalign_lens.reports.page import Report
 
     report = Report("t").add_table(pd.DataFrame({"rank": pd.array([1, None], dtype="Int64"), "why": [None, "x"],
                                                  "score": [1.5, float("nan")], "pairs": [[1, 2], None]}))

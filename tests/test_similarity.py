@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.similarity import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.lens.similarity import (
     PermutationNull,
     cka_frame,
     cka_heatmap,
@@ -245,7 +245,7 @@ def test_bad_input_is_refused_clearly(layers):
 def test_frames_and_heatmap(layers):
     import plotly.graph_objects as go
 
-    from semalign_lens.pairing import pair_proportional
+    from semalign_lens.lens.pairing import pair_proportional
 
     xs, ys = layers
     grid = cka_matrix(xs, ys)
@@ -289,8 +289,8 @@ def test_cka_heatmap_stays_legible_for_deep_teachers():
 
 
 def test_tiny_models_teacher_by_student_grid(tiny_pair):
-    from semalign_lens.activations import capture
-    from semalign_lens.data import tokenize
+    from semalign_lens.data.tokens import tokenize
+    from semalign_lens.lens.capture import capture
 
     batch = tokenize(tiny_pair.tokenizer, ["def f(x):\n    return x + 1", "import os\nprint(os.sep)",
                                            "class A:\n    pass"])

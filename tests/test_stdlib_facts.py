@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.tasks.facts import Fact
-from semalign_lens.tasks.stdlib_facts import TEMPLATES, check_phrasings, stdlib_facts
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tasks.facts import Fact
+from semalign_lens.data.tasks.stdlib_facts import TEMPLATES, check_phrasings, stdlib_facts
 
 
 @pytest.fixture(scope="module")

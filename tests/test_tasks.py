@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.tasks import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tasks import (
     PromptPair,
     Task,
     answer_logprob,
@@ -27,7 +27,7 @@ DOC_START = "<|endoftext|>"  # the tiny tokenizer's BOS: its document start
 
 @pytest.fixture(scope="module")
 def tok():
-    from semalign_lens.zoo.tiny import tiny_tokenizer
+    from semalign_lens.models.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
 

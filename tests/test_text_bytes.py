@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch
-from semalign_lens.text_bytes import bits_per_byte, scored_bytes, token_byte_lengths
+from semalign_lens.data.text_bytes import bits_per_byte, scored_bytes, token_byte_lengths
+from semalign_lens.data.tokens import TokenBatch
 
 TEXTS = ["def f(x):\n    return x ** 2  # square\n", "naïve café — 東京 ✓ \U0001F600\ttab", "   leading spaces\n\n\n"]
 
 
 @pytest.fixture(scope="module")
 def student_tokenizer():
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     return load_model("stdlib-student").tokenizer
 
@@ -74,7 +74,7 @@ def test_code_task_reports_bpb_beside_every_ce(tiny_pair):
 
 
 def test_code_task_needs_held_out_tokens(tiny_pair):
-    from semalign_lens.errors import SemalignError
+    from semalign_lens.core.errors import SemalignError
 
     with pytest.raises(SemalignError, match="heldout_tokens = 0 is less than one block"):
         ev.code_task(tiny_pair.student.tokenizer, n_transfer=4, seq_len=32, heldout_tokens=0)

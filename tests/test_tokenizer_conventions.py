@@ -18,18 +18,18 @@ import torch
 
 import semalign_lens as sl
 from semalign_lens import evaluation as ev
-from semalign_lens.data import DOCUMENT_START_KEY, document_start, tokenize
-from semalign_lens.errors import SemalignError
-from semalign_lens.models import ModelPair, load_model, stage_readiness
-from semalign_lens.trainer import load_align_config
-from semalign_lens.training.loop import Trainer
-from semalign_lens.zoo.tiny import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import DOCUMENT_START_KEY, document_start, tokenize
+from semalign_lens.models.load import ModelPair, load_model, stage_readiness
+from semalign_lens.models.tiny import (
     MATRIX_STUDENT,
     MATRIX_TEACHER,
     TOKENIZER_CONVENTIONS,
     convention_tokenizer_dir,
     write_convention_pair,
 )
+from semalign_lens.training import load_align_config
+from semalign_lens.training.loop import Trainer
 
 TEACHER, STUDENT = MATRIX_TEACHER, MATRIX_STUDENT
 CONVENTIONS = list(TOKENIZER_CONVENTIONS)
@@ -103,7 +103,7 @@ def test_evaluation_equals_the_hf_models_own_loss(user_pair):
 
 def test_capture_pairing_report_and_answers(user_pair, tmp_path):
     convention, *_, pair = user_pair
-    from semalign_lens.pairing_report import pairing_report
+    from semalign_lens.reports.pairing import pairing_report
 
     batch = tokenize(pair.teacher.tokenizer, TEXTS)
     cap = sl.capture(pair.teacher, batch, range(TEACHER.n_layers), progress=False)

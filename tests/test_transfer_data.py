@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semalign_lens import evaluation as ev
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
 
 
 def test_stdlib_test_split_is_disjoint():

@@ -7,15 +7,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.vocab_alignment import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.vocab import (
     align_token_ends,
     align_vocabularies,
     aligned_positions,
     byte_coverage,
     coverage_report,
 )
-from semalign_lens.zoo import STUDENT_8K_DIR, resolve
+from semalign_lens.models.zoo import STUDENT_8K_DIR, resolve
 
 TEXTS = [
     "def foo(x):\n    return x + 12\n",
@@ -142,10 +142,10 @@ def test_aligned_stacks_match_hf_hidden_states_at_reference_positions():
     positions of the prefix-decoding reimplementation, and a by-hand linear CKA."""
     from transformers import AutoModelForCausalLM
 
-    from semalign_lens.cross_tokenizer import aligned_stacks
-    from semalign_lens.models import load_model
-    from semalign_lens.similarity import cka_matrix
-    from semalign_lens.zoo import STUDENT_8K_DIR, STUDENT_DIR
+    from semalign_lens.lens.aligned import aligned_stacks
+    from semalign_lens.lens.similarity import cka_matrix
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.zoo import STUDENT_8K_DIR, STUDENT_DIR
 
     a, b = load_model("stdlib-student"), load_model("stdlib-student-8k")
     texts = TEXTS[:3] + ["for i in range(10):\n    total += i * i  # squares\n"]
@@ -192,7 +192,7 @@ def test_pairing_report_runs_on_two_tokenizers_and_refuses_them_by_default(tmp_p
 
 
 def test_pair_sources_check_vocab_sizes_unless_asked_for_the_intersection():
-    from semalign_lens.models import check_pair_sources
+    from semalign_lens.models.load import check_pair_sources
 
     with pytest.raises(SemalignError, match=r"has 49152 tokens, student stdlib-student-8k has 8192.*intersection"):
         check_pair_sources("stdlib-student", "stdlib-student-8k")

@@ -5,7 +5,7 @@ SemAlign paper, whose tables report only benchmark accuracies on Llama-2 models)
 
 - **Cross-entropy** (nats/token) is teacher-forced, padding masked, and optionally restricted to a
   `score_mask` (e.g. HumanEval solution tokens given the prompt). It runs on a `TransformerBridge` and on a
-  plain HF causal LM; `semalign_lens.zoo.pretrain.mean_cross_entropy` is the special case of unpadded blocks
+  plain HF causal LM; `semalign_lens.training.pretrain.mean_cross_entropy` is the special case of unpadded blocks
   of an HF model (same number on the same blocks; see `tests/evaluation/test_scoring.py`).
 - **Named evaluation sets** for the teacher-vs-student table (`EVAL_SETS`): held-out standard-library files
   (the validation split of `zoo/corpus.py`), a held-out slice of the standard library's *test* files,
@@ -22,7 +22,7 @@ SemAlign paper, whose tables report only benchmark accuracies on Llama-2 models)
   commented out; the installed 1.0.x has it enabled — `package_execution_enabled()` checks), else with our
   own subprocess executor (`run_program`: `python -I`, a timeout and rlimits; a guard against accidents,
   not a security sandbox).
-- **Knowledge**: facts of `semalign_lens.tasks` (`facts.json`, or a user file read and validated by
+- **Knowledge**: facts of `semalign_lens.data.tasks` (`facts.json`, or a user file read and validated by
   `tasks.load_facts`, which names the record and field of a malformed item), >= 3 phrasings each; the
   last `n_eval` phrasings of each fact are held out for evaluation, the others (with the answer appended)
   are the transfer texts. Only facts the teacher answers
@@ -38,24 +38,24 @@ SemAlign paper, whose tables report only benchmark accuracies on Llama-2 models)
 
 One module per concern: `scoring` (forward passes, cross-entropy), `eval_sets` (the named sets),
 `humaneval`, `knowledge` (facts), `stats` (gap closed, intervals) and `transfer_tasks` (`code_task`,
-`knowledge_task`). The transfer data (`semalign_lens.transfer_data`), batch builders (`semalign_lens.data`),
-the stdlib split (`semalign_lens.zoo.corpus`) and the JSONL readers (`semalign_lens.tasks.schema`) live below
+`knowledge_task`). The transfer data (`semalign_lens.data.transfer`), batch builders (`semalign_lens.data.tokens`),
+the stdlib split (`semalign_lens.data.corpus`) and the JSONL readers (`semalign_lens.data.tasks.schema`) live below
 this package, because the trainer needs them too; they are re-exported here, so `ev.X` works for all of them.
 """
 
 from __future__ import annotations
 
-from ..data import as_batch, document_start, evenly_spaced, prompt_answer_batch
-from ..tasks.facts import Fact, FactSet, load_facts
-from ..tasks.schema import load_texts_jsonl, read_jsonl
-from ..transfer_data import (
+from ..data.corpus import STDLIB_TEST_EVAL_FRACTION, stdlib_test_split
+from ..data.tasks.facts import Fact, FactSet, load_facts
+from ..data.tasks.schema import load_texts_jsonl, read_jsonl
+from ..data.tokens import as_batch, document_start, evenly_spaced, prompt_answer_batch
+from ..data.transfer import (
                              check_no_overlap,
                              code_transfer_batch,
                              code_transfer_data,
                              code_transfer_texts,
                              decode_batch,
 )
-from ..zoo.corpus import STDLIB_TEST_EVAL_FRACTION, stdlib_test_split
 from .eval_sets import EVAL_SETS, EvalSet, compare_cross_entropy, eval_set, eval_sets, pydoc_texts
 from .humaneval import (
                              HUMANEVAL_STOP,

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from ..data import tokenize
-from ..errors import SemalignError
-from ..text_bytes import bits_per_byte, token_bytes
+from ..core.errors import SemalignError
+from ..data.text_bytes import bits_per_byte, token_bytes
+from ..data.tokens import tokenize
 from .eval_sets import EVAL_SETS, eval_set
 from .scoring import token_nll
 

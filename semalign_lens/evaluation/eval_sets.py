@@ -12,10 +12,10 @@ import torch
 from jaxtyping import Bool
 from tqdm.auto import tqdm
 
-from ..data import TokenBatch, as_batch, evenly_spaced, require_document_start, tokenize
-from ..errors import SemalignError
-from ..text_bytes import bits_per_byte, scored_bytes
-from ..zoo import corpus
+from ..core.errors import SemalignError
+from ..data import corpus
+from ..data.text_bytes import bits_per_byte, scored_bytes
+from ..data.tokens import TokenBatch, as_batch, evenly_spaced, require_document_start, tokenize
 from .humaneval import humaneval_subset
 from .scoring import model_tokenizer, token_nll
 

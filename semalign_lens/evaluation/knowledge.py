@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from ..data import TokenBatch, prompt_answer_batch
-from ..errors import SemalignError
-from ..precision import autocast
-from ..tasks.facts import Fact
+from ..core.errors import SemalignError
+from ..core.precision import autocast
+from ..data.tasks.facts import Fact
+from ..data.tokens import TokenBatch, prompt_answer_batch
 from .scoring import forward_logits, model_device, model_tokenizer
 
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
-from ..data import TokenBatch, as_batch
-from ..errors import SemalignError
-from ..hf import model_device
-from ..precision import autocast
+from ..core.errors import SemalignError
+from ..core.precision import autocast
+from ..data.tokens import TokenBatch, as_batch
+from ..models.plain import model_device
 
 
 def is_hf_model(model) -> bool:
@@ -48,13 +48,13 @@ def plain_model(model):
     """
     if is_hf_model(model):
         return model
-    from ..models import model_mode
+    from ..models.load import model_mode
 
     hf = getattr(model, "original_model", None)
     if model_mode(model) != "raw" or getattr(hf, "config", None) is None:
         return model
     if model not in _PLAIN:
-        from ..hf import clean_copy
+        from ..models.plain import clean_copy
 
         try:
             _PLAIN[model] = clean_copy(model, share_weights=True).eval()
@@ -73,7 +73,7 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | No
     Scores are over the real rows only (ours): a padded row is never a target, and the softmax over the
     tokenizer's rows is the model's distribution over text; it differs from the all-rows one by the log of
     (1 + the mass on padded rows), which a trained model keeps near 0 (they never appear in its data)."""
-    from ..models import vocab_rows
+    from ..models.load import vocab_rows
 
     rows = vocab_rows(model) if rows is None else rows
     model = plain_model(model)
@@ -129,12 +129,12 @@ def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | Non
 
     `data`: a list of texts (tokenised with `<|endoftext|>` first, truncated to `max_len`), a `TokenBatch`,
     or an int tensor of unpadded [n, len] blocks. `score_mask` restricts which target tokens count.
-    `precision`: "auto" (bf16 autocast only where the CPU/GPU computes bf16 natively, `semalign_lens.precision`),
+    `precision`: "auto" (bf16 autocast only where the CPU/GPU computes bf16 natively, `semalign_lens.core.precision`),
     "fp32" or "bf16"; bf16 is about 1.4x faster with AMX and ~0.01 nats different.
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     batch = as_batch(data, tok, max_len)
-    from ..models import vocab_rows
+    from ..models.load import vocab_rows
 
     total, count = token_nll(model, batch, score_mask, batch_size=batch_size, precision=precision, progress=progress,
                              rows=vocab_rows(model, tokenizer))

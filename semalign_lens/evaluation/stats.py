@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import SemalignError
+from ..core.errors import SemalignError
 
 
 def gap_closed(before: float, after: float, teacher: float, higher_is_better: bool = True) -> float:

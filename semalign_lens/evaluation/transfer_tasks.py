@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import TokenBatch, prompt_answer_batch, tokenize
-from ..errors import SemalignError
-from ..tasks.facts import Fact, FactSet, load_facts
-from ..text_bytes import bits_per_byte, scored_bytes
-from ..transfer_data import check_no_overlap, code_transfer_data, code_transfer_texts
+from ..core.errors import SemalignError
+from ..data.tasks.facts import Fact, FactSet, load_facts
+from ..data.text_bytes import bits_per_byte, scored_bytes
+from ..data.tokens import TokenBatch, prompt_answer_batch, tokenize
+from ..data.transfer import check_no_overlap, code_transfer_data, code_transfer_texts
 from .eval_sets import eval_set
 from .humaneval import humaneval_solution_batch
 from .knowledge import fact_eval_texts, fact_scores, fact_transfer_texts, teacher_known_facts
@@ -104,7 +104,7 @@ def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None 
 
     Headline metric: mean answer log-prob on held-out phrasings (higher is better); exact match is also
     returned. The teacher filter is measured here and recorded in `meta`. `facts`: a `FactSet`, a list of
-    facts, a facts file (`semalign_lens.tasks.load_facts` validates it, naming record and field), or None for
+    facts, a facts file (`semalign_lens.data.tasks.load_facts` validates it, naming record and field), or None for
     the shipped `tasks/facts.json`. `student_tokenizer`: the transfer texts' tokenizer when the student has
     its own (a cross-tokenizer pair); every model is scored in its own tokens (the answer log-prob is then
     log P(answer text | prompt text) under each model, comparable across tokenizers).

@@ -1,9 +1,9 @@
 """The alignment trainer, split by concern: config, dataset, targets, schedule, diagnostics, loop.
 
-The public entry points are re-exported by `semalign_lens.trainer`.
+The public entry points are re-exported by `semalign_lens.training`.
 """
 
-from ..pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
+from ..lens.pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
 from .config import (
                      AlignConfig,
                      DataConfig,

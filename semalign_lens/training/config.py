@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..config import load_config, require_positive, setting, to_dict
-from ..errors import SemalignError
-from ..precision import PRECISIONS
+from ..core.config import load_config, require_positive, setting, to_dict
+from ..core.errors import SemalignError
+from ..core.precision import PRECISIONS
 
 # `AlignConfig.dtype`: the dtypes models may be loaded in
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,19 +73,19 @@ class PairingConfig:
                                                               "index or a hook name, e.g. blocks.3.hook_resid_post")
 
     def validate(self) -> None:
-        from ..pairing import layer_of
+        from ..lens.pairing import layer_of
 
         for value in [v for row in self.pairs or [] for v in row[:3]] + list(self.student_layers or []):
             layer_of(value)  # a bad hook name fails here, when the config is read
         if self.strategy not in ("proportional", "cka"):
             raise SemalignError(f"pairing.strategy must be 'proportional' or 'cka', got {self.strategy!r}; for an "
-                                "attribution pairing build it with semalign_lens.pairing.make_pairing('attribution', "
+                                "attribution pairing build it with semalign_lens.lens.pairing.make_pairing('attribution', "
                                 "scores=...), save it, and set pairing.path")
 
 
 @dataclass
 class TransferConfig:
-    """The teacher->student map (`semalign_lens.semantics.TransferMap`): kind paper | dual | logits.
+    """The teacher->student map (`semalign_lens.lens.semantics.TransferMap`): kind paper | dual | logits.
 
     Default `dual`: the paper's cosine coefficients recomposed with the dual frame, so the mapped target keeps
     the teacher state's readout exactly (the paper's own `paper` recomposition keeps cos 0.7-0.8 of it).
@@ -105,7 +105,7 @@ class ObjectiveConfig:
     options: dict[str, dict[str, Any]] = setting(factory=dict, doc="per-term options, e.g. options.kl.temperature")
 
     def validate(self) -> None:
-        from ..objectives import get_objective
+        from .objectives import get_objective
 
         if not isinstance(self.terms, dict) or not self.terms:
             raise SemalignError("objective.terms must name at least one loss term with a weight, e.g. "
@@ -139,7 +139,7 @@ class ScheduleConfig:
     lora_rank: int = setting(16, doc="LoRA rank")
     lora_alpha: float = setting(32.0, doc="LoRA alpha (update scale alpha / rank)")
     lora_targets: list[str] | None = setting(None, doc="linear layers LoRA adapts (unset: the family's v/o/up/down "
-                                                       "equivalents, semalign_lens.architectures)")
+                                                       "equivalents, semalign_lens.models.architectures)")
     stage_steps: int | list[int] = setting(50, doc="optimizer steps per stage (or a list, one per stage)")
     lr: float | list[float] = setting(3e-4, doc="peak learning rate (or a list, one per stage)")
     warmup_steps: int = setting(0, doc="linear warmup steps at the start of each stage")
@@ -177,7 +177,7 @@ class TargetsConfig:
     `cached` (teacher states precomputed once into fp16 safetensors shards; the teacher is then not held in
     memory during training). `kl` needs teacher logits: online, or cached with `cache_logits = "topk"` (the
     teacher's `top_k` tokens per position plus the tail's mass: 386 B per token at k = 64; KL over those
-    buckets, see `semalign_lens.objectives.sparse_logits`; `tail_samples` adds ids drawn from the tail, 6 B
+    buckets, see `semalign_lens.training.objectives.sparse_logits`; `tail_samples` adds ids drawn from the tail, 6 B
     each, which make the forward KL's value at τ = 1 unbiased; the gradient stays the bucket KL's) or
     `"dense"` (= `true`; fp16, 98 KB per token at V = 49152 — small data only)."""
 
@@ -252,7 +252,7 @@ class AlignConfig:
     progress: bool = setting(True, doc="show progress bars")
 
     def validate(self) -> None:
-        from ..models import VOCAB_MODES
+        from ..models.load import VOCAB_MODES
 
         _choice(self, "precision", PRECISIONS)
         _choice(self, "dtype", tuple(DTYPES))
@@ -274,7 +274,7 @@ class AlignConfig:
         if self.targets.mode == "cached" and self.targets.logits_store == "topk" and tempered:
             warnings.warn(f"objective term(s) {tempered} read top-k teacher logits at a temperature other than 1: the "
                           "cache's tail mass is then modelled, not known (measured biased at τ = 2, "
-                          "semalign_lens.objectives.sparse_logits); use temperature 1 or cache_logits = 'dense'", stacklevel=2)
+                          "semalign_lens.training.objectives.sparse_logits); use temperature 1 or cache_logits = 'dense'", stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))
@@ -286,7 +286,7 @@ class AlignConfig:
 
 
 def _needs_teacher_logits(name: str) -> bool:
-    from ..objectives import get_objective
+    from .objectives import get_objective
 
     return get_objective(name).needs_teacher_logits
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Int
 
-from ..data import document_start
-from ..errors import SemalignError
-from ..text_bytes import token_bytes
-from ..vocab_alignment import align_token_ends, char_boundaries, ends_in_text
+from ..core.errors import SemalignError
+from ..data.text_bytes import token_bytes
+from ..data.tokens import document_start
+from ..data.vocab import align_token_ends, char_boundaries, ends_in_text
 from .targets import TeacherBatch
 
 

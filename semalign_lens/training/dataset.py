@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Int
 
-from ..checks import read_utf8
-from ..data import TokenBatch, require_document_start
-from ..errors import SemalignError
-from ..semantics.basis import tensor_hash
-from ..transfer_data import code_transfer_data
-from ..zoo import corpus
-from ..zoo.pretrain import batch_indices
+from ..core.checks import read_utf8
+from ..core.errors import SemalignError
+from ..data import corpus
+from ..data.tokens import TokenBatch, require_document_start
+from ..data.transfer import code_transfer_data
+from ..lens.semantics.basis import tensor_hash
 from .config import DataConfig
 from .cross_pair import TeacherView, teacher_view
+from .pretrain import batch_indices
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
-from ..objectives import relation_cka
+from .objectives import relation_cka
 
 SPAN_ENERGY = 0.9
 
@@ -55,7 +55,7 @@ def projection_metrics(state: Float[torch.Tensor, "b t d"], target: Float[torch.
 def cka_grid(teacher_stack: torch.Tensor, student_stack: torch.Tensor) -> tuple[torch.Tensor, list[str], list[str]]:
     """Linear CKA [teacher points, student points] of two `activations.accumulated_resid`s of the same tokens,
     with their labels ("embed", then the blocks "0".."L-1")."""
-    from ..similarity import cka_matrix
+    from ..lens.similarity import cka_matrix
 
     label = lambda stack: ["embed"] + [str(i) for i in range(len(stack) - 1)]  # noqa: E731
     return cka_matrix(teacher_stack, student_stack), label(teacher_stack), label(student_stack)
@@ -214,7 +214,7 @@ def write_report(run_dir: Path, config: dict, final: dict, stages, pairs, models
 
     import pandas as pd
 
-    from ..report import Report
+    from ..reports.page import Report
 
     terms = config["objective"]["terms"]
     sched = config["schedule"]

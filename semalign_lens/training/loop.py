@@ -33,13 +33,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import accumulated_resid
-from ..architectures import lora_problem
-from ..checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
-from ..checks import require_int
-from ..data import TokenBatch, set_document_start
-from ..errors import Interrupted, SemalignError, run_reporting_errors, writing
-from ..hf import (
+from ..core.checks import require_int
+from ..core.errors import Interrupted, SemalignError, run_reporting_errors, writing
+from ..core.precision import autocast, precision_record, resolve_precision
+from ..core.runlock import refuse_if_locked, run_lock
+from ..data.tokens import TokenBatch, set_document_start
+from ..lens.capture import accumulated_resid
+from ..lens.pairing import LayerPair
+from ..models.architectures import lora_problem
+from ..models.lora import save_lora
+from ..models.plain import (
     block_states,
     capture,
     clean_copy,
@@ -49,11 +52,7 @@ from ..hf import (
     underlying_hf,
     weights_fingerprint,
 )
-from ..lora import save_lora
-from ..objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
-from ..pairing import LayerPair
-from ..precision import autocast, precision_record, resolve_precision
-from ..runlock import refuse_if_locked, run_lock
+from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import AlignConfig, config_diff, load_align_config
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
@@ -66,6 +65,7 @@ from .diagnostics import (
     write_figure,
     write_report,
 )
+from .objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from .preflight import preflight
 from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
 from .setup import check_pairs, resolve_pairing, resolve_transfer
@@ -149,7 +149,7 @@ class Trainer:
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
-        from ..models import (
+        from ..models.load import (
             ModelPair,
             check_bridge_runs,
             head_rows,
@@ -563,7 +563,7 @@ class Trainer:
         return sum(vals) / len(vals)
 
     def _write_cka(self, name, title, matrix, t_labels, s_labels) -> None:
-        from ..similarity import cka_heatmap
+        from ..lens.similarity import cka_heatmap
 
         (self.run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json",
@@ -722,10 +722,10 @@ def align_main(config_path: str | Path | None, overrides: dict[str, Any] | list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m semalign_lens.trainer` (and `accelerate launch -m semalign_lens.trainer`)."""
+    """`python -m semalign_lens.training` (and `accelerate launch -m semalign_lens.training`)."""
     import argparse
 
-    from ..config import config_help
+    from ..core.config import config_help
 
     parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training",
                                      epilog=config_help(AlignConfig),

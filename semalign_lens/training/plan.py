@@ -80,8 +80,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, from_dict
-from ..errors import SemalignError
+from ..core.config import apply_overrides, from_dict
+from ..core.errors import SemalignError
 from .config import AlignConfig, load_align_config
 
 GiB = 1 << 30
@@ -164,8 +164,8 @@ def read_config(source: str):
     or a Hub name (config.json from the local cache or the Hub)."""
     from transformers import AutoConfig
 
-    from ..zoo import ZOO_NAMES, resolve, smollm2_gguf
-    from ..zoo.gguf import converted_path
+    from ..models.zoo import ZOO_NAMES, resolve, smollm2_gguf
+    from ..models.zoo.gguf import converted_path
 
     text = str(source)
     path = Path(text).expanduser()
@@ -217,9 +217,9 @@ def model_shape(source: str) -> ModelShape:
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from ..architectures import architecture
-    from ..hf import parts
-    from ..lora import dense_weight
+    from ..models.architectures import architecture
+    from ..models.lora import dense_weight
+    from ..models.plain import parts
 
     config = read_config(source)
     error = None
@@ -326,7 +326,7 @@ def _table(title: str, columns: tuple[str, ...], *phases: dict[str, int]) -> lis
 def resolved_precision(cfg: AlignConfig) -> str:
     """"bf16" or "fp32": `auto` is bf16, what it resolves to on a GPU with native bf16, unless
     SEMALIGN_PRECISION says otherwise (as for the trainer)."""
-    from ..precision import PRECISION_ENV
+    from ..core.precision import PRECISION_ENV
 
     precision = cfg.precision
     if precision == "auto":
@@ -349,8 +349,8 @@ def pairs_of(cfg: AlignConfig, teacher: ModelShape, student: ModelShape):
 
 def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Plan:
     """The needs of the run `cfg` on these two models (module docstring: every row's formula)."""
-    from ..models import depth_problem
-    from ..objectives import get_objective
+    from ..models.load import depth_problem
+    from .objectives import get_objective
     from .schedule import build_stages
 
     if (problem := depth_problem(teacher.layers, student.layers, teacher.source, student.source)) is not None:
@@ -461,7 +461,7 @@ def machine_budgets(cfg: AlignConfig, gpu: float | None = None, host: float | No
     import psutil
     import torch
 
-    from ..paths import cache_dir
+    from ..core.paths import cache_dir
 
     for name, value in (("--gpu-memory", gpu), ("--host-memory", host), ("--disk", disk)):
         if value is not None and not value > 0:
@@ -529,7 +529,7 @@ def _changes(cfg: AlignConfig) -> list[dict[str, Any]]:
 
 
 def _needs_logits(name: str) -> bool:
-    from ..objectives import get_objective
+    from .objectives import get_objective
 
     return get_objective(name).needs_teacher_logits
 

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checks import check_output_dir, require_hooked
-from ..errors import SemalignError
+from ..core.checks import check_output_dir, require_hooked
+from ..core.errors import SemalignError
 from .config import AlignConfig, config_diff
 
 # The files and folders a run writes into its run_dir.
@@ -29,9 +29,9 @@ RUN_FILES = ("config.json", "identity.json", "provenance.json", "pairing.json", 
 
 def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
     """A writable directory that is new, empty, or holds a run this config may resume."""
-    from ..checkpoint import latest_checkpoint
-    from ..checks import check_safetensors
-    from ..models import run_dir_kind
+    from ..core.checks import check_safetensors
+    from ..models.load import run_dir_kind
+    from .checkpoint import latest_checkpoint
 
     check_output_dir(run_dir, "run_dir")
     if not run_dir.is_dir():
@@ -76,7 +76,7 @@ def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
 def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, student: Any = None, data: Any = None,
               pairing: Any = None, transfer: Any = None) -> None:
     """Refuse a run whose inputs are wrong before any model loads or any file is written (module docstring)."""
-    from ..models import check_pair_sources, model_name
+    from ..models.load import check_pair_sources, model_name
     from .dataset import check_source
     from .setup import check_pairs, resolve_pairing
 
@@ -89,11 +89,11 @@ def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, stu
     if data is None:
         check_source(cfg.data)
     if pairing is None and cfg.pairing.pairs is None and cfg.pairing.path:
-        from ..pairing import LayerPairing
+        from ..lens.pairing import LayerPairing
 
         LayerPairing.load(cfg.pairing.path)
     if transfer is None and not cfg.transfer.path:
-        from ..semantics.basis import KINDS
+        from ..lens.semantics.basis import KINDS
 
         if cfg.transfer.kind not in KINDS:
             raise SemalignError(f"transfer.kind must be one of {KINDS}, got {cfg.transfer.kind!r}")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import SemalignError
-from ..hf import parts
-from ..lora import add_lora, lora_parameters, merge_lora
-from ..pairing import LayerPair
+from ..core.errors import SemalignError
+from ..lens.pairing import LayerPair
+from ..models.lora import add_lora, lora_parameters, merge_lora
+from ..models.plain import parts
 from .config import ScheduleConfig
 
 
@@ -91,7 +91,7 @@ def trainable_modules(student: nn.Module, cfg: ScheduleConfig, stage: Stage) -> 
 def lora_targets(cfg: ScheduleConfig, student: nn.Module, block: nn.Module | None = None) -> list[str]:
     """The layers LoRA adapts: the config's, else the student family's (`architectures.ARCHITECTURES`); with
     `block`, the family's that this block has (`architectures.default_lora_targets`)."""
-    from ..architectures import architecture, default_lora_targets
+    from ..models.architectures import architecture, default_lora_targets
 
     if cfg.lora_targets:
         return list(cfg.lora_targets)

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..errors import SemalignError
-from ..pairing import LayerPair, LayerPairing, layer_of, make_pairing
+from ..core.errors import SemalignError
+from ..lens.pairing import LayerPair, LayerPairing, layer_of, make_pairing
 from .config import AlignConfig
 
 
@@ -108,7 +108,7 @@ def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student, alignment=N
     pair's `alignment` the bases are the intersection bases (`semantics.intersection_bases`), and a given map
     must have been built on that same intersection.
     """
-    from ..semantics import SemanticBasis, TransferMap, intersection_bases, live_head_tokens
+    from ..lens.semantics import SemanticBasis, TransferMap, intersection_bases, live_head_tokens
 
     excluded = torch.empty(0, dtype=torch.long)
     if given is not None:

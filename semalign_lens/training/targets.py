@@ -36,13 +36,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_json_atomic
-from ..errors import SemalignError, writing
-from ..hf import capture, lens_fn, parts
-from ..objectives.sparse_logits import SparseLogits
-from ..paths import cache_dir, file_problem, file_record
-from ..progress import note
+from ..core.errors import SemalignError, writing
+from ..core.paths import cache_dir, file_problem, file_record
+from ..core.progress import note
+from ..models.plain import capture, lens_fn, parts
+from .checkpoint import write_json_atomic
 from .config import logits_store
+from .objectives.sparse_logits import SparseLogits
 
 CACHE_FORMAT = 1
 _FP16_MAX = 65504.0

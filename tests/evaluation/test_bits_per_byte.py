@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from semalign_lens.evaluation.bits_per_byte import bits_per_byte_table, block_texts, set_texts
-from semalign_lens.models import load_model
-from semalign_lens.zoo import STUDENT_8K_DIR, STUDENT_DIR
+from semalign_lens.models.load import load_model
+from semalign_lens.models.zoo import STUDENT_8K_DIR, STUDENT_DIR
 
 
 def test_block_texts_split_at_specials_and_spell_the_text():
@@ -49,9 +49,9 @@ def test_humaneval_and_facts_score_with_either_tokenizer():
     """HumanEval per-problem scoring (CE and bits per byte of the solution) and the knowledge task run on a
     same-vocabulary and a cross-tokenizer student; bits per byte = NLL / (ln 2 · bytes of the scored tokens):
     the solution plus the prompt characters of a token that straddles the boundary (HF offsets tell them)."""
+    from semalign_lens.data.tasks.code import humaneval_problems
+    from semalign_lens.data.tasks.facts import load_facts
     from semalign_lens.evaluation import fact_scores, humaneval_problem_ce
-    from semalign_lens.tasks.code import humaneval_problems
-    from semalign_lens.tasks.facts import load_facts
 
     problems = {p["task_id"]: p for p in humaneval_problems()}
     facts = load_facts().facts[:6]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from semalign_lens import evaluation as ev
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
 
 
 def test_executor_runs_tests_with_timeout():

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch, tokenize
-from semalign_lens.errors import SemalignError
-from semalign_lens.tasks.facts import Fact
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tasks.facts import Fact
+from semalign_lens.data.tokens import TokenBatch, tokenize
 
 
 def test_answer_scores_match_greedy_decoding(tiny_hf):

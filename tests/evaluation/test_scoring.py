@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from semalign_lens import evaluation as ev
-from semalign_lens.data import TokenBatch, tokenize
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch, tokenize
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "import json\nprint(json.dumps({'a': 1}))",
          "class A:\n    pass"]
@@ -39,7 +39,7 @@ def test_padding_is_masked(tiny_hf):
 
 
 def test_blocks_agree_with_pretraining_metric(tiny_hf):
-    from semalign_lens.zoo.pretrain import mean_cross_entropy
+    from semalign_lens.training.pretrain import mean_cross_entropy
 
     _, student_hf, _ = tiny_hf
     blocks = torch.randint(1, 300, (3, 17), generator=torch.Generator().manual_seed(1))

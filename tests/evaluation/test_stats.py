@@ -7,7 +7,7 @@ import math
 import pytest
 
 from semalign_lens import evaluation as ev
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
 
 
 def test_gap_closed_closed_forms():

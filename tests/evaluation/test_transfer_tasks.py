@@ -8,7 +8,7 @@ import json
 import pytest
 
 from semalign_lens import evaluation as ev
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
 
 
 def test_knowledge_task_refuses_malformed_facts_file(tmp_path, tiny_pair):
@@ -29,7 +29,7 @@ def test_code_task_scores_a_model_with_another_tokenizer_on_the_same_text(tiny_h
     import torch
 
     from semalign_lens.evaluation.bits_per_byte import block_texts
-    from semalign_lens.zoo.tiny import tiny_cross_pair
+    from semalign_lens.models.tiny import tiny_cross_pair
 
     pair = tiny_cross_pair(seed=0)
     task = ev.code_task(pair.student.tokenizer, n_transfer=4, seq_len=32, humaneval_limit=2, heldout_tokens=96)
@@ -49,10 +49,10 @@ def test_code_task_scores_a_model_with_another_tokenizer_on_the_same_text(tiny_h
 
 
 def test_knowledge_task_across_tokenizers_trains_and_scores_each_model_in_its_own_tokens():
-    from semalign_lens.benchmark import _tiny_known_facts
-    from semalign_lens.data import tokenize
+    from semalign_lens.data.tokens import tokenize
     from semalign_lens.evaluation.knowledge import fact_scores, fact_transfer_texts
-    from semalign_lens.zoo.tiny import tiny_cross_pair
+    from semalign_lens.evaluation.protocol import _tiny_known_facts
+    from semalign_lens.models.tiny import tiny_cross_pair
 
     pair = tiny_cross_pair(seed=0)
     task = ev.knowledge_task(pair.teacher, _tiny_known_facts(pair.teacher), student_tokenizer=pair.student.tokenizer)

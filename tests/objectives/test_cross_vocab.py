@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.objectives import OutputInputs, get_objective, shared_kl_loss, uld_loss
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training.objectives import OutputInputs, get_objective, shared_kl_loss, uld_loss
 
 
 def _probs(row: list[float], tau: float) -> list[float]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.objectives import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training.objectives import (
     ce_loss,
     cosine_loss,
     cosine_onehot_loss,
@@ -127,8 +127,8 @@ def test_fisher_loss_matches_reference_values_and_gradients(chunk):
 
 @pytest.mark.parametrize("train_head", [False, True])
 def test_fused_fisher_with_a_logit_lens_matches_the_generic_path(train_head, monkeypatch):
-    import semalign_lens.objectives as objectives
-    from semalign_lens.objectives import LogitLens
+    import semalign_lens.training.objectives as objectives
+    from semalign_lens.training.objectives import LogitLens
 
     monkeypatch.setattr(objectives.losses, "KL_CHUNK_ELEMENTS", 13 * 4)  # chunks of 4 rows: the chunking is exercised
     torch.manual_seed(6)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.objectives import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training.objectives import (
     OBJECTIVES,
     LayerInputs,
     Objective,

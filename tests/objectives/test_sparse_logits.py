@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from semalign_lens.data import TokenBatch
-from semalign_lens.errors import SemalignError
-from semalign_lens.hf import clean_copy
-from semalign_lens.objectives import kl_loss
-from semalign_lens.objectives.sparse_logits import SparseLogits
-from semalign_lens.trainer import Trainer, align, load_align_config
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch
+from semalign_lens.models.plain import clean_copy
+from semalign_lens.training import Trainer, align, load_align_config
+from semalign_lens.training.objectives import kl_loss
+from semalign_lens.training.objectives.sparse_logits import SparseLogits
 
 
 def _mask(batch=3, pos=6):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_lens.semantics import SemanticBasis
+from semalign_lens.lens.semantics import SemanticBasis
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,14 @@ import pytest
 import torch
 from semantics_helpers import F64, random_head
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.semantics import SemanticBasis, TransferMap, decompose, most_frequent_tokens, recompose
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.lens.semantics import (
+    SemanticBasis,
+    TransferMap,
+    decompose,
+    most_frequent_tokens,
+    recompose,
+)
 
 
 @pytest.mark.parametrize("method", ["cholqr2", "householder"])
@@ -94,7 +100,7 @@ def test_rank_deficient_head():
 
 
 def test_basis_cache(tiny_pair, tmp_path, monkeypatch):
-    import semalign_lens.semantics.basis as basis_module
+    import semalign_lens.lens.semantics.basis as basis_module
 
     monkeypatch.setenv("SEMALIGN_CACHE", str(tmp_path))
     first = SemanticBasis.from_model(tiny_pair.teacher)

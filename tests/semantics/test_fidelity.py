@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from semantics_helpers import resid
 
-from semalign_lens.semantics import KINDS, SemanticBasis, TransferMap, fidelity, logit_lens, transfer_fidelity
+from semalign_lens.lens.semantics import (
+    KINDS,
+    SemanticBasis,
+    TransferMap,
+    fidelity,
+    logit_lens,
+    transfer_fidelity,
+)
 
 
 def test_logit_lens_matches_the_model(tiny_pair):
@@ -79,8 +86,8 @@ def test_transfer_fidelity(tiny_pair, tiny_bases):
 def test_the_bridge_readout_and_the_trainers_logit_lens_agree(tiny_pair):
     """The two logit-lens readouts: `Readout` (frozen tensors from the bridge) and `objectives.LogitLens`
     (the trainer's HF modules) read the same final norm and head, so they give the same logits."""
-    from semalign_lens.hf import clean_copy, lens_fn
-    from semalign_lens.semantics.fidelity import Readout
+    from semalign_lens.lens.semantics.fidelity import Readout
+    from semalign_lens.models.plain import clean_copy, lens_fn
 
     model = tiny_pair.teacher
     h = torch.randn(5, model.cfg.d_model) * 3

@@ -6,8 +6,8 @@ import pytest
 import torch
 from semantics_helpers import F64, cos, random_head, resid
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.semantics import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.lens.semantics import (
     KINDS,
     CoefficientGram,
     Readout,
@@ -106,7 +106,7 @@ def dot_rounding_bound(x, S):
 
 
 def test_chunked_equals_unchunked(tiny_bases):
-    from semalign_lens.semantics.maps import _prepare
+    from semalign_lens.lens.semantics.maps import _prepare
 
     basis = tiny_bases[0]
     h = torch.randn(15, basis.d_model) * 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semalign_lens.data import TokenBatch
+from semalign_lens.data.tokens import TokenBatch
 
 
 @pytest.fixture(scope="module")

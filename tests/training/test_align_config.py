@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from trainer_helpers import REPO
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.trainer import load_align_config
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training import load_align_config
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -7,15 +7,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from semalign_lens.data import TokenBatch
-from semalign_lens.errors import SemalignError
-from semalign_lens.hf import clean_copy
-from semalign_lens.semantics import SemanticBasis, TransferMap
-from semalign_lens.trainer import Trainer, align, load_align_config
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import TokenBatch
+from semalign_lens.data.vocab import aligned_positions
+from semalign_lens.lens.semantics import SemanticBasis, TransferMap
+from semalign_lens.models.plain import clean_copy
+from semalign_lens.models.tiny import tiny_cross_pair
+from semalign_lens.models.zoo import STUDENT_8K_DIR, resolve
+from semalign_lens.training import Trainer, align, load_align_config
 from semalign_lens.training.cross_pair import gather_positions, teacher_to_student_ids, teacher_view
-from semalign_lens.vocab_alignment import aligned_positions
-from semalign_lens.zoo import STUDENT_8K_DIR, resolve
-from semalign_lens.zoo.tiny import tiny_cross_pair
 
 TEXTS = [
     "def foo(x):\n    return x + 12\n",

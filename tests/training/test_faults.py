@@ -168,8 +168,8 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_pointed_to(tmp_pat
     import torch
     from safetensors import SafetensorError
 
-    from semalign_lens import checkpoint
-    from semalign_lens.errors import SemalignError
+    from semalign_lens.core.errors import SemalignError
+    from semalign_lens.training import checkpoint
 
     model = torch.nn.Linear(4, 4)
     checkpoint.save_checkpoint(tmp_path, 1, model, None, {})
@@ -195,9 +195,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_pointed_to(tmp_pat
 
 
 def test_run_lock_names_its_holder_and_guards_pretraining(tmp_path):
-    from semalign_lens.errors import SemalignError
-    from semalign_lens.runlock import refuse_if_locked, run_lock
-    from semalign_lens.zoo.pretrain import PretrainConfig, pretrain
+    from semalign_lens.core.errors import SemalignError
+    from semalign_lens.core.runlock import refuse_if_locked, run_lock
+    from semalign_lens.training.pretrain import PretrainConfig, pretrain
 
     held = tmp_path / "run"
     with run_lock(held, "run_dir"):

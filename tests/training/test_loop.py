@@ -11,10 +11,10 @@ import pytest
 import torch
 from trainer_helpers import N_STUDENT, _cli_config, _train_losses, make_cfg, run
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.hf import clean_copy
-from semalign_lens.objectives import OBJECTIVES, Objective, register_objective
-from semalign_lens.trainer import NonFiniteLossError, Trainer, align, align_main
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.models.plain import clean_copy
+from semalign_lens.training import NonFiniteLossError, Trainer, align, align_main
+from semalign_lens.training.objectives import OBJECTIVES, Objective, register_objective
 
 
 @pytest.mark.parametrize("terms", [{"cosine": 1.0}, {"relation": 1.0}, {"fisher": 1.0}, {"kl": 1.0},
@@ -31,7 +31,7 @@ def test_each_objective_trains_a_short_run(tmp_path, tiny_pair, tokens, terms):
 
 
 def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     cfg = make_cfg(tmp_path, report=True, figures=True, diag_every=1, **{"schedule.stage_steps": 2})
     result = run(cfg, tiny_pair, tokens)
@@ -167,7 +167,7 @@ def test_two_accelerate_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "semalign_lens.trainer", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
+           "-m", "semalign_lens.training", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "provenance.json").read_text())["processes"] == 2
@@ -191,7 +191,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     # the same thread count as this process: BLAS splits its reductions by thread, so another count sums in
     # another order and the runs would differ in the last bits (1e-7 here) for reasons unrelated to resuming
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens.trainer", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens.training", "--config", str(config),
                              *(f"--set={kv}" for kv in [*over, f"run_dir={killed}"])], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -227,8 +227,8 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
     """SmolLM2-135M teacher, a random 2 x 64 Llama student with its vocabulary, cached and online targets."""
     from transformers import LlamaForCausalLM
 
-    from semalign_lens.models import load_model
-    from semalign_lens.zoo.pretrain import StudentArch
+    from semalign_lens.models.load import load_model
+    from semalign_lens.training.pretrain import StudentArch
 
     tok = smollm2.tokenizer
     eos = tok.convert_tokens_to_ids("<|endoftext|>")

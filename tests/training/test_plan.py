@@ -12,8 +12,8 @@ import torch
 from trainer_helpers import make_cfg
 
 from semalign_lens.cli import main
-from semalign_lens.errors import SemalignError
-from semalign_lens.trainer import Trainer
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training import Trainer
 from semalign_lens.training.config import load_align_config
 from semalign_lens.training.plan import GiB, make_plan, model_shape
 
@@ -232,7 +232,7 @@ def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tin
     """The tiny pair's first stage, through the trainer's own step: every tensor autograd keeps for backward
     (weight casts included, parameters not) fits in the plan's activation, weight-copy, vocabulary and
     layer-term rows, and the bound is not loose by more than 2x; the trainable parameters are the plan's."""
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     cfg = make_cfg(tmp_path, precision=precision, dtype=dtype, **{"schedule.adapter": adapter, "data.seq_len": 16,
                                                                   "data.n_sequences": 20})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from trainer_helpers import changed, initial_student, layer_of, make_cfg, run
 
-from semalign_lens.errors import SemalignError
+from semalign_lens.core.errors import SemalignError
 
 
 def test_frontier_trains_exactly_the_frontier_layer(tmp_path, tiny_pair, tokens):
@@ -57,7 +57,7 @@ def test_saved_adapters_load_in_peft_and_give_the_trained_student(tmp_path, tiny
     import torch
     from peft import PeftModel
 
-    from semalign_lens.hf import clean_copy
+    from semalign_lens.models.plain import clean_copy
 
     cfg = make_cfg(tmp_path, **{"schedule.adapter": "lora", "schedule.lora_rank": 2, "schedule.save_adapters": True})
     result = run(cfg, tiny_pair, tokens, stop_after_steps=2)  # stage 0 complete, its adapters merged

@@ -6,12 +6,12 @@ import pytest
 import torch
 from trainer_helpers import make_cfg, run
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.trainer import Trainer
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training import Trainer
 
 
 def test_pairing_from_a_saved_layer_pairing_and_by_cka(tmp_path, tiny_pair, tokens):
-    from semalign_lens.pairing import pair_proportional
+    from semalign_lens.lens.pairing import pair_proportional
 
     saved = pair_proportional(6, 3, student_layers=[1, 2]).save(tmp_path / "pairing.json")
     trainer = Trainer(make_cfg(tmp_path / "a", **{"pairing.path": str(saved)}), teacher=tiny_pair.teacher,
@@ -57,7 +57,7 @@ def test_stage_list_of_wrong_length_and_wrong_transfer_shape(tmp_path, tiny_pair
 def test_pair_target_interpolates_two_teacher_layers():
     """The trainer reads targets from its capture dict through `block_states`; degenerate config rows (weight
     0 or 1, low == high) become the exact pair on the one layer they name."""
-    from semalign_lens.hf import block_states
+    from semalign_lens.models.plain import block_states
     from semalign_lens.training.setup import _pairs_from
 
     states = block_states({f"post.{i}": torch.full((1, 2, 3), float(i)) for i in range(4)} | {"embed": None})
@@ -69,8 +69,8 @@ def test_pair_target_interpolates_two_teacher_layers():
 
 
 def test_pairing_rows_that_are_not_numbers_are_refused_in_one_line():
-    from semalign_lens.errors import SemalignError
-    from semalign_lens.trainer import AlignConfig
+    from semalign_lens.core.errors import SemalignError
+    from semalign_lens.training import AlignConfig
     from semalign_lens.training.setup import resolve_pairing
 
     for rows in ([[0, None]], [[0, 1.5, 2, 0.5]], [[0, 1, 2, "x"]]):

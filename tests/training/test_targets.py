@@ -8,8 +8,8 @@ import pytest
 import torch
 from trainer_helpers import make_cfg, run
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.trainer import Trainer
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.training import Trainer
 
 
 def test_cached_targets_reproduce_online_losses_without_the_teacher(tmp_path, tiny_pair, tokens):
@@ -36,7 +36,7 @@ def test_cached_kl_needs_cached_logits_and_then_works(tmp_path, tiny_pair, token
 
 
 def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny_pair, tokens):
-    from semalign_lens.zoo.tiny import tiny_pair as build
+    from semalign_lens.models.tiny import tiny_pair as build
 
     cache = tmp_path / "cache"
     over = {"targets.mode": "cached", "targets.cache_dir": str(cache), "objective.terms": {"relation": 1.0},

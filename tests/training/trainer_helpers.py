@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from semalign_lens.hf import clean_copy
-from semalign_lens.trainer import AlignConfig, align, load_align_config
+from semalign_lens.models.plain import clean_copy
+from semalign_lens.training import AlignConfig, align, load_align_config
 
 REPO = Path(__file__).resolve().parents[2]
 N_STUDENT = 3  # tiny student: 3 blocks, paired proportionally with the 6-block teacher (1, 3, 5)
@@ -43,7 +43,7 @@ def layer_of(name: str) -> str:
 
 
 def _write_tiny_models(tmp_path: Path) -> tuple[Path, Path, Path]:
-    from semalign_lens.zoo.tiny import tiny_hf_pair
+    from semalign_lens.models.tiny import tiny_hf_pair
 
     teacher, student, tok = tiny_hf_pair(seed=0)
     dirs = []

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from semalign_lens import checkpoint
-from semalign_lens.config import from_dict
-from semalign_lens.errors import SemalignError
-from semalign_lens.zoo import corpus
-from semalign_lens.zoo.pretrain import PretrainConfig, batch_indices, lr_at, pretrain
-from semalign_lens.zoo.tiny import tiny_tokenizer_dir
+from semalign_lens.core.config import from_dict
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data import corpus
+from semalign_lens.models.tiny import tiny_tokenizer_dir
+from semalign_lens.training import checkpoint
+from semalign_lens.training.pretrain import PretrainConfig, batch_indices, lr_at, pretrain
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -132,8 +132,8 @@ def test_unknown_config_key_is_named(tiny_corpus):
 def test_own_bpe_tokenizer_trains_exports_and_refuses_distillation(tiny_corpus, tmp_path):
     from transformers import AutoTokenizer
 
-    from semalign_lens.zoo.bpe import train_bpe
-    from semalign_lens.zoo.pretrain import export_student
+    from semalign_lens.training.bpe import train_bpe
+    from semalign_lens.training.pretrain import export_student
 
     files = corpus.stdlib_files(tiny_corpus)
     tok_dir = train_bpe(files, 400, tmp_path / "bpe")
@@ -158,8 +158,8 @@ def test_train_tokenizer_reproduces_the_shipped_8k_vocabulary(tmp_path):
     the same vocabulary and merges (deterministic; the student's card depends on it)."""
     import platform
 
-    from semalign_lens.zoo import STUDENT_8K_DIR
-    from semalign_lens.zoo.bpe import train_corpus_bpe
+    from semalign_lens.models.zoo import STUDENT_8K_DIR
+    from semalign_lens.training.bpe import train_corpus_bpe
 
     if f"CPython {platform.python_version()} " not in (STUDENT_8K_DIR / "MODEL_CARD.md").read_text():
         pytest.skip(f"the shipped tokenizer was learned on another Python's standard library than "
@@ -175,9 +175,9 @@ def test_model_card_of_a_student_with_its_own_tokenizer(tiny_corpus, tmp_path):
     (train-tokenizer first, then the student's own config)."""
     import pandas as pd
 
-    from semalign_lens.zoo.bpe import train_bpe
-    from semalign_lens.zoo.model_card import write_model_card
-    from semalign_lens.zoo.pretrain import export_student
+    from semalign_lens.reports.model_card import write_model_card
+    from semalign_lens.training.bpe import train_bpe
+    from semalign_lens.training.pretrain import export_student
 
     tok_dir = train_bpe(corpus.stdlib_files(tiny_corpus), 400, tmp_path / "bpe")
     cfg = tiny_config(tiny_corpus, tokenizer=str(tok_dir), name="tiny-bpe-student")
@@ -188,5 +188,5 @@ def test_model_card_of_a_student_with_its_own_tokenizer(tiny_corpus, tmp_path):
     assert card.startswith("# tiny-bpe-student\n") and "own 400-token byte-level BPE" in card
     assert "| stdlib_val |" in card and "2.500" in card
     assert f"semalign zoo train-tokenizer --vocab-size 400 --out {tok_dir}" in card
-    assert "--config semalign_lens/zoo/configs/tiny_bpe_student.json --run-dir runs/tiny-bpe-student" in card
+    assert "--config semalign_lens/models/zoo/configs/tiny_bpe_student.json --run-dir runs/tiny-bpe-student" in card
     assert json.loads((out / "metrics.json").read_text())["bits_per_byte"][0]["b_bpb"] == 2.5

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from semalign_lens.zoo import STUDENT_8K_DIR, STUDENT_DIR, corpus, resolve
+from semalign_lens.data import corpus
+from semalign_lens.models.zoo import STUDENT_8K_DIR, STUDENT_DIR, resolve
 
 STUDENTS = {"stdlib-student": (STUDENT_DIR, 49152, 3.2, 5_000_000),  # folder, vocab, max val CE, min tokens
             "stdlib-student-8k": (STUDENT_8K_DIR, 8192, 3.4, 3_900_000)}
@@ -16,7 +17,7 @@ STUDENTS = {"stdlib-student": (STUDENT_DIR, 49152, 3.2, 5_000_000),  # folder, v
 
 @pytest.mark.parametrize("name", STUDENTS)
 def test_student_loads_by_zoo_name_offline(name):
-    from semalign_lens.models import load_model
+    from semalign_lens.models.load import load_model
 
     folder, vocab, _, _ = STUDENTS[name]
     model = load_model(name)
@@ -50,7 +51,7 @@ def test_validation_loss_matches_card(name):
 
 @pytest.mark.slow
 def test_default_pair_is_pairable(smollm2):
-    from semalign_lens.models import ModelPair, load_model
+    from semalign_lens.models.load import ModelPair, load_model
 
     pair = ModelPair(smollm2, load_model("stdlib-student"))
     assert pair.student.cfg.n_layers < pair.teacher.cfg.n_layers

@@ -1,0 +1,4 @@
+"""The lens floor: looking inside: capture, similarity, attribution, patching, pairing, aligned stacks, semantics.
+
+Modules here import only this floor and the floors below it (tests/test_imports.py).
+"""

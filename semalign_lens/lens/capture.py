@@ -1,0 +1,401 @@
+"""Narrow capture of residual streams: only the hooks asked for, only as deep as needed.
+
+Points, for block `l` (0-based, TransformerLens numbering):
+- `resid_pre`  — the residual entering block l (`blocks.{l}.hook_in`, alias `hook_resid_pre`);
+- `resid_post` — the residual leaving block l (`blocks.{l}.hook_out`, alias `hook_resid_post`);
+- `block_write` — what block l adds to the stream, resid_post − resid_pre (what attribution should score).
+
+Why narrow: a full `run_with_cache` on SmolLM2 keeps ~3.6 MB per token (1333 tensors, logits-sized ones
+included); resid_post at 30 layers is 66 KB per token. The forward also stops after the deepest block
+needed (`stop_at_layer`), so no final norm, unembedding or logits are computed. Results are float32 on the
+CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to a safetensors shard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..core.checks import check_output_dir, require_hooked, require_int
+from ..core.errors import SemalignError, writing
+from ..core.paths import file_problem, file_record
+from ..data.tokens import TokenBatch
+from ..models.plain import model_device
+from ..training.checkpoint import write_json_atomic
+
+Point = Literal["resid_pre", "resid_post", "block_write"]
+POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
+_HOOK_OF = {"resid_pre": "hook_in", "resid_post": "hook_out"}
+
+
+_HOOK_POINTS = {"hook_resid_pre": "resid_pre", "hook_in": "resid_pre", "hook_resid_post": "resid_post",
+                "hook_out": "resid_post"}
+
+
+def parse_hook_name(name: str) -> tuple[str, int]:
+    """(point, layer) of a residual hook name, in TransformerLens's form (`blocks.3.hook_resid_post`, what
+    `transformer_lens.utilities.get_act_name("resid_post", 3)` returns) or the bridge's (`blocks.3.hook_out`)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name)
+    if match is None or match[2] not in _HOOK_POINTS:
+        raise SemalignError(f"{name!r} is not a residual hook name; use blocks.L.hook_resid_pre / hook_resid_post "
+                            "(TransformerLens's get_act_name) or blocks.L.hook_in / hook_out (the bridge's)")
+    return _HOOK_POINTS[match[2]], int(match[1])
+
+
+def hook_name(point: str, layer: int) -> str:
+    """Canonical TransformerBridge hook name of a residual point (block_write is derived, not hooked)."""
+    if point not in _HOOK_OF:
+        raise SemalignError(f"point {point!r} has no single hook; hookable points: {sorted(_HOOK_OF)}")
+    return f"blocks.{layer}.{_HOOK_OF[point]}"
+
+
+def check_layers(model, layers: Iterable[int]) -> list[int]:
+    require_hooked(model)
+    n = model.cfg.n_layers
+    layers = sorted(set(int(x) for x in layers))
+    if not layers:
+        raise SemalignError("no layers requested; pass at least one block index")
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise SemalignError(f"layer index {bad[0]} is out of range for {n}-layer model "
+                            f"{getattr(model.cfg, 'model_name', '')!s}; valid layers are 0..{n - 1}")
+    return layers
+
+
+def check_points(points: Iterable[str]) -> tuple[str, ...]:
+    points = tuple(points)
+    bad = [p for p in points if p not in POINTS]
+    if bad or not points:
+        raise SemalignError(f"unknown capture point(s) {bad}; valid points: {POINTS}")
+    return points
+
+
+def _needed_hooks(points: Sequence[str], layers: Sequence[int]) -> list[tuple[str, int]]:
+    need = set()
+    for point in points:
+        for layer in layers:
+            if point == "block_write":
+                need.update({("resid_pre", layer), ("resid_post", layer)})
+            else:
+                need.add((point, layer))
+    return sorted(need)
+
+
+def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequence[int],
+              keep_graph: bool = False,
+              sink: Callable[[tuple[str, int], torch.Tensor], None] | None = None
+              ) -> dict[tuple[str, int], torch.Tensor]:
+    """One forward over `tokens` (moved to the model's device), returning {(point, layer): [batch, pos, d]} in the
+    model's dtype, on its device.
+
+    Stops after the deepest requested block. With `keep_graph=True` the tensors stay attached to the
+    autograd graph (for losses and gradient attribution); otherwise the forward runs under no_grad.
+    With `sink`, each (point, layer) is handed to `sink(key, tensor)` the moment the forward produces it and
+    is not kept (an empty dict is returned): `capture` copies it straight into its preallocated result, so
+    the forward never holds every layer's activations at once.
+    """
+    layers = check_layers(model, layers)
+    points = check_points(points)
+    hooked = _needed_hooks(points, layers)
+    wanted = {(p, layer) for p in points for layer in layers}
+    keys = {hook_name(p, layer): (p, layer) for p, layer in hooked}
+    store: dict[str, torch.Tensor] = {}
+
+    def save(tensor, hook):
+        value = tensor if keep_graph else tensor.detach()
+        if sink is None:
+            store[hook.name] = value
+            return tensor
+        point, layer = keys[hook.name]
+        if ("block_write", layer) in wanted:
+            if point == "resid_pre":
+                store[hook.name] = value
+            else:
+                sink(("block_write", layer), value - store.pop(hook_name("resid_pre", layer)))
+        if (point, layer) in wanted:
+            sink((point, layer), value)
+        return tensor
+
+    fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
+    with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
+        model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1,
+                             return_type=None)
+    if sink is not None:
+        return {}
+    out = {}
+    for point in points:
+        for layer in layers:
+            if point == "block_write":
+                out[(point, layer)] = store[hook_name("resid_post", layer)] - store[hook_name("resid_pre", layer)]
+            else:
+                out[(point, layer)] = store[hook_name(point, layer)]
+    return out
+
+
+@dataclass
+class Capture:
+    """Captured residuals: `acts[(point, layer)]` is float32 [n_seq, pos, d]; `mask` marks real tokens."""
+
+    acts: dict[tuple[str, int], Float[torch.Tensor, "seq pos d"]]
+    mask: Bool[torch.Tensor, "seq pos"]
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def get(self, point: str, layer: int) -> Float[torch.Tensor, "seq pos d"]:
+        try:
+            return self.acts[(point, layer)]
+        except KeyError:
+            raise SemalignError(f"({point!r}, {layer}) was not captured; captured: {sorted(self.acts)}") from None
+
+    def tokens_of(self, point: str, layer: int) -> Float[torch.Tensor, "n d"]:
+        """The real (unpadded) positions of one point as a [n_tokens, d] matrix."""
+        return self.get(point, layer)[self.mask]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for _, layer in self.acts})
+
+    @property
+    def points(self) -> list[str]:
+        return sorted({p for p, _ in self.acts})
+
+    def _layers_of(self, point: str, below: int | None = None) -> list[int]:
+        layers = [layer for layer in self.layers if (point, layer) in self.acts and (below is None or layer < below)]
+        if not layers:
+            raise SemalignError(f"no {point!r} layer{'' if below is None else f' below {below}'} was captured; "
+                                f"captured: {sorted(self.acts)}")
+        return layers
+
+    def stack_activation(self, point: str, layer: int | None = -1) -> Float[torch.Tensor, "layer seq pos d"]:
+        """The captured layers of `point` below `layer` (-1 or None: all) as [layer, seq, pos, d], padding kept:
+        TransformerLens's `ActivationCache.stack_activation`. Row i is the i-th such layer of `self.layers`, so
+        layer i when every layer was captured."""
+        below = None if layer is None or layer == -1 else layer
+        return torch.stack([self.get(point, x) for x in self._layers_of(point, below)])
+
+    def flat_stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        """`stack_activation` over real tokens only, [layer, n_tokens, d]: the rows of a CKA map or a fit."""
+        return torch.stack([self.tokens_of(point, x) for x in self._layers_of(point)])
+
+    def __getitem__(self, key: tuple[str, int] | str) -> Float[torch.Tensor, "seq pos d"]:
+        """`cap["resid_post", 3]`, or a hook name in TransformerLens's or the bridge's form
+        (`cap["blocks.3.hook_resid_post"]`, `cap["blocks.3.hook_out"]`): [seq, pos, d], padding kept."""
+        point, layer = parse_hook_name(key) if isinstance(key, str) else key
+        return self.get(point, int(layer))
+
+    def to_activation_cache(self, model):
+        """A TransformerLens `ActivationCache` over the same tensors, keyed by TL hook names
+        (`blocks.{l}.hook_resid_pre` / `hook_resid_post`; `block_write` has no TL hook and is left out)."""
+        from transformer_lens import ActivationCache
+
+        tl_name = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+        return ActivationCache({f"blocks.{layer}.{tl_name[point]}": t for (point, layer), t in self.acts.items()
+                                if point in tl_name}, model)
+
+    @classmethod
+    def from_activation_cache(cls, cache, mask: Bool[torch.Tensor, "seq pos"] | None = None, model: str = ""
+                              ) -> Capture:
+        """The residual entries of a TransformerLens `ActivationCache` (or any dict keyed by hook names, e.g.
+        a bridge's `run_with_cache`) as a float32 `Capture`; `mask` defaults to every position real."""
+        acts: dict[tuple[str, int], torch.Tensor] = {}
+        for name in cache.keys():
+            try:
+                key = parse_hook_name(name)
+            except SemalignError:
+                continue
+            acts.setdefault(key, cache[name].detach().float().cpu())
+        if not acts:
+            raise SemalignError("the cache holds no residual hook (blocks.L.hook_resid_pre / hook_resid_post); run "
+                                "it with those hooks cached")
+        first = next(iter(acts.values()))
+        mask = torch.ones(first.shape[:2], dtype=torch.bool) if mask is None else mask
+        return cls(acts, mask, model=model)
+
+
+def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[str] = ("resid_post",),
+            batch_size: int = 1, shard_dir: str | Path | None = None, progress: bool = True):
+    """Capture residual `points` at `layers` for every sequence of `batch`.
+
+    Returns a `Capture` in host memory (float32; the forwards run on the model's device), or — with `shard_dir`
+    — writes one safetensors shard per batch and returns a `ShardedCapture` that loads layers on demand.
+    `batch_size` sequences go through each forward: 1 (the default) keeps peak memory at the result plus one
+    sequence's forward, and on a CPU costs little speed (benchmarks/RESULTS.md); raise it on a GPU.
+    """
+    require_hooked(model)
+    if not isinstance(batch, TokenBatch):
+        raise SemalignError(f"capture needs a TokenBatch (semalign_lens.data.tokens.tokenize(tokenizer, texts)), got "
+                            f"{type(batch).__name__}")
+    if len(batch) == 0:
+        raise SemalignError("empty batch: pass at least one sequence")
+    require_int("batch_size", batch_size)
+    vocab = getattr(model.cfg, "d_vocab", None)
+    if vocab and batch.tokens.numel() and not 0 <= int(batch.tokens.min()) <= int(batch.tokens.max()) < vocab:
+        raise SemalignError(f"token ids {int(batch.tokens.min())}..{int(batch.tokens.max())} fall outside the model's "
+                            f"vocabulary of {vocab}; tokenise with this model's tokenizer")
+    layers = check_layers(model, layers)
+    points = check_points(points)
+    if model.training:
+        raise SemalignError("capture needs the model in eval mode (dropout would make activations random); "
+                            "call model.eval() first")
+    if shard_dir is not None:
+        shard_dir = check_output_dir(shard_dir, "shard_dir")
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    # Outputs are preallocated and filled from inside the forward (hooks copy each layer in as it is made):
+    # no list of chunks, no final concatenation, no sub-batch's worth of kept layers, so peak memory is the
+    # result plus one sub-batch's forward.
+    out: dict[tuple[str, int], torch.Tensor] = {}
+    parts = list(batch.split(batch_size))
+    rows = slice(0, 0)  # the sub-batch's rows of the result, set before each forward
+
+    def write(key: tuple[str, int], value: torch.Tensor) -> None:
+        if key not in out:
+            out[key] = torch.zeros((len(batch), batch.tokens.shape[1], value.shape[-1]), dtype=torch.float32)
+        out[key][rows, : value.shape[1]] = value
+
+    row = 0
+    for i, part in enumerate(tqdm(parts, desc=f"capture {getattr(model.cfg, 'model_name', '')}",
+                                  disable=not progress or len(parts) < 2, leave=False)):
+        if shard_dir is not None:
+            acts = residuals(model, part.tokens, points, layers)
+            tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
+            with writing(shard_dir / f"shard-{i:05d}.safetensors", "then capture again"):
+                save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
+            continue
+        rows = slice(row, row + len(part))
+        residuals(model, part.tokens, points, layers, sink=write)
+        row += len(part)
+    name = getattr(model.cfg, "model_name", "")
+    if shard_dir is not None:
+        index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts),
+                 "files": {f"shard-{i:05d}.safetensors": file_record(shard_dir / f"shard-{i:05d}.safetensors")
+                           for i in range(len(parts))}}
+        write_json_atomic(shard_dir / "index.json", index)
+        return ShardedCapture(shard_dir)
+    return Capture(out, batch.mask.clone(), model=str(name))
+
+
+class ShardedCapture:
+    """A capture on disk (one safetensors file per batch); loads one (point, layer) at a time.
+
+    `index.json` records each shard's size and sha256: sizes are checked on opening, each shard's checksum
+    before it is first read, so a damaged shard is one error naming it, never garbage. (A capture written
+    before these records is read unchecked.)"""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index_path = self.folder / "index.json"
+        if not index_path.exists():
+            raise SemalignError(f"{self.folder} has no index.json; it is not a semalign_lens capture directory")
+        self.index = json.loads(index_path.read_text())
+        self.files = [self.folder / f"shard-{i:05d}.safetensors" for i in range(self.index["shards"])]
+        for f in self.files:
+            self._check(f, checksum=False)
+
+    def _check(self, path: Path, checksum: bool = True) -> None:
+        record = self.index.get("files", {}).get(path.name)
+        if record is not None and (problem := file_problem(path, record, checksum)) is not None:
+            raise SemalignError(f"capture shard {path} is damaged ({problem}); capture again into an empty "
+                                "shard_dir")
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.index["layers"])
+
+    def tokens_of(self, point: str, layer: int) -> Float[torch.Tensor, "n d"]:
+        """Real positions of one point over all shards, [n_tokens, d]."""
+        key = f"{point}.{layer}"
+        out = []
+        for f in self.files:
+            self._check(f)
+            shard = load_file(str(f))
+            if key not in shard:
+                raise SemalignError(f"({point!r}, {layer}) was not captured in {self.folder}")
+            out.append(shard[key][shard["mask"]])
+        return torch.cat(out)
+
+    def flat_stack(self, point: str) -> Float[torch.Tensor, "layer n d"]:
+        """Every layer of `point` as [layer, n_tokens, d] (`Capture.flat_stack`)."""
+        return torch.stack([self.tokens_of(point, layer) for layer in self.layers])
+
+
+def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, return_labels: bool = False,
+                      drop_first: bool = False, batch_size: int = 16, progress: bool = False
+                      ) -> Float[torch.Tensor, "point n_tokens d"] | tuple[Float[torch.Tensor, "point n_tokens d"],
+                                                                             list[str]]:
+    """TransformerLens's `ActivationCache.accumulated_resid` at the real tokens of `batch`: one float32 CPU
+    tensor whose row i is the residual entering block i (row 0 the embeddings, row b + 1 the output of block b,
+    i.e. the package's layer b), for blocks up to `layer`; with `layer` None / -1 / n_layers the last row is
+    the final residual. `return_labels` adds TL's labels ("0_pre", ..., "final_post").
+
+    Unlike TL's [point, batch, pos, d], tokens are flattened ([point, n_tokens, d], row j of every point the
+    same token), so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens). `drop_first`
+    leaves out each sequence's first token (the document start), whose outlier state dominates linear CKA.
+    TL's `apply_ln` is `semantics.logit_lens` here (norm and head); resid_mid is not captured (no `incl_mid`).
+    Runs on a TransformerBridge (its hooks) and on a plain HF causal LM (`hf.capture`: the trainer's copies),
+    without gradients: the one residual stack the pairing report, the trainer, the analyses and notebooks read.
+    """
+    if not isinstance(batch, TokenBatch):
+        raise SemalignError(f"accumulated_resid needs a TokenBatch (semalign_lens.data.tokens.tokenize), got "
+                            f"{type(batch).__name__}")
+    bridge = hasattr(model, "run_with_hooks")
+    if bridge:
+        n_layers = model.cfg.n_layers
+    else:
+        from ..models.plain import parts
+
+        n_layers = len(parts(model).layers)
+    layer = n_layers if layer is None or layer == -1 else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
+        raise SemalignError(f"layer must be a block index in 0..{n_layers} (or None / -1: every block), got {layer!r}")
+    layers = list(range(layer))
+    keep = batch.mask.clone()
+    if drop_first:
+        keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+    if not keep.any():
+        raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
+    device = model_device(model)
+    out: torch.Tensor | None = None  # [point, n_tokens, d], allocated once d is known: no per-chunk copies
+    row = 0
+    chunks = list(TokenBatch(batch.tokens, keep).split(batch_size))
+    was_training = model.training
+    model.eval()  # dropout off: the stack is a measurement (a trainer's student is in train mode)
+    try:
+        for part in tqdm(chunks, desc="residual stack", disable=not progress or len(chunks) < 2, leave=False):
+            n = int(part.mask.sum())
+            if not n:
+                continue
+            states = _stack_states(model, part.tokens.to(device), layers, bridge)
+            if out is None:
+                out = torch.empty(len(states), int(keep.sum()), states[0].shape[-1])
+            for i, h in enumerate(states):
+                out[i, row: row + n] = h[part.mask.to(h.device)].float().cpu()
+            row += n
+    finally:
+        model.train(was_training)
+    labels = [f"{i}_pre" for i in range(layer + 1)]
+    if layer == n_layers:
+        labels[-1] = "final_post"
+    return (out, labels) if return_labels else out
+
+
+@torch.no_grad()
+def _stack_states(model, tokens: torch.Tensor, layers: list[int], bridge: bool) -> list[torch.Tensor]:
+    """[embeddings, the output of each of `layers`] as [batch, pos, d] of one forward (two on a bridge: the
+    embedding pass stops at block 0)."""
+    if bridge:
+        post = residuals(model, tokens, ["resid_post"], layers) if layers else {}
+        pre = residuals(model, tokens, ["resid_pre"], [0])
+        return [pre[("resid_pre", 0)]] + [post[("resid_post", layer)] for layer in layers]
+    from ..models.plain import capture
+
+    store, _ = capture(model, tokens, layers, embed=True)
+    return [store["embed"]] + [store[f"post.{layer}"] for layer in layers]

@@ -1,0 +1,4 @@
+"""The models floor: loading, pairs, plain copies, native and GGUF models, architectures, LoRA, the zoo, tiny models.
+
+Modules here import only this floor and the floors below it (tests/test_imports.py).
+"""

@@ -1,0 +1,159 @@
+"""Plotly figure builders shared by reports, the trainer and the notebooks.
+
+Rules: every builder returns a `go.Figure` and never calls `show()`; axes are labelled;
+signed quantities are centred on 0 (symmetric axis or colour range, RdBu), bounded ones use fixed ranges
+so that figures compare across runs. Layer × layer similarity maps live in `similarity.cka_heatmap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import SemalignError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # RdBu ends: blue = supports the answer, red = opposes it
+# Cell text only while it stays legible (values are in the hover beyond that); rows keep a readable height.
+HEATMAP_TEXT_ROWS, HEATMAP_ROW_PX = 15, 18
+HEATMAP_TEXT_COLS = 20  # a 1400 px page fits about 20 columns of two-decimal cell text
+
+
+def _symmetric(values: np.ndarray, pad: float = 1.08) -> list[float] | None:
+    """A y-range centred on 0 when the data are signed (None lets plotly choose for one-signed data)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() >= 0:
+        return None
+    top = float(np.abs(finite).max()) * pad or 1.0
+    return [-top, top]
+
+
+def attribution_bars(df: pd.DataFrame, methods: Sequence[str] | None = None, *, title: str | None = None,
+                     layer_title: str = "layer (block index)") -> go.Figure:
+    """One bar chart per method (stacked rows, shared layer axis): score per layer with its 95% CI.
+
+    `df` is a ranker table (`attribution.rank_layers`). Bars are blue where the layer supports the answer and
+    red where it opposes it; rows with signed scores get a y-axis centred on 0. The top-ranked layer of each
+    method is outlined.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    need = {"method", "layer", "score", "ci_low", "ci_high"}
+    if not need <= set(df.columns):
+        raise SemalignError(f"attribution table lacks columns {sorted(need - set(df.columns))}; pass the DataFrame "
+                            "returned by semalign_lens.lens.attribution.rank_layers")
+    methods = list(dict.fromkeys(df["method"])) if methods is None else list(methods)
+    if not methods:
+        raise SemalignError("no methods to plot; the attribution table is empty")
+    units = {m: str(df.loc[df["method"] == m, "unit"].iloc[0]) if "unit" in df else "score" for m in methods}
+    fig = make_subplots(rows=len(methods), cols=1, shared_xaxes=True, vertical_spacing=0.35 / len(methods),
+                        subplot_titles=[f"{m} ({units[m]})" for m in methods])
+    for row, method in enumerate(methods, start=1):
+        part = df[df["method"] == method].sort_values("layer")
+        if part.empty:
+            raise SemalignError(f"method {method!r} is not in the table; present: {sorted(df['method'].unique())}")
+        score = part["score"].to_numpy(dtype=float)
+        top = int(part.loc[part["score"].idxmax(), "layer"])
+        fig.add_trace(go.Bar(
+            x=part["layer"], y=score, name=method, showlegend=False,
+            marker=dict(color=[POSITIVE if s >= 0 else NEGATIVE for s in score],
+                        line=dict(color=["black" if lay == top else "rgba(0,0,0,0)" for lay in part["layer"]],
+                                  width=2)),
+            error_y=dict(type="data", symmetric=False, array=part["ci_high"] - part["score"],
+                         arrayminus=part["score"] - part["ci_low"], thickness=1, width=2),
+            customdata=np.stack([part["ci_low"], part["ci_high"]], -1),
+            hovertemplate="layer %{x}<br>score %{y:.4g}<br>95% CI [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
+                          "<extra>" + method + "</extra>"), row=row, col=1)
+        bounds = np.concatenate([score, part["ci_low"].to_numpy(float), part["ci_high"].to_numpy(float)])
+        yrange = _symmetric(bounds)
+        fig.update_yaxes(title_text="score", range=yrange, zeroline=True, zerolinecolor="#888", row=row, col=1)
+    fig.update_xaxes(title_text=layer_title, dtick=1, row=len(methods), col=1)
+    fig.update_layout(title=title, height=max(320, 210 * len(methods)), bargap=0.15,
+                      margin=dict(l=60, r=20, t=60, b=50))
+    return fig
+
+
+def agreement_heatmap(table: pd.DataFrame, *, title: str | None = "Rank agreement between methods (Kendall tau)"
+                      ) -> go.Figure:
+    """Square method × method Kendall-tau table as a heatmap, RdBu fixed to [-1, 1] (centred on 0)."""
+    import plotly.express as px
+
+    if table.shape[0] != table.shape[1]:
+        raise SemalignError(f"agreement table must be square (methods x methods), got {table.shape}")
+    fig = px.imshow(table.to_numpy(dtype=float), x=list(table.columns), y=list(table.index), zmin=-1, zmax=1,
+                    color_continuous_scale="RdBu", color_continuous_midpoint=0.0, text_auto=".2f", aspect="auto",
+                    labels={"x": "method", "y": "method", "color": "Kendall tau"}, title=title)
+    fig.update_xaxes(title="method")
+    fig.update_yaxes(title="method")
+    return fig
+
+
+def layer_metric_bars(df: pd.DataFrame, *, x: str, y: str, color: str, title: str | None = None,
+                      x_title: str | None = None, y_title: str | None = None,
+                      y_range: Sequence[float] | None = None) -> go.Figure:
+    """Grouped bars of a long-form table (e.g. fidelity per paired layer and map kind), fixed y-range if given."""
+    import plotly.express as px
+
+    missing = {x, y, color} - set(df.columns)
+    if missing:
+        raise SemalignError(f"table lacks columns {sorted(missing)}")
+    frame = df.assign(**{x: df[x].astype(str)})
+    fig = px.bar(frame, x=x, y=y, color=color, barmode="group", title=title,
+                 labels={x: x_title or x, y: y_title or y, color: color})
+    fig.update_xaxes(title=x_title or x, type="category")
+    fig.update_yaxes(title=y_title or y, range=list(y_range) if y_range is not None else _symmetric(
+        df[y].to_numpy(dtype=float)))
+    return fig
+
+
+def versus_reference(df: pd.DataFrame, *, x: str, y: str, color: str, hover: str | None = None,
+                     title: str | None = None, x_title: str = "", y_title: str = "") -> go.Figure:
+    """One point per item (e.g. a HumanEval problem): `y` of each model against the reference's `x`, a trace
+    per `color` value, with the y = x line, so points below it are items where the model beats the reference
+    on a lower-is-better score."""
+    import plotly.graph_objects as go
+
+    missing = sorted({x, y, color} - set(df.columns))
+    if missing:
+        raise SemalignError(f"the table lacks columns {missing}")
+    fig = go.Figure()
+    for name, part in df.groupby(color, sort=False):
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(name),
+                                 text=part[hover] if hover else None,
+                                 hovertemplate="%{text}<br>%{x:.3f} → %{y:.3f}" if hover else None))
+    values = pd.concat([df[x], df[y]]).astype(float)
+    low, high = float(values.min()), float(values.max())
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                             line={"dash": "dot", "color": "grey"}))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=480, template="plotly_white")
+    return fig
+
+
+def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *, title: str | None = None,
+                   x_title: str = "", y_title: str = "layer (block index)", value_title: str = "effect") -> go.Figure:
+    """A [rows, cols] map of a signed effect: colour centred on 0 (RdBu, symmetric range), height growing with
+    the rows, cell text only up to `HEATMAP_TEXT_ROWS` rows and `HEATMAP_TEXT_COLS` columns (the hover always
+    carries the value)."""
+    import plotly.express as px
+
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2 or values.shape != (len(y_labels), len(x_labels)):
+        raise SemalignError(f"a {values.shape} map needs {values.shape[0] if values.ndim == 2 else '?'} row and "
+                            f"column labels, got {len(y_labels)} and {len(x_labels)}")
+    finite = values[np.isfinite(values)]
+    top = float(np.abs(finite).max()) if finite.size else 1.0
+    rows, cols = values.shape
+    fig = px.imshow(values, x=list(range(cols)), y=list(range(rows)), origin="lower", aspect="auto",
+                    color_continuous_scale="RdBu", zmin=-(top or 1.0), zmax=top or 1.0,
+                    text_auto=".2f" if rows <= HEATMAP_TEXT_ROWS and cols <= HEATMAP_TEXT_COLS else False,
+                    labels={"x": x_title, "y": y_title, "color": value_title}, title=title)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
+    fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))
+    return fig

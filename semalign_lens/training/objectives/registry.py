@@ -1,0 +1,180 @@
+"""The objective registry: what the trainer hands a loss term (`LayerInputs`, `OutputInputs`), the named
+`Objective`s, and SemAlign's own six terms registered by name.
+
+A registry is a leaf: it imports only the loss maths below it. The reference (baseline) terms register
+themselves in `objectives.reference`, which the package face imports, so every built-in term is there from
+the first import of `semalign_lens.training.objectives`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from ...core.errors import SemalignError
+from .losses import Lens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss, kl_loss, relation_loss
+from .sparse_logits import SparseLogits
+
+INTERFACES = ("state", "contribution")
+
+
+@dataclass
+class LayerInputs:
+    """Everything a layer objective may use for one paired student layer (one global batch shard).
+
+    `state`/`contribution` carry gradients; the targets are constants mapped into the student's space by the
+    TransferMap; `teacher_state` is the raw interpolated teacher activation (for baselines that learn their
+    own map, e.g. FitNets). `lens` is the student's logit lens (final norm + LM head).
+    """
+
+    student_layer: int
+    state: Float[torch.Tensor, "batch pos d_s"]
+    contribution: Float[torch.Tensor, "batch pos d_s"]
+    target: Float[torch.Tensor, "batch pos d_s"]
+    target_contribution: Float[torch.Tensor, "batch pos d_s"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    lens: Lens
+    teacher_state: Float[torch.Tensor, "batch pos d_t"] | None = None
+    teacher_contribution: Float[torch.Tensor, "batch pos d_t"] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # from trainer plugins (e.g. a learned projector)
+
+    def pick(self, interface: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, target) at `interface` ('state' or 'contribution')."""
+        if interface == "state":
+            return self.state, self.target
+        if interface == "contribution":
+            return self.contribution, self.target_contribution
+        raise SemalignError(f"interface must be one of {INTERFACES}, got {interface!r}")
+
+
+@dataclass
+class OutputInputs:
+    """Everything an output objective may use: the student's final logits, tokens, mask, teacher logits
+    (dense, or `SparseLogits` from a top-k target cache)."""
+
+    logits: Float[torch.Tensor, "batch pos vocab"]
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    teacher_logits: Float[torch.Tensor, "batch pos vocab"] | SparseLogits | None = None
+    # a cross-tokenizer pair: (student ids, teacher ids) of the shared strings in one order; the logits of
+    # both models are then taken at aligned positions only (`vocab_alignment`)
+    shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None
+    # where the teacher logits are defined (a cross-tokenizer pair's aligned positions); None: everywhere
+    teacher_mask: Bool[torch.Tensor, "batch pos"] | None = None
+
+    @property
+    def teacher_positions(self) -> Bool[torch.Tensor, "batch pos"]:
+        """The real positions at which a term comparing with the teacher's logits may read them."""
+        return self.mask if self.teacher_mask is None else self.mask & self.teacher_mask
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named loss term. `fn(inputs, **options)` returns a scalar; `defaults` lists the valid options."""
+
+    name: str
+    kind: Literal["layer", "output"]
+    fn: Callable[..., torch.Tensor]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_teacher_logits: bool = False
+    # reads the teacher's logits in the teacher's own vocabulary (shared_kl, uld): the only output terms that
+    # fit a cross-tokenizer pair, and the ones that need one (their shared ids)
+    cross_vocab: bool = False
+    source: str = ""  # what is from the paper and what is inferred, one line
+
+    def vocab_problem(self, cross: bool) -> str | None:
+        """Why this term cannot run on a pair of this kind (`cross`: two vocabularies paired through their shared
+        strings), else None: a term comparing logits token for token needs one vocabulary, a `cross_vocab` term
+        needs two."""
+        if cross and self.needs_teacher_logits and not self.cross_vocab:
+            return (f"objective {self.name!r} compares teacher and student logits token for token, but this run "
+                    "pairs two vocabularies through their shared strings (vocab = 'intersection'); use 'shared_kl' "
+                    "(KL on the shared tokens) or 'uld' instead")
+        if self.cross_vocab and not cross:
+            return (f"objective {self.name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with one shared "
+                    "vocabulary use 'kl'")
+        return None
+
+    def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """`defaults` updated with `given`; unknown option names are an error naming the valid ones."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            raise SemalignError(f"unknown option(s) {unknown} for objective {self.name!r}; valid options: "
+                                f"{sorted(self.defaults) or 'none'}")
+        return {**self.defaults, **given}
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
+    """Add `objective` to the registry (user terms; the built-in ones register at first import)."""
+    if objective.kind not in ("layer", "output"):
+        raise SemalignError(f"objective kind must be 'layer' or 'output', got {objective.kind!r}")
+    if objective.name in OBJECTIVES and not replace:
+        raise SemalignError(f"an objective named {objective.name!r} is already registered; pick another name "
+                            "or pass replace=True")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective `name`; an unknown name is an error listing the registered ones."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise SemalignError(f"unknown objective {name!r}; registered objectives: {sorted(OBJECTIVES)}") from None
+
+
+def _check_interface(value: str) -> str:
+    if value not in INTERFACES:
+        raise SemalignError(f"interface must be one of {INTERFACES}, got {value!r}")
+    return value
+
+
+def _cosine(x: LayerInputs, interface: str) -> torch.Tensor:
+    return cosine_loss(*x.pick(_check_interface(interface)), x.mask)
+
+
+def _relation(x: LayerInputs, interface: str, normalize_tokens: bool) -> torch.Tensor:
+    return relation_loss(*x.pick(_check_interface(interface)), x.mask, normalize_tokens=bool(normalize_tokens))
+
+
+def _fisher(x: LayerInputs, chunk: int) -> torch.Tensor:
+    if not (isinstance(chunk, int) and chunk > 0):
+        raise SemalignError(f"fisher chunk must be a positive integer, got {chunk!r}")
+    return fisher_loss(x.state, x.target, x.mask, x.lens, chunk=chunk)
+
+
+def _kl(x: OutputInputs, direction: str, temperature: float, scale_by_t2: bool) -> torch.Tensor:
+    if x.teacher_logits is None:
+        raise SemalignError("the 'kl' objective needs teacher logits; use targets.mode = 'online' or cache "
+                            "the logits (targets.cache_logits = 'topk' or 'dense')")
+    return kl_loss(x.logits, x.teacher_logits, x.teacher_positions, direction=direction, temperature=temperature,
+                   scale_by_t2=scale_by_t2)
+
+
+for _obj in (
+    Objective("cosine", "layer", _cosine, {"interface": "contribution"},
+              source="paper v1 (1 − cos); interface and positions inferred"),
+    Objective("relation", "layer", _relation, {"interface": "contribution", "normalize_tokens": False},
+              source="paper v2 abstract (centred token-token geometry of the residual contribution); form "
+                     "1 − linear CKA per sequence inferred"),
+    Objective("fisher", "layer", _fisher, {"chunk": 512},
+              source="ACL abstract (Fisher-weighted quadratic on aligned logits); ½δᵀFδ with the student "
+                     "logit lens inferred"),
+    Objective("kl", "output", _kl, {"direction": "forward", "temperature": 1.0, "scale_by_t2": True},
+              needs_teacher_logits=True,
+              source="paper v2/ACL (output KL distillation); direction and temperature inferred"),
+    Objective("cosine_onehot", "output",
+              lambda x, label_smoothing: cosine_onehot_loss(x.logits, x.tokens, x.mask, label_smoothing),
+              {"label_smoothing": 0.0}, source="paper v1 (1 − cos(logits, one-hot))"),
+    Objective("ce", "output", lambda x: ce_loss(x.logits, x.tokens, x.mask),
+              source="not SemAlign: supervised next-token cross-entropy (SFT control)"),
+):
+    register_objective(_obj)
