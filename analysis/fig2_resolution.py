@@ -152,8 +152,8 @@ def student_part(args, teacher, bases, states, sample, out: Path, pair=None) -> 
 
     With a cross-tokenizer `pair` the maps come from the intersection bases and both readouts are
     restricted to the shared strings (one vocabulary to compare on)."""
-    from semalign_lens.lens.semantics import Readout
     from semalign_lens.models.load import ModelPair
+    from semalign_lens.models.readout import Readout
 
     if pair is None:
         pair = ModelPair(teacher, load_model(args.student))  # refuses different vocabularies, naming them

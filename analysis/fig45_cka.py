@@ -60,12 +60,8 @@ from semalign_lens.lens.capture import accumulated_resid  # noqa: E402
 from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap  # noqa: E402
-from semalign_lens.lens.similarity import (  # noqa: E402
-    cka_heatmap,
-    cka_matrix,
-    cka_permutation_null,
-    residual_labels,
-)
+from semalign_lens.lens.similarity import cka_matrix, cka_permutation_null, residual_labels
+from semalign_lens.reports.plots import cka_heatmap
 from semalign_lens.models.load import describe, load_model  # noqa: E402
 from semalign_lens.reports.page import Report  # noqa: E402
 

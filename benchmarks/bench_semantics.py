@@ -21,17 +21,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 import torch  # noqa: E402
 
 from semalign_lens.core.precision import machine_line  # noqa: E402
-from semalign_lens.lens.semantics import (  # noqa: E402
+from semalign_lens.lens.semantics import (
     CoefficientGram,
     SemanticBasis,
     TransferMap,
     decompose,
-    final_norm,
     roundtrip,
     tensor_hash,
-    unembedding,
 )
 from semalign_lens.models.load import load_model  # noqa: E402
+from semalign_lens.models.readout import final_norm, unembedding
 
 
 def timed(fn, repeats: int):

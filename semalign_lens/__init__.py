@@ -30,9 +30,9 @@ _API = {  # public name -> the module that defines it
     # looking inside
     "capture": "lens.capture", "Capture": "lens.capture", "accumulated_resid": "lens.capture",
     "residual_norms": "lens.overview", "residual_norm_figure": "lens.overview", "humaneval_prompts": "lens.overview",
-    "SemanticBasis": "lens.semantics", "TransferMap": "lens.semantics", "decompose": "lens.semantics", "logit_lens": "lens.semantics",
+    "SemanticBasis": "lens.semantics", "TransferMap": "lens.semantics", "decompose": "lens.semantics", "logit_lens": "models.readout",
     "fidelity": "lens.semantics", "transfer_fidelity": "lens.semantics", "condition_report": "lens.semantics",
-    "cka_matrix": "lens.similarity", "cka_permutation_null": "lens.similarity", "cka_heatmap": "lens.similarity",
+    "cka_matrix": "lens.similarity", "cka_permutation_null": "lens.similarity", "cka_heatmap": "reports.plots",
     "cka_wide": "lens.similarity", "residual_labels": "lens.similarity",
     # two tokenizers
     "align_vocabularies": "data.vocab", "aligned_positions": "data.vocab",
@@ -96,15 +96,16 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
         decompose,
         fidelity,
         intersection_bases,
-        logit_lens,
         transfer_fidelity,
     )
-    from .lens.similarity import cka_heatmap, cka_matrix, cka_permutation_null, cka_wide, residual_labels
+    from .lens.similarity import cka_matrix, cka_permutation_null, cka_wide, residual_labels
     from .models import zoo
     from .models.load import ModelPair, describe, load_model, save_model
+    from .models.readout import logit_lens
     from .models.tiny import tiny_pair
     from .reports import plots
     from .reports.page import Report
     from .reports.pairing import pairing_report
+    from .reports.plots import cka_heatmap
     from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
     from .training.methods import run_method

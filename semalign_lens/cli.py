@@ -101,9 +101,26 @@ def _cmd_demo(args) -> None:
     print(f"report: {result.report_path}")
 
 
-def _cmd_align(args) -> None:
-    from .training import align_main
+def align_main(config_path: str | None, overrides: list[str] | dict | None = None,
+               stop_after_steps: int | None = None):
+    """What `semalign align --config run.toml [--set key=value ...]` runs (also under `accelerate launch -m
+    semalign_lens align ...`): train, then, on the main process, draw the run's page; prints a one-line summary."""
+    from accelerate.state import PartialState
 
+    from .reports.run import draw_run
+    from .training import align, load_align_config
+
+    result = align(load_align_config(config_path, overrides), stop_after_steps=stop_after_steps)
+    if PartialState().is_main_process:
+        if result.finished:
+            draw_run(result)
+        done = "finished" if result.finished else f"stopped at step {result.final.get('step')}"
+        print(f"semalign align: {done}; run directory {result.run_dir}"
+              + (f", student {result.student_path}" if result.finished else ""))
+    return result
+
+
+def _cmd_align(args) -> None:
     align_main(args.config, args.set, stop_after_steps=args.stop_after_steps)
 
 

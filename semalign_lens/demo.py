@@ -30,10 +30,10 @@ import torch
 
 from .core.checks import check_output_dir
 from .core.errors import SemalignError, writing
+from .core.jsonio import write_json_atomic
 from .core.precision import precision_record
 from .core.progress import StageBar
 from .evaluation.protocol import RunProfile, build_task, load_pair, shared_config
-from .training.checkpoint import write_json_atomic
 
 
 @dataclass
@@ -193,15 +193,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     from .reports.page import Report
     from .reports.pairing import pairing_report
     from .reports.plots import signed_heatmap, versus_reference
-    from .training.diagnostics import (
-        PROJECTION_METRICS,
-        cka_change,
-        heldout_figure,
-        lens_agreement_change,
-        loss_figure,
-        projection_figure,
-        read_metrics,
-    )
+    from .reports.run import heldout_figure, loss_figure, projection_figure
+    from .training.diagnostics import PROJECTION_METRICS, cka_change, lens_agreement_change
     from .training.methods import get_method, run_method
     from .training.methods.cross_vocab import for_pair
 
@@ -332,7 +325,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     report.add_table(pairing.summary_frame(), caption="Pairing used for training (0-based blocks; the `proportional` "
                                                  "strategy, the paper's depth rule)")
     report.extend(pairing_sections)
-    records_of = {method: read_metrics(result.run_dir / "metrics.jsonl") for method, result in runs.items()}
+    records_of = {method: result.records for method, result in runs.items()}
     if any(r.get("kind") == "heldout" for records in records_of.values() for r in records):
         report.add_heading("Training: every method")
         report.add_figure(heldout_figure(records_of),
@@ -345,7 +338,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         lens[method] = lens_agreement_change(records)
         report.add_heading(f"Training: {method}")
         report.add_figure(loss_figure(records, list(get_method(method).terms)), name=f"loss-{method}")
-        change = cka_change(result.run_dir)
+        change = cka_change(result.cka)
         if change is not None:
             delta, t_labels, s_labels = change
             report.add_figure(signed_heatmap(delta.numpy(), s_labels, t_labels, x_title="student layer",

@@ -13,8 +13,8 @@ from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tasks import PromptPair, Task, answer_logprob, fact_task, tokenize_pairs
 from semalign_lens.lens import attribution as A
 from semalign_lens.lens.capture import residuals
-from semalign_lens.lens.semantics import logit_lens
 from semalign_lens.models.load import load_model
+from semalign_lens.models.readout import logit_lens
 from semalign_lens.models.tiny import TinyArch, tiny_hf_model, tiny_tokenizer
 
 SUBJECTS = {" self": " def", " other": " the", " count": " and", " for": " return"}  # single tiny-BPE tokens

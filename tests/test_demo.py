@@ -35,14 +35,14 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
 
     import torch
 
-    from semalign_lens.training.diagnostics import cka_change
+    from semalign_lens.training.diagnostics import cka_change, cka_maps
 
     assert '<figure id="dcka-semalign">' in html  # the section id, not the title (plotly escapes '−' without orjson)
     assert "HumanEval, per problem: student against teacher" in html
     folder = tmp_path / "runs" / "semalign" / "diagnostics"
     ends = sorted(folder.glob("cka_stage*_end.json"))
     start, end = (json.loads((folder / n).read_text())["matrix"] for n in ("cka_stage0_start.json", ends[-1].name))
-    torch.testing.assert_close(cka_change(folder.parent)[0], torch.tensor(end) - torch.tensor(start))
+    torch.testing.assert_close(cka_change(cka_maps(folder.parent))[0], torch.tensor(end) - torch.tensor(start))
     # logit-lens agreement before/after: the first and the last `top1_teacher` the run logged per paired layer
     from semalign_lens.training.diagnostics import lens_agreement_change, read_metrics
 

@@ -283,7 +283,8 @@ def _patching_maps(pair):
 
 def _fidelity(pair):
     from semalign_lens.lens.capture import accumulated_resid
-    from semalign_lens.lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from semalign_lens.lens.semantics import SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from semalign_lens.models.readout import Readout
 
     batch = tokenize(pair.tokenizer, TEXTS)
     t, s = (accumulated_resid(m, batch, drop_first=True) for m in (pair.teacher, pair.student))

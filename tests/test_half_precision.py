@@ -108,8 +108,9 @@ def test_analysis_in_half_precision_matches_fp32(pairs, dtype):
     """Capture, CKA, semantic bases (pinv in fp32 of the half-precision head), the transfer map, readouts,
     (transfer) fidelity and evaluation's cross-entropy, against the fp32 load (tolerances: module docstring)."""
     from semalign_lens.lens.capture import accumulated_resid
-    from semalign_lens.lens.semantics import Readout, SemanticBasis, TransferMap, fidelity, transfer_fidelity
+    from semalign_lens.lens.semantics import SemanticBasis, TransferMap, fidelity, transfer_fidelity
     from semalign_lens.lens.similarity import cka_matrix
+    from semalign_lens.models.readout import Readout
 
     batch = tokenize(pairs["float32"].tokenizer, TEXTS)
     out = {}

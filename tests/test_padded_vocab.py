@@ -91,7 +91,6 @@ def test_analysis_stages_read_the_real_rows_only(padded, twin):
     """Capture, CKA, semantic bases, the transfer map, readouts and (transfer) fidelity equal the twin's."""
     from semalign_lens.lens.capture import accumulated_resid, capture
     from semalign_lens.lens.semantics import (
-        Readout,
         SemanticBasis,
         TransferMap,
         fidelity,
@@ -99,6 +98,7 @@ def test_analysis_stages_read_the_real_rows_only(padded, twin):
         transfer_fidelity,
     )
     from semalign_lens.lens.similarity import cka_matrix
+    from semalign_lens.models.readout import Readout
 
     batch = tokenize(padded.tokenizer, TEXTS)
     cap, cap_twin = (capture(p.teacher, batch, [5], progress=False).tokens_of("resid_post", 5) for p in (padded, twin))

@@ -245,10 +245,9 @@ def test_pairing_and_trainer_name_the_same_nearest_layer_at_weight_one_half():
     """The pairing report and the trainer share one pair type, so they agree on the one teacher layer of an
     interpolated target, including the tie w = 0.5 (two types once rounded it differently)."""
     from semalign_lens.lens.pairing import LayerPair
-    from semalign_lens.training import AlignConfig, Pair
+    from semalign_lens.training import AlignConfig
     from semalign_lens.training.setup import resolve_pairing
 
-    assert Pair is LayerPair
     for weight, nearest in ((0.25, 4), (0.5, 5), (0.75, 5)):
         assert LayerPair(2, 4, 5, weight).nearest_teacher_layer == nearest
         trained = resolve_pairing(AlignConfig(), [[2, 4, 5, weight]], n_teacher=8, n_student=3)

@@ -225,13 +225,8 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
 
 
 def test_training_figures_have_whole_steps_smoothed_curves_and_plain_panel_titles():
-    from semalign_lens.training.diagnostics import (
-        PROJECTION_METRICS,
-        PROJECTION_TITLES,
-        loss_figure,
-        projection_figure,
-        smooth,
-    )
+    from semalign_lens.reports.run import PROJECTION_TITLES, loss_figure, projection_figure, smooth
+    from semalign_lens.training.diagnostics import PROJECTION_METRICS
 
     records = [{"kind": "train", "step": s, "stage_label": "L0", "loss": float(10 - s), "ce": float(10 - s),
                 "kl": 1.0} for s in range(1, 5)]

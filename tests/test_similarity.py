@@ -9,7 +9,6 @@ from semalign_lens.core.errors import SemalignError
 from semalign_lens.lens.similarity import (
     PermutationNull,
     cka_frame,
-    cka_heatmap,
     cka_matrix,
     cka_permutation_null,
     cka_wide,
@@ -18,6 +17,7 @@ from semalign_lens.lens.similarity import (
     residual_labels,
     token_matrix,
 )
+from semalign_lens.reports.plots import cka_heatmap
 
 # ------------------------------------------------------------------ references: the textbook n x n forms, float64
 

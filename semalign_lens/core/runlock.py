@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import SemalignError
+from .jsonio import write_json_atomic
 
 LOCK = ".semalign.lock"
 HOLDER = ".semalign.lock.json"
@@ -30,8 +31,6 @@ HOLDER = ".semalign.lock.json"
 def run_lock(directory: str | os.PathLike, what: str = "run directory", wait: bool = False) -> Iterator[None]:
     """Hold `directory`'s lock (creating the directory) while the body runs. Held by another process: refuse
     in one line naming it, or with `wait` (a shared cache that process is building) wait until it is free."""
-    from ..training.checkpoint import write_json_atomic
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = _acquire(directory, what, wait)

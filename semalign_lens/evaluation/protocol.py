@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..core.errors import SemalignError
+from ..core.jsonio import write_json_atomic
 from ..data.tokens import TokenBatch
-from ..training.checkpoint import write_json_atomic
 from . import TransferTask, code_task, greedy_generate, knowledge_task
 
 

@@ -300,7 +300,7 @@ def _head_at(model, head, final: torch.Tensor, positions: torch.Tensor) -> torch
 
 
 def _scan_fast(model, sub, kinds, mean, fn, progress) -> dict[str, torch.Tensor]:
-    from .semantics import Readout
+    from ..models.readout import Readout
 
     n = model.cfg.n_layers
     positions, compact = _compact(sub)
@@ -481,7 +481,7 @@ def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: in
     """`laten` rows: Σ over answer tokens of log p(y | resid_post_l) − log p(y | resid_pre_l), read by the
     "cached" logit lens (`semantics.logit_lens` with the final residual's norm scale, TransformerLens's
     `apply_ln_to_stack`): affine in the state, so a block's increase is not distorted by its own norm."""
-    from .semantics import Readout
+    from ..models.readout import Readout
 
     require_eval(model, "log-prob increase")
     _check_batch(model, batch, "logprob")

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from ..core.checks import check_output_dir, require_hooked, require_int
 from ..core.errors import SemalignError, writing
+from ..core.jsonio import write_json_atomic
 from ..core.paths import file_problem, file_record
 from ..data.tokens import TokenBatch
 from ..models.plain import model_device
-from ..training.checkpoint import write_json_atomic
 
 Point = Literal["resid_pre", "resid_post", "block_write"]
 POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")

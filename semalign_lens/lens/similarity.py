@@ -58,7 +58,6 @@ from tqdm.auto import tqdm
 
 from ..core.checks import require_int
 from ..core.errors import SemalignError
-from ..reports.plots import HEATMAP_ROW_PX, HEATMAP_TEXT_ROWS
 
 States = Tensor | Sequence[Tensor]
 Precision = Literal["mixed", "float64"]
@@ -473,7 +472,7 @@ def residual_labels(n_layers: int, include_embed: bool = True) -> list[str]:
     return (["embed"] if include_embed else []) + [str(i) for i in range(n_layers)]
 
 
-def _labels(labels: Sequence | None, n: int, what: str) -> list:
+def axis_labels(labels: Sequence | None, n: int, what: str) -> list:
     if labels is None:
         return list(range(n))
     labels = list(labels)
@@ -490,7 +489,7 @@ def cka_frame(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = 
     import pandas as pd
 
     matrix = torch.as_tensor(matrix, dtype=torch.float64).cpu()
-    tl, sl = _labels(teacher_labels, matrix.shape[0], "teacher"), _labels(student_labels, matrix.shape[1], "student")
+    tl, sl = axis_labels(teacher_labels, matrix.shape[0], "teacher"), axis_labels(student_labels, matrix.shape[1], "student")
     ti, si = torch.meshgrid(torch.arange(matrix.shape[0]), torch.arange(matrix.shape[1]), indexing="ij")
     frame = pd.DataFrame({"teacher_index": ti.flatten().numpy(), "teacher_layer": [tl[i] for i in ti.flatten()],
                           "student_index": si.flatten().numpy(), "student_layer": [sl[j] for j in si.flatten()],
@@ -512,83 +511,7 @@ def cka_wide(matrix: Float[Tensor, "lx ly"], teacher_labels: Sequence | None = N
     import pandas as pd
 
     matrix = torch.as_tensor(matrix, dtype=torch.float64).cpu()
-    frame = pd.DataFrame(matrix.numpy(), index=_labels(teacher_labels, matrix.shape[0], "teacher"),
-                         columns=_labels(student_labels, matrix.shape[1], "student"))
+    frame = pd.DataFrame(matrix.numpy(), index=axis_labels(teacher_labels, matrix.shape[0], "teacher"),
+                         columns=axis_labels(student_labels, matrix.shape[1], "student"))
     frame.index.name, frame.columns.name = "teacher_layer", "student_layer"
     return frame
-
-
-def cka_heatmap(matrix: Float[Tensor, "lx ly"], x_labels: Sequence | None = None, y_labels: Sequence | None = None,
-                title: str | None = None, pairs=None, *, x_title: str = "student layer",
-                y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None,
-                others: dict | None = None, pairs_name: str = "pairing"):
-    """Heatmap of a [teacher, student] CKA matrix (teacher on y, deepest at the top; student on x), colour range
-    fixed to 0..1 so figures compare; its height grows with the rows, and cells carry text only up to 15 rows
-    and columns (the hover always has the values). Returns a `go.Figure`; never shows it.
-
-    `pairs` overlays the chosen pairing: a `pairing.LayerPairing` (an interpolated pair is drawn between its two
-    teacher rows, at low + weight), or (teacher_row, student_col) tuples in matrix coordinates. A LayerPairing
-    uses block indices; when the matrix rows are not blocks 0..L-1 (e.g. an "embed" row comes first), pass
-    `row_of_teacher` / `col_of_student` (dict or callable: block -> matrix index), or labels from
-    `residual_labels`, which this function recognises. `others` ({name: pairing}) draws further pairings
-    (e.g. the strategies not chosen) each with its own open marker and legend entry; `pairs_name` labels
-    `pairs` in the legend.
-    """
-    import plotly.express as px
-    import plotly.graph_objects as go
-
-    matrix = torch.as_tensor(matrix, dtype=torch.float64).cpu()
-    rows, cols = matrix.shape
-    x_labels, y_labels = _labels(x_labels, cols, "student"), _labels(y_labels, rows, "teacher")
-    show_values = max(rows, cols) <= HEATMAP_TEXT_ROWS
-    fig = px.imshow(matrix.numpy(), x=list(range(cols)), y=list(range(rows)), origin="lower", zmin=0.0, zmax=1.0,
-                    color_continuous_scale="Viridis", aspect="auto", text_auto=".2f" if show_values else False,
-                    labels={"x": x_title, "y": y_title, "color": "CKA"}, title=title)
-    fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
-    fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
-    fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))  # legible rows: 31 teacher layers need ~700 px
-    # open rings around the chosen crosses, in colours that read on the Viridis cells and the white legend
-    styles = iter([("circle-open", "#ff9f1c"), ("diamond-open", "#e377c2"), ("square-open", "#17becf"),
-                   ("triangle-up-open", "#8c564b")])
-    for name, other in (others or {}).items():  # behind the chosen pairing's crosses
-        xs, ys, text = _pair_markers(other, y_labels, x_labels, row_of_teacher, col_of_student)
-        symbol, colour = next(styles, ("circle-open", "#7f7f7f"))
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, text=[f"{name}: {t}" for t in text],
-                                 hoverinfo="text", marker=dict(symbol=symbol, size=15, color=colour,
-                                                               line=dict(width=2, color=colour))))
-    if pairs is not None:
-        xs, ys, text = _pair_markers(pairs, y_labels, x_labels, row_of_teacher, col_of_student)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=pairs_name, text=text, hoverinfo="text",
-                                 marker=dict(symbol="x", size=12, color="red", line=dict(width=2, color="white"))))
-    if pairs is not None or others:
-        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
-    return fig
-
-
-def _block_lookup(mapping, labels: list):
-    """block index -> matrix position: an explicit mapping, else `residual_labels`-style labels, else identity."""
-    if mapping is not None:
-        return mapping if callable(mapping) else mapping.__getitem__
-    text = [str(v) for v in labels]
-    if text and text[0] == "embed":
-        return lambda block: text.index(str(block))
-    return lambda block: block
-
-
-def _pair_markers(pairs, teacher_labels, student_labels, row_of_teacher, col_of_student):
-    if hasattr(pairs, "pairs"):  # a LayerPairing (duck-typed: pairing.py imports nothing from here)
-        row = _block_lookup(row_of_teacher, teacher_labels)
-        col = _block_lookup(col_of_student, student_labels)
-        xs, ys, text = [], [], []
-        for p in pairs.pairs:
-            try:
-                low, high, x = row(p.teacher_low), row(p.teacher_high), col(p.student_layer)
-            except (KeyError, ValueError, IndexError):
-                raise SemalignError(f"pair (teacher {p.teacher_low}, student {p.student_layer}) has no row/column "
-                                    "in the matrix; pass row_of_teacher / col_of_student mappings") from None
-            xs.append(x)
-            ys.append(low + p.weight * (high - low))
-            text.append(f"student {p.student_layer} ← teacher {p.target_label()}: {p.reason}")
-        return xs, ys, text
-    pts = [tuple(p) for p in pairs]
-    return [p[1] for p in pts], [p[0] for p in pts], [f"teacher {p[0]}, student {p[1]}" for p in pts]

@@ -314,15 +314,6 @@ def _raise_stop(module, args):
     raise StopForward
 
 
-def lens_fn(model: nn.Module, rows: int | None = None):
-    """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`, over the
-    first `rows` head rows (the real vocabulary, `models.vocab_rows`; None: all)."""
-    from ..training.objectives import LogitLens
-
-    p = parts(model)
-    return LogitLens(p.norm, p.head, rows)
-
-
 def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """`capture`'s {"post.{l}": ...} entries keyed by block index, the keys `pairing.LayerPair.target` reads."""
     return {int(k.split(".")[1]): v for k, v in store.items() if k.startswith("post.")}

@@ -135,7 +135,8 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
                       ) -> dict[str, pd.DataFrame]:
     """{"models": one row per model (role, source, kind, path, weights_sha256, dtype, mode), "run": key/value}.
 
-    Models without `.provenance` (a bare bridge) still get a row, marked 'unknown'. Pass `(role, model)`
+    A model's `.provenance` may be the record itself (a dict read back from a run directory). Models without one
+    (a bare bridge) still get a row, marked 'unknown'. Pass `(role, model)`
     tuples to label rows (teacher/student); otherwise rows are numbered.
     """
     from ..core.precision import cpu_summary
@@ -144,7 +145,7 @@ def provenance_tables(*models, seed: int | None = None, extra: Mapping[str, Any]
     for i, item in enumerate(models):
         role, model = item if isinstance(item, tuple) else (f"model {i}", item)
         prov = getattr(model, "provenance", None)
-        record = prov.to_dict() if prov is not None else {"source": str(getattr(getattr(model, "cfg", None),
+        record = dict(prov) if isinstance(prov, Mapping) else prov.to_dict() if prov is not None else {"source": str(getattr(getattr(model, "cfg", None),
                                                                                "model_name", "unknown"))}
         record.pop("versions", None)
         record["path"] = home_relative(record.get("path"))

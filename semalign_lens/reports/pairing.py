@@ -112,7 +112,6 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
     """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets
     (for two tokenizers: on the intersection bases, both readouts restricted to the shared strings)."""
     from ..lens.semantics import (
-        Readout,
         SemanticBasis,
         TransferMap,
         fidelity,
@@ -120,6 +119,7 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
         live_head_tokens,
         transfer_fidelity,
     )
+    from ..models.readout import Readout
 
     n = t_states[0].shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_tokens].sort().values
@@ -218,10 +218,9 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     from ..data.tasks import ALIGN, BUILTIN_TASKS, METRICS, load_task, tokenize_pairs
     from ..lens.pairing import STRATEGIES, make_pairing
     from ..lens.patching import MAPS, patching_maps
-    from ..lens.semantics import READOUTS
-    from ..lens.similarity import cka_heatmap
     from ..models.load import ModelPair, check_pair_sources, describe
-    from .plots import agreement_heatmap, attribution_bars, layer_metric_bars, signed_heatmap
+    from ..models.readout import READOUTS
+    from .plots import agreement_heatmap, attribution_bars, cka_heatmap, layer_metric_bars, signed_heatmap
 
     # every check that needs no loaded model first, so a refused call loads nothing and writes nothing
     if strategy not in STRATEGIES:

@@ -2,7 +2,7 @@
 
 Rules: every builder returns a `go.Figure` and never calls `show()`; axes are labelled;
 signed quantities are centred on 0 (symmetric axis or colour range, RdBu), bounded ones use fixed ranges
-so that figures compare across runs. Layer × layer similarity maps live in `similarity.cka_heatmap`.
+so that figures compare across runs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..core.errors import SemalignError
+from ..lens.similarity import axis_labels
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -157,3 +159,79 @@ def signed_heatmap(matrix: np.ndarray, x_labels: Sequence, y_labels: Sequence, *
     fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
     fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))
     return fig
+
+
+def cka_heatmap(matrix, x_labels: Sequence | None = None, y_labels: Sequence | None = None,
+                title: str | None = None, pairs=None, *, x_title: str = "student layer",
+                y_title: str = "teacher layer", row_of_teacher=None, col_of_student=None,
+                others: dict | None = None, pairs_name: str = "pairing"):
+    """Heatmap of a [teacher, student] CKA matrix (teacher on y, deepest at the top; student on x), colour range
+    fixed to 0..1 so figures compare; its height grows with the rows, and cells carry text only up to 15 rows
+    and columns (the hover always has the values). Returns a `go.Figure`; never shows it.
+
+    `pairs` overlays the chosen pairing: a `pairing.LayerPairing` (an interpolated pair is drawn between its two
+    teacher rows, at low + weight), or (teacher_row, student_col) tuples in matrix coordinates. A LayerPairing
+    uses block indices; when the matrix rows are not blocks 0..L-1 (e.g. an "embed" row comes first), pass
+    `row_of_teacher` / `col_of_student` (dict or callable: block -> matrix index), or labels from
+    `residual_labels`, which this function recognises. `others` ({name: pairing}) draws further pairings
+    (e.g. the strategies not chosen) each with its own open marker and legend entry; `pairs_name` labels
+    `pairs` in the legend.
+    """
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    matrix = torch.as_tensor(matrix, dtype=torch.float64).cpu()
+    rows, cols = matrix.shape
+    x_labels, y_labels = axis_labels(x_labels, cols, "student"), axis_labels(y_labels, rows, "teacher")
+    show_values = max(rows, cols) <= HEATMAP_TEXT_ROWS
+    fig = px.imshow(matrix.numpy(), x=list(range(cols)), y=list(range(rows)), origin="lower", zmin=0.0, zmax=1.0,
+                    color_continuous_scale="Viridis", aspect="auto", text_auto=".2f" if show_values else False,
+                    labels={"x": x_title, "y": y_title, "color": "CKA"}, title=title)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(cols)), ticktext=[str(v) for v in x_labels], title=x_title)
+    fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(v) for v in y_labels], title=y_title)
+    fig.update_layout(height=max(360, 140 + HEATMAP_ROW_PX * rows))  # legible rows: 31 teacher layers need ~700 px
+    # open rings around the chosen crosses, in colours that read on the Viridis cells and the white legend
+    styles = iter([("circle-open", "#ff9f1c"), ("diamond-open", "#e377c2"), ("square-open", "#17becf"),
+                   ("triangle-up-open", "#8c564b")])
+    for name, other in (others or {}).items():  # behind the chosen pairing's crosses
+        xs, ys, text = _pair_markers(other, y_labels, x_labels, row_of_teacher, col_of_student)
+        symbol, colour = next(styles, ("circle-open", "#7f7f7f"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name, text=[f"{name}: {t}" for t in text],
+                                 hoverinfo="text", marker=dict(symbol=symbol, size=15, color=colour,
+                                                               line=dict(width=2, color=colour))))
+    if pairs is not None:
+        xs, ys, text = _pair_markers(pairs, y_labels, x_labels, row_of_teacher, col_of_student)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=pairs_name, text=text, hoverinfo="text",
+                                 marker=dict(symbol="x", size=12, color="red", line=dict(width=2, color="white"))))
+    if pairs is not None or others:
+        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
+    return fig
+
+
+def _block_lookup(mapping, labels: list):
+    """block index -> matrix position: an explicit mapping, else `residual_labels`-style labels, else identity."""
+    if mapping is not None:
+        return mapping if callable(mapping) else mapping.__getitem__
+    text = [str(v) for v in labels]
+    if text and text[0] == "embed":
+        return lambda block: text.index(str(block))
+    return lambda block: block
+
+
+def _pair_markers(pairs, teacher_labels, student_labels, row_of_teacher, col_of_student):
+    if hasattr(pairs, "pairs"):  # a LayerPairing (duck-typed: pairing.py imports nothing from here)
+        row = _block_lookup(row_of_teacher, teacher_labels)
+        col = _block_lookup(col_of_student, student_labels)
+        xs, ys, text = [], [], []
+        for p in pairs.pairs:
+            try:
+                low, high, x = row(p.teacher_low), row(p.teacher_high), col(p.student_layer)
+            except (KeyError, ValueError, IndexError):
+                raise SemalignError(f"pair (teacher {p.teacher_low}, student {p.student_layer}) has no row/column "
+                                    "in the matrix; pass row_of_teacher / col_of_student mappings") from None
+            xs.append(x)
+            ys.append(low + p.weight * (high - low))
+            text.append(f"student {p.student_layer} ← teacher {p.target_label()}: {p.reason}")
+        return xs, ys, text
+    pts = [tuple(p) for p in pairs]
+    return [p[1] for p in pts], [p[0] for p in pts], [f"teacher {p[0]}, student {p[1]}" for p in pts]

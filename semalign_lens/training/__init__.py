@@ -1,9 +1,9 @@
-"""The alignment trainer, split by concern: config, dataset, targets, schedule, diagnostics, loop.
+"""The training floor: the alignment trainer split by concern (config, dataset, targets, schedule, setup,
+loop, diagnostics as records, checkpoints), its objectives and methods, and student pretraining.
 
-The public entry points are re-exported by `semalign_lens.training`.
+The trainer's public entry points are re-exported here; its pages are drawn above it (`reports.run`).
 """
 
-from ..lens.pairing import LayerPair as Pair  # the one layer-pair type, under its old trainer name
 from .config import (
                      AlignConfig,
                      DataConfig,
@@ -14,8 +14,8 @@ from .config import (
                      TransferConfig,
                      load_align_config,
 )
-from .loop import AlignResult, NonFiniteLossError, Trainer, align, align_main
+from .loop import AlignResult, NonFiniteLossError, Trainer, align
 
-__all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
-           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",
+__all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig",
+           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align",
            "load_align_config"]

@@ -9,49 +9,19 @@ removed, and a refused write is one line naming it: `errors.writing`).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..core.errors import SemalignError, writing
+from ..core.jsonio import fsync_path, write_json_atomic
 
 LATEST = "latest.json"
 RESUMES = "then rerun the same command: it resumes from the last complete checkpoint"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory's entries (what makes a rename durable), to disk; a file system that
-    cannot sync a directory (EINVAL) has nothing more to offer."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Replace `path` whole or not at all, durably; a refused write is one line naming `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with writing(path):
-        try:
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=2, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_path(path.parent)
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

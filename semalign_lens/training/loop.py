@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.checks import require_int
-from ..core.errors import Interrupted, SemalignError, run_reporting_errors, writing
+from ..core.errors import Interrupted, SemalignError, writing
+from ..core.jsonio import write_json_atomic
 from ..core.precision import autocast, precision_record, resolve_precision
 from ..core.runlock import refuse_if_locked, run_lock
 from ..data.tokens import TokenBatch, set_document_start
@@ -46,25 +47,17 @@ from ..models.plain import (
     block_states,
     capture,
     clean_copy,
-    lens_fn,
     parts,
     skeleton,
     underlying_hf,
     weights_fingerprint,
 )
-from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
-from .config import AlignConfig, config_diff, load_align_config
+from ..models.readout import lens_fn
+from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
+from .config import AlignConfig, config_diff
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
-from .diagnostics import (
-    cka_grid,
-    loss_figure,
-    projection_figure,
-    projection_metrics,
-    read_metrics,
-    write_figure,
-    write_report,
-)
+from .diagnostics import cka_grid, cka_maps, projection_metrics, read_metrics
 from .objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from .preflight import preflight
 from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
@@ -98,23 +91,42 @@ class NonFiniteLossError(SemalignError):
 
 @dataclass
 class AlignResult:
-    """What a run leaves: its directory, the saved student, the final numbers and the report."""
+    """What a run leaves, as records: the final numbers, every metric record, the CKA maps, the config,
+    pairing and provenance it wrote, the saved student (and the page, once `reports.run.draw_run` drew it).
+    Consumers read these fields, not the run directory's files."""
 
     run_dir: Path
     final: dict
     student_path: Path | None = None
     report_path: Path | None = None
     student: nn.Module | None = None  # the trained plain HF student (in memory)
+    records: list[dict] = field(default_factory=list)  # metrics.jsonl: kinds train, diag, heldout, cka, stage
+    cka: dict[str, dict] = field(default_factory=dict)  # {"cka_stage{i}_{start,end}": matrix, labels, pairs, title}
+    config: dict = field(default_factory=dict)
+    pairing: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return bool(self.final.get("finished"))
 
     def metrics(self):
-        """metrics.jsonl as a DataFrame (kinds: train, diag, cka, stage)."""
+        """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage)."""
         import pandas as pd
 
-        return pd.DataFrame(read_metrics(self.run_dir / "metrics.jsonl"))
+        return pd.DataFrame(self.records)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, student: nn.Module | None = None) -> AlignResult:
+        """A run directory's records (a finished run's, or one drawn again later)."""
+        run_dir = Path(run_dir)
+        read = lambda name, default: json.loads((run_dir / name).read_text()) if (run_dir / name).exists() \
+            else default  # noqa: E731
+        final = read("final.json", {"finished": False})
+        return cls(run_dir, final, Path(final["student_path"]) if final.get("student_path") else None,
+                   student=student, records=read_metrics(run_dir / "metrics.jsonl"), cka=cka_maps(run_dir),
+                   config=read("config.json", {}), pairing=read("pairing.json", []),
+                   provenance=read("provenance.json", {}))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -554,7 +566,7 @@ class Trainer:
             title = f"Teacher x student CKA, stage {stage.index} ({stage.label}) {when}, step {step}"
             self._write_cka(name, title, matrix, t_labels, s_labels)
             self._log({"kind": "cka", "step": step, "stage": stage.index, "when": when,
-                       "file": f"figures/{name}.html", "diagonal_mean": self._paired_cka(matrix, t_labels, s_labels)})
+                       "file": f"diagnostics/{name}.json", "diagonal_mean": self._paired_cka(matrix, t_labels, s_labels)})
         self.student.train(was_training)
 
     def _paired_cka(self, matrix, t_labels, s_labels) -> float:
@@ -563,20 +575,13 @@ class Trainer:
         return sum(vals) / len(vals)
 
     def _write_cka(self, name, title, matrix, t_labels, s_labels) -> None:
-        from ..lens.similarity import cka_heatmap
-
-        (self.run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json",
-                          {"matrix": matrix.tolist(), "teacher_labels": t_labels, "student_labels": s_labels})
+        """The map as a record (`diagnostics/{name}.json`), with the pairing's cells marked for the page."""
         marks = [(t_labels.index(str(p.nearest_teacher_layer)), s_labels.index(str(p.student_layer)))
                  for p in self.pairs]
-        fig = cka_heatmap(matrix, s_labels, t_labels, title=title, pairs=marks)
-        self._write_fig(fig, name)
-
-    def _write_fig(self, fig, name: str) -> None:
-        with writing(self.run_dir / "figures" / f"{name}.html"):
-            write_figure(fig, self.run_dir / "figures" / f"{name}.html")
-            (self.run_dir / "figures" / f"{name}.json").write_text(fig.to_json())
+        (self.run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json",
+                          {"matrix": matrix.tolist(), "teacher_labels": t_labels, "student_labels": s_labels,
+                           "title": title, "pairs": marks})
 
     # ------------------------------------------------------------------------------------------- run
     def _prepare_run_dir(self) -> None:
@@ -666,9 +671,8 @@ class Trainer:
     def _finish(self, total: int, elapsed: float) -> AlignResult:
         final_path = self.run_dir / "final.json"
         student_dir = self.run_dir / "student"
-        report = None
         if self.main:
-            records = read_metrics(self._metrics_path)
+            records = read_metrics(self._metrics_path)  # the file, not memory: it holds the steps before a resume
             stages = [r for r in records if r.get("kind") == "stage" and r["when"] == "end"]
             last_diag = {r["student_layer"]: r for r in records if r.get("kind") == "diag"}
             final = {"finished": True, "step": total, "elapsed_s": elapsed, "stages": stages,
@@ -677,15 +681,8 @@ class Trainer:
             self._save_student(student_dir)
             final["student_path"] = str(student_dir)
             write_json_atomic(final_path, final)
-            if self.cfg.figures:
-                self._write_fig(loss_figure(records, self._term_names()), "loss_curves")
-                self._write_fig(projection_figure(records), "projections")
-            if self.cfg.report:
-                report = write_report(self.run_dir, self.cfg.to_dict(), final, self.stages, self.pairs,
-                                           self.models_provenance, self.provenance)
         self.acc.wait_for_everyone()
-        final = json.loads(final_path.read_text())
-        return AlignResult(self.run_dir, final, student_dir, report, self.student)
+        return AlignResult.from_run_dir(self.run_dir, student=self.student)
 
     def _save_student(self, out: Path) -> None:
         """The trained student as an HF directory (config, model.safetensors, tokenizer): `load_model(out)`."""
@@ -705,35 +702,3 @@ def align(config: AlignConfig | None = None, *, stop_after_steps: int | None = N
     if stop_after_steps is not None:
         require_int("stop_after_steps", stop_after_steps)
     return Trainer(config, **inputs).run(stop_after_steps=stop_after_steps)
-
-
-def align_main(config_path: str | Path | None, overrides: dict[str, Any] | list[str] | None = None,
-               stop_after_steps: int | None = None) -> AlignResult:
-    """What `semalign align --config run.toml [--set key=value ...]` runs; prints a one-line summary."""
-    cfg = load_align_config(config_path, overrides)
-    result = align(cfg, stop_after_steps=stop_after_steps)
-    from accelerate.state import PartialState
-
-    if PartialState().is_main_process:
-        done = "finished" if result.finished else f"stopped at step {result.final.get('step')}"
-        print(f"semalign align: {done}; run directory {result.run_dir}"
-              + (f", student {result.student_path}" if result.finished else ""))
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m semalign_lens.training` (and `accelerate launch -m semalign_lens.training`)."""
-    import argparse
-
-    from ..core.config import config_help
-
-    parser = argparse.ArgumentParser(prog="semalign align", description="SemAlign alignment training",
-                                     epilog=config_help(AlignConfig),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML or JSON config (default: all defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, dotted for sections (e.g. schedule.lr=1e-3); repeatable")
-    parser.add_argument("--stop-after-steps", type=int, default=None, help="stop (checkpointed) after N steps")
-    args = parser.parse_args(argv)
-    return run_reporting_errors(align_main, args.config, args.overrides, stop_after_steps=args.stop_after_steps)
-

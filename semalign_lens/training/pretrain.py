@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from ..core.checks import check_output_dir, read_utf8
 from ..core.config import from_dict, require_positive, to_dict
 from ..core.errors import Interrupted, SemalignError, writing
+from ..core.jsonio import write_json_atomic
 from ..core.precision import autocast, check_precision, precision_record
 from ..core.runlock import run_lock
 from ..data import corpus
 from ..data.tokens import require_document_start
-from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
 
 
 @dataclass

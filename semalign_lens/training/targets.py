@@ -37,10 +37,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..core.errors import SemalignError, writing
+from ..core.jsonio import write_json_atomic
 from ..core.paths import cache_dir, file_problem, file_record
 from ..core.progress import note
-from ..models.plain import capture, lens_fn, parts
-from .checkpoint import write_json_atomic
+from ..models.plain import capture, parts
+from ..models.readout import lens_fn
 from .config import logits_store
 from .objectives.sparse_logits import SparseLogits
 

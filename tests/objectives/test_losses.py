@@ -128,7 +128,7 @@ def test_fisher_loss_matches_reference_values_and_gradients(chunk):
 @pytest.mark.parametrize("train_head", [False, True])
 def test_fused_fisher_with_a_logit_lens_matches_the_generic_path(train_head, monkeypatch):
     import semalign_lens.training.objectives as objectives
-    from semalign_lens.training.objectives import LogitLens
+    from semalign_lens.models.readout import LogitLens
 
     monkeypatch.setattr(objectives.losses, "KL_CHUNK_ELEMENTS", 13 * 4)  # chunks of 4 rows: the chunking is exercised
     torch.manual_seed(6)

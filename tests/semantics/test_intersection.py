@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from semalign_lens.core.errors import SemalignError
-from semalign_lens.lens.semantics import Readout, SemanticBasis, TransferMap, intersection_bases, roundtrip
+from semalign_lens.lens.semantics import SemanticBasis, TransferMap, intersection_bases, roundtrip
 from semalign_lens.models.load import ModelPair, load_model
+from semalign_lens.models.readout import Readout
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def test_logits_map_is_least_squares_logit_matching_on_the_shared_strings(pair):
     """kind='logits' on the intersection = pinv(W_S[shared]) W_T[shared], checked with torch.linalg.lstsq."""
     t_basis, s_basis = intersection_bases(pair.teacher, pair.student, pair.alignment)
     m = TransferMap(t_basis, s_basis, kind="logits")
-    from semalign_lens.lens.semantics import final_norm, unembedding
+    from semalign_lens.models.readout import final_norm, unembedding
 
     def head(model, ids):
         return (unembedding(model).T * final_norm(model)["weight"]).double()[ids]  # [n_shared, d]

@@ -10,17 +10,16 @@ from semalign_lens.core.errors import SemalignError
 from semalign_lens.lens.semantics import (
     KINDS,
     CoefficientGram,
-    Readout,
     SemanticBasis,
     TransferMap,
     condition_report,
     decompose,
     fidelity,
     iter_decompose,
-    logit_lens,
     recompose,
     roundtrip,
 )
+from semalign_lens.models.readout import Readout, logit_lens
 
 
 def test_orthonormal_head_all_kinds_agree():

@@ -11,9 +11,10 @@ import pytest
 import torch
 from trainer_helpers import N_STUDENT, _cli_config, _train_losses, make_cfg, run
 
+from semalign_lens.cli import align_main
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.models.plain import clean_copy
-from semalign_lens.training import NonFiniteLossError, Trainer, align, align_main
+from semalign_lens.training import NonFiniteLossError, Trainer, align
 from semalign_lens.training.objectives import OBJECTIVES, Objective, register_objective
 
 
@@ -32,16 +33,22 @@ def test_each_objective_trains_a_short_run(tmp_path, tiny_pair, tokens, terms):
 
 def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
     from semalign_lens.models.load import load_model
+    from semalign_lens.reports.run import draw_run
+    from semalign_lens.training import AlignResult
 
     cfg = make_cfg(tmp_path, report=True, figures=True, diag_every=1, **{"schedule.stage_steps": 2})
     result = run(cfg, tiny_pair, tokens)
     d = result.run_dir
-    for name in ("config.json", "metrics.jsonl", "final.json", "pairing.json", "identity.json", "transfer.safetensors",
-                 "report.html", "figures/loss_curves.html", "figures/projections.html"):
+    for name in ("config.json", "metrics.jsonl", "final.json", "pairing.json", "identity.json", "transfer.safetensors"):
         assert (d / name).exists(), name
-    for stage in range(N_STUDENT):
-        for when in ("start", "end"):
-            assert (d / "figures" / f"cka_stage{stage}_{when}.html").exists()
+    assert not (d / "report.html").exists() and not (d / "figures").exists()  # the trainer writes records only
+    maps = [f"cka_stage{stage}_{when}" for stage in range(N_STUDENT) for when in ("start", "end")]
+    assert list(result.cka) == maps and all((d / "diagnostics" / f"{m}.json").exists() for m in maps)
+    again = AlignResult.from_run_dir(d)  # what the result carries is what the directory holds
+    assert again.records == result.records and again.cka == result.cka and again.final == result.final
+    assert draw_run(result) == d / "report.html" == result.report_path
+    for name in ("figures/loss_curves.html", "figures/projections.html", *(f"figures/{m}.html" for m in maps)):
+        assert (d / name).exists(), name
     assert json.loads((d / "config.json").read_text())["objective"]["terms"] == {"relation": 1.0, "kl": 1.0}
     metrics = result.metrics()
     diag = metrics.query("kind == 'diag'")
@@ -167,7 +174,7 @@ def test_two_accelerate_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "semalign_lens.training", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
+           "-m", "semalign_lens", "align", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "provenance.json").read_text())["processes"] == 2
@@ -191,7 +198,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     # the same thread count as this process: BLAS splits its reductions by thread, so another count sums in
     # another order and the runs would differ in the last bits (1e-7 here) for reasons unrelated to resuming
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens.training", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "semalign_lens", "align", "--config", str(config),
                              *(f"--set={kv}" for kv in [*over, f"run_dir={killed}"])], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

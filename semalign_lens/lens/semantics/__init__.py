@@ -49,25 +49,20 @@ from .basis import (
     Kind,
     SemanticBasis,
     condition_report,
-    final_norm,
     live_head_tokens,
     most_frequent_tokens,
     tensor_hash,
-    unembedding,
 )
 from .fidelity import (
     FIDELITY_METRICS,
     OPTIONAL_METRICS,
-    READOUTS,
-    Readout,
     fidelity,
-    logit_lens,
     transfer_fidelity,
 )
 from .intersection import intersection_bases
 from .maps import CoefficientGram, TransferMap, decompose, iter_decompose, recompose, roundtrip
 
-__all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "final_norm", "live_head_tokens", "most_frequent_tokens",
-           "tensor_hash", "unembedding", "FIDELITY_METRICS", "OPTIONAL_METRICS", "READOUTS", "Readout",
-           "fidelity", "logit_lens", "transfer_fidelity", "CoefficientGram", "TransferMap", "decompose", "iter_decompose", "recompose",
+__all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "live_head_tokens", "most_frequent_tokens",
+           "tensor_hash", "FIDELITY_METRICS", "OPTIONAL_METRICS",
+           "fidelity", "transfer_fidelity", "CoefficientGram", "TransferMap", "decompose", "iter_decompose", "recompose",
            "roundtrip", "intersection_bases"]

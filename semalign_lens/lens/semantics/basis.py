@@ -19,9 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ...core.checks import check_output_file, check_safetensors, is_hf_model, require_hooked
+from ...core.checks import check_output_file, check_safetensors
 from ...core.errors import SemalignError
 from ...core.paths import cache_dir
+from ...models.readout import final_norm, unembedding
 
 Kind = Literal["paper", "dual", "logits"]
 KINDS: tuple[str, ...] = ("paper", "dual", "logits")
@@ -172,47 +173,6 @@ def live_head_tokens(*models) -> tuple[Tensor | None, Tensor]:
     if not bool(zero.any()) and all(head_rows(model) == rows for model in models):
         return None, torch.empty(0, dtype=torch.long)
     return (~zero).nonzero().flatten(), zero.nonzero().flatten()
-
-
-def unembedding(model) -> Float[Tensor, "d vocab"]:
-    """The model's unembedding W_U [d_model, vocab] (raw mode: lm_head.weight.T), detached."""
-    try:
-        W_U = model.W_U
-    except Exception:  # bridges raise different errors when there is no unembed component
-        W_U = None
-    if not isinstance(W_U, Tensor) or W_U.ndim != 2:
-        if is_hf_model(model):
-            require_hooked(model)
-        raise SemalignError(f"{type(model).__name__} has no unembedding (W_U); semantic bases need a causal LM "
-                            "with an LM head: load one with semalign_lens.models.load.load_model, or pass the "
-                            "head yourself to SemanticBasis.from_unembedding(W_U)")
-    return W_U.detach()
-
-
-def final_norm(model) -> dict[str, Any]:
-    """The final norm of a TransformerBridge as plain data: {norm: rms|layer|none, weight, bias, eps}.
-
-    Reads the HF module under `model.ln_final` (the gain actually used), applying Gemma-style `1 + w`
-    offsets when the bridge says so. In compatibility mode the gain is already folded into W_U and reads
-    as ones, so folding it again is a no-op.
-    """
-    ln = getattr(model, "ln_final", None)
-    if ln is None:
-        return {"norm": "none", "weight": None, "bias": None, "eps": 0.0}
-    mod = getattr(ln, "_original_component", None)
-    mod = ln if mod is None else mod
-    weight = getattr(mod, "weight", None)
-    bias = getattr(mod, "bias", None)
-    if getattr(ln, "uses_weight_offset", False) and weight is not None:
-        weight = 1.0 + weight
-    eps = next((float(e) for e in (getattr(mod, "variance_epsilon", None), getattr(mod, "eps", None),
-                                   getattr(getattr(model, "cfg", None), "eps", None)) if e is not None), 1e-5)
-    rms = getattr(ln, "uses_rms_norm", None)
-    if rms is None:
-        rms = "rms" in type(mod).__name__.lower()
-    return {"norm": "rms" if rms else "layer", "eps": eps,
-            "weight": None if weight is None else weight.detach(),
-            "bias": None if not isinstance(bias, Tensor) else bias.detach()}
 
 
 def _model_name(model) -> str:

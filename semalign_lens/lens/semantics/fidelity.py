@@ -3,114 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...core.errors import SemalignError
+from ...models.readout import Readout
 from .basis import (
     KINDS,
     SemanticBasis,
     _check_kind,
-    _model_name,
     _row_chunks,
     _states,
-    final_norm,
-    unembedding,
 )
 from .maps import TransferMap, decompose, roundtrip
-
-
-# ------------------------------------------------------------------------------------------ readout
-@dataclass(eq=False)
-class Readout:
-    """A model's logit-lens head as plain tensors: final norm, then W_U + b_U (`logit_lens` names the two readouts).
-
-    The frozen, bridge-side twin of `objectives.LogitLens`, which holds the trainer's HF modules (so that
-    gradients reach a trainable head and the Fisher loss can fuse the head matmul); the two read the same
-    two parts and agree on the same weights (`tests/semantics/test_fidelity.py`).
-    """
-
-    W_U: Float[Tensor, "d vocab"]
-    b_U: Float[Tensor, " vocab"] | None = None
-    norm: str = "rms"  # rms | layer | none
-    weight: Float[Tensor, " d"] | None = None
-    bias: Float[Tensor, " d"] | None = None
-    eps: float = 1e-5
-    name: str = ""
-
-    @classmethod
-    def from_model(cls, model) -> Readout:
-        """`model`'s readout over its real vocabulary rows (`models.vocab_rows`: a head padded beyond its
-        tokenizer reads no padded row), in fp32 whatever the model's dtype (ours: a bf16 readout's logits are
-        rounded to 3 significant digits, and the KL and top-k metrics read differences far below that)."""
-        from ...models.load import vocab_rows
-
-        fn = final_norm(model)
-        b_U = getattr(model, "b_U", None)
-        rows = vocab_rows(model)
-        fp32 = lambda t: None if not isinstance(t, Tensor) else t.detach().float()  # noqa: E731
-        return cls(W_U=unembedding(model)[:, :rows].float(), b_U=fp32(b_U[:rows] if isinstance(b_U, Tensor) else None),
-                   norm=fn["norm"], weight=fp32(fn["weight"]), bias=fp32(fn["bias"]), eps=fn["eps"],
-                   name=_model_name(model))
-
-    @property
-    def d_model(self) -> int:
-        return self.W_U.shape[0]
-
-    def restricted(self, token_ids: Tensor) -> Readout:
-        """This readout over `token_ids` only, in their order: a cross-tokenizer pair's shared vocabulary,
-        so that two models' readouts are compared on one set of strings (softmax renormalises over them)."""
-        ids = torch.as_tensor(token_ids, dtype=torch.long)
-        return Readout(W_U=self.W_U[:, ids], b_U=None if self.b_U is None else self.b_U[ids], norm=self.norm,
-                       weight=self.weight, bias=self.bias, eps=self.eps, name=self.name)
-
-    def __call__(self, h: Float[Tensor, "... d"], final: Float[Tensor, "... d"] | None = None
-                 ) -> Float[Tensor, "... vocab"]:
-        x = self._centred(h)
-        if self.norm in ("rms", "layer"):
-            ref = x if final is None else self._centred(final)
-            x = x * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            x = x * self.weight
-        if self.bias is not None:
-            x = x + self.bias
-        logits = x @ self.W_U
-        return logits if self.b_U is None else logits + self.b_U
-
-    def _centred(self, h: Tensor) -> Tensor:
-        x = h.to(self.W_U)  # states captured to the host are read where the head is, in its dtype
-        return x - x.mean(-1, keepdim=True) if self.norm == "layer" else x
-
-
-# The two logit-lens readouts, by the label each analysis reports (TransformerLens's meaning of each).
-READOUTS = {
-    "recompute": "final norm recomputed on each state (TransformerLens: logit_lens, accumulated_resid(apply_ln=True))",
-    "cached": "final norm at the final residual's scale (TransformerLens: apply_ln_to_stack, ln_final.hook_scale)",
-}
-
-
-def logit_lens(model_or_readout, h: Float[Tensor, "... d"], *, final: Float[Tensor, "... d"] | None = None
-               ) -> Float[Tensor, "... vocab"]:
-    """Logits of residual states `h` read through the model's final norm and head (`READOUTS`).
-
-    Without `final` ("recompute"), the norm's scale is recomputed on each state: each is read as if it were
-    the last block's output. With `final` ("cached"), the last block's output at the same positions
-    (broadcastable to h), the norm divides by final's scale, which is TransformerLens's cached
-    `ln_final.hook_scale` (`apply_ln_to_stack`): the readout is then affine in h, so the parts of a residual
-    sum read as parts of the model's own logits (LaTen's attribution).
-    """
-    readout = model_or_readout if isinstance(model_or_readout, Readout) else Readout.from_model(model_or_readout)
-    wide = [t.shape[-1] for t in (h, final) if t is not None and t.shape[-1] != readout.d_model]
-    if wide:
-        raise SemalignError(f"states have width {wide[0]}, but {readout.name or 'the readout'} reads d_model="
-                            f"{readout.d_model}; read each model's states with its own head")
-    return readout(h, final)
-
 
 # ------------------------------------------------------------------------------------------ fidelity
 FIDELITY_METRICS: tuple[str, ...] = ("cosine", "cosine_min", "top1", "top10", "kl")

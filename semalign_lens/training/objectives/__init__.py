@@ -51,7 +51,6 @@ from .cross_vocab import shared_kl_loss, uld_loss
 from .losses import (
                      KL_CHUNK_ELEMENTS,
                      Lens,
-                     LogitLens,
                      ce_loss,
                      cosine_loss,
                      cosine_onehot_loss,
@@ -74,7 +73,7 @@ from .registry import (
 )
 from .sparse_logits import SparseLogits, sparse_kl_sum
 
-__all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "LogitLens", "Objective",
+__all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "Objective",
            "OutputInputs", "SparseLogits", "ce_loss", "cosine_loss", "cosine_onehot_loss", "fisher_loss",
            "fisher_quadratic", "get_objective", "hint_loss", "kl_loss", "next_token_mask", "register_objective",
            "relation_cka", "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum", "uld_loss"]

@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch.utils.checkpoint import checkpoint
 
 from ...core.errors import SemalignError
+from ...models.readout import LogitLens
 from .sparse_logits import SparseLogits, sparse_kl_sum
 
 Lens = Callable[[Float[torch.Tensor, "n d"]], Float[torch.Tensor, "n vocab"]]
@@ -119,37 +120,6 @@ def fisher_quadratic(z: Float[torch.Tensor, "n vocab"], z_target: Float[torch.Te
     delta = z.float() - z_target.float()
     mean = (p * delta).sum(-1)
     return 0.5 * ((p * delta * delta).sum(-1) - mean * mean)
-
-
-class LogitLens(torch.nn.Module):
-    """A model's logit lens as its parts: final `norm` (a module), then z = norm(h) Wᵀ + b.
-
-    Callable like any lens; exposing the head weight lets `fisher_loss` fuse the head matmul with the loss
-    (`_FusedFisher`), so that no vocabulary-sized tensor outlives a chunk of tokens. Its frozen twin for
-    bridges and plain tensors is `semantics.Readout`.
-    """
-
-    def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear, rows: int | None = None):
-        super().__init__()
-        self.norm, self.head = norm, head
-        self.rows = rows  # the real vocabulary rows (`models.vocab_rows`); None: every head row
-
-    def normed(self, h: torch.Tensor) -> torch.Tensor:
-        """norm(h), `h` first cast to the head's dtype (fp32 states read through a bf16 student's head)."""
-        return self.norm(h.to(self.head.weight.dtype))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.head.weight if self.rows is None else self.head.weight[: self.rows]
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        bias = self.head.bias
-        return bias if bias is None or self.rows is None else bias[: self.rows]
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.normed(h))
-        return z if self.rows is None else z[..., : self.rows]
 
 
 class _FusedFisher(torch.autograd.Function):

@@ -1,0 +1,51 @@
+"""The one readout, both views, against HF's own forward: final norm then head, read on the last residual."""
+
+from __future__ import annotations
+
+import torch
+
+from semalign_lens.models.plain import clean_copy, parts
+from semalign_lens.models.readout import Readout, final_norm, lens_fn
+
+
+def _hf_last_residual_and_logits(plain, ids):
+    """HF's logits, and the residual that entered its final norm (a forward hook on the norm module)."""
+    seen = {}
+
+    def keep_input(module, args, out) -> None:  # returns None: a forward hook's return value replaces the output
+        seen["h"] = args[0]
+
+    handle = parts(plain).norm.register_forward_hook(keep_input)
+    try:
+        logits = plain(ids).logits
+    finally:
+        handle.remove()
+    return seen["h"], logits
+
+
+def test_both_views_read_what_hf_computes(tiny_pair):
+    """`LogitLens` (the module view, on a plain copy) and `Readout` (the tensor view, from the bridge) each turn
+    the residual entering HF's final norm into HF's logits, with the final-norm gain made non-trivial so the norm
+    is really read (the bridge's own parameter, restored afterwards: the fixture is shared)."""
+    model = tiny_pair.teacher
+    gain = final_norm(model)["weight"]  # detached, same storage as the bridge's parameter
+    kept = gain.clone()
+    try:
+        with torch.no_grad():
+            gain.copy_(torch.linspace(0.5, 1.5, model.cfg.d_model))
+            plain = clean_copy(model, share_weights=True)
+            ids = torch.randint(0, model.cfg.d_vocab, (2, 7))
+            h, logits = _hf_last_residual_and_logits(plain, ids)
+            torch.testing.assert_close(lens_fn(plain)(h), logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(Readout.from_model(model)(h), logits, atol=1e-4, rtol=1e-4)
+    finally:
+        with torch.no_grad():
+            gain.copy_(kept)
+
+
+def test_the_module_view_carries_gradients_to_the_head(tiny_pair):
+    """What the trainer needs of the module view, and the tensor view cannot give: a trainable head."""
+    plain = clean_copy(tiny_pair.student, share_weights=False)
+    lens = lens_fn(plain)
+    lens(torch.randn(3, tiny_pair.student.cfg.d_model)).logsumexp(-1).sum().backward()
+    assert parts(plain).head.weight.grad is not None and parts(plain).head.weight.grad.abs().sum() > 0
