@@ -310,7 +310,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, 
     return final
 
 
-def _pretrain_run_config(run_dir: Path) -> PretrainConfig:
+def pretrain_run_config(run_dir: Path) -> PretrainConfig:
     """The config of a pretraining run directory, or a one-line error saying what `run_dir` is instead."""
     saved = run_dir / "config.json"
     if not run_dir.is_dir():
@@ -344,7 +344,7 @@ def export_student(run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     run_dir, out_dir = Path(run_dir).expanduser(), Path(out_dir).expanduser()
-    cfg = _pretrain_run_config(run_dir)
+    cfg = pretrain_run_config(run_dir)
     try:
         ckpt = latest_checkpoint(run_dir)
     except (ValueError, KeyError, TypeError):
