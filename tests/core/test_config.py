@@ -19,7 +19,7 @@ from semalign_lens.core.errors import SemalignError
 from semalign_lens.training import AlignConfig, load_align_config
 from semalign_lens.training.pretrain import PretrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRETRAIN_JSON = REPO / "semalign_lens" / "zoo" / "configs" / "stdlib_student.json"
 
 

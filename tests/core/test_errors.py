@@ -11,7 +11,7 @@ import pytest
 
 from semalign_lens.core.errors import SemalignError, run_reporting_errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_semalign_error_is_one_line_and_exit_code_2(capsys):

@@ -19,7 +19,7 @@ import pytest
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.training.checkpoint import latest_step
 
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"
 
 
 def load(name: str):
