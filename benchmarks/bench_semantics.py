@@ -20,15 +20,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU time then counts work
 
 import torch  # noqa: E402
 
+from semalign_lens.core.hashing import tensor_hash
 from semalign_lens.core.precision import machine_line  # noqa: E402
-from semalign_lens.lens.semantics import (
-    CoefficientGram,
-    SemanticBasis,
-    TransferMap,
-    decompose,
-    roundtrip,
-    tensor_hash,
-)
+from semalign_lens.lens.semantics import CoefficientGram, SemanticBasis, TransferMap, decompose, roundtrip
 from semalign_lens.models.load import load_model  # noqa: E402
 from semalign_lens.models.readout import final_norm, unembedding
 

@@ -10,7 +10,6 @@ slice (`stdlib_test_split`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sysconfig
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import SemalignError
+from ..core.hashing import path_key
 from .tokens import require_document_start
 
 DOC_SEPARATOR = "<|endoftext|>"  # the one special token of the tokenizers this package trains (zoo.bpe)
@@ -56,7 +56,7 @@ def stdlib_test_files(root: Path | None = None) -> list[Path]:
 
 def path_fraction(path: Path, root: Path) -> float:
     """A number in [0, 1) fixed by the file's path relative to `root`: every hash split of the stdlib uses it."""
-    return int(hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()[:8], 16) / 2**32
+    return int(path_key(path, root)[:8], 16) / 2**32
 
 
 def is_validation(path: Path, root: Path, fraction: float) -> bool:
@@ -85,7 +85,7 @@ def stdlib_test_split(root: Path | None = None,
     if not files:
         raise SemalignError(f"no standard-library test files under {root}; this Python was installed without its "
                             "test suite (Debian: apt-get install libpython3-testsuite), pass your own transfer texts")
-    keyed = sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
+    keyed = sorted(files, key=lambda p: path_key(p, root))
     evaluation = [p for p in keyed if path_fraction(p, root) < eval_fraction]
     transfer = [p for p in keyed if path_fraction(p, root) >= eval_fraction]
     # Boilerplate files (the test packages' identical __init__.py) sit on both sides of a path split: an

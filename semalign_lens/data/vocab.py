@@ -22,7 +22,6 @@ tokenizers through the *strings* they share (our extension, not the paper's):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..core.errors import SemalignError
+from ..core.hashing import sha256_hex, tensor_bytes
 from .text_bytes import token_bytes
 
 # Below this many shared tokens the intersection is refused: an output-side basis restricted to the shared
@@ -68,9 +68,8 @@ class VocabAlignment:
     @property
     def key(self) -> str:
         """sha256 of the id pairs: what a basis or map built on this intersection records."""
-        h = hashlib.sha256(f"{self.teacher_size}:{self.student_size}".encode())
-        h.update(memoryview(torch.stack([self.teacher_ids, self.student_ids]).contiguous().numpy()))
-        return h.hexdigest()
+        return sha256_hex(f"{self.teacher_size}:{self.student_size}",
+                          tensor_bytes(torch.stack([self.teacher_ids, self.student_ids])))
 
     def summary(self) -> str:
         return (f"{self.n_shared} shared tokens: {self.teacher_coverage:.1%} of {self.teacher}'s "

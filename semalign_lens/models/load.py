@@ -26,7 +26,7 @@ import torch
 
 from ..core.checks import check_safetensors, require_hooked, require_tokenizer
 from ..core.errors import SemalignError
-from ..core.paths import file_sha256
+from ..core.hashing import files_sha256
 from .architectures import NATIVE_TYPE
 
 MODES = ("raw", "compat")
@@ -63,14 +63,7 @@ class Provenance:
 
 
 def _weights_hash(folder: Path) -> str | None:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    if len(files) == 1:
-        return file_sha256(files[0])
-    import hashlib
-
-    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+    return files_sha256(sorted(folder.glob("*.safetensors")))
 
 
 def _offline_alternatives() -> str:

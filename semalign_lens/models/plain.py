@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import nn
 
 from ..core.errors import SemalignError
+from ..core.hashing import named_tensors_hash
 
 _STRIP = "._original_component"
 
@@ -321,11 +322,5 @@ def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
 
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes: the identity of a teacher's weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(underlying_hf(model).state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{plain_name(name)}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
+    weights = sorted(underlying_hf(model).state_dict().items())
+    return named_tensors_hash((plain_name(name), t) for name, t in weights)

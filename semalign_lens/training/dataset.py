@@ -14,7 +14,6 @@ state, and under `accelerate launch` process r takes the r-th contiguous slice o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,10 +23,10 @@ from jaxtyping import Bool, Int
 
 from ..core.checks import read_utf8
 from ..core.errors import SemalignError
+from ..core.hashing import path_key, tensor_hash
 from ..data import corpus
 from ..data.tokens import TokenBatch, require_document_start
 from ..data.transfer import code_transfer_data
-from ..lens.semantics.basis import tensor_hash
 from .config import DataConfig
 from .cross_pair import TeacherView, teacher_view
 from .pretrain import batch_indices
@@ -101,7 +100,7 @@ def source_files(source: str) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not files:
             raise SemalignError(f"no {'/'.join(TEXT_SUFFIXES)} files under {path}")
-    return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
+    return sorted(files, key=lambda p: path_key(p, root))
 
 
 def _documents(path: Path, strict: bool = True):

@@ -26,7 +26,6 @@ compute its diagnostic states; it is released before training.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..core.errors import SemalignError, writing
+from ..core.hashing import record_hash
 from ..core.jsonio import write_json_atomic
 from ..core.paths import cache_dir, file_problem, file_record
 from ..core.progress import note
@@ -62,7 +62,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     special = sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", []))
-    return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()
+    return record_hash([vocab, special])
 
 
 @dataclass
@@ -131,8 +131,7 @@ def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], da
 
 
 def default_cache_path(identity: dict) -> Path:
-    key = hashlib.sha256(json.dumps({k: v for k, v in identity.items() if k != "teacher"},
-                                    sort_keys=True).encode()).hexdigest()
+    key = record_hash({k: v for k, v in identity.items() if k != "teacher"}, sort_keys=True)
     return cache_dir("targets") / key[:20]
 
 

@@ -51,7 +51,6 @@ from .basis import (
     condition_report,
     live_head_tokens,
     most_frequent_tokens,
-    tensor_hash,
 )
 from .fidelity import (
     FIDELITY_METRICS,
@@ -63,6 +62,6 @@ from .intersection import intersection_bases
 from .maps import CoefficientGram, TransferMap, decompose, iter_decompose, recompose, roundtrip
 
 __all__ = ["KINDS", "METHODS", "Kind", "SemanticBasis", "condition_report", "live_head_tokens", "most_frequent_tokens",
-           "tensor_hash", "FIDELITY_METRICS", "OPTIONAL_METRICS",
+           "FIDELITY_METRICS", "OPTIONAL_METRICS",
            "fidelity", "transfer_fidelity", "CoefficientGram", "TransferMap", "decompose", "iter_decompose", "recompose",
            "roundtrip", "intersection_bases"]

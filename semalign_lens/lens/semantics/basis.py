@@ -5,7 +5,6 @@ See the package docstring for what is the paper's and what is ours.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from ...core.checks import check_output_file, check_safetensors
 from ...core.errors import SemalignError
+from ...core.hashing import record_hash, tensor_hash
 from ...core.paths import cache_dir
 from ...models.readout import final_norm, unembedding
 
@@ -38,18 +38,6 @@ def _check_kind(kind: str) -> str:
         raise SemalignError(f"unknown decomposition kind {kind!r}; choose one of {KINDS} "
                             "(paper = Eq. 1-2 as written, dual/logits = exact recomposition)")
     return kind
-
-
-def tensor_hash(*tensors: Tensor | None) -> str:
-    """sha256 over dtype, shape and bytes of each tensor (None entries are skipped)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
 
 
 def _as_ids(tokens: Any, vocab_size: int, d_model: int | None) -> Int[Tensor, " v"]:
@@ -226,7 +214,7 @@ class SemanticBasis:
     @property
     def key(self) -> str:
         """Hash of the weights and the options that change the basis (not of dtype or algorithm)."""
-        return hashlib.sha256(json.dumps([self.weight_hash, self.options], sort_keys=True).encode()).hexdigest()
+        return record_hash([self.weight_hash, self.options], sort_keys=True)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "d_model": self.d_model, "n_tokens": self.n_tokens,

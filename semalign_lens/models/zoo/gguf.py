@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ...core.errors import SemalignError
-from ...core.paths import cache_dir, file_sha256
+from ...core.hashing import file_sha256
+from ...core.paths import cache_dir
 from ...data.tokens import set_document_start
 
 GGUF_MAGIC = b"GGUF"

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ...core.errors import SemalignError
+from ...core.hashing import sha256_hex
 from .registry import Method, register_method
 
 CHANGES = (
@@ -117,8 +118,6 @@ class LaTenPlugin:
         self.teacher = None
 
     def setup(self, trainer, teacher) -> None:
-        import hashlib
-
         from ...models.architectures import mlp_problem
         from ...models.plain import clean_copy
 
@@ -128,7 +127,7 @@ class LaTenPlugin:
                 raise SemalignError(problem)
         self.seeds = trainer.data.tokens[: self.seed_sequences]
         layers = sorted({p.nearest_teacher_layer for p in trainer.pairs})
-        key = hashlib.sha256(f"{trainer.identity['teacher_hash']}{layers}{self.seeds.tolist()}".encode()).hexdigest()
+        key = sha256_hex(f"{trainer.identity['teacher_hash']}{layers}{self.seeds.tolist()}")
         if key not in _TEACHER_SCORES:
             _TEACHER_SCORES.clear()
             _TEACHER_SCORES[key] = neuron_scores(self.teacher, layers, self.seeds)

@@ -14,14 +14,13 @@ Kept from the published method:
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from jaxtyping import Float
 from torch import nn
 from tqdm.auto import tqdm
 
 from ...core.errors import SemalignError
+from ...core.hashing import sha256_hex
 from ...models.lora import dense_weight, lora_factors, lora_layers
 from .registry import Method, register_method
 
@@ -141,8 +140,7 @@ class SeekingPlugin:
         # the teacher's own names for the student's targets: the same names in one family, by role across two
         targets = tuple(lora_targets(trainer.cfg.schedule, trainer.student) if self.same_family
                         else architecture(clean_copy(teacher, share_weights=True)).lora_targets)
-        key = hashlib.sha256((trainer.identity["teacher_hash"] + str(seeds.tolist())
-                              + str(sorted(targets))).encode()).hexdigest()
+        key = sha256_hex(trainer.identity["teacher_hash"] + str(seeds.tolist()) + str(sorted(targets)))
         if key not in _SENSITIVITY_CACHE:
             _SENSITIVITY_CACHE.clear()  # keep one teacher's worth of memory
             _SENSITIVITY_CACHE[key] = sensitivity(teacher, seeds, targets, progress=trainer.cfg.progress)
