@@ -28,6 +28,11 @@ def is_hf_model(obj: Any) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(obj).__mro__)
 
 
+def is_bridge(obj: Any) -> bool:
+    """A hooked model: a TransformerBridge from `models.load.load_model` (anything with `run_with_hooks`)."""
+    return hasattr(obj, "run_with_hooks")
+
+
 def require_hooked(model: Any, role: str = "model") -> None:
     """Refuse what is not a hooked model (a TransformerBridge from `models.load_model`, or anything with its
     `.cfg`): most often a plain HF model passed where the bridge is expected."""

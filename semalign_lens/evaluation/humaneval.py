@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..core.checks import is_hf_model
 from ..core.errors import SemalignError
 from ..data.tasks.code import humaneval_problems
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import document_start, evenly_spaced, prompt_answer_batch, with_document_start
-from .scoring import cross_entropy, is_hf_model, model_device, model_tokenizer, token_nll
+from .scoring import cross_entropy, model_device, model_tokenizer, token_nll
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 

@@ -9,20 +9,15 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
+from ..core.checks import is_hf_model
 from ..core.errors import SemalignError
 from ..core.precision import autocast
 from ..data.tokens import TokenBatch, as_batch
 from ..models.plain import model_device
-
-
-def is_hf_model(model) -> bool:
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel)
+from ..training.objectives.losses import next_token_nll
 
 
 def model_tokenizer(model, tokenizer=None):
@@ -115,9 +110,7 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
             with torch.no_grad(), autocast(precision, device):
                 logits = forward_logits(model, tokens, rows)
             count += int(scored.sum())
-            scored, tokens = scored.to(device), tokens.to(device)
-            logits = logits[:, :-1][scored].float()
-            total += F.cross_entropy(logits, tokens[:, 1:][scored], reduction="sum").item()
+            total += next_token_nll(logits, tokens.to(device), scored.to(device)).item()
     finally:
         model.train(was_training)
     return total, count

@@ -25,7 +25,7 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..core.checks import check_output_dir, require_hooked, require_int
+from ..core.checks import check_output_dir, is_bridge, require_hooked, require_int
 from ..core.errors import SemalignError, writing
 from ..core.jsonio import write_json_atomic
 from ..core.paths import file_problem, file_record
@@ -346,7 +346,7 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
     if not isinstance(batch, TokenBatch):
         raise SemalignError(f"accumulated_resid needs a TokenBatch (semalign_lens.data.tokens.tokenize), got "
                             f"{type(batch).__name__}")
-    bridge = hasattr(model, "run_with_hooks")
+    bridge = is_bridge(model)
     if bridge:
         n_layers = model.cfg.n_layers
     else:

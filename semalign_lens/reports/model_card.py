@@ -131,7 +131,7 @@ def card_from_run(run_dir: str | Path, out_dir: str | Path, max_tokens: int = 16
     from ..data import corpus
     from ..evaluation.bits_per_byte import bits_per_byte_table
     from ..models.load import load_model
-    from ..training.pretrain import pretrain_run_config, mean_cross_entropy
+    from ..training.pretrain import mean_cross_entropy, pretrain_run_config
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = pretrain_run_config(run_dir)

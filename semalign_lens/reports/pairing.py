@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..core.checks import check_output_file, require_choices, require_hooked, require_int
+from ..core.checks import check_output_file, is_bridge, require_choices, require_hooked, require_int
 from ..core.errors import SemalignError
 from ..lens.attribution import METHODS, rank_agreement, rank_layers
 from ..lens.capture import accumulated_resid
@@ -83,7 +83,7 @@ def _as_model(source, role: str, **load_kwargs):
 
         return load_model(source, **load_kwargs)
     require_hooked(source, role)
-    if not hasattr(source, "run_with_hooks"):
+    if not is_bridge(source):
         raise SemalignError(f"the {role} must be a model source (zoo name, HF directory, .gguf, Hub name) or a "
                             f"loaded TransformerBridge, got {type(source).__name__}")
     return source

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,8 @@ from ..core.runlock import run_lock
 from ..data import corpus
 from ..data.tokens import require_document_start
 from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
+from .objectives.losses import next_token_nll
+from .schedule import warmup_then_decay
 
 
 @dataclass
@@ -137,11 +138,8 @@ def tokenizer_dir(cfg: PretrainConfig) -> Path:
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio * lr`."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """Linear warmup, then cosine decay to `min_lr_ratio * lr` over the whole run."""
+    return warmup_then_decay(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
@@ -181,8 +179,7 @@ def mean_cross_entropy(model, token_blocks: torch.Tensor, batch_size: int = 8, p
         x = token_blocks[i: i + batch_size]
         with autocast(precision, x.device):
             logits = model(input_ids=x).logits.float()
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-        total += loss.item()
+        total += next_token_nll(logits, x).item()
         count += x[:, 1:].numel()
     model.train(was_training)
     return total / count

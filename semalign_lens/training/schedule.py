@@ -69,16 +69,23 @@ def stage_at(stages: list[Stage], step: int) -> Stage:
     return stages[-1]
 
 
+def warmup_then_decay(peak: float, step: int, steps: int, warmup: int, min_ratio: float,
+                      decay: str = "cosine") -> float:
+    """The learning rate at `step` of `steps`: linear warmup over `warmup` steps (capped at `steps`), then constant
+    or cosine decay to `min_ratio * peak`. The one schedule of the aligner's stages and student pretraining."""
+    warm = min(warmup, steps)
+    if step < warm:
+        return peak * (step + 1) / warm
+    if decay == "constant":
+        return peak
+    progress = min(1.0, (step - warm) / max(1, steps - warm))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def lr_at(cfg: ScheduleConfig, stage: Stage, step: int) -> float:
-    """Linear warmup over `warmup_steps` (capped at the stage length), then constant or cosine decay."""
-    local = step - stage.start
-    warm = min(cfg.warmup_steps, stage.steps)
-    if local < warm:
-        return stage.lr * (local + 1) / warm
-    if cfg.lr_decay == "constant":
-        return stage.lr
-    progress = (local - warm) / max(1, stage.steps - warm)
-    return stage.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """A stage's learning rate at global `step`: the schedule restarts at every stage."""
+    return warmup_then_decay(stage.lr, step - stage.start, stage.steps, cfg.warmup_steps, cfg.min_lr_ratio,
+                             cfg.lr_decay)
 
 
 def trainable_modules(student: nn.Module, cfg: ScheduleConfig, stage: Stage) -> list[nn.Module]:

@@ -308,11 +308,19 @@ def cosine_onehot_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: I
     return 1.0 - _masked_mean(cos, valid)
 
 
+def next_token_nll(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],
+                   scored: Bool[torch.Tensor, "batch pos_1"] | None = None) -> torch.Tensor:
+    """Summed next-token negative log-likelihood (nats, fp32) of `tokens[:, 1:]` under `logits[:, :-1]`, over the
+    `scored` positions (None: all). The one cross-entropy of the package: the trainer's loss and held-out metric,
+    the evaluation's scores and the pretraining's validation loss all sum it."""
+    z, target = logits[:, :-1], tokens[:, 1:]
+    if scored is None or bool(scored.all()):  # no boolean gather: it would copy [n, vocab] logits
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), target.reshape(-1), reduction="sum")
+    return F.cross_entropy(z[scored].float(), target[scored], reduction="sum")
+
+
 def ce_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],
             mask: Bool[torch.Tensor, "batch pos"]) -> torch.Tensor:
     """Plain next-token cross-entropy (nats/token) over supervised positions: the SFT control's loss."""
     valid = next_token_mask(mask)
-    z = logits[:, :-1]
-    if bool(valid.all()):
-        return F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), tokens[:, 1:].reshape(-1))
-    return F.cross_entropy(z[valid].float(), tokens[:, 1:][valid])
+    return next_token_nll(logits, tokens, valid) / valid.sum().clamp(min=1)
