@@ -61,9 +61,9 @@ from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap  # noqa: E402
 from semalign_lens.lens.similarity import cka_matrix, cka_permutation_null, residual_labels
-from semalign_lens.reports.plots import cka_heatmap
 from semalign_lens.models.load import describe, load_model  # noqa: E402
 from semalign_lens.reports.page import Report  # noqa: E402
+from semalign_lens.reports.plots import cka_heatmap
 
 OUT = Path(__file__).resolve().parent / "out" / "fig45"
 HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
