@@ -41,7 +41,7 @@ _API = {  # public name -> the module that defines it
     "load_task": "data.tasks", "fact_task": "data.tasks", "tokenize_pairs": "data.tasks",
     "rank_layers": "lens.attribution", "rank_agreement": "lens.attribution", "top_layers": "lens.attribution",
     "make_pairing": "lens.pairing", "LayerPairing": "lens.pairing", "LayerPair": "lens.pairing",
-    "pairing_report": "reports.pairing", "Report": "reports.page",
+    "inspect_pairing": "lens.inspection", "pairing_report": "reports.pairing", "Report": "reports.page",
     # training and comparing
     "AlignConfig": "training", "load_align_config": "training", "align": "training", "Trainer": "training",
     "run_method": "training.methods", "RunProfile": "evaluation.protocol", "build_task": "evaluation.protocol", "shared_config": "evaluation.protocol",
@@ -87,6 +87,7 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .lens.aligned import aligned_stacks
     from .lens.attribution import rank_agreement, rank_layers, top_layers
     from .lens.capture import Capture, accumulated_resid, capture
+    from .lens.inspection import inspect_pairing
     from .lens.overview import humaneval_prompts, residual_norm_figure, residual_norms
     from .lens.pairing import LayerPair, LayerPairing, make_pairing
     from .lens.semantics import (

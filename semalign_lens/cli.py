@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="the built-in model zoo").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list zoo names").set_defaults(func=_cmd_zoo_list)
     p = zoo.add_parser("pretrain-student", help="pretrain the embedded student (resumes if RUN_DIR has a checkpoint)")
-    p.add_argument("--config", default=str(Path(__file__).parent / "zoo" / "configs" / "stdlib_student.json"))
+    p.add_argument("--config", default=str(Path(__file__).parent / "models" / "zoo" / "configs" / "stdlib_student.json"))
     p.add_argument("--run-dir", default="runs/stdlib-student")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set total_tokens=1000000 (repeatable)")
@@ -241,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train_tokenizer)
     p = zoo.add_parser("export-student", help="write a pretraining run's latest checkpoint as an HF directory")
     p.add_argument("--run-dir", default="runs/stdlib-student")
-    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "models" / "zoo" / "stdlib_student"))
     p.set_defaults(func=_cmd_export)
     p = zoo.add_parser("write-card", help="measure an exported student and write its MODEL_CARD.md, metrics.json")
     p.add_argument("--run-dir", default="runs/stdlib-student-8k")
-    p.add_argument("--out", default=str(Path(__file__).parent / "zoo" / "stdlib_student_8k"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "models" / "zoo" / "stdlib_student_8k"))
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per evaluation set")
     p.set_defaults(func=_cmd_card)
     return parser

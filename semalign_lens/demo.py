@@ -3,7 +3,7 @@
 Stages (each a step of the progress bar):
 1. load the pair (vocabulary and mode checked) and look at it: architecture, residual norms per block;
 2. layer pairing: rank the teacher's layers on a factual-recall task (attribution methods with bootstrap
-   CIs), teacher x student CKA, the three pairing strategies (`pairing_report`);
+   CIs), teacher x student CKA, the three pairing strategies (`lens.inspection.inspect_pairing`);
 3. transfer data and evaluation: code transfer on the standard library's test files (never seen by the
    student), scored by HumanEval solution cross-entropy given the prompt and by held-out stdlib-test CE;
 4. train the SFT control and SemAlign on exactly the same data, steps and trainable parameters
@@ -182,6 +182,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     """Run the pipeline (see module docstring); `overrides` replace fields of the named profile."""
     from .data.tokens import tokenize
     from .evaluation import humaneval_problem_ce
+    from .lens.inspection import inspect_pairing
     from .lens.overview import (
         architecture_table,
         humaneval_prompts,
@@ -189,9 +190,8 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
         residual_norm_figure,
         residual_norms,
     )
-    from .lens.pairing import make_pairing
     from .reports.page import Report
-    from .reports.pairing import pairing_report
+    from .reports.pairing import render_pairing
     from .reports.plots import signed_heatmap, versus_reference
     from .reports.run import heldout_figure, loss_figure, projection_figure
     from .training.diagnostics import PROJECTION_METRICS, cka_change, lens_agreement_change
@@ -237,13 +237,12 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
 
     bar.start("layer pairing")
     pairing_sections = Report("layer pairing")  # filled now, placed after the results when the page is written
-    inspected = pairing_report(teacher, student, task=profile.attribution_task, n_prompts=profile.attribution_prompts,
-                               methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
-                               seed=profile.seed, progress=False, report=pairing_sections, level=3,
-                               strategy="proportional",  # the strategy training uses: its pairs are the marked ones
-                               vocab=profile.vocab)
-    pairing = make_pairing("proportional", teacher.cfg.n_layers, student.cfg.n_layers,
-                           student_layers=list(profile.student_layers))
+    inspected = inspect_pairing(pair, profile.attribution_task, n_prompts=profile.attribution_prompts,
+                                methods=profile.attribution_methods, cka_prompts=profile.cka_prompts, n_boot=200,
+                                seed=profile.seed, progress=False, strategy="proportional",
+                                student_layers=profile.student_layers)  # the pairing training uses: the marked one
+    render_pairing(inspected, pair, pairing_sections, level=3)
+    pairing = inspected.pairing
     bar.done()
 
     bar.start("transfer task")

@@ -124,7 +124,7 @@ def home_relative(path: str | None) -> str | None:
     writer's (the weights hash, not the path, identifies the model)."""
     if not path:
         return path
-    package = str(Path(__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parents[1])
     if str(path).startswith(package + "/"):
         return "semalign_lens" + str(path)[len(package):]
     home = str(Path.home())
