@@ -9,7 +9,16 @@ import sys
 
 import pytest
 import torch
-from trainer_helpers import N_STUDENT, _cli_config, _train_losses, make_cfg, run
+from trainer_helpers import (
+    N_STUDENT,
+    _cli_config,
+    _train_losses,
+    changed,
+    initial_student,
+    layer_of,
+    make_cfg,
+    run,
+)
 
 from semalign_lens.cli import align_main
 from semalign_lens.core.errors import SemalignError
@@ -23,12 +32,15 @@ from semalign_lens.training.objectives import OBJECTIVES, Objective, register_ob
                                    {"cosine": 0.5, "relation": 1.0, "fisher": 2.0, "kl": 1.0, "cosine_onehot": 0.1}])
 def test_each_objective_trains_a_short_run(tmp_path, tiny_pair, tokens, terms):
     cfg = make_cfg(tmp_path, **{"objective.terms": terms, "schedule.stage_steps": 1})
+    before = initial_student(tiny_pair)
     result = run(cfg, tiny_pair, tokens)
     assert result.finished and result.final["step"] == N_STUDENT
     train = result.metrics().query("kind == 'train'")
     assert len(train) == N_STUDENT
     for name in [*terms, "loss"]:
         assert train[name].notna().all() and torch.isfinite(torch.tensor(train[name].to_numpy())).all()
+    moved = {layer_of(k) for k in changed(before, result.student)}
+    assert {f"layer{s}" for s in range(N_STUDENT)} <= moved, moved  # every frontier stage moved its layer
 
 
 def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import make_cfg, run
+from trainer_helpers import changed, initial_student, make_cfg, run
 
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.training import Trainer
@@ -32,7 +32,10 @@ def test_cached_targets_reproduce_online_losses_without_the_teacher(tmp_path, ti
 def test_cached_kl_needs_cached_logits_and_then_works(tmp_path, tiny_pair, tokens):
     cfg = make_cfg(tmp_path, **{"targets.mode": "cached", "targets.cache_logits": True,
                                 "targets.cache_dir": str(tmp_path / "cache"), "schedule.stage_steps": 1})
-    assert run(cfg, tiny_pair, tokens).finished
+    before = initial_student(tiny_pair)
+    result = run(cfg, tiny_pair, tokens)
+    assert result.finished and changed(before, result.student)  # the cached logits' KL moved the student
+    assert all(r["kl"] > 0 for r in result.records if r.get("kind") == "train")
 
 
 def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny_pair, tokens):
