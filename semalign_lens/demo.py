@@ -378,7 +378,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
 
 def _other_tokenizer(profile: DemoProfile) -> bool:
     """Whether the student's tokenizer differs from the teacher's, read from their directories (no model loads;
-    heads padded to different sizes over one tokenizer are one vocabulary, `models.vocab_rows`); "tiny" is the
+    heads padded to different sizes over one tokenizer are one vocabulary, `models.load.vocab_rows`); "tiny" is the
     one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads, naming the fix
     (vocab = "intersection")."""
     from .models.load import sources_differ_in_vocabulary

@@ -34,7 +34,7 @@ def is_bridge(obj: Any) -> bool:
 
 
 def require_hooked(model: Any, role: str = "model") -> None:
-    """Refuse what is not a hooked model (a TransformerBridge from `models.load_model`, or anything with its
+    """Refuse what is not a hooked model (a TransformerBridge from `models.load.load_model`, or anything with its
     `.cfg`): most often a plain HF model passed where the bridge is expected."""
     if hasattr(model, "cfg"):
         return

@@ -115,7 +115,7 @@ def text_stream(texts: Sequence[str], tokenizer, separator_id: int) -> torch.Ten
 
 def token_stream(files: list[Path], tokenizer) -> torch.Tensor:
     """Concatenate files into one int32 token stream, each document preceded by the tokenizer's document start
-    (`data.document_start`: `<|endoftext|>` for the embedded student's tokenizers)."""
+    (`data.tokens.document_start`: `<|endoftext|>` for the embedded student's tokenizers)."""
     return text_stream([read_text(p) for p in files], tokenizer,
                        require_document_start(tokenizer, "the corpus's documents"))
 

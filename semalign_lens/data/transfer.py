@@ -3,7 +3,7 @@ the refusal of any overlap between transfer and evaluation texts.
 
 It sits below both users: `training/` reads it for `data.source = "code-transfer"`, and `evaluation/` builds
 the transfer tasks from it. The test files are unseen by the shipped student (its corpus leaves test
-directories out), and the evaluation slice is split off by a hash of the path (`zoo.corpus.stdlib_test_split`).
+directories out), and the evaluation slice is split off by a hash of the path (`data.corpus.stdlib_test_split`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def code_transfer_data(tokenizer, n_sequences: int, seq_len: int = 128,
 
     Source: the stdlib test files outside the evaluation slice (unseen by the student). Up to `per_file`
     evenly spaced chunks are cut from each file (diversity), files in hash order, each chunk starting with
-    the tokenizer's document start (`data.document_start`). A larger `n_sequences` is a superset of a smaller one (for data-budget curves).
+    the tokenizer's document start (`data.tokens.document_start`). A larger `n_sequences` is a superset of a smaller one (for data-budget curves).
     """
     tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
     if n_sequences < 1 or seq_len < 2 or per_file < 1:

@@ -4,7 +4,7 @@ SemAlign, Seeking and LaTen need one shared vocabulary. Vocabulary-defined seman
 tokenizers through the *strings* they share (our extension, not the paper's):
 
 - **Vocabulary alignment** (`align_vocabularies`). A teacher token and a student token correspond when they
-  stand for the same bytes (`text_bytes.token_bytes`: byte-level characters become their bytes,
+  stand for the same bytes (`data.text_bytes.token_bytes`: byte-level characters become their bytes,
   sentencepiece's `▁` a space and `<0xNN>` the byte). Special tokens are not text and never correspond. The
   shared tokens come in one common order (the teacher's id order), so the i-th shared column of either model's
   basis means the same string. Where one vocabulary holds the same bytes twice, the lowest id is kept.

@@ -27,7 +27,7 @@ class RunProfile:
     Code task: `n_transfer` stdlib test-file chunks of `seq_len` tokens, at most `per_file` from one file (plus
     `diag_sequences` held out for training diagnostics); headline = CE on `heldout_tokens` tokens of held-out
     stdlib test files, HumanEval canonical-solution CE on `humaneval_limit` problems (None: all 164) beside it.
-    Knowledge task: `facts` = "stdlib" (`tasks.stdlib_facts`, read from this Python), "shipped"
+    Knowledge task: `facts` = "stdlib" (`data.tasks.stdlib_facts`, read from this Python), "shipped"
     (`tasks/facts.json`) or a facts file. Training: frontier schedule over `student_layers` (proportional
     pairing), `stage_steps` steps each, LoRA of rank `lora_rank`, learning rate `lr`, `precision` (training and
     evaluation; "auto" = bf16 only where native, `semalign_lens.core.precision`). teacher / student: zoo names, HF

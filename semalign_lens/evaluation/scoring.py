@@ -61,7 +61,7 @@ def plain_model(model):
 def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | None = None
                    ) -> Float[torch.Tensor, "batch pos vocab"]:
     """Logits of a TransformerBridge or an HF causal LM, on the model's device, over the real vocabulary rows
-    (`rows`, default `models.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The
+    (`rows`, default `models.load.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The
     tokens go to the model's device (a student trained on a GPU is scored where it is, and its [batch, pos, V]
     logits never cross to the host: reduce them there). Right padding needs no attention mask (causal).
 

@@ -1,7 +1,7 @@
 """Residual stacks of a cross-tokenizer pair at aligned positions: what CKA and the diagnostics compare.
 
 Two tokenizations of one text have different lengths, so the rows of a teacher and a student stack do not
-match token for token. `aligned_stacks` keeps only the aligned positions (`vocab_alignment.aligned_positions`:
+match token for token. `aligned_stacks` keeps only the aligned positions (`data.vocab.aligned_positions`:
 both models have read the same prefix there), in the same order on both sides, so `similarity.cka_matrix`
 and every per-token comparison run unchanged on the pair. The document-start token each model reads first
 is its own and is left out.

@@ -419,7 +419,7 @@ def _special_roles(tokenizer) -> dict[str, str | None]:
 
 def _restore_special_roles(tokenizer, roles: dict[str, str | None]) -> None:
     """TransformerLens fills a missing BOS/EOS with the EOS or `<|endoftext|>`; the document start
-    (`data.document_start`) must be decided from the tokenizer the user brought, so its roles are put back."""
+    (`data.tokens.document_start`) must be decided from the tokenizer the user brought, so its roles are put back."""
     for key, value in roles.items():
         if value is None and getattr(tokenizer, key, None) is not None:
             setattr(tokenizer, key, None)
@@ -595,7 +595,7 @@ def tokenizer_problem(model, name: str) -> str | None:
     """None when `model`'s tokenizer and config agree on the tokens every stage relies on, else the one-line
     reason with the fix: a config special-token id outside the vocabulary; a document start that its config
     contradicts (the tokenizer's BOS or EOS, where no `document_start` is declared); no document start at all
-    (nothing separates packed documents). `data.document_start` is the one rule these checks follow."""
+    (nothing separates packed documents). `data.tokens.document_start` is the one rule these checks follow."""
     from ..data.tokens import DOCUMENT_START_KEY, document_start
     from .plain import underlying_hf
 

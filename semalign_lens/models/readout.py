@@ -82,7 +82,7 @@ class Readout:
 
     @classmethod
     def from_model(cls, model) -> Readout:
-        """`model`'s readout over its real vocabulary rows (`models.vocab_rows`: a head padded beyond its
+        """`model`'s readout over its real vocabulary rows (`models.load.vocab_rows`: a head padded beyond its
         tokenizer reads no padded row), in fp32 whatever the model's dtype (ours: a bf16 readout's logits are
         rounded to 3 significant digits, and the KL and top-k metrics read differences far below that)."""
         fn = final_norm(model)
@@ -158,7 +158,7 @@ class LogitLens(torch.nn.Module):
     def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear, rows: int | None = None):
         super().__init__()
         self.norm, self.head = norm, head
-        self.rows = rows  # the real vocabulary rows (`models.vocab_rows`); None: every head row
+        self.rows = rows  # the real vocabulary rows (`models.load.vocab_rows`); None: every head row
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
         """norm(h), `h` first cast to the head's dtype (fp32 states read through a bf16 student's head)."""
@@ -180,6 +180,6 @@ class LogitLens(torch.nn.Module):
 
 def lens_fn(model: nn.Module, rows: int | None = None):
     """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`, over the
-    first `rows` head rows (the real vocabulary, `models.vocab_rows`; None: all)."""
+    first `rows` head rows (the real vocabulary, `models.load.vocab_rows`; None: all)."""
     p = parts(model)
     return LogitLens(p.norm, p.head, rows)

@@ -12,7 +12,7 @@ is inlined **once** in the page head (≈4.6 MB) and every figure is a `<div>` t
 (`fig.to_html(full_html=False, include_plotlyjs=False)`); per-figure inlining would cost 4.6 MB per figure,
 and the CDN variant does not render offline. Tables come from pandas (`DataFrame.to_html`, HTML-escaped).
 The provenance section records package versions, model sources, loading mode, dtype, weight hashes, the
-seed and the machine, from each model's `model.provenance` (`models.Provenance`).
+seed and the machine, from each model's `model.provenance` (`models.load.Provenance`).
 
 PNG export is optional: kaleido ≥ 1 drives a Chromium found on PATH / `BROWSER_PATH`; without both,
 `write(png=True)` skips the export and says why in the report and in `Report.notes`.

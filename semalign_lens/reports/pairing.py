@@ -219,8 +219,8 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     """Inspect a pair and write its page to `out_path` (one self-contained HTML file); returns the inspection
     (the tables and pairings as data, timings, notes, `path`).
 
-    teacher, student: loaded bridges or sources for `models.load_model` (zoo name, HF directory, .gguf, Hub
-        name); they must share a vocabulary and a loading mode (`models.ModelPair`), or, with
+    teacher, student: loaded bridges or sources for `models.load.load_model` (zoo name, HF directory, .gguf, Hub
+        name); they must share a vocabulary and a loading mode (`models.load.ModelPair`), or, with
         `vocab="intersection"`, share enough token strings.
     task: a built-in task name ("facts", "humaneval"), a .json/.jsonl task file, or a `tasks.Task`.
     settings: `lens.inspection.InspectionSettings` by name (n_prompts, methods, strategy, cka_tokens, ...).

@@ -2,7 +2,7 @@
 
 The student's blocks stay what they are. Each block's text is tokenised again by the teacher (`TeacherView`),
 and every student position where both tokenizations end a token at one character offset is paired with the
-teacher's position there (`vocab_alignment.align_token_ends`, the rule `aligned_positions` documents: both
+teacher's position there (`data.vocab.align_token_ends`, the rule `aligned_positions` documents: both
 models have read the same prefix). The teacher's states and logits are then gathered into the student's
 positions (`CrossTargets`), so the layer objectives, the diagnostics and CKA run unchanged on the aligned
 positions, with every other position masked out. Output terms read the teacher's logits there through the

@@ -1,14 +1,14 @@
 """Training blocks for an alignment run, and the deterministic order in which batches visit them.
 
-Sources: `code-transfer` is the project's code transfer set (`transfer_data.code_transfer_data`: chunks of the
+Sources: `code-transfer` is the project's code transfer set (`data.transfer.code_transfer_data`: chunks of the
 standard library's test files outside the evaluation slice, unseen by the shipped student), so alignment
 runs and the transfer benchmark train on the same sequences. Any other source (`stdlib`, a directory, a
 .txt/.jsonl file) is read file by file in a fixed pseudo-random order (a hash of each path), joined into one
-token stream with the tokenizer's document start before each document (`data.document_start`), and cut
+token stream with the tokenizer's document start before each document (`data.tokens.document_start`), and cut
 into fixed-length blocks. Either way there is no padding, so every process of a multi-process run sees the
 same number of real tokens. The last `diag_sequences` blocks are held out for diagnostics.
 
-Batch `s` is a pure function of (seed, s) (`zoo.pretrain.batch_indices`), so resuming needs no loader
+Batch `s` is a pure function of (seed, s) (`training.pretrain.batch_indices`), so resuming needs no loader
 state, and under `accelerate launch` process r takes the r-th contiguous slice of the global batch.
 """
 

@@ -53,7 +53,7 @@ def projection_metrics(state: Float[torch.Tensor, "b t d"], target: Float[torch.
 
 
 def cka_grid(teacher_stack: torch.Tensor, student_stack: torch.Tensor) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Linear CKA [teacher points, student points] of two `activations.accumulated_resid`s of the same tokens,
+    """Linear CKA [teacher points, student points] of two `lens.capture.accumulated_resid`s of the same tokens,
     with their labels ("embed", then the blocks "0".."L-1")."""
     from ..lens.similarity import cka_matrix
 

@@ -4,7 +4,7 @@ Everything that can be checked from the config and the file system alone is chec
 `semalign align` prints its one-line error first and last (no loading bars, no warnings before it) and an
 existing run directory is left exactly as it was: the run directory (a directory, writable, not another
 tool's, a resumable checkpoint whose config matches), the data source (exists, text files, UTF-8, JSONL
-records), saved pairing / transfer files, both model sources (`models.inspect_source`: config, weights
+records), saved pairing / transfer files, both model sources (`models.load.inspect_source`: config, weights
 headers, tokenizer files, without loading), and, where the sources' configs say so cheaply, both depths
 (the teacher at least as deep as the student), the vocabulary sizes and the pairing against both depths.
 What needs the loaded models (vocabulary contents, weight identity of a resumed run) is checked by

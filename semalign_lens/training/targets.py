@@ -262,7 +262,7 @@ def lens_top1(teacher, states: dict[str, torch.Tensor], layers, autocast, rows: 
               ) -> dict[str, torch.Tensor]:
     """{"top1.{layer}": the teacher's logit-lens top-1 ids} for `layers` only: a vocabulary-sized readout per
     layer, so all 30 of SmolLM2's cost more than the rest of a short run's diagnostics. `rows`: the real
-    vocabulary rows (`models.vocab_rows`; None: the whole head)."""
+    vocabulary rows (`models.load.vocab_rows`; None: the whole head)."""
     lens = lens_fn(teacher, rows)
     out = {}
     for layer in sorted(set(layers)):

@@ -54,7 +54,7 @@ def check_metric(metric: str, batch: PairBatch) -> None:
 
 def metric_fn(metric: str, rows: int | None = None) -> Callable[[torch.Tensor, PairBatch], torch.Tensor]:
     """The metric by name; with `rows`, over the first `rows` logits only (the real vocabulary,
-    `models.vocab_rows`: the log-prob's softmax then reads no padded head row)."""
+    `models.load.vocab_rows`: the log-prob's softmax then reads no padded head row)."""
     if metric not in METRICS:
         raise SemalignError(f"metric must be one of {METRICS}, got {metric!r}")
     fn = answer_logprob if metric == "logprob" else logit_diff

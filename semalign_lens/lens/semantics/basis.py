@@ -148,7 +148,7 @@ def _pinv_qr(W: Float[Tensor, "v d"], method: str) -> tuple[Tensor, str]:
 # ------------------------------------------------------------------------------------------ model access
 def live_head_tokens(*models) -> tuple[Tensor | None, Tensor]:
     """(token ids to build bases on, or None for all; ids left out): the real vocabulary rows the models share
-    (`models.vocab_rows`: a head padded beyond its tokenizer contributes no padded row), less the ids whose LM-head
+    (`models.load.vocab_rows`: a head padded beyond its tokenizer contributes no padded row), less the ids whose LM-head
     row is all zero in any of `models`. HF keeps a `padding_idx` embedding row at zero, and a tied head inherits
     it; such a row has no pinv direction (its basis column is 0, unit-normalised it is NaN). The ids left out are
     the zero rows only; padded rows are not vocabulary and are not listed."""
@@ -451,7 +451,7 @@ def _same_vocabulary(a: SemanticBasis, b: SemanticBasis, what: str) -> None:
                  }.get((bool(a.vocab_key), bool(b.vocab_key)), "they follow different vocabulary alignments")
         raise SemalignError(f"{what}: the bases do not follow one vocabulary alignment ({which}); build both with "
                             "semalign_lens.lens.semantics.intersection_bases(teacher, student, pair.alignment)")
-    # the token ids are the columns' identity; the heads' sizes may differ by padding (`models.vocab_rows`)
+    # the token ids are the columns' identity; the heads' sizes may differ by padding (`models.load.vocab_rows`)
     if a.n_tokens != b.n_tokens or not torch.equal(a.token_ids, b.token_ids):
         raise SemalignError(f"{what}: the bases cover different tokens ({a.model}: {a.n_tokens} of {a.vocab_size}, "
                             f"{b.model}: {b.n_tokens} of {b.vocab_size}); build both with the same tokens= subset "

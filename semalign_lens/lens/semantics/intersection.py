@@ -1,7 +1,7 @@
 """Intersection semantic bases: each model's basis restricted to the token strings two vocabularies share.
 
 Our extension to cross-tokenizer pairs (the paper needs one shared vocabulary). Column i of both bases is
-the same string (`vocab_alignment.VocabAlignment`, teacher id order), so decomposition, recomposition,
+the same string (`data.vocab.VocabAlignment`, teacher id order), so decomposition, recomposition,
 `TransferMap` (paper, dual, logits) and the fidelity tables run unchanged on the pair.
 
 What the restriction costs: the frame loses every column of a token the other vocabulary lacks. An

@@ -47,7 +47,7 @@ def converted_path(gguf_path: Path, label: str) -> tuple[Path, bool]:
 
 def converted_dir(gguf_path: Path, label: str, document_start: str | None = None) -> Path:
     """Return a local HF directory for `gguf_path`, converting on first use; `document_start` is written into
-    the tokenizer's config where the model's document separator is not its BOS (`data.document_start`)."""
+    the tokenizer's config where the model's document separator is not its BOS (`data.tokens.document_start`)."""
     gguf_path = Path(gguf_path)
     target, done = converted_path(gguf_path, label)
     if done:

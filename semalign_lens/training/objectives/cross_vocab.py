@@ -1,6 +1,6 @@
 """Output-level distillation between two vocabularies, registered beside SemAlign's own terms.
 
-Both terms read the two models' logits at *aligned positions* (`vocab_alignment.aligned_positions`: where
+Both terms read the two models' logits at *aligned positions* (`data.vocab.aligned_positions`: where
 both tokenizations have read the same prefix), one row per aligned position.
 
 - `shared_kl`: KL(p_T ‖ p_S) on the shared vocabulary. Both distributions are restricted to the tokens whose
