@@ -57,7 +57,7 @@ from semalign_lens.lens.capture import accumulated_resid, capture  # noqa: E402
 from semalign_lens.lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap, transfer_fidelity  # noqa: E402
 from semalign_lens.lens.similarity import cka_matrix, cka_wide, residual_labels  # noqa: E402
-from semalign_lens.models.load import describe  # noqa: E402
+from semalign_lens.models.inspect import describe  # noqa: E402
 from semalign_lens.reports.page import Report  # noqa: E402
 from semalign_lens.training import load_align_config  # noqa: E402
 from semalign_lens.training.methods import Method, get_method, run_method  # noqa: E402

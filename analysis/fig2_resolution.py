@@ -152,7 +152,7 @@ def student_part(args, teacher, bases, states, sample, out: Path, pair=None) -> 
 
     With a cross-tokenizer `pair` the maps come from the intersection bases and both readouts are
     restricted to the shared strings (one vocabulary to compare on)."""
-    from semalign_lens.models.load import ModelPair
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.models.readout import Readout
 
     if pair is None:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     bases, conditions = build_bases(model, args.seed)
     pair = None
     if args.intersection:
-        from semalign_lens.models.load import ModelPair
+        from semalign_lens.models.pair import ModelPair
 
         pair = ModelPair(model, load_model(args.intersection), vocab="intersection")
         print(f"intersection with {args.intersection}: {pair.alignment.summary()}")

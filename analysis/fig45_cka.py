@@ -61,7 +61,8 @@ from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap  # noqa: E402
 from semalign_lens.lens.similarity import cka_matrix, cka_permutation_null, residual_labels
-from semalign_lens.models.load import describe, load_model  # noqa: E402
+from semalign_lens.models.inspect import describe  # noqa: E402
+from semalign_lens.models.load import load_model
 from semalign_lens.reports.page import Report  # noqa: E402
 from semalign_lens.reports.plots import cka_heatmap
 

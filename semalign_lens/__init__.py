@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 _API = {  # public name -> the module that defines it
     # models and data
-    "load_model": "models.load", "save_model": "models.load", "ModelPair": "models.load", "describe": "models.load", "tiny_pair": "models.tiny",
+    "load_model": "models.load", "save_model": "models.load", "ModelPair": "models.pair", "describe": "models.inspect", "tiny_pair": "models.tiny",
     "tokenize": "data.tokens", "TokenBatch": "data.tokens",
     # looking inside
     "capture": "lens.capture", "Capture": "lens.capture", "accumulated_resid": "lens.capture",
@@ -101,7 +101,9 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     )
     from .lens.similarity import cka_matrix, cka_permutation_null, cka_wide, residual_labels
     from .models import zoo
-    from .models.load import ModelPair, describe, load_model, save_model
+    from .models.inspect import describe
+    from .models.load import load_model, save_model
+    from .models.pair import ModelPair
     from .models.readout import logit_lens
     from .models.tiny import tiny_pair
     from .reports import plots

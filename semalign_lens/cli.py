@@ -16,7 +16,10 @@ from .core.errors import SemalignError, run_reporting_errors
 def _cmd_info(args) -> None:
     import pandas as pd
 
-    from .models.load import describe, inspect_source, load_model, stage_readiness, vocabulary_mismatch
+    from .models.inspect import describe
+    from .models.load import inspect_source, load_model
+    from .models.pair import vocabulary_mismatch
+    from .models.readiness import stage_readiness
 
     if args.system:
         from .system import system_info

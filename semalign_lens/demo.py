@@ -381,7 +381,7 @@ def _other_tokenizer(profile: DemoProfile) -> bool:
     heads padded to different sizes over one tokenizer are one vocabulary, `models.load.vocab_rows`); "tiny" is the
     one-tokenizer tiny pair. Two tokenizers of one size are refused when the pair loads, naming the fix
     (vocab = "intersection")."""
-    from .models.load import sources_differ_in_vocabulary
+    from .models.pair import sources_differ_in_vocabulary
 
     if profile.teacher == "tiny":
         return False

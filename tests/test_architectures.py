@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from semalign_lens import evaluation as ev
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import TokenBatch, document_start, with_document_start
-from semalign_lens.models.load import ModelPair, load_model, stage_readiness
+from semalign_lens.models.load import load_model
+from semalign_lens.models.pair import ModelPair
 from semalign_lens.models.plain import clean_copy
+from semalign_lens.models.readiness import stage_readiness
 from semalign_lens.models.tiny import (
     FAMILIES,
     MATRIX_STUDENT,
@@ -222,7 +224,7 @@ def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_
 
 def test_info_reads_the_mlp_width_from_the_hf_config():
     """OPT's config calls it `ffn_dim`; the bridge's cfg.d_mlp says 4 x d_model (256) where the config says 128."""
-    from semalign_lens.models.load import describe
+    from semalign_lens.models.inspect import describe
 
     tok = tiny_tokenizer()
     for family in ("opt", "gpt2", "phi3"):

@@ -301,7 +301,9 @@ def _api_cases():
     from semalign_lens.lens import capture as activations
     from semalign_lens.lens.overview import architecture_table, residual_norms
     from semalign_lens.lens.semantics import SemanticBasis, TransferMap
-    from semalign_lens.models.load import ModelPair, check_safetensors, describe, load_model
+    from semalign_lens.models.inspect import describe
+    from semalign_lens.models.load import check_safetensors, load_model
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.reports.pairing import pairing_report
     from semalign_lens.training import Trainer, align, load_align_config
     from semalign_lens.training.pretrain import export_student

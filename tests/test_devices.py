@@ -27,7 +27,8 @@ from semalign_lens import evaluation as ev
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import tokenize
 from semalign_lens.evaluation import code_transfer_batch
-from semalign_lens.models.load import ModelPair, load_model, save_model
+from semalign_lens.models.load import load_model, save_model
+from semalign_lens.models.pair import ModelPair
 from semalign_lens.models.plain import clean_copy, model_device
 from semalign_lens.models.tiny import TinyArch, tiny_hf_pair, tiny_native_bridge
 from semalign_lens.training import load_align_config

@@ -25,7 +25,9 @@ import torch
 from semalign_lens import evaluation as ev
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import TokenBatch, tokenize
-from semalign_lens.models.load import ModelPair, load_model, trainer_problem
+from semalign_lens.models.inspect import trainer_problem
+from semalign_lens.models.load import load_model
+from semalign_lens.models.pair import ModelPair
 from semalign_lens.models.plain import clean_copy, underlying_hf
 from semalign_lens.models.tiny import tiny_hf_pair
 from semalign_lens.training import align, load_align_config
@@ -158,7 +160,7 @@ def test_info_rankers_and_pairing_report_in_bf16(pairs, tmp_path):
     the pairing report runs."""
     from semalign_lens.data.tasks import fact_task, tokenize_pairs
     from semalign_lens.lens.attribution import rank_layers
-    from semalign_lens.models.load import stage_readiness
+    from semalign_lens.models.readiness import stage_readiness
     from semalign_lens.reports.pairing import pairing_report
 
     bf16 = pairs["bfloat16"]

@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from semalign_lens import evaluation as ev
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import TokenBatch, tokenize
-from semalign_lens.models.load import (
-    ModelPair,
-    check_pair_sources,
-    head_rows,
-    load_model,
-    stage_readiness,
-    vocab_rows,
-)
+from semalign_lens.models.load import head_rows, load_model, vocab_rows
+from semalign_lens.models.pair import ModelPair, check_pair_sources
+from semalign_lens.models.readiness import stage_readiness
 from semalign_lens.models.tiny import (
     TINY_PADDING,
     TINY_STUDENT,

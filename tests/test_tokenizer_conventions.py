@@ -20,7 +20,9 @@ import semalign_lens as sl
 from semalign_lens import evaluation as ev
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import DOCUMENT_START_KEY, document_start, tokenize
-from semalign_lens.models.load import ModelPair, load_model, stage_readiness
+from semalign_lens.models.load import load_model
+from semalign_lens.models.pair import ModelPair
+from semalign_lens.models.readiness import stage_readiness
 from semalign_lens.models.tiny import (
     MATRIX_STUDENT,
     MATRIX_TEACHER,

@@ -60,7 +60,8 @@ def load_pair(teacher: str, student: str, vocab: str = "shared"):
         from ..models.tiny import tiny_cross_pair, tiny_pair
 
         return tiny_cross_pair(seed=0) if vocab == "intersection" else tiny_pair(seed=0)
-    from ..models.load import ModelPair, load_model, vocabulary_mismatch
+    from ..models.load import load_model
+    from ..models.pair import ModelPair, vocabulary_mismatch
 
     if vocab == "auto":
         t, s = load_model(teacher), load_model(student)

@@ -209,13 +209,13 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
 
 def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | None = None, *,
                     progress: bool = True, **changes) -> PairingInspection:
-    """Inspect a validated `models.load.ModelPair` on `task` (a built-in task name: "facts", "humaneval"; a .json/.jsonl
+    """Inspect a validated `models.pair.ModelPair` on `task` (a built-in task name: "facts", "humaneval"; a .json/.jsonl
     task file; or a `tasks.Task`) with `settings` (defaults, then `changes` by name). A two-tokenizer pair
     (`vocab="intersection"`) gets CKA and fidelity on the aligned positions of the same texts
     (`aligned.aligned_stacks`), fidelity on the intersection bases with both readouts restricted to the shared
     strings; attribution reads the teacher alone either way."""
     from ..data.tasks import load_task, tokenize_pairs
-    from ..models.load import describe
+    from ..models.inspect import describe
     from .pairing import STRATEGIES, make_pairing
     from .patching import patching_maps
 

@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 from ..core.checks import require_hooked
 from ..core.errors import SemalignError
 from ..data.tokens import TokenBatch
-from ..models.load import describe, model_name
+from ..models.inspect import describe
+from ..models.load import model_name
 from .capture import capture
 
 

@@ -241,7 +241,8 @@ def tiny_hf_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyA
 
 def tiny_pair(seed: int = 0, teacher: TinyArch = TINY_TEACHER, student: TinyArch = TINY_STUDENT):
     """A `ModelPair` of tiny TransformerBridge models sharing one tokenizer."""
-    from .load import ModelPair, load_model
+    from .load import load_model
+    from .pair import ModelPair
 
     t_hf, s_hf, tok = tiny_hf_pair(seed, teacher, student)
     return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher"),
@@ -264,7 +265,8 @@ def tiny_padded_hf_pair(seed: int = 0, padding: tuple[int, int] = TINY_PADDING):
 
 def tiny_padded_pair(seed: int = 0, padding: tuple[int, int] = TINY_PADDING):
     """A `ModelPair` of the tiny padded models (`tiny_padded_hf_pair`)."""
-    from .load import ModelPair, load_model
+    from .load import load_model
+    from .pair import ModelPair
 
     t_hf, s_hf, tok = tiny_padded_hf_pair(seed, padding)
     return ModelPair(load_model(t_hf, tokenizer=tok, name="tiny-teacher-padded"),
@@ -274,7 +276,8 @@ def tiny_padded_pair(seed: int = 0, padding: tuple[int, int] = TINY_PADDING):
 def tiny_cross_pair(seed: int = 0):
     """A `ModelPair(vocab="intersection")` of tiny models with two tokenizers: the teacher's is the shared
     tiny one, the student's another byte-level BPE (`TOKENIZER_TEXTS["other"]`, `TINY_OTHER_VOCAB` tokens)."""
-    from .load import ModelPair, load_model
+    from .load import load_model
+    from .pair import ModelPair
 
     t_tok, s_tok = tiny_tokenizer(), tiny_tokenizer(TINY_OTHER_VOCAB, "other")
     teacher = load_model(tiny_hf_model(TINY_TEACHER, len(t_tok), seed), tokenizer=t_tok, name="tiny-teacher")

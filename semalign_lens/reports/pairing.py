@@ -220,7 +220,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     (the tables and pairings as data, timings, notes, `path`).
 
     teacher, student: loaded bridges or sources for `models.load.load_model` (zoo name, HF directory, .gguf, Hub
-        name); they must share a vocabulary and a loading mode (`models.load.ModelPair`), or, with
+        name); they must share a vocabulary and a loading mode (`models.pair.ModelPair`), or, with
         `vocab="intersection"`, share enough token strings.
     task: a built-in task name ("facts", "humaneval"), a .json/.jsonl task file, or a `tasks.Task`.
     settings: `lens.inspection.InspectionSettings` by name (n_prompts, methods, strategy, cka_tokens, ...).
@@ -228,7 +228,7 @@ def pairing_report(teacher, student, task: Any = "facts", out_path: str | Path =
     png: also write each figure as PNG next to the HTML when kaleido and a Chromium are present.
     """
     from ..data.tasks import BUILTIN_TASKS, load_task
-    from ..models.load import ModelPair, check_pair_sources
+    from ..models.pair import ModelPair, check_pair_sources
 
     # every check that needs no loaded model first, so a refused call loads nothing and writes nothing
     chosen = InspectionSettings.make(**settings)

@@ -252,7 +252,7 @@ class AlignConfig:
     progress: bool = setting(True, doc="show progress bars")
 
     def validate(self) -> None:
-        from ..models.load import VOCAB_MODES
+        from ..models.pair import VOCAB_MODES
 
         _choice(self, "precision", PRECISIONS)
         _choice(self, "dtype", tuple(DTYPES))

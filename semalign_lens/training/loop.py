@@ -161,16 +161,9 @@ class Trainer:
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
         from accelerate import Accelerator
 
-        from ..models.load import (
-            ModelPair,
-            check_bridge_runs,
-            head_rows,
-            load_model,
-            model_name,
-            trainer_problem,
-            vocab_rows,
-            vocabulary_mismatch,
-        )
+        from ..models.inspect import trainer_problem
+        from ..models.load import check_bridge_runs, head_rows, load_model, model_name, vocab_rows
+        from ..models.pair import ModelPair, vocabulary_mismatch
 
         if config is not None and not isinstance(config, AlignConfig):
             raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "

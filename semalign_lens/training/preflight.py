@@ -76,7 +76,8 @@ def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
 def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, student: Any = None, data: Any = None,
               pairing: Any = None, transfer: Any = None) -> None:
     """Refuse a run whose inputs are wrong before any model loads or any file is written (module docstring)."""
-    from ..models.load import check_pair_sources, model_name
+    from ..models.load import model_name
+    from ..models.pair import check_pair_sources
     from .dataset import check_source
     from .setup import check_pairs, resolve_pairing
 

@@ -192,7 +192,7 @@ def test_pairing_report_runs_on_two_tokenizers_and_refuses_them_by_default(tmp_p
 
 
 def test_pair_sources_check_vocab_sizes_unless_asked_for_the_intersection():
-    from semalign_lens.models.load import check_pair_sources
+    from semalign_lens.models.pair import check_pair_sources
 
     with pytest.raises(SemalignError, match=r"has 49152 tokens, student stdlib-student-8k has 8192.*intersection"):
         check_pair_sources("stdlib-student", "stdlib-student-8k")

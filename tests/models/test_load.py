@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from semalign_lens.core.errors import SemalignError
-from semalign_lens.models.load import ModelPair, describe, load_model, vocabulary_mismatch
+from semalign_lens.models.inspect import describe
+from semalign_lens.models.load import load_model
+from semalign_lens.models.pair import ModelPair, vocabulary_mismatch
 
 
 def test_bridge_logits_equal_hf(tiny_pair, tiny_hf):

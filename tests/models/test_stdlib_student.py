@@ -51,7 +51,8 @@ def test_validation_loss_matches_card(name):
 
 @pytest.mark.slow
 def test_default_pair_is_pairable(smollm2):
-    from semalign_lens.models.load import ModelPair, load_model
+    from semalign_lens.models.load import load_model
+    from semalign_lens.models.pair import ModelPair
 
     pair = ModelPair(smollm2, load_model("stdlib-student"))
     assert pair.student.cfg.n_layers < pair.teacher.cfg.n_layers

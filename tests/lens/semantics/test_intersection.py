@@ -7,7 +7,8 @@ import torch
 
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap, intersection_bases, roundtrip
-from semalign_lens.models.load import ModelPair, load_model
+from semalign_lens.models.load import load_model
+from semalign_lens.models.pair import ModelPair
 from semalign_lens.models.readout import Readout
 
 pytestmark = pytest.mark.slow
