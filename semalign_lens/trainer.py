@@ -19,6 +19,7 @@ from .training import (
     PairingConfig,
     ScheduleConfig,
     TargetsConfig,
+    TrainConfig,
     Trainer,
     TransferConfig,
     align,
@@ -28,8 +29,8 @@ from .training import (
 from .training.loop import main
 
 __all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
-           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",
-           "load_align_config", "main"]
+           "PairingConfig", "ScheduleConfig", "TargetsConfig", "TrainConfig", "Trainer", "TransferConfig", "align",
+           "align_main", "load_align_config", "main"]
 
 if __name__ == "__main__":
     import sys

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..checks import check_output_file, check_safetensors, is_hf_model, require_hooked
 from ..errors import SemalignError
 from ..paths import cache_dir
+from ..replace_file import replacing
 
 Kind = Literal["paper", "dual", "logits"]
 KINDS: tuple[str, ...] = ("paper", "dual", "logits")
@@ -402,10 +403,11 @@ class SemanticBasis:
                 "source": self.source, "weight_hash": self.weight_hash, "model": self.model,
                 "fold_final_norm": self.fold_final_norm, "center": self.center, "method": self.method,
                 "vocab_key": self.vocab_key}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"S": self.S.contiguous(), "norms": self.norms.contiguous(), "token_ids": self.token_ids},
-                  str(tmp), metadata={"semalign": json.dumps(meta)})
-        tmp.replace(path)  # atomic: a killed run never leaves half a cache file
+        # atomic, and this writer's own temporary: a killed run never leaves half a cache file, and the processes
+        # of one run saving the same basis at once all succeed (`replace_file`)
+        with replacing(path) as tmp:
+            save_file({"S": self.S.contiguous(), "norms": self.norms.contiguous(), "token_ids": self.token_ids},
+                      str(tmp), metadata={"semalign": json.dumps(meta)})
         return path
 
     @classmethod

@@ -11,11 +11,12 @@ from .config import (
                      PairingConfig,
                      ScheduleConfig,
                      TargetsConfig,
+                     TrainConfig,
                      TransferConfig,
                      load_align_config,
 )
 from .loop import AlignResult, NonFiniteLossError, Trainer, align, align_main
 
 __all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig", "Pair",
-           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align", "align_main",
-           "load_align_config"]
+           "PairingConfig", "ScheduleConfig", "TargetsConfig", "TrainConfig", "Trainer", "TransferConfig", "align",
+           "align_main", "load_align_config"]
