@@ -140,11 +140,72 @@ def _cmd_report_pairing(args) -> None:
 
     methods = args.methods or METHODS
     ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
+    exports = {to: _export_path(Path(args.out), to) for to in args.export or ()}  # checked before the run
     result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
                             n_prompts=args.prompts, methods=methods, attribution_method=ranker, png=args.png,
                             patching=args.patching_maps or (), progress=not args.no_progress, vocab=args.vocab)
     print(result.pairing.to_frame().to_string(index=False))
     print(f"\nreport: {result.path}")
+    for to, out in exports.items():
+        _export(result.pairing, to, out, args.teacher, args.student)
+
+
+def _export_path(base: Path, to: str) -> Path:
+    """Where a pairing export goes beside `base` (a report or pairing file), checked writable."""
+    from .core.checks import check_output_file
+
+    suffix = {"semalign": ".pairing.json", "distillkit": ".distillkit.yaml", "modelopt": ".modelopt.json"}[to]
+    return check_output_file(base.parent / (base.name.split(".")[0] + suffix), f"{to} export")
+
+
+def _export(pairing, to: str, out: Path, teacher=None, student=None) -> None:
+    """Write `pairing` (a LayerPairing, or a run's pairs) as `to`, naming blocks by the models' families."""
+    from .lens.pairing_export import CAVEAT, block_path, export_pairing, rounded_pairs
+    from .models.load import inspect_source
+
+    if to == "semalign":
+        print(f"pairing: {pairing.save(out)}")
+        return
+    blocks = {role: block_path(inspect_source(source) or {}) for role, source in (("teacher", teacher),
+                                                                                 ("student", student))}
+    path = export_pairing(pairing, to, out, student_blocks=blocks["student"], teacher_blocks=blocks["teacher"])
+    print(f"{to}: {path}")
+    for line in rounded_pairs(pairing):
+        print(f"  rounded: {line}")
+    print(f"  note: {CAVEAT}")
+
+
+def _cmd_export_pairing(args) -> None:
+    from .lens.pairing_export import load_pairs
+
+    pairs = load_pairs(args.source)
+    source = Path(args.source)
+    out = Path(args.out) if args.out else _export_path(source / "pairing.json" if source.is_dir() else source, args.to)
+    _export(pairs, args.to, out, args.teacher, args.student)
+
+
+def _batch_size(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def _cmd_eval(args) -> None:
+    from .evaluation.harness import harness_eval, require_lm_eval
+    from .training.config import DTYPES
+
+    require_lm_eval()
+    if args.out:
+        from .core.checks import check_output_file
+
+        check_output_file(args.out, "results file", (".json",))
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = harness_eval(args.models, args.tasks, include_path=args.include_path,
+                           builtin_tasks=not args.local_tasks_only, limit=limit, num_fewshot=args.num_fewshot,
+                           batch_size=args.batch_size, document_start=args.document_start,
+                           confirm_run_unsafe_code=args.confirm_run_unsafe_code, device=args.device,
+                           dtype=DTYPES[args.dtype])
+    print(results.to_text())
+    if args.out:
+        print(f"\nresults: {results.save(args.out)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -227,7 +288,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", choices=("shared", "intersection"), default="shared",
                    help="intersection: a teacher and a student with different tokenizers (aligned positions)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export", nargs="+", metavar="FORMAT", choices=("semalign", "distillkit", "modelopt"),
+                   help="also write the pairing beside the report: semalign (LayerPairing JSON), distillkit "
+                        "(layer_mapping YAML), modelopt (criterion layer names); those tools train with their own losses")
     p.set_defaults(func=_cmd_report_pairing)
+
+    p = sub.add_parser("export-pairing", help="a saved pairing (or an align run's) as DistillKit's layer_mapping or "
+                                              "ModelOpt's criterion layers; those tools train with their own losses")
+    p.add_argument("source", metavar="PAIRING", help="a LayerPairing JSON file, or a semalign align run directory")
+    p.add_argument("--to", required=True, choices=("distillkit", "modelopt"))
+    p.add_argument("--out", help="output file (default: beside PAIRING, <name>.distillkit.yaml / .modelopt.json)")
+    p.add_argument("--teacher", metavar="SOURCE", help="the teacher, to name its blocks (default: model.layers)")
+    p.add_argument("--student", metavar="SOURCE", help="the student, to name its blocks (default: model.layers)")
+    p.set_defaults(func=_cmd_export_pairing)
+
+    p = sub.add_parser("eval", help="lm-evaluation-harness tasks on 1-2 models side by side (needs the eval extra)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="zoo name, HF directory, .gguf, Hub name, or a semalign align run (its trained student); "
+                        "give the teacher and the student for a side-by-side table")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                   help="lm-eval task or group names (space- or comma-separated), e.g. mmlu gsm8k")
+    p.add_argument("--include-path", metavar="DIR", help="a folder of your own lm-eval task YAML files")
+    p.add_argument("--local-tasks-only", action="store_true",
+                   help="index only --include-path, not the harness's ~15k built-in tasks (~20 s faster)")
+    p.add_argument("--limit", type=float, help="items per task (a fraction when < 1), for a quick look")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    p.add_argument("--batch-size", default=8, type=_batch_size, help="requests per forward, or auto")
+    p.add_argument("--document-start", choices=("package", "harness"), default="package",
+                   help="package: every request starts with the model's document start, as all of this package's "
+                        "scores do; harness: the harness's own convention (as `lm_eval --model hf` runs)")
+    p.add_argument("--device", help="where the weights go (default: CUDA where available, else the CPU)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--confirm-run-unsafe-code", action="store_true",
+                   help="allow tasks that execute generated code (humaneval, mbpp; also set HF_ALLOW_CODE_EVAL=1)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the results (the harness's, per model) as JSON")
+    p.set_defaults(func=_cmd_eval)
 
     zoo = sub.add_parser("zoo", help="the built-in model zoo").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list zoo names").set_defaults(func=_cmd_zoo_list)

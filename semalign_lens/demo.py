@@ -28,9 +28,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .core.atomic import write_json_atomic
 from .core.checks import check_output_dir
 from .core.errors import SemalignError, writing
-from .core.jsonio import write_json_atomic
 from .core.precision import precision_record
 from .core.progress import StageBar
 from .evaluation.protocol import RunProfile, build_task, load_pair, shared_config

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .atomic import write_json_atomic
 from .errors import SemalignError
-from .jsonio import write_json_atomic
 
 LOCK = ".semalign.lock"
 HOLDER = ".semalign.lock.json"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.atomic import write_json_atomic
 from ..core.errors import SemalignError
-from ..core.jsonio import write_json_atomic
 from ..data.tokens import TokenBatch
 from . import TransferTask, code_task, greedy_generate, knowledge_task
 

@@ -25,9 +25,9 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..core.atomic import write_json_atomic
 from ..core.checks import check_output_dir, is_bridge, require_hooked, require_int
 from ..core.errors import SemalignError, writing
-from ..core.jsonio import write_json_atomic
 from ..core.paths import file_problem, file_record
 from ..data.tokens import TokenBatch
 from ..models.plain import model_device

@@ -296,7 +296,7 @@ class LayerPairing:
                    dict(data.get("params", {})))
 
     def save(self, path: str | Path) -> Path:
-        from ..core.jsonio import write_json_atomic
+        from ..core.atomic import write_json_atomic
 
         path = check_output_file(path, "pairing file")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,12 @@ from .config import (
                      PairingConfig,
                      ScheduleConfig,
                      TargetsConfig,
+                     TrainConfig,
                      TransferConfig,
                      load_align_config,
 )
 from .loop import AlignResult, NonFiniteLossError, Trainer, align
 
 __all__ = ["AlignConfig", "AlignResult", "DataConfig", "NonFiniteLossError", "ObjectiveConfig",
-           "PairingConfig", "ScheduleConfig", "TargetsConfig", "Trainer", "TransferConfig", "align",
+           "PairingConfig", "ScheduleConfig", "TargetsConfig", "TrainConfig", "Trainer", "TransferConfig", "align",
            "load_align_config"]

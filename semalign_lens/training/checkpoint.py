@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..core.atomic import fsync_path, write_json_atomic
 from ..core.errors import SemalignError, writing
-from ..core.jsonio import fsync_path, write_json_atomic
 
 LATEST = "latest.json"
 RESUMES = "then rerun the same command: it resumes from the last complete checkpoint"

@@ -210,6 +210,36 @@ class TargetsConfig:
         return logits_store(self.cache_logits)
 
 
+@dataclass
+class TrainConfig:
+    """How one optimiser step is computed, not what it computes (ours): the same gradient, less memory.
+
+    `micro_batch_size`: sequences one process runs through a forward and backward at a time; their gradients
+    accumulate until the process's share of `data.batch_size` is done, each micro-batch's loss weighted by its
+    share of the global batch's real tokens (as each process's is), so the step is the whole batch's wherever
+    every sequence weighs the same in a term's mean: the trainer's own data (fixed-length blocks, no padding)
+    with every built-in term but `fitnets` (a batch statistic, `objectives.Objective.batch_statistic`: warned
+    about). Not so, and refused, for a cross-tokenizer pair, whose token terms average over aligned positions
+    (measured on the tiny cross pair: 7-11% of the gradient at micro-batches of 1); with padded token batches
+    passed to `Trainer` a per-sequence or next-token mean is weighted by real tokens, near but not equal. The
+    cache build and the online teacher forwards run a micro-batch at a time too.
+    `activation_checkpointing`: each student block keeps only its input for backward and recomputes the rest
+    (torch.utils.checkpoint), trading one extra block forward per block for its activations.
+    """
+
+    micro_batch_size: int | None = setting(None, doc="sequences a process runs through one forward/backward "
+                                                     "(gradients accumulate to the global data.batch_size); "
+                                                     "unset or 0: its whole share of the batch")
+    activation_checkpointing: bool = setting(False, doc="recompute each student block in backward instead of "
+                                                        "keeping its activations (torch.utils.checkpoint)")
+
+    def validate(self) -> None:
+        m = self.micro_batch_size
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise SemalignError(f"train.micro_batch_size must be a whole number of sequences >= 1 (0 or unset: the "
+                                f"whole batch), got {m!r}")
+
+
 def logits_store(value: bool | str | None) -> str | None:
     """A `cache_logits` value (config, or a cache's meta.json) as 'dense', 'topk' or None: `true` is 'dense',
     the meaning it had before logits had modes."""
@@ -242,6 +272,8 @@ class AlignConfig:
     objective: ObjectiveConfig = setting(factory=ObjectiveConfig, doc="loss terms (the method) and their options")
     schedule: ScheduleConfig = setting(factory=ScheduleConfig, doc="which parameters train when, and how fast")
     targets: TargetsConfig = setting(factory=TargetsConfig, doc="teacher targets: computed online or cached")
+    train: TrainConfig = setting(factory=TrainConfig, doc="how a step is computed: micro-batches, activation "
+                                                          "checkpointing (the same gradient, less memory)")
     log_every: int = setting(1, doc="write training metrics every N steps")
     diag_every: int = setting(0, doc="projection diagnostics every N steps (0: only at stage start and end)")
     checkpoint_every: int = setting(50, doc="checkpoint every N steps")
@@ -263,8 +295,13 @@ class AlignConfig:
         require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "cka_max_tokens")
         if self.diag_every < 0:
             raise SemalignError(f"diag_every must be >= 0 (0 = only at stage boundaries), got {self.diag_every}")
-        for sub in (self.data, self.pairing, self.objective, self.schedule, self.targets):
+        for sub in (self.data, self.pairing, self.objective, self.schedule, self.targets, self.train):
             sub.validate()
+        if self.vocab == "intersection" and self.micro_batch() < self.data.batch_size:
+            raise SemalignError("micro-batches weight each piece of a batch by its share of the real tokens, but a "
+                                "cross-tokenizer pair's (vocab = 'intersection') token terms average over the aligned "
+                                "positions, a different share per sequence, so the step would not be the batch's; "
+                                "unset train.micro_batch_size")
         needs_logits = [n for n in self.objective.terms if _needs_teacher_logits(n)]
         if self.targets.mode == "cached" and needs_logits and not self.targets.cache_logits:
             raise SemalignError(f"objective term(s) {needs_logits} need teacher logits, which cached targets do not "
@@ -278,6 +315,12 @@ class AlignConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(to_dict(self)))
+
+    def micro_batch(self, processes: int = 1) -> int:
+        """Sequences in one forward/backward of one of `processes` processes (`train.micro_batch_size`, at most
+        the process's share of `data.batch_size`)."""
+        share = self.data.batch_size // processes
+        return min(self.train.micro_batch_size or share, share)
 
     @property
     def torch_dtype(self):
@@ -307,9 +350,10 @@ def load_align_config(path: str | Path | None = None, overrides: dict[str, Any] 
     return load_config(AlignConfig, path, overrides)
 
 
-# Keys that may change between a run and its resumption (they do not change what is trained).
+# Keys that may change between a run and its resumption (they do not change what is trained; `train` changes how
+# a step is computed, not its gradient).
 RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
-                  "cka_max_tokens", "run_dir"}
+                  "cka_max_tokens", "run_dir", "train"}
 
 
 # Keys added since runs were first saved, with the value a run saved before them had.

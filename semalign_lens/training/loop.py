@@ -1,20 +1,25 @@
 """The alignment trainer: setup with every check up front, the step, checkpoints, resume, scale-out.
 
 One step (global batch split over processes):
-1. teacher activations for the batch (online forward under no_grad, truncated at the deepest paired block,
-   or read from the cache);
+1. teacher activations for the batch, only the states the stage reads (`targets.stage_keys`: online forward
+   under no_grad, truncated at the deepest of them, or read from the cache);
 2. one student forward capturing the resid_post of the paired blocks (stopping after the deepest one that the
    stage needs when no output term wants logits);
 3. per active pair, targets = TransferMap(teacher state / teacher residual change) — a d_S x d_T matmul per
    token, the "Gram trick" reduced to its essence: no vocabulary-sized coefficients ever exist;
-4. weighted sum of the objective terms; non-finite values stop the run naming step, stage and term;
-5. backward, gradient averaging across processes, clipping, AdamW.
+4. weighted sum of the objective terms, and its backward;
+   steps 1-4 run once per micro-batch (`train.micro_batch_size`), the gradients accumulating;
+5. non-finite values stop the run naming step, stage and term; gradient averaging across processes,
+   clipping, AdamW.
 
 Scale-out uses Hugging Face Accelerate for the process group, device placement and collective ops, but
 averages gradients itself (one flat all-reduce per step) instead of wrapping the student in DDP: the set of
 trainable parameters changes at every stage (DDP fixes it at wrap time) and the student's forward may stop
-early (DDP expects every forward to finish). Each process scales its loss by its share of the global batch's
-tokens, so averaged gradients and logged losses equal the single-process ones on the same global batch.
+early (DDP expects every forward to finish). Each process, and within it each micro-batch, scales its loss by its
+share of the global batch's tokens, so averaged gradients and logged losses equal the single-process,
+whole-batch ones on the same global batch. Which processes load the teacher, how the others wait for the main
+process's own work (the map, the target cache, diagnostics) and why FSDP/DeepSpeed configs are refused:
+`processes.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import gc
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,9 +39,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.atomic import write_json_atomic
 from ..core.checks import require_int
 from ..core.errors import Interrupted, SemalignError, writing
-from ..core.jsonio import write_json_atomic
 from ..core.precision import autocast, precision_record, resolve_precision
 from ..core.runlock import refuse_if_locked, run_lock
 from ..data.tokens import TokenBatch, set_document_start
@@ -60,8 +66,10 @@ from .dataset import AlignData, build_data
 from .diagnostics import cka_grid, cka_maps, projection_metrics, read_metrics
 from .objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
 from .preflight import preflight
+from .processes import from_main, refuse_sharding, run_accelerator, teacher_everywhere
+from .recompute import recomputed_blocks
 from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
-from .setup import check_pairs, resolve_pairing, resolve_transfer
+from .setup import MainSetup, TeacherFacts, check_pairs, resolve_pairing, resolve_transfer
 from .targets import (
     CachedTargets,
     NoTargets,
@@ -73,8 +81,10 @@ from .targets import (
     default_cache_path,
     diagnostic_states,
     lens_top1,
+    stage_keys,
     teacher_keys,
     tokenizer_fingerprint,
+    unshared_cache,
 )
 
 
@@ -159,7 +169,6 @@ class Trainer:
     def __init__(self, config: AlignConfig | None = None, *, teacher=None, student=None, pairing=None,
                  transfer=None, data: TokenBatch | None = None, diag_data: TokenBatch | None = None,
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
-        from accelerate import Accelerator
 
         from ..models.inspect import trainer_problem
         from ..models.load import check_bridge_runs, head_rows, load_model, model_name, vocab_rows
@@ -173,9 +182,9 @@ class Trainer:
         # every check that needs no loaded model, before anything loads or is written (training/preflight.py)
         preflight(cfg, run_dir or cfg.run_dir, teacher=teacher, student=student, data=data, pairing=pairing,
                   transfer=transfer)
-        # cpu=True on machines without an accelerator: only then does Accelerate recognise a multi-process
-        # CPU launch (torchrun / `accelerate launch --multi_gpu`) and use the gloo backend.
-        self.acc = accelerator or Accelerator(cpu=not torch.accelerator.is_available())
+        # the process group waits PROCESS_GROUP_TIMEOUT for the main process's own work; FSDP/DeepSpeed refused
+        self.acc = accelerator or run_accelerator()
+        refuse_sharding(self.acc)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.main = self.acc.is_main_process
         self.device = self.acc.device
@@ -188,15 +197,30 @@ class Trainer:
         self.objectives: list[tuple[str, Objective, float, dict]] = [
             (name, get_objective(name), float(w), get_objective(name).options(cfg.objective.options.get(name)))
             for name, w in cfg.objective.terms.items()]
+        self.micro_batch = cfg.micro_batch(self.world)  # sequences in one forward/backward of this process
+        if self.micro_batch < cfg.data.batch_size // self.world:
+            for name, obj, _, _ in self.objectives:
+                if obj.batch_statistic:
+                    warnings.warn(f"objective {name!r} takes {obj.batch_statistic}: with train.micro_batch_size = "
+                                  f"{self.micro_batch} each micro-batch takes its own, so the step's gradient "
+                                  "differs from the whole batch's; unset train.micro_batch_size for the exact "
+                                  "one", stacklevel=2)
         self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
         self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
         self.need_teacher_states = any(o.kind == "layer" for _, o, _, _ in self.objectives)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
-        # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device
-        teacher = teacher if teacher is not None else load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu")
+        # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device.
+        # The teacher only where it is used (`processes.teacher_everywhere`); the main process checks the pair and
+        # builds the map once, and the others wait here for what they need of it (`setup.MainSetup`)
+        if not (self.main or teacher_everywhere(cfg, self.need_teacher_states or self.need_teacher_logits, plugins)):
+            teacher = None
+        elif teacher is None:
+            teacher = load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu")
         student = student if student is not None else load_model(cfg.student, dtype=cfg.torch_dtype, device="cpu")
+        shared = None if self.main else from_main(self.acc, None, "the teacher's checks, diagnostics and map",
+                                                  say=cfg.progress)
         # a half-precision student computes in its dtype: autocast to it, whatever `precision` says, so the fp32
         # master weights of a stage (`schedule._fp32_masters`) run beside its frozen bf16/fp16 weights
         half = next((p.dtype for p in student.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
@@ -204,33 +228,39 @@ class Trainer:
             self.autocast = lambda: torch.autocast(self.device.type, dtype=half)
         self.cross = cfg.vocab == "intersection"
         if cfg.data.document_start is not None:  # declared on the tokenizers, so the saved student keeps it
-            for model in (student,) if self.cross else (student, teacher):
+            for model in (student,) if self.cross or teacher is None else (student, teacher):
                 set_document_start(model.tokenizer, cfg.data.document_start)
-        if not self.cross and (problem := vocabulary_mismatch(teacher, student)) is not None:
-            raise SemalignError(f"{problem}; set vocab = 'intersection' to train through the shared token strings at "
-                                "aligned positions (training/cross_pair.py)")
-        # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share refused)
-        self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
-        # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None where
-        # a head has no padding (nothing is sliced)
-        self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m) for m in (teacher, student))
-        if not self.cross and (self.t_rows or self.s_rows):
-            self.t_rows = self.s_rows = vocab_rows(student)  # one tokenizer: the KL compares the common real rows
-        self._check_objectives_fit_vocab()
-        for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
-            if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
-                check_bridge_runs(model, f"the {role} {model_name(model)}")
-            if (problem := trainer_problem(model, f"the {role} {model_name(model)}", trained=role == "student")):
+        self.teacher_facts = TeacherFacts.of(teacher) if shared is None else shared.teacher
+        if shared is None:  # the pair's checks, by the main process (the others take its results)
+            if not self.cross and (problem := vocabulary_mismatch(teacher, student)) is not None:
+                raise SemalignError(f"{problem}; set vocab = 'intersection' to train through the shared token "
+                                    "strings at aligned positions (training/cross_pair.py)")
+            # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share
+            # refused)
+            self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
+            # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None
+            # where a head has no padding (nothing is sliced)
+            self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m)
+                                        for m in (teacher, student))
+            if not self.cross and (self.t_rows or self.s_rows):
+                self.t_rows = self.s_rows = vocab_rows(student)  # one tokenizer: the KL compares the common real rows
+            self._check_objectives_fit_vocab()
+            for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
+                if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
+                    check_bridge_runs(model, f"the {role} {model_name(model)}")
+                if (problem := trainer_problem(model, f"the {role} {model_name(model)}", trained=role == "student")):
+                    raise SemalignError(problem)
+            if cfg.schedule.adapter == "lora" and (problem := lora_problem(
+                    skeleton(underlying_hf(student)), f"student {model_name(student)}",
+                    cfg.schedule.lora_targets)) is not None:
                 raise SemalignError(problem)
-        if cfg.schedule.adapter == "lora" and (problem := lora_problem(
-                skeleton(underlying_hf(student)), f"student {model_name(student)}",
-                cfg.schedule.lora_targets)) is not None:
-            raise SemalignError(problem)
-        self.names = {"teacher": model_name(teacher), "student": model_name(student)}
-        self.models_provenance = {"teacher": getattr(teacher, "provenance", None),
+        else:
+            self.alignment, (self.t_rows, self.s_rows) = shared.alignment, shared.rows
+        self.names = {"teacher": self.teacher_facts.name, "student": model_name(student)}
+        self.models_provenance = {"teacher": self.teacher_facts.provenance,
                                   "student": getattr(student, "provenance", None)}
         self.tokenizer = student.tokenizer
-        n_teacher, n_student = teacher.cfg.n_layers, student.cfg.n_layers
+        n_teacher, n_student = self.teacher_facts.blocks, student.cfg.n_layers
         self.data = (AlignData.from_batches(data, diag_data, cfg.data.diag_sequences) if data is not None
                      else build_data(cfg.data, self.tokenizer))
         if len(self.data) < cfg.data.batch_size:
@@ -242,35 +272,43 @@ class Trainer:
         self.diag_mask = (self.data.diag.mask & self.data.diag_teacher.aligned) if self.cross else self.data.diag.mask
 
         # plain HF copies: the teacher's weights shared, the student's copied (the caller's model is untouched)
-        self.teacher = clean_copy(teacher, share_weights=True).to(self.device).eval().requires_grad_(False)
+        self.teacher = (None if teacher is None else
+                        clean_copy(teacher, share_weights=True).to(self.device).eval().requires_grad_(False))
         self.student = clean_copy(student, share_weights=False).to(self.device)
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
         self.lens = lens_fn(self.student, self.s_rows)
-        diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
-        self.teacher_diag = {k: v.to(self.device) for k, v in
-                             diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
-        if self.cross:  # into the student's positions (the unaligned ones are masked out by diag_mask)
-            self.teacher_diag = {k: gather_positions(v, self.data.diag_teacher.index)
-                                 for k, v in self.teacher_diag.items()}
-        cka_pairing = (pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path
-                       and cfg.pairing.strategy == "cka")
-        # the teacher's residual stack for CKA maps, taken now: a cached-targets run drops the teacher below
-        self.teacher_stack = self._teacher_stack() if cfg.figures or cka_pairing else None
-        cka = cka_grid(self.teacher_stack, self._stack(self.student))[0][1:, 1:] if cka_pairing else None
-
-        self.pairs = resolve_pairing(cfg, pairing, n_teacher, n_student, cka)
+        # the teacher's diagnostic states, CKA stack and pairing: the main process's (diagnostics run there)
+        self.teacher_diag, self.teacher_stack = {}, None
+        if shared is None:
+            diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
+            self.teacher_diag = {k: v.to(self.device) for k, v in
+                                 diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
+            if self.cross:  # into the student's positions (the unaligned ones are masked out by diag_mask)
+                self.teacher_diag = {k: gather_positions(v, self.data.diag_teacher.index)
+                                     for k, v in self.teacher_diag.items()}
+            cka_pairing = (pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path
+                           and cfg.pairing.strategy == "cka")
+            # the teacher's residual stack for CKA maps, taken now: a cached-targets run drops the teacher below
+            self.teacher_stack = self._teacher_stack() if cfg.figures or cka_pairing else None
+            cka = cka_grid(self.teacher_stack, self._stack(self.student))[0][1:, 1:] if cka_pairing else None
+            self.pairs = resolve_pairing(cfg, pairing, n_teacher, n_student, cka)
+        else:
+            self.pairs = list(shared.pairs)
         check_pairs(self.pairs, n_teacher, n_student, *self.names.values())
         self.pairs.sort(key=lambda p: p.student_layer)
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
-        top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
-                         self.autocast, rows=self.t_rows)
-        if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
-            ids = teacher_to_student_ids(self.alignment, parts(self.teacher).head.weight.shape[0]).to(self.device)
-            top1 = {k: ids[v] for k, v in top1.items()}
-        self.teacher_diag.update(top1)
-        self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student, self.alignment)
+        if shared is None:
+            top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
+                             self.autocast, rows=self.t_rows)
+            if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
+                ids = teacher_to_student_ids(self.alignment, self.teacher_facts.head_rows).to(self.device)
+                top1 = {k: ids[v] for k, v in top1.items()}
+            self.teacher_diag.update(top1)
+            self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student, self.alignment)
+        else:
+            self.transfer, excluded = shared.transfer, shared.excluded
         self.shared_ids = None if not self.cross else (self.alignment.student_ids.to(self.device),
                                                        self.alignment.teacher_ids.to(self.device))
         self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
@@ -278,26 +316,32 @@ class Trainer:
                            "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
                            "data": self.data.source, "precision": {
                                **precision_record(cfg.precision, self.device),
-                               "model_dtype": {r: str(next(m.parameters()).dtype)[6:]
-                                               for r, m in (("teacher", teacher), ("student", student))},
+                               "model_dtype": {"teacher": self.teacher_facts.dtype,
+                                               "student": str(next(student.parameters()).dtype)[6:]},
                                **({"autocast": str(half)[6:]} if half is not None else {})},
-                           "vocab_rows": {"teacher": vocab_rows(teacher), "student": vocab_rows(student),
-                                          "head_rows": [head_rows(teacher), head_rows(student)]}}
+                           "vocab_rows": {"teacher": self.teacher_facts.vocab_rows, "student": vocab_rows(student),
+                                          "head_rows": [self.teacher_facts.head_rows, head_rows(student)]}}
         if self.cross:
             self.provenance["vocab"] = {**self.alignment.describe(),
                                         "aligned_student_positions": self.data.teacher.share,
                                         "aligned_diagnostic_positions": self.data.diag_teacher.share}
         self.provenance = json.loads(json.dumps(
             self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
-        self.identity = {"teacher_hash": weights_fingerprint(self.teacher),
+        self.identity = {"teacher_hash": weights_fingerprint(self.teacher) if shared is None else shared.teacher_hash,
                          "student_hash": weights_fingerprint(self.student),
                          "tokenizer_hash": tokenizer_fingerprint(self.tokenizer),
                          "data_hash": self.data.fingerprint,
                          "transfer": repr(self.transfer), "pairs": [p.record() for p in self.pairs]}
         if self.cross:
             self.identity["teacher_tokenizer_hash"] = tokenizer_fingerprint(teacher.tokenizer)
+        if self.main:  # what the others wait for above
+            from_main(self.acc, MainSetup(self.teacher_facts, self.identity["teacher_hash"], (self.t_rows, self.s_rows),
+                                          self.alignment, self.pairs, self.transfer, excluded), "")
         self._check_resume_identity()
         self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
+        # the teacher states each stage's layer terms read (none without a layer term)
+        self.stage_keys = {st.index: stage_keys(st.pairs, self.pairs) if self.need_teacher_states else []
+                           for st in self.stages}
         self.targets = self._make_targets()
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
@@ -308,7 +352,7 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
-        if self.targets.mode == "cached":
+        if self.targets.mode in ("cached", "none"):  # no step runs the teacher
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
 
@@ -362,27 +406,25 @@ class Trainer:
             online = OnlineTargets(self.teacher, self.teacher_layers, self.need_teacher_logits, self.autocast)
             return CrossTargets(online, self.data.teacher) if self.cross else online
         store = self.cfg.targets.logits_store if self.need_teacher_logits else None
-        top_k, vocab = self.cfg.targets.top_k, self.t_rows or parts(self.teacher).head.weight.shape[0]
+        top_k, vocab = self.cfg.targets.top_k, self.t_rows or self.teacher_facts.head_rows
         if store == "topk" and top_k > vocab:
             raise SemalignError(f"targets.top_k = {top_k} exceeds the teacher's vocabulary of {vocab} tokens; use at "
                                 f"most {vocab} (top_k = {vocab} keeps the whole distribution)")
         ident = cache_identity(self.identity["teacher_hash"], self.identity["tokenizer_hash"], self.teacher_layers,
                                self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
-                               self.teacher.config.hidden_size, store, self.names["teacher"], top_k=top_k,
+                               self.teacher_facts.width, store, self.names["teacher"], top_k=top_k,
                                tail_samples=self.cfg.targets.tail_samples)
         if store and self.t_rows:  # a padded teacher head: the cache holds logits over the real rows only
             ident["vocab_rows"] = self.t_rows
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
-        meta = check_cache(path, ident, notes=self.main)
-        if meta is None:
-            if self.main:
-                with run_lock(path, "target cache", wait=True):  # one builder; a run needing it meanwhile waits
-                    if check_cache(path, ident, notes=False) is None:
-                        build_cache(path, ident, self.teacher, self.data.tokens.to(self.device),
-                                    self.cfg.targets.shard_sequences, self.cfg.data.batch_size, self.autocast,
-                                    progress=self.cfg.progress)
-            self.acc.wait_for_everyone()
-            meta = check_cache(path, ident, notes=False)
+        meta = None
+        if self.main:  # the teacher is here: it checks the cache, and builds it (under its lock) where missing
+            meta = check_cache(path, ident) or build_cache(
+                path, ident, self.teacher, self.data.tokens.to(self.device), self.cfg.targets.shard_sequences,
+                self.micro_batch, self.autocast, progress=self.cfg.progress)
+        meta = from_main(self.acc, meta, f"the teacher target cache {path}", say=self.cfg.progress)
+        if not self.main and (problem := unshared_cache(path, meta)) is not None:
+            raise SemalignError(problem)
         self.cache_path = path
         return CachedTargets(path, meta, logits=store, device=self.device)
 
@@ -475,9 +517,17 @@ class Trainer:
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(values, reduction="sum") if self.world > 1 else values
 
+    def _teacher_batch(self, stage: Stage, tokens: torch.Tensor, index: torch.Tensor) -> TeacherBatch:
+        """The teacher's part of (a micro-batch of) a step: only the states the stage reads, except for a
+        cross-tokenizer pair, whose targets gather every paired layer into the student's positions."""
+        if self.cross:
+            return self.targets(tokens, index)
+        return self.targets(tokens, index, keys=self.stage_keys[stage.index])
+
     def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
         layers = self._student_layers(stage.pairs)
-        with self.autocast():
+        recompute = recomputed_blocks(self.student) if self.cfg.train.activation_checkpointing else nullcontext()
+        with self.autocast(), recompute:
             s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
         if logits is not None and self.s_rows:  # padded head rows are no tokens: no term reads them
             logits = logits[..., : self.s_rows]
@@ -502,18 +552,28 @@ class Trainer:
         lr = lr_at(self.cfg.schedule, stage, step)
         for group in self._opt.param_groups:
             group["lr"] = lr
-        teacher = self.targets(batch.tokens, index)
-        values = self._terms(stage, batch, teacher)
-        local_tokens = batch.mask.sum().float()
-        global_tokens = self._reduce_sum(local_tokens.detach().clone())
-        share = local_tokens / global_tokens  # this process's part of every global mean
-        names = list(values)
-        reduced = self._reduce_sum(torch.stack([values[n].detach().float() for n in names]) * share)
+        global_tokens = self._reduce_sum(batch.mask.sum().float())
+        names = self._term_names()
+        totals = torch.zeros(len(names), device=self.device)
+        starts = range(0, len(index), self.micro_batch)
+        for k, start in enumerate(starts):
+            part = slice(start, start + self.micro_batch)
+            micro = TokenBatch(batch.tokens[part], batch.mask[part])
+            teacher = self._teacher_batch(stage, micro.tokens, index[part])
+            values = self._terms(stage, micro, teacher)
+            share = micro.mask.sum().float() / global_tokens  # this micro-batch's part of every global mean
+            totals += torch.stack([values[n].detach().float() for n in names]) * share
+            loss = sum(w * values[n] for n, _, w, _ in self.objectives)
+            # gradients accumulate over the micro-batches; a student wrapped for gradient sync (DDP, FSDP) syncs
+            # at the last one only (`no_sync` is no context for the plain module); the all-reduce below averages
+            # over processes
+            with self.acc.no_sync(self.student) if k < len(starts) - 1 else nullcontext():
+                (loss * share * self.world).backward()
+            del teacher, values, loss  # the next micro-batch's teacher states are not to meet these
+        reduced = self._reduce_sum(totals)
         for name, value in zip(names, reduced.tolist(), strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLossError(step + 1, stage, name, value)
-        loss = sum(w * values[n] for n, _, w, _ in self.objectives)
-        (loss * share * self.world).backward()  # the all-reduce below averages over processes
         grads = [p for p in self._params if p.grad is not None]
         if self.world > 1 and grads:
             flat = self.acc.reduce(torch.cat([p.grad.flatten() for p in grads]), reduction="mean")
@@ -533,10 +593,14 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------------------------------- diagnostics
-    @torch.no_grad()
     def _diagnose(self, step: int, stage: Stage, when: str, cka: bool) -> None:
-        if not self.main:
-            return
+        """Diagnostics by the main process; the others wait for them here, in one barrier (`processes`)."""
+        if self.main:
+            self._diagnose_main(step, stage, when, cka)
+        self.acc.wait_for_everyone()
+
+    @torch.no_grad()
+    def _diagnose_main(self, step: int, stage: Stage, when: str, cka: bool) -> None:
         was_training = self.student.training
         self.student.eval()
         tokens, mask = self.data.diag.tokens.to(self.device), self.data.diag.mask.to(self.device)

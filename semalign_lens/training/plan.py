@@ -9,14 +9,19 @@ one line naming the changes that make it fit.
 
 The formulas mirror the trainer as it is (`training/loop.py`, one process): both models loaded in `dtype`;
 float32 weights compute under `precision` (bf16: autocast over them), half-precision ones under autocast to
-their own dtype, with the stage's trainable parameters upcast to fp32 masters. Bytes; printed in GiB (2^30 B).
+their own dtype, with the stage's trainable parameters upcast to fp32 masters; a step runs in micro-batches
+(`train.micro_batch_size`), so every buffer of a forward and backward scales with the micro-batch, not with the
+global batch. Bytes; printed in GiB (2^30 B).
 
 Symbols. P_T, P_S: parameters (tied embeddings once); L_T, L_S: blocks; d_T, d_S: widths; V_T, V_S: LM-head
 rows. Per student block: h heads, q = h·head_dim, kv = kv_heads·head_dim, f MLP width, m = 3 for a gated
 MLP (gate, up, activation) else 2, n_norm norms with a weight, Σin the input widths of its linear layers.
-B = data.batch_size, S = data.seq_len, n = B·S tokens a step, N = data.n_sequences, N_d =
-data.diag_sequences·S diagnostic tokens, n_c = min(cka_max_tokens, N_d). K = teacher states per token: the
-distinct teacher layers of all pairs plus the embedding (0 when no term reads the teacher). w = 2 for a
+B = data.batch_size, S = data.seq_len, M = the micro-batch (train.micro_batch_size, at most B; unset: B),
+n = M·S tokens a forward and backward, N = data.n_sequences, N_d = data.diag_sequences·S diagnostic tokens,
+n_c = min(cka_max_tokens, N_d). K = teacher states per token the cache holds: the distinct teacher layers of all
+pairs plus the embedding (0 when no term reads the teacher); K_s = those a stage reads (`targets.stage_keys`:
+its pairs' teacher layers and their predecessors', or the embedding; 2 to 4 in a frontier stage; 0 without a
+layer term). w = 2 for a
 bfloat16 or float16 `dtype`, else 4 (bytes a weight). b = 2 (the dtype of matmul outputs) for half-precision
 models or under bf16 autocast, else 4. r = schedule.lora_rank. "logits" below: some output term
 (kl, ce, ...) needs the student's logits, so the student forward runs every block and the head.
@@ -24,8 +29,8 @@ models or under bf16 autocast, else 4. r = schedule.lora_rank. "logits" below: s
 GPU, setup (`Trainer.__init__`: both models on the device):
 - teacher weights w·P_T, student weights w·P_S;
 - teacher diagnostic states 4·(L_T + 1)·N_d·d_T (kept all run);
-- cached targets, the cache build's batch: n·(4·K·d_T + (b + 8)·V_T when logits are stored: the logits, their
-  fp32 log-softmax and the top-k temporaries);
+- cached targets, the cache build's batch (a micro-batch): n·(4·K·d_T + (b + 8)·V_T when logits are stored:
+  the logits, their fp32 log-softmax and the top-k temporaries);
 - teacher forward: one block's MLP intermediates, b·(m_T + 1)·f_T per token, over max(N_d, n if cached).
 GPU, training, the stage that needs most (rows summed: an upper bound, the teacher's and the student's
 forwards are not live at once):
@@ -34,7 +39,7 @@ forwards are not live at once):
 - trainable state: P_tr·12 + M (fp32 gradient, AdamW's two moments, and M: the fp32 LoRA adapters, 4·P_tr, or
   the upcast of full half-precision parameters to fp32 masters, (4 − w)·P_tr); P_tr: LoRA r·Σ(in + out) over the
   adapted layers of the trainable blocks, else their parameters;
-- teacher targets: n·(4·K·d_T + logits): 4·V_T online or from a dense cache, 8·top_k + 4 + 8·tail_samples
+- teacher targets: n·(4·K_s·d_T + logits): 4·V_T online or from a dense cache, 8·top_k + 4 + 8·tail_samples
   from a top-k cache (int32 ids, fp32 log-probabilities and tail), 0 without teacher logits;
 - teacher forward (online): n·b·((m_T + 1)·f_T + V_T if teacher logits);
 - student activations saved for backward, per token over the blocks from the stage's shallowest trainable
@@ -45,8 +50,11 @@ forwards are not live at once):
     trainable      A + 4·n_norm·d + b·Σin (full: norm outputs, each linear's input) or A + b·Σ(in + r) over
                    the adapted layers (LoRA);
     with logits    + 4·(d + 1) + b·d (final norm, head input);
+  with `train.activation_checkpointing` a block keeps only its input, w·d, and backward recomputes one block at a
+  time: Σ w·d over those blocks + the largest one's A (or trainable A) + the head's part as above;
 - autocast weight copies: over float32 weights (b = 2), 2·(the linear weights of the blocks on that path +
-  V_S·d_S with logits): autocast casts frozen weights at every use and backward keeps the bf16 copies; over
+  V_S·d_S with logits): autocast casts frozen weights at every use and backward keeps the bf16 copies (with
+  checkpointing only the recomputed block's: the largest block's linear weights instead of the path's); over
   half-precision weights, 2·P_tr (the fp32 masters' casts);
 - vocabulary buffers (logits): n·V_S·(b + Σ c): the student logits, and per output term c = 4 + b for kl (the
   fp32 gradient it keeps and its cast), 12 + b for ce (fp32 log-softmax, the gradient in and out, the cast),
@@ -60,12 +68,14 @@ Host RAM, setup: the teacher bridge w·P_T; the student bridge and the plain cop
 20·d_T·(L_S + 1)·d_S (the cka pairing: the student stack and two concatenated copies; per teacher layer its
 cross products in fp32, fp64 and squared); the cache build 6·shard_sequences·S·c (a shard as fp32 lists,
 their concatenation, the fp16 copy and the serialised buffer). Training (the bridges are freed): the data, the
-teacher's CKA stack, G at every stage boundary when `figures`, cached reads 2·n·c (rows and their
-concatenation). The larger of the two phases.
+teacher's CKA stack, G at every stage boundary when `figures`, cached reads 2·n·c_s (a micro-batch's rows of the
+stage's states, c_s = 2·K_s·d_T + the logits' bytes below, and their concatenation). The larger of the two
+phases.
 Disk: the target cache N·S·c, c = 2·K·d_T + 2·V_T (dense logits) or 6·top_k + 2 + 6·tail_samples (top-k);
 checkpoints (keep_checkpoints + 1)·(w·P_S + M + 8·P_tr) (the whole student with its fp32 adapters or masters,
 AdamW's moments; the newest is written before the oldest goes); the trained student w·P_S.
-Steps: stages (paired student layers in frontier mode, else 1) × schedule.stage_steps (or their sum).
+Steps: stages (paired student layers in frontier mode, else 1) × schedule.stage_steps (or their sum), each of
+⌈B / M⌉ micro-batches.
 
 Not counted: the CUDA context and allocator fragmentation (the default GPU budget is the device's free
 memory, taken after the context exists), the diagnostics' no-grad passes at stage boundaries (smaller than a
@@ -267,6 +277,7 @@ class Plan:
     trainable: int
     worst: str
     teacher_states: int
+    stage_states: int = 0  # the most teacher states one stage reads
     gpu_setup: dict[str, int] = field(default_factory=dict)
     gpu_training: dict[str, int] = field(default_factory=dict)
     host_setup: dict[str, int] = field(default_factory=dict)
@@ -297,14 +308,19 @@ class Plan:
         out = [f"semalign plan: {t.source} -> {s.source} (from their configs; no weights read)"]
         for role, m in (("teacher", t), ("student", s)):
             out.append(f"  {role}  {m.family}, {m.params:,} parameters, {m.layers} blocks, d {m.d}, vocab {m.vocab}")
+        micro = cfg.micro_batch()
+        pieces = -(-cfg.data.batch_size // micro)
+        step = "the whole batch in one forward" if pieces == 1 else f"micro-batches of {micro} ({pieces} a step)"
+        step += ", activation checkpointing" if cfg.train.activation_checkpointing else ""
         out += [f"  run      {sc.mode}, {self.stages} stage{'s' * (self.stages != 1)}, {self.steps} steps; "
                 f"{cfg.data.batch_size} x {cfg.data.seq_len} = {self.tokens_per_step:,} tokens a step, "
                 f"{self.steps * self.tokens_per_step:,} "
                 f"in all ({passes:.2f} passes over {cfg.data.n_sequences} sequences)",
+                f"           {step}",
                 f"           {adapter} ({sc.trainable}): at most {self.trainable:,} trainable parameters a stage; "
                 f"{self.numerics}",
-                f"           teacher targets {cfg.targets.mode}: {self.teacher_states} states a token; terms "
-                f"{', '.join(cfg.objective.terms)}"]
+                f"           teacher targets {cfg.targets.mode}: {self.teacher_states} states a token, at most "
+                f"{self.stage_states} read a stage; terms {', '.join(cfg.objective.terms)}"]
         out += _table(f"GPU memory, GiB (worst stage: {self.worst})", ("setup", "training"),
                       self.gpu_setup, self.gpu_training)
         out += _table("host RAM, GiB", ("setup", "training"), self.host_setup, self.host_training)
@@ -352,6 +368,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     from ..models.load import depth_problem
     from .objectives import get_objective
     from .schedule import build_stages
+    from .targets import stage_keys
 
     if (problem := depth_problem(teacher.layers, student.layers, teacher.source, student.source)) is not None:
         raise SemalignError(problem)
@@ -366,16 +383,16 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     K = len({layer for p in pairs for layer in p.teacher_layers}) + 1 if layer_terms or teacher_logits else 0
     cached = tg.mode == "cached" and K > 0
     store = tg.logits_store if teacher_logits else None
-    n, N_d = d.batch_size * d.seq_len, d.diag_sequences * d.seq_len
+    n, N_d = cfg.micro_batch() * d.seq_len, d.diag_sequences * d.seq_len
+    recompute = cfg.train.activation_checkpointing
     n_c = min(cfg.cka_max_tokens, N_d)
     rank = sc.lora_rank if sc.adapter == "lora" else None
     logit_bytes = {"dense": 2 * t.vocab, "topk": 6 * tg.top_k + 2 + 6 * tg.tail_samples}.get(store, 0)
     stored = 2 * K * t.d + logit_bytes  # bytes per token in the target cache
     if store is None:
-        targets_on_gpu = 4 * t.vocab if teacher_logits else 0
+        logits_on_gpu = 4 * t.vocab if teacher_logits else 0
     else:
-        targets_on_gpu = 4 * t.vocab if store == "dense" else 8 * tg.top_k + 4 + 8 * tg.tail_samples
-    targets_on_gpu += 4 * K * t.d
+        logits_on_gpu = 4 * t.vocab if store == "dense" else 8 * tg.top_k + 4 + 8 * tg.tail_samples
     teacher_mlp = b * (t.mlp_factor + 1) * t.d_mlp
     diag_states = 4 * (t.layers + 1) * N_d * t.d
     cka_stack = 4 * (t.layers + 1) * n_c * t.d if cfg.figures or cfg.pairing.strategy == "cka" else 0
@@ -392,8 +409,9 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     stages = build_stages(sc, pairs)
     plan.stages, plan.steps = len(stages), stages[-1].end
     best: dict[str, int] = {}
-    most_masters = 0
+    most_masters = most_read = 0
     for stage in stages:
+        K_s = len(stage_keys(stage.pairs, pairs)) if layer_terms else 0
         deepest = max(p.student_layer for p in stage.pairs)
         trained = (range(s.layers) if sc.trainable == "all" else sorted({p.student_layer for p in stage.pairs}))
         last = s.layers - 1 if logits else deepest
@@ -402,18 +420,20 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
             n_train = s.params
         else:
             n_train = sum(s.trainable_params(s.blocks[i], rank, sc.lora_targets) for i in trained)
-        acts = sum(s.trainable_bytes(s.blocks[i], b, d.seq_len, rank, sc.lora_targets) if i in trained
-                   else s.frozen_bytes(s.blocks[i], b, d.seq_len) for i in path)
+        kept = [s.trainable_bytes(s.blocks[i], b, d.seq_len, rank, sc.lora_targets) if i in trained
+                else s.frozen_bytes(s.blocks[i], b, d.seq_len) for i in path]
+        acts = w * s.d * len(path) + max(kept) if recompute else sum(kept)  # recompute: inputs and one block
         acts += 4 * (s.d + 1) + b * s.d if logits else 0
+        linear = (max if recompute else sum)(s.blocks[i].linear_weights for i in path)
         masters = n_train * (4 if rank else 4 - w)
         rows = {weights[0]: 0 if cached else w * t.params, weights[1]: w * s.params,
                 "trainable state": 12 * n_train + masters, "teacher diagnostic states": diag_states,
-                "teacher targets": n * targets_on_gpu,
+                "teacher targets": n * (4 * K_s * t.d + logits_on_gpu),
                 "teacher forward": 0 if cached or not K else n * (teacher_mlp
                                                                   + (b * t.vocab if teacher_logits else 0)),
                 "student activations": n * acts,
                 "autocast weight copies": 2 * n_train if w == 2 else 0 if b == 4 else 2 * (
-                    sum(s.blocks[i].linear_weights for i in path) + (s.vocab * s.d if logits else 0)),
+                    linear + (s.vocab * s.d if logits else 0)),
                 "vocabulary buffers": 0 if not logits else n * s.vocab * sum(
                     [b] + [TERM_BYTES.get(name, OTHER_TERM_BYTES) + b
                            for name, o in objectives.items() if o.kind == "output"]),
@@ -422,6 +442,8 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         if sum(rows.values()) > sum(best.values()):
             best, plan.worst = rows, f"stage {stage.index}, {stage.label}"
         plan.trainable, most_masters = max(plan.trainable, n_train), max(most_masters, masters)
+        most_read = max(most_read, K_s)
+    plan.stage_states = most_read
     plan.gpu_training = {k: v for k, v in best.items() if v}
 
     data_bytes = (d.n_sequences + d.diag_sequences) * d.seq_len * 9
@@ -431,7 +453,8 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
                        "CKA grid": cka_grid if cfg.pairing.strategy == "cka" else 0,
                        "target cache build": 6 * tg.shard_sequences * d.seq_len * stored if cached else 0}
     plan.host_training = {"data": data_bytes, "teacher CKA stack": cka_stack,
-                          "CKA grid": cka_grid if cfg.figures else 0, "cached reads": 2 * n * stored if cached else 0}
+                          "CKA grid": cka_grid if cfg.figures else 0,
+                          "cached reads": 2 * n * (2 * most_read * t.d + logit_bytes) if cached else 0}
     plan.host_setup = {k: v for k, v in plan.host_setup.items() if v}
     plan.host_training = {k: v for k, v in plan.host_training.items() if v}
     checkpoint = w * s.params + most_masters + 8 * plan.trainable
@@ -505,6 +528,8 @@ def _variant(cfg: AlignConfig, changes: dict[str, Any]) -> AlignConfig | None:
 def _changes(cfg: AlignConfig) -> list[dict[str, Any]]:
     """Single config changes that lower some need, in the order they are proposed."""
     out: list[dict[str, Any]] = [{}, *([{"dtype": "bfloat16"}] if cfg.dtype == "float32" else [])]
+    if not cfg.train.activation_checkpointing:
+        out.append({"train.activation_checkpointing": True})
     small_shards = {"targets.shard_sequences": 8} if cfg.targets.shard_sequences > 8 else {}
     if cfg.targets.mode == "online":
         needs_logits = any(_needs_logits(name) for name in cfg.objective.terms)
@@ -537,8 +562,10 @@ def _needs_logits(name: str) -> bool:
 def fixes(cfg: AlignConfig, teacher: ModelShape, student: ModelShape, budgets: Budgets, resources: list[str],
           limit: int = 3) -> list[str]:
     """Up to `limit` config changes with which `resources` fit their budgets and nothing else goes over that
-    was not over already: one change, or one change and the largest data.batch_size that fits with it (a plan
-    is arithmetic, so every candidate is simply tried)."""
+    was not over already: one change, or one change and the largest train.micro_batch_size that fits with it (a
+    plan is arithmetic, so every candidate is simply tried). The global batch is kept (the paper's 64): every
+    need that grows with it grows with the micro-batch instead, so no smaller global batch fits a run that
+    micro-batches of one sequence do not."""
     allowed = set(overruns(make_plan(cfg, teacher, student), budgets)) - set(resources)
 
     def fits(trial: AlignConfig | None) -> bool:
@@ -552,20 +579,20 @@ def fixes(cfg: AlignConfig, teacher: ModelShape, student: ModelShape, budgets: B
         trial = _variant(cfg, changes)
         if trial is None or changes and not any(a < b for a, b in zip(need(trial), base, strict=True)):
             continue  # a change that lowers none of these needs is no fix for them
-        batch = trial.data.batch_size
+        micro = trial.micro_batch()
         if not fits(trial):
-            low, high = 0, batch - 1  # the largest batch that fits, by bisection
+            low, high = 0, micro - 1  # the largest micro-batch that fits, by bisection
             while low < high:
                 mid = (low + high + 1) // 2
-                low, high = (mid, high) if fits(_variant(trial, {"data.batch_size": mid})) else (low, mid - 1)
-            batch = low
-        if batch and not any(c.items() <= changes.items() and b >= batch for c, b in found):  # no fewer changes do
-            found.append((changes, batch))
+                low, high = (mid, high) if fits(_variant(trial, {"train.micro_batch_size": mid})) else (low, mid - 1)
+            micro = low
+        if micro and not any(c.items() <= changes.items() and m >= micro for c, m in found):  # no fewer changes do
+            found.append((changes, micro))
         if len(found) == limit:
             break
     return [" and ".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}" for k, v in
-                         {**c, **({"data.batch_size": b} if b != cfg.data.batch_size else {})}.items())
-            for c, b in found]
+                         {**c, **({"train.micro_batch_size": m} if m != cfg.micro_batch() else {})}.items())
+            for c, m in found]
 
 
 def check(plan: Plan, budgets: Budgets) -> None:

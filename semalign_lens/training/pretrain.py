@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..core.atomic import write_json_atomic
 from ..core.checks import check_output_dir, read_utf8
 from ..core.config import from_dict, require_positive, to_dict
 from ..core.errors import Interrupted, SemalignError, writing
-from ..core.jsonio import write_json_atomic
 from ..core.precision import autocast, check_precision, precision_record
 from ..core.runlock import run_lock
 from ..data import corpus

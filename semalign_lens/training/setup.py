@@ -1,4 +1,5 @@
-"""Resolving a run's inputs before training: the layer pairing and the teacher->student TransferMap.
+"""Resolving a run's inputs before training: the layer pairing and the teacher->student TransferMap, and what
+the main process of a run of several sends the others (`MainSetup`).
 
 Everything here raises `SemalignError` on input that does not fit the models, so a bad pairing or map is
 refused before any training starts.
@@ -6,6 +7,7 @@ refused before any training starts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -143,3 +145,42 @@ def resolve_transfer(cfg: AlignConfig, given: Any, teacher, student, alignment=N
         raise SemalignError("the transfer map has NaN/inf entries; check both models' LM heads (an all-zero row "
                             "gives an undefined basis direction: build the bases with tokens= that leave it out)")
     return transfer, excluded.tolist()
+
+
+@dataclass
+class TeacherFacts:
+    """What the trainer reads of the teacher besides its forwards: a process that has not loaded it trains with
+    these (ours; `processes.teacher_everywhere`)."""
+
+    name: str
+    provenance: Any
+    blocks: int
+    width: int
+    head_rows: int
+    vocab_rows: int
+    dtype: str
+
+    @classmethod
+    def of(cls, teacher) -> TeacherFacts:
+        """The facts of a loaded teacher (a bridge from `load_model`)."""
+        from ..models.load import head_rows, model_name, vocab_rows
+
+        return cls(model_name(teacher), getattr(teacher, "provenance", None), teacher.cfg.n_layers,
+                   teacher.cfg.d_model, head_rows(teacher), vocab_rows(teacher),
+                   str(next(teacher.parameters()).dtype).removeprefix("torch."))
+
+
+@dataclass
+class MainSetup:
+    """What the main process of a run of several resolves with the teacher and sends the others
+    (`processes.from_main`; ours): they take its checks, pairing, map and fingerprint instead of repeating them,
+    so the semantic bases' pinv runs once, and a process that runs no teacher forward never loads the teacher.
+    `rows`: the (teacher, student) real vocabulary rows the output terms read (None: the whole head)."""
+
+    teacher: TeacherFacts
+    teacher_hash: str
+    rows: tuple[int | None, int | None]
+    alignment: Any
+    pairs: list[LayerPair]
+    transfer: Any
+    excluded: list[int]

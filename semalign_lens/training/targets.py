@@ -21,12 +21,14 @@ is written last, so an interrupted build is never mistaken for a cache; it recor
 sha256, checked when the cache is opened, so a shard damaged since (truncated, overwritten, copied halfway)
 is named in one line and the cache built again instead of trained on. A cache from before these records is
 built again too. (The teacher is still loaded once at setup, to fingerprint it, build the TransferMap and
-compute its diagnostic states; it is released before training.)
+compute its diagnostic states; it is released before training. In a run of several processes only the main
+one loads it and builds the cache, under the cache's lock; the others read the meta it sends them.)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +37,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..core.atomic import write_json_atomic
 from ..core.errors import SemalignError, writing
 from ..core.hashing import record_hash
-from ..core.jsonio import write_json_atomic
 from ..core.paths import cache_dir, file_problem, file_record
 from ..core.progress import note
+from ..core.runlock import run_lock
+from ..lens.pairing import LayerPair
 from ..models.plain import capture, parts
 from ..models.readout import lens_fn
 from .config import logits_store
@@ -80,18 +84,39 @@ def teacher_keys(layers: list[int]) -> list[str]:
     return ["embed"] + [f"post.{layer}" for layer in sorted(set(layers))]
 
 
+def stage_keys(stage_pairs: Sequence[LayerPair], pairs: Sequence[LayerPair]) -> list[str]:
+    """The teacher states the layer terms of a stage training `stage_pairs` read (ours; the cache and the online
+    forward serve only these): each pair's teacher layer(s), and where its residual change starts, the previous
+    pair's (by student layer) or, for the first pair, the embedding. A frontier stage reads two to four states,
+    not every paired layer."""
+    order = sorted(pairs, key=lambda p: p.student_layer)
+    firsts = [p.student_layer for p in order]
+    keys: set[str] = set()
+    for pair in stage_pairs:
+        i = firsts.index(pair.student_layer)
+        keys |= {f"post.{layer}" for layer in pair.teacher_layers}
+        keys |= {f"post.{layer}" for layer in order[i - 1].teacher_layers} if i else {"embed"}
+    return [k for k in teacher_keys([t for p in order for t in p.teacher_layers]) if k in keys]
+
+
+def _layers_of(keys: Sequence[str]) -> list[int]:
+    return [int(k.split(".")[1]) for k in keys if k.startswith("post.")]
+
+
 class NoTargets:
     """For objectives that read nothing of the teacher (the SFT control): no teacher pass at all, which
     otherwise costs more than the student's own step (the teacher is the larger model)."""
 
     mode = "none"
 
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
+                 keys: Sequence[str] | None = None) -> TeacherBatch:
         return TeacherBatch({}, None)
 
 
 class OnlineTargets:
-    """Teacher forward per batch under no_grad, truncated at the deepest needed block."""
+    """Teacher forward per batch under no_grad, truncated at the deepest needed block: of the run's paired
+    layers, or of the stage's `keys` (`stage_keys`) when given."""
 
     mode = "online"
 
@@ -100,9 +125,11 @@ class OnlineTargets:
         self.autocast = autocast
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
+                 keys: Sequence[str] | None = None) -> TeacherBatch:
+        layers, embed = (self.layers, True) if keys is None else (_layers_of(keys), "embed" in keys)
         with self.autocast():
-            store, logits = capture(self.teacher, tokens, self.layers, embed=True, logits=self.logits)
+            store, logits = capture(self.teacher, tokens, layers, embed=embed, logits=self.logits)
         return TeacherBatch({k: v.float() for k, v in store.items()}, None if logits is None else logits.float())
 
 
@@ -194,13 +221,31 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
                 autocast, progress: bool = True) -> dict:
     """Run the teacher once over `tokens` and write fp16 shards (top-k ids: int32), then `meta.json` with each
     shard's size and sha256. Only the cache's own files are replaced; a write the disk refuses removes the
-    shards written so far (freeing their space) and is one line naming the shard."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        return _build_cache(path, identity, teacher, tokens, shard_sequences, batch_size, autocast, progress)
-    except BaseException:
-        _remove_cache_files(path)
-        raise
+    shards written so far (freeing their space) and is one line naming the shard.
+
+    One builder at a time: the build holds the cache directory's lock (`runlock`), and a process that waited for
+    it finds the cache another one has just built complete and returns its meta, building nothing (several
+    runs, or processes, asking for one cache at once would otherwise delete and rewrite each other's shards)."""
+    with run_lock(path, "target cache", wait=True):
+        if (meta := check_cache(path, identity, notes=False)) is not None:
+            return meta
+        try:
+            return _build_cache(path, identity, teacher, tokens, shard_sequences, batch_size, autocast, progress)
+        except BaseException:
+            _remove_cache_files(path)
+            raise
+
+
+def unshared_cache(path: Path, meta: dict) -> str | None:
+    """Where this process cannot read the cache the main process built and checked (every shard present at its
+    recorded size; the checksums are not read again), one line naming the fix; else None. The processes of one
+    run read one cache directory, so on several machines it must be on a filesystem they share."""
+    for name, record in meta["files"].items():
+        if (problem := file_problem(path / name, record, checksum=False)) is not None:
+            return (f"target cache shard {path / name} is {problem} for this process, though the main process built "
+                    "it; the processes of a run must share the cache directory: set targets.cache_dir (or "
+                    "SEMALIGN_CACHE) to a path on a filesystem every machine mounts")
+    return None
 
 
 def _remove_cache_files(path: Path) -> None:
@@ -272,7 +317,8 @@ def lens_top1(teacher, states: dict[str, torch.Tensor], layers, autocast, rows: 
 
 
 class CachedTargets:
-    """Reads teacher activations of dataset blocks from the shards (memory-mapped, row by row)."""
+    """Reads teacher activations of dataset blocks from the shards (memory-mapped, row by row), only the keys
+    asked for: a stage's (`stage_keys`), else every state the cache holds."""
 
     mode = "cached"
 
@@ -286,11 +332,12 @@ class CachedTargets:
             self._files[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), "pt")
         return self._files[shard]
 
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
+                 keys: Sequence[str] | None = None) -> TeacherBatch:
         if index is None:
             raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
         per = self.meta["shard_sequences"]
-        keys = self.keys + logit_keys(self.logits, self.meta.get("tail_samples", 0))
+        keys = list(self.keys if keys is None else keys) + logit_keys(self.logits, self.meta.get("tail_samples", 0))
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for i in index.tolist():
             f = self._file(i // per)

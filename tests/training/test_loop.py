@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from semalign_lens.cli import align_main
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.models.plain import clean_copy
 from semalign_lens.training import NonFiniteLossError, Trainer, align
-from semalign_lens.training.objectives import OBJECTIVES, Objective, register_objective
+from semalign_lens.training.objectives import OBJECTIVES, Objective, get_objective, register_objective
 
 
 @pytest.mark.parametrize("terms", [{"cosine": 1.0}, {"relation": 1.0}, {"fisher": 1.0}, {"kl": 1.0},
@@ -172,27 +173,113 @@ def test_non_finite_loss_names_step_stage_and_term(tmp_path, tiny_pair, tokens):
         OBJECTIVES.pop("explode_test", None)
 
 
-@pytest.mark.slow
-def test_two_accelerate_processes_match_one(tmp_path):
-    """`accelerate launch` with 2 CPU processes gives the single-process losses (same global batch).
+def _scale_out_jobs(tmp_path, outs) -> dict[str, list[dict]]:
+    """The runs of the two-process tests, per output directory: the CLI's (online targets, full fine-tuning),
+    cached top-k targets with LoRA, and every registered method at 2 steps (LoRA, cached targets where the method
+    reads the teacher's, a student with another tokenizer for the cross-vocabulary rows). Each run builds its
+    target cache in its output directory."""
+    from semalign_lens.models.tiny import TINY_OTHER_VOCAB, TINY_STUDENT, tiny_hf_model, tiny_tokenizer
+
+    config = json.loads(_cli_config(tmp_path).read_text())
+    other = tmp_path / "student-other-tokenizer"
+    tok = tiny_tokenizer(TINY_OTHER_VOCAB, "other")
+    tiny_hf_model(TINY_STUDENT, len(tok), 1).save_pretrained(str(other))
+    tok.save_pretrained(str(other))
+    return {n: _jobs(config, other, out) for n, out in outs.items()}
+
+
+def _jobs(config: dict, other, out) -> list[dict]:
+    from semalign_lens.training.methods import METHODS
+
+    cached = {"mode": "cached", "cache_logits": "topk", "top_k": 16}
+    lora = {"stage_steps": 2, "lr": 1e-2, "adapter": "lora", "lora_rank": 2}
+    jobs = [{"name": "cli", "config": config, "cli": True},
+            {"name": "cached-lora", "config": {**config, "schedule": lora,
+                                               "targets": {**cached, "cache_dir": str(out / "cache-cached-lora")}}}]
+    lean = {**config, "schedule": {**lora, "stage_steps": 1}, "pairing": {"student_layers": [0, 2]}}
+    for name, method in METHODS.items():
+        if method.cross_vocab:  # online: a cross-tokenizer pair reads the teacher on its own tokenization
+            jobs.append({"name": name, "method": name, "config": {**lean, "student": str(other),
+                                                                  "vocab": "intersection"}})
+        else:
+            jobs.append({"name": name, "method": name,
+                         "config": {**lean, "targets": {**cached, "cache_dir": str(out / f"cache-{name}")}}})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def scale_out(tmp_path_factory):
+    """Every `_scale_out_jobs` run under `accelerate launch` with 2 CPU processes (one launch: starting two
+    processes costs more than their runs), then in this process: (jobs, {"one"|"two": output directory}).
 
     Accelerate's `--cpu` launcher only starts several processes through mpirun; without MPI the launcher
     that starts N local processes is `--multi_gpu` (torchrun). The trainer then selects the CPU/gloo backend
     itself because the machine has no accelerator.
     """
-    config = _cli_config(tmp_path)
-    single = align_main(config, [f"run_dir={tmp_path / 'one'}"])
-    assert single.finished
+    from scale_out_runs import run_jobs
+
+    tmp_path = tmp_path_factory.mktemp("scale_out")
+    outs = {n: tmp_path / n for n in ("one", "two")}
+    jobs = _scale_out_jobs(tmp_path, outs)
+    for n, out in outs.items():
+        out.mkdir()
+        (tmp_path / f"jobs-{n}.json").write_text(json.dumps(jobs[n]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = os.path.join(os.path.dirname(__file__), "scale_out_runs.py")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "semalign_lens", "align", "--config", str(config), "--set", f"run_dir={tmp_path / 'two'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+           script, str(tmp_path / "jobs-two.json"), str(outs["two"])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "provenance.json").read_text())["processes"] == 2
-    one, two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
-    assert len(one) == len(two) == 6
-    assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (one, two)
+    run_jobs(tmp_path / "jobs-one.json", outs["one"])
+    return jobs["two"], outs
+
+
+def _terms(job: dict) -> list[str]:
+    from semalign_lens.training.methods import get_method
+
+    return list(get_method(job["method"]).terms if job.get("method") else job["config"]["objective"]["terms"])
+
+
+def _cross_vocab(job: dict) -> bool:
+    return job["config"].get("vocab") == "intersection"
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_match_one(scale_out):
+    """`accelerate launch` with 2 CPU processes gives the single-process losses (same global batch), for the
+    CLI's run (online targets), cached targets with LoRA and every registered method of one vocabulary; the
+    teacher is loaded in the second process only where a step or a plugin reads it there; the process group
+    waits 2 h (`training/processes.py`)."""
+    jobs, outs = scale_out
+    assert json.loads((outs["two"] / "cli" / "provenance.json").read_text())["processes"] == 2
+    second = json.loads((outs["two"] / "process1.json").read_text())
+    assert second["timeout_s"] == 7200.0  # PROCESS_GROUP_TIMEOUT, not gloo's 30 min or NCCL's 10
+    for job in jobs:
+        name, teacher, config = job["name"], job["config"]["teacher"], job["config"]
+        one, two = _train_losses(outs["one"] / name), _train_losses(outs["two"] / name)
+        assert len(one) == len(two) == (6 if name in ("cli", "cached-lora") else 2), name
+        assert all(map(math.isfinite, two)), (name, two)
+        # a term with a batch statistic (FitNets' normaliser) takes it over each process's share of the batch
+        if not _cross_vocab(job) and not any(get_objective(t).batch_statistic for t in _terms(job)):
+            assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (name, one, two)
+        # the main process loads the teacher for every run; the other one only where its steps run the teacher
+        # (online targets) or a plugin reads it (Seeking, LaTen)
+        reads_teacher_here = "targets" not in config or name in ("seeking", "laten")
+        assert json.loads((outs["two"] / "process0.json").read_text())["loads"][name].count(teacher) == 1, name
+        assert second["loads"][name].count(teacher) == int(reads_teacher_here), name
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: each process's (and micro-batch's) loss is weighted by its share of "
+                   "the batch's real tokens, but a cross-tokenizer term averages over its aligned positions, so two "
+                   "processes weight the halves of the batch differently from one (measured on kd-shared: the "
+                   "2-process step-1 loss is the token-weighted mean of the halves' losses, 0.176211 vs 0.1762107)")
+def test_two_accelerate_processes_match_one_across_tokenizers(scale_out):
+    jobs, outs = scale_out
+    for job in filter(_cross_vocab, jobs):
+        one, two = _train_losses(outs["one"] / job["name"]), _train_losses(outs["two"] / job["name"])
+        assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (job["name"], one, two)
 
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):

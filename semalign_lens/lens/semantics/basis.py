@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ...core.atomic import replacing
 from ...core.checks import check_output_file, check_safetensors
 from ...core.errors import SemalignError
 from ...core.hashing import record_hash, tensor_hash
@@ -350,10 +351,11 @@ class SemanticBasis:
                 "source": self.source, "weight_hash": self.weight_hash, "model": self.model,
                 "fold_final_norm": self.fold_final_norm, "center": self.center, "method": self.method,
                 "vocab_key": self.vocab_key}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"S": self.S.contiguous(), "norms": self.norms.contiguous(), "token_ids": self.token_ids},
-                  str(tmp), metadata={"semalign": json.dumps(meta)})
-        tmp.replace(path)  # atomic: a killed run never leaves half a cache file
+        # atomic, and this writer's own temporary: a killed run never leaves half a cache file, and the processes
+        # of one run saving the same basis at once all succeed (`core.atomic.replacing`)
+        with replacing(path) as tmp:
+            save_file({"S": self.S.contiguous(), "norms": self.norms.contiguous(), "token_ids": self.token_ids},
+                      str(tmp), metadata={"semalign": json.dumps(meta)})
         return path
 
     @classmethod

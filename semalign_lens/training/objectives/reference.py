@@ -65,7 +65,11 @@ register_objective(Objective(
 
 def hint_loss(h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor, projector: nn.Module,
               skip_first: bool = True) -> torch.Tensor:
-    """mean‖r(h_S) − h_T‖² / mean‖h_T‖² over the real (scored) positions."""
+    """mean‖r(h_S) − h_T‖² / mean‖h_T‖² over the real (scored) positions.
+
+    The normaliser mean‖h_T‖² is a statistic of the whole batch, so the loss is no mean over tokens: a step in
+    micro-batches (`train.micro_batch_size`) divides each micro-batch's error by its own teacher mean square, and
+    its gradient differs from the whole batch's by the spread of that normaliser across micro-batches."""
     mask = mask.clone()
     if skip_first:
         mask[:, 0] = False
@@ -88,7 +92,8 @@ def _fitnets(x: LayerInputs, skip_first: bool) -> torch.Tensor:
 
 register_objective(Objective(
     "fitnets", "layer", _fitnets, {"skip_first": True},
-    source="baseline, not SemAlign: FitNets hint MSE through a learned d_S->d_T projector (Romero et al. 2015)"))
+    source="baseline, not SemAlign: FitNets hint MSE through a learned d_S->d_T projector (Romero et al. 2015)",
+    batch_statistic="its normaliser, the teacher states' mean square over the batch"))
 
 
 # ----------------------------------------------------------------------------------------------- laten_l2

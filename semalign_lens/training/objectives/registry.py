@@ -85,6 +85,10 @@ class Objective:
     # fit a cross-tokenizer pair, and the ones that need one (their shared ids)
     cross_vocab: bool = False
     source: str = ""  # what is from the paper and what is inferred, one line
+    # what in the term is a statistic of the whole batch, in words; None for a mean over tokens or sequences.
+    # Such a term is no sum over micro-batches: with `train.micro_batch_size` each micro-batch takes the statistic
+    # over its own sequences, so the step's gradient differs from the whole batch's (the trainer warns)
+    batch_statistic: str | None = None
 
     def vocab_problem(self, cross: bool) -> str | None:
         """Why this term cannot run on a pair of this kind (`cross`: two vocabularies paired through their shared
