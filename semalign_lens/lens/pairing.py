@@ -26,6 +26,10 @@
   and the pair's score/rank are those of the best of them.
 - `cka` — ours (the paper's "future work: pairing based on layer outputs"): the non-decreasing map student
   layer → teacher layer maximising the summed CKA, by dynamic programming; ties go to the shallower layer.
+- `stitch` — ours (pairing from the models' *outputs*): the same monotone path, *minimising* the summed
+  stitching penalty (the student's held-out CE increase when its own state is replaced by the affinely mapped
+  teacher state, `stitching.stitching_map`). Not in `STRATEGIES` (the strategies `pairing_report` builds from
+  its own measurements); `ALL_STRATEGIES` has it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from ..core.checks import check_output_file, read_utf8, require_hooked
 from ..core.errors import SemalignError
 from .capture import parse_hook_name
 
-STRATEGIES: tuple[str, ...] = ("proportional", "attribution", "cka")
+STRATEGIES: tuple[str, ...] = ("proportional", "attribution", "cka")  # what pairing_report builds from its measures
+ALL_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "stitch")  # stitch needs a stitching map (`stitching.stitching_map`)
 FORMAT = "semalign_lens.LayerPairing"
 FORMAT_VERSION = 1
 INDEXING = "0-based block index: layer b = blocks.{b}.hook_resid_post; paper layer = b + 1"
@@ -534,6 +539,45 @@ def monotone_path(matrix: Float[np.ndarray, "t s"], strict: bool = False) -> tup
     return path[::-1], total
 
 
+def _monotone_pairing(matrix: Any, strategy: str, what: str, *, minimise: bool, teacher_blocks, student_blocks,
+                      n_teacher_layers, n_student_layers, strict: bool) -> LayerPairing:
+    """The monotone path through a [teacher, student] matrix (`monotone_path`; `minimise` negates it), as a
+    pairing whose pairs say what each cell was and what each student layer gave up to keep the path monotone."""
+    matrix, index, columns = _as_matrix(matrix)
+    tb = _blocks(teacher_blocks, index, matrix.shape[0], "teacher")
+    sb = _blocks(student_blocks, columns, matrix.shape[1], "student")
+    rows = [i for i, b in enumerate(tb) if b >= 0]
+    cols = [j for j, b in enumerate(sb) if b >= 0]
+    if not rows or not cols:
+        raise SemalignError(f"the {what} matrix has no block rows or columns besides the embeddings")
+    n_teacher = max(tb) + 1 if n_teacher_layers is None else n_teacher_layers
+    n_student = max(sb) + 1 if n_student_layers is None else n_student_layers
+    _check_depths(n_teacher, n_student)
+    if max(sb) >= n_student:
+        raise SemalignError(f"the {what} matrix has a column for student layer {max(sb)}, but the student has "
+                            f"{n_student} layers (blocks 0..{n_student - 1})")
+    if max(tb) >= n_teacher:
+        raise SemalignError(f"the {what} matrix has a row for teacher layer {max(tb)}, but the teacher has "
+                            f"{n_teacher} layers (blocks 0..{n_teacher - 1})")
+    sub = matrix[np.ix_(rows, cols)]
+    sign = -1.0 if minimise else 1.0
+    path, total = monotone_path(sign * sub, strict=strict)
+    total *= sign
+    pairs = []
+    for j, i in enumerate(path):
+        t, s = tb[rows[i]], sb[cols[j]]
+        own = int(np.argmax(sign * sub[:, j]))
+        value = float(sub[i, j])
+        alone = ("also its best teacher layer alone" if own == i
+                 else f"its best alone is teacher layer {tb[rows[own]]} ({what} {sub[own, j]:.3f}), given up to keep "
+                      "the path monotone")
+        reason = (f"monotone {what} path (dynamic programming, total {total:.3f} over {len(path)} student layers): "
+                  f"{what} {value:.3f}; {alone}")
+        pairs.append(LayerPair(s, t, t, 0.0, reason, strategy, score=value,
+                               cka=value if strategy == "cka" else None))
+    return LayerPairing(pairs, n_teacher, n_student, strategy, {"strict": strict, f"total_{strategy}": total})
+
+
 def pair_by_cka(cka: Any, *, teacher_blocks: Sequence[int] | None = None,
                 student_blocks: Sequence[int] | None = None, n_teacher_layers: int | None = None,
                 n_student_layers: int | None = None, strict: bool = False) -> LayerPairing:
@@ -544,45 +588,37 @@ def pair_by_cka(cka: Any, *, teacher_blocks: Sequence[int] | None = None,
     "embed" labels are read as blocks). `teacher_blocks`/`student_blocks` give each row/column's block, −1 for
     the embeddings (skipped); by default row i is block i. Depths default to the largest block + 1.
     """
-    matrix, index, columns = _as_matrix(cka)
-    tb = _blocks(teacher_blocks, index, matrix.shape[0], "teacher")
-    sb = _blocks(student_blocks, columns, matrix.shape[1], "student")
-    rows = [i for i, b in enumerate(tb) if b >= 0]
-    cols = [j for j, b in enumerate(sb) if b >= 0]
-    if not rows or not cols:
-        raise SemalignError("the CKA matrix has no block rows or columns besides the embeddings")
-    n_teacher = max(tb) + 1 if n_teacher_layers is None else n_teacher_layers
-    n_student = max(sb) + 1 if n_student_layers is None else n_student_layers
-    _check_depths(n_teacher, n_student)
-    if max(sb) >= n_student:
-        raise SemalignError(f"the CKA matrix has a column for student layer {max(sb)}, but the student has "
-                            f"{n_student} layers (blocks 0..{n_student - 1})")
-    if max(tb) >= n_teacher:
-        raise SemalignError(f"the CKA matrix has a row for teacher layer {max(tb)}, but the teacher has "
-                            f"{n_teacher} layers (blocks 0..{n_teacher - 1})")
-    sub = matrix[np.ix_(rows, cols)]
-    path, total = monotone_path(sub, strict=strict)
-    pairs = []
-    for j, i in enumerate(path):
-        t, s = tb[rows[i]], sb[cols[j]]
-        own = int(np.argmax(sub[:, j]))
-        value = float(sub[i, j])
-        alone = ("also its best teacher layer alone" if own == i
-                 else f"its best alone is teacher layer {tb[rows[own]]} (CKA {sub[own, j]:.3f}), given up to keep "
-                      "the path monotone")
-        reason = (f"monotone CKA path (dynamic programming, total {total:.3f} over {len(path)} student layers): "
-                  f"CKA {value:.3f}; {alone}")
-        pairs.append(LayerPair(s, t, t, 0.0, reason, "cka", score=value, cka=value))
-    return LayerPairing(pairs, n_teacher, n_student, "cka", {"strict": strict, "total_cka": total})
+    return _monotone_pairing(cka, "cka", "CKA", minimise=False, teacher_blocks=teacher_blocks,
+                             student_blocks=student_blocks, n_teacher_layers=n_teacher_layers,
+                             n_student_layers=n_student_layers, strict=strict)
+
+
+def pair_by_stitching(penalty: Any, *, teacher_blocks: Sequence[int] | None = None,
+                      student_blocks: Sequence[int] | None = None, n_teacher_layers: int | None = None,
+                      n_student_layers: int | None = None, strict: bool = False) -> LayerPairing:
+    """Monotone stitching path (ours; the paper's future work, "pairing based on layer outputs"): each student
+    layer gets one teacher layer, non-decreasing in depth, *minimising* the summed stitching penalty (the
+    student's held-out CE increase when its state is replaced by the affinely mapped teacher state).
+
+    `penalty`: a [teacher, student] matrix or `stitching.StitchingMap.wide()` (its "embed" row and column are
+    skipped); a `StitchingMap` itself is read through its `wide()`. Blocks, depths and `strict` as `pair_by_cka`.
+    """
+    if hasattr(penalty, "wide") and hasattr(penalty, "penalty"):  # a StitchingMap (pairing imports no measure)
+        penalty = penalty.wide()
+    return _monotone_pairing(penalty, "stitch", "stitching penalty", minimise=True, teacher_blocks=teacher_blocks,
+                             student_blocks=student_blocks, n_teacher_layers=n_teacher_layers,
+                             n_student_layers=n_student_layers, strict=strict)
 
 
 def make_pairing(strategy: str, n_teacher_layers: int, n_student_layers: int, *, scores: Any = None,
                  cka: Any = None, teacher_blocks: Sequence[int] | None = None,
-                 student_blocks: Sequence[int] | None = None, **options) -> LayerPairing:
+                 student_blocks: Sequence[int] | None = None, stitching: Any = None, **options) -> LayerPairing:
     """Build a pairing by strategy name (for the CLI and reports), annotated with whatever CKA matrix and
-    attribution scores are given, so every row of `to_frame()` carries score, CKA and attribution rank."""
+    attribution scores are given, so every row of `to_frame()` carries score, CKA and attribution rank.
+    `stitching`: the penalty matrix (or `StitchingMap`) the `stitch` strategy pairs by."""
     method = options.pop("method", None)
-    builder = {"proportional": pair_proportional, "attribution": pair_by_attribution, "cka": pair_by_cka}.get(strategy)
+    builder = {"proportional": pair_proportional, "attribution": pair_by_attribution, "cka": pair_by_cka,
+               "stitch": pair_by_stitching}.get(strategy)
     if builder is not None:
         import inspect
 
@@ -604,8 +640,14 @@ def make_pairing(strategy: str, n_teacher_layers: int, n_student_layers: int, *,
             raise SemalignError("the cka strategy needs a [teacher, student] CKA matrix (cka=...)")
         pairing = pair_by_cka(cka, teacher_blocks=teacher_blocks, student_blocks=student_blocks,
                               n_teacher_layers=n_teacher_layers, n_student_layers=n_student_layers, **options)
+    elif strategy == "stitch":
+        if stitching is None:
+            raise SemalignError("the stitch strategy needs a [teacher, student] stitching-penalty matrix (stitching=..., "
+                                "e.g. stitching.stitching_map(teacher, student, fit, heldout))")
+        pairing = pair_by_stitching(stitching, teacher_blocks=teacher_blocks, student_blocks=student_blocks,
+                                    n_teacher_layers=n_teacher_layers, n_student_layers=n_student_layers, **options)
     else:
-        raise SemalignError(f"unknown pairing strategy {strategy!r}; choose one of {STRATEGIES}")
+        raise SemalignError(f"unknown pairing strategy {strategy!r}; choose one of {ALL_STRATEGIES}")
     if cka is not None or scores is not None:
         pairing = pairing.annotate(cka=cka, scores=scores, teacher_blocks=teacher_blocks,
                                    student_blocks=student_blocks, method=method)

@@ -187,10 +187,22 @@ def _pair_up(xs: States, ys: States | None, mask, drop_first) -> tuple[_Tokens, 
     return tx, ty
 
 
+def paired_tokens(xs: States, ys: States | None = None, *, mask: Tensor | None = None, drop_first: bool = False):
+    """The token rows CKA reads, for the other measures (`measures/`, `stitching`): per-layer stacks checked to
+    cover the same tokens (same inputs, masks and errors as `cka_matrix`), with `.flat(i)`, `.mean(i)` (NaN/inf
+    refused), `.centred(i, dtype, device)`, `.layers`, `.keep`, `.n` and `.widths`."""
+    return _pair_up(xs, ys, mask, drop_first)
+
+
 def _check_precision(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise SemalignError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return torch.float64 if precision == "float64" else torch.float32
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype products are taken in for a `precision` of `PRECISIONS` (float32 for "mixed"); refuses others."""
+    return _check_precision(precision)
 
 
 def _check_n(n: int, debiased: bool) -> None:
@@ -212,6 +224,11 @@ def _xty(a: Tensor, b: Tensor, chunk_size: int) -> Float[Tensor, "p q"]:
     for s in range(0, a.shape[0], chunk_size):
         out += a[s: s + chunk_size].T @ b[s: s + chunk_size]
     return out
+
+
+def cross_products(a: Tensor, b: Tensor, chunk_size: int = 8192) -> Float[Tensor, "p q"]:
+    """aᵀb over the token rows, summed in float64 over chunks of `chunk_size` (the "mixed" precision)."""
+    return _xty(a, b, chunk_size)
 
 
 @dataclass
