@@ -31,11 +31,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from semalign_lens.core.precision import machine_line
     from semalign_lens.evaluation.eval_sets import eval_set
-    from semalign_lens.models import load_model
-    from semalign_lens.pairing import make_pairing
-    from semalign_lens.precision import machine_line
-    from semalign_lens.stitching import stitching_map
+    from semalign_lens.evaluation.stitching import stitching_map
+    from semalign_lens.lens.pairing import make_pairing
+    from semalign_lens.models.load import load_model
 
     print(machine_line(args.precision))
     print(f"load average before {os.getloadavg()}")

@@ -28,7 +28,7 @@
   layer → teacher layer maximising the summed CKA, by dynamic programming; ties go to the shallower layer.
 - `stitch` — ours (pairing from the models' *outputs*): the same monotone path, *minimising* the summed
   stitching penalty (the student's held-out CE increase when its own state is replaced by the affinely mapped
-  teacher state, `stitching.stitching_map`). Not in `STRATEGIES` (the strategies `pairing_report` builds from
+  teacher state, `evaluation.stitching.stitching_map`). Not in `STRATEGIES` (the strategies `pairing_report` builds from
   its own measurements); `ALL_STRATEGIES` has it.
 """
 
@@ -52,7 +52,7 @@ from ..core.errors import SemalignError
 from .capture import parse_hook_name
 
 STRATEGIES: tuple[str, ...] = ("proportional", "attribution", "cka")  # what pairing_report builds from its measures
-ALL_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "stitch")  # stitch needs a stitching map (`stitching.stitching_map`)
+ALL_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "stitch")  # stitch needs a stitching map (`evaluation.stitching.stitching_map`)
 FORMAT = "semalign_lens.LayerPairing"
 FORMAT_VERSION = 1
 INDEXING = "0-based block index: layer b = blocks.{b}.hook_resid_post; paper layer = b + 1"
@@ -600,7 +600,7 @@ def pair_by_stitching(penalty: Any, *, teacher_blocks: Sequence[int] | None = No
     layer gets one teacher layer, non-decreasing in depth, *minimising* the summed stitching penalty (the
     student's held-out CE increase when its state is replaced by the affinely mapped teacher state).
 
-    `penalty`: a [teacher, student] matrix or `stitching.StitchingMap.wide()` (its "embed" row and column are
+    `penalty`: a [teacher, student] matrix or `evaluation.stitching.StitchingMap.wide()` (its "embed" row and column are
     skipped); a `StitchingMap` itself is read through its `wide()`. Blocks, depths and `strict` as `pair_by_cka`.
     """
     if hasattr(penalty, "wide") and hasattr(penalty, "penalty"):  # a StitchingMap (pairing imports no measure)

@@ -18,8 +18,8 @@ def run_jobs(jobs_path: Path, out: Path) -> None:
     import torch
     from accelerate.state import PartialState
 
-    from semalign_lens.models import load as models
     from semalign_lens.cli import main
+    from semalign_lens.models import load as models
     from semalign_lens.training import align, load_align_config
     from semalign_lens.training.methods import run_method
 

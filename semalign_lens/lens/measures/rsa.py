@@ -10,9 +10,9 @@ A layer's RDM holds, for every pair of tokens i < j, the dissimilarity of their 
 distances and to every rotation, shift and scaling of the states.
 
 **Fixed n.** The RDM has n² entries: RSA runs on `n_tokens` tokens drawn once (seeded) from the masked tokens,
-the same for both models (`measures.null.sample_positions`); each layer's ranks are computed once, the grid is
+the same for both models (`lens.measures.null.sample_positions`); each layer's ranks are computed once, the grid is
 one product of the normalised rank vectors (all layers' ranks are held: 8 bytes x n²/2 per layer,
-4 MB at n = 1024), and a shuffled token pairing (`measures.measure_null("rsa", ...)`)
+4 MB at n = 1024), and a shuffled token pairing (`lens.measures.measure_null("rsa", ...)`)
 only re-indexes the student's ranks. About 0 for unrelated states.
 """
 
@@ -23,8 +23,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import require_choices
-from ..errors import SemalignError
+from ...core.checks import require_choices
+from ...core.errors import SemalignError
 from ..similarity import States, paired_tokens
 from .null import layer_rows, permutations, sample_positions
 

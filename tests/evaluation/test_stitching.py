@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semalign_lens.data import tokenize
-from semalign_lens.errors import SemalignError
-from semalign_lens.pairing import ALL_STRATEGIES, STRATEGIES, make_pairing, pair_by_stitching
-from semalign_lens.stitching import fit_affine_map, stitching_map
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.data.tokens import tokenize
+from semalign_lens.evaluation.stitching import fit_affine_map, stitching_map
+from semalign_lens.lens.pairing import ALL_STRATEGIES, STRATEGIES, make_pairing, pair_by_stitching
 
 FIT = ["def add(a, b):\n    return a + b\n" * 4, "import os\nfor name in os.listdir('.'):\n    print(name)\n" * 3,
        "class Point:\n    x: int = 0\n    y: int = 0\n" * 3, "while True:\n    break\nelse:\n    pass\n" * 4]
@@ -187,7 +187,7 @@ def test_a_bridge_without_a_plain_copy_is_stitched_through_its_own_hooks(tiny_hf
     """A TransformerLens-native bridge has no HF model behind it: the forwards run the bridge itself, with the
     residual hook (`blocks.b.hook_out`) doing the replacing."""
     from semalign_lens.evaluation.scoring import plain_model
-    from semalign_lens.zoo.tiny import TinyArch, tiny_native_bridge
+    from semalign_lens.models.tiny import TinyArch, tiny_native_bridge
 
     native = tiny_native_bridge("native_gated", TinyArch(2, 32, 2, 1, 64), tiny_hf[2], 0).eval()
     assert plain_model(native) is native

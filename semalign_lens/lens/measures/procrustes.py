@@ -18,7 +18,7 @@ cos θ = ⟨(X_B − m_X)ᵀ(Y_B − m_Y), UVᵀ⟩ / (‖X_B − m_X‖ ‖Y_B 
 cross-covariance. An in-sample rotation always finds some alignment when d/n is large (the null says how
 much); a held-out one must generalise. Range [0, π].
 
-Read every grid against its null (`measures.measure_null("procrustes", ...)`): lower than the null = closer.
+Read every grid against its null (`lens.measures.measure_null("procrustes", ...)`): lower than the null = closer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import SemalignError
+from ...core.errors import SemalignError
 from ..similarity import States, cross_products, paired_tokens, precision_dtype
 from .null import permutations
 
@@ -62,7 +62,7 @@ def grids(xs: States, ys: States | None = None, *, n_permutations: int = 0, seed
           mask: Tensor | None = None, drop_first: bool = False, cross_validated: bool = False,
           precision: str = "mixed", chunk_size: int = 8192, device: str | torch.device | None = None,
           progress: bool = False, max_bytes: int = 2**28) -> Float[Tensor, "perm lx ly"]:
-    """The real pairing's grid, then one per seeded shuffle of the ys tokens (`measures.null`). Shuffled copies
+    """The real pairing's grid, then one per seeded shuffle of the ys tokens (`lens.measures.null`). Shuffled copies
     of the ys stack are multiplied in groups of at most `max_bytes`, like CKA's null."""
     dtype = precision_dtype(precision)
     tx, ty = paired_tokens(xs, xs if ys is None else ys, mask=mask, drop_first=drop_first)

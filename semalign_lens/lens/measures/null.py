@@ -16,8 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..checks import require_int
-from ..errors import SemalignError
+from ...core.checks import require_int
+from ...core.errors import SemalignError
 
 
 @dataclass

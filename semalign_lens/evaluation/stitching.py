@@ -46,13 +46,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import accumulated_resid, hook_name
-from .checks import is_hf_model, require_hooked
-from .data import TokenBatch
-from .errors import SemalignError
-from .evaluation.scoring import plain_model, token_nll
-from .hf import parts
-from .similarity import cross_products, paired_tokens, precision_dtype, residual_labels
+from ..core.checks import is_hf_model, require_hooked
+from ..core.errors import SemalignError
+from ..data.tokens import TokenBatch
+from ..lens.capture import accumulated_resid, hook_name
+from ..lens.similarity import cross_products, paired_tokens, precision_dtype, residual_labels
+from ..models.plain import parts
+from .scoring import plain_model, token_nll
 
 
 @dataclass
@@ -193,7 +193,7 @@ def stitching_map(teacher, student, fit: TokenBatch, heldout: TokenBatch, *, tea
     dtype = precision_dtype(fit_precision)
     for name, batch in (("fit", fit), ("heldout", heldout)):
         if not isinstance(batch, TokenBatch):
-            raise SemalignError(f"{name} must be a TokenBatch (semalign_lens.data.tokenize), got {type(batch).__name__}")
+            raise SemalignError(f"{name} must be a TokenBatch (semalign_lens.data.tokens.tokenize), got {type(batch).__name__}")
         vocab = min(int(teacher.cfg.d_vocab), int(student.cfg.d_vocab))
         if batch.tokens.numel() and int(batch.tokens.max()) >= vocab:
             raise SemalignError(f"{name} has token id {int(batch.tokens.max())}, beyond the smaller model's vocabulary "

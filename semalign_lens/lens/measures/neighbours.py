@@ -16,7 +16,7 @@ neighbours are the k most similar *other* tokens (k = 10 there), K = the cosine 
 **Fixed n.** Both depend on the number of tokens (k neighbours are a different fraction of a different n;
 2604.18572), so they are computed on `n_tokens` tokens drawn once (seeded) from the masked tokens, the same
 tokens for both models: compare grids only at the same n and k. Read them against the shuffled-pairing null
-(`measures.measure_null("mutual_knn", ...)`).
+(`lens.measures.measure_null("mutual_knn", ...)`).
 
 **Cost.** Neighbour lists come from row blocks of the n x n cosine Gram (float64, never held whole), one per
 layer: n² · d per layer; a pair then costs O(n·k log(n·k)) (sorted neighbour codes i·n + j, no n x n mask),
@@ -32,7 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import SemalignError
+from ...core.errors import SemalignError
 from ..similarity import MIN_DEBIASED_SAMPLES, States, paired_tokens
 from .null import layer_rows, permutations, sample_positions
 

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import SemalignError
+from ...core.errors import SemalignError
 from ..similarity import States
 from . import neighbours, procrustes, rsa
 from .neighbours import cknna_matrix, mutual_knn_matrix

@@ -13,8 +13,8 @@ from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.distance import pdist
 from scipy.stats import rankdata, spearmanr
 
-from semalign_lens.errors import SemalignError
-from semalign_lens.measures import (
+from semalign_lens.core.errors import SemalignError
+from semalign_lens.lens.measures import (
     MEASURES,
     cknna_matrix,
     measure_matrix,
@@ -23,8 +23,8 @@ from semalign_lens.measures import (
     procrustes_matrix,
     rsa_matrix,
 )
-from semalign_lens.measures.rsa import average_ranks
-from semalign_lens.similarity import cka_matrix, token_matrix
+from semalign_lens.lens.measures.rsa import average_ranks
+from semalign_lens.lens.similarity import cka_matrix, token_matrix
 
 
 def _stacks(n_seq=6, pos=20, seed=0):
@@ -189,8 +189,8 @@ def test_rsa_ranks_average_ties_like_scipy():
 
 
 def test_registry_runs_every_measure_on_captured_states(tiny_pair):
-    from semalign_lens.activations import accumulated_resid
-    from semalign_lens.data import tokenize
+    from semalign_lens.data.tokens import tokenize
+    from semalign_lens.lens.capture import accumulated_resid
 
     texts = ["def add(a, b):\n    return a + b\n" * 3, "import os\nprint(os.sep)\n" * 4, "class P:\n    x = 1\n" * 4]
     batch = tokenize(tiny_pair.tokenizer, texts)
