@@ -13,7 +13,6 @@ CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,15 +21,16 @@ from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..core.atomic import write_json_atomic
 from ..core.checks import check_output_dir, is_bridge, require_hooked, require_int
-from ..core.errors import SemalignError, writing
-from ..core.paths import file_problem, file_record
+from ..core.errors import SemalignError
+from ..core.shards import read_index, shard_name, shard_problems, write_index, write_shard
 from ..data.tokens import TokenBatch
 from ..models.plain import model_device
+
+INDEX = "index.json"  # a capture's shard index (`core.shards`)
 
 Point = Literal["resid_pre", "resid_post", "block_write"]
 POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
@@ -267,18 +267,14 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
         if shard_dir is not None:
             acts = residuals(model, part.tokens, points, layers)
             tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
-            with writing(shard_dir / f"shard-{i:05d}.safetensors", "then capture again"):
-                save_file({**tensors, "mask": part.mask.contiguous()}, str(shard_dir / f"shard-{i:05d}.safetensors"))
+            write_shard(shard_dir, i, {**tensors, "mask": part.mask.contiguous()}, "then capture again")
             continue
         rows = slice(row, row + len(part))
         residuals(model, part.tokens, points, layers, sink=write)
         row += len(part)
     name = getattr(model.cfg, "model_name", "")
     if shard_dir is not None:
-        index = {"model": str(name), "points": list(points), "layers": layers, "shards": len(parts),
-                 "files": {f"shard-{i:05d}.safetensors": file_record(shard_dir / f"shard-{i:05d}.safetensors")
-                           for i in range(len(parts))}}
-        write_json_atomic(shard_dir / "index.json", index)
+        write_index(shard_dir, INDEX, len(parts), {"model": str(name), "points": list(points), "layers": layers})
         return ShardedCapture(shard_dir)
     return Capture(out, batch.mask.clone(), model=str(name))
 
@@ -292,17 +288,17 @@ class ShardedCapture:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        index_path = self.folder / "index.json"
-        if not index_path.exists():
-            raise SemalignError(f"{self.folder} has no index.json; it is not a semalign_lens capture directory")
-        self.index = json.loads(index_path.read_text())
-        self.files = [self.folder / f"shard-{i:05d}.safetensors" for i in range(self.index["shards"])]
-        for f in self.files:
-            self._check(f, checksum=False)
+        self.index = read_index(self.folder, INDEX)
+        if self.index is None:
+            raise SemalignError(f"{self.folder} has no {INDEX}; it is not a semalign_lens capture directory")
+        self.files = [self.folder / shard_name(i) for i in range(self.index["shards"])]
+        self._check(checksum=False)
+        self._checked: set[Path] = set()
 
-    def _check(self, path: Path, checksum: bool = True) -> None:
-        record = self.index.get("files", {}).get(path.name)
-        if record is not None and (problem := file_problem(path, record, checksum)) is not None:
+    def _check(self, only: Path | None = None, checksum: bool = True) -> None:
+        index = self.index if only is None else {"files": {k: v for k, v in self.index.get("files", {}).items()
+                                                           if k == only.name}}
+        for path, problem in shard_problems(self.folder, index, checksum):
             raise SemalignError(f"capture shard {path} is damaged ({problem}); capture again into an empty "
                                 "shard_dir")
 
@@ -315,7 +311,9 @@ class ShardedCapture:
         key = f"{point}.{layer}"
         out = []
         for f in self.files:
-            self._check(f)
+            if f not in self._checked:  # each shard's checksum once, before it is first read
+                self._check(f)
+                self._checked.add(f)
             shard = load_file(str(f))
             if key not in shard:
                 raise SemalignError(f"({point!r}, {layer}) was not captured in {self.folder}")

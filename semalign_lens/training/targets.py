@@ -33,16 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..core.atomic import write_json_atomic
-from ..core.errors import SemalignError, writing
+from ..core.errors import SemalignError
 from ..core.hashing import record_hash
-from ..core.paths import cache_dir, file_problem, file_record
+from ..core.paths import cache_dir
 from ..core.progress import note
 from ..core.runlock import run_lock
+from ..core.shards import ShardFiles, remove_shards, shard_problems, write_index, write_shard
 from ..lens.pairing import LayerPair
 from ..models.plain import capture, parts
 from ..models.readout import lens_fn
@@ -50,6 +48,7 @@ from .config import logits_store
 from .objectives.sparse_logits import SparseLogits
 
 CACHE_FORMAT = 1
+META = "meta.json"  # a cache's shard index (`core.shards`), written last
 _FP16_MAX = 65504.0
 LOGIT_KEYS = {"dense": ["logits"], "topk": ["topk_ids", "topk_logprobs", "tail_logmass"]}
 SAMPLE_KEYS = ["tail_ids", "tail_logprobs"]  # with `tail_samples`
@@ -166,7 +165,7 @@ def check_cache(path: Path, identity: dict, notes: bool = True) -> dict | None:
     """The cache's meta when it serves `identity`; None when there is no complete, intact cache (a damaged or
     unchecked one is noted, with `notes`, and is to be built again); an error when it was built for other
     inputs."""
-    meta_path = path / "meta.json"
+    meta_path = path / META
     if not meta_path.exists():
         return None
     try:
@@ -204,9 +203,8 @@ def check_cache(path: Path, identity: dict, notes: bool = True) -> dict | None:
                             "tail_samples to match, or use another targets.cache_dir (or leave it unset)")
     if "files" not in meta:
         return _rebuild(path, "it records no shard checksums (built by an older version)", notes)
-    for name, record in meta["files"].items():
-        if (problem := file_problem(path / name, record)) is not None:
-            return _rebuild(path, f"shard {name} is damaged ({problem})", notes)
+    for shard, problem in shard_problems(path, meta):
+        return _rebuild(path, f"shard {shard.name} is damaged ({problem})", notes)
     return meta
 
 
@@ -232,7 +230,7 @@ def build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard
         try:
             return _build_cache(path, identity, teacher, tokens, shard_sequences, batch_size, autocast, progress)
         except BaseException:
-            _remove_cache_files(path)
+            remove_shards(path, META)
             raise
 
 
@@ -240,22 +238,16 @@ def unshared_cache(path: Path, meta: dict) -> str | None:
     """Where this process cannot read the cache the main process built and checked (every shard present at its
     recorded size; the checksums are not read again), one line naming the fix; else None. The processes of one
     run read one cache directory, so on several machines it must be on a filesystem they share."""
-    for name, record in meta["files"].items():
-        if (problem := file_problem(path / name, record, checksum=False)) is not None:
-            return (f"target cache shard {path / name} is {problem} for this process, though the main process built "
+    for shard, problem in shard_problems(path, meta, checksum=False):
+        return (f"target cache shard {shard} is {problem} for this process, though the main process built "
                     "it; the processes of a run must share the cache directory: set targets.cache_dir (or "
                     "SEMALIGN_CACHE) to a path on a filesystem every machine mounts")
     return None
 
 
-def _remove_cache_files(path: Path) -> None:
-    for old in [path / "meta.json", *path.glob("shard-*.safetensors")]:  # meta first: never a cache without shards
-        old.unlink(missing_ok=True)
-
-
 def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shard_sequences: int, batch_size: int,
                  autocast, progress: bool) -> dict:
-    _remove_cache_files(path)
+    remove_shards(path, META)
     layers = identity["layers"]
     mode = identity["logits"] or None
     samples = identity.get("tail_samples", 0)
@@ -281,17 +273,11 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
                     store.update(tail_ids=sparse.tail_ids, tail_logprobs=sparse.tail_logprobs)
             for key, value in store.items():
                 out.setdefault(key, []).append(value.cpu() if key in ID_KEYS else value.float().cpu())
-        shard = path / f"shard-{i:05d}.safetensors"
-        with writing(shard, "then rerun the same command, which builds the cache again (targets.cache_dir or "
-                            "SEMALIGN_CACHE put it elsewhere)"):
-            save_file({k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
-                      str(shard))
-    meta = {**identity, "shards": len(shards), "shard_sequences": shard_sequences, "dtype": "float16",
-            "keys": teacher_keys(layers) + logit_keys(mode, samples),
-            "files": {f"shard-{i:05d}.safetensors": file_record(path / f"shard-{i:05d}.safetensors")
-                      for i in range(len(shards))}}
-    write_json_atomic(path / "meta.json", meta)
-    return meta
+        write_shard(path, i, {k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
+                    "then rerun the same command, which builds the cache again (targets.cache_dir or SEMALIGN_CACHE "
+                    "put it elsewhere)")
+    return write_index(path, META, len(shards), {**identity, "shard_sequences": shard_sequences, "dtype": "float16",
+                                                 "keys": teacher_keys(layers) + logit_keys(mode, samples)})
 
 
 @torch.no_grad()
@@ -325,11 +311,9 @@ class CachedTargets:
     def __init__(self, path: Path, meta: dict, logits: str | None, device: torch.device | str = "cpu"):
         self.path, self.meta, self.logits, self.device = path, meta, logits, device
         self.keys = [k for k in teacher_keys(meta["layers"])]
-        self._files: dict[int, object] = {}
+        self._files = ShardFiles(path)
 
     def _file(self, shard: int):
-        if shard not in self._files:
-            self._files[shard] = safe_open(str(self.path / f"shard-{shard:05d}.safetensors"), "pt")
         return self._files[shard]
 
     def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
