@@ -73,3 +73,19 @@ class StageBar:
         self._ticking.set()
         self.bar.set_postfix_str("done")
         self.bar.close()
+
+
+class Stopwatch:
+    """Wall-clock and process CPU seconds per named stage, each lap since the last (CPU time is what a shared,
+    oversubscribed machine can still measure: wall time there depends on the neighbours)."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.timings[name] = round(wall - self._wall, 2)
+        self.cpu[name] = round(cpu - self._cpu, 2)
+        self._wall, self._cpu = wall, cpu

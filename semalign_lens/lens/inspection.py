@@ -14,7 +14,6 @@ fewer `methods` to go faster.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from ..core.checks import require_choices, require_int
 from ..core.errors import SemalignError
+from ..core.progress import Stopwatch
 from .attribution import METHODS, rank_agreement, rank_layers
 from .capture import accumulated_resid
 
@@ -129,24 +129,6 @@ class PairingInspection:
     path: Path | None = None  # the page, once `reports.pairing` wrote one
 
 
-class _Clock:
-    """Wall-clock and process CPU seconds per stage (CPU time is what a shared, oversubscribed machine can
-    still measure: wall time there depends on the neighbours)."""
-
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.start = time.perf_counter()
-        self._cpu = time.process_time()
-
-    def lap(self, name: str, since: float) -> float:
-        now, cpu = time.perf_counter(), time.process_time()
-        self.timings[name] = round(now - since, 2)
-        self.cpu[name] = round(cpu - self._cpu, 2)
-        self._cpu = cpu
-        return now
-
-
 def _cka_batch(tokenizer, task, n_tokens: int):
     """Clean prompt + answer of the task's pairs, as many as fit in `n_tokens` real tokens (at least 4)."""
     from ..data.tokens import tokenize
@@ -221,21 +203,20 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
 
     s = InspectionSettings.make(**{**dataclasses.asdict(settings or InspectionSettings()), **changes})
     teacher, student, alignment = pair.teacher, pair.student, pair.alignment
-    clock = _Clock()
-    t0 = clock.start
+    clock = Stopwatch()
     torch.manual_seed(s.seed)
     full = load_task(task, tokenizer=teacher.tokenizer, seed=s.seed)
     batch = tokenize_pairs(teacher.tokenizer, full.subset(s.n_prompts, s.seed), align=s.align)
     cka_batch = _cka_batch(teacher.tokenizer, full.subset(s.cka_prompts, s.seed + 1), s.cka_tokens)
-    t0 = clock.lap("task", t0)
+    clock.lap("task")
 
     attribution = rank_layers(teacher, batch, methods=s.methods, metric=s.metric, batch_size=s.batch_size,
                               n_boot=s.n_boot, seed=s.seed, progress=progress)
     agreement = rank_agreement(attribution)
-    t0 = clock.lap("attribution (teacher)", t0)
+    clock.lap("attribution (teacher)")
     maps = patching_maps(teacher, batch, maps=s.patching, metric=s.metric, progress=progress) if s.patching else {}
     if maps:
-        t0 = clock.lap("patching maps (teacher)", t0)
+        clock.lap("patching maps (teacher)")
 
     notes: list[str] = []
     if alignment is None:
@@ -252,19 +233,19 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
                      f"teacher's positions, {stacks.share[1]:.0%} of the student's), where both tokenizations "
                      "end a token at the same character offset; fidelity uses the intersection bases.")
     cka, n_cka_tokens = _cka(t_states, s_states, debiased=s.debiased), len(t_states[0])
-    t0 = clock.lap("CKA", t0)
+    clock.lap("CKA")
 
     n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
     options = {"attribution": {"top_k": s.top_k},
                "proportional": {} if s.student_layers is None else {"student_layers": list(s.student_layers)}}
     pairings = {name: make_pairing(name, n_t, n_s, scores=attribution, cka=cka, method=s.attribution_method,
                                    **options.get(name, {})) for name in STRATEGIES}
-    t0 = clock.lap("pairing", t0)
+    clock.lap("pairing")
 
     fid = _fidelity(teacher, student, pairings[s.strategy], t_states, s_states, kinds=s.fidelity_kinds,
                     n_tokens=s.fidelity_tokens, seed=s.seed, progress=progress, alignment=alignment)
     del t_states, s_states
-    clock.lap("semantic fidelity", t0)
+    clock.lap("semantic fidelity")
     return PairingInspection(s, full, batch, attribution, agreement, cka, n_cka_tokens, len(cka_batch),
                              pairings[s.strategy], pairings, fid,
                              {"teacher": describe(teacher), "student": describe(student)}, maps, notes,
