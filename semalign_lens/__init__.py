@@ -9,6 +9,7 @@
                         sl.accumulated_resid(pair.student, batch, drop_first=True))
     pairing = sl.make_pairing("proportional", pair.teacher.cfg.n_layers, pair.student.cfg.n_layers)
     result = sl.align(sl.AlignConfig(), teacher=pair.teacher, student=pair.student, pairing=pairing)
+    sl.draw_run(result)                                               # its figures and report.html
     sl.evaluation.cross_entropy(result.student, ["def mul(a, b):\\n    return a * b\\n"], tokenizer=pair.tokenizer)
 
 The face is lazy (PEP 562): a name's module is imported on first use, so `import semalign_lens` and the CLI's
@@ -34,6 +35,7 @@ _API = {  # public name -> the module that defines it
     "fidelity": "lens.semantics", "transfer_fidelity": "lens.semantics", "condition_report": "lens.semantics",
     "cka_matrix": "lens.similarity", "cka_permutation_null": "lens.similarity", "cka_heatmap": "reports.plots",
     "cka_wide": "lens.similarity", "residual_labels": "lens.similarity",
+    "measure_matrix": "lens.measures", "measure_null": "lens.measures", "stitching_map": "evaluation.stitching",
     # two tokenizers
     "align_vocabularies": "data.vocab", "aligned_positions": "data.vocab",
     "held_out_coverage": "data.vocab", "intersection_bases": "lens.semantics", "aligned_stacks": "lens.aligned",
@@ -44,6 +46,7 @@ _API = {  # public name -> the module that defines it
     "inspect_pairing": "lens.inspection", "pairing_report": "reports.pairing", "Report": "reports.page",
     # training and comparing
     "AlignConfig": "training", "load_align_config": "training", "align": "training", "Trainer": "training",
+    "draw_run": "reports.run",
     "run_method": "training.methods", "RunProfile": "evaluation.protocol", "build_task": "evaluation.protocol", "shared_config": "evaluation.protocol",
     "SemalignError": "core.errors",
 }
@@ -83,11 +86,13 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .data.vocab import align_vocabularies, aligned_positions, held_out_coverage
     from .evaluation import protocol
     from .evaluation.protocol import RunProfile, build_task, shared_config
+    from .evaluation.stitching import stitching_map
     from .lens import attribution, pairing, semantics, similarity
     from .lens.aligned import aligned_stacks
     from .lens.attribution import rank_agreement, rank_layers, top_layers
     from .lens.capture import Capture, accumulated_resid, capture
     from .lens.inspection import inspect_pairing
+    from .lens.measures import measure_matrix, measure_null
     from .lens.overview import humaneval_prompts, residual_norm_figure, residual_norms
     from .lens.pairing import LayerPair, LayerPairing, make_pairing
     from .lens.semantics import (
@@ -110,5 +115,6 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .reports.page import Report
     from .reports.pairing import pairing_report
     from .reports.plots import cka_heatmap
+    from .reports.run import draw_run
     from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
     from .training.methods import run_method
