@@ -496,21 +496,21 @@ cfg = sl.load_align_config(None, {
 
 `align(cfg, teacher=..., student=...)` uses the already-loaded models (otherwise it loads `cfg.teacher` and
 `cfg.student`). The caller's student is not modified: `result.student` is the trained copy (a plain Hugging
-Face model), also saved to `run_dir/student`."""),
+Face model), also saved to `run_dir/student`. The trainer writes records (metrics, CKA maps, the config, the
+pairing); `draw_run(result)` draws the run's figures and its `report.html` from them."""),
     ("code", '''\
 result = sl.align(cfg, teacher=teacher, student=student)
+sl.draw_run(result)
 print(f"finished={result.finished}, {result.final['step']} steps in {result.final['elapsed_s']:.1f} s")
 sorted(p.name for p in result.run_dir.iterdir())'''),
-    ("md", "## Losses\n\nOne row per step in `metrics.jsonl` (`result.metrics()` reads it as a DataFrame). The stage "
+    ("md", "## Losses\n\nOne row per step in `metrics.jsonl` (`result.metrics()`: the records as a DataFrame). The stage "
            "boundaries are where the frontier moves one layer deeper."),
     ("code", '''\
 metrics = result.metrics()
 train = metrics[metrics["kind"] == "train"]
 train[["step", "stage", "stage_label", "loss", "relation", "kl"]].tail(4)'''),
     ("code", '''\
-import plotly.io as pio
-
-fig = pio.read_json(result.run_dir / "figures" / "loss_curves.json")  # the figure the trainer wrote
+fig = sl.loss_figure(result.records, list(cfg.objective.terms))  # the run page's figure, from the records
 fig'''),
     ("md", """\
 ## Diagnostics per paired layer
@@ -523,12 +523,12 @@ lens at its layer agrees with the teacher's at the paired layer) and `top1_targe
 diag = metrics[metrics["kind"] == "diag"].astype({"student_layer": int})
 cols = ["cos_state", "cos_contribution", "relation_cka", "span_share", "top1_teacher", "top1_target"]
 diag.pivot_table(index="student_layer", columns="when", values=cols, sort=False).round(3)'''),
-    ("md", "The trainer also writes the teacher × student CKA map at the start and end of every stage; here the "
-           "first and the last:"),
+    ("md", "The trainer also records the teacher × student CKA map at the start and end of every stage "
+           "(`result.cka`); here the first and the last:"),
     ("code", '''\
 last = int(train["stage"].max())
-before = pio.read_json(result.run_dir / "figures" / "cka_stage0_start.json")
-after = pio.read_json(result.run_dir / "figures" / f"cka_stage{last}_end.json")
+before = sl.cka_figure(result.cka["cka_stage0_start"])
+after = sl.cka_figure(result.cka[f"cka_stage{last}_end"])
 before'''),
     ("code", "after"),
     ("md", """\

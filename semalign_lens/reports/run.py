@@ -115,6 +115,12 @@ def write_figure(fig, path: Path) -> None:
     fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
 
 
+def cka_figure(cka: dict):
+    """One of a run's CKA maps (`AlignResult.cka`), the pairing's cells marked."""
+    return cka_heatmap(torch.tensor(cka["matrix"]), cka["student_labels"], cka["teacher_labels"],
+                       title=cka.get("title"), pairs=[tuple(p) for p in cka.get("pairs", [])])
+
+
 def draw_run(result: AlignResult) -> Path | None:
     """Draw a finished run's figures (`figures/*.html`, with the run's `figures` setting) and its page
     (`report.html`, with `report`), from the records the trainer returned; returns the page's path (None
@@ -125,9 +131,7 @@ def draw_run(result: AlignResult) -> Path | None:
         terms = list(config["objective"]["terms"])
         figures["loss_curves"] = loss_figure(result.records, terms)
         figures["projections"] = projection_figure(result.records)
-        for name, cka in result.cka.items():
-            figures[name] = cka_heatmap(torch.tensor(cka["matrix"]), cka["student_labels"], cka["teacher_labels"],
-                                        title=cka.get("title"), pairs=[tuple(p) for p in cka.get("pairs", [])])
+        figures.update({name: cka_figure(cka) for name, cka in result.cka.items()})
         for name, fig in figures.items():
             with writing(run_dir / "figures" / f"{name}.html"):
                 write_figure(fig, run_dir / "figures" / f"{name}.html")
