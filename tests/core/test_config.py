@@ -20,7 +20,7 @@ from semalign_lens.training import AlignConfig, load_align_config
 from semalign_lens.training.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-PRETRAIN_JSON = REPO / "semalign_lens" / "zoo" / "configs" / "stdlib_student.json"
+PRETRAIN_JSON = REPO / "semalign_lens" / "models" / "zoo" / "configs" / "stdlib_student.json"
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
