@@ -337,7 +337,7 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
     Unlike TL's [point, batch, pos, d], tokens are flattened ([point, n_tokens, d], row j of every point the
     same token), so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens). `drop_first`
     leaves out each sequence's first token (the document start), whose outlier state dominates linear CKA.
-    TL's `apply_ln` is `semantics.logit_lens` here (norm and head); resid_mid is not captured (no `incl_mid`).
+    TL's `apply_ln` is `models.readout.logit_lens` here (norm and head); resid_mid is not captured (no `incl_mid`).
     Runs on a TransformerBridge (its hooks) and on a plain HF causal LM (`hf.capture`: the trainer's copies),
     without gradients: the one residual stack the pairing report, the trainer, the analyses and notebooks read.
     """

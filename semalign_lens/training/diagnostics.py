@@ -10,7 +10,7 @@ Per paired layer, on the held-out diagnostic batch (no grad):
   whether the student writes where the teacher's semantics live;
 - `top1_teacher`: logit-lens top-1 agreement of the student at its layer and the teacher at the paired
   teacher layer (the nearer one when the target interpolates two), each read with its own head, the final
-  norm recomputed on each state (the "recompute" readout, `semantics.READOUTS`);
+  norm recomputed on each state (the "recompute" readout, `models.readout.READOUTS`);
 - `top1_target`: top-1 agreement of the student's lens on its state and on the mapped target.
 And at the start and end of every stage, the teacher x student linear CKA of every block's resid_post.
 """

@@ -140,18 +140,18 @@ def test_engines_agree_with_transformer_lens_patching(tiny_pair, teacher_batch):
 
 def test_fast_engine_falls_back_to_full_logits_when_the_head_differs(tiny_pair, teacher_batch, monkeypatch):
     """A head the logit-lens readout does not reproduce (e.g. soft-capped logits) must not change the scores."""
-    from semalign_lens.lens import semantics
+    from semalign_lens.models import readout
 
     model = tiny_pair.teacher
     kwargs = dict(methods=["patch_denoise", "ablate_zero"], progress=False, n_boot=20, batch_size=4)
     ref = A.intervention_scan(model, teacher_batch, **kwargs)
-    real = semantics.Readout.from_model
+    real = readout.Readout.from_model
 
     def doubled(cls, m):
         head = real(m)
         return lambda h: head(h) * 2.0  # not what the model computes
 
-    monkeypatch.setattr(semantics.Readout, "from_model", classmethod(doubled))
+    monkeypatch.setattr(readout.Readout, "from_model", classmethod(doubled))
     np.testing.assert_allclose(A.intervention_scan(model, teacher_batch, **kwargs)["score"], ref["score"], atol=1e-5)
 
 
