@@ -40,6 +40,7 @@ from ..core.precision import autocast, precision_record, resolve_precision
 from ..core.runlock import refuse_if_locked, run_lock
 from ..data.tokens import TokenBatch, set_document_start
 from ..lens.capture import accumulated_resid
+from ..lens.interchange import interchange_logits
 from ..lens.pairing import LayerPair
 from ..models.architectures import lora_problem
 from ..models.lora import save_lora
@@ -58,7 +59,8 @@ from .config import AlignConfig, config_diff
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
 from .diagnostics import cka_grid, cka_maps, projection_metrics, read_metrics
-from .objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
+from .gradcos import backward_by_pieces, loss_pieces
+from .objectives import LayerInputs, Objective, OutputInputs, StepContext, ce_loss, get_objective
 from .preflight import preflight
 from .schedule import Stage, build_stages, close_stage, lr_at, make_optimizer, open_stage, stage_at
 from .setup import check_pairs, resolve_pairing, resolve_transfer
@@ -76,6 +78,7 @@ from .targets import (
     teacher_keys,
     tokenizer_fingerprint,
 )
+from .terms import balanced_terms, reference_terms, term_scales
 
 
 class NonFiniteLossError(SemalignError):
@@ -100,7 +103,7 @@ class AlignResult:
     student_path: Path | None = None
     report_path: Path | None = None
     student: nn.Module | None = None  # the trained plain HF student (in memory)
-    records: list[dict] = field(default_factory=list)  # metrics.jsonl: kinds train, diag, heldout, cka, stage
+    records: list[dict] = field(default_factory=list)  # metrics.jsonl: kinds train, diag, heldout, cka, stage, gradcos
     cka: dict[str, dict] = field(default_factory=dict)  # {"cka_stage{i}_{start,end}": matrix, labels, pairs, title}
     config: dict = field(default_factory=dict)
     pairing: list[dict] = field(default_factory=list)
@@ -111,7 +114,7 @@ class AlignResult:
         return bool(self.final.get("finished"))
 
     def metrics(self):
-        """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage)."""
+        """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage, gradcos)."""
         import pandas as pd
 
         return pd.DataFrame(self.records)
@@ -191,6 +194,8 @@ class Trainer:
         self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
         self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
         self.need_teacher_states = any(o.kind == "layer" for _, o, _, _ in self.objectives)
+        self.balanced = balanced_terms(cfg.objective.options)  # layer terms scaled to the output KL (`terms`)
+        self.needs = {need for _, o, _, _ in self.objectives for need in o.needs}  # `training.objectives.NEEDS`
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
@@ -211,7 +216,7 @@ class Trainer:
                                 "aligned positions (training/cross_pair.py)")
         # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share refused)
         self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
-        # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None where
+        # the real vocabulary rows (`models.load.vocab_rows`) every output term, lens and cached logit reads; None where
         # a head has no padding (nothing is sliced)
         self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m) for m in (teacher, student))
         if not self.cross and (self.t_rows or self.s_rows):
@@ -308,7 +313,9 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
-        if self.targets.mode == "cached":
+        # a term reading teacher states through the teacher's logit lens (lens_kl) keeps its final norm and head
+        self.teacher_lens = lens_fn(self.teacher, self.t_rows) if "teacher_lens" in self.needs else None
+        if self.targets.mode == "cached" and "teacher_model" not in self.needs:  # an intervention runs the teacher
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
 
@@ -475,7 +482,18 @@ class Trainer:
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(values, reduction="sum") if self.world > 1 else values
 
-    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
+    def _context(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int) -> StepContext:
+        """What the step tells the terms that need more than their tensors (`training.objectives.StepContext`)."""
+        return StepContext(step, (step - stage.start) / stage.steps, tuple(self.pairs), self.n_student_layers,
+                           batch.tokens, batch.mask, student=self.student, teacher=self.teacher,
+                           teacher_lens=self.teacher_lens, teacher_states=teacher.states, shared=self.shared_ids,
+                           rows=(self.s_rows, self.t_rows), autocast=self.autocast, seed=self.cfg.seed,
+                           swapped_logits=interchange_logits)
+
+    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int = 0
+               ) -> dict[str, torch.Tensor]:
+        """Every term's value on the batch (a layer term: its mean over the stage's pairs, the values per pair kept
+        in `_pair_values` for the gradient diagnostics)."""
         layers = self._student_layers(stage.pairs)
         with self.autocast():
             s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
@@ -488,10 +506,16 @@ class Trainer:
                         if self.need_teacher_states else [])
         out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
                                    teacher_mask=teacher.mask) if self.need_logits else None)
-        values = {}
+        context = self._context(stage, batch, teacher, step)
+        for x in layer_inputs:
+            x.context = context
+        values, self._pair_values = {}, {}
         for name, obj, _, options in self.objectives:
             if obj.kind == "layer":
-                values[name] = torch.stack([obj.fn(x, **options) for x in layer_inputs]).mean()
+                if not layer_inputs:  # the end-to-end stage has no pair: its layer terms rest
+                    continue
+                self._pair_values[name] = [obj.fn(x, **options) for x in layer_inputs]
+                values[name] = torch.stack(self._pair_values[name]).mean()
             else:
                 values[name] = obj.fn(out_inputs, **options)
         return values
@@ -503,7 +527,7 @@ class Trainer:
         for group in self._opt.param_groups:
             group["lr"] = lr
         teacher = self.targets(batch.tokens, index)
-        values = self._terms(stage, batch, teacher)
+        values = self._terms(stage, batch, teacher, step)
         local_tokens = batch.mask.sum().float()
         global_tokens = self._reduce_sum(local_tokens.detach().clone())
         share = local_tokens / global_tokens  # this process's part of every global mean
@@ -512,8 +536,16 @@ class Trainer:
         for name, value in zip(names, reduced.tolist(), strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLossError(step + 1, stage, name, value)
-        loss = sum(w * values[n] for n, _, w, _ in self.objectives)
-        (loss * share * self.world).backward()  # the all-reduce below averages over processes
+        scales = term_scales(values, self.objectives, self.balanced)  # weights x dynamic balance (`terms`)
+        if self.cfg.gradcos_every and (step + 1) % self.cfg.gradcos_every == 0:  # one backward per piece (`gradcos`)
+            pieces = loss_pieces(values, self._pair_values, self.objectives, scales,
+                                 [p.student_layer for p in stage.pairs])
+            for rec in backward_by_pieces(pieces, self._params, float(share * self.world),
+                                          set(reference_terms(self.objectives))):
+                self._log({"kind": "gradcos", "step": step + 1, "stage": stage.index, **rec})
+        else:
+            loss = sum(scales[n] * values[n] for n in names)
+            (loss * share * self.world).backward()  # the all-reduce below averages over processes
         grads = [p for p in self._params if p.grad is not None]
         if self.world > 1 and grads:
             flat = self.acc.reduce(torch.cat([p.grad.flatten() for p in grads]), reduction="mean")
@@ -528,7 +560,9 @@ class Trainer:
         self._opt.step()
         self._opt.zero_grad(set_to_none=True)
         record = {n: v for n, v in zip(names, reduced.tolist(), strict=True)}
-        record["loss"] = sum(w * record[n] for n, _, w, _ in self.objectives)
+        record["loss"] = sum(scales[n] * record[n] for n in names)
+        record.update({f"{n}_alpha": scales[n] / w for n, _, w, _ in self.objectives
+                       if n in self.balanced and n in scales})  # each balanced term's α
         record.update(lr=lr, grad_norm=float(grad_norm), tok_s=float(global_tokens) / max(1e-9, time.time() - t0))
         return record
 
@@ -649,7 +683,7 @@ class Trainer:
                 self._close_stage()
                 self._diagnose(step, stage, "end", cka=self.cfg.figures)
                 self._log({"kind": "stage", "when": "end", "step": step, "stage": stage.index, "label": stage.label,
-                           **{k: record[k] for k in ["loss", *self._term_names()]}})
+                           **{k: record[k] for k in ["loss", *self._term_names()] if k in record}})
                 self._save(step, stage, closed=True, elapsed=time.time() - t_start)
             elif step % self.cfg.checkpoint_every == 0 or step == end:
                 self._save(step, stage, closed=False, elapsed=time.time() - t_start)
