@@ -91,6 +91,48 @@ def projection_figure(records: list[dict]):
     return integer_steps(fig, int(frame["step"].max()) if len(frame) else 1)
 
 
+def _gradcos_frame(records: list[dict]) -> pd.DataFrame:
+    rows = [r for r in records if r.get("kind") == "gradcos"]
+    return pd.DataFrame(rows, columns=["step", "term", "student_layer", "cos", "norm_ratio"])
+
+
+def gradcos_figure(records: list[dict]):
+    """Per layer term and paired student layer (`kind == "gradcos"` records, `training.gradcos`): the cosine
+    between the term's gradient and the output KL's on the trainable parameters (left: fixed range [−1, 1], 0
+    marked), and the ratio of their norms (right: log axis, 1 marked), against the step."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    frame = _gradcos_frame(records)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
+        "cos(∇ layer term, ∇ output KL)", "‖∇ layer term‖ / ‖∇ output KL‖"])
+    for i, ((term, layer), g) in enumerate(frame.groupby(["term", "student_layer"], sort=True)):
+        colour, name = qualitative.Plotly[i % len(qualitative.Plotly)], f"{term} · student L{int(layer)}"
+        g = g.sort_values("step")
+        for col, metric in ((1, "cos"), (2, "norm_ratio")):
+            fig.add_trace(go.Scatter(x=g["step"], y=g[metric], mode="lines+markers", name=name, legendgroup=name,
+                                     line={"color": colour}, showlegend=col == 1), row=1, col=col)
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=1)
+    fig.add_hline(y=1, line_dash="dot", line_color="grey", row=1, col=2)
+    fig.update_yaxes(range=[-1.05, 1.05], title_text="cosine", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="norm ratio", row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title="Gradient agreement of each layer term with the output KL", template="plotly_white",
+                      height=420)
+    return integer_steps(fig, int(frame["step"].max()) if len(frame) else 1)
+
+
+def gradcos_table(records: list[dict]) -> pd.DataFrame:
+    """One row per layer term and paired student layer: steps measured, mean cosine, the share of steps where the
+    term opposes the output KL (cosine < 0), and the median norm ratio."""
+    frame = _gradcos_frame(records)
+    grouped = frame.groupby(["term", "student_layer"], sort=True)
+    return pd.DataFrame({"steps": grouped.size(), "mean cos": grouped["cos"].mean(),
+                         "share cos < 0": grouped["cos"].apply(lambda c: float((c < 0).mean())),
+                         "median norm ratio": grouped["norm_ratio"].median()}).reset_index()
+
+
 def heldout_figure(runs: dict[str, list[dict]]):
     """The held-out CE (the diagnostic batch, `kind == "heldout"` records) against the step, one line per
     method on one axis: where the methods part, and when."""
@@ -131,6 +173,8 @@ def draw_run(result: AlignResult) -> Path | None:
         terms = list(config["objective"]["terms"])
         figures["loss_curves"] = loss_figure(result.records, terms)
         figures["projections"] = projection_figure(result.records)
+        if any(r.get("kind") == "gradcos" for r in result.records):
+            figures["gradcos"] = gradcos_figure(result.records)
         figures.update({name: cka_figure(cka) for name, cka in result.cka.items()})
         for name, fig in figures.items():
             with writing(run_dir / "figures" / f"{name}.html"):
@@ -172,6 +216,18 @@ def run_page(result: AlignResult, figures: dict) -> Report:
     if final.get("diagnostics"):
         rep.add_table(pd.DataFrame(final["diagnostics"]).T.reset_index(names="layer"),
                       caption="Final projection diagnostics per paired student layer")
+    if any(r.get("kind") == "gradcos" for r in result.records):
+        rep.add_heading("Gradient agreement with the output KL")
+        rep.add_markdown(
+            f"Every {config.get('gradcos_every')} steps, per paired layer: the cosine between each layer term's "
+            "gradient and the output KL's on the trainable parameters, and the ratio of their norms (each term's "
+            "share of the step's loss: weight, balance factor, 1/pairs). Positive: the term pushes where the KL "
+            "does; negative: they compete and the step is a compromise; near 0 with a large ratio: the term spends "
+            "the step on directions the output does not care about (semalign_lens.training.gradcos).")
+        if "gradcos" in figures:
+            rep.add_figure(figures["gradcos"], caption="Cosine (left) and norm ratio (right) per layer term and "
+                                                       "paired student layer against the step.", name="gradcos")
+        rep.add_table(gradcos_table(result.records), caption="Gradient agreement per layer term and paired layer")
     rep.add_heading("Teacher x student CKA per stage")
     for stage in stages:
         for when in ("start", "end"):

@@ -130,7 +130,10 @@ class ScheduleConfig:
     or `joint` (v1: one stage, all paired layers' losses at once). `trainable`: `paired` (the stage's
     layer(s): earlier layers frozen) or `all` (every student parameter: SFT-style controls). `adapter`:
     `full` parameters or `lora` (rank `lora_rank` on `lora_targets`, merged at the end of each stage).
-    `stage_steps` and `lr` are one value for all stages or a list with one value per stage.
+    `stage_steps` and `lr` are one value for all stages or a list with one value per stage. `global_steps` > 0
+    follows those stages with one end-to-end stage (local then global: MOHAWK arXiv 2408.10189, Puzzle
+    2411.19146, LoLCATs 2410.10254 end their local alignment so): every student layer trains, with the stages'
+    adapter, on the output terms only (the layer terms have no pair there).
     """
 
     mode: str = setting("frontier", doc="frontier (a stage per paired layer, shallow to deep) or joint (one stage)")
@@ -149,6 +152,9 @@ class ScheduleConfig:
     grad_clip: float = setting(1.0, doc="gradient norm clipping threshold")
     save_adapters: bool = setting(False, doc="lora: also save each stage's adapters in peft's format "
                                              "(run_dir/adapters/stage{i}) before they are merged")
+    global_steps: int = setting(0, doc="steps of one final end-to-end stage after the others: every student layer "
+                                       "trains on the output terms only (local then global); 0 = none")
+    global_lr: float | None = setting(None, doc="learning rate of that stage (unset: the last stage's)")
 
     def validate(self) -> None:
         _choice(self, "mode", MODES)
@@ -166,6 +172,12 @@ class ScheduleConfig:
             raise SemalignError(f"schedule.stage_steps must be whole numbers, got {self.stage_steps!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise SemalignError("schedule.warmup_steps and weight_decay must be >= 0 and min_lr_ratio in [0, 1]")
+        if isinstance(self.global_steps, bool) or not isinstance(self.global_steps, int) or self.global_steps < 0:
+            raise SemalignError(f"schedule.global_steps must be a whole number >= 0 (0 = no end-to-end stage), got "
+                                f"{self.global_steps!r}")
+        if self.global_lr is not None and (isinstance(self.global_lr, bool) or not self.global_lr > 0):
+            raise SemalignError(f"schedule.global_lr must be positive (or unset: the last stage's), got "
+                                f"{self.global_lr!r}")
         if self.lora_targets is not None and not self.lora_targets:
             raise SemalignError("schedule.lora_targets is empty; name the linear layers to adapt, e.g. "
                                 "['v_proj', 'o_proj', 'up_proj', 'down_proj'], or leave it unset for the family's")
@@ -276,6 +288,9 @@ class AlignConfig:
                                                           "checkpointing (the same gradient, less memory)")
     log_every: int = setting(1, doc="write training metrics every N steps")
     diag_every: int = setting(0, doc="projection diagnostics every N steps (0: only at stage start and end)")
+    gradcos_every: int = setting(0, doc="gradient diagnostics every N steps: per paired layer, the cosine and norm "
+                                        "ratio of each layer term's gradient against the output KL's (records of "
+                                        "kind 'gradcos'); 0 = off")
     checkpoint_every: int = setting(50, doc="checkpoint every N steps")
     keep_checkpoints: int = setting(2, doc="checkpoints kept on disk (older ones are deleted)")
     cka_max_tokens: int = setting(2048, doc="CKA matrices use at most the first N diagnostic tokens")
@@ -295,6 +310,8 @@ class AlignConfig:
         require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "cka_max_tokens")
         if self.diag_every < 0:
             raise SemalignError(f"diag_every must be >= 0 (0 = only at stage boundaries), got {self.diag_every}")
+        if isinstance(self.gradcos_every, bool) or not isinstance(self.gradcos_every, int) or self.gradcos_every < 0:
+            raise SemalignError(f"gradcos_every must be a whole number >= 0 (0 = off), got {self.gradcos_every!r}")
         for sub in (self.data, self.pairing, self.objective, self.schedule, self.targets, self.train):
             sub.validate()
         if self.vocab == "intersection" and self.micro_batch() < self.data.batch_size:
@@ -302,6 +319,10 @@ class AlignConfig:
                                 "cross-tokenizer pair's (vocab = 'intersection') token terms average over the aligned "
                                 "positions, a different share per sequence, so the step would not be the batch's; "
                                 "unset train.micro_batch_size")
+        from .terms import term_problem
+
+        if (problem := term_problem(self)) is not None:
+            raise SemalignError(problem)
         needs_logits = [n for n in self.objective.terms if _needs_teacher_logits(n)]
         if self.targets.mode == "cached" and needs_logits and not self.targets.cache_logits:
             raise SemalignError(f"objective term(s) {needs_logits} need teacher logits, which cached targets do not "
@@ -353,11 +374,11 @@ def load_align_config(path: str | Path | None = None, overrides: dict[str, Any] 
 # Keys that may change between a run and its resumption (they do not change what is trained; `train` changes how
 # a step is computed, not its gradient).
 RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
-                  "cka_max_tokens", "run_dir", "train"}
+                  "cka_max_tokens", "run_dir", "train", "gradcos_every"}
 
 
-# Keys added since runs were first saved, with the value a run saved before them had.
-ADDED_KEYS = {"dtype": "float32"}
+# Keys added since runs were first saved (dotted), with the value a run saved before them had.
+ADDED_KEYS = {"dtype": "float32", "schedule.global_steps": 0, "schedule.global_lr": None}
 
 
 def config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
@@ -366,7 +387,7 @@ def config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
     for key in sorted(set(saved) | set(now)):
         if not prefix and key in RESUMABLE_KEYS:
             continue
-        a, b = saved.get(key, ADDED_KEYS.get(key) if not prefix else None), now.get(key)
+        a, b = saved.get(key, ADDED_KEYS.get(prefix + key)), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_diff(a, b, f"{prefix}{key}.")
         elif a != b:

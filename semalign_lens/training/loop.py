@@ -46,6 +46,7 @@ from ..core.precision import autocast, precision_record, resolve_precision
 from ..core.runlock import refuse_if_locked, run_lock
 from ..data.tokens import TokenBatch, set_document_start
 from ..lens.capture import accumulated_resid
+from ..lens.interchange import interchange_logits
 from ..lens.pairing import LayerPair
 from ..models.architectures import lora_problem
 from ..models.lora import save_lora
@@ -64,7 +65,8 @@ from .config import AlignConfig, config_diff
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
 from .dataset import AlignData, build_data
 from .diagnostics import cka_grid, cka_maps, projection_metrics, read_metrics
-from .objectives import LayerInputs, Objective, OutputInputs, ce_loss, get_objective
+from .gradcos import backward_by_pieces, loss_pieces
+from .objectives import LayerInputs, Objective, OutputInputs, StepContext, ce_loss, get_objective
 from .preflight import preflight
 from .processes import from_main, refuse_sharding, run_accelerator, teacher_everywhere
 from .recompute import recomputed_blocks
@@ -86,6 +88,7 @@ from .targets import (
     tokenizer_fingerprint,
     unshared_cache,
 )
+from .terms import balanced_terms, reference_terms, term_scales
 
 
 class NonFiniteLossError(SemalignError):
@@ -110,7 +113,7 @@ class AlignResult:
     student_path: Path | None = None
     report_path: Path | None = None
     student: nn.Module | None = None  # the trained plain HF student (in memory)
-    records: list[dict] = field(default_factory=list)  # metrics.jsonl: kinds train, diag, heldout, cka, stage
+    records: list[dict] = field(default_factory=list)  # metrics.jsonl: kinds train, diag, heldout, cka, stage, gradcos
     cka: dict[str, dict] = field(default_factory=dict)  # {"cka_stage{i}_{start,end}": matrix, labels, pairs, title}
     config: dict = field(default_factory=dict)
     pairing: list[dict] = field(default_factory=list)
@@ -121,7 +124,7 @@ class AlignResult:
         return bool(self.final.get("finished"))
 
     def metrics(self):
-        """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage)."""
+        """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage, gradcos)."""
         import pandas as pd
 
         return pd.DataFrame(self.records)
@@ -208,13 +211,17 @@ class Trainer:
         self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
         self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
         self.need_teacher_states = any(o.kind == "layer" for _, o, _, _ in self.objectives)
+        self.balanced = balanced_terms(cfg.objective.options)  # layer terms scaled to the output KL (`terms`)
+        self.needs = {need for _, o, _, _ in self.objectives for need in o.needs}  # `training.objectives.NEEDS`
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
         # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device.
         # The teacher only where it is used (`processes.teacher_everywhere`); the main process checks the pair and
         # builds the map once, and the others wait here for what they need of it (`setup.MainSetup`)
-        if not (self.main or teacher_everywhere(cfg, self.need_teacher_states or self.need_teacher_logits, plugins)):
+        runs_teacher = bool(self.needs & {"teacher_model", "teacher_lens"})  # an intervention, a teacher lens
+        if not (self.main or teacher_everywhere(cfg, self.need_teacher_states or self.need_teacher_logits, plugins,
+                                                runs_teacher)):
             teacher = None
         elif teacher is None:
             teacher = load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu")
@@ -352,7 +359,9 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
-        if self.targets.mode in ("cached", "none"):  # no step runs the teacher
+        # a term reading teacher states through the teacher's logit lens (lens_kl) keeps its final norm and head
+        self.teacher_lens = lens_fn(self.teacher, self.t_rows) if "teacher_lens" in self.needs else None
+        if self.targets.mode in ("cached", "none") and "teacher_model" not in self.needs:  # no step runs the teacher
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
 
@@ -524,7 +533,18 @@ class Trainer:
             return self.targets(tokens, index)
         return self.targets(tokens, index, keys=self.stage_keys[stage.index])
 
-    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
+    def _context(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int) -> StepContext:
+        """What the step tells the terms that need more than their tensors (`training.objectives.StepContext`)."""
+        return StepContext(step, (step - stage.start) / stage.steps, tuple(self.pairs), self.n_student_layers,
+                           batch.tokens, batch.mask, student=self.student, teacher=self.teacher,
+                           teacher_lens=self.teacher_lens, teacher_states=teacher.states, shared=self.shared_ids,
+                           rows=(self.s_rows, self.t_rows), autocast=self.autocast, seed=self.cfg.seed,
+                           swapped_logits=interchange_logits)
+
+    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int = 0
+               ) -> dict[str, torch.Tensor]:
+        """Every term's value on the batch (a layer term: its mean over the stage's pairs, the values per pair kept
+        in `_pair_values` for the gradient diagnostics)."""
         layers = self._student_layers(stage.pairs)
         recompute = recomputed_blocks(self.student) if self.cfg.train.activation_checkpointing else nullcontext()
         with self.autocast(), recompute:
@@ -538,10 +558,16 @@ class Trainer:
                         if self.need_teacher_states else [])
         out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
                                    teacher_mask=teacher.mask) if self.need_logits else None)
-        values = {}
+        context = self._context(stage, batch, teacher, step)
+        for x in layer_inputs:
+            x.context = context
+        values, self._pair_values = {}, {}
         for name, obj, _, options in self.objectives:
             if obj.kind == "layer":
-                values[name] = torch.stack([obj.fn(x, **options) for x in layer_inputs]).mean()
+                if not layer_inputs:  # the end-to-end stage has no pair: its layer terms rest
+                    continue
+                self._pair_values[name] = [obj.fn(x, **options) for x in layer_inputs]
+                values[name] = torch.stack(self._pair_values[name]).mean()
             else:
                 values[name] = obj.fn(out_inputs, **options)
         return values
@@ -553,23 +579,35 @@ class Trainer:
         for group in self._opt.param_groups:
             group["lr"] = lr
         global_tokens = self._reduce_sum(batch.mask.sum().float())
-        names = self._term_names()
-        totals = torch.zeros(len(names), device=self.device)
+        gradcos = bool(self.cfg.gradcos_every) and (step + 1) % self.cfg.gradcos_every == 0
         starts = range(0, len(index), self.micro_batch)
+        names, totals = None, None
         for k, start in enumerate(starts):
             part = slice(start, start + self.micro_batch)
             micro = TokenBatch(batch.tokens[part], batch.mask[part])
             teacher = self._teacher_batch(stage, micro.tokens, index[part])
-            values = self._terms(stage, micro, teacher)
+            values = self._terms(stage, micro, teacher, step)
+            if names is None:  # the stage's terms (a global stage's layer terms rest)
+                names = list(values)
+                totals = torch.zeros(len(names), device=self.device)
             share = micro.mask.sum().float() / global_tokens  # this micro-batch's part of every global mean
             totals += torch.stack([values[n].detach().float() for n in names]) * share
-            loss = sum(w * values[n] for n, _, w, _ in self.objectives)
+            scales = term_scales(values, self.objectives, self.balanced)  # weights x dynamic balance (`terms`)
             # gradients accumulate over the micro-batches; a student wrapped for gradient sync (DDP, FSDP) syncs
             # at the last one only (`no_sync` is no context for the plain module); the all-reduce below averages
             # over processes
             with self.acc.no_sync(self.student) if k < len(starts) - 1 else nullcontext():
-                (loss * share * self.world).backward()
-            del teacher, values, loss  # the next micro-batch's teacher states are not to meet these
+                if gradcos:  # one backward per piece (`gradcos`), logged per micro-batch
+                    pieces = loss_pieces(values, self._pair_values, self.objectives, scales,
+                                         [p.student_layer for p in stage.pairs])
+                    for rec in backward_by_pieces(pieces, self._params, float(share * self.world),
+                                                  set(reference_terms(self.objectives))):
+                        self._log({"kind": "gradcos", "step": step + 1, "stage": stage.index,
+                                   **({"micro_batch": k} if len(starts) > 1 else {}), **rec})
+                else:
+                    loss = sum(scales[n] * values[n] for n in names)
+                    (loss * share * self.world).backward()
+            del teacher, values  # the next micro-batch's teacher states are not to meet these
         reduced = self._reduce_sum(totals)
         for name, value in zip(names, reduced.tolist(), strict=True):
             if not math.isfinite(value):
@@ -588,7 +626,10 @@ class Trainer:
         self._opt.step()
         self._opt.zero_grad(set_to_none=True)
         record = {n: v for n, v in zip(names, reduced.tolist(), strict=True)}
-        record["loss"] = sum(w * record[n] for n, _, w, _ in self.objectives)
+        scales = term_scales({n: torch.tensor(v) for n, v in record.items()}, self.objectives, self.balanced)  # global
+        record["loss"] = sum(scales[n] * record[n] for n in names)
+        record.update({f"{n}_alpha": scales[n] / w for n, _, w, _ in self.objectives
+                       if n in self.balanced and n in scales})  # each balanced term's α
         record.update(lr=lr, grad_norm=float(grad_norm), tok_s=float(global_tokens) / max(1e-9, time.time() - t0))
         return record
 
@@ -713,7 +754,7 @@ class Trainer:
                 self._close_stage()
                 self._diagnose(step, stage, "end", cka=self.cfg.figures)
                 self._log({"kind": "stage", "when": "end", "step": step, "stage": stage.index, "label": stage.label,
-                           **{k: record[k] for k in ["loss", *self._term_names()]}})
+                           **{k: record[k] for k in ["loss", *self._term_names()] if k in record}})
                 self._save(step, stage, closed=True, elapsed=time.time() - t_start)
             elif step % self.cfg.checkpoint_every == 0 or step == end:
                 self._save(step, stage, closed=False, elapsed=time.time() - t_start)

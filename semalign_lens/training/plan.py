@@ -61,7 +61,12 @@ forwards are not live at once):
   8 + b for cosine_onehot and shared_kl, 32 + b for uld (two sorted softmaxes), 12 + b for any other;
 - layer terms: n·4·(3·d_S + d_T + 3·S) per active pair (mapped target and contribution, the teacher's
   contribution, three S × S Grams a sequence); fisher's vocabulary chunks (16 MiB) are not counted;
+- layer readouts, per active pair: a term reading both logit lenses (lens_kl) n·(2·b + 12)·max(V_S, V_T) (the
+  two lens logits, the KL's fp32 copies and gradient); an intervention (interchange) a second student pass
+  (its activations as above, its logits n·(b + 8)·V_S) and a teacher forward n·b·((m_T + 1)·f_T + V_T), whose
+  weights a cached run then keeps;
 - backward: one block's activation gradients, n·(8·d_S + b·m·f_S).
+The end-to-end stage (`schedule.global_steps`) trains every block on the output terms, no layer term.
 Host RAM, setup: the teacher bridge w·P_T; the student bridge and the plain copy made of it before it moves,
 2·w·P_S; the data (N + diag_sequences)·S·9 (int64 tokens, bool mask); the teacher's CKA stack
 4·(L_T + 1)·n_c·d_T (when `figures`, or the cka pairing); the CKA grid G = 12·n_c·(L_S + 1)·d_S +
@@ -379,6 +384,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     logits = any(o.kind == "output" for o in objectives.values())
     layer_terms = any(o.kind == "layer" for o in objectives.values())
     teacher_logits = any(o.needs_teacher_logits for o in objectives.values())
+    term_needs = {need for o in objectives.values() for need in o.needs}  # `objectives.NEEDS`
     pairs = pairs_of(cfg, t, s)
     K = len({layer for p in pairs for layer in p.teacher_layers}) + 1 if layer_terms or teacher_logits else 0
     cached = tg.mode == "cached" and K > 0
@@ -411,12 +417,13 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     best: dict[str, int] = {}
     most_masters = most_read = 0
     for stage in stages:
-        K_s = len(stage_keys(stage.pairs, pairs)) if layer_terms else 0
-        deepest = max(p.student_layer for p in stage.pairs)
-        trained = (range(s.layers) if sc.trainable == "all" else sorted({p.student_layer for p in stage.pairs}))
+        K_s = len(stage_keys(stage.pairs, pairs)) if layer_terms and stage.pairs else 0
+        everything = sc.trainable == "all" or stage.is_global
+        deepest = max((p.student_layer for p in stage.pairs), default=s.layers - 1)
+        trained = (range(s.layers) if everything else sorted({p.student_layer for p in stage.pairs}))
         last = s.layers - 1 if logits else deepest
-        path = range(trained[0] if sc.trainable == "paired" else 0, last + 1)
-        if sc.trainable == "all" and sc.adapter == "full":
+        path = range(0 if everything else trained[0], last + 1)
+        if everything and sc.adapter == "full":
             n_train = s.params
         else:
             n_train = sum(s.trainable_params(s.blocks[i], rank, sc.lora_targets) for i in trained)
@@ -426,7 +433,11 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         acts += 4 * (s.d + 1) + b * s.d if logits else 0
         linear = (max if recompute else sum)(s.blocks[i].linear_weights for i in path)
         masters = n_train * (4 if rank else 4 - w)
-        rows = {weights[0]: 0 if cached else w * t.params, weights[1]: w * s.params,
+        readouts = len(stage.pairs) * n * (
+            ((2 * b + 12) * max(s.vocab, t.vocab) if "teacher_lens" in term_needs else 0)
+            + (acts + (b + 8) * s.vocab + teacher_mlp + b * t.vocab if "teacher_model" in term_needs else 0))
+        kept_teacher = not cached or "teacher_model" in term_needs  # an intervention runs the teacher
+        rows = {weights[0]: w * t.params if kept_teacher else 0, weights[1]: w * s.params,
                 "trainable state": 12 * n_train + masters, "teacher diagnostic states": diag_states,
                 "teacher targets": n * (4 * K_s * t.d + logits_on_gpu),
                 "teacher forward": 0 if cached or not K else n * (teacher_mlp
@@ -438,6 +449,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
                     [b] + [TERM_BYTES.get(name, OTHER_TERM_BYTES) + b
                            for name, o in objectives.items() if o.kind == "output"]),
                 "layer terms": n * 4 * (3 * s.d + t.d + 3 * d.seq_len) * len(stage.pairs) if layer_terms else 0,
+                "layer readouts": readouts,
                 "backward": n * (8 * s.d + b * s.mlp_factor * s.d_mlp)}
         if sum(rows.values()) > sum(best.values()):
             best, plan.worst = rows, f"stage {stage.index}, {stage.label}"

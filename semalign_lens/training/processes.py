@@ -67,10 +67,14 @@ def run_accelerator():
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
 
 
-def teacher_everywhere(cfg: AlignConfig, reads_teacher: bool, plugins: Sequence[Any]) -> bool:
-    """Whether every process loads the teacher: when steps read teacher targets online, or a plugin has a
-    `setup(trainer, teacher)` hook (it reads the teacher in each process). Else the main process alone does."""
-    return (reads_teacher and cfg.targets.mode == "online") or any(hasattr(p, "setup") for p in plugins)
+def teacher_everywhere(cfg: AlignConfig, reads_teacher: bool, plugins: Sequence[Any], runs_teacher: bool = False
+                       ) -> bool:
+    """Whether every process loads the teacher: when steps read teacher targets online, a term runs the teacher
+    itself every step whatever the targets (`runs_teacher`: an interchange intervention, a teacher logit lens), or
+    a plugin has a `setup(trainer, teacher)` hook (it reads the teacher in each process). Else the main process
+    alone does."""
+    return ((reads_teacher and cfg.targets.mode == "online") or runs_teacher
+            or any(hasattr(p, "setup") for p in plugins))
 
 
 def from_main(accelerator, value: Any, waiting_for: str, say: bool = True) -> Any:

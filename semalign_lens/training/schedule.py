@@ -5,8 +5,10 @@ student layer, in depth order; at stage i only layer k_i trains and only its lay
 terms) is optimised; layers before it were trained in earlier stages and stay frozen, layers after it are
 frozen until their own stage. Joint (v1): one stage in which all paired layers train on all their layer
 losses at once. `trainable = "all"` trains every student parameter instead (SFT-style controls with the
-same stages, data and steps). Each stage gets a fresh AdamW (its parameter set differs) and its own
-learning rate; LoRA adapters are merged into the weights at the end of their stage.
+same stages, data and steps). `global_steps` adds one last stage with no pairs in which every student layer
+trains on the output terms (local then global, `ScheduleConfig`). Each stage gets a fresh AdamW (its
+parameter set differs) and its own learning rate; LoRA adapters are merged into the weights at the end of
+their stage.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Stage:
     steps: int
     lr: float
     start: int  # first global step of the stage
+    is_global: bool = False  # the end-to-end stage after the others: every layer trains, no layer term
 
     @property
     def end(self) -> int:
@@ -38,7 +41,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        return "+".join(f"L{p.student_layer}" for p in self.pairs)
+        return "global" if self.is_global else "+".join(f"L{p.student_layer}" for p in self.pairs)
 
 
 def _per_stage(value, n: int, name: str) -> list:
@@ -59,6 +62,8 @@ def build_stages(cfg: ScheduleConfig, pairs: list[LayerPair]) -> list[Stage]:
     for i, (group, n, lr) in enumerate(zip(groups, steps, lrs, strict=True)):
         stages.append(Stage(i, group, n, lr, start))
         start += n
+    if cfg.global_steps:
+        stages.append(Stage(len(stages), (), int(cfg.global_steps), float(cfg.global_lr or lrs[-1]), start, True))
     return stages
 
 
@@ -90,7 +95,7 @@ def lr_at(cfg: ScheduleConfig, stage: Stage, step: int) -> float:
 
 def trainable_modules(student: nn.Module, cfg: ScheduleConfig, stage: Stage) -> list[nn.Module]:
     layers = parts(student).layers
-    if cfg.trainable == "all":
+    if cfg.trainable == "all" or stage.is_global:
         return [student] if cfg.adapter == "full" else list(layers)
     return [layers[p.student_layer] for p in stage.pairs]
 

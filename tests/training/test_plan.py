@@ -333,3 +333,22 @@ def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tin
     bound = sum(rows.get(k, 0) for k in ("student activations", "autocast weight copies", "vocabulary buffers",
                                          "layer terms"))
     assert kept <= bound < 2 * kept
+
+
+def test_the_end_to_end_stage_and_the_readout_terms_are_planned(shapes):
+    """`schedule.global_steps` adds a stage training every block (LoRA on all 32); `lens_kl` counts its two lens
+    readouts per pair; `interchange` keeps the teacher's weights although the targets are cached."""
+    t, s = shapes["llama2-13b"], shapes["llama2-7b"]
+    base = {"schedule.adapter": "lora", "precision": "bf16", "data.batch_size": 8, "targets.mode": "cached",
+            "targets.cache_logits": "topk"}
+    kd = make_plan(load_align_config(None, {**base, "objective.terms": {"kl": 1.0}}), t, s)
+    both = make_plan(load_align_config(None, {**base, "objective.terms": {"kl": 1.0}, "schedule.global_steps": 10}),
+                     t, s)
+    assert (both.stages, both.steps) == (kd.stages + 1, kd.steps + 10)
+    assert both.trainable == 32 * kd.trainable and both.worst == f"stage {kd.stages}, global"
+    lens = make_plan(load_align_config(None, {**base, "objective.terms": {"lens_kl": 1.0, "kl": 1.0}}), t, s)
+    assert lens.gpu_training["layer readouts"] == 8 * 256 * (2 * 2 + 12) * 32000
+    assert "teacher weights (float32)" not in kd.gpu_training
+    swap = make_plan(load_align_config(None, {**base, "objective.terms": {"interchange": 1.0, "kl": 1.0}}), t, s)
+    assert swap.gpu_training["teacher weights (float32)"] == 4 * PUBLISHED["llama2-13b"]
+    assert swap.gpu_training["layer readouts"] > 8 * 256 * 2 * 32000 * 2

@@ -31,16 +31,35 @@ fields replaced, and `run_method` trains it.
 | `kd-shared` | shared_kl | `kd` across two tokenizers: KL on the shared vocabulary at aligned positions |
 | `uld` | uld | Universal Logit Distillation (Boizard et al.): sorted-probability Wasserstein-1, no vocabulary map |
 | `semalign-shared` | relation + shared_kl | `semalign` across two tokenizers: intersection-basis map, aligned positions |
+| `lens-kl` | lens_kl + kl | logit-lens KL per paired layer, depth-weighted, annealed (DistillLens, arXiv 2602.13567) |
+| `lens-kl-shared` | lens_kl + shared_kl | `lens-kl` across two tokenizers, on the shared strings |
+| `interchange` | interchange + kl | interchange intervention training on paired layers (DIITO, arXiv 2112.02505) |
+| `relation-kl` | relation_kl + kl | relation KL at one upper-middle pair (MiniLMv2, arXiv 2012.15828) |
+| `semalign-balanced` | relation (balanced) + kl | `semalign` with α = L_KL / L_relation each step (Minitron, arXiv 2407.14679) |
 """
 
 from __future__ import annotations
 
 # One module per method; each registers its method(s) (their loss terms live in semalign_lens.training.objectives).
-from . import cross_vocab, fitnets, kd, laten, relation, seeking, semalign, sft  # noqa: F401
+from . import (  # noqa: F401
+    balanced,
+    cross_vocab,
+    fitnets,
+    interchange,
+    kd,
+    laten,
+    lens_kl,
+    relation,
+    relation_kl,
+    seeking,
+    semalign,
+    sft,
+)
 from .registry import METHODS, Method, get_method, method_config, method_trainer, register_method, run_method
 
 ROW_ORDER = ("sft", "kd", "fitnets", "gram", "seeking", "laten", "semalign", "semalign-layer", "semalign-cosine",
-             "semalign-fisher", "semalign-paper-map", "semalign-v1", "kd-shared", "uld", "semalign-shared")
+             "semalign-fisher", "semalign-paper-map", "semalign-v1", "kd-shared", "uld", "semalign-shared",
+             "lens-kl", "lens-kl-shared", "interchange", "relation-kl", "semalign-balanced")
 for _name in ROW_ORDER:  # the table's row order: control, baselines, SemAlign variants (user methods after)
     METHODS[_name] = METHODS.pop(_name)
 

@@ -19,6 +19,12 @@ What is the paper's and what is inferred (SemAlign v1, v2 and the ACL version of
 | `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
 | `shared_kl`     | output | ours, cross-tokenizer pairs: KL on the shared vocabulary (renormalised) at aligned positions (`cross_vocab`). |
 | `uld`           | output | not SemAlign: Universal Logit Distillation (Boizard et al. 2024), sorted-probability Wasserstein-1 (`cross_vocab`). |
+| `lens_kl`       | layer  | published (DistillLens, arXiv 2602.13567): KL between the teacher's and the student's logit-lens distributions per pair, depth-weighted, annealed to zero over its stage; needs an output KL beside it (`lens_kl`). |
+| `interchange`   | layer  | published (DIITO, arXiv 2112.02505): KL between teacher and student outputs under the same interchange of paired-layer states between sequences of the batch (`interchange`). |
+| `relation_kl`   | layer  | published (MiniLMv2, arXiv 2012.15828): KL over softmax-normalised self-relations of the residual states per relation head, at one upper-middle pair (`relation_kl`). |
+
+Every layer term also takes `balance` (ours, after Minitron, arXiv 2407.14679): the term is scaled each step by
+α = L_out / L_term, detached, with L_out the output terms that read teacher logits (`training.terms`).
 
 Interfaces of the layer losses (the `interface` option):
 - `state`: the student's residual stream after block k (resid_post) against the mapped teacher state.
@@ -34,7 +40,7 @@ Masks: padding positions never enter any loss. Output losses that score next-tok
 positions t with both t and t+1 real; `kl` uses every real position.
 
 Vocabulary rows (ours; the paper's Llama-2 heads have no padding): the trainer hands every output term the
-logits of the real vocabulary only, the first `models.vocab_rows` = len(tokenizer) head rows, and the logit lens
+logits of the real vocabulary only, the first `models.load.vocab_rows` = len(tokenizer) head rows, and the logit lens
 (`LogitLens.rows`, so `fisher` too) reads those rows. A head padded beyond its tokenizer (Qwen2.5: 152,064 rows
 for 151,665 tokens) has rows no text encodes to: a padded row is never a target, and the softmax over the
 tokenizer's rows is the model's distribution over text, conditioned on emitting a token. So `ce` and `kl` are
@@ -46,8 +52,10 @@ gradient, so training leaves their mass as it was. Two heads of different sizes 
 
 from __future__ import annotations
 
-from . import cross_vocab, reference  # noqa: F401  (register the baselines' and cross-vocabulary terms)
+from . import cross_vocab, interchange, lens_kl, reference, relation_kl  # noqa: F401  (register the other terms)
 from .cross_vocab import shared_kl_loss, uld_loss
+from .interchange import interchange_loss
+from .lens_kl import lens_kl_loss
 from .losses import (
                      KL_CHUNK_ELEMENTS,
                      Lens,
@@ -64,16 +72,21 @@ from .losses import (
 from .reference import hint_loss, sp_gram, sp_loss
 from .registry import (
                      INTERFACES,
+                     LAYER_OPTIONS,
+                     NEEDS,
                      OBJECTIVES,
                      LayerInputs,
                      Objective,
                      OutputInputs,
+                     StepContext,
                      get_objective,
                      register_objective,
 )
+from .relation_kl import relation_kl_loss
 from .sparse_logits import SparseLogits, sparse_kl_sum
 
-__all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "OBJECTIVES", "LayerInputs", "Lens", "Objective",
-           "OutputInputs", "SparseLogits", "ce_loss", "cosine_loss", "cosine_onehot_loss", "fisher_loss",
-           "fisher_quadratic", "get_objective", "hint_loss", "kl_loss", "next_token_mask", "register_objective",
-           "relation_cka", "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum", "uld_loss"]
+__all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "LAYER_OPTIONS", "NEEDS", "OBJECTIVES", "LayerInputs", "Lens",
+           "Objective", "OutputInputs", "SparseLogits", "StepContext", "ce_loss", "cosine_loss", "cosine_onehot_loss",
+           "fisher_loss", "fisher_quadratic", "get_objective", "hint_loss", "interchange_loss", "kl_loss",
+           "lens_kl_loss", "next_token_mask", "register_objective", "relation_cka", "relation_kl_loss",
+           "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum", "uld_loss"]

@@ -9,6 +9,7 @@ the first import of `semalign_lens.training.objectives`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +21,43 @@ from .losses import Lens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss,
 from .sparse_logits import SparseLogits
 
 INTERFACES = ("state", "contribution")
+# What a term may declare it needs beyond its tensors (`Objective.needs`; ours): the trainer then keeps the plain
+# teacher in memory (`teacher_model`: an intervention runs it), keeps its logit lens (`teacher_lens`), refuses a
+# config without an output KL beside the term (`output_kl`), or refuses a cross-tokenizer pair (`one_vocabulary`:
+# the term swaps or compares positions one for one).
+NEEDS = ("teacher_model", "teacher_lens", "output_kl", "one_vocabulary")
+# Options every layer term accepts beside its own, read by the trainer, not by the term (`training.terms`):
+# `balance` scales the term by α = L_out / L_term, detached, every step (Minitron, arXiv 2407.14679).
+LAYER_OPTIONS = {"balance": False}
+
+
+@dataclass
+class StepContext:
+    """What a training step tells the terms that need more than their tensors (ours): where the step is in its
+    stage (annealing), the run's pairs and the student's depth (depth weights, a term at one chosen pair), the
+    batch and the plain models (interventions), the teacher's logit lens and a cross-tokenizer pair's shared ids
+    (readouts). The trainer sets it on every `LayerInputs` of a step; terms called without one (tests, analysis)
+    fall back to their plain form."""
+
+    step: int  # the global step, 0-based
+    progress: float  # fraction of the stage done before this step, in [0, 1)
+    pairs: tuple[Any, ...]  # the run's `LayerPair`s, sorted by student layer
+    n_student_layers: int
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    student: Any = None  # the plain student being trained
+    teacher: Any = None  # the plain teacher (kept for terms that need `teacher_model`)
+    teacher_lens: Lens | None = None
+    teacher_states: dict[str, torch.Tensor] | None = None  # the step's raw teacher states ("post.{l}", "embed")
+    shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None  # (student ids, teacher ids)
+    rows: tuple[int | None, int | None] = (None, None)  # real vocabulary rows (student, teacher); None: all
+    autocast: Callable[[], Any] = nullcontext
+    seed: int = 0
+    swapped_logits: Callable[..., torch.Tensor] | None = None  # `lens.interchange.interchange_logits`
+
+    def pair(self, student_layer: int):
+        """The run's pair of `student_layer`."""
+        return next(p for p in self.pairs if p.student_layer == student_layer)
 
 
 @dataclass
@@ -41,6 +79,7 @@ class LayerInputs:
     teacher_state: Float[torch.Tensor, "batch pos d_t"] | None = None
     teacher_contribution: Float[torch.Tensor, "batch pos d_t"] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # from trainer plugins (e.g. a learned projector)
+    context: StepContext | None = None  # set by the trainer on a training step
 
     def pick(self, interface: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(student, target) at `interface` ('state' or 'contribution')."""
@@ -89,6 +128,7 @@ class Objective:
     # Such a term is no sum over micro-batches: with `train.micro_batch_size` each micro-batch takes the statistic
     # over its own sequences, so the step's gradient differs from the whole batch's (the trainer warns)
     batch_statistic: str | None = None
+    needs: frozenset[str] = frozenset()  # from `NEEDS`
 
     def vocab_problem(self, cross: bool) -> str | None:
         """Why this term cannot run on a pair of this kind (`cross`: two vocabularies paired through their shared
@@ -98,19 +138,24 @@ class Objective:
             return (f"objective {self.name!r} compares teacher and student logits token for token, but this run "
                     "pairs two vocabularies through their shared strings (vocab = 'intersection'); use 'shared_kl' "
                     "(KL on the shared tokens) or 'uld' instead")
+        if cross and "one_vocabulary" in self.needs:
+            return (f"objective {self.name!r} swaps or compares positions one for one, which two tokenizations "
+                    "of a text do not share; train it on a pair with one vocabulary (vocab = 'shared')")
         if self.cross_vocab and not cross:
             return (f"objective {self.name!r} is for a cross-tokenizer pair (vocab = 'intersection'); with one shared "
                     "vocabulary use 'kl'")
         return None
 
     def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """`defaults` updated with `given`; unknown option names are an error naming the valid ones."""
+        """`defaults` updated with `given`: the options `fn` takes. Unknown option names are an error naming the
+        valid ones; a layer term's `LAYER_OPTIONS` are valid too, and left to the trainer (not passed to `fn`)."""
         given = dict(given or {})
-        unknown = sorted(set(given) - set(self.defaults))
+        shared = LAYER_OPTIONS if self.kind == "layer" else {}
+        unknown = sorted(set(given) - set(self.defaults) - set(shared))
         if unknown:
             raise SemalignError(f"unknown option(s) {unknown} for objective {self.name!r}; valid options: "
-                                f"{sorted(self.defaults) or 'none'}")
-        return {**self.defaults, **given}
+                                f"{sorted({*self.defaults, *shared}) or 'none'}")
+        return {**self.defaults, **{k: v for k, v in given.items() if k not in shared}}
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -120,6 +165,9 @@ def register_objective(objective: Objective, *, replace: bool = False) -> Object
     """Add `objective` to the registry (user terms; the built-in ones register at first import)."""
     if objective.kind not in ("layer", "output"):
         raise SemalignError(f"objective kind must be 'layer' or 'output', got {objective.kind!r}")
+    if not set(objective.needs) <= set(NEEDS):
+        raise SemalignError(f"objective {objective.name!r} needs {sorted(set(objective.needs) - set(NEEDS))}, which "
+                            f"the trainer does not provide; valid needs: {', '.join(NEEDS)}")
     if objective.name in OBJECTIVES and not replace:
         raise SemalignError(f"an objective named {objective.name!r} is already registered; pick another name "
                             "or pass replace=True")
