@@ -183,7 +183,7 @@ class Clock:
 
 def humaneval_texts(size: Size) -> tuple[list[str], list[str]]:
     """(transfer texts, held-out texts): prompt + canonical solution of consecutive HumanEval problems."""
-    from semalign_lens.tasks.code import humaneval_problems
+    from semalign_lens.data.tasks.code import humaneval_problems
 
     texts = [p["prompt"] + p["canonical_solution"] for p in humaneval_problems()]
     return texts[: size.transfer_problems], texts[size.transfer_problems: size.transfer_problems + size.eval_texts]
@@ -194,7 +194,7 @@ def prepare(work: Path, size: Size, teacher: Path = TEACHER_DIR) -> None:
     CPU, in fp32)."""
     from transformers import AutoTokenizer
 
-    from semalign_lens.zoo.tiny import TinyArch, special_ids, tiny_hf_model
+    from semalign_lens.models.tiny import TinyArch, special_ids, tiny_hf_model
 
     work.mkdir(parents=True, exist_ok=True)
     student = work / "student"
@@ -216,13 +216,14 @@ def run_leg(name: str, device: str, dtype: str, size_name: str, work: Path, teac
 
     import semalign_lens as sl
     from semalign_lens import evaluation as ev
-    from semalign_lens.baselines import get_method, run_method
-    from semalign_lens.benchmark import RunProfile, shared_config
-    from semalign_lens.data import TokenBatch
+    from semalign_lens.data.tokens import TokenBatch
     from semalign_lens.evaluation import greedy_generate
-    from semalign_lens.models import describe, stage_readiness
+    from semalign_lens.evaluation.protocol import RunProfile, shared_config
+    from semalign_lens.models.inspect import describe
+    from semalign_lens.models.readiness import stage_readiness
     from semalign_lens.system import system_info
     from semalign_lens.training.dataset import build_data
+    from semalign_lens.training.methods import get_method, run_method
 
     transformers_logging.disable_progress_bar()  # a bar per load and save drowns the log
     size = SIZES[size_name]
@@ -319,8 +320,8 @@ def run_leg(name: str, device: str, dtype: str, size_name: str, work: Path, teac
 
 def _with(cfg, **changes):
     """A copy of an AlignConfig with top-level keys (or whole sections, as dicts) replaced."""
-    from semalign_lens.config import from_dict
-    from semalign_lens.trainer import AlignConfig
+    from semalign_lens.core.config import from_dict
+    from semalign_lens.training import AlignConfig
 
     return from_dict(AlignConfig, {**cfg.to_dict(), **changes})
 
@@ -343,7 +344,7 @@ def _placement(model) -> str:
 def _device_name(device: str) -> str:
     import torch
 
-    from semalign_lens.precision import cpu_summary
+    from semalign_lens.core.precision import cpu_summary
 
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_summary()["cpu"]
 

