@@ -260,7 +260,8 @@ def test_two_accelerate_processes_match_one(scale_out):
         one, two = _train_losses(outs["one"] / name), _train_losses(outs["two"] / name)
         assert len(one) == len(two) == (6 if name in ("cli", "cached-lora") else 2), name
         assert all(map(math.isfinite, two)), (name, two)
-        # a term with a batch statistic (FitNets' normaliser) takes it over each process's share of the batch
+        # a term with a batch statistic (FitNets' normaliser, interchange's in-batch sources) takes it over each
+        # process's share of the batch
         if not _cross_vocab(job) and not any(get_objective(t).batch_statistic for t in _terms(job)):
             assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4, atol=1e-5), (name, one, two)
         # the main process loads the teacher for every run; the other one only where its steps run the teacher

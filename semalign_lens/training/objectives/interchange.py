@@ -87,5 +87,7 @@ def _interchange(x: LayerInputs, fraction: float, direction: str, temperature: f
 register_objective(Objective(
     "interchange", "layer", _interchange, {"fraction": 0.5, "direction": "forward", "temperature": 1.0},
     needs=frozenset({"teacher_model", "one_vocabulary"}),
+    batch_statistic="each sequence's source, its neighbour in the batch (a batch split over processes or "
+                    "micro-batches pairs other sequences at the split)",
     source="published (DIITO, arXiv 2112.02505): KL between teacher and student outputs under the same interchange "
            "of paired-layer states; whole residual states, in-batch sources, sampled positions ours"))
