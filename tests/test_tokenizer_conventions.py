@@ -116,7 +116,7 @@ def test_capture_pairing_report_and_answers(user_pair, tmp_path):
         want = hf(input_ids=batch.tokens, output_hidden_states=True).hidden_states[2]
     assert torch.allclose(cap.get("resid_post", 1)[batch.mask], want[batch.mask], atol=1e-4)
     # answers scored as continuations: the answer tokens decode to the answer, for SentencePiece '▁' pieces too
-    batch, score = sl.data.prompt_answer_batch(pair.teacher.tokenizer, ["import json\n\nprint(json."],
+    batch, score = sl.data.tokens.prompt_answer_batch(pair.teacher.tokenizer, ["import json\n\nprint(json."],
                                                ["dumps"])
     assert pair.teacher.tokenizer.decode(batch.tokens[0][score[0]]).strip() == "dumps"
     out = pairing_report(pair.teacher, pair.student, "facts", tmp_path / "p.html", n_prompts=4,
@@ -228,6 +228,6 @@ def test_a_document_start_the_model_has_no_row_for_is_refused(tmp_path):
     teacher, student = load_model(t_dir), load_model(s_dir)
     for model in (teacher, student):
         model.tokenizer.add_special_tokens({"additional_special_tokens": ["<doc>"]})
-        sl.data.set_document_start(model.tokenizer, "<doc>")
+        sl.data.tokens.set_document_start(model.tokenizer, "<doc>")
     with pytest.raises(SemalignError, match=r"document start '<doc>' has id 384, outside its vocabulary of 384 rows"):
         ModelPair(teacher, student)

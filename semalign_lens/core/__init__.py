@@ -2,3 +2,7 @@
 
 Modules here import only this floor and the floors below it (tests/test_imports.py).
 """
+
+from .rooms import rooms
+
+__getattr__ = rooms(__name__)

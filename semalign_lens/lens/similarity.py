@@ -354,16 +354,21 @@ def cka_matrix(xs: States, ys: States | None = None, *, mask: Tensor | None = No
 
 @dataclass
 class PermutationNull:
-    """CKA of the real pairing (`observed`) and of `k` token-shuffled pairings (`null`), per layer pair.
+    """A measure's `[teacher layer x student layer]` grid on the real pairing (`observed`) and on `k` token-shuffled
+    pairings (`null`), per layer pair: CKA's (`cka_permutation_null`) and every other measure's
+    (`lens.measures.measure_null`).
 
-    A null value is what CKA reports for states with these shapes and spectra but no token correspondence;
-    an observed value inside the null says nothing about shared representation.
+    A null value is what the measure reports for states with these shapes and spectra but no token correspondence;
+    an observed value inside the null says nothing about shared representation. `higher_is_closer` orients the
+    p-values and the excess: True for similarities (CKA, mutual kNN, CKNNA, RSA), False for distances (Procrustes).
     """
 
     observed: Float[Tensor, "lx ly"]
     null: Float[Tensor, "k lx ly"]
-    debiased: bool
     seed: int
+    measure: str = "cka"
+    higher_is_closer: bool = True
+    debiased: bool | None = None  # CKA's estimator; None for the other measures
 
     @property
     def mean(self) -> Float[Tensor, "lx ly"]:
@@ -378,13 +383,15 @@ class PermutationNull:
 
     @property
     def p_values(self) -> Float[Tensor, "lx ly"]:
-        """One-sided permutation p-value, (1 + #{null >= observed}) / (k + 1); never 0."""
-        return (1 + (self.null >= self.observed[None]).sum(0)) / (self.null.shape[0] + 1)
+        """One-sided permutation p-value, (1 + #{null at least as close as observed}) / (k + 1); never 0."""
+        closer = self.null >= self.observed[None] if self.higher_is_closer else self.null <= self.observed[None]
+        return (1 + closer.sum(0)) / (self.null.shape[0] + 1)
 
     @property
     def excess(self) -> Float[Tensor, "lx ly"]:
-        """Observed minus the null mean: the similarity not explained by shapes and spectra alone."""
-        return self.observed - self.mean
+        """How much closer than the null mean the real pairing is (positive = closer, in the measure's units): for
+        CKA, the similarity not explained by shapes and spectra alone."""
+        return self.observed - self.mean if self.higher_is_closer else self.mean - self.observed
 
 
 def cka_permutation_null(xs: States, ys: States | None = None, *, n_permutations: int = 10, seed: int = 0,
@@ -417,7 +424,7 @@ def cka_permutation_null(xs: States, ys: States | None = None, *, n_permutations
         crosses.append(m.cross)
     first.cross = torch.cat(crosses)
     cka = _cka_from(first, debiased)
-    return PermutationNull(observed=cka[0], null=cka[1:], debiased=debiased, seed=seed)
+    return PermutationNull(observed=cka[0], null=cka[1:], seed=seed, debiased=debiased)
 
 
 # --------------------------------------------------------------------------------------------- minibatch CKA

@@ -17,7 +17,7 @@ about the models rather than the measure.
 | `rsa` | `rsa` | Spearman correlation of dissimilarity matrices (Kriegeskorte et al. 2008) | higher | fixed n |
 
 `measure_matrix(name, xs, ys, **options)` is the grid; `measure_null(name, xs, ys, n_permutations=...)` the grid
-with `n_permutations` seeded shuffles of the ys tokens (`MeasureNull`: mean, quantiles, oriented p-values,
+with `n_permutations` seeded shuffles of the ys tokens (`similarity.PermutationNull`: mean, quantiles, oriented p-values,
 excess over the null). The per-measure functions (`procrustes_matrix`, `mutual_knn_matrix`, `cknna_matrix`,
 `rsa_matrix`) take the measure's own options.
 """
@@ -33,14 +33,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ...core.errors import SemalignError
-from ..similarity import States
+from ..similarity import PermutationNull, States
 from . import neighbours, procrustes, rsa
 from .neighbours import cknna_matrix, mutual_knn_matrix
-from .null import MeasureNull
 from .procrustes import procrustes_matrix
 from .rsa import rsa_matrix
 
-__all__ = ["MEASURES", "MeasureNull", "cknna_matrix", "measure_matrix", "measure_null", "mutual_knn_matrix",
+__all__ = ["MEASURES", "cknna_matrix", "measure_matrix", "measure_null", "mutual_knn_matrix",
            "procrustes_matrix", "rsa_matrix"]
 
 
@@ -102,7 +101,7 @@ def measure_matrix(name: str, xs: States, ys: States | None = None, **options) -
 
 
 def measure_null(name: str, xs: States, ys: States | None = None, *, n_permutations: int = 10, seed: int = 0,
-                 **options) -> MeasureNull:
+                 **options) -> PermutationNull:
     """Measure `name` on the real token pairing and on `n_permutations` seeded shuffles of the ys tokens.
     Costs about 1 + n_permutations grids for CKA and Procrustes; for the fixed-n measures the per-layer work
     (neighbour lists, ranks) is done once and a shuffle only re-indexes it."""
@@ -110,4 +109,5 @@ def measure_null(name: str, xs: States, ys: States | None = None, *, n_permutati
         raise SemalignError(f"n_permutations must be >= 1 for a null, got {n_permutations}")
     measure = _lookup(name, options)
     grid = measure.grids(xs, ys, n_permutations=n_permutations, seed=seed, **measure.fixed, **options)
-    return MeasureNull(name, grid[0], grid[1:], measure.higher_is_closer, seed)
+    return PermutationNull(observed=grid[0], null=grid[1:], seed=seed, measure=name,
+                           higher_is_closer=measure.higher_is_closer)

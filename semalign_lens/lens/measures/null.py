@@ -10,49 +10,12 @@ the same way for every measure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ...core.checks import require_int
 from ...core.errors import SemalignError
-
-
-@dataclass
-class MeasureNull:
-    """A measure's `[teacher layer x student layer]` grid on the real pairing (`observed`) and on `k`
-    token-shuffled pairings (`null`). `higher_is_closer` orients the p-values: True for similarities
-    (CKA, mutual kNN, CKNNA, RSA), False for distances (Procrustes angle)."""
-
-    measure: str
-    observed: Float[Tensor, "lx ly"]
-    null: Float[Tensor, "k lx ly"]
-    higher_is_closer: bool
-    seed: int
-
-    @property
-    def mean(self) -> Float[Tensor, "lx ly"]:
-        return self.null.mean(0)
-
-    @property
-    def std(self) -> Float[Tensor, "lx ly"]:
-        return self.null.std(0) if self.null.shape[0] > 1 else torch.zeros_like(self.observed)
-
-    def quantile(self, q: float) -> Float[Tensor, "lx ly"]:
-        return self.null.quantile(q, dim=0)
-
-    @property
-    def p_values(self) -> Float[Tensor, "lx ly"]:
-        """One-sided permutation p-value, (1 + #{null at least as close as observed}) / (k + 1); never 0."""
-        closer = self.null >= self.observed[None] if self.higher_is_closer else self.null <= self.observed[None]
-        return (1 + closer.sum(0)) / (self.null.shape[0] + 1)
-
-    @property
-    def excess(self) -> Float[Tensor, "lx ly"]:
-        """How much closer than the null mean the real pairing is (positive = closer, in the measure's units)."""
-        return self.observed - self.mean if self.higher_is_closer else self.mean - self.observed
 
 
 def permutations(n: int, n_permutations: int, seed: int) -> list[Tensor | None]:
