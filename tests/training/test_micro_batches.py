@@ -55,10 +55,11 @@ def test_a_step_in_micro_batches_is_the_whole_batch_step(tmp_path, tiny_pair, to
 
 
 def test_every_registered_term_is_decomposable_or_says_why_not():
-    """The trainer warns about exactly the terms that declare a batch statistic; of the built-in ones that is
-    fitnets alone (laten_l2 reads no batch at all; the cross-vocabulary terms are means over aligned tokens, and
-    their pairs refuse micro-batches, below)."""
-    assert sorted(name for name, obj in OBJECTIVES.items() if obj.batch_statistic) == ["fitnets"]
+    """The trainer warns about exactly the terms that declare a batch statistic; of the built-in ones those are
+    fitnets (its normaliser) and interchange (each sequence's source is its neighbour in the batch); laten_l2 reads
+    no batch at all; the cross-vocabulary terms are means over aligned tokens, and their pairs refuse micro-batches,
+    below."""
+    assert sorted(name for name, obj in OBJECTIVES.items() if obj.batch_statistic) == ["fitnets", "interchange"]
 
 
 def test_fitnets_is_warned_about_and_differs_by_its_normaliser_alone(tmp_path, tiny_pair, tokens, monkeypatch):
