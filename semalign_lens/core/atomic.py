@@ -53,9 +53,9 @@ def fsync_path(path: Path) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Replace `path` whole or not at all, durably, safe beside other writers; a refused write is one line
     naming `path`."""
-    with writing(path), replacing(path) as tmp:
-        with open(tmp, "w") as f:
+    with writing(path):
+        with replacing(path) as tmp, open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
-    fsync_path(path.parent)
+        fsync_path(path.parent)
