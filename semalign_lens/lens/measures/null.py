@@ -54,6 +54,24 @@ class MeasureNull:
         """How much closer than the null mean the real pairing is (positive = closer, in the measure's units)."""
         return self.observed - self.mean if self.higher_is_closer else self.mean - self.observed
 
+    def frame(self):
+        """The observed grid as a DataFrame (index: xs layers, columns: ys layers, by position)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.observed.numpy())
+        frame.index.name, frame.columns.name = "teacher_layer", "student_layer"
+        return frame
+
+    def long(self):
+        """One row per cell: measure, layers, observed value, null mean, p-value, excess over the null."""
+        import pandas as pd
+
+        lx, ly = self.observed.shape
+        return pd.DataFrame({"measure": self.measure, "teacher_layer": torch.arange(lx).repeat_interleave(ly).numpy(),
+                             "student_layer": torch.arange(ly).repeat(lx).numpy(),
+                             "value": self.observed.flatten().numpy(), "null_mean": self.mean.flatten().numpy(),
+                             "p_value": self.p_values.flatten().numpy(), "excess": self.excess.flatten().numpy()})
+
 
 def permutations(n: int, n_permutations: int, seed: int) -> list[Tensor | None]:
     """[None (the real pairing), then `n_permutations` seeded shuffles of n token rows]."""
