@@ -19,6 +19,14 @@ every block output):
     fig5a  teacher x student (+ permutation null)
     fig5b  mapped teacher (dual, paper) x student;  teacher x aligned student
 
+**Every measure.** CKA alone cannot say whether "no diagonal" is the models or the measure, so claim (i) is
+re-tested with every measure of `lens.measures` (CKA, debiased CKA, Procrustes in sample and cross-validated,
+mutual kNN, CKNNA, RSA), each against its shuffled-token null, and with model stitching (the student's held-out
+CE increase when its state is replaced by the affinely mapped teacher state; fitted on the first three quarters
+of the prompts, scored on the rest; `--no-stitching` skips it): `lens.measures.compare_measures`'s diagonal
+test (closest teacher layer rising with student depth, Spearman >= 0.8, and the depth-proportional pairs closer
+than the grid's mean).
+
 Summary numbers: `path_cka` = mean CKA on the paper's depth-proportional pairs; `excess` = path_cka − the
 matrix mean; `monotone_rho` = Spearman correlation between student depth and its best teacher layer; `r` and
 `max_abs_diff` between a matrix without and with alignment (the "patterns look similar" claim). How to
@@ -57,6 +65,7 @@ from semalign_lens.core.errors import run_reporting_errors  # noqa: E402
 from semalign_lens.data.tokens import tokenize  # noqa: E402
 from semalign_lens.evaluation.protocol import load_pair  # noqa: E402
 from semalign_lens.lens.capture import accumulated_resid  # noqa: E402
+from semalign_lens.lens.measures import MEASURES, Reading, compare_measures, measure_null, reading  # noqa: E402
 from semalign_lens.lens.overview import humaneval_prompts  # noqa: E402
 from semalign_lens.lens.pairing import make_pairing  # noqa: E402
 from semalign_lens.lens.semantics import SemanticBasis, TransferMap  # noqa: E402
@@ -64,7 +73,7 @@ from semalign_lens.lens.similarity import cka_matrix, cka_permutation_null, resi
 from semalign_lens.models.inspect import describe  # noqa: E402
 from semalign_lens.models.load import load_model
 from semalign_lens.reports.page import Report  # noqa: E402
-from semalign_lens.reports.plots import cka_heatmap
+from semalign_lens.reports.plots import cka_heatmap, measure_heatmaps
 
 OUT = Path(__file__).resolve().parent / "out" / "fig45"
 HIGH_R, SMALL_DIFF, MONOTONE = 0.95, 0.10, 0.8  # what we take "very similar" and "layer by layer" to mean
@@ -134,7 +143,22 @@ def label(ok: bool | None) -> str:
     return "CONTEXT" if ok is None else "HOLDS" if ok else "DOES NOT HOLD"
 
 
-def verdicts(cross: pd.DataFrame, comparisons: pd.DataFrame, null_q95: float, shift: list[float]) -> list:
+def every_measure(T, S, batch, teacher, student, args):
+    """`compare_measures` of every registered measure with its null on teacher x student, and stitching."""
+    readings = [reading(measure_null(name, T, S, n_permutations=args.permutations, seed=args.seed))
+                for name in MEASURES]
+    if args.stitching:
+        from semalign_lens.evaluation.stitching import stitching_map
+
+        n_fit = max(1, len(batch) * 3 // 4)
+        fit, heldout = batch.select(range(n_fit)), batch.select(range(n_fit, len(batch)))
+        readings.append(Reading.of_stitching(stitching_map(teacher, student, fit, heldout, ridge=args.ridge)))
+    labels = residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)
+    return compare_measures(readings, *labels)
+
+
+def verdicts(cross: pd.DataFrame, comparisons: pd.DataFrame, null_q95: float, shift: list[float],
+             diagonal: pd.DataFrame) -> list:
     """(claim, holds: True/False, or None for context lines, the numbers behind it)."""
     c = cross.set_index("matrix")
     k = comparisons.set_index("comparison")
@@ -146,6 +170,12 @@ def verdicts(cross: pd.DataFrame, comparisons: pd.DataFrame, null_q95: float, sh
         f"Spearman {ts.monotone_rho:.2f}; best teacher block per student block {ts.best_teacher_block}; "
         f"proportional-pair CKA {ts.path_cka:.3f} vs matrix mean {ts['mean']:.3f} (excess {ts.excess:+.3f}); "
         f"95% permutation-null quantile {null_q95:.3f}")]
+    for name, row in diagonal.iterrows():
+        out.append((f"(i) with {name}: the closest teacher layer rises with student depth and the proportional "
+                    "pairs beat the grid mean", bool(row["holds"]),
+                    f"Spearman {row['monotone_rho']:.2f}; closest teacher block per student block "
+                    f"{row['best teacher layer per student layer']}; proportional pairs {row['proportional pairs']:.4g} "
+                    f"vs grid mean {row['grid mean']:.4g} (excess {row['excess']:+.4g}, closer-oriented)"))
     for label, key in (("(ii-a) Fig. 4: student self-similarity with and without alignment (trained)",
                         "fig4: student x student vs aligned x aligned"),
                        ("(ii-b) Fig. 5: teacher x student with and without alignment (teacher mapped, dual)",
@@ -180,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-seq-len", type=int, default=None, help="alignment sequence length (default 64; fast 32)")
     p.add_argument("--align-batch", type=int, default=None, help="alignment batch size (default 4; fast 4)")
     p.add_argument("--permutations", type=int, default=None, help="permutation-null draws (default 5; fast 3)")
+    p.add_argument("--no-stitching", dest="stitching", action="store_false",
+                   help="leave model stitching out of the every-measure test (a student forward per cell)")
+    p.add_argument("--ridge", type=float, default=0.01, help="ridge of the stitching maps' fit (scale-free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=str(OUT))
@@ -238,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                                 n_permutations=args.permutations, seed=args.seed)
     null_q95 = float(null.quantile(0.95)[1:, 1:].max())
     t = lap("CKA", t)
+    comparison = every_measure(T, S, batch, teacher, student, args)
+    t = lap("every measure", t)
 
     t_labels, s_labels = residual_labels(teacher.cfg.n_layers), residual_labels(student.cfg.n_layers)
     cells = proportional_cells(teacher.cfg.n_layers, student.cfg.n_layers)
@@ -252,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 M["fig5b mapped(paper) x student"]),
         compare("fig5: teacher x student vs teacher x aligned", M["fig5a teacher x student"], M["fig5b teacher x aligned"])])
     shift = np.diag(M["fig4b student x aligned"])[1:].tolist()
-    claims = verdicts(cross, comparisons, null_q95, shift)
+    claims = verdicts(cross, comparisons, null_q95, shift, comparison.diagonal)
 
     # ---------------------------------------------------------------------------------------------- outputs
     long = []
@@ -279,6 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         report.add_figure(cka_heatmap(torch.tensor(m), s_labels, rows, title=name, pairs=pairs, x_title=x_title,
                                       y_title=y_title), name=name.split()[0] + "-" + str(len(report.blocks)),
                           caption="crosses: the paper's depth-proportional pairs" if pairs else "")
+    report.add_markdown("**Claim (i) under every measure** (each against its null):\n\n"
+                        + "\n".join(f"- {line}" for line in comparison.verdict))
+    report.add_figure(measure_heatmaps(comparison.readings, s_labels, t_labels, pairs=make_pairing("proportional",
+                                                                                         teacher.cfg.n_layers,
+                                                                                         student.cfg.n_layers,
+                                                                                         interpolate=False),
+                                       pairs_name="depth-proportional pairs",
+                                       title="Fig. 5a under every measure: closeness rank"), name="measures",
+                      caption="Each measure's grid as closeness ranks (grey dots: no closer than its null; magenta "
+                              "rings: the closest teacher layer per student layer; red crosses: the paper's pairs)")
+    report.add_table(comparison.diagonal.round(4).reset_index(), caption="The diagonal claim under every measure")
     report.add_table(cross.round(4), caption="Cross matrices: mean, CKA on the proportional pairs, excess, best "
                                              "teacher block per student block, Spearman")
     report.add_table(selfs.round(4), caption="Self matrices: adjacent layers vs layers two or more apart")
@@ -300,11 +346,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"steps/stage, lr {args.lr}, {args.align_sequences} x {args.align_seq_len} code-transfer "
                              f"tokens, batch {args.align_batch}, seed {args.seed}",
                 "permutation null": f"{args.permutations} token shuffles of the student side",
+                "every measure": ", ".join(r.name for r in comparison.readings)
+                                 + (f" (stitching ridge {args.ridge})" if args.stitching else ""),
                 "torch threads": torch.get_num_threads(), "timings_s": timings}
     lines = ["# Figs. 4-5: CKA without and with alignment", "",
              f"Produced by `python analysis/fig45_cka.py{' --fast' if args.fast else ''}`; figures in "
              "`fig45_cka.html`, every matrix entry in `fig45_cka.csv`.", "",
              "## Cross matrices (teacher or mapped teacher x student)", "", cross.round(4).to_markdown(index=False), "",
+             "## Claim (i) under every measure", "", comparison.diagonal.round(4).to_markdown(), "",
+             *[f"- {line}" for line in comparison.verdict], "",
              "## Self matrices", "", selfs.round(4).to_markdown(index=False), "",
              "## Without vs with alignment", "", comparisons.round(4).to_markdown(index=False), "",
              "## Variance held by the largest single feature (why linear CKA can be dominated by one dimension)", "",
@@ -317,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"- **{label(ok)}** {text}: {nums}" for text, ok, nums in claims]
     lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
     (out / "fig45_cka.md").write_text("\n".join(lines) + "\n")
-    summary = {"settings": settings, "cross": cross.to_dict("records"), "top_dimension_share": outliers.to_dict("records"), "self": selfs.to_dict("records"),
+    summary = {"settings": settings, "cross": cross.to_dict("records"),
+               "measures": comparison.diagonal.reset_index().to_dict("records"),
+               "measure_agreement": comparison.agreement.to_dict(), "measure_verdict": comparison.verdict, "top_dimension_share": outliers.to_dict("records"), "self": selfs.to_dict("records"),
                "comparisons": comparisons.to_dict("records"), "student_shift": shift, "null_q95": null_q95,
                "alignment": align_info, "claims": [{"claim": c, "holds": ok, "numbers": n} for c, ok, n in claims]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))

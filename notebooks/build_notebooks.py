@@ -361,7 +361,11 @@ Which teacher layer should supervise which student layer? The paper uses a depth
 teacher layer ⌊(L_T/L_S)·k⌋) and moves a pair to a *critical* layer found by attribution. Representational
 similarity (linear CKA) gives a third, data-driven option: the monotone path through the teacher × student
 CKA map with the highest total similarity. This notebook computes the CKA maps (the paper's Figs. 4-5 without
-alignment), checks them against a permutation null, builds all three pairings and explains each pair.
+alignment), checks them against a permutation null, builds all three pairings and explains each pair. Then it
+reads CKA beside other similarity measures (Procrustes, mutual nearest neighbours, CKNNA, RSA), each against its
+null, adds model stitching (a functional measure: how well a teacher state serves the student) and its `stitch`
+pairing, and looks below the block: the attention and MLP writes, and which teacher head each student head
+resembles.
 
 """ + FAST_NOTE),
     ("code", SETUP),
@@ -434,11 +438,73 @@ pd.concat({s: pr.to_frame()[columns] for s, pr in pairings.items()}, names=["str
 fig = sl.cka_heatmap(cka, s_labels, t_labels, pairs=pairings["cka"], title="CKA map with the CKA-path pairing")
 fig'''),
     ("md", """\
+## Never CKA alone: the measures side by side
+
+CKA can be moved a lot by a few points or one high-variance direction without any change in function (Davari
+et al. 2022), and similarity measures disagree with each other (Ding, Denain & Steinhardt 2021). `sl.measures`
+holds more, on the same tokens and the same `[teacher point x student point]` grid: the orthogonal Procrustes
+angle, in sample and cross-validated (Williams et al. 2021; lower = closer), mutual k-nearest neighbours and
+CKNNA at a fixed n of 1024 tokens (Huh et al. 2024), and RSA (Kriegeskorte et al. 2008). `measure_null` computes
+one with its shuffled-token null; `compare_measures` reads them side by side: each measure's closest teacher
+layer per student layer, whether they agree, how many cells beat the null, and the paper's diagonal claim
+under each."""),
+    ("code", '''\
+names = ["cka_debiased", "procrustes", "procrustes_cv", "mutual_knn", "cknna", "rsa"]
+nulls = {name: sl.measure_null(name, t_states, s_states, n_permutations=3 if FAST else 10) for name in names}
+readings = [sl.reading(null) for null in nulls.values()]
+comparison = sl.compare_measures(readings, t_labels, s_labels)
+print("\\n".join(comparison.verdict))
+comparison.best'''),
+    ("md", """\
+## Model stitching: pairing from the models' outputs
+
+The paper's future work asks for a pairing "based on layer outputs". Stitching asks it directly: fit an affine
+map from a teacher layer's state into the student's residual at a layer (least squares, on the first three
+quarters of the prompts), let the student run on from the mapped state, and measure its cross-entropy on the
+held-out prompts against its own forward. The penalty (nats/token) is 0 when the teacher state serves the
+student as well as its own; its null is the student's mean state (a map that carries nothing). The `stitch`
+pairing is the monotone path of least total penalty."""),
+    ("code", '''\
+split = len(batch) * 3 // 4
+stitching = sl.stitching_map(teacher, student, batch.select(range(split)), batch.select(range(split, len(batch))),
+                             ridge=0.01)
+pairings["stitch"] = sl.make_pairing("stitch", n_t, n_s, stitching=stitching, cka=cka_table)
+readings.append(sl.measures.Reading.of_stitching(stitching))
+print(f"own CE {stitching.own_ce:.3f} nats/token on {stitching.n_heldout_tokens} held-out tokens")
+fig = sl.measure_heatmaps(readings, s_labels, t_labels, pairs=pairings["stitch"], pairs_name="stitch pairing",
+                          title="Every measure's closeness rank, with the stitch pairing")
+fig'''),
+    ("code", '''\
+comparison = sl.compare_measures(readings, t_labels, s_labels)
+print("\\n".join(comparison.verdict))
+pd.DataFrame({s: {p.student_layer: p.target_label() for p in pr} for s, pr in pairings.items()}).sort_index()'''),
+    ("md", """\
+## Below the block: attention and MLP writes, and heads
+
+A block writes into the residual stream twice, through its attention (`hook_attn_out`) and its MLP
+(`hook_mlp_out`); a student block can match its partner in one and not the other. And within the attention,
+`head_similarity` asks which teacher head each student head resembles: 1 − the Jensen-Shannon divergence between
+their attention patterns on the same tokens, with two pattern-free references (`uniform`, `first token`) below
+the dashed line."""),
+    ("code", '''\
+t_writes, s_writes = (sl.sublayer_writes(m, batch, drop_first=True) for m in (teacher, student))
+blocks_t, blocks_s = list(range(n_t)), list(range(n_s))
+for point in ("attn_out", "mlp_out"):
+    sub = [sl.reading(sl.measure_null(name, t_writes[point], s_writes[point], n_permutations=3 if FAST else 10))
+           for name in ("cka_debiased", "procrustes", "mutual_knn")]
+    print(point, *sl.compare_measures(sub, blocks_t, blocks_s).verdict, sep="\\n  ")'''),
+    ("code", '''\
+heads = sl.head_similarity(teacher, student, batch, [(p.nearest_teacher_layer, p.student_layer)
+                                                     for p in pairings["stitch"]])
+fig = sl.head_similarity_heatmaps(heads, title="Which teacher head each student head resembles (stitch pairs)")
+fig'''),
+    ("md", """\
 ## Handing a pairing to the trainer
 
 A pairing is plain JSON (`LayerPairing.save`); point `pairing.path` of an alignment config at it (notebook 05).
-`pairing_report` builds everything above as one self-contained HTML page (attribution, agreement, CKA map,
-pairing tables, semantic fidelity, provenance)."""),
+`pairing_report` builds everything above as one self-contained HTML page (attribution, agreement, the measures
+side by side with their verdict, the head view, CKA map, pairing tables, semantic fidelity, provenance;
+`stitching=True` adds stitching and the `stitch` strategy, `sublayers=True` the attention and MLP maps)."""),
     ("code", '''\
 import tempfile
 from pathlib import Path

@@ -35,7 +35,9 @@ _API = {  # public name -> the module that defines it
     "fidelity": "lens.semantics", "transfer_fidelity": "lens.semantics", "condition_report": "lens.semantics",
     "cka_matrix": "lens.similarity", "cka_permutation_null": "lens.similarity", "cka_heatmap": "reports.plots",
     "cka_wide": "lens.similarity", "residual_labels": "lens.similarity",
-    "measure_matrix": "lens.measures", "measure_null": "lens.measures", "stitching_map": "evaluation.stitching",
+    "measure_matrix": "lens.measures", "measure_null": "lens.measures", "compare_measures": "lens.measures",
+    "reading": "lens.measures", "measure_heatmaps": "reports.plots", "stitching_map": "evaluation.stitching",
+    "sublayer_writes": "lens.capture", "head_similarity": "lens.heads", "head_similarity_heatmaps": "reports.plots",
     # two tokenizers
     "align_vocabularies": "data.vocab", "aligned_positions": "data.vocab",
     "held_out_coverage": "data.vocab", "intersection_bases": "lens.semantics", "aligned_stacks": "lens.aligned",
@@ -53,7 +55,7 @@ _API = {  # public name -> the module that defines it
 _MODULES = {  # module on the face -> where it lives: the seven floors, and the rooms notebooks reach for
     **{floor: floor for floor in ("core", "data", "models", "lens", "training", "evaluation", "reports")},
     "attribution": "lens.attribution", "pairing": "lens.pairing", "semantics": "lens.semantics",
-    "similarity": "lens.similarity", "tasks": "data.tasks", "zoo": "models.zoo", "objectives": "training.objectives",
+    "similarity": "lens.similarity", "measures": "lens.measures", "tasks": "data.tasks", "zoo": "models.zoo", "objectives": "training.objectives",
     "methods": "training.methods", "plots": "reports.plots", "protocol": "evaluation.protocol",
 }
 __all__ = sorted([*_API, *_MODULES, "__version__"])
@@ -87,12 +89,13 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .evaluation import protocol
     from .evaluation.protocol import RunProfile, build_task, shared_config
     from .evaluation.stitching import stitching_map
-    from .lens import attribution, pairing, semantics, similarity
+    from .lens import attribution, measures, pairing, semantics, similarity
     from .lens.aligned import aligned_stacks
     from .lens.attribution import rank_agreement, rank_layers, top_layers
-    from .lens.capture import Capture, accumulated_resid, capture
+    from .lens.capture import Capture, accumulated_resid, capture, sublayer_writes
+    from .lens.heads import head_similarity
     from .lens.inspection import inspect_pairing
-    from .lens.measures import measure_matrix, measure_null
+    from .lens.measures import compare_measures, measure_matrix, measure_null, reading
     from .lens.overview import humaneval_prompts, residual_norm_figure, residual_norms
     from .lens.pairing import LayerPair, LayerPairing, make_pairing
     from .lens.semantics import (
@@ -114,7 +117,7 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .reports import plots
     from .reports.page import Report
     from .reports.pairing import pairing_report
-    from .reports.plots import cka_heatmap
+    from .reports.plots import cka_heatmap, head_similarity_heatmaps, measure_heatmaps
     from .reports.run import cka_figure, draw_run, loss_figure
     from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
     from .training.methods import run_method

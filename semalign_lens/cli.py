@@ -141,13 +141,45 @@ def _cmd_report_pairing(args) -> None:
     methods = args.methods or METHODS
     ranker = args.attribution_method or ("grad_x_act" if "grad_x_act" in methods else methods[0])
     exports = {to: _export_path(Path(args.out), to) for to in args.export or ()}  # checked before the run
+    measures = {"measures": args.measures} if args.measures else {}
     result = pairing_report(args.teacher, args.student, task=args.task, out_path=args.out, strategy=args.strategy,
                             n_prompts=args.prompts, methods=methods, attribution_method=ranker, png=args.png,
-                            patching=args.patching_maps or (), progress=not args.no_progress, vocab=args.vocab)
+                            patching=args.patching_maps or (), progress=not args.no_progress, vocab=args.vocab,
+                            permutations=args.permutations, knn_k=args.knn_k, stitching=args.stitching,
+                            sublayers=args.sublayers, heads=not args.no_heads, **measures)
+    for line in result.comparison.verdict:
+        print(f"- {line}".replace("**", ""))
     print(result.pairing.to_frame().to_string(index=False))
     print(f"\nreport: {result.path}")
     for to, out in exports.items():
         _export(result.pairing, to, out, args.teacher, args.student)
+
+
+def _cmd_similarity(args) -> None:
+    from .lens.measures import compare_measures, measure_null, reading, require_measures
+    from .lens.measures.states_file import load_states
+
+    names = require_measures(args.measures)  # refused before any file is read
+    xs, ys = load_states(args.teacher_states), load_states(args.student_states)
+    if args.out:
+        from .core.checks import check_output_file
+
+        check_output_file(args.out, "cells file", (".csv",))
+    options = {"mutual_knn": {"k": args.knn_k, "n_tokens": args.knn_tokens},
+               "cknna": {"k": args.knn_k, "n_tokens": args.knn_tokens}, "rsa": {"n_tokens": args.knn_tokens}}
+    nulls = {name: measure_null(name, xs, ys, n_permutations=args.permutations, seed=args.seed,
+                                **options.get(name, {})) for name in names}
+    for name, null in nulls.items():
+        print(f"{name} (rows: teacher layers, columns: student layers)\n{null.frame().round(4).to_string()}\n")
+    labels = [list(range(len(xs))), list(range(len(ys)))]
+    for line in compare_measures([reading(n) for n in nulls.values()], *labels).verdict:
+        print(f"- {line}".replace("**", ""))
+    if args.out:
+        import pandas as pd
+
+        cells = pd.concat([null.long() for null in nulls.values()], ignore_index=True)
+        cells.to_csv(args.out, index=False)
+        print(f"\ncells: {args.out}")
 
 
 def _export_path(base: Path, to: str) -> Path:
@@ -275,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", metavar="TEACHER")
     p.add_argument("student", metavar="STUDENT")
     p.add_argument("--task", default="facts", help="facts, humaneval, or a .json/.jsonl task file")
-    p.add_argument("--strategy", default="attribution", help="proportional, attribution or cka")
+    p.add_argument("--strategy", default="attribution",
+                   help="proportional, attribution, cka, or stitch (needs --stitching)")
     p.add_argument("--prompts", type=int, default=24, help="prompt pairs for the attribution rankers")
     p.add_argument("--methods", nargs="+", metavar="RANKER", default=None,
                    help="attribution rankers to run (default: all nine; `seeking` costs a backward per prompt)")
@@ -283,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ranker the attribution strategy pairs by (default grad_x_act, else the first of --methods)")
     p.add_argument("--patching-maps", nargs="+", metavar="MAP", choices=("position", "head"), default=None,
                    help="also the teacher's position- and/or head-resolved patching maps (layers x positions forwards)")
+    p.add_argument("--measures", nargs="+", metavar="MEASURE", default=None,
+                   help="similarity measures side by side, each against its null (default: cka cka_debiased "
+                        "procrustes mutual_knn; also procrustes_cv, cknna, rsa); never CKA alone")
+    p.add_argument("--permutations", type=int, default=10, help="token shuffles of each measure's null")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours of mutual kNN and CKNNA (fixed n = 1024 tokens)")
+    p.add_argument("--stitching", action="store_true",
+                   help="also model stitching (one student forward per teacher x student cell) and the stitch strategy")
+    p.add_argument("--sublayers", action="store_true",
+                   help="also the measures' maps of each block's attention write and MLP write (about 2x their cost)")
+    p.add_argument("--no-heads", action="store_true", help="skip the head-by-head attention-pattern similarity")
     p.add_argument("--out", default="pairing_report.html")
     p.add_argument("--png", action="store_true", help="also export PNGs (needs kaleido and a Chromium)")
     p.add_argument("--vocab", choices=("shared", "intersection"), default="shared",
@@ -292,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the pairing beside the report: semalign (LayerPairing JSON), distillkit "
                         "(layer_mapping YAML), modelopt (criterion layer names); those tools train with their own losses")
     p.set_defaults(func=_cmd_report_pairing)
+
+    p = sub.add_parser("similarity", help="similarity measures between two saved stacks of layer states, side by "
+                                          "side, each against its shuffled-token null")
+    p.add_argument("teacher_states", metavar="TEACHER_STATES",
+                   help=".safetensors, .npy or .pt: one [layer, token, d] tensor or one [token, d] tensor per layer")
+    p.add_argument("student_states", metavar="STUDENT_STATES", help="the same tokens, in the same order")
+    p.add_argument("--measures", nargs="+", metavar="MEASURE", default=["cka_debiased", "procrustes", "mutual_knn"],
+                   help="cka, cka_debiased, procrustes, procrustes_cv, mutual_knn, cknna, rsa")
+    p.add_argument("--permutations", type=int, default=10, help="token shuffles of each measure's null")
+    p.add_argument("--knn-k", type=int, default=10, help="neighbours of mutual kNN and CKNNA")
+    p.add_argument("--knn-tokens", type=int, default=1024, help="the fixed token sample of mutual kNN, CKNNA, RSA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="CSV", help="also write every cell: measure, layers, value, null mean, p-value")
+    p.set_defaults(func=_cmd_similarity)
 
     p = sub.add_parser("export-pairing", help="a saved pairing (or an align run's) as DistillKit's layer_mapping or "
                                               "ModelOpt's criterion layers; those tools train with their own losses")

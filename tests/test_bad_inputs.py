@@ -104,6 +104,14 @@ def env(tmp_path_factory):
     (root / "fake.gguf").write_text("hello, not GGUF")
     (root / "notmodel.json").write_text(json.dumps({"a": 1}))
     (root / "afile").write_text("a plain file\n")
+    from safetensors.torch import save_file  # layer states for `semalign similarity`: 40 tokens, 30, one NaN
+
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(3, 40, 8, generator=gen)
+    save_file({"states": states}, str(root / "states-a.safetensors"))
+    save_file({f"layer.{i}": torch.randn(30, 4, generator=gen) for i in range(2)}, str(root / "states-short.safetensors"))
+    states[1, 5, 2] = float("nan")
+    save_file({"states": states}, str(root / "states-nan.safetensors"))
 
     text = root / "text"
     text.mkdir()
@@ -192,6 +200,21 @@ CLI_CASES = [
      ["has 3 blocks but student teacher has 6", "at least as deep"], []),
     ("report-prompts-not-int", ["report", "pairing", "teacher", "student", "--prompts", "x"],
      ["invalid int value: 'x'", "usage: semalign report pairing"], []),
+    ("report-knn-k-above-tokens", ["report", "pairing", "teacher", "student", "--knn-k", "5000"],
+     ["knn_k = 5000 neighbours needs fewer than knn_tokens = 1024"], []),
+    ("report-cka-alone", ["report", "pairing", "teacher", "student", "--measures", "cka"], ["are CKA alone"], []),
+    ("report-stitch-without-stitching", ["report", "pairing", "teacher", "student", "--strategy", "stitch"],
+     ["stitching=True", "--stitching"], []),
+    ("similarity-different-token-counts", ["similarity", "states-a.safetensors", "states-short.safetensors"],
+     ["xs covers tokens (40,) and ys (30,)", "same token batch"], []),
+    ("similarity-k-larger-than-n", ["similarity", "states-a.safetensors", "states-a.safetensors", "--measures",
+                                    "mutual_knn", "--knn-k", "50"], ["k = 50 neighbours needs 1 <= k < n", "(40)"], []),
+    ("similarity-nan-states", ["similarity", "states-a.safetensors", "states-nan.safetensors"],
+     ["layer 1 of ys contains NaN or inf"], []),
+    ("similarity-unknown-measure", ["similarity", "states-a.safetensors", "states-a.safetensors", "--measures", "cca"],
+     ["unknown similarity measures ['cca']", "procrustes"], []),
+    ("similarity-not-a-states-file", ["similarity", "fake.gguf", "states-a.safetensors"],
+     ["fake.gguf must end in .safetensors, .npy, .pt"], []),
     ("align-data-not-utf8", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=bad.txt"],
      ["bad.txt is not UTF-8", "byte 0xe9"], []),
     ("align-data-dir-not-utf8", [*ALIGN, "--set", "run_dir=r1", "--set", "data.source=baddir"],
@@ -299,6 +322,8 @@ def _api_cases():
     from semalign_lens.demo import run_demo
     from semalign_lens.lens import attribution, pairing, similarity
     from semalign_lens.lens import capture as activations
+    from semalign_lens.lens.inspection import InspectionSettings, inspect_pairing
+    from semalign_lens.lens.measures.states_file import load_states
     from semalign_lens.lens.overview import architecture_table, residual_norms
     from semalign_lens.lens.semantics import SemanticBasis, TransferMap
     from semalign_lens.models.inspect import describe
@@ -472,6 +497,21 @@ def _api_cases():
                                                        out_path=c.root / "r.html"), "n_prompts"),
         ("report-unknown-metric", lambda c: pairing_report(c.pair.teacher, c.pair.student, metric="acc",
                                                            out_path=c.root / "r.html"), "unknown metric"),
+        ("report-knn-k-above-tokens", lambda c: pairing_report(c.pair.teacher, c.pair.student, knn_k=2000,
+                                                               out_path=c.root / "r.html"),
+         "knn_k = 2000 neighbours needs fewer than knn_tokens"),
+        ("report-cka-alone", lambda c: pairing_report(c.pair.teacher, c.pair.student, measures=["cka", "cka_debiased"],
+                                                      out_path=c.root / "r.html"), "CKA alone"),
+        ("report-unknown-measure", lambda c: pairing_report(c.pair.teacher, c.pair.student, measures=["cca"],
+                                                            out_path=c.root / "r.html"), "unknown similarity measures"),
+        ("report-stitch-without-stitching", lambda c: pairing_report(c.pair.teacher, c.pair.student, strategy="stitch",
+                                                                     out_path=c.root / "r.html"), "stitching=True"),
+        ("inspect-stitching-without-map", lambda c: inspect_pairing(c.pair, "facts", InspectionSettings(stitching=True)),
+         "needs the stitching map"),
+        ("states-file-missing", lambda c: load_states(c.root / "nope.npy"), "states file .*nope.npy does not exist"),
+        ("states-file-corrupt", lambda c: load_states(c.root / "garbage" / "model.safetensors"),
+         "states file .* is (truncated|corrupt)"),
+        ("states-file-wrong-suffix", lambda c: load_states(c.root / "garbage" / "config.json"), "must end in"),
         ("demo-out-is-file", lambda c: run_demo("tiny", out_dir=c.root / "afile", progress=False), "existing file"),
         ("demo-unknown-override", lambda c: run_demo("tiny", out_dir=c.root / "d", progress=False, steps=3),
          "unknown demo profile field"),

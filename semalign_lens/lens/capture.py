@@ -3,7 +3,11 @@
 Points, for block `l` (0-based, TransformerLens numbering):
 - `resid_pre`  — the residual entering block l (`blocks.{l}.hook_in`, alias `hook_resid_pre`);
 - `resid_post` — the residual leaving block l (`blocks.{l}.hook_out`, alias `hook_resid_post`);
-- `block_write` — what block l adds to the stream, resid_post − resid_pre (what attribution should score).
+- `block_write` — what block l adds to the stream, resid_post − resid_pre (what attribution should score);
+- `attn_out` / `mlp_out` — the attention write and the MLP write of block l (`blocks.{l}.attn.hook_out` /
+  `blocks.{l}.mlp.hook_out`, aliases `hook_attn_out` / `hook_mlp_out`): block_write = attn_out + mlp_out.
+
+`attention_patterns` reads the heads' attention patterns (`blocks.{l}.attn.hook_pattern`) the same narrow way.
 
 Why narrow: a full `run_with_cache` on SmolLM2 keeps ~3.6 MB per token (1333 tensors, logits-sized ones
 included); resid_post at 30 layers is 66 KB per token. The forward also stops after the deepest block
@@ -32,27 +36,33 @@ from ..models.plain import model_device
 
 INDEX = "index.json"  # a capture's shard index (`core.shards`)
 
-Point = Literal["resid_pre", "resid_post", "block_write"]
-POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write")
-_HOOK_OF = {"resid_pre": "hook_in", "resid_post": "hook_out"}
+Point = Literal["resid_pre", "resid_post", "block_write", "attn_out", "mlp_out"]
+POINTS: tuple[str, ...] = ("resid_pre", "resid_post", "block_write", "attn_out", "mlp_out")
+SUBLAYER_POINTS: tuple[str, ...] = ("attn_out", "mlp_out")  # the two writes of a block
+_HOOK_OF = {"resid_pre": "hook_in", "resid_post": "hook_out", "attn_out": "attn.hook_out", "mlp_out": "mlp.hook_out"}
 
 
 _HOOK_POINTS = {"hook_resid_pre": "resid_pre", "hook_in": "resid_pre", "hook_resid_post": "resid_post",
-                "hook_out": "resid_post"}
+                "hook_out": "resid_post", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out"}
 
 
 def parse_hook_name(name: str) -> tuple[str, int]:
-    """(point, layer) of a residual hook name, in TransformerLens's form (`blocks.3.hook_resid_post`, what
-    `transformer_lens.utilities.get_act_name("resid_post", 3)` returns) or the bridge's (`blocks.3.hook_out`)."""
-    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name)
-    if match is None or match[2] not in _HOOK_POINTS:
+    """(point, layer) of a residual or block-write hook name, in TransformerLens's form
+    (`blocks.3.hook_resid_post`, what `transformer_lens.utilities.get_act_name("resid_post", 3)` returns;
+    `blocks.3.hook_attn_out`) or the bridge's (`blocks.3.hook_out`, `blocks.3.attn.hook_out`)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.((?:attn\.|mlp\.)?hook_\w+)", name)
+    point = None if match is None else _HOOK_POINTS.get(match[2].replace("attn.hook_out", "hook_attn_out")
+                                                         .replace("mlp.hook_out", "hook_mlp_out"))
+    if point is None:
         raise SemalignError(f"{name!r} is not a residual hook name; use blocks.L.hook_resid_pre / hook_resid_post "
-                            "(TransformerLens's get_act_name) or blocks.L.hook_in / hook_out (the bridge's)")
-    return _HOOK_POINTS[match[2]], int(match[1])
+                            "(TransformerLens's get_act_name) or blocks.L.hook_in / hook_out (the bridge's), or a "
+                            "block write: blocks.L.hook_attn_out / hook_mlp_out")
+    return point, int(match[1])
 
 
 def hook_name(point: str, layer: int) -> str:
-    """Canonical TransformerBridge hook name of a residual point (block_write is derived, not hooked)."""
+    """Canonical TransformerBridge hook name of a residual point or block write (block_write is derived, not
+    hooked)."""
     if point not in _HOOK_OF:
         raise SemalignError(f"point {point!r} has no single hook; hookable points: {sorted(_HOOK_OF)}")
     return f"blocks.{layer}.{_HOOK_OF[point]}"
@@ -126,6 +136,7 @@ def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequen
         return tensor
 
     fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
+    _require_hooks(model, [hook_name(p, layer) for p, layer in hooked if p in SUBLAYER_POINTS])
     with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
         model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1,
                              return_type=None)
@@ -197,7 +208,8 @@ class Capture:
         (`blocks.{l}.hook_resid_pre` / `hook_resid_post`; `block_write` has no TL hook and is left out)."""
         from transformer_lens import ActivationCache
 
-        tl_name = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+        tl_name = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+                   "mlp_out": "hook_mlp_out"}
         return ActivationCache({f"blocks.{layer}.{tl_name[point]}": t for (point, layer), t in self.acts.items()
                                 if point in tl_name}, model)
 
@@ -397,3 +409,59 @@ def _stack_states(model, tokens: torch.Tensor, layers: list[int], bridge: bool) 
 
     store, _ = capture(model, tokens, layers, embed=True)
     return [store["embed"]] + [store[f"post.{layer}"] for layer in layers]
+
+
+def sublayer_writes(model, batch: TokenBatch, *, points: Sequence[str] = SUBLAYER_POINTS, drop_first: bool = False,
+                    batch_size: int = 16, progress: bool = False) -> dict[str, Float[torch.Tensor, "layer n_tokens d"]]:
+    """The attention write and the MLP write of every block at the real tokens of `batch` (`points` of
+    `SUBLAYER_POINTS`), flattened as `accumulated_resid` flattens residuals: {point: [layer, n_tokens, d]}, row b
+    block b's write, row j of every layer the same token (`drop_first` leaves each sequence's first token out).
+    The rows of the sub-layer similarity maps (`lens.inspection`), read through `capture`."""
+    require_hooked(model)
+    points = check_points(points)
+    bad = [p for p in points if p not in SUBLAYER_POINTS]
+    if bad:
+        raise SemalignError(f"sublayer_writes reads {SUBLAYER_POINTS}, got {bad}; residual points come from "
+                            "accumulated_resid")
+    keep = batch.mask.clone()
+    if drop_first:
+        keep[:, 0] = False  # right padding: position 0 is every sequence's first token
+    if not keep.any():
+        raise SemalignError("the batch has no real token to take the block writes of (drop_first leaves none)")
+    cap = capture(model, batch, range(model.cfg.n_layers), points, batch_size=batch_size, progress=progress)
+    return {p: torch.stack([cap.acts.pop((p, layer))[keep] for layer in cap.layers]) for p in points}
+
+
+def _require_hooks(model, names: Sequence[str]) -> None:
+    """Refuse, in one line, a hook this model's blocks do not have (a recurrent or state-space block has no
+    attention; an attention-only block no MLP), before any forward runs."""
+    known = getattr(model, "hook_dict", None)
+    missing = [n for n in names if known is not None and n not in known]
+    if missing:
+        raise SemalignError(f"{getattr(model.cfg, 'model_name', 'the model')} has no hook {missing[0]}: that block "
+                            "has no such sub-layer (a recurrent or state-space block has no attention, an "
+                            "attention-only block no MLP)")
+
+
+@torch.no_grad()
+def attention_patterns(model, tokens: torch.Tensor, layers: Iterable[int]) -> dict[int, Float[torch.Tensor,
+                                                                                             "batch head q k"]]:
+    """One forward over `tokens` (stopping after the deepest of `layers`): each layer's attention pattern, the
+    softmax weights of every head over the keys (TransformerLens's `blocks.{l}.attn.hook_pattern`), float32 on
+    the CPU, {layer: [batch, head, query, key]}."""
+    layers = check_layers(model, layers)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    _require_hooks(model, names)
+    store: dict[int, torch.Tensor] = {}
+
+    def save(pattern, hook):
+        store[int(hook.name.split(".")[1])] = pattern.detach().float().cpu()
+        return pattern
+
+    model.run_with_hooks(tokens.to(model_device(model)), return_type=None, stop_at_layer=max(layers) + 1,
+                         fwd_hooks=[(name, save) for name in names])
+    missing = [layer for layer in layers if layer not in store]
+    if missing:
+        raise SemalignError(f"block {missing[0]}'s attention fired no hook_pattern (its attention kernel hides the "
+                            "weights); load the model with eager attention to read its heads")
+    return store

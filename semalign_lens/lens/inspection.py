@@ -1,14 +1,23 @@
 """Inspecting a pair before training: which teacher layer each student layer should learn from, and why.
 
 `inspect_pairing(pair, task, settings)` computes what the pairing page shows, as data (`PairingInspection`):
-teacher layer attribution (every ranker, bootstrap CIs, their agreement), optional patching maps, teacher x
-student CKA on the task's clean prompts with their answers, the pairing of every strategy, and the semantic-basis
-fidelity of the chosen one. `reports.pairing` draws it; nothing here renders. It takes a validated `ModelPair` and
-checks nothing about the models again.
+teacher layer attribution (every ranker, bootstrap CIs, their agreement), optional patching maps, the teacher x
+student similarity grids of several measures side by side (CKA, debiased CKA, Procrustes, mutual kNN, ...; each
+with its shuffled-token null, `lens.measures`) on the task's clean prompts with their answers, and where they
+agree (`lens.measures.compare_measures`), the same grids for each block's attention write and MLP write, the
+head-by-head attention-pattern similarity of the chosen pairs (`lens.heads`), the pairing of every strategy,
+and the semantic-basis fidelity of the chosen one. Model stitching is a measure too, but it scores the student's
+cross-entropy (the evaluation floor, above this one): `reports.pairing.pairing_report(stitching=True)` computes
+the map on `stitching_batches` and passes it in (`inspect_pairing(..., stitching=map)`), which adds it to the
+comparison and the `stitch` strategy to the pairings. `reports.pairing` draws it; nothing here renders. It takes
+a validated `ModelPair` and checks nothing about the models again.
 
 Cost: the rankers dominate; on SmolLM2 (30 blocks) with 24 prompts and all methods it is measured in
 `benchmarks/RESULTS.md` ("Pairing report"). Lower `n_prompts`, drop `seeking` (one backward per prompt) or pass
-fewer `methods` to go faster.
+fewer `methods` to go faster. Each measure's null costs `permutations` more grids for CKA and Procrustes (the
+neighbour measures only re-index): about 70 CPU s for the default four measures on SmolLM2 x stdlib-student
+(1350 tokens, 10 shuffles); the sub-layer maps (opt-in, `sublayers=True`) cost about 130 more; stitching (opt-in)
+one student forward per teacher x student cell.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from .attribution import METHODS, rank_agreement, rank_layers
 from .capture import accumulated_resid
 
 FIDELITY_KINDS = ("paper", "dual", "logits")
+DEFAULT_MEASURES = ("cka", "cka_debiased", "procrustes", "mutual_knn")  # never CKA alone (lens.measures)
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,21 @@ class InspectionSettings:
         answer feed CKA and fidelity, as many as fit in `cka_tokens` real tokens (capture is cheap).
     methods: rankers from `attribution.METHODS`; metric: "logprob" or "logit_diff"; align: how clean/corrupted
         prompts of different token lengths are handled (`tasks.tokenize_pairs`).
-    strategy: the chosen pairing ("proportional", "attribution", "cka"); every strategy is computed for comparison.
+    strategy: the chosen pairing ("proportional", "attribution", "cka", or "stitch" with `stitching`); every
+        strategy is computed for comparison.
         attribution_method / top_k: which ranker's scores the attribution strategy (and every pair's attribution
         rank) uses, and how many critical teacher layers it places; student_layers: the student layers the
         proportional strategy pairs (None: all).
-    debiased / drop_first: the CKA estimator (unbiased HSIC, needs >= 4 tokens) and whether each sequence's
-        document-start token is left out.
+    debiased / drop_first: the CKA estimator the `cka` strategy pairs by (unbiased HSIC, needs >= 4 tokens) and
+        whether each sequence's document-start token is left out (for every measure).
+    measures: the similarity measures computed side by side (`lens.measures.MEASURES`; the CKA estimator is
+        always among them, never alone); permutations: token shuffles of each measure's null; knn_k /
+        knn_tokens: neighbours and the fixed token sample of mutual kNN and CKNNA (and RSA's sample).
+    sublayers: also the grids of each block's attention write and MLP write (opt-in: about twice the measures'
+        cost); heads: the head-by-head attention-pattern similarity of the chosen pairs (both need one tokenizer
+        for the two models).
+    stitching / stitching_ridge: model stitching as a further measure and the `stitch` strategy (opt-in: one
+        student forward per cell; computed by `reports.pairing.pairing_report`), and its fit's ridge.
     fidelity_kinds / fidelity_tokens: semantic-basis variants and how many tokens they are measured on.
     batch_size, n_boot, seed: ranker batch size, bootstrap resamples and the seed of every sample drawn.
     patching: position- and/or head-resolved patching maps of the teacher ("position", "head"; off by default:
@@ -68,6 +87,23 @@ class InspectionSettings:
     n_boot: int = 1000
     seed: int = 0
     patching: tuple[str, ...] = ()
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    permutations: int = 10
+    knn_k: int = 10
+    knn_tokens: int = 1024
+    sublayers: bool = False
+    heads: bool = True
+    stitching: bool = False
+    stitching_ridge: float = 0.01
+
+    @property
+    def cka_estimator(self) -> str:
+        return "cka_debiased" if self.debiased else "cka"
+
+    @property
+    def measure_names(self) -> tuple[str, ...]:
+        """The measures computed: the CKA estimator the `cka` strategy reads first, then `measures`."""
+        return tuple(dict.fromkeys((self.cka_estimator, *self.measures)))
 
     @classmethod
     def make(cls, **values) -> InspectionSettings:
@@ -76,7 +112,7 @@ class InspectionSettings:
         unknown = sorted(set(values) - names)
         if unknown:
             raise SemalignError(f"unknown pairing-inspection setting(s) {unknown}; valid: {sorted(names)}")
-        for name in ("methods", "fidelity_kinds", "patching", "student_layers"):
+        for name in ("methods", "fidelity_kinds", "patching", "student_layers", "measures"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         settings = cls(**values)
@@ -86,11 +122,19 @@ class InspectionSettings:
     def check(self) -> None:
         """Every check that needs no model, so a refused call loads nothing and writes nothing."""
         from ..data.tasks import ALIGN, METRICS
-        from .pairing import STRATEGIES
+        from .measures import MEASURES
+        from .pairing import ALL_STRATEGIES
         from .patching import MAPS
 
-        if self.strategy not in STRATEGIES:
-            raise SemalignError(f"unknown pairing strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if self.strategy not in ALL_STRATEGIES:
+            raise SemalignError(f"unknown pairing strategy {self.strategy!r}; choose one of {ALL_STRATEGIES}")
+        if self.strategy == "stitch" and not self.stitching:
+            raise SemalignError("the stitch strategy pairs by the stitching map: turn it on with stitching=True "
+                                "(semalign report pairing --stitching)")
+        require_choices("similarity measures", self.measures, MEASURES)
+        if not self.stitching and set(self.measure_names) <= {"cka", "cka_debiased"}:
+            raise SemalignError(f"measures {list(self.measures)} are CKA alone; the pairing page reads CKA beside at "
+                                "least one other measure: add procrustes, mutual_knn, cknna or rsa (or stitching)")
         methods = require_choices("attribution methods", self.methods, METHODS)
         if self.attribution_method not in methods:
             raise SemalignError(f"attribution_method {self.attribution_method!r} must be one of the methods run "
@@ -104,6 +148,15 @@ class InspectionSettings:
         for name, least in (("cka_prompts", 1), ("cka_tokens", 4), ("fidelity_tokens", 1), ("batch_size", 1),
                             ("n_boot", 1), ("top_k", 1)):
             require_int(name, getattr(self, name), least)
+        require_int("permutations (token shuffles of each measure's null)", self.permutations, 1)
+        require_int("knn_tokens", self.knn_tokens, 2)
+        require_int("knn_k", self.knn_k, 1)
+        if self.knn_k >= self.knn_tokens:
+            raise SemalignError(f"knn_k = {self.knn_k} neighbours needs fewer than knn_tokens = {self.knn_tokens} "
+                                "tokens; pass a smaller knn_k or more knn_tokens")
+        ridge = self.stitching_ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
+            raise SemalignError(f"stitching_ridge must be a number >= 0, got {ridge!r}")
 
 
 @dataclass
@@ -127,24 +180,65 @@ class PairingInspection:
     timings: dict[str, float] = field(default_factory=dict)  # wall-clock seconds per stage, and "total"
     cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds (all threads) per stage
     path: Path | None = None  # the page, once `reports.pairing` wrote one
+    measures: dict[str, Any] = field(default_factory=dict)  # name -> similarity.PermutationNull, grids as `cka`
+    comparison: Any = None  # measures.MeasureComparison of `measures` (and stitching): where they agree
+    stitching: Any = None  # the evaluation.stitching.StitchingMap passed in, if any
+    sublayers: dict[str, dict[str, Any]] = field(default_factory=dict)  # "attn_out"/"mlp_out" -> name -> null
+    sublayer_comparison: dict[str, Any] = field(default_factory=dict)  # "attn_out"/"mlp_out" -> comparison
+    heads: list[Any] = field(default_factory=list)  # heads.HeadSimilarity per chosen pair
 
 
-def _cka_batch(tokenizer, task, n_tokens: int):
-    """Clean prompt + answer of the task's pairs, as many as fit in `n_tokens` real tokens (at least 4)."""
+def similarity_batch(tokenizer, task, settings: InspectionSettings):
+    """The tokens every similarity measure reads (and fidelity, the sub-layer and head views): the clean prompt
+    + answer of `cka_prompts` of the task's pairs (seeded), as many as fit in `cka_tokens` real tokens (at least 4
+    sequences)."""
+    texts = [p.clean + p.answer for p in task.subset(settings.cka_prompts, settings.seed + 1)]
+    return _fitting(tokenizer, texts, settings.cka_tokens, least=4)
+
+
+def stitching_batches(tokenizer, task, settings: InspectionSettings):
+    """(fit, held-out) token batches of the task's clean prompts with their answers for `stitching_map`: a
+    seeded quarter of the distinct texts held out (at least 2), the rest fitting the maps, each as many as fit in
+    `cka_tokens` (held out: a quarter of that)."""
+    import random
+
+    texts = list(dict.fromkeys(p.clean + p.answer for p in task))
+    if len(texts) < 4:
+        raise SemalignError(f"stitching needs at least 4 distinct prompts in task {task.name!r} (fit and held-out "
+                            f"sequences), got {len(texts)}")
+    random.Random(settings.seed + 2).shuffle(texts)
+    n_held = max(2, len(texts) // 4)
+    return (_fitting(tokenizer, texts[n_held:], settings.cka_tokens, least=2),
+            _fitting(tokenizer, texts[:n_held], max(4, settings.cka_tokens // 4), least=2))
+
+
+def _fitting(tokenizer, texts: list[str], n_tokens: int, least: int):
+    """The first of `texts` that fit in `n_tokens` real tokens, as one batch (at least `least` sequences)."""
     from ..data.tokens import tokenize
 
-    batch = tokenize(tokenizer, [p.clean + p.answer for p in task])
-    lengths = batch.mask.sum(1).cumsum(0)
-    keep = max(4, int((lengths <= n_tokens).sum()))
+    batch = tokenize(tokenizer, texts)
+    keep = max(least, int((batch.mask.sum(1).cumsum(0) <= n_tokens).sum()))
     return batch.select(range(min(keep, len(batch))))
 
 
-def _cka(t_states, s_states, *, debiased: bool):
-    """Wide CKA table (rows: teacher embed, 0..; columns: the student's) from flat token states."""
-    from .similarity import cka_matrix, cka_wide, residual_labels
+def _measure_nulls(t_states, s_states, s: InspectionSettings, progress: bool) -> dict[str, Any]:
+    """Every measure of `s.measure_names` with its shuffled-token null, on the same flat token states."""
+    from .measures import measure_null
 
-    matrix = cka_matrix(t_states, s_states, debiased=debiased)
-    return cka_wide(matrix, residual_labels(len(t_states) - 1), residual_labels(len(s_states) - 1))
+    options = {"mutual_knn": {"k": s.knn_k, "n_tokens": s.knn_tokens},
+               "cknna": {"k": s.knn_k, "n_tokens": s.knn_tokens}, "rsa": {"n_tokens": s.knn_tokens}}
+    return {name: measure_null(name, t_states, s_states, n_permutations=s.permutations, seed=s.seed,
+                               progress=progress, **options.get(name, {})) for name in s.measure_names}
+
+
+def _check_stitching(stitching, n_teacher: int, n_student: int) -> None:
+    from .similarity import residual_labels
+
+    want = (residual_labels(n_teacher), residual_labels(n_student))
+    if (list(stitching.teacher_labels), list(stitching.student_labels)) != want:
+        raise SemalignError(f"the stitching map covers teacher points {stitching.teacher_labels} and student points "
+                            f"{stitching.student_labels}; the page compares whole grids: compute it over every "
+                            "point (teacher_points=None, student_points=None)")
 
 
 def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens: int, seed: int,
@@ -190,24 +284,34 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
 
 
 def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | None = None, *,
-                    progress: bool = True, **changes) -> PairingInspection:
+                    stitching: Any = None, progress: bool = True, **changes) -> PairingInspection:
     """Inspect a validated `models.pair.ModelPair` on `task` (a built-in task name: "facts", "humaneval"; a .json/.jsonl
     task file; or a `tasks.Task`) with `settings` (defaults, then `changes` by name). A two-tokenizer pair
-    (`vocab="intersection"`) gets CKA and fidelity on the aligned positions of the same texts
+    (`vocab="intersection"`) gets the measures and fidelity on the aligned positions of the same texts
     (`aligned.aligned_stacks`), fidelity on the intersection bases with both readouts restricted to the shared
-    strings; attribution reads the teacher alone either way."""
+    strings, and no sub-layer or head view (those need the same positions); attribution reads the teacher alone
+    either way. `stitching`: an `evaluation.stitching.StitchingMap` over every teacher and student point
+    (`settings.stitching` asks for one; `reports.pairing.pairing_report` computes it)."""
     from ..data.tasks import load_task, tokenize_pairs
     from ..models.inspect import describe
-    from .pairing import STRATEGIES, make_pairing
+    from .measures import Reading, compare_measures, reading
+    from .pairing import ALL_STRATEGIES, STRATEGIES, make_pairing
     from .patching import patching_maps
+    from .similarity import cka_wide, residual_labels
 
     s = InspectionSettings.make(**{**dataclasses.asdict(settings or InspectionSettings()), **changes})
+    if s.stitching and stitching is None:
+        raise SemalignError("stitching=True needs the stitching map, which scores the student's cross-entropy (the "
+                            "evaluation floor): use reports.pairing.pairing_report(..., stitching=True), or pass "
+                            "stitching=evaluation.stitching.stitching_map(...) here")
+    if stitching is not None:
+        _check_stitching(stitching, pair.teacher.cfg.n_layers, pair.student.cfg.n_layers)
     teacher, student, alignment = pair.teacher, pair.student, pair.alignment
     clock = Stopwatch()
     torch.manual_seed(s.seed)
     full = load_task(task, tokenizer=teacher.tokenizer, seed=s.seed)
     batch = tokenize_pairs(teacher.tokenizer, full.subset(s.n_prompts, s.seed), align=s.align)
-    cka_batch = _cka_batch(teacher.tokenizer, full.subset(s.cka_prompts, s.seed + 1), s.cka_tokens)
+    cka_batch = similarity_batch(teacher.tokenizer, full, s)
     clock.lap("task")
 
     attribution = rank_layers(teacher, batch, methods=s.methods, metric=s.metric, batch_size=s.batch_size,
@@ -232,15 +336,54 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
                      f"{stacks.n_aligned} aligned positions of the same texts ({stacks.share[0]:.0%} of the "
                      f"teacher's positions, {stacks.share[1]:.0%} of the student's), where both tokenizations "
                      "end a token at the same character offset; fidelity uses the intersection bases.")
-    cka, n_cka_tokens = _cka(t_states, s_states, debiased=s.debiased), len(t_states[0])
-    clock.lap("CKA")
-
     n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
+    t_labels, s_labels = residual_labels(n_t), residual_labels(n_s)
+    nulls, n_cka_tokens = _measure_nulls(t_states, s_states, s, progress), len(t_states[0])
+    cka = cka_wide(nulls[s.cka_estimator].observed, t_labels, s_labels)
+    readings = [reading(null) for null in nulls.values()]
+    if stitching is not None:
+        readings.append(Reading.of_stitching(stitching))
+    comparison = compare_measures(readings, t_labels, s_labels)
+    clock.lap("similarity measures")
+
     options = {"attribution": {"top_k": s.top_k},
                "proportional": {} if s.student_layers is None else {"student_layers": list(s.student_layers)}}
     pairings = {name: make_pairing(name, n_t, n_s, scores=attribution, cka=cka, method=s.attribution_method,
-                                   **options.get(name, {})) for name in STRATEGIES}
+                                   stitching=stitching, **options.get(name, {}))
+                for name in (ALL_STRATEGIES if stitching is not None else STRATEGIES)}
     clock.lap("pairing")
+
+    sublayers, sublayer_comparison, heads = {}, {}, []
+    if alignment is not None and (s.sublayers or s.heads):
+        notes.append("The sub-layer and head views need the same token positions in both models; a two-tokenizer "
+                     "pair has only aligned positions, so they are left out.")
+    elif s.sublayers:
+        from .capture import sublayer_writes
+
+        try:
+            t_writes = sublayer_writes(teacher, cka_batch, drop_first=s.drop_first, progress=progress)
+            s_writes = sublayer_writes(student, cka_batch, drop_first=s.drop_first, progress=progress)
+        except SemalignError as err:  # an architecture without separate attention and MLP writes
+            notes.append(f"The sub-layer maps are left out: {err}.")
+        else:
+            blocks_t, blocks_s = [str(b) for b in range(n_t)], [str(b) for b in range(n_s)]
+            for point in t_writes:
+                sublayers[point] = _measure_nulls(t_writes[point], s_writes[point], s, progress)
+                sublayer_comparison[point] = compare_measures([reading(n) for n in sublayers[point].values()],
+                                                              blocks_t, blocks_s)
+            del t_writes, s_writes
+        clock.lap("sub-layer measures")
+    if alignment is None and s.heads:
+        from .heads import head_similarity
+
+        chosen = pairings[s.strategy]
+        try:
+            heads = head_similarity(teacher, student, cka_batch, [(p.nearest_teacher_layer, p.student_layer)
+                                                                  for p in chosen], batch_size=s.batch_size,
+                                    progress=progress)
+        except SemalignError as err:  # a paired block without attention (recurrent, state-space)
+            notes.append(f"The head view is left out: {err}.")
+        clock.lap("head patterns")
 
     fid = _fidelity(teacher, student, pairings[s.strategy], t_states, s_states, kinds=s.fidelity_kinds,
                     n_tokens=s.fidelity_tokens, seed=s.seed, progress=progress, alignment=alignment)
@@ -249,4 +392,5 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
     return PairingInspection(s, full, batch, attribution, agreement, cka, n_cka_tokens, len(cka_batch),
                              pairings[s.strategy], pairings, fid,
                              {"teacher": describe(teacher), "student": describe(student)}, maps, notes,
-                             clock.timings, clock.cpu)
+                             clock.timings, clock.cpu, measures=nulls, comparison=comparison, stitching=stitching,
+                             sublayers=sublayers, sublayer_comparison=sublayer_comparison, heads=heads)

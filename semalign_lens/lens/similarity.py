@@ -393,6 +393,24 @@ class PermutationNull:
         CKA, the similarity not explained by shapes and spectra alone."""
         return self.observed - self.mean if self.higher_is_closer else self.mean - self.observed
 
+    def frame(self):
+        """The observed grid as a DataFrame (index: teacher layers, columns: student layers, by position)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.observed.numpy())
+        frame.index.name, frame.columns.name = "teacher_layer", "student_layer"
+        return frame
+
+    def long(self):
+        """One row per cell: measure, layers, observed value, null mean, p-value, excess over the null."""
+        import pandas as pd
+
+        lx, ly = self.observed.shape
+        return pd.DataFrame({"measure": self.measure, "teacher_layer": torch.arange(lx).repeat_interleave(ly).numpy(),
+                             "student_layer": torch.arange(ly).repeat(lx).numpy(),
+                             "value": self.observed.flatten().numpy(), "null_mean": self.mean.flatten().numpy(),
+                             "p_value": self.p_values.flatten().numpy(), "excess": self.excess.flatten().numpy()})
+
 
 def cka_permutation_null(xs: States, ys: States | None = None, *, n_permutations: int = 10, seed: int = 0,
                          mask: Tensor | None = None, drop_first: bool = False, debiased: bool = False,

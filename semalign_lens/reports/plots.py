@@ -235,3 +235,115 @@ def _pair_markers(pairs, teacher_labels, student_labels, row_of_teacher, col_of_
         return xs, ys, text
     pts = [tuple(p) for p in pairs]
     return [p[1] for p in pts], [p[0] for p in pts], [f"teacher {p[0]}, student {p[1]}" for p in pts]
+
+
+# small multiples keep their subplot titles clear: colour bar and legend stacked at the right
+_SIDE_COLORBAR = dict(x=1.01, xanchor="left", y=1, yanchor="top", len=0.55)
+_SIDE_LEGEND = dict(x=1.01, xanchor="left", y=0.4, yanchor="top")
+
+
+def measure_heatmaps(readings: Sequence, x_labels: Sequence, y_labels: Sequence, *, pairs=None,
+                     pairs_name: str = "chosen pairing", title: str | None = None, x_title: str = "student layer",
+                     y_title: str = "teacher layer", columns: int = 5) -> go.Figure:
+    """Several similarity measures' `[teacher x student]` grids side by side (`lens.measures.Reading`s: CKA,
+    Procrustes, mutual kNN, stitching, ...), on one colour scale: each cell's closeness *rank* within its own grid
+    (0 = the farthest cell, 1 = the closest; distances are flipped), since the measures' units differ; the hover
+    carries the raw value. Grey dots: cells no closer than the measure's null; magenta rings: each measure's closest
+    teacher layer per student layer; red crosses: `pairs` (a `LayerPairing`), as in `cka_heatmap`."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    readings = list(readings)
+    if not readings:
+        raise SemalignError("no measures to draw; pass at least one lens.measures.Reading")
+    rows_n, cols_n = readings[0].observed.shape
+    x_labels, y_labels = axis_labels(x_labels, cols_n, "student"), axis_labels(y_labels, rows_n, "teacher")
+    columns = max(1, min(columns, len(readings)))
+    n_rows = -(-len(readings) // columns)
+    fig = make_subplots(rows=n_rows, cols=columns, shared_yaxes=True, horizontal_spacing=0.03,
+                        vertical_spacing=0.12 / n_rows,
+                        subplot_titles=[f"{r.name} ({'↑' if r.higher_is_closer else '↓'} closer)" for r in readings])
+    blocks_x = [j for j, v in enumerate(x_labels) if str(v) != "embed"]
+    blocks_y = [i for i, v in enumerate(y_labels) if str(v) != "embed"]
+    weak_shown = False
+    for k, r in enumerate(readings):
+        row, col = k // columns + 1, k % columns + 1
+        close = r.closeness.double().numpy()
+        ranks = pd.Series(close.ravel()).rank(pct=True).to_numpy().reshape(close.shape)
+        raw = r.observed.double().numpy()
+        fig.add_trace(go.Heatmap(
+            z=ranks, x=list(range(cols_n)), y=list(range(rows_n)), zmin=0, zmax=1, coloraxis="coloraxis",
+            customdata=np.dstack([raw.astype(object), np.where(r.beats_null.numpy(), "yes", "no")]),
+            hovertemplate=f"{r.name}<br>teacher %{{y}}, student %{{x}}<br>value %{{customdata[0]:.4g}} ({r.unit})"
+                          "<br>beats null: %{customdata[1]}<extra></extra>"), row=row, col=col)
+        weak = (~r.beats_null).nonzero().tolist()
+        if weak:
+            fig.add_trace(go.Scatter(x=[j for _, j in weak], y=[i for i, _ in weak], mode="markers", hoverinfo="skip",
+                                     marker=dict(symbol="circle", size=6, color="#9a9a9a", line=dict(width=1,
+                                                                                                      color="white")),
+                                     showlegend=not weak_shown, name="not closer than its null", legendgroup="null"),
+                          row=row, col=col)
+            weak_shown = True
+        if blocks_x and blocks_y:
+            sub = close[np.ix_(blocks_y, blocks_x)]
+            best = [blocks_y[i] for i in sub.argmax(0)]
+            fig.add_trace(go.Scatter(x=blocks_x, y=best, mode="markers", hoverinfo="skip", showlegend=k == 0,
+                                     name="closest teacher layer (this measure)", legendgroup="best",
+                                     marker=dict(symbol="circle-open", size=11, color="#ff4dff", line=dict(width=2))),
+                          row=row, col=col)
+        if pairs is not None:
+            xs, ys, text = _pair_markers(pairs, y_labels, x_labels, None, None)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", text=text, hoverinfo="text", showlegend=k == 0,
+                                     name=pairs_name, legendgroup="pairs",
+                                     marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white"))),
+                          row=row, col=col)
+        fig.update_xaxes(tickmode="array", tickvals=list(range(cols_n)), ticktext=[str(v) for v in x_labels],
+                         title_text=x_title if row == n_rows else None, row=row, col=col)
+        fig.update_yaxes(tickmode="array", tickvals=list(range(rows_n)), ticktext=[str(v) for v in y_labels],
+                         title_text=y_title if col == 1 else None, row=row, col=col)
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=_SIDE_COLORBAR
+                                                  | dict(title="closeness<br>rank")),
+                      height=n_rows * max(360, 140 + HEATMAP_ROW_PX * rows_n), legend=_SIDE_LEGEND)
+    return fig
+
+
+def head_similarity_heatmaps(heads: Sequence, *, title: str | None = None, columns: int = 3) -> go.Figure:
+    """One heatmap per paired layer (`lens.heads.HeadSimilarity`): teacher heads and the two pattern-free
+    references (rows, below a dashed line) against the student's heads (columns), 1 − Jensen-Shannon divergence
+    on a fixed 0..1 scale with the values written in the cells; a red ring marks the teacher head each student
+    head resembles most."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    heads = list(heads)
+    if not heads:
+        raise SemalignError("no head similarities to draw; pass lens.heads.head_similarity's result")
+    columns = max(1, min(columns, len(heads)))
+    n_rows = -(-len(heads) // columns)
+    fig = make_subplots(rows=n_rows, cols=columns, horizontal_spacing=0.08, vertical_spacing=0.25 / n_rows,
+                        subplot_titles=[f"student {h.student_layer} ← teacher {h.teacher_layer}" for h in heads])
+    tallest = max(h.similarity.shape[0] for h in heads)
+    for k, h in enumerate(heads):
+        row, col = k // columns + 1, k % columns + 1
+        frame = h.frame()
+        values = frame.to_numpy(dtype=float)
+        labels = [f"head {i}" if i.isdigit() else i for i in frame.index]
+        fig.add_trace(go.Heatmap(z=values, x=list(range(values.shape[1])), y=list(range(values.shape[0])),
+                                 zmin=0, zmax=1, coloraxis="coloraxis", text=np.round(values, 2),
+                                 texttemplate="%{text:.2f}" if values.size <= 300 else None,
+                                 hovertemplate="teacher %{y}, student head %{x}<br>similarity %{z:.3f}<extra></extra>"),
+                      row=row, col=col)
+        best = frame.iloc[: h.n_teacher_heads].to_numpy(dtype=float).argmax(0)
+        fig.add_trace(go.Scatter(x=list(range(values.shape[1])), y=best.tolist(), mode="markers", hoverinfo="skip",
+                                 showlegend=k == 0, name="most similar teacher head",
+                                 marker=dict(symbol="square-open", size=22, color="red", line=dict(width=2))),
+                      row=row, col=col)
+        fig.add_hline(y=h.n_teacher_heads - 0.5, line=dict(color="white", dash="dash", width=2), row=row, col=col)
+        fig.update_xaxes(tickmode="array", tickvals=list(range(values.shape[1])), title_text="student head",
+                         ticktext=[str(c) for c in frame.columns], row=row, col=col)
+        fig.update_yaxes(tickmode="array", tickvals=list(range(values.shape[0])), ticktext=labels, autorange="reversed",
+                         row=row, col=col)
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar=_SIDE_COLORBAR
+                                                  | dict(title="1 − JSD")),
+                      height=n_rows * max(300, 120 + 26 * tallest), legend=_SIDE_LEGEND)
+    return fig

@@ -41,6 +41,10 @@ def test_fig45_cka_fast(tmp_path):
                                                       "fig5b mapped(paper) x student", "fig5b teacher x aligned",
                                                       "fig5a teacher x student (standardized)"}
     assert len(summary["comparisons"]) == 4 and summary["claims"]
+    from semalign_lens.lens.measures import MEASURES
+
+    assert [m["measure"] for m in summary["measures"]] == [*MEASURES, "stitch"]  # claim (i) under every measure
+    assert sum(c["claim"].startswith("(i) with ") for c in summary["claims"]) == len(MEASURES) + 1
 
 
 def test_ablations_fast(tmp_path):

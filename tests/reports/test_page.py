@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.reports import page as R
@@ -142,9 +143,11 @@ def test_pairing_report_on_tiny_pair(tmp_path, tiny_pair):
     page = out.path.read_text(encoding="utf-8")
     assert page.count(PLOTLY_BANNER) == 1
     for section in ("Models", "Layer attribution (teacher)", "Method agreement", "Teacher × student CKA", "Pairing",
+                    "Teacher × student similarity: the measures side by side", "Verdict", "Heads of the paired layers",
                     "Semantic-basis fidelity", "Timings", "Provenance"):
         assert f">{section}</h2>" in page, section
-    assert page.count('class="plotly-graph-div"') == 4  # attribution, agreement, CKA, fidelity
+    assert page.count('class="plotly-graph-div"') == 6  # attribution, agreement, measures, heads, CKA, fidelity
+    assert "Sub-layers" not in page  # opt-in
     assert "monotone CKA path" in page and "Kendall tau" in page and "tiny-teacher" in page
     assert set(out.attribution["method"]) == set(__import__("semalign_lens.lens.attribution").attribution.METHODS)
     assert out.cka.shape == (tiny_pair.teacher.cfg.n_layers + 1, tiny_pair.student.cfg.n_layers + 1)
@@ -173,6 +176,87 @@ def test_pairing_report_with_one_method_and_a_model_card(tmp_path, tiny_pair):
     assert set(out.attribution["method"]) == {"grad_x_act"}
     assert "student model card (MODEL_CARD.md)" in page and "trained on &lt;nothing&gt;" in page
     assert len(out.pairing) == student.cfg.n_layers  # proportional pairs every student layer
+
+
+def _hf_states(hf, batch) -> dict[str, list[torch.Tensor]]:
+    """Float64 token rows (first token dropped) of the plain HF model, read by hooks on its own modules: the
+    residual after the embeddings and after each decoder layer, and each layer's attention and MLP outputs."""
+    out = {"resid": [], "attn_out": [], "mlp_out": []}
+    handles = [hf.model.embed_tokens.register_forward_hook(lambda m, a, o: out["resid"].append(o))]
+    for layer in hf.model.layers:
+        handles.append(layer.register_forward_hook(lambda m, a, o: out["resid"].append(o[0] if isinstance(o, tuple)
+                                                                                        else o)))
+        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o: out["attn_out"].append(o[0])))
+        handles.append(layer.mlp.register_forward_hook(lambda m, a, o: out["mlp_out"].append(o)))
+    try:
+        with torch.no_grad():
+            hf(input_ids=batch.tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    keep = batch.mask.clone()
+    keep[:, 0] = False
+    return {k: [v[keep].double() for v in values] for k, values in out.items()}
+
+
+def _debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased-HSIC CKA from the n x n linear Grams (Song et al. 2012), float64."""
+    def hsic1(k, ll):
+        n = k.shape[0]
+        k, ll = k - torch.diag(k.diagonal()), ll - torch.diag(ll.diagonal())
+        return float((torch.trace(k @ ll) + k.sum() * ll.sum() / ((n - 1) * (n - 2))
+                      - 2 * (k.sum(0) @ ll.sum(0)) / (n - 2)) / (n * (n - 3)))
+    k, ll = x @ x.T, y @ y.T
+    return hsic1(k, ll) / (hsic1(k, k) * hsic1(ll, ll)) ** 0.5
+
+
+def _procrustes_angle(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Williams et al.'s angular shape distance in closed form, numpy's SVD on the centred states."""
+    x, y = (x - x.mean(0)).numpy(), (y - y.mean(0)).numpy()
+    nuclear = np.linalg.svd(x.T @ y, compute_uv=False).sum()
+    return float(np.arccos(np.clip(nuclear / (np.linalg.norm(x) * np.linalg.norm(y)), -1, 1)))
+
+
+def test_pairing_report_reads_the_measures_side_by_side_with_stitching_sublayers_and_heads(tmp_path, tiny_pair,
+                                                                                            tiny_hf):
+    from semalign_lens.lens.inspection import similarity_batch
+    from semalign_lens.lens.pairing import make_pairing
+    from semalign_lens.reports.pairing import pairing_report
+
+    out = pairing_report(tiny_pair.teacher, tiny_pair.student, "facts", tmp_path / "measures.html", n_prompts=6,
+                         methods=["grad_x_act"], cka_prompts=16, n_boot=20, fidelity_tokens=32, permutations=3,
+                         stitching=True, strategy="stitch", sublayers=True, progress=False)
+    page = out.path.read_text(encoding="utf-8")
+    for section in ("Teacher × student similarity: the measures side by side", "Verdict",
+                    "Sub-layers: the attention write and the MLP write of each block", "Heads of the paired layers"):
+        assert f">{section}</h2>" in page, section
+    assert page.count('class="plotly-graph-div"') == 8  # + measures, attn, mlp, heads
+    assert "Diagonal</strong>" in page and "Against the null:</strong>" in page
+    assert list(out.measures) == ["cka_debiased", "cka", "procrustes", "mutual_knn"]
+    assert list(out.comparison.best.columns[:5]) == [*out.measures, "stitch"]
+    n_t, n_s = tiny_pair.teacher.cfg.n_layers, tiny_pair.student.cfg.n_layers
+    stitched = make_pairing("stitch", n_t, n_s, stitching=out.stitching)
+    assert [(p.student_layer, p.teacher_low) for p in out.pairing] == [(p.student_layer, p.teacher_low)
+                                                                        for p in stitched]
+    assert set(out.pairings) == {"proportional", "attribution", "cka", "stitch"}
+    assert [(h.teacher_layer, h.student_layer) for h in out.heads] == [(p.nearest_teacher_layer, p.student_layer)
+                                                                        for p in out.pairing]
+    assert out.timings["stitching map"] > 0
+
+    # float64 references on the plain HF models' own modules, on the tokens the inspection read
+    batch = similarity_batch(tiny_hf[2], out.task, out.settings)
+    teacher, student = _hf_states(tiny_hf[0], batch), _hf_states(tiny_hf[1], batch)
+    assert out.n_cka_tokens == len(teacher["resid"][0])
+    for point in ("attn_out", "mlp_out"):
+        got = out.sublayers[point]["cka_debiased"].observed
+        assert got.shape == (n_t, n_s)
+        want = torch.tensor([[_debiased_cka(x, y) for y in student[point]] for x in teacher[point]],
+                            dtype=torch.float64)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    got = out.measures["procrustes"].observed
+    want = torch.tensor([[_procrustes_angle(x, y) for y in student["resid"]] for x in teacher["resid"]],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_pairing_report_bad_input(tmp_path, tiny_pair):

@@ -19,7 +19,8 @@ about the models rather than the measure.
 `measure_matrix(name, xs, ys, **options)` is the grid; `measure_null(name, xs, ys, n_permutations=...)` the grid
 with `n_permutations` seeded shuffles of the ys tokens (`similarity.PermutationNull`: mean, quantiles, oriented p-values,
 excess over the null). The per-measure functions (`procrustes_matrix`, `mutual_knn_matrix`, `cknna_matrix`,
-`rsa_matrix`) take the measure's own options.
+`rsa_matrix`) take the measure's own options. `compare_measures` (`compare`) reads several grids side by side,
+each against its null, and says where they agree (the pairing page's verdict).
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ...core.checks import require_choices
 from ...core.errors import SemalignError
 from ..similarity import PermutationNull, States
 from . import neighbours, procrustes, rsa
+from .compare import MeasureComparison, Reading, compare_measures
 from .neighbours import cknna_matrix, mutual_knn_matrix
 from .procrustes import procrustes_matrix
 from .rsa import rsa_matrix
 
-__all__ = ["MEASURES", "cknna_matrix", "measure_matrix", "measure_null", "mutual_knn_matrix",
-           "procrustes_matrix", "rsa_matrix"]
+__all__ = ["MEASURES", "MeasureComparison", "Reading", "cknna_matrix", "compare_measures",
+           "measure_matrix", "measure_null", "mutual_knn_matrix", "procrustes_matrix", "reading", "require_measures",
+           "rsa_matrix"]
 
 
 def _cka_grids(xs: States, ys: States | None = None, *, n_permutations: int = 0, seed: int = 0,
@@ -111,3 +115,14 @@ def measure_null(name: str, xs: States, ys: States | None = None, *, n_permutati
     grid = measure.grids(xs, ys, n_permutations=n_permutations, seed=seed, **measure.fixed, **options)
     return PermutationNull(observed=grid[0], null=grid[1:], seed=seed, measure=name,
                            higher_is_closer=measure.higher_is_closer)
+
+
+def reading(null: PermutationNull) -> Reading:
+    """A measure's null as `compare_measures` reads it (closeness-oriented, in the registry's units)."""
+    return Reading.of_null(null, MEASURES[null.measure].unit if null.measure in MEASURES else "")
+
+
+def require_measures(names) -> list[str]:
+    """`names` checked against `MEASURES` (an unknown one is one line listing the valid ones), duplicates dropped."""
+    return list(dict.fromkeys(require_choices("similarity measures", [names] if isinstance(names, str) else names,
+                                              MEASURES)))
