@@ -1,11 +1,12 @@
 """Write the tutorial notebooks (`notebooks/NN_*.ipynb`) from the cell lists below.
 
-The .ipynb files are generated, committed with outputs stripped and with fixed cell ids
-(`<notebook>-<index>`), so regenerating them gives byte-identical files and diffs stay readable. Edit a
-notebook here, then run
+The .ipynb files are generated with fixed cell ids (`<notebook>-<index>`), so diffs stay readable, and are
+committed executed on the embedded pair, figures as PNG images (`execute_notebooks.py`). Edit a notebook here,
+then run
 
-    python notebooks/build_notebooks.py           # rewrite every notebook
-    python notebooks/build_notebooks.py --check   # exit 1 if a committed notebook differs from this file
+    make notebooks-executed                       # build and execute every notebook, in place (what is committed)
+    python notebooks/build_notebooks.py           # rewrite only the notebooks whose cells changed, without outputs
+    python notebooks/build_notebooks.py --check   # exit 1 if a committed notebook's cells differ from this file
 
 Every notebook starts with the same setup cell: `SEMALIGN_FAST=1` (what CI sets) switches to the tiny random
 pair of `semalign_lens.models.tiny` and small sizes; unset, it uses the embedded pair (SmolLM2-135M-Instruct
@@ -465,8 +466,9 @@ SemAlign training, as this package implements the paper's v2 / ACL description:
 - **output term** `kl`: KL(p_teacher ‖ p_student) on the final logits.
 
 A method is nothing but its loss terms: swap `objective.terms` for `{ce = 1.0}` and the same run is the SFT
-control (notebook 06). Every run writes a directory: resolved config, metrics (JSONL), checkpoints, figures
-and an HTML report; a killed run resumes from its last checkpoint.
+control (notebook 06). Every run writes a directory: resolved config, metrics (JSONL), CKA maps, checkpoints
+and the trained student; its figures and HTML report are drawn from those records (`semalign align` draws
+them itself); a killed run resumes from its last checkpoint.
 
 """ + FAST_NOTE),
     ("code", SETUP),
@@ -508,10 +510,8 @@ metrics = result.metrics()
 train = metrics[metrics["kind"] == "train"]
 train[["step", "stage", "stage_label", "loss", "relation", "kl"]].tail(4)'''),
     ("code", '''\
-import plotly.io as pio
-
-fig = pio.read_json(result.run_dir / "figures" / "loss_curves.json")  # the figure the trainer wrote
-fig'''),
+figures = sl.run_figures(result)  # drawn from the run's records: the trainer writes records, not figures
+figures["loss_curves"]'''),
     ("md", """\
 ## Diagnostics per paired layer
 
@@ -527,8 +527,7 @@ diag.pivot_table(index="student_layer", columns="when", values=cols, sort=False)
            "first and the last:"),
     ("code", '''\
 last = int(train["stage"].max())
-before = pio.read_json(result.run_dir / "figures" / "cka_stage0_start.json")
-after = pio.read_json(result.run_dir / "figures" / f"cka_stage{last}_end.json")
+before, after = figures["cka_stage0_start"], figures[f"cka_stage{last}_end"]
 before'''),
     ("code", "after"),
     ("md", """\
@@ -544,10 +543,12 @@ held = ev.eval_set("stdlib_test", pair.tokenizer, max_tokens=512 if FAST else 40
 pd.Series({"student before": ev.cross_entropy(student, held.batch),
            "student after": ev.cross_entropy(result.student, held.batch),
            "teacher": ev.cross_entropy(teacher, held.batch)}, name="held-out CE").round(4)'''),
-    ("md", "## The run's report and the trained student\n\n`report.html` is one self-contained page (config, "
-           "pairing, loss curves, diagnostics, CKA maps, provenance); the student directory loads like any model."),
+    ("md", "## The run's report and the trained student\n\n`draw_run` writes `report.html`, one self-contained page "
+           "(config, pairing, loss curves, diagnostics, CKA maps, provenance), and each figure as HTML beside it "
+           "(`semalign align` draws them itself); the student directory loads like any model."),
     ("code", '''\
-print(result.report_path.name, f"{result.report_path.stat().st_size / 1e6:.1f} MB")
+report = sl.draw_run(result)
+print(report.name, f"{report.stat().st_size / 1e6:.1f} MB")
 trained = sl.load_model(result.student_path)
 sl.describe(trained)'''),
 ]
@@ -813,23 +814,32 @@ def render(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
+    """What a notebook is, outputs aside: (id, type, source) per cell."""
+    return [(c.id, c.cell_type, c.source) for c in nb.cells]
+
+
+def stale(path: Path, nb: nbformat.NotebookNode) -> bool:
+    """Whether the file at `path` is missing or holds other cells than `nb` (its outputs do not count)."""
+    return not path.exists() or cells(nbformat.read(path, as_version=4)) != cells(nb)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a notebook is out of date")
     args = parser.parse_args(argv)
-    stale = []
-    for name, cells in NOTEBOOKS.items():
-        path = HERE / f"{name}.ipynb"
-        text = render(build(name, cells))
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(path.name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(HERE.parent)}")
-    if stale:
-        print(f"out of date (run python notebooks/build_notebooks.py): {', '.join(stale)}", file=sys.stderr)
-        return 1
+    changed = []
+    for name, source in NOTEBOOKS.items():
+        path, nb = HERE / f"{name}.ipynb", build(name, source)
+        if stale(path, nb):
+            changed.append(name)
+            if not args.check:
+                path.write_text(render(nb))
+                print(f"wrote {path.relative_to(HERE.parent)} (no outputs)")
+    if changed:
+        what = "out of date" if args.check else "now without outputs"
+        print(f"{what}: {', '.join(changed)}; run make notebooks-executed", file=sys.stderr)
+        return 1 if args.check else 0
     return 0
 
 

@@ -44,6 +44,7 @@ _API = {  # public name -> the module that defines it
     "inspect_pairing": "lens.inspection", "pairing_report": "reports.pairing", "Report": "reports.page",
     # training and comparing
     "AlignConfig": "training", "load_align_config": "training", "align": "training", "Trainer": "training",
+    "draw_run": "reports.run", "run_figures": "reports.run",
     "run_method": "training.methods", "RunProfile": "evaluation.protocol", "build_task": "evaluation.protocol", "shared_config": "evaluation.protocol",
     "SemalignError": "core.errors",
 }
@@ -110,5 +111,6 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .reports.page import Report
     from .reports.pairing import pairing_report
     from .reports.plots import cka_heatmap
+    from .reports.run import draw_run, run_figures
     from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
     from .training.methods import run_method
