@@ -3,10 +3,11 @@
 #   make figures              every figure and table on the embedded pair into analysis/out/ (tens of minutes on 2 cores)
 #   make figures FAST=1       the same pipeline on tiny random models (a smoke check; numbers meaningless)
 #   make fig2 | fig45 | transfer | ablations     one of them
-#   make notebooks            rewrite the notebooks whose cells changed in notebooks/build_notebooks.py (without
-#                             outputs) and execute all of them in fast mode (what CI runs)
+#   make notebooks            rewrite the notebooks whose cells changed in notebooks/build_notebooks.py (a code
+#                             change drops the outputs) and execute all of them in fast mode (what CI runs)
 #   make notebooks-executed   build and execute every notebook on the embedded pair, one at a time, in place, figures
-#                             as PNG images: the committed notebooks (≈ 15 min on 2 cores; needs kaleido + Chromium)
+#                             as PNG images: the committed notebooks (≈ 95 min wall, 62 CPU-min, on a shared 2-core
+#                             machine; needs kaleido + Chromium)
 #   make test-analysis        smoke tests of the figure scripts (tiny models)
 #
 # Variables: PYTHON (default python3), OUT (default analysis/out), STUDENT (default stdlib-student),
