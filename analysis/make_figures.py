@@ -1,9 +1,8 @@
-"""Regenerate every figure and table of the paper analogue into `analysis/out/`, or execute the notebooks.
+"""Regenerate every figure and table of the paper analogue into `analysis/out/`.
 
     python analysis/make_figures.py                  # all figures on the embedded pair (what `make figures` runs)
     python analysis/make_figures.py --fast           # the same pipeline on tiny random models (CI smoke test)
     python analysis/make_figures.py --only fig45 ablations
-    python analysis/make_figures.py --notebooks      # execute notebooks/*.ipynb (full mode) into out/notebooks/
 
 Targets, each a separate script run in its own process (a fresh interpreter, so memory is returned):
 
@@ -82,36 +81,6 @@ def commands(target: str, fast: bool, out: Path, args) -> list[str]:
     raise ValueError(target)
 
 
-def run_notebooks(fast: bool, out: Path) -> int:
-    """Execute every notebook with nbclient; executed copies (with outputs) go to out/notebooks/."""
-    import nbclient
-    import nbformat
-
-    env_fast = "1" if fast else "0"
-    os.environ["SEMALIGN_FAST"] = env_fast
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dest = out / "notebooks"
-    dest.mkdir(parents=True, exist_ok=True)
-    timings, failed = {}, []
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        client = nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
-                                         resources={"metadata": {"path": str(path.parent)}})
-        t0 = time.perf_counter()
-        try:
-            client.execute()
-            status = "ok"
-        except nbclient.exceptions.CellExecutionError as err:
-            status = "FAILED"
-            failed.append(path.name)
-            print(str(err)[-3000:], file=sys.stderr)
-        timings[path.stem] = round(time.perf_counter() - t0, 1)
-        nbformat.write(nb, dest / path.name)
-        print(f"{path.name}: {status} in {timings[path.stem]} s (SEMALIGN_FAST={env_fast})", flush=True)
-    _record(out, {f"notebooks{'_fast' if fast else ''}": timings})
-    return 1 if failed else 0
-
-
 def _record(out: Path, entries: dict) -> None:
     path = out / "timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -123,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fast", action="store_true", help="tiny random models (pipeline check, numbers meaningless)")
     p.add_argument("--only", nargs="*", choices=TARGETS, default=list(TARGETS))
-    p.add_argument("--notebooks", action="store_true", help="execute the notebooks instead of the figure scripts")
     p.add_argument("--student", default="stdlib-student", help="student source for the full-mode scripts")
     p.add_argument("--transfer-profile", default="table", help="transfer_table.py profile in full mode")
     p.add_argument("--transfer-minutes", type=float, default=150.0,
@@ -132,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.notebooks:
-        return run_notebooks(args.fast, out)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     for target in args.only:
         cmd = commands(target, args.fast, out, args)

@@ -1,11 +1,13 @@
 """Write the tutorial notebooks (`notebooks/NN_*.ipynb`) from the cell lists below.
 
-The .ipynb files are generated, committed with outputs stripped and with fixed cell ids
-(`<notebook>-<index>`), so regenerating them gives byte-identical files and diffs stay readable. Edit a
-notebook here, then run
+The .ipynb files are generated with fixed cell ids (`<notebook>-<index>`), so diffs stay readable, and are
+committed executed on the embedded pair, figures as PNG images (`execute_notebooks.py`). Edit a notebook here,
+then run
 
-    python notebooks/build_notebooks.py           # rewrite every notebook
-    python notebooks/build_notebooks.py --check   # exit 1 if a committed notebook differs from this file
+    make notebooks-executed                       # build and execute every notebook, in place (what is committed)
+    python notebooks/build_notebooks.py           # rewrite the notebooks whose cells changed: a text change keeps
+                                                  # the outputs, a code change drops them (execute those again)
+    python notebooks/build_notebooks.py --check   # exit 1 if a committed notebook's cells differ from this file
 
 Every notebook starts with the same setup cell: `SEMALIGN_FAST=1` (what CI sets) switches to the tiny random
 pair of `semalign_lens.models.tiny` and small sizes; unset, it uses the embedded pair (SmolLM2-135M-Instruct
@@ -531,8 +533,9 @@ SemAlign training, as this package implements the paper's v2 / ACL description:
 - **output term** `kl`: KL(p_teacher ‖ p_student) on the final logits.
 
 A method is nothing but its loss terms: swap `objective.terms` for `{ce = 1.0}` and the same run is the SFT
-control (notebook 06). Every run writes a directory: resolved config, metrics (JSONL), checkpoints, figures
-and an HTML report; a killed run resumes from its last checkpoint.
+control (notebook 06). Every run writes a directory: resolved config, metrics (JSONL), CKA maps, checkpoints
+and the trained student; its figures and HTML report are drawn from those records (`semalign align` draws
+them itself); a killed run resumes from its last checkpoint.
 
 """ + FAST_NOTE),
     ("code", SETUP),
@@ -610,10 +613,12 @@ held = ev.eval_set("stdlib_test", pair.tokenizer, max_tokens=512 if FAST else 40
 pd.Series({"student before": ev.cross_entropy(student, held.batch),
            "student after": ev.cross_entropy(result.student, held.batch),
            "teacher": ev.cross_entropy(teacher, held.batch)}, name="held-out CE").round(4)'''),
-    ("md", "## The run's report and the trained student\n\n`report.html` is one self-contained page (config, "
-           "pairing, loss curves, diagnostics, CKA maps, provenance); the student directory loads like any model."),
+    ("md", "## The run's report and the trained student\n\n`draw_run` writes `report.html`, one self-contained page "
+           "(config, pairing, loss curves, diagnostics, CKA maps, provenance), and each figure as HTML beside it "
+           "(`semalign align` draws them itself); the student directory loads like any model."),
     ("code", '''\
-print(result.report_path.name, f"{result.report_path.stat().st_size / 1e6:.1f} MB")
+report = sl.draw_run(result)
+print(report.name, f"{report.stat().st_size / 1e6:.1f} MB")
 trained = sl.load_model(result.student_path)
 sl.describe(trained)'''),
 ]
@@ -705,11 +710,13 @@ fig'''),
 ## Reading it
 
 A method has transferred something beyond the control only if its gap-closed interval lies above the SFT
-row's. With two or three seeds the intervals are wide. In full mode this notebook trains the knowledge rows
-of the transfer benchmark with its configuration (online teacher targets here, an fp16 cache there); the
-full benchmark (`python analysis/transfer_table.py`: every method, the code and knowledge tasks, a
-data-budget curve; committed as `analysis/TRANSFER.md`) and `analysis/RESULTS.md` state what holds on the
-embedded pair — on this task the SFT control closes more of the gap than SemAlign."""),
+row's. With two or three seeds the intervals are wide, and in full mode this notebook trains only 12 steps
+(4 per stage) of the knowledge rows of the transfer benchmark (online teacher targets here, an fp16 cache
+there): a few percent of the gap closed at most, a demonstration of the protocol rather than a result. The
+full benchmark (`python analysis/transfer_table.py`: every method, the code and knowledge tasks, 72 steps and
+a data-budget curve; committed as `analysis/TRANSFER.md`) and `analysis/RESULTS.md` state what holds on the
+embedded pair: on this task, at 72 steps, SemAlign and the SFT control do not differ detectably, and neither
+does the KD positive control, so the comparison there is uninformative."""),
 ]
 
 # ----------------------------------------------------------------------------------------------- 07
@@ -879,23 +886,45 @@ def render(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def cells(nb: nbformat.NotebookNode, kinds: tuple[str, ...] = ("code", "markdown")) -> list[tuple[str, str, str]]:
+    """What a notebook is, outputs aside: (id, type, source) per cell; the sources of `kinds` only."""
+    return [(c.id, c.cell_type, c.source if c.cell_type in kinds else "") for c in nb.cells]
+
+
+def update(path: Path, nb: nbformat.NotebookNode) -> str | None:
+    """Bring the file at `path` to `nb`'s cells: None when it has them; "text" when only markdown changed (written
+    with its outputs, which the text does not affect); "code" otherwise (written without outputs: execute it)."""
+    old = nbformat.read(path, as_version=4) if path.exists() else None
+    if old is not None and cells(old) == cells(nb):
+        return None
+    if old is not None and cells(old, ("code",)) == cells(nb, ("code",)):
+        for cell, new in zip(old.cells, nb.cells, strict=True):
+            cell.source = new.source
+        path.write_text(render(old))
+        return "text"
+    path.write_text(render(nb))
+    return "code"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a notebook is out of date")
     args = parser.parse_args(argv)
-    stale = []
-    for name, cells in NOTEBOOKS.items():
+    if args.check:
+        stale = [name for name, source in NOTEBOOKS.items() if not (HERE / f"{name}.ipynb").exists()
+                 or cells(nbformat.read(HERE / f"{name}.ipynb", as_version=4)) != cells(build(name, source))]
+        if stale:
+            print(f"out of date: {', '.join(stale)}; run make notebooks-executed", file=sys.stderr)
+        return 1 if stale else 0
+    to_run = []
+    for name, source in NOTEBOOKS.items():
         path = HERE / f"{name}.ipynb"
-        text = render(build(name, cells))
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(path.name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(HERE.parent)}")
-    if stale:
-        print(f"out of date (run python notebooks/build_notebooks.py): {', '.join(stale)}", file=sys.stderr)
-        return 1
+        if (change := update(path, build(name, source))) is not None:
+            print(f"wrote {path.relative_to(HERE.parent)}: "
+                  + ("its text, outputs kept" if change == "text" else "its code, without outputs"))
+            to_run += [name] if change == "code" else []
+    if to_run:
+        print(f"execute again: python notebooks/execute_notebooks.py {' '.join(to_run)}", file=sys.stderr)
     return 0
 
 

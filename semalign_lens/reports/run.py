@@ -163,22 +163,29 @@ def cka_figure(cka: dict):
                        title=cka.get("title"), pairs=[tuple(p) for p in cka.get("pairs", [])])
 
 
+def run_figures(result: AlignResult) -> dict:
+    """A run's figures by name, with its `figures` setting (else none): `loss_curves`, `projections`, `gradcos`
+    (when the run measured it) and the CKA map at every stage's start and end (`cka_stage{i}_{start,end}`)."""
+    config = result.config
+    if not config.get("figures", True):
+        return {}
+    figures = {"loss_curves": loss_figure(result.records, list(config["objective"]["terms"])),
+               "projections": projection_figure(result.records)}
+    if any(r.get("kind") == "gradcos" for r in result.records):
+        figures["gradcos"] = gradcos_figure(result.records)
+    figures.update({name: cka_figure(cka) for name, cka in result.cka.items()})
+    return figures
+
+
 def draw_run(result: AlignResult) -> Path | None:
     """Draw a finished run's figures (`figures/*.html`, with the run's `figures` setting) and its page
     (`report.html`, with `report`), from the records the trainer returned; returns the page's path (None
     without one) and sets `result.report_path`. Run it on the main process only."""
     config, run_dir = result.config, result.run_dir
-    figures = {}
-    if config.get("figures", True):
-        terms = list(config["objective"]["terms"])
-        figures["loss_curves"] = loss_figure(result.records, terms)
-        figures["projections"] = projection_figure(result.records)
-        if any(r.get("kind") == "gradcos" for r in result.records):
-            figures["gradcos"] = gradcos_figure(result.records)
-        figures.update({name: cka_figure(cka) for name, cka in result.cka.items()})
-        for name, fig in figures.items():
-            with writing(run_dir / "figures" / f"{name}.html"):
-                write_figure(fig, run_dir / "figures" / f"{name}.html")
+    figures = run_figures(result)
+    for name, fig in figures.items():
+        with writing(run_dir / "figures" / f"{name}.html"):
+            write_figure(fig, run_dir / "figures" / f"{name}.html")
     result.report_path = run_page(result, figures).write(run_dir / "report.html") if config.get("report", True) \
         else None
     return result.report_path

@@ -18,6 +18,7 @@ import torch
 from ..core.config import load_config, require_positive, setting, to_dict
 from ..core.errors import SemalignError
 from ..core.precision import PRECISIONS
+from .trackers import check_trackers
 
 # `AlignConfig.dtype`: the dtypes models may be loaded in
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -297,6 +298,11 @@ class AlignConfig:
     figures: bool = setting(True, doc="CKA heatmaps per stage, loss/projection figures (false: metrics JSONL only)")
     report: bool = setting(True, doc="write report.html (needs figures)")
     progress: bool = setting(True, doc="show progress bars")
+    trackers: list[str] = setting(factory=list, doc="experiment trackers that also receive the metrics, config and "
+                                                    "figures: tensorboard, wandb, trackio, ... (accelerate's; "
+                                                    "empty: none; training/trackers.py)")
+    tracker_project: str = setting("semalign", doc="the trackers' project (W&B project, trackio project, "
+                                                   "TensorBoard folder under run_dir/trackers)")
 
     def validate(self) -> None:
         from ..models.pair import VOCAB_MODES
@@ -308,6 +314,7 @@ class AlignConfig:
             raise SemalignError("a cross-tokenizer pair (vocab = 'intersection') reads the teacher online, on its own "
                                 "tokenization of each block; set targets.mode = 'online'")
         require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "cka_max_tokens")
+        check_trackers(self.trackers)
         if self.diag_every < 0:
             raise SemalignError(f"diag_every must be >= 0 (0 = only at stage boundaries), got {self.diag_every}")
         if isinstance(self.gradcos_every, bool) or not isinstance(self.gradcos_every, int) or self.gradcos_every < 0:
@@ -374,7 +381,7 @@ def load_align_config(path: str | Path | None = None, overrides: dict[str, Any] 
 # Keys that may change between a run and its resumption (they do not change what is trained; `train` changes how
 # a step is computed, not its gradient).
 RESUMABLE_KEYS = {"progress", "log_every", "report", "figures", "checkpoint_every", "keep_checkpoints", "diag_every",
-                  "cka_max_tokens", "run_dir", "train", "gradcos_every"}
+                  "cka_max_tokens", "run_dir", "train", "gradcos_every", "trackers", "tracker_project"}
 
 
 # Keys added since runs were first saved (dotted), with the value a run saved before them had.

@@ -19,7 +19,8 @@ early (DDP expects every forward to finish). Each process, and within it each mi
 share of the global batch's tokens, so averaged gradients and logged losses equal the single-process,
 whole-batch ones on the same global batch. Which processes load the teacher, how the others wait for the main
 process's own work (the map, the target cache, diagnostics) and why FSDP/DeepSpeed configs are refused:
-`processes.py`.
+`processes.py`. The main process writes every record to `metrics.jsonl` and, where `trackers` names them, to
+the experiment trackers (`trackers.py`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from .targets import (
     unshared_cache,
 )
 from .terms import balanced_terms, reference_terms, term_scales
+from .trackers import TRACKER_DIR, Trackers
 
 
 class NonFiniteLossError(SemalignError):
@@ -118,10 +120,19 @@ class AlignResult:
     config: dict = field(default_factory=dict)
     pairing: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    # a finished run's experiment trackers (`AlignConfig.trackers`), open for the figures drawn above the trainer
+    # (`reports.tracking.track_figures`) until `end_trackers()`
+    trackers: Trackers | None = None
 
     @property
     def finished(self) -> bool:
         return bool(self.final.get("finished"))
+
+    def end_trackers(self) -> None:
+        """Close the run's experiment trackers (nothing without them)."""
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
 
     def metrics(self):
         """The metric records as a DataFrame (kinds: train, diag, heldout, cka, stage, gradcos)."""
@@ -185,16 +196,22 @@ class Trainer:
         # every check that needs no loaded model, before anything loads or is written (training/preflight.py)
         preflight(cfg, run_dir or cfg.run_dir, teacher=teacher, student=student, data=data, pairing=pairing,
                   transfer=transfer)
+        self.run_dir = Path(run_dir or cfg.run_dir)
         # the process group waits PROCESS_GROUP_TIMEOUT for the main process's own work; FSDP/DeepSpeed refused
-        self.acc = accelerator or run_accelerator()
+        self.acc = accelerator or run_accelerator(cfg.trackers, self.run_dir / TRACKER_DIR)
         refuse_sharding(self.acc)
+        missing = sorted(set(cfg.trackers) - {str(t) for t in self.acc.log_with})
+        if missing:
+            raise SemalignError(f"trackers {missing} are not among the given accelerator's (log_with="
+                                f"{[str(t) for t in self.acc.log_with]}); build it with Accelerator(log_with="
+                                f"{cfg.trackers}), or leave accelerator unset")
+        self.trackers = Trackers(self.acc) if cfg.trackers else None
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.main = self.acc.is_main_process
         self.device = self.acc.device
         if cfg.data.batch_size % self.world:
             raise SemalignError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {self.world} "
                                 "processes; choose a multiple of the process count")
-        self.run_dir = Path(run_dir or cfg.run_dir)
         if self.main:  # another process training in run_dir: refused before anything loads (run() takes the lock)
             refuse_if_locked(self.run_dir, "run_dir")
         self.objectives: list[tuple[str, Objective, float, dict]] = [
@@ -442,6 +459,8 @@ class Trainer:
         if self.main:
             with writing(self._metrics_path), open(self._metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
 
     def _metric_lines(self) -> int:
         return len(self._metrics_path.read_text().splitlines()) if self._metrics_path.exists() else 0
@@ -707,21 +726,30 @@ class Trainer:
         if stop_after_steps is not None:
             require_int("stop_after_steps", stop_after_steps)
         self._at: int | None = None  # the step reached, for an interruption's message
+        result = None
         with run_lock(self.run_dir, "run_dir") if self.main else nullcontext():
             if self.cfg.flush_denormal:
                 torch.set_flush_denormal(True)
             try:
                 self._prepare_run_dir()
-                return self._run(stop_after_steps)
+                result = self._run(stop_after_steps)
+                return result
             except KeyboardInterrupt as err:
                 raise Interrupted.at_step(self._at, latest_step(self.run_dir), err) from None
             finally:
                 if self.cfg.flush_denormal:
                     torch.set_flush_denormal(False)  # torch's default (there is no getter to restore from)
+                if self.trackers is not None:  # a finished run's stay open for its figures (`AlignResult.trackers`)
+                    if result is not None and result.finished:
+                        result.trackers = self.trackers
+                    else:
+                        self.trackers.finish()
 
     def _run(self, stop_after_steps: int | None) -> AlignResult:
         step, elapsed = self._resume()
         self._at = step
+        if self.trackers is not None:
+            self.trackers.start(self.cfg.to_dict(), self.run_dir, self.cfg.tracker_project, step)
         total = self.stages[-1].end
         end = total if stop_after_steps is None else min(total, step + stop_after_steps)
         t_start = time.time() - elapsed

@@ -55,16 +55,18 @@ def refuse_sharding(accelerator=None) -> None:
                             "DeepSpeed config), and see `semalign plan` for what makes a large pair fit")
 
 
-def run_accelerator():
+def run_accelerator(trackers: Sequence[str] = (), logging_dir: str | os.PathLike | None = None):
     """The trainer's `Accelerator`: its process group waits `PROCESS_GROUP_TIMEOUT`. cpu=True on machines without
     an accelerator: only then does Accelerate recognise a multi-process CPU launch (torchrun / `accelerate launch
-    --multi_gpu`) and use the gloo backend."""
+    --multi_gpu`) and use the gloo backend. `trackers` (`AlignConfig.trackers`) log under `logging_dir`."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
     refuse_sharding()  # before Accelerator(): under DeepSpeed it fails to import deepspeed first
+    logging = ({"log_with": list(trackers), "project_config": ProjectConfiguration(logging_dir=str(logging_dir))}
+               if trackers else {})
     return Accelerator(cpu=not torch.accelerator.is_available(),
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)], **logging)
 
 
 def teacher_everywhere(cfg: AlignConfig, reads_teacher: bool, plugins: Sequence[Any], runs_teacher: bool = False

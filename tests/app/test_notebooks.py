@@ -4,7 +4,9 @@ Each notebook runs in a fresh Jupyter kernel (nbclient) with `SEMALIGN_FAST=1` a
 kernel's environment, from the `notebooks/` directory, and must finish without an error; a failure names the
 notebook, the cell and the error (nbclient's `CellExecutionError` carries the cell source and traceback).
 Outputs are checked by execution only (plotly output is not compared), as nbmake does. The committed files
-must be stripped of outputs, carry cell ids and equal what `notebooks/build_notebooks.py` generates.
+are the notebooks executed on the embedded pair (`make notebooks-executed`, `notebooks/execute_notebooks.py`):
+their cells must equal what `notebooks/build_notebooks.py` generates (not stale), every code cell must have run
+without an error, and every figure must be a PNG image (what GitHub shows), each file under 2 MB.
 
     python -m pytest tests/app/test_notebooks.py -q        # all seven, about 3-5 minutes on 2 cores (AMD EPYC, native bf16 yes; the suite runs fp32)
 """
@@ -12,7 +14,6 @@ must be stripped of outputs, carry cell ids and equal what `notebooks/build_note
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from pathlib import Path
@@ -35,21 +36,31 @@ def test_the_seven_notebooks_exist():
     assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"], NOTEBOOKS
 
 
-def test_notebooks_are_generated_stripped_and_have_cell_ids():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS_DIR / "build_notebooks.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, NOTEBOOKS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_notebooks_are_current_executed_and_show_their_figures():
+    build, execute = _script("build_notebooks"), _script("execute_notebooks")
+    images = {}
     for path in NOTEBOOKS:
-        raw = json.loads(path.read_text())
-        nb = nbformat.reads(path.read_text(), as_version=4)
+        text = path.read_text()
+        nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)
-        ids = [cell.get("id") for cell in raw["cells"]]
-        assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: missing or duplicate cell ids"
-        for cell in raw["cells"]:
-            if cell["cell_type"] == "code":
-                assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: outputs not stripped"
-        assert path.read_text() == build.render(build.build(path.stem, build.NOTEBOOKS[path.stem])), (
-            f"{path.name} differs from notebooks/build_notebooks.py; run python notebooks/build_notebooks.py")
+        fresh = build.build(path.stem, build.NOTEBOOKS[path.stem])
+        assert [(c.id, c.cell_type, c.source) for c in nb.cells] == [(c.id, c.cell_type, c.source)
+                                                                      for c in fresh.cells], (
+            f"{path.name} is stale: its cells differ from notebooks/build_notebooks.py; run make notebooks-executed")
+        assert nb.metadata.get("semalign", {}).get("mode") == "full", f"{path.name}: not executed on the embedded pair"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: not run in order"
+        assert not [c.id for c in code for o in c.outputs if o.output_type == "error"], path.name
+        assert execute.problems(nb, text) == [], path.name
+        images[path.stem] = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    assert all(images.values()), images  # every notebook draws at least one figure
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

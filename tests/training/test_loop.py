@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -193,7 +194,8 @@ def _jobs(config: dict, other, out) -> list[dict]:
 
     cached = {"mode": "cached", "cache_logits": "topk", "top_k": 16}
     lora = {"stage_steps": 2, "lr": 1e-2, "adapter": "lora", "lora_rank": 2}
-    jobs = [{"name": "cli", "config": config, "cli": True},
+    tracked = {"trackers": ["tensorboard"]} if importlib.util.find_spec("tensorboard") else {}
+    jobs = [{"name": "cli", "config": {**config, **tracked}, "cli": True},
             {"name": "cached-lora", "config": {**config, "schedule": lora,
                                                "targets": {**cached, "cache_dir": str(out / "cache-cached-lora")}}}]
     lean = {**config, "schedule": {**lora, "stage_steps": 1}, "pairing": {"student_layers": [0, 2]}}
@@ -261,6 +263,16 @@ def test_two_accelerate_processes_match_one(scale_out):
     waits 2 h (`training/processes.py`)."""
     jobs, outs = scale_out
     assert json.loads((outs["two"] / "cli" / "provenance.json").read_text())["processes"] == 2
+    if "trackers" in jobs[0]["config"]:  # one process logs: one TensorBoard file, with every train record
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        folder = outs["two"] / "cli" / "trackers" / "semalign"
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        board = EventAccumulator(str(folder))
+        board.Reload()
+        logged = [(e.step, e.value) for e in board.Scalars("train/loss")]
+        assert [s for s, _ in logged] == list(range(1, 7))
+        assert torch.allclose(torch.tensor([v for _, v in logged]), torch.tensor(_train_losses(outs["two"] / "cli")))
     second = json.loads((outs["two"] / "process1.json").read_text())
     assert second["timeout_s"] == 7200.0  # PROCESS_GROUP_TIMEOUT, not gloo's 30 min or NCCL's 10
     for job in jobs:
