@@ -19,13 +19,17 @@ pool with the same steps, schedule and learning rate; only the loss terms differ
    (`targets.cache_logits = "topk"`); every method, seed, budget and schedule reads that cache.
 3. **Budgets.** Total optimizer steps (over all stages), each a batch of sequences drawn from the task's
    transfer pool without repetition within an epoch (at the profile's `epochs` = 1, every step sees new
-   data). Two schedules: `frontier` (the paper's: LoRA on v/o/up/down of one student layer at a time,
-   shallow to deep, a separate run per budget) and `all` (every student parameter, one joint stage; one run
-   per seed evaluated at each budget, which at a constant learning rate equals separate runs).
+   data). Three schedules: `frontier` (the paper's: LoRA on v/o/up/down of one student layer at a time,
+   shallow to deep, a separate run per budget), `all` (every student parameter, one joint stage; one run
+   per seed evaluated at each budget, which at a constant learning rate equals separate runs) and
+   `local-global` (the frontier stages on 2/3 of the budget, then one end-to-end stage on the output terms).
 4. **Positive control.** Logit KD against the same-data SFT control: "separated" when their 95% intervals
    over seeds do not overlap and KD is the better one. The first line of TRANSFER.md says where it holds.
-5. **Paired differences.** `semalign - kd`, `semalign - sft` and `semalign-layer - sft`, paired by seed, with
-   Student-t intervals; a verdict where the positive control fails at that budget is "uninformative".
+5. **Paired differences.** `semalign - kd`, `semalign - sft`, `semalign-layer - sft` and every other
+   teacher-reading method against KD, paired by seed, with Student-t intervals; a verdict where the positive
+   control fails at that budget is "uninformative".
+6. **Gradient diagnostic** (`--gradcos N`): one extra seed-0 run per schedule and layer-term method, measuring
+   how each layer term's gradient lines up with the output KL's (`gradcos.csv`, `gradcos_summary.csv`).
 
 Outputs: `analysis/out/transfer/{runs.csv, summary.csv, paired.csv, control.csv, budget_curve.html,
 budget_curve.png, meta.json}` (committed) and `analysis/TRANSFER.md`. Runs are written as they finish; `--resume`
@@ -59,18 +63,23 @@ from semalign_lens.training.methods.cross_vocab import for_pair
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
 OUT_CROSS = ROOT / "out" / "transfer-cross"  # the cross-tokenizer profile's runs
-SCHEDULES = ("frontier", "all")
-CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets"]
+SCHEDULES = ("frontier", "all", "local-global")
+GLOBAL_SHARE = 3  # local-global: the last 1/GLOBAL_SHARE of a budget is one end-to-end KD stage
+CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets",
+                 "lens-kl", "relation-kl", "semalign-balanced", "interchange"]
 # The two roles the comparisons name, by the pair's vocabulary: a cross-tokenizer pair's KD and SemAlign rows
 # read the teacher's logits through the shared strings (`baselines/cross_vocab.py`).
 ROLES = {vocab: {role: for_pair(role, vocab != "shared") for role in ("kd", "semalign")}
          for vocab in ("shared", "intersection")}
 
 
-def comparisons(vocab: str = "shared") -> tuple[tuple[str, str], ...]:
-    """(a, b) pairs of the paired differences; the first is the positive control (KD against SFT)."""
+def comparisons(vocab: str = "shared", methods=()) -> tuple[tuple[str, str], ...]:
+    """(a, b) pairs of the paired differences; the first is the positive control (KD against SFT). Every other
+    method of `methods` that reads the teacher is compared with KD (the bar an activation-level term must clear)."""
     kd, sem = ROLES[vocab]["kd"], ROLES[vocab]["semalign"]
-    return ((kd, "sft"), (sem, kd), (sem, "sft"), ("semalign-layer", "sft"))
+    base = ((kd, "sft"), (sem, kd), (sem, "sft"), ("semalign-layer", "sft"))
+    named = {m for pair in base for m in pair}
+    return base + tuple((m, kd) for m in methods if m not in named)
 
 
 @dataclass
@@ -86,7 +95,7 @@ class Profile(RunProfile):
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=lambda: ["code", "knowledge"])
     methods: list[str] = field(default_factory=lambda: list(CURVE_METHODS))
-    schedules: list[str] = field(default_factory=lambda: list(SCHEDULES))
+    schedules: list[str] = field(default_factory=lambda: ["frontier", "all"])
     budgets: list[int] = field(default_factory=lambda: [9, 27, 90, 270])
     epochs: int = 1
     knowledge_steps: int = 72
@@ -95,7 +104,8 @@ class Profile(RunProfile):
 
 
 PROFILES = {
-    "table": Profile(seq_len=64, n_transfer=2160, per_file=3, heldout_tokens=16384, humaneval_limit=32),
+    "table": Profile(seq_len=64, n_transfer=2160, per_file=3, heldout_tokens=16384, humaneval_limit=32,
+                     schedules=list(SCHEDULES)),
     "quick": Profile(seq_len=64, n_transfer=480, heldout_tokens=4096, humaneval_limit=8, budgets=[3, 12, 30, 60],
                      knowledge_steps=30, methods=["sft", "kd", "semalign"], schedules=["frontier"]),
     "tiny": Profile(seq_len=24, n_transfer=48, batch_size=4, student_layers=(0, 2), lora_rank=4, lr=1e-2,
@@ -121,12 +131,18 @@ PROFILES = {
 
 
 def check_budgets(budgets: list[int], n_stages: int, batch_size: int, pool: int, epochs: int,
-                  what: str = "transfer set") -> None:
+                  what: str = "transfer set", schedules=()) -> None:
     """Refuse budgets (total steps) the schedule or the transfer pool cannot give, naming both numbers."""
     for b in budgets:
         if b % n_stages:
             raise SemalignError(f"budget {b} steps is not a multiple of the {n_stages} frontier stages; use budgets "
                                 f"that are (e.g. {[n_stages * max(1, round(x / n_stages)) for x in budgets]})")
+        local = b - b // GLOBAL_SHARE
+        if "local-global" in schedules and (local % n_stages or b < GLOBAL_SHARE):
+            step = GLOBAL_SHARE * n_stages
+            raise SemalignError(f"budget {b} steps does not split into {n_stages} frontier stages of equal length and "
+                                f"a global stage of 1/{GLOBAL_SHARE}; use multiples of {step} with local-global (e.g. "
+                                f"{[step * max(1, round(x / step)) for x in budgets]})")
         need, have = b * batch_size, pool * epochs
         if need > have:
             raise SemalignError(f"budget {b} steps x batch {batch_size} = {need} sequences exceeds the {what}: "
@@ -155,6 +171,9 @@ def run_config(profile: Profile, tr: TaskRun, schedule: str, steps: int, seed: i
         cfg.targets.cache_logits, cfg.targets.top_k = "topk", profile.top_k
     if schedule == "frontier":
         cfg.schedule.stage_steps = steps // len(profile.student_layers)
+    elif schedule == "local-global":  # the frontier stages, then one end-to-end stage on the output terms only
+        cfg.schedule.global_steps = steps // GLOBAL_SHARE
+        cfg.schedule.stage_steps = (steps - cfg.schedule.global_steps) // len(profile.student_layers)
     else:
         cfg.schedule.mode, cfg.schedule.trainable, cfg.schedule.adapter = "joint", "all", "full"
         cfg.schedule.stage_steps, cfg.schedule.lr = steps, profile.all_lr
@@ -177,7 +196,7 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
               student, work: Path, cache: Path, maps: dict, done: set, emit) -> None:
     """Train one (method, schedule, seed) at every budget not in `done`, calling `emit(row)` per budget.
 
-    frontier: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
+    frontier and local-global: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
     (the run directory keeps its checkpoints, so a killed curve resumes where it stopped)."""
     def train(steps: int, run_dir: Path):
         cfg = run_config(profile, tr, schedule, steps, seed, cache)
@@ -188,7 +207,7 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
     todo = [b for b in budgets if (tr.task.name, schedule, method, seed, b) not in done]
     if not todo:
         return
-    if schedule == "frontier":
+    if schedule != "all":
         for b in todo:
             run_dir = work / f"{tr.task.name}-{schedule}-{method}-s{seed}-b{b}"
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -219,6 +238,44 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
         emit(_row(tr, schedule, method, seed, b, profile, scores, t1 - t0, time.time() - t1,
                   sum(trainer.stage_params.values()), trainer.identity["data_hash"]))
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def diagnosed(method: str) -> bool:
+    """Whether the gradient diagnostic reads `method`: a layer term beside an output term on teacher logits."""
+    from semalign_lens.training.objectives import get_objective
+
+    objs = [get_objective(t) for t in get_method(method).terms]
+    return any(o.kind == "layer" for o in objs) and any(o.kind == "output" and o.needs_teacher_logits for o in objs)
+
+
+def gradient_rows(method: str, schedule: str, steps: int, every: int, tr: TaskRun, profile: Profile, teacher,
+                  student, work: Path, cache: Path, maps: dict) -> list[dict]:
+    """One seed-0 run of `method` at `steps`, measuring every `every` steps how each layer term's gradient lines up
+    with the output KL's (`training/gradcos.py`): its gradcos records. A run of its own, so that no score row of
+    the table carries the diagnostic's extra backward passes."""
+    cfg = run_config(profile, tr, schedule, steps, 0, cache)
+    cfg.gradcos_every = every
+    kind = get_method(method).transfer_kind or cfg.transfer.kind
+    run_dir = work / f"gradcos-{tr.task.name}-{schedule}-{method}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    result = method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
+                            run_dir=run_dir, transfer=maps.get(kind), lean=True).run()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return [{"task": tr.task.name, "schedule": schedule, "method": method, "run_steps": steps,
+             **{k: r[k] for k in ("step", "stage", "term", "student_layer", "cos", "norm_ratio")}}
+            for r in result.records if r.get("kind") == "gradcos"]
+
+
+def gradient_summary(rows):
+    """Per (task, schedule, method, term, student layer): the mean cosine with the output KL's gradient, the share
+    of measured steps where the two point apart (cos < 0), and the median norm ratio (layer / output)."""
+    import pandas as pd
+
+    if not len(rows):
+        return pd.DataFrame()
+    g = pd.DataFrame(rows).groupby(["task", "schedule", "method", "term", "student_layer"], sort=False)
+    return g.agg(steps=("cos", "size"), cos_mean=("cos", "mean"), cos_negative=("cos", lambda c: float((c < 0).mean())),
+                 norm_ratio_median=("norm_ratio", "median")).reset_index()
 
 
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
@@ -471,7 +528,8 @@ def build_profile(args) -> Profile:
                             f"its KD and SemAlign rows are {ROLES[profile.vocab]['kd']!r} and "
                             f"{ROLES[profile.vocab]['semalign']!r}")
     profile.budgets = sorted(set(profile.budgets))
-    check_budgets(profile.budgets, len(profile.student_layers), profile.batch_size, profile.n_transfer, profile.epochs)
+    check_budgets(profile.budgets, len(profile.student_layers), profile.batch_size, profile.n_transfer, profile.epochs,
+                  schedules=profile.schedules)
     return profile
 
 
@@ -481,13 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="subset of methods (default: the profile's)")
     parser.add_argument("--tasks", nargs="*", help="subset of tasks: code knowledge")
     parser.add_argument("--seeds", nargs="*", type=int)
-    parser.add_argument("--schedules", nargs="*", help="frontier and/or all")
+    parser.add_argument("--schedules", nargs="*", help="frontier, all and/or local-global")
     parser.add_argument("--budgets", nargs="*", type=int, help="total optimizer steps per run")
     parser.add_argument("--student", help="student source (zoo name or HF directory), overriding the profile's")
     parser.add_argument("--budget-minutes", type=float, default=600.0, help="stop launching runs after this")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in OUT/runs.csv (same profile) and run only the missing ones")
+    parser.add_argument("--gradcos", type=int, default=0, metavar="N",
+                        help="after the score runs, one seed-0 run per (schedule, method with a layer term) at "
+                             "--gradcos-budget steps with the gradient diagnostic every N steps (0: off)")
+    parser.add_argument("--gradcos-budget", type=int, default=90, help="steps of each gradient-diagnostic run")
     parser.add_argument("--out", default=None, help=f"output directory (default {OUT.relative_to(ROOT.parent)}, "
                                                     f"for a cross-tokenizer profile {OUT_CROSS.relative_to(ROOT.parent)})")
     parser.add_argument("--summary", default=str(ROOT / "TRANSFER.md"),
@@ -518,6 +580,8 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                             f"{args.profile!r}; resume with that profile, or pass another --out")
     records = pd.read_csv(runs_path).to_dict("records") if old_meta and runs_path.exists() else []
     done = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
+    gradcos_path = out / "gradcos.csv"
+    grad_rows = (pd.read_csv(gradcos_path).to_dict("records") if old_meta and gradcos_path.exists() else [])
     if records:
         log(f"resuming: {len(records)} runs already in {runs_path}")
 
@@ -542,7 +606,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
     if "knowledge" in refs:
         refs["knowledge"].task.meta["teacher_table"].to_csv(out / "knowledge_teacher_filter.csv", index=False)
         check_budgets([profile.knowledge_steps], len(profile.student_layers), profile.batch_size,
-                      len(refs["knowledge"].data), profile.epochs, "knowledge transfer set")
+                      len(refs["knowledge"].data), profile.epochs, "knowledge transfer set", profile.schedules)
         table = refs["knowledge"].task.meta["teacher_table"]
         by_type = table.assign(type=table["fact"].str.split(":").str[0]).groupby("type", sort=False)["exact_match"]
         knowledge_types = [{"type": t, "candidates": int(g.count()), "teacher_exact": int(g.sum())}
@@ -565,8 +629,13 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         os.replace(runs_path.with_suffix(".tmp"), runs_path)
         summary = summarise(runs, refs, metrics) if len(runs) else pd.DataFrame()
         controls = control(summary, ROLES[profile.vocab]["kd"]) if len(summary) else pd.DataFrame()
-        pairs = paired(runs, controls, metrics, comparisons(profile.vocab)) if len(runs) else pd.DataFrame()
-        for name, frame in (("summary", summary), ("control", controls), ("paired", pairs)):
+        methods = list(dict.fromkeys(runs["method"])) if len(runs) else []
+        pairs = paired(runs, controls, metrics, comparisons(profile.vocab, methods)) if len(runs) else pd.DataFrame()
+        gradients = gradient_summary(grad_rows)
+        if grad_rows:
+            pd.DataFrame(grad_rows).to_csv(gradcos_path, index=False)
+        for name, frame in (("summary", summary), ("control", controls), ("paired", pairs),
+                            ("gradcos_summary", gradients)):
             frame.to_csv(out / f"{name}.csv", index=False)
         png = False
         if len(summary):
@@ -586,7 +655,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                 "vocab": pair.alignment.describe() if cross else None}
         write_json_atomic(meta_path, meta)
         if args.summary:
-            write_summary(Path(args.summary), meta, runs, summary, controls, pairs, refs)
+            write_summary(Path(args.summary), meta, runs, summary, controls, pairs, refs, gradients)
 
     def emit(row: dict) -> None:
         records.append(row)
@@ -622,11 +691,23 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                         continue
                     run_curve(method, schedule, seed, budgets_of(name), tr, profile, teacher, student, work,
                               caches[name], maps, done, emit)
+    if args.gradcos and "code" in profile.tasks:
+        measured = {(r["schedule"], r["method"]) for r in grad_rows}
+        for schedule in profile.schedules:
+            for method in [m for m in profile.methods if diagnosed(m) and (schedule, m) not in measured]:
+                if time.time() > deadline:
+                    skipped.append(f"gradcos/{schedule}/{method}")
+                    continue
+                rows = gradient_rows(method, schedule, args.gradcos_budget, args.gradcos, refs["code"], profile,
+                                     teacher, student, work, caches["code"], maps)
+                grad_rows.extend(rows)
+                log(f"gradient diagnostic {schedule} {method}: {len(rows)} records")
+                finalize(final=False)
     have = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
     finished = all(k in have for t in refs for k in keys(t))
     finalize(final=finished)
-    if finished:
-        shutil.rmtree(work, ignore_errors=True)
+    if finished and not any(getattr(args, n) for n in ("methods", "tasks", "seeds", "schedules", "budgets")):
+        shutil.rmtree(work, ignore_errors=True)  # a subset keeps the teacher caches for the next one
     log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
     return 0
 
@@ -673,7 +754,8 @@ NOTES = [
     "the earlier benchmark's LoRA rate (2e-3).", ""]
 
 
-def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: dict[str, TaskRun]) -> None:
+def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: dict[str, TaskRun],
+                  gradients=None) -> None:
     """The committed markdown: the positive control first, then setup, curves, paired differences, files."""
     import pandas as pd
 
@@ -704,7 +786,12 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
         f"layer at a time, shallow to deep over blocks {p['student_layers']} (proportional pairing), budget split "
         f"evenly over the stages, lr {p['lr']}, a separate run per budget. `all`: every student parameter in one "
         f"joint stage (all paired layers' terms at once), lr {p['all_lr']}, one run per seed evaluated at each "
-        "budget (constant learning rate, so this equals separate runs).",
+        "budget (constant learning rate, so this equals separate runs)."
+        + ("" if "local-global" not in set(runs["schedule"] if len(runs) else ()) else
+           f" `local-global` (as published local-alignment methods run: MOHAWK, LoLCATs): the frontier stages on the "
+           f"first {GLOBAL_SHARE - 1}/{GLOBAL_SHARE} of the budget, then one end-to-end stage on the last "
+           f"1/{GLOBAL_SHARE} in which every block's adapter trains on the output terms only (a method's layer term "
+           "is off there), same lr, a separate run per budget."),
         f"- **Budgets** (steps, all stages): {budgets} = {budgets[0] * tokens_per_step:,} to "
         f"{budgets[-1] * tokens_per_step:,} tokens ({budgets[-1] // budgets[0]}x), batch "
         f"{p['batch_size']} x {p['seq_len']} tokens. The pool holds {p['n_transfer']} sequences and at most "
@@ -779,6 +866,15 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   "Trainable parameters summed over stages; FitNets also trains its projector (discarded). "
                   "`train_s` for the `all` schedule is the time since the previous budget of the same run.", "",
                   fair.round(1).to_markdown(), ""]
+    if gradients is not None and len(gradients):
+        gr = gradients.round(3)
+        lines += ["## Why a layer term helps or hurts: its gradient against the output KL's", "",
+                  "One seed-0 run per schedule and method at the diagnostic budget (`--gradcos`): on every measured "
+                  "step, the cosine between the gradient of the layer term at each paired layer and that of the "
+                  "output KL on the trainable parameters, and their norm ratio, each at its share of the loss "
+                  "(`training/gradcos.py`). A negative mean cosine: the two compete and the step is a compromise; "
+                  "near zero with a large ratio: the layer term spends the step on directions the output does not "
+                  "read.", "", gr.to_markdown(index=False), ""]
     kinds = meta.get("knowledge_types")
     if kinds:
         lines += ["## Knowledge facts kept, by type", "", "Teacher exact match on the held-out phrasing "
@@ -795,7 +891,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
               "teacher pass for the cache comes first: about 5 minutes on 2 cores).", ""]
     lines += [] if cross else NOTES
     lines += ["## Files", "", f"`analysis/{meta['out']}/`: runs.csv (every run: scores, steps, tokens, trainable "
-              "parameters, data hash, times), summary.csv, control.csv, paired.csv, meta.json, budget_curve.html, "
+              "parameters, data hash, times), summary.csv, control.csv, paired.csv, gradcos.csv and "
+              "gradcos_summary.csv (the gradient diagnostic), meta.json, budget_curve.html, "
               "budget_curve.png" + (", knowledge_teacher_filter.csv (the teacher on every held-out phrasing)"
                                     if "knowledge" in meta["tasks"] else "") + ".", ""]
     if cross:  # a section of the shared table's file: its title first, every heading one level down

@@ -198,6 +198,36 @@ def test_a_budget_beyond_the_transfer_set_is_refused():
         table.check_budgets([3], 2, 4, 48, 1)
 
 
+def test_local_then_global_splits_the_budget_and_trains_every_block_last(tmp_path, tiny_pair):
+    """local-global: the frontier stages on 2/3 of the budget, one end-to-end stage on the last 1/3 (the trainer's
+    own plan says so), a split that does not divide is refused; the gradient pass records one cosine per paired
+    layer and measured step, between -1 and 1, and no score row."""
+    from semalign_lens.lens.pairing import make_pairing
+    from semalign_lens.training.schedule import build_stages
+
+    table = load("transfer_table")
+    profile = replace(table.PROFILES["tiny"], budgets=[12])
+    tr = table.build_task("code", profile, tiny_pair.teacher, tiny_pair.student)
+    cfg = table.run_config(profile, tr, "local-global", 12, 0, tmp_path / "cache")
+    pairs = list(make_pairing("proportional", tiny_pair.teacher.cfg.n_layers, tiny_pair.student.cfg.n_layers,
+                              student_layers=list(profile.student_layers)))
+    stages = build_stages(cfg.schedule, pairs)
+    assert [(s.steps, s.is_global) for s in stages] == [(4, False), (4, False), (4, True)]
+    with pytest.raises(SemalignError, match="multiples of 6 with local-global"):
+        table.check_budgets([4], 2, 4, 48, 1, schedules=["local-global"])  # 4 - 1 = 3 frontier steps, 2 stages
+    table.check_budgets([4], 2, 4, 48, 1, schedules=["frontier"])
+    table.check_budgets([8], 2, 4, 48, 1, schedules=["local-global"])  # 6 + 2
+    maps = table.transfer_maps(tiny_pair.teacher, tiny_pair.student, ["semalign"])
+    rows = table.gradient_rows("semalign", "local-global", 12, 2, tr, profile, tiny_pair.teacher,
+                               copy.deepcopy(tiny_pair.student), tmp_path, tmp_path / "cache", maps)
+    assert rows and all(-1 <= r["cos"] <= 1 and r["norm_ratio"] > 0 for r in rows)
+    assert {r["stage"] for r in rows} == {0, 1}  # measured in the frontier stages; the global one has no layer term
+    assert {r["student_layer"] for r in rows} == set(profile.student_layers)
+    summary = table.gradient_summary(rows)
+    assert summary["steps"].sum() == len(rows)
+    assert table.diagnosed("semalign") and not table.diagnosed("kd") and not table.diagnosed("sft")
+
+
 def test_fig2_runs_on_a_tiny_teacher_directory(tmp_path):
     make_figures = load("make_figures")
     model = make_figures.tiny_teacher_dir(tmp_path / "teacher")
