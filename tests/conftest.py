@@ -48,6 +48,32 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+def hf_module_outputs(hf, tokens) -> dict[str, list]:
+    """A plain HF Llama's own module outputs on `tokens`, read by forward hooks (the reference the hooked views
+    are tested against): the residual after the embeddings and after each decoder layer (`resid`), and each
+    layer's attention (`attn_out`) and MLP (`mlp_out`) outputs."""
+    out = {"resid": [], "attn_out": [], "mlp_out": []}
+    handles = [hf.model.embed_tokens.register_forward_hook(lambda m, a, o: out["resid"].append(o))]
+    for layer in hf.model.layers:
+        handles.append(layer.register_forward_hook(lambda m, a, o: out["resid"].append(o[0] if isinstance(o, tuple)
+                                                                                        else o)))
+        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o: out["attn_out"].append(o[0])))
+        handles.append(layer.mlp.register_forward_hook(lambda m, a, o: out["mlp_out"].append(o)))
+    try:
+        with torch.no_grad():
+            hf(input_ids=tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_outputs():
+    """`hf_module_outputs` as a fixture (test modules do not import each other)."""
+    return hf_module_outputs
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -22,25 +22,9 @@ def batch(tiny_hf):
     return tokenize(tiny_hf[2], TEXTS)
 
 
-def _hf_writes(hf, batch) -> dict[str, list[torch.Tensor]]:
-    """Each decoder layer's self-attention output and MLP output, read by forward hooks on the HF modules."""
-    out = {"attn_out": [], "mlp_out": []}
-    handles = []
-    for layer in hf.model.layers:
-        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o: out["attn_out"].append(o[0])))
-        handles.append(layer.mlp.register_forward_hook(lambda m, a, o: out["mlp_out"].append(o)))
-    try:
-        with torch.no_grad():
-            hf(input_ids=batch.tokens)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
-
-
-def test_block_writes_equal_the_hf_modules_outputs_and_sum_to_the_block_write(tiny_pair, tiny_hf, batch):
+def test_block_writes_equal_the_hf_modules_outputs_and_sum_to_the_block_write(tiny_pair, tiny_hf, batch, hf_outputs):
     hf = tiny_hf[0]
-    reference = _hf_writes(hf, batch)
+    reference = hf_outputs(hf, batch.tokens)
     writes = sublayer_writes(tiny_pair.teacher, batch, drop_first=True)
     keep = batch.mask.clone()
     keep[:, 0] = False

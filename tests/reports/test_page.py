@@ -178,22 +178,10 @@ def test_pairing_report_with_one_method_and_a_model_card(tmp_path, tiny_pair):
     assert len(out.pairing) == student.cfg.n_layers  # proportional pairs every student layer
 
 
-def _hf_states(hf, batch) -> dict[str, list[torch.Tensor]]:
+def _hf_states(hf, batch, hf_outputs) -> dict[str, list[torch.Tensor]]:
     """Float64 token rows (first token dropped) of the plain HF model, read by hooks on its own modules: the
     residual after the embeddings and after each decoder layer, and each layer's attention and MLP outputs."""
-    out = {"resid": [], "attn_out": [], "mlp_out": []}
-    handles = [hf.model.embed_tokens.register_forward_hook(lambda m, a, o: out["resid"].append(o))]
-    for layer in hf.model.layers:
-        handles.append(layer.register_forward_hook(lambda m, a, o: out["resid"].append(o[0] if isinstance(o, tuple)
-                                                                                        else o)))
-        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o: out["attn_out"].append(o[0])))
-        handles.append(layer.mlp.register_forward_hook(lambda m, a, o: out["mlp_out"].append(o)))
-    try:
-        with torch.no_grad():
-            hf(input_ids=batch.tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    out = hf_outputs(hf, batch.tokens)
     keep = batch.mask.clone()
     keep[:, 0] = False
     return {k: [v[keep].double() for v in values] for k, values in out.items()}
@@ -218,7 +206,7 @@ def _procrustes_angle(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def test_pairing_report_reads_the_measures_side_by_side_with_stitching_sublayers_and_heads(tmp_path, tiny_pair,
-                                                                                            tiny_hf):
+                                                                                            tiny_hf, hf_outputs):
     from semalign_lens.lens.inspection import similarity_batch
     from semalign_lens.lens.pairing import make_pairing
     from semalign_lens.reports.pairing import pairing_report
@@ -245,7 +233,7 @@ def test_pairing_report_reads_the_measures_side_by_side_with_stitching_sublayers
 
     # float64 references on the plain HF models' own modules, on the tokens the inspection read
     batch = similarity_batch(tiny_hf[2], out.task, out.settings)
-    teacher, student = _hf_states(tiny_hf[0], batch), _hf_states(tiny_hf[1], batch)
+    teacher, student = _hf_states(tiny_hf[0], batch, hf_outputs), _hf_states(tiny_hf[1], batch, hf_outputs)
     assert out.n_cka_tokens == len(teacher["resid"][0])
     for point in ("attn_out", "mlp_out"):
         got = out.sublayers[point]["cka_debiased"].observed
