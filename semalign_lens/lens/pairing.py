@@ -80,6 +80,8 @@ def layer_of(value: int | float | str) -> int | float:
         return value
     try:
         point, block = parse_hook_name(value)
+        if point not in ("resid_pre", "resid_post"):  # a block's attention or MLP write is not a residual state
+            raise SemalignError(point)
     except SemalignError:
         raise SemalignError(f"pairing layer {value!r} is neither a block index nor a residual hook name; use b, "
                             "blocks.b.hook_resid_post or blocks.b.hook_resid_pre (= block b − 1's output), or the "
