@@ -102,7 +102,8 @@ def worker(case: str, rounds: int) -> dict:
     import torch
 
     from semalign_lens.models.load import load_model
-    from semalign_lens.models.plain import capture, clean_copy
+    from semalign_lens.models.plain import clean_copy
+    from semalign_lens.models.residuals import residual_states
     from semalign_lens.training import Trainer, load_align_config
 
     terms, mode, which, targets = CASES[case]
@@ -134,7 +135,7 @@ def worker(case: str, rounds: int) -> dict:
 
     def teacher_forward():
         with torch.no_grad():
-            capture(teacher_hf, tokens, [deepest])
+            residual_states(teacher_hf, tokens, [deepest])
 
     step = {"i": stage.start}
 

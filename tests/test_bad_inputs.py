@@ -333,6 +333,7 @@ def _api_cases():
     from semalign_lens.models.inspect import describe
     from semalign_lens.models.load import check_safetensors, load_model
     from semalign_lens.models.pair import ModelPair
+    from semalign_lens.models.residuals import residual_states
     from semalign_lens.reports.pairing import pairing_report
     from semalign_lens.training import Trainer, align, load_align_config
     from semalign_lens.training.pretrain import export_student
@@ -393,7 +394,8 @@ def _api_cases():
         ("pair-teacher-shallower", lambda c: ModelPair(c.pair.student, c.pair.teacher), "3 blocks but .* has 6"),
         ("capture-hf", lambda c: activations.capture(c.hf[0], batch(c), [0]), hf),
         ("capture-string", lambda c: activations.capture("tiny", batch(c), [0]), "load_model\\('tiny'\\)"),
-        ("residuals-hf", lambda c: activations.residuals(c.hf[0], batch(c).tokens, ["resid_post"], [0]), hf),
+        ("residual-states-layer-out-of-range", lambda c: residual_states(c.hf[0], batch(c).tokens, [6]),
+         "layer index 6 is out of range for 6-layer model LlamaForCausalLM; valid layers are 0..5"),
         ("describe-hf", lambda c: describe(c.hf[0]), hf),
         ("residual-norms-hf", lambda c: residual_norms(c.hf[0], batch(c)), hf),
         ("rank-layers-hf", lambda c: attribution.rank_layers(c.hf[0], pairs(c), methods=["grad_x_act"]), hf),

@@ -148,8 +148,8 @@ def _overwritten(model, point: int, overwrite: Callable[[Tensor], Tensor]):
     """While open, `model`'s forwards run with the residual at `point` (0 = block 0's input, b + 1 = block b's
     output) replaced by `overwrite(state)`. The scorers run the weight-sharing plain HF copy where there is one
     (`evaluation.scoring.plain_model`: no hook points, sdpa attention, 3-5x faster here), so the hook goes on its
-    block (`hf.parts`; point 0 is block 0's input, as `hf.capture`'s "embed"); a bridge scored as itself gets
-    its own residual hook (`activations.hook_name`)."""
+    block (`models.plain.parts`; point 0 is block 0's input, the `embed` of `models.residuals.ResidualStates`); a
+    bridge scored as itself gets its own residual hook (`lens.capture.hook_name`)."""
     plain = plain_model(model)
     if not is_hf_model(plain):
         name = hook_name("resid_pre", 0) if point == 0 else hook_name("resid_post", point - 1)

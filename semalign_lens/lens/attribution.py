@@ -61,6 +61,7 @@ from ..data.tasks.batch import PairBatch
 from ..data.tasks.metrics import check_metric, metric_fn
 from ..models.load import model_name, vocab_rows
 from ..models.plain import model_device
+from ..models.residuals import ResidualStates, residual_states
 from .capture import hook_name
 
 PATCH_METHODS = ("patch_denoise", "patch_noise")
@@ -165,31 +166,13 @@ def top_layers(df: pd.DataFrame, method: str, k: int = 1) -> list[int]:
 # ----------------------------------------------------------------------------------------- the stream
 
 
-def _stream(model, tokens: torch.Tensor, *, grad: bool = False):
-    """(logits, stream) with stream[0] = resid_pre of block 0 and stream[l+1] = resid_post of block l, on the
-    model's device (`tokens` are moved there).
-
-    With `grad`, the stream is cut from the embedding (`detach().requires_grad_()`), so gradients reach every
-    block output whether or not the weights require grad, and no weight gradients are needed.
-    """
-    n = model.cfg.n_layers
-    store: dict[int, torch.Tensor] = {}
-
-    def entry(x, hook):
-        if grad:
-            x = x.detach().requires_grad_(True)
-        store[0] = x
-        return x
-
-    def exit_(x, hook, layer):
-        store[layer + 1] = x
-        return x
-
-    hooks = [(hook_name("resid_pre", 0), entry)]
-    hooks += [(hook_name("resid_post", layer), lambda x, hook, layer=layer: exit_(x, hook, layer)) for layer in range(n)]
-    with torch.set_grad_enabled(grad):
-        logits = model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=hooks)
-    return logits, [store[i] for i in range(n + 1)]
+def _run(model, tokens: torch.Tensor, *, grad: bool = False) -> ResidualStates:
+    """Every block's input and output and the logits of one forward (`models.residuals.residual_states`; its
+    `stream()` is [resid_pre of block 0, resid_post of each block]), on the model's device. With `grad` the
+    stream starts at a leaf (`leaf_embed`), so gradients reach every block output whether or not the weights
+    require grad, and no weight gradients are needed."""
+    return residual_states(model, tokens, range(model.cfg.n_layers), embed=True, logits=True, keep_graph=grad,
+                           leaf_embed=grad)
 
 
 def _subs(batch: PairBatch, batch_size: int) -> list[PairBatch]:
@@ -213,7 +196,8 @@ def grad_x_activation(model, batch: PairBatch, *, metric: str = "logprob", batch
     fn = metric_fn(metric, vocab_rows(model))
     signed, absolute = [], []
     for sub in _progress(_subs(batch, batch_size), "grad x act", progress):
-        logits, stream = _stream(model, sub.clean.tokens, grad=True)
+        run = _run(model, sub.clean.tokens, grad=True)
+        logits, stream = run.logits, run.stream()
         grads = torch.autograd.grad(fn(logits, sub).sum(), stream[1:])
         mask = sub.clean.mask.to(logits.device)
         s_rows, a_rows = [], []
@@ -239,7 +223,7 @@ def _mean_writes(model, subs: list[PairBatch], width: int, progress: bool) -> Fl
     model's device."""
     total, count = None, torch.zeros(width, device=model_device(model))
     for sub in _progress(subs, "mean writes", progress):
-        _, stream = _stream(model, sub.clean.tokens)
+        stream = _run(model, sub.clean.tokens).stream()
         writes = torch.stack([b - a for a, b in zip(stream[:-1], stream[1:], strict=True)]).float()
         mask = sub.clean.mask.to(count.device).float()
         if total is None:
@@ -306,9 +290,9 @@ def _scan_fast(model, sub, kinds, mean, fn, progress) -> dict[str, torch.Tensor]
     positions, compact = _compact(sub)
     head = Readout.from_model(model)
     with torch.no_grad():
-        logits_c, clean = _stream(model, sub.clean.tokens)
-        logits_r, corrupt = _stream(model, sub.corrupted.tokens)
-        out = {"clean": fn(logits_c, sub).cpu(), "corrupted": fn(logits_r, sub).cpu()}
+        clean_run, corrupt_run = _run(model, sub.clean.tokens), _run(model, sub.corrupted.tokens)
+        clean, corrupt = clean_run.stream(), corrupt_run.stream()
+        out = {"clean": fn(clean_run.logits, sub).cpu(), "corrupted": fn(corrupt_run.logits, sub).cpu()}
         # The logit-lens head reproduces the model's logits for standard heads; if this model's head does more
         # (e.g. soft-capping), read full logits instead.
         exact = "ln_final.hook_in" in model.hook_dict and torch.allclose(fn(_head_at(model, head, clean[-1], positions), compact).cpu(), out["clean"],
@@ -351,9 +335,9 @@ def _scan_transformer_lens(model, sub, kinds, mean, fn, progress) -> dict[str, t
 
     n = model.cfg.n_layers
     with torch.no_grad():
-        logits_c, clean = _stream(model, sub.clean.tokens)
-        logits_r, corrupt = _stream(model, sub.corrupted.tokens)
-        out = {"clean": fn(logits_c, sub).cpu(), "corrupted": fn(logits_r, sub).cpu()}
+        clean_run, corrupt_run = _run(model, sub.clean.tokens), _run(model, sub.corrupted.tokens)
+        clean, corrupt = clean_run.stream(), corrupt_run.stream()
+        out = {"clean": fn(clean_run.logits, sub).cpu(), "corrupted": fn(corrupt_run.logits, sub).cpu()}
         for kind in kinds:
             deltas = {}
             for layer in range(n):
@@ -488,7 +472,7 @@ def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: in
     head = Readout.from_model(model)
     rows = []
     for sub in _progress(_subs(batch, batch_size), "laten", progress):
-        _, stream = _stream(model, sub.clean.tokens)
+        stream = _run(model, sub.clean.tokens).stream()
         pos = sub.answer_pos.to(stream[0].device)
         b_idx = torch.arange(len(sub), device=pos.device)[:, None]
         at = torch.stack([s[b_idx, pos] for s in stream])  # [layer+1, batch, ans, d]

@@ -7,11 +7,14 @@ Points, for block `l` (0-based, TransformerLens numbering):
 - `attn_out` / `mlp_out` — the attention write and the MLP write of block l (`blocks.{l}.attn.hook_out` /
   `blocks.{l}.mlp.hook_out`, aliases `hook_attn_out` / `hook_mlp_out`): block_write = attn_out + mlp_out.
 
+`Capture` is the TransformerLens-shaped view of these points over many sequences. The residual points are read
+from the package's one capture engine, `models.residuals.residual_states` (resid_pre of block l is block l − 1's
+output, block 0's input for l = 0), the sub-layer writes from the bridge's hooks in the same forward.
 `attention_patterns` reads the heads' attention patterns (`blocks.{l}.attn.hook_pattern`) the same narrow way.
 
 Why narrow: a full `run_with_cache` on SmolLM2 keeps ~3.6 MB per token (1333 tensors, logits-sized ones
 included); resid_post at 30 layers is 66 KB per token. The forward also stops after the deepest block
-needed (`stop_at_layer`), so no final norm, unembedding or logits are computed. Results are float32 on the
+needed, so no final norm, unembedding or logits are computed. Results are float32 on the
 CPU. When they would not fit in memory, pass `shard_dir` and each batch goes to a safetensors shard.
 """
 
@@ -28,11 +31,12 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..core.checks import check_output_dir, is_bridge, require_hooked, require_int
+from ..core.checks import check_output_dir, require_hooked, require_int
 from ..core.errors import SemalignError
 from ..core.shards import read_index, shard_name, shard_problems, write_index, write_shard
 from ..data.tokens import TokenBatch
 from ..models.plain import model_device
+from ..models.residuals import Sink, blocks_of, residual_states
 
 INDEX = "index.json"  # a capture's shard index (`core.shards`)
 
@@ -89,67 +93,61 @@ def check_points(points: Iterable[str]) -> tuple[str, ...]:
     return points
 
 
-def _needed_hooks(points: Sequence[str], layers: Sequence[int]) -> list[tuple[str, int]]:
-    need = set()
+def _engine_request(points: Sequence[str], layers: Sequence[int]) -> tuple[list[int], bool]:
+    """(block outputs, whether block 0's input) that `residual_states` must take for `points` at `layers`:
+    resid_pre of block l is block l − 1's output (block 0's input for l = 0); a block write needs both ends; a
+    sub-layer write needs its block to run."""
+    outputs, embed = set(), False
     for point in points:
         for layer in layers:
-            if point == "block_write":
-                need.update({("resid_pre", layer), ("resid_post", layer)})
-            else:
-                need.add((point, layer))
-    return sorted(need)
+            if point in ("resid_pre", "block_write"):
+                embed |= layer == 0
+                outputs |= {layer - 1} if layer else set()
+            if point != "resid_pre":
+                outputs.add(layer)
+    return sorted(outputs), embed
 
 
-def residuals(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequence[int],
-              keep_graph: bool = False,
-              sink: Callable[[tuple[str, int], torch.Tensor], None] | None = None
-              ) -> dict[tuple[str, int], torch.Tensor]:
-    """One forward over `tokens` (moved to the model's device), returning {(point, layer): [batch, pos, d]} in the
-    model's dtype, on its device.
-
-    Stops after the deepest requested block. With `keep_graph=True` the tensors stay attached to the
-    autograd graph (for losses and gradient attribution); otherwise the forward runs under no_grad.
-    With `sink`, each (point, layer) is handed to `sink(key, tensor)` the moment the forward produces it and
-    is not kept (an empty dict is returned): `capture` copies it straight into its preallocated result, so
-    the forward never holds every layer's activations at once.
-    """
-    layers = check_layers(model, layers)
-    points = check_points(points)
-    hooked = _needed_hooks(points, layers)
+def _points_sink(points: Sequence[str], layers: Sequence[int],
+                 write: Callable[[tuple[str, int], torch.Tensor], None]) -> Sink:
+    """A `residual_states` sink that hands each asked-for residual point to `write` as the forward makes it: a
+    block's input is the previous block's output, and a block write's input is held only until its output
+    arrives."""
     wanted = {(p, layer) for p in points for layer in layers}
-    keys = {hook_name(p, layer): (p, layer) for p, layer in hooked}
-    store: dict[str, torch.Tensor] = {}
+    held: dict[int, torch.Tensor] = {}
 
-    def save(tensor, hook):
-        value = tensor if keep_graph else tensor.detach()
-        if sink is None:
-            store[hook.name] = value
+    def take(layer: int | None, state: torch.Tensor) -> None:
+        if layer is not None:
+            if ("resid_post", layer) in wanted:
+                write(("resid_post", layer), state)
+            if ("block_write", layer) in wanted:
+                write(("block_write", layer), state - held.pop(layer))
+        enters = 0 if layer is None else layer + 1  # the block this state is the input of
+        if ("resid_pre", enters) in wanted:
+            write(("resid_pre", enters), state)
+        if ("block_write", enters) in wanted:
+            held[enters] = state
+    return take
+
+
+def _forward_points(model, tokens: torch.Tensor, points: Sequence[str], layers: Sequence[int],
+                    write: Callable[[tuple[str, int], torch.Tensor], None]) -> None:
+    """One forward, no gradients, stopping after the deepest block needed, that hands every (point, layer) to
+    `write`: residual points from `models.residuals.residual_states`, sub-layer writes from the bridge's hooks
+    (`blocks.{l}.attn.hook_out` / `mlp.hook_out`) in the same forward."""
+    sublayer = [(hook_name(p, layer), (p, layer)) for p in points if p in SUBLAYER_POINTS for layer in layers]
+    _require_hooks(model, [name for name, _ in sublayer])
+
+    def hooked(key):
+        def hook(tensor, hook):
+            write(key, tensor)
             return tensor
-        point, layer = keys[hook.name]
-        if ("block_write", layer) in wanted:
-            if point == "resid_pre":
-                store[hook.name] = value
-            else:
-                sink(("block_write", layer), value - store.pop(hook_name("resid_pre", layer)))
-        if (point, layer) in wanted:
-            sink((point, layer), value)
-        return tensor
+        return hook
 
-    fwd_hooks = [(hook_name(p, layer), save) for p, layer in hooked]
-    _require_hooks(model, [hook_name(p, layer) for p, layer in hooked if p in SUBLAYER_POINTS])
-    with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
-        model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=fwd_hooks, stop_at_layer=max(layers) + 1,
-                             return_type=None)
-    if sink is not None:
-        return {}
-    out = {}
-    for point in points:
-        for layer in layers:
-            if point == "block_write":
-                out[(point, layer)] = store[hook_name("resid_post", layer)] - store[hook_name("resid_pre", layer)]
-            else:
-                out[(point, layer)] = store[hook_name(point, layer)]
-    return out
+    outputs, embed = _engine_request(points, layers)
+    residual = [p for p in points if p not in SUBLAYER_POINTS]
+    with model.hooks(fwd_hooks=[(name, hooked(key)) for name, key in sublayer]):
+        residual_states(model, tokens, outputs, embed=embed, sink=_points_sink(residual, layers, write))
 
 
 @dataclass
@@ -265,10 +263,14 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     # no list of chunks, no final concatenation, no sub-batch's worth of kept layers, so peak memory is the
     # result plus one sub-batch's forward.
     out: dict[tuple[str, int], torch.Tensor] = {}
+    shard: dict[str, torch.Tensor] = {}  # with shard_dir: the sub-batch's tensors, written as one shard
     parts = list(batch.split(batch_size))
     rows = slice(0, 0)  # the sub-batch's rows of the result, set before each forward
 
     def write(key: tuple[str, int], value: torch.Tensor) -> None:
+        if shard_dir is not None:
+            shard[f"{key[0]}.{key[1]}"] = value.float().cpu().contiguous()
+            return
         if key not in out:
             out[key] = torch.zeros((len(batch), batch.tokens.shape[1], value.shape[-1]), dtype=torch.float32)
         out[key][rows, : value.shape[1]] = value
@@ -276,14 +278,12 @@ def capture(model, batch: TokenBatch, layers: Iterable[int], points: Sequence[st
     row = 0
     for i, part in enumerate(tqdm(parts, desc=f"capture {getattr(model.cfg, 'model_name', '')}",
                                   disable=not progress or len(parts) < 2, leave=False)):
-        if shard_dir is not None:
-            acts = residuals(model, part.tokens, points, layers)
-            tensors = {f"{p}.{layer}": v.float().cpu().contiguous() for (p, layer), v in acts.items()}
-            write_shard(shard_dir, i, {**tensors, "mask": part.mask.contiguous()}, "then capture again")
-            continue
         rows = slice(row, row + len(part))
-        residuals(model, part.tokens, points, layers, sink=write)
+        _forward_points(model, part.tokens, points, layers, write)
         row += len(part)
+        if shard_dir is not None:
+            write_shard(shard_dir, i, {**shard, "mask": part.mask.contiguous()}, "then capture again")
+            shard.clear()
     name = getattr(model.cfg, "model_name", "")
     if shard_dir is not None:
         write_index(shard_dir, INDEX, len(parts), {"model": str(name), "points": list(points), "layers": layers})
@@ -350,29 +350,22 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
     same token), so padding never costs memory (HumanEval prompts vary from 50 to 400 tokens). `drop_first`
     leaves out each sequence's first token (the document start), whose outlier state dominates linear CKA.
     TL's `apply_ln` is `models.readout.logit_lens` here (norm and head); resid_mid is not captured (no `incl_mid`).
-    Runs on a TransformerBridge (its hooks) and on a plain HF causal LM (`hf.capture`: the trainer's copies),
-    without gradients: the one residual stack the pairing report, the trainer, the analyses and notebooks read.
+    Runs on a TransformerBridge and on a plain HF causal LM (the trainer's copies) through the one capture engine,
+    `models.residuals.residual_states`, without gradients: the one residual stack the pairing report, the
+    trainer, the analyses and notebooks read.
     """
     if not isinstance(batch, TokenBatch):
         raise SemalignError(f"accumulated_resid needs a TokenBatch (semalign_lens.data.tokens.tokenize), got "
                             f"{type(batch).__name__}")
-    bridge = is_bridge(model)
-    if bridge:
-        n_layers = model.cfg.n_layers
-    else:
-        from ..models.plain import parts
-
-        n_layers = len(parts(model).layers)
+    n_layers = len(blocks_of(model))
     layer = n_layers if layer is None or layer == -1 else layer
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
         raise SemalignError(f"layer must be a block index in 0..{n_layers} (or None / -1: every block), got {layer!r}")
-    layers = list(range(layer))
     keep = batch.mask.clone()
     if drop_first:
         keep[:, 0] = False  # right padding: position 0 is every sequence's first token
     if not keep.any():
         raise SemalignError("the batch has no real token to take residual states of (drop_first leaves none)")
-    device = model_device(model)
     out: torch.Tensor | None = None  # [point, n_tokens, d], allocated once d is known: no per-chunk copies
     row = 0
     chunks = list(TokenBatch(batch.tokens, keep).split(batch_size))
@@ -383,7 +376,7 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
             n = int(part.mask.sum())
             if not n:
                 continue
-            states = _stack_states(model, part.tokens.to(device), layers, bridge)
+            states = residual_states(model, part.tokens, range(layer), embed=True, mask=part.mask).stream()
             if out is None:
                 out = torch.empty(len(states), int(keep.sum()), states[0].shape[-1])
             for i, h in enumerate(states):
@@ -395,20 +388,6 @@ def accumulated_resid(model, batch: TokenBatch, *, layer: int | None = None, ret
     if layer == n_layers:
         labels[-1] = "final_post"
     return (out, labels) if return_labels else out
-
-
-@torch.no_grad()
-def _stack_states(model, tokens: torch.Tensor, layers: list[int], bridge: bool) -> list[torch.Tensor]:
-    """[embeddings, the output of each of `layers`] as [batch, pos, d] of one forward (two on a bridge: the
-    embedding pass stops at block 0)."""
-    if bridge:
-        post = residuals(model, tokens, ["resid_post"], layers) if layers else {}
-        pre = residuals(model, tokens, ["resid_pre"], [0])
-        return [pre[("resid_pre", 0)]] + [post[("resid_post", layer)] for layer in layers]
-    from ..models.plain import capture
-
-    store, _ = capture(model, tokens, layers, embed=True)
-    return [store["embed"]] + [store[f"post.{layer}"] for layer in layers]
 
 
 def sublayer_writes(model, batch: TokenBatch, *, points: Sequence[str] = SUBLAYER_POINTS, drop_first: bool = False,

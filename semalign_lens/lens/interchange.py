@@ -3,7 +3,7 @@ another run's, so everything after it computes from the swapped states (the inte
 abstraction, Geiger et al.; DIITO trains on it, arXiv 2112.02505).
 
 `patching` measures such swaps on TransformerLens bridges; this is the same intervention on the trainer's plain
-HF copies (a forward hook on the block, as `models.plain.capture` reads states), differentiable, so that a
+HF copies (a forward hook on the block, as `models.residuals` reads states), differentiable, so that a
 training term (`training.objectives.interchange`, handed this function by the trainer) can run it in the teacher
 and in the student.
 """

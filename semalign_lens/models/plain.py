@@ -1,4 +1,4 @@
-"""Plain Hugging Face copies of bridged models, and residual capture on them with an early stop.
+"""Plain Hugging Face copies of bridged models.
 
 Why not train the TransformerBridge itself: booting a bridge rewires the HF module tree in place (every
 module becomes a wrapper with hooks, parameter names gain `._original_component`) and forces eager
@@ -6,9 +6,7 @@ attention. For training we want the stock module tree (sdpa attention, `save_pre
 `load_model` reads back), so the trainer works on a *clean copy*: a fresh `AutoModelForCausalLM` built from
 the same config, holding the bridge's weights (the teacher's are shared, not copied; the student's are
 copied, so the caller's model is never modified). A native bridge's copy is a `native.NativeLM`.
-
-Capture uses forward hooks on the decoder blocks; `StopForward` ends the forward after the deepest block
-that is needed, so neither the remaining blocks nor the vocabulary-sized head run.
+Residual states of a copy (or of a bridge) are read by `models.residuals`.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
 from torch import nn
 
 from ..core.errors import SemalignError
@@ -254,70 +251,6 @@ def parts(model: nn.Module) -> Parts:
     arch, body = architecture(model), trunk(model)
     return Parts(getattr(body, arch.embed), getattr(body, arch.layers), getattr(body, arch.norm),
                  model.get_output_embeddings())
-
-
-class StopForward(Exception):
-    """Raised by a hook to end a forward pass early (caught by `capture`)."""
-
-
-def _output_tensor(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _input_tensor(args, kwargs):
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def capture(model: nn.Module, tokens: Int[torch.Tensor, "batch pos"], layers: Iterable[int], *,
-            embed: bool = False, logits: bool = False) -> tuple[dict, torch.Tensor | None]:
-    """One forward over `tokens`: {"post.{l}": resid_post of block l, "embed": block 0's input} and logits.
-
-    Stops after the deepest requested block unless `logits` is asked for. Gradients flow if enabled (the
-    caller decides with `torch.no_grad()`). `tokens` are moved to the model's device, where the states stay.
-    """
-    p = parts(model)
-    tokens = tokens.to(model_device(model))
-    layers = sorted(set(int(x) for x in layers))
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    deepest = max(layers) if layers else -1
-    stop_at = None if logits else deepest
-
-    def post_hook(index):
-        def hook(module, args, out):
-            store[f"post.{index}"] = _output_tensor(out)
-            if stop_at == index:
-                raise StopForward
-        return hook
-
-    for index in layers:
-        handles.append(p.layers[index].register_forward_hook(post_hook(index)))
-    if embed:
-        handles.append(p.layers[0].register_forward_pre_hook(
-            lambda module, args, kwargs: store.__setitem__("embed", _input_tensor(args, kwargs)), with_kwargs=True))
-    out_logits = None
-    try:
-        if logits:
-            out_logits = model(input_ids=tokens, use_cache=False).logits
-        elif layers or embed:
-            if not layers:  # only the embedding: stop at block 0's input
-                handles.append(p.layers[0].register_forward_pre_hook(_raise_stop))
-            model(input_ids=tokens, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return store, out_logits
-
-
-def _raise_stop(module, args):
-    raise StopForward
-
-
-def block_states(store: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """`capture`'s {"post.{l}": ...} entries keyed by block index, the keys `pairing.LayerPair.target` reads."""
-    return {int(k.split(".")[1]): v for k, v in store.items() if k.startswith("post.")}
 
 
 def weights_fingerprint(model: nn.Module) -> str:

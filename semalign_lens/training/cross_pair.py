@@ -26,7 +26,7 @@ from ..core.errors import SemalignError
 from ..data.text_bytes import token_bytes
 from ..data.tokens import document_start
 from ..data.vocab import align_token_ends, char_boundaries, ends_in_text
-from .targets import TeacherBatch
+from ..models.residuals import ResidualStates
 
 
 @dataclass
@@ -173,12 +173,12 @@ class CrossTargets:
         self.inner, self.view = inner, view
         self.mode = inner.mode
 
-    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> TeacherBatch:
+    def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> ResidualStates:
         if index is None:
             raise SemalignError("cross-tokenizer targets are looked up by dataset index; pass the batch indices")
         view = self.view.select(index.cpu())
         positions = view.index.to(tokens.device)
-        got = self.inner(view.tokens.to(tokens.device), index)
-        states = {k: gather_positions(v, positions) for k, v in got.states.items()}
-        logits = None if got.logits is None else gather_positions(got.logits, positions)
-        return TeacherBatch(states, logits, mask=positions >= 0)
+        got = self.inner(view.tokens.to(tokens.device), index).map(lambda v: gather_positions(v, positions))
+        got.logits = None if got.logits is None else gather_positions(got.logits, positions)
+        got.mask = positions >= 0
+        return got

@@ -1,7 +1,7 @@
 """The alignment trainer: setup with every check up front, the step, checkpoints, resume, scale-out.
 
 One step (global batch split over processes):
-1. teacher activations for the batch, only the states the stage reads (`targets.stage_keys`: online forward
+1. teacher activations for the batch, only the states the stage reads (`targets.stage_states`: online forward
    under no_grad, truncated at the deepest of them, or read from the cache);
 2. one student forward capturing the resid_post of the paired blocks (stopping after the deepest one that the
    stage needs when no output term wants logits);
@@ -51,16 +51,9 @@ from ..lens.interchange import interchange_logits
 from ..lens.pairing import LayerPair
 from ..models.architectures import lora_problem
 from ..models.lora import save_lora
-from ..models.plain import (
-    block_states,
-    capture,
-    clean_copy,
-    parts,
-    skeleton,
-    underlying_hf,
-    weights_fingerprint,
-)
+from ..models.plain import clean_copy, parts, skeleton, underlying_hf, weights_fingerprint
 from ..models.readout import lens_fn
+from ..models.residuals import ResidualStates, residual_states
 from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
 from .config import AlignConfig, config_diff
 from .cross_pair import CrossTargets, gather_positions, teacher_to_student_ids
@@ -77,15 +70,13 @@ from .targets import (
     CachedTargets,
     NoTargets,
     OnlineTargets,
-    TeacherBatch,
     build_cache,
     cache_identity,
     check_cache,
     default_cache_path,
     diagnostic_states,
     lens_top1,
-    stage_keys,
-    teacher_keys,
+    stage_states,
     tokenizer_fingerprint,
     unshared_cache,
 )
@@ -302,15 +293,15 @@ class Trainer:
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
         self.lens = lens_fn(self.student, self.s_rows)
-        # the teacher's diagnostic states, CKA stack and pairing: the main process's (diagnostics run there)
-        self.teacher_diag, self.teacher_stack = {}, None
+        # the teacher's diagnostic states, its logit-lens top-1 ids at the paired layers, CKA stack and pairing:
+        # the main process's (diagnostics run there)
+        self.teacher_diag, self.teacher_top1, self.teacher_stack = ResidualStates(), {}, None
         if shared is None:
             diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
-            self.teacher_diag = {k: v.to(self.device) for k, v in
-                                 diagnostic_states(self.teacher, diag_tokens, self.autocast).items()}
+            self.teacher_diag = diagnostic_states(self.teacher, diag_tokens, self.autocast).map(
+                lambda v: v.to(self.device))
             if self.cross:  # into the student's positions (the unaligned ones are masked out by diag_mask)
-                self.teacher_diag = {k: gather_positions(v, self.data.diag_teacher.index)
-                                     for k, v in self.teacher_diag.items()}
+                self.teacher_diag = self.teacher_diag.map(lambda v: gather_positions(v, self.data.diag_teacher.index))
             cka_pairing = (pairing is None and cfg.pairing.pairs is None and not cfg.pairing.path
                            and cfg.pairing.strategy == "cka")
             # the teacher's residual stack for CKA maps, taken now: a cached-targets run drops the teacher below
@@ -324,12 +315,11 @@ class Trainer:
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
         if shared is None:
-            top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
-                             self.autocast, rows=self.t_rows)
+            self.teacher_top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
+                                          self.autocast, rows=self.t_rows)
             if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
                 ids = teacher_to_student_ids(self.alignment, self.teacher_facts.head_rows).to(self.device)
-                top1 = {k: ids[v] for k, v in top1.items()}
-            self.teacher_diag.update(top1)
+                self.teacher_top1 = {k: ids[v] for k, v in self.teacher_top1.items()}
             self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student, self.alignment)
         else:
             self.transfer, excluded = shared.transfer, shared.excluded
@@ -364,8 +354,8 @@ class Trainer:
         self._check_resume_identity()
         self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
         # the teacher states each stage's layer terms read (none without a layer term)
-        self.stage_keys = {st.index: stage_keys(st.pairs, self.pairs) if self.need_teacher_states else []
-                           for st in self.stages}
+        self.stage_states = {st.index: stage_states(st.pairs if self.need_teacher_states else (), self.pairs)
+                             for st in self.stages}
         self.targets = self._make_targets()
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
@@ -400,8 +390,7 @@ class Trainer:
         if not self.cross:
             return self._stack(self.teacher)
         keep = self._cka_keep().to(self.device)
-        keys = teacher_keys(range(len(parts(self.teacher).layers)))
-        return torch.stack([self.teacher_diag[k][keep].float().cpu() for k in keys])
+        return torch.stack([x[keep].float().cpu() for x in self.teacher_diag.stream()])
 
     def _check_objectives_fit_vocab(self) -> None:
         """Every term fits the pair's kind of vocabulary (`Objective.vocab_problem`)."""
@@ -515,13 +504,13 @@ class Trainer:
         return int(state["step"]), float(state["elapsed_s"])
 
     # ------------------------------------------------------------------------------------------- the step
-    def _layer_inputs(self, pair: LayerPair, s_states: dict, t_states: dict, mask: torch.Tensor) -> LayerInputs:
+    def _layer_inputs(self, pair: LayerPair, s_states: ResidualStates, t_states: ResidualStates,
+                      mask: torch.Tensor) -> LayerInputs:
         prev = self.prev[pair.student_layer]
-        t_blocks = block_states(t_states)
-        t = pair.target(t_blocks)
-        t_prev = prev.target(t_blocks) if prev is not None else t_states["embed"]
-        s = s_states[f"post.{pair.student_layer}"]
-        s_prev = s_states[f"post.{prev.student_layer}"] if prev is not None else s_states["embed"]
+        t = pair.target(t_states.post)
+        t_prev = prev.target(t_states.post) if prev is not None else t_states.embed
+        s = s_states.post[pair.student_layer]
+        s_prev = s_states.post[prev.student_layer] if prev is not None else s_states.embed
         t, t_prev = t.to(s.dtype), t_prev.to(s.dtype)
         extras = {k: v for p in self.plugins for k, v in getattr(p, "extras", {}).items()}
         return LayerInputs(pair.student_layer, s, s - s_prev, self.transfer(t), self.transfer(t - t_prev), mask,
@@ -545,35 +534,37 @@ class Trainer:
     def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(values, reduction="sum") if self.world > 1 else values
 
-    def _teacher_batch(self, stage: Stage, tokens: torch.Tensor, index: torch.Tensor) -> TeacherBatch:
+    def _teacher_batch(self, stage: Stage, tokens: torch.Tensor, index: torch.Tensor) -> ResidualStates:
         """The teacher's part of (a micro-batch of) a step: only the states the stage reads, except for a
         cross-tokenizer pair, whose targets gather every paired layer into the student's positions."""
         if self.cross:
             return self.targets(tokens, index)
-        return self.targets(tokens, index, keys=self.stage_keys[stage.index])
+        return self.targets(tokens, index, states=self.stage_states[stage.index])
 
-    def _context(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int) -> StepContext:
+    def _context(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int) -> StepContext:
         """What the step tells the terms that need more than their tensors (`training.objectives.StepContext`)."""
         return StepContext(step, (step - stage.start) / stage.steps, tuple(self.pairs), self.n_student_layers,
                            batch.tokens, batch.mask, student=self.student, teacher=self.teacher,
-                           teacher_lens=self.teacher_lens, teacher_states=teacher.states, shared=self.shared_ids,
+                           teacher_lens=self.teacher_lens, teacher_states=teacher, shared=self.shared_ids,
                            rows=(self.s_rows, self.t_rows), autocast=self.autocast, seed=self.cfg.seed,
                            swapped_logits=interchange_logits)
 
-    def _terms(self, stage: Stage, batch: TokenBatch, teacher: TeacherBatch, step: int = 0
+    def _terms(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int = 0
                ) -> dict[str, torch.Tensor]:
         """Every term's value on the batch (a layer term: its mean over the stage's pairs, the values per pair kept
         in `_pair_values` for the gradient diagnostics)."""
         layers = self._student_layers(stage.pairs)
         recompute = recomputed_blocks(self.student) if self.cfg.train.activation_checkpointing else nullcontext()
         with self.autocast(), recompute:
-            s_states, logits = capture(self.student, batch.tokens, layers, embed=True, logits=self.need_logits)
+            s_states = residual_states(self.student, batch.tokens, layers, embed=True, logits=self.need_logits,
+                                       keep_graph=True)
+        logits = s_states.logits
         if logits is not None and self.s_rows:  # padded head rows are no tokens: no term reads them
             logits = logits[..., : self.s_rows]
         if isinstance(teacher.logits, torch.Tensor) and self.t_rows:
             teacher.logits = teacher.logits[..., : self.t_rows]
         mask = batch.mask if teacher.mask is None else batch.mask & teacher.mask  # where the teacher compares
-        layer_inputs = ([self._layer_inputs(p, s_states, teacher.states, mask) for p in stage.pairs]
+        layer_inputs = ([self._layer_inputs(p, s_states, teacher, mask) for p in stage.pairs]
                         if self.need_teacher_states else [])
         out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
                                    teacher_mask=teacher.mask) if self.need_logits else None)
@@ -665,14 +656,14 @@ class Trainer:
         self.student.eval()
         tokens, mask = self.data.diag.tokens.to(self.device), self.data.diag.mask.to(self.device)
         with self.autocast():
-            s_states, logits = capture(self.student, tokens, range(self.n_student_layers), embed=True, logits=True)
-        s_states = {k: v.float() for k, v in s_states.items()}
+            s_states = residual_states(self.student, tokens, range(self.n_student_layers), embed=True, logits=True)
+        logits, s_states = s_states.logits, s_states.map(torch.Tensor.float)
         # the held-out metric every method shares: next-token CE of the student on the diagnostic batch
         self._log({"kind": "heldout", "step": step, "stage": stage.index, "when": when,
                    "ce": float(ce_loss(logits[..., : self.s_rows or logits.shape[-1]].float(), tokens, mask))})
         for pair in self.pairs:
             x = self._layer_inputs(pair, s_states, self.teacher_diag, self.diag_mask.to(self.device))
-            top1 = self.teacher_diag.get(f"top1.{pair.nearest_teacher_layer}")
+            top1 = self.teacher_top1.get(pair.nearest_teacher_layer)
             metrics = projection_metrics(x.state, x.target, x.contribution, x.target_contribution, x.mask,
                                          self.lens, top1)  # x.mask: a cross-tokenizer pair's aligned positions
             self._log({"kind": "diag", "step": step, "stage": stage.index, "when": when,

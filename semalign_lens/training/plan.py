@@ -19,7 +19,7 @@ MLP (gate, up, activation) else 2, n_norm norms with a weight, Σin the input wi
 B = data.batch_size, S = data.seq_len, M = the micro-batch (train.micro_batch_size, at most B; unset: B),
 n = M·S tokens a forward and backward, N = data.n_sequences, N_d = data.diag_sequences·S diagnostic tokens,
 n_c = min(cka_max_tokens, N_d). K = teacher states per token the cache holds: the distinct teacher layers of all
-pairs plus the embedding (0 when no term reads the teacher); K_s = those a stage reads (`targets.stage_keys`:
+pairs plus the embedding (0 when no term reads the teacher); K_s = those a stage reads (`targets.stage_states`:
 its pairs' teacher layers and their predecessors', or the embedding; 2 to 4 in a frontier stage; 0 without a
 layer term). w = 2 for a
 bfloat16 or float16 `dtype`, else 4 (bytes a weight). b = 2 (the dtype of matmul outputs) for half-precision
@@ -373,7 +373,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     from ..models.load import depth_problem
     from .objectives import get_objective
     from .schedule import build_stages
-    from .targets import stage_keys
+    from .targets import stage_states
 
     if (problem := depth_problem(teacher.layers, student.layers, teacher.source, student.source)) is not None:
         raise SemalignError(problem)
@@ -417,7 +417,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     best: dict[str, int] = {}
     most_masters = most_read = 0
     for stage in stages:
-        K_s = len(stage_keys(stage.pairs, pairs)) if layer_terms and stage.pairs else 0
+        K_s = len(stage_states(stage.pairs, pairs)) if layer_terms and stage.pairs else 0
         everything = sc.trainable == "all" or stage.is_global
         deepest = max((p.student_layer for p in stage.pairs), default=s.layers - 1)
         trained = (range(s.layers) if everything else sorted({p.student_layer for p in stage.pairs}))

@@ -10,8 +10,8 @@ The blocks' `forward` is wrapped only while the context is open (the trainer's s
 is left as it was: diagnostics, evaluation and the saved student never see the wrapper. The checkpoint is the
 non-reentrant one: gradients reach adapters and parametrized weights inside a block whose input needs no
 gradient, keyword arguments pass through, and autocast and the RNG state are replayed in the recomputation,
-so loss and gradients are those of the plain forward. Forward hooks (how `hf.capture` reads and stops) run
-outside the checkpointed function.
+so loss and gradients are those of the plain forward. Forward hooks (how `models.residuals` reads and stops)
+run outside the checkpointed function.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Teacher activations for the alignment losses: computed on the fly, or cached on disk once.
 
-What the trainer needs from the teacher per batch: the residual stream after every teacher block named by
-the pairing (`post.{l}`), the embedding output (`embed`, the predecessor of the first pair's residual
-change) and — only for `kl` — the final logits. Raw teacher states are stored, not mapped targets, so one
-cache serves any student basis and TransferMap.
+What the trainer needs from the teacher per batch, as a `models.residuals.ResidualStates`: the residual stream
+after every teacher block named by the pairing, the embedding output (block 0's input, the predecessor of the
+first pair's residual change) and — only for `kl` — the final logits. Raw teacher states are stored, not mapped
+targets, so one cache serves any student basis and TransferMap.
 
 Online: a forward under `no_grad` that stops after the deepest paired block (no head, no logits) unless
 logits are needed.
@@ -16,7 +16,8 @@ with the differing field named. Logits are held `dense` (fp16, vocabulary-sized)
 teacher's top-k ids (int32), their log-probabilities (fp16) and the log of the remaining mass (fp16), read
 back as a `SparseLogits` (see `semalign_lens.sparse_logits`), with `tail_samples` also ids drawn from the
 teacher's tail (int32) and their log-probabilities (fp16), drawn with a generator seeded by the shard
-index, so a rebuilt cache holds the same draws. `meta.json`
+index, so a rebuilt cache holds the same draws. A shard names the states `embed` and `post.<layer>` on disk
+(`_to_disk` / `_from_disk` convert between those names and the record, nowhere else). `meta.json`
 is written last, so an interrupted build is never mistaken for a cache; it records each shard's size and
 sha256, checked when the cache is opened, so a shard damaged since (truncated, overwritten, copied halfway)
 is named in one line and the cache built again instead of trained on. A cache from before these records is
@@ -42,8 +43,8 @@ from ..core.progress import note
 from ..core.runlock import run_lock
 from ..core.shards import ShardFiles, remove_shards, shard_problems, write_index, write_shard
 from ..lens.pairing import LayerPair
-from ..models.plain import capture, parts
 from ..models.readout import lens_fn
+from ..models.residuals import ResidualStates, blocks_of, residual_states
 from .config import logits_store
 from .objectives.sparse_logits import SparseLogits
 
@@ -68,38 +69,61 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return record_hash([vocab, special])
 
 
-@dataclass
-class TeacherBatch:
-    """Teacher activations for one batch: {"post.{l}" | "embed": [batch, pos, d_T]} and optional logits
-    (dense [batch, pos, V], or `SparseLogits` from a top-k cache). `mask` [batch, pos]: the student positions
-    where they are defined (a cross-tokenizer pair's aligned positions); None: every position."""
+@dataclass(frozen=True)
+class StateSet:
+    """Which teacher states a read returns: block 0's input (`embed`) and the outputs of blocks `layers`."""
 
-    states: dict[str, torch.Tensor]
-    logits: torch.Tensor | SparseLogits | None = None
-    mask: torch.Tensor | None = None
+    embed: bool
+    layers: tuple[int, ...]
+
+    @classmethod
+    def of(cls, layers, embed: bool = True) -> StateSet:
+        return cls(embed, tuple(sorted({int(x) for x in layers})))
+
+    def __len__(self) -> int:
+        return int(self.embed) + len(self.layers)
 
 
-def teacher_keys(layers: list[int]) -> list[str]:
-    return ["embed"] + [f"post.{layer}" for layer in sorted(set(layers))]
+_EMBED, _POST = "embed", "post"  # the names a cache's shards give the states (kept: caches built before stay valid)
 
 
-def stage_keys(stage_pairs: Sequence[LayerPair], pairs: Sequence[LayerPair]) -> list[str]:
+def _disk_name(layer: int | None) -> str:
+    """A state's tensor name in a cache shard: layer None is block 0's input."""
+    return _EMBED if layer is None else f"{_POST}.{layer}"
+
+
+def _disk_names(states: StateSet) -> list[str]:
+    return ([_disk_name(None)] if states.embed else []) + [_disk_name(layer) for layer in states.layers]
+
+
+def _to_disk(states: ResidualStates) -> dict[str, torch.Tensor]:
+    """A record's states under their shard names."""
+    return {_disk_name(None): states.embed, **{_disk_name(layer): x for layer, x in states.post.items()}}
+
+
+def _from_disk(tensors: dict[str, torch.Tensor], states: StateSet) -> ResidualStates:
+    """The `states` of a shard read (`tensors`, by shard name) as a record."""
+    return ResidualStates({layer: tensors[_disk_name(layer)] for layer in states.layers},
+                          tensors[_disk_name(None)] if states.embed else None)
+
+
+def stage_states(stage_pairs: Sequence[LayerPair], pairs: Sequence[LayerPair]) -> StateSet:
     """The teacher states the layer terms of a stage training `stage_pairs` read (ours; the cache and the online
     forward serve only these): each pair's teacher layer(s), and where its residual change starts, the previous
     pair's (by student layer) or, for the first pair, the embedding. A frontier stage reads two to four states,
     not every paired layer."""
     order = sorted(pairs, key=lambda p: p.student_layer)
     firsts = [p.student_layer for p in order]
-    keys: set[str] = set()
+    layers: set[int] = set()
+    embed = False
     for pair in stage_pairs:
         i = firsts.index(pair.student_layer)
-        keys |= {f"post.{layer}" for layer in pair.teacher_layers}
-        keys |= {f"post.{layer}" for layer in order[i - 1].teacher_layers} if i else {"embed"}
-    return [k for k in teacher_keys([t for p in order for t in p.teacher_layers]) if k in keys]
-
-
-def _layers_of(keys: Sequence[str]) -> list[int]:
-    return [int(k.split(".")[1]) for k in keys if k.startswith("post.")]
+        layers |= set(pair.teacher_layers)
+        if i:
+            layers |= set(order[i - 1].teacher_layers)
+        else:
+            embed = True
+    return StateSet.of(layers, embed)
 
 
 class NoTargets:
@@ -109,13 +133,13 @@ class NoTargets:
     mode = "none"
 
     def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
-                 keys: Sequence[str] | None = None) -> TeacherBatch:
-        return TeacherBatch({}, None)
+                 states: StateSet | None = None) -> ResidualStates:
+        return ResidualStates()
 
 
 class OnlineTargets:
     """Teacher forward per batch under no_grad, truncated at the deepest needed block: of the run's paired
-    layers, or of the stage's `keys` (`stage_keys`) when given."""
+    layers, or of the stage's `states` (`stage_states`) when given."""
 
     mode = "online"
 
@@ -125,11 +149,13 @@ class OnlineTargets:
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
-                 keys: Sequence[str] | None = None) -> TeacherBatch:
-        layers, embed = (self.layers, True) if keys is None else (_layers_of(keys), "embed" in keys)
+                 states: StateSet | None = None) -> ResidualStates:
+        states = StateSet.of(self.layers) if states is None else states
         with self.autocast():
-            store, logits = capture(self.teacher, tokens, layers, embed=embed, logits=self.logits)
-        return TeacherBatch({k: v.float() for k, v in store.items()}, None if logits is None else logits.float())
+            got = residual_states(self.teacher, tokens, states.layers, embed=states.embed, logits=self.logits)
+        got = got.map(torch.Tensor.float)
+        got.logits = None if got.logits is None else got.logits.float()
+        return got
 
 
 def _to_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -260,8 +286,9 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
         draws = torch.Generator(device=tokens.device).manual_seed(i) if samples else None
         for j in range(0, len(block), batch_size):
             with autocast():
-                store, logits = capture(teacher, block[j: j + batch_size], layers, embed=True,
-                                        logits=mode is not None)
+                states = residual_states(teacher, block[j: j + batch_size], layers, embed=True,
+                                         logits=mode is not None)
+            store, logits = _to_disk(states), states.logits
             if logits is not None and identity.get("vocab_rows"):  # a padded head's rows are no tokens (the
                 logits = logits[..., : identity["vocab_rows"]]  # teacher's and tokenizer's hashes fix this count)
             if mode == "dense":
@@ -277,51 +304,51 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
                     "then rerun the same command, which builds the cache again (targets.cache_dir or SEMALIGN_CACHE "
                     "put it elsewhere)")
     return write_index(path, META, len(shards), {**identity, "shard_sequences": shard_sequences, "dtype": "float16",
-                                                 "keys": teacher_keys(layers) + logit_keys(mode, samples)})
+                                                 "keys": _disk_names(StateSet.of(layers)) + logit_keys(mode, samples)})
 
 
 @torch.no_grad()
-def diagnostic_states(teacher, tokens: torch.Tensor, autocast) -> dict[str, torch.Tensor]:
-    """Every teacher block's resid_post on the diagnostic batch (float32) and the embedding."""
+def diagnostic_states(teacher, tokens: torch.Tensor, autocast) -> ResidualStates:
+    """Every teacher block's resid_post on the diagnostic batch (float32, on the CPU) and the embedding."""
     with autocast():
-        store, _ = capture(teacher, tokens, range(len(parts(teacher).layers)), embed=True)
-    return {k: v.float().cpu().contiguous() for k, v in store.items()}
+        states = residual_states(teacher, tokens, range(len(blocks_of(teacher))), embed=True)
+    return states.map(lambda v: v.float().cpu().contiguous())
 
 
 @torch.no_grad()
-def lens_top1(teacher, states: dict[str, torch.Tensor], layers, autocast, rows: int | None = None
-              ) -> dict[str, torch.Tensor]:
-    """{"top1.{layer}": the teacher's logit-lens top-1 ids} for `layers` only: a vocabulary-sized readout per
-    layer, so all 30 of SmolLM2's cost more than the rest of a short run's diagnostics. `rows`: the real
-    vocabulary rows (`models.load.vocab_rows`; None: the whole head)."""
+def lens_top1(teacher, states: ResidualStates, layers, autocast, rows: int | None = None) -> dict[int, torch.Tensor]:
+    """{layer: the teacher's logit-lens top-1 ids} for `layers` only: a vocabulary-sized readout per layer, so
+    all 30 of SmolLM2's cost more than the rest of a short run's diagnostics. `rows`: the real vocabulary rows
+    (`models.load.vocab_rows`; None: the whole head)."""
     lens = lens_fn(teacher, rows)
     out = {}
     for layer in sorted(set(layers)):
         with autocast():
-            out[f"top1.{layer}"] = lens(states[f"post.{layer}"]).argmax(-1).contiguous()
+            out[layer] = lens(states.post[layer]).argmax(-1).contiguous()
     return out
 
 
 class CachedTargets:
-    """Reads teacher activations of dataset blocks from the shards (memory-mapped, row by row), only the keys
-    asked for: a stage's (`stage_keys`), else every state the cache holds."""
+    """Reads teacher activations of dataset blocks from the shards (memory-mapped, row by row), only the states
+    asked for: a stage's (`stage_states`), else every state the cache holds."""
 
     mode = "cached"
 
     def __init__(self, path: Path, meta: dict, logits: str | None, device: torch.device | str = "cpu"):
         self.path, self.meta, self.logits, self.device = path, meta, logits, device
-        self.keys = [k for k in teacher_keys(meta["layers"])]
+        self.states = StateSet.of(meta["layers"])
         self._files = ShardFiles(path)
 
     def _file(self, shard: int):
         return self._files[shard]
 
     def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
-                 keys: Sequence[str] | None = None) -> TeacherBatch:
+                 states: StateSet | None = None) -> ResidualStates:
         if index is None:
             raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
         per = self.meta["shard_sequences"]
-        keys = list(self.keys if keys is None else keys) + logit_keys(self.logits, self.meta.get("tail_samples", 0))
+        states = self.states if states is None else states
+        keys = _disk_names(states) + logit_keys(self.logits, self.meta.get("tail_samples", 0))
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for i in index.tolist():
             f = self._file(i // per)
@@ -329,9 +356,9 @@ class CachedTargets:
                 rows[key].append(f.get_slice(key)[i % per: i % per + 1])
         out = {k: torch.cat(v).to(self.device) if k in ID_KEYS else torch.cat(v).to(self.device, torch.float32)
                for k, v in rows.items()}
+        got = _from_disk(out, states)
+        got.logits = out.get("logits")
         if self.logits == "topk":
-            return TeacherBatch(out, SparseLogits(out.pop("topk_ids"), out.pop("topk_logprobs"),
-                                                  out.pop("tail_logmass"), out.pop("tail_ids", None),
-                                                  out.pop("tail_logprobs", None)))
-        return TeacherBatch(out, out.pop("logits", None))
-
+            got.logits = SparseLogits(out["topk_ids"], out["topk_logprobs"], out["tail_logmass"], out.get("tail_ids"),
+                                      out.get("tail_logprobs"))
+        return got

@@ -33,14 +33,16 @@ def _basis():
 
 
 def _states(tokens: torch.Tensor, layers, embed: bool = True, logits: bool = False):
-    """A stand-in for the teacher's forward (`hf.capture`), a fixed function of the tokens: the writes are what
-    is tested, and a real model would cost each process seconds of imports."""
+    """A stand-in for the teacher's forward (`models.residuals.residual_states`), a fixed function of the tokens:
+    the writes are what is tested, and a real model would cost each process seconds of imports."""
+    from semalign_lens.models.residuals import ResidualStates
+
     x = tokens.double()[..., None] * torch.arange(1, 9, dtype=torch.float64) / 100
-    states = {"embed": x.float(), **{f"post.{layer}": (x * (layer + 2)).sin().float() for layer in layers}}
-    return states, ((x.sum(-1, keepdim=True) * torch.arange(32)).cos().float() if logits else None)
+    return ResidualStates({layer: (x * (layer + 2)).sin().float() for layer in layers}, x.float() if embed else None,
+                          (x.sum(-1, keepdim=True) * torch.arange(32)).cos().float() if logits else None)
 
 
-def _fake_capture(model, tokens, layers, embed=True, logits=False):
+def _fake_forward(model, tokens, layers, embed=False, logits=False):
     return _states(tokens, layers, embed, logits)
 
 
@@ -60,7 +62,7 @@ def _no_autocast():
 def _writer(folder: str, barrier, errors) -> None:
     from semalign_lens.training import targets
 
-    targets.capture = _fake_capture
+    targets.residual_states = _fake_forward
     basis, ident = _basis(), _cache_identity()
     barrier.wait()
     for _ in range(BASIS_SAVES):
@@ -112,9 +114,9 @@ def test_concurrent_builds_of_one_target_cache_all_succeed(written):
     failed = [tb for kind, tb in errors if kind == "cache"]
     assert not failed, f"{len(failed)} of {WRITERS * CACHE_BUILDS} builds failed, first: {failed[0]}"
     # the shards hold the states, and nothing else is left in the directory
-    states, _ = _states(TOKENS, [0, 1])
-    for i in range(N_SEQUENCES):
+    states = _states(TOKENS, [0, 1])
+    for i in range(N_SEQUENCES):  # a shard names block 1's output "post.1" (the cache's names on disk)
         shard = load_file(str(folder / "cache" / f"shard-{i:05d}.safetensors"))
-        assert torch.allclose(shard["post.1"].float(), states["post.1"][i: i + 1], rtol=1e-3, atol=1e-3)
+        assert torch.allclose(shard["post.1"].float(), states.post[1][i: i + 1], rtol=1e-3, atol=1e-3)
     assert sorted(p.name for p in (folder / "cache").iterdir() if not p.name.startswith("shard-")) == [
         ".semalign.lock", "meta.json"]

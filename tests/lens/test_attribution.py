@@ -12,7 +12,6 @@ import torch
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tasks import PromptPair, Task, answer_logprob, fact_task, tokenize_pairs
 from semalign_lens.lens import attribution as A
-from semalign_lens.lens.capture import residuals
 from semalign_lens.models.load import load_model
 from semalign_lens.models.readout import logit_lens
 from semalign_lens.models.tiny import TinyArch, tiny_hf_model, tiny_tokenizer
@@ -118,14 +117,12 @@ def test_planted_layer_ranked_first_among_live_layers(layer):
 # ------------------------------------------------------------------------------------------ references
 
 
-def test_stream_block_write_matches_activations(tiny_pair, teacher_batch):
+def test_the_final_state_read_at_its_own_scale_is_the_models_output(tiny_pair, teacher_batch):
     model = tiny_pair.teacher
-    logits, stream = A._stream(model, teacher_batch.clean.tokens)
-    ref = residuals(model, teacher_batch.clean.tokens, ["block_write"], range(model.cfg.n_layers))
-    for layer in range(model.cfg.n_layers):
-        torch.testing.assert_close(stream[layer + 1] - stream[layer], ref[("block_write", layer)])
-    read = logit_lens(model, stream[-1], final=stream[-1])  # the final residual at its own scale: the model's output
-    torch.testing.assert_close(read.log_softmax(-1), logits.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    run = A._run(model, teacher_batch.clean.tokens)
+    final = run.stream()[-1]
+    read = logit_lens(model, final, final=final)  # the final residual at its own scale: the model's output
+    torch.testing.assert_close(read.log_softmax(-1), run.logits.log_softmax(-1), atol=1e-5, rtol=1e-5)
 
 
 def test_engines_agree_with_transformer_lens_patching(tiny_pair, teacher_batch):
@@ -215,8 +212,9 @@ def test_laten_telescopes_to_final_minus_embedding(tiny_pair, teacher_batch):
     df = A.logprob_increase(model, teacher_batch, progress=False, n_boot=10)
     got = df["score"].sum()
     assert set(df.unit) == {"log-prob increase (cached logit lens)"}
-    logits, stream = A._stream(model, teacher_batch.clean.tokens)
-    final = answer_logprob(logits, teacher_batch)
+    run = A._run(model, teacher_batch.clean.tokens)
+    stream = run.stream()
+    final = answer_logprob(run.logits, teacher_batch)
     embed = answer_logprob(logit_lens(model, stream[0], final=stream[-1]), teacher_batch)
     assert got == pytest.approx(float((final - embed).mean()), rel=1e-4)
 

@@ -7,7 +7,7 @@ import torch
 
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import tokenize
-from semalign_lens.lens.capture import ShardedCapture, accumulated_resid, capture, residuals
+from semalign_lens.lens.capture import ShardedCapture, accumulated_resid, capture
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "import os", "class Point:\n    x: int = 0"]
 
@@ -63,14 +63,16 @@ def test_padding_is_masked_and_does_not_leak(tiny_pair, tiny_hf, batch):
 
 
 def test_forward_stops_after_deepest_layer(tiny_pair, batch):
+    """The bridge's own hook on block 3 fires only when a point needs block 3 (a caller's hooks stay put)."""
     fired = []
     model = tiny_pair.teacher
     model.add_hook("blocks.3.hook_out", lambda t, hook: fired.append(hook.name))
     try:
-        residuals(model, batch.tokens, ["resid_post"], [1])
-        assert fired == []
-        residuals(model, batch.tokens, ["resid_post"], [3])
-        assert fired == ["blocks.3.hook_out"]
+        capture(model, batch, [1], points=("resid_post", "mlp_out"), batch_size=3, progress=False)
+        capture(model, batch, [4], points=("resid_pre",), batch_size=3, progress=False)
+        assert fired == ["blocks.3.hook_out"]  # resid_pre of block 4 is block 3's output
+        capture(model, batch, [3], points=("attn_out",), batch_size=3, progress=False)
+        assert fired == ["blocks.3.hook_out"] * 2
     finally:
         model.reset_hooks()
 

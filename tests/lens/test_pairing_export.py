@@ -31,7 +31,7 @@ from semalign_lens.lens.pairing_export import (
     pairing_from_distillkit,
     pairing_from_modelopt,
 )
-from semalign_lens.models.plain import capture
+from semalign_lens.models.residuals import residual_states
 
 
 class DistillKitLayers(pydantic.BaseModel):
@@ -70,7 +70,7 @@ def test_distillkit_indices_are_the_states_our_layers_are(tiny_hf):
         for model, index, block in ((student, s, pair.student_layer), (teacher, t, pair.nearest_teacher_layer)):
             with torch.no_grad():
                 states = model(input_ids=tokens, output_hidden_states=True).hidden_states
-                ours = capture(model, tokens, [block])[0][f"post.{block}"]
+                ours = residual_states(model, tokens, [block]).post[block]
             last = block == model.config.num_hidden_layers - 1
             torch.testing.assert_close(states[index], model.model.norm(ours) if last else ours)
 
@@ -91,7 +91,7 @@ def test_modelopt_names_are_the_blocks_whose_outputs_our_layers_are(tiny_hf):
             with torch.no_grad():
                 model(input_ids=tokens)
             handle.remove()
-            torch.testing.assert_close(seen[0], capture(model, tokens, [block])[0][f"post.{block}"])
+            torch.testing.assert_close(seen[0], residual_states(model, tokens, [block]).post[block])
 
 
 def test_block_paths_follow_the_family():

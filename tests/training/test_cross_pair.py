@@ -156,7 +156,7 @@ def test_targets_are_the_teachers_states_at_aligned_positions(tmp_path, cross_pa
         with torch.no_grad():
             out = hf(input_ids=torch.tensor([_ids(t_tok, text)]), output_hidden_states=True)
         assert torch.equal(got.mask[row].nonzero().flatten(), ref.student)
-        torch.testing.assert_close(got.states[f"post.{layer}"][row, ref.student],
+        torch.testing.assert_close(got.post[layer][row, ref.student],
                                    out.hidden_states[layer + 1][0, ref.teacher], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got.logits[row, ref.student], out.logits[0, ref.teacher], rtol=1e-4, atol=1e-4)
     assert tr.provenance["vocab"]["shared_tokens"] == cross_pair.alignment.n_shared

@@ -55,12 +55,11 @@ def test_stage_list_of_wrong_length_and_wrong_transfer_shape(tmp_path, tiny_pair
 
 
 def test_pair_target_interpolates_two_teacher_layers():
-    """The trainer reads targets from its capture dict through `block_states`; degenerate config rows (weight
-    0 or 1, low == high) become the exact pair on the one layer they name."""
-    from semalign_lens.models.plain import block_states
+    """The trainer reads targets from a record's block outputs (`ResidualStates.post`); degenerate config rows
+    (weight 0 or 1, low == high) become the exact pair on the one layer they name."""
     from semalign_lens.training.setup import _pairs_from
 
-    states = block_states({f"post.{i}": torch.full((1, 2, 3), float(i)) for i in range(4)} | {"embed": None})
+    states = {i: torch.full((1, 2, 3), float(i)) for i in range(4)}
     interpolated, same, low, high = _pairs_from([[0, 2, 3, 0.25], [1, 1, 1, 0.5], [2, 3, 3, 0.0], [3, 2, 3, 1.0]])
     assert torch.equal(interpolated.target(states), torch.full((1, 2, 3), 2.25))
     assert same.target(states) is states[1] and low.target(states) is states[3] and high.target(states) is states[3]

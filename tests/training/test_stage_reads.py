@@ -12,7 +12,7 @@ from trainer_helpers import _write_tiny_models, make_cfg, run
 
 from semalign_lens.lens.pairing import LayerPair
 from semalign_lens.training import targets
-from semalign_lens.training.targets import stage_keys
+from semalign_lens.training.targets import StateSet, stage_states
 
 
 class Counted:
@@ -34,12 +34,13 @@ class Counted:
         return Rows()
 
 
-def test_stage_keys_are_the_pair_and_where_its_change_starts():
+def test_stage_states_are_the_pair_and_where_its_change_starts():
     pairs = [LayerPair(0, 0, 1, 0.5), LayerPair(1, 2, 3, 0.5), LayerPair(2, 5, 5)]
-    assert stage_keys(pairs[:1], pairs) == ["embed", "post.0", "post.1"]
-    assert stage_keys(pairs[1:2], pairs) == ["post.0", "post.1", "post.2", "post.3"]
-    assert stage_keys(pairs[2:], pairs) == ["post.2", "post.3", "post.5"]
-    assert stage_keys(pairs, pairs) == ["embed", "post.0", "post.1", "post.2", "post.3", "post.5"]  # joint
+    assert stage_states(pairs[:1], pairs) == StateSet(True, (0, 1))
+    assert stage_states(pairs[1:2], pairs) == StateSet(False, (0, 1, 2, 3))
+    assert stage_states(pairs[2:], pairs) == StateSet(False, (2, 3, 5))
+    assert stage_states(pairs, pairs) == StateSet(True, (0, 1, 2, 3, 5))  # joint
+    assert len(stage_states(pairs[:1], pairs)) == 3 and len(stage_states((), pairs)) == 0
 
 
 def test_each_stage_reads_only_its_own_states(tmp_path, tiny_pair, tokens, monkeypatch):

@@ -41,7 +41,7 @@ class FitNetsPlugin:
         self.extras: dict[str, nn.ModuleDict] = {"fitnets": nn.ModuleDict()}
 
     def open_stage(self, trainer, stage, params: list[nn.Parameter]) -> list[nn.Parameter]:
-        from ...models.plain import block_states, capture
+        from ...models.residuals import residual_states
 
         projectors = self.extras["fitnets"]
         n = min(self.init_sequences, len(trainer.data))
@@ -52,13 +52,13 @@ class FitNetsPlugin:
         mask[:, 0] = False
         with torch.no_grad():
             teacher = trainer.targets(tokens, index)
-            s_states, _ = capture(trainer.student, tokens, [p.student_layer for p in stage.pairs])
+            s_states = residual_states(trainer.student, tokens, [p.student_layer for p in stage.pairs])
         new = []
         for pair in stage.pairs:
             key = str(pair.student_layer)
             if key not in projectors:
-                t = pair.target(block_states(teacher.states)).float()
-                proj = ridge_projector(s_states[f"post.{pair.student_layer}"][mask].float(), t[mask])
+                t = pair.target(teacher.post).float()
+                proj = ridge_projector(s_states.post[pair.student_layer][mask].float(), t[mask])
                 projectors[key] = proj.to(trainer.device)
             projectors[key].requires_grad_(True)
             new += list(projectors[key].parameters())

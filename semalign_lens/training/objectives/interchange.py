@@ -78,7 +78,7 @@ def _interchange(x: LayerInputs, fraction: float, direction: str, temperature: f
     pair = ctx.pair(x.student_layer)
     generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.step * 1_009 + x.student_layer)
     partner, where = interchange_positions(ctx.mask, fraction, generator)
-    teacher_source = ctx.teacher_states[f"post.{pair.nearest_teacher_layer}"]
+    teacher_source = ctx.teacher_states.post[pair.nearest_teacher_layer]
     return interchange_loss(ctx.swapped_logits, ctx.student, ctx.teacher, ctx.tokens, ctx.mask,
                             x.student_layer, pair.nearest_teacher_layer, x.state, teacher_source, partner, where,
                             direction=direction, temperature=temperature, rows=ctx.rows, autocast=ctx.autocast)

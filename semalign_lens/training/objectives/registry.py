@@ -48,7 +48,7 @@ class StepContext:
     student: Any = None  # the plain student being trained
     teacher: Any = None  # the plain teacher (kept for terms that need `teacher_model`)
     teacher_lens: Lens | None = None
-    teacher_states: dict[str, torch.Tensor] | None = None  # the step's raw teacher states ("post.{l}", "embed")
+    teacher_states: Any = None  # the step's raw teacher states, a `models.residuals.ResidualStates`
     shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None  # (student ids, teacher ids)
     rows: tuple[int | None, int | None] = (None, None)  # real vocabulary rows (student, teacher); None: all
     autocast: Callable[[], Any] = nullcontext
