@@ -139,8 +139,8 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     dtype = next((p.dtype for p in source.parameters() if p.dtype in HALF), torch.float32)
     was = source.training, copy.training
     source.eval(), copy.eval()
-    try:
-        with torch.no_grad():
+    try:  # a caller's autocast would run both in bf16, where eager and sdpa attention round differently
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             half = dtype in HALF  # per-block upcasting needs the blocks; an fp32 model runs as it is
             with computing_in_fp32(source, _blocks_of(source, copy) if half else ()):
                 want = logits_of(source(input_ids=tokens, use_cache=False)).float()

@@ -78,3 +78,22 @@ def test_cross_entropy_errors(tiny_hf):
         ev.cross_entropy(student_hf, TEXTS)
     with pytest.raises(SemalignError, match="no token was scored"):
         ev.cross_entropy(student_hf, TokenBatch(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool)))
+
+
+def test_the_plain_copy_is_built_the_same_inside_a_callers_autocast(tiny_pair):
+    """Scoring builds its plain copy on first use, often inside the caller's bf16 autocast: the copy's check
+    against the bridge must run in fp32 there too (in bf16 eager and sdpa attention round differently, the check
+    failed, and scores silently ran through the slower bridge with other bf16 numerics)."""
+    import copy
+
+    from semalign_lens.core.checks import is_hf_model
+    from semalign_lens.core.precision import autocast
+    from semalign_lens.evaluation.scoring import plain_model
+
+    bridge = copy.deepcopy(tiny_pair.teacher)  # not yet in the copy cache
+    with autocast("bf16", torch.device("cpu")):
+        plain = plain_model(bridge)
+    assert plain is not bridge and is_hf_model(plain)
+    tokens = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=tokens).logits, bridge(tokens, return_type="logits"), atol=1e-4)
