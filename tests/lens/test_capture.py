@@ -230,3 +230,23 @@ def test_damaged_capture_shard_is_named_never_read(tiny_pair, batch, tmp_path):
     with pytest.raises(SemalignError, match=f"capture shard {first} is damaged \\(100 bytes, \\d+ when written\\); "
                                             "capture again into an empty shard_dir"):
         ShardedCapture(tmp_path)
+
+
+def test_token_states_reads_the_residual_record_and_the_block_writes_in_the_same_forwards(tiny_pair, batch,
+                                                                                          monkeypatch):
+    """One forward per chunk gives the record (its stream is `accumulated_resid`) and the writes (`sublayer_writes`),
+    each of which is tested against HF above and in test_heads."""
+    from semalign_lens.lens.capture import sublayer_writes, token_states
+
+    model = tiny_pair.teacher
+    stack = accumulated_resid(model, batch, drop_first=True, batch_size=2)
+    writes = sublayer_writes(model, batch, points=("mlp_out",), drop_first=True, batch_size=2)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(a[0]) or forward(*a, **k))
+    states, got = token_states(model, batch, writes=("mlp_out",), drop_first=True, batch_size=2)
+    assert len(calls) == 2 and states.mask is None and sorted(states.post) == list(range(model.cfg.n_layers))
+    assert torch.equal(torch.stack(states.stream()), stack) and list(got) == ["mlp_out"]
+    assert torch.equal(got["mlp_out"], writes["mlp_out"])
+    with pytest.raises(SemalignError, match="token_states reads"):
+        token_states(model, batch, writes=("resid_post",))
