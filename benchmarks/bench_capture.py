@@ -43,7 +43,7 @@ batch.tokens, batch.mask = batch.tokens[:, :128], batch.mask[:, :128]
 tokens = batch.tokens
 def cache_bytes(obj):
     seen, total = set(), 0
-    tensors = obj.acts.values() if hasattr(obj, "acts") else obj.values()
+    tensors = [obj.get(*key) for key in obj.captured] if hasattr(obj, "captured") else obj.values()
     for t in tensors:
         key = t.untyped_storage().data_ptr()
         if key not in seen:
@@ -58,7 +58,7 @@ with torch.no_grad():
         fn = lambda: model.run_with_cache(tokens)[1]
     result, seconds, peak = peak_rss_delta(fn)
 print(json.dumps({{"seconds": seconds, "peak_mib": peak, "stored_mib": cache_bytes(result) / 2**20,
-                  "tokens": tokens.numel(), "keys": len(result.acts if hasattr(result, "acts") else result)}}))
+                  "tokens": tokens.numel(), "keys": len(result.captured if hasattr(result, "captured") else result)}}))
 """
 
 

@@ -12,6 +12,12 @@ the map on `stitching_batches` and passes it in (`inspect_pairing(..., stitching
 comparison and the `stitch` strategy to the pairings. `reports.pairing` draws it; nothing here renders. It takes
 a validated `ModelPair` and checks nothing about the models again.
 
+State flow (ours): each model reads the similarity batch once (`capture.token_states`, one forward per 16
+sequences): its `ResidualStates` record at the real tokens, and with `sublayers` its attention and MLP writes
+from the same forwards. Every measure, the fidelity and the sub-layer view read those. The head view reads the
+paired layers' attention patterns in forwards of its own: its layers come from the pairing, which the `cka`
+strategy draws from this very record, and it compares the two models chunk by chunk.
+
 Cost: the rankers dominate; on SmolLM2 (30 blocks) with 24 prompts and all methods it is measured in
 `benchmarks/RESULTS.md` ("Pairing report"). Lower `n_prompts`, drop `seeking` (one backward per prompt) or pass
 fewer `methods` to go faster. Each measure's null costs `permutations` more grids for CKA and Procrustes (the
@@ -33,8 +39,9 @@ import torch
 from ..core.checks import require_choices, require_int
 from ..core.errors import SemalignError
 from ..core.progress import Stopwatch
+from ..models.residuals import ResidualStates
 from .attribution import METHODS, rank_agreement, rank_layers
-from .capture import accumulated_resid
+from .capture import SUBLAYER_POINTS, require_sublayer_writes, token_states
 
 FIDELITY_KINDS = ("paper", "dual", "logits")
 DEFAULT_MEASURES = ("cka", "cka_debiased", "procrustes", "mutual_knn")  # never CKA alone (lens.measures)
@@ -241,10 +248,11 @@ def _check_stitching(stitching, n_teacher: int, n_student: int) -> None:
                             "point (teacher_points=None, student_points=None)")
 
 
-def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens: int, seed: int,
-              progress: bool, alignment=None) -> pd.DataFrame:
+def _fidelity(teacher, student, pairing, t_states: ResidualStates, s_states: ResidualStates, *, kinds,
+              n_tokens: int, seed: int, progress: bool, alignment=None) -> pd.DataFrame:
     """Round-trip fidelity of each paired layer on its own model's basis, and transfer fidelity of the targets
-    (for two tokenizers: on the intersection bases, both readouts restricted to the shared strings)."""
+    (for two tokenizers: on the intersection bases, both readouts restricted to the shared strings), on a seeded
+    sample of the tokens of the measures' records."""
     from ..models.readout import Readout
     from .semantics import (
         SemanticBasis,
@@ -255,11 +263,11 @@ def _fidelity(teacher, student, pairing, t_states, s_states, *, kinds, n_tokens:
         transfer_fidelity,
     )
 
-    n = t_states[0].shape[0]
+    n = t_states.embed.shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_tokens].sort().values
 
-    def tokens(states, block):  # states[0] is the embeddings, states[b + 1] block b's output
-        return states[block + 1][pick]
+    def tokens(states: ResidualStates, block: int):
+        return states.post[block][pick]
 
     t_read, s_read = Readout.from_model(teacher), Readout.from_model(student)
     if alignment is None:
@@ -323,22 +331,32 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
         clock.lap("patching maps (teacher)")
 
     notes: list[str] = []
-    if alignment is None:
-        t_states = accumulated_resid(teacher, cka_batch, drop_first=s.drop_first, progress=progress)
-        s_states = accumulated_resid(student, cka_batch, drop_first=s.drop_first, progress=progress)
+    sublayer_problem = None
+    if alignment is None:  # one capture per model: the residual record and, asked for, the block writes
+        writes = SUBLAYER_POINTS if s.sublayers else ()
+        try:
+            for model in (teacher, student) if writes else ():
+                require_sublayer_writes(model)
+        except SemalignError as err:  # an architecture without separate attention and MLP writes
+            sublayer_problem, writes = err, ()
+        t_states, t_writes = token_states(teacher, cka_batch, writes=writes, drop_first=s.drop_first,
+                                          progress=progress)
+        s_states, s_writes = token_states(student, cka_batch, writes=writes, drop_first=s.drop_first,
+                                          progress=progress)
     else:
         from .aligned import aligned_stacks
 
         texts = [p.clean + p.answer for p in full.subset(s.cka_prompts, s.seed + 1)][: len(cka_batch)]
         stacks = aligned_stacks(teacher, student, texts, progress=progress)
-        t_states, s_states = stacks.teacher, stacks.student
+        t_states, s_states = ResidualStates.from_stream(stacks.teacher), ResidualStates.from_stream(stacks.student)
         notes.append(f"Two tokenizers (vocab='intersection'): {alignment.summary()}. CKA and fidelity use the "
                      f"{stacks.n_aligned} aligned positions of the same texts ({stacks.share[0]:.0%} of the "
                      f"teacher's positions, {stacks.share[1]:.0%} of the student's), where both tokenizations "
                      "end a token at the same character offset; fidelity uses the intersection bases.")
     n_t, n_s = teacher.cfg.n_layers, student.cfg.n_layers
     t_labels, s_labels = residual_labels(n_t), residual_labels(n_s)
-    nulls, n_cka_tokens = _measure_nulls(t_states, s_states, s, progress), len(t_states[0])
+    nulls = _measure_nulls(t_states.stream(), s_states.stream(), s, progress)
+    n_cka_tokens = t_states.embed.shape[0]
     cka = cka_wide(nulls[s.cka_estimator].observed, t_labels, s_labels)
     readings = [reading(null) for null in nulls.values()]
     if stitching is not None:
@@ -358,20 +376,14 @@ def inspect_pairing(pair, task: Any = "facts", settings: InspectionSettings | No
         notes.append("The sub-layer and head views need the same token positions in both models; a two-tokenizer "
                      "pair has only aligned positions, so they are left out.")
     elif s.sublayers:
-        from .capture import sublayer_writes
-
-        try:
-            t_writes = sublayer_writes(teacher, cka_batch, drop_first=s.drop_first, progress=progress)
-            s_writes = sublayer_writes(student, cka_batch, drop_first=s.drop_first, progress=progress)
-        except SemalignError as err:  # an architecture without separate attention and MLP writes
-            notes.append(f"The sub-layer maps are left out: {err}.")
-        else:
-            blocks_t, blocks_s = [str(b) for b in range(n_t)], [str(b) for b in range(n_s)]
-            for point in t_writes:
-                sublayers[point] = _measure_nulls(t_writes[point], s_writes[point], s, progress)
-                sublayer_comparison[point] = compare_measures([reading(n) for n in sublayers[point].values()],
-                                                              blocks_t, blocks_s)
-            del t_writes, s_writes
+        if sublayer_problem is not None:
+            notes.append(f"The sub-layer maps are left out: {sublayer_problem}.")
+        blocks_t, blocks_s = [str(b) for b in range(n_t)], [str(b) for b in range(n_s)]
+        for point in t_writes:
+            sublayers[point] = _measure_nulls(t_writes[point], s_writes[point], s, progress)
+            sublayer_comparison[point] = compare_measures([reading(n) for n in sublayers[point].values()],
+                                                          blocks_t, blocks_s)
+        del t_writes, s_writes
         clock.lap("sub-layer measures")
     if alignment is None and s.heads:
         from .heads import head_similarity

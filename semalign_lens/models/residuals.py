@@ -15,7 +15,7 @@ targets, the trainer's student forward, the layer rankers, `lens.capture` and th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,8 @@ Sink = Callable[[int | None, State], None]  # (block whose output it is, None fo
 class ResidualStates:
     """The residual stream of one forward (see the module docstring). `logits` are [batch, pos, vocab], or a
     teacher-target cache's top-k form (`training.objectives.sparse_logits.SparseLogits`); `mask` [batch, pos]
-    marks the positions where the states are real (None: every position)."""
+    marks the positions where the states are real (None: every position). A record of the real tokens of a
+    batch, flattened (`lens.capture.token_states`), holds [n_tokens, d] states and no mask."""
 
     post: dict[int, State] = field(default_factory=dict)
     embed: State | None = None
@@ -49,6 +50,13 @@ class ResidualStates:
             raise SemalignError(f"the stream needs the embedding and blocks 0..L; these states hold "
                                 f"{'the embedding and ' if self.embed is not None else ''}blocks {sorted(self.post)}")
         return [self.embed, *(self.post[layer] for layer in range(len(self.post)))]
+
+    @classmethod
+    def from_stream(cls, stream: Sequence[State], mask: Bool[torch.Tensor, "batch pos"] | None = None
+                    ) -> ResidualStates:
+        """The record whose `stream()` is `stream` ([embed, post[0], ..., post[L]]; the rows of a stacked tensor
+        stay views of it, no copies)."""
+        return cls(dict(enumerate(stream[1:])), stream[0], mask=mask)
 
     def map(self, fn: Callable[[State], State]) -> ResidualStates:
         """The same record with `fn` applied to every state (the embedding and each block's output); logits and

@@ -77,6 +77,41 @@ def test_forward_stops_after_deepest_layer(tiny_pair, batch):
         model.reset_hooks()
 
 
+def test_capture_is_a_view_over_one_residual_record(tiny_pair, tiny_hf, batch):
+    """`Capture` keeps one `ResidualStates` record (each state once: resid_pre of block l is block l - 1's output)
+    and the attention writes beside it; block_write is derived; the record's stream is HF's hidden states."""
+    from semalign_lens.models.residuals import ResidualStates
+
+    n = tiny_hf[0].config.num_hidden_layers
+    cap = capture(tiny_pair.teacher, batch, range(n), points=("resid_pre", "resid_post", "block_write", "attn_out"),
+                  batch_size=2, progress=False)
+    assert isinstance(cap.states, ResidualStates) and sorted(cap.states.post) == list(range(n))
+    assert cap.mask is cap.states.mask and cap.mask.tolist() == batch.mask.tolist()
+    assert cap["blocks.0.hook_resid_pre"] is cap.states.embed
+    for layer in range(1, n):
+        assert cap["resid_pre", layer] is cap["resid_post", layer - 1] is cap.states.post[layer - 1]
+    assert set(cap.writes) == {("attn_out", layer) for layer in range(n)} and cap["attn_out", 2] is cap.writes[
+        ("attn_out", 2)]
+    stored = {t.untyped_storage().data_ptr() for t in [cap.states.embed, *cap.states.post.values(),
+                                                        *cap.writes.values()]}
+    assert len(stored) == 2 * n + 1  # n + 1 residual states and n attention writes: nothing held twice
+    with torch.no_grad():
+        hidden = tiny_hf[0](input_ids=batch.tokens, output_hidden_states=True).hidden_states
+    for i, state in enumerate(cap.states.stream()[:n]):  # HF's last hidden state is after the final norm
+        torch.testing.assert_close(state[batch.mask], hidden[i][batch.mask])
+    torch.testing.assert_close(cap["block_write", 3], cap.states.post[3] - cap.states.post[2])
+
+
+def test_sharded_capture_derives_the_same_points_as_memory(tiny_pair, batch, tmp_path):
+    """Each shard is written from its sub-batch's record, so derived points (block_write) and shared states
+    (resid_pre of block l = resid_post of block l - 1) read back as the in-memory capture gives them."""
+    points = ("resid_pre", "block_write", "mlp_out")
+    mem = capture(tiny_pair.teacher, batch, [2, 4], points, batch_size=2)
+    disk = capture(tiny_pair.teacher, batch, [2, 4], points, batch_size=2, shard_dir=tmp_path)
+    for point in points:
+        torch.testing.assert_close(disk.flat_stack(point), mem.flat_stack(point))
+
+
 def test_sharded_capture_matches_memory(tiny_pair, batch, tmp_path):
     mem = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2)
     disk = capture(tiny_pair.teacher, batch, [0, 5], batch_size=2, shard_dir=tmp_path)
@@ -195,3 +230,23 @@ def test_damaged_capture_shard_is_named_never_read(tiny_pair, batch, tmp_path):
     with pytest.raises(SemalignError, match=f"capture shard {first} is damaged \\(100 bytes, \\d+ when written\\); "
                                             "capture again into an empty shard_dir"):
         ShardedCapture(tmp_path)
+
+
+def test_token_states_reads_the_residual_record_and_the_block_writes_in_the_same_forwards(tiny_pair, batch,
+                                                                                          monkeypatch):
+    """One forward per chunk gives the record (its stream is `accumulated_resid`) and the writes (`sublayer_writes`),
+    each of which is tested against HF above and in test_heads."""
+    from semalign_lens.lens.capture import sublayer_writes, token_states
+
+    model = tiny_pair.teacher
+    stack = accumulated_resid(model, batch, drop_first=True, batch_size=2)
+    writes = sublayer_writes(model, batch, points=("mlp_out",), drop_first=True, batch_size=2)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(a[0]) or forward(*a, **k))
+    states, got = token_states(model, batch, writes=("mlp_out",), drop_first=True, batch_size=2)
+    assert len(calls) == 2 and states.mask is None and sorted(states.post) == list(range(model.cfg.n_layers))
+    assert torch.equal(torch.stack(states.stream()), stack) and list(got) == ["mlp_out"]
+    assert torch.equal(got["mlp_out"], writes["mlp_out"])
+    with pytest.raises(SemalignError, match="token_states reads"):
+        token_states(model, batch, writes=("resid_post",))
