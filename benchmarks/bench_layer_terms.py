@@ -5,11 +5,14 @@ by mid-stage and costs nothing after), on the transfer table's shape: batch 8 x 
 v/o/up/down of the paired layer, teacher targets from a top-k (k = 64) cache (one per method: `lens-kl`'s also
 holds the teacher's logit-lens top-k per pair). Methods are interleaved round by round and the medians reported
 (the 2-core machine is shared). `gradcos` is the `lens-kl` step with the gradient diagnostics on
-(`gradcos_every = 1`).
+(`gradcos_every = 1`). `--clock cpu` times the process's CPU seconds (`time.process_time`) instead of the wall
+clock: on a machine loaded by other jobs the wall time of a step grows with the time slices it waits for, its CPU
+time much less; with `--threads 1` (no intra-op workers spinning) it is the least disturbed measure.
 
     python benchmarks/bench_layer_terms.py --pair tiny
     python benchmarks/bench_layer_terms.py --pair embedded --rounds 5      # SmolLM2-135M -> stdlib-student
     python benchmarks/bench_layer_terms.py --pair embedded --methods kd lens-kl --stage first
+    python benchmarks/bench_layer_terms.py --pair embedded --methods kd lens-kl --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--stage", choices=["first", "last"], default="last")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="kd is always measured")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     methods = ["kd"] + [m for m in args.methods if m != "kd"]
     torch.set_num_threads(args.threads)
@@ -62,16 +66,17 @@ def main() -> None:
         trainer._open_stage(stage)
         trainer._step(stage.start, stage)  # warm-up
         trainers[name] = (trainer, stage)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.rounds):
         for name, (trainer, stage) in trainers.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             trainer._step(stage.start, stage)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     kd, kd_min = statistics.median(times["kd"]), min(times["kd"])
     print(f"pair {args.pair} ({teacher_name} -> {student_name}), {args.stage} frontier stage (student layer "
-          f"{stage.pairs[0].student_layer}), {args.rounds} rounds, {args.threads} threads")
-    print("| method | step s (median) | min | x kd (median) | x kd (min) |")
+          f"{stage.pairs[0].student_layer}), {args.rounds} rounds, {args.threads} threads, {args.clock} clock")
+    print(f"| method | step {args.clock} s (median) | min | x kd (median) | x kd (min) |")
     print("|---|---|---|---|---|")
     for name, values in times.items():
         med = statistics.median(values)

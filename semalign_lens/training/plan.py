@@ -63,8 +63,8 @@ forwards are not live at once):
 - layer terms: n·4·(3·d_S + d_T + 3·S) per active pair (mapped target and contribution, the teacher's
   contribution, three S × S Grams a sequence); fisher's vocabulary chunks (16 MiB) are not counted;
 - layer readouts, per active pair: a term reading both logit lenses (lens_kl) n·(2·b + 12)·max(V_S, V_T) (the
-  two lens logits, the KL's fp32 copies and gradient), from a top-k cache n·(2·b + 4)·V_S (the student's lens
-  logits, the sparse KL's fp32 gradient and its cast, as kl's); an intervention (interchange) a second student pass
+  two lens logits, the KL's fp32 copies and gradient), from a top-k cache nothing per token (the student's head
+  is fused into the KL, `objectives.readout_kl_loss`: chunks of 16 MiB, not counted); an intervention (interchange) a second student pass
   (its activations as above, its logits n·(b + 8)·V_S) and a teacher forward n·b·((m_T + 1)·f_T + V_T), whose
   weights a cached run then keeps;
 - backward: one block's activation gradients, n·(8·d_S + b·m·f_S).
@@ -439,8 +439,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         masters = n_train * (4 if rank else 4 - w)
         lens_reads = len(stage.pairs) if lens_cached else 0  # the stage's cached lens readouts
         readouts = len(stage.pairs) * n * (
-            ((2 * b + 4) * s.vocab if lens_cached else (2 * b + 12) * max(s.vocab, t.vocab)
-             if "teacher_lens" in term_needs else 0)
+            ((2 * b + 12) * max(s.vocab, t.vocab) if "teacher_lens" in term_needs and not lens_cached else 0)
             + (acts + (b + 8) * s.vocab + teacher_mlp + b * t.vocab if "teacher_model" in term_needs else 0))
         kept_teacher = not cached or "teacher_model" in term_needs  # an intervention runs the teacher
         rows = {weights[0]: w * t.params if kept_teacher else 0, weights[1]: w * s.params,
