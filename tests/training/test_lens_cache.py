@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from trainer_helpers import make_cfg, run
 
 from semalign_lens.core.errors import SemalignError
@@ -94,3 +95,17 @@ def test_a_cache_without_the_lens_readouts_is_refused_in_one_line(tmp_path, tiny
                                lens=[(5, 5, 0.0), (1, 1, 0.0), (3, 3, 0.0)])
     assert "lens" not in plain and with_lens["lens"] == [[1, 1, 0.0], [3, 3, 0.0], [5, 5, 0.0]]
     assert default_cache_path(plain) != default_cache_path(with_lens)
+
+
+def test_a_cached_lens_kl_run_resumes_to_the_uninterrupted_run(tmp_path, tiny_pair, tokens):
+    """Stopped after 3 of 6 steps and resumed on the same cache: the same weights and the same lens_kl record."""
+    whole = run(_cached(tmp_path / "a", 16), tiny_pair, tokens)
+    first = run(_cached(tmp_path / "b", 16), tiny_pair, tokens, stop_after_steps=3)
+    assert whole.finished and not first.finished
+    resumed = run(_cached(tmp_path / "b", 16), tiny_pair, tokens)
+    assert resumed.finished
+    sa, sb = whole.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    cols = ["step", "stage", "lens_kl", "kl"]
+    assert whole.metrics().query("kind == 'train'")[cols].reset_index(drop=True).equals(
+        resumed.metrics().query("kind == 'train'")[cols].reset_index(drop=True))
