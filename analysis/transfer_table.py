@@ -280,12 +280,14 @@ def gradient_summary(rows):
 
 def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
-    (none for a cross-tokenizer pair, which reads its teacher online)."""
+    (none for a cross-tokenizer pair, which reads its teacher online). Built as `lens-kl`'s when the profile runs it:
+    that cache also holds the teacher's logit-lens top-k per pair, and serves every other method."""
     from semalign_lens.training import Trainer
 
     if profile.vocab != "shared":
         return
-    cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), "kd")
+    builder = "lens-kl" if "lens-kl" in profile.methods else "kd"
+    cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), builder)
     Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 

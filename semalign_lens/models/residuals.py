@@ -42,6 +42,9 @@ class ResidualStates:
     embed: State | None = None
     logits: Any = None
     mask: Bool[torch.Tensor, "batch pos"] | None = None
+    # readouts of intermediate states kept beside them, by what they read (a teacher-target cache's logit-lens
+    # top-k per pair target: `training.targets`); empty: none
+    lens: dict[Any, Any] = field(default_factory=dict)
 
     def stream(self) -> list[State]:
         """[embed, post[0], ..., post[L]]: the state entering each block, then the last block's output
@@ -60,9 +63,9 @@ class ResidualStates:
 
     def map(self, fn: Callable[[State], State]) -> ResidualStates:
         """The same record with `fn` applied to every state (the embedding and each block's output); logits and
-        mask are kept as they are."""
+        mask (and readouts) are kept as they are."""
         return ResidualStates({layer: fn(x) for layer, x in self.post.items()},
-                              None if self.embed is None else fn(self.embed), self.logits, self.mask)
+                              None if self.embed is None else fn(self.embed), self.logits, self.mask, self.lens)
 
 
 class StopForward(Exception):

@@ -335,7 +335,9 @@ class AlignConfig:
             raise SemalignError(f"objective term(s) {needs_logits} need teacher logits, which cached targets do not "
                                 "hold by default; set targets.mode = 'online', or targets.cache_logits = 'topk' "
                                 "(the teacher's top_k tokens: 6·top_k + 2 bytes per token) or 'dense' (2·vocab)")
-        tempered = [n for n in needs_logits if (self.objective.options.get(n) or {}).get("temperature", 1.0) != 1.0]
+        # the terms that read top-k from a top-k cache: the output KLs, and a teacher-lens term's cached readout
+        topk_readers = needs_logits + [n for n in self.objective.terms if _reads_teacher_lens(n)]
+        tempered = [n for n in topk_readers if (self.objective.options.get(n) or {}).get("temperature", 1.0) != 1.0]
         if self.targets.mode == "cached" and self.targets.logits_store == "topk" and tempered:
             warnings.warn(f"objective term(s) {tempered} read top-k teacher logits at a temperature other than 1: the "
                           "cache's tail mass is then modelled, not known (measured biased at τ = 2, "
@@ -360,6 +362,12 @@ def _needs_teacher_logits(name: str) -> bool:
     from .objectives import get_objective
 
     return get_objective(name).needs_teacher_logits
+
+
+def _reads_teacher_lens(name: str) -> bool:
+    from .objectives import get_objective
+
+    return "teacher_lens" in get_objective(name).needs
 
 
 def _choice(obj: Any, name: str, valid: tuple[str, ...]) -> None:

@@ -75,6 +75,7 @@ from .targets import (
     check_cache,
     default_cache_path,
     diagnostic_states,
+    lens_target,
     lens_top1,
     stage_states,
     tokenizer_fingerprint,
@@ -227,7 +228,11 @@ class Trainer:
         # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device.
         # The teacher only where it is used (`processes.teacher_everywhere`); the main process checks the pair and
         # builds the map once, and the others wait here for what they need of it (`setup.MainSetup`)
-        runs_teacher = bool(self.needs & {"teacher_model", "teacher_lens"})  # an intervention, a teacher lens
+        # a term reading the teacher's logit lens (lens_kl) reads it from a top-k target cache (`targets`), else
+        # keeps the lens (its final norm and head) and runs it every step
+        self.lens_cached = ("teacher_lens" in self.needs and cfg.targets.mode == "cached"
+                            and cfg.targets.logits_store == "topk")
+        runs_teacher = "teacher_model" in self.needs or ("teacher_lens" in self.needs and not self.lens_cached)
         if not (self.main or teacher_everywhere(cfg, self.need_teacher_states or self.need_teacher_logits, plugins,
                                                 runs_teacher)):
             teacher = None
@@ -366,8 +371,10 @@ class Trainer:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
-        # a term reading teacher states through the teacher's logit lens (lens_kl) keeps its final norm and head
-        self.teacher_lens = lens_fn(self.teacher, self.t_rows) if "teacher_lens" in self.needs else None
+        # a term reading teacher states through the teacher's logit lens (lens_kl) keeps its final norm and head,
+        # unless the cache holds the lens's top-k
+        self.teacher_lens = (lens_fn(self.teacher, self.t_rows) if "teacher_lens" in self.needs and not self.lens_cached
+                             else None)
         if self.targets.mode in ("cached", "none") and "teacher_model" not in self.needs:  # no step runs the teacher
             self.teacher = None  # the trainer holds no teacher during training (the caller may)
             gc.collect()
@@ -428,7 +435,8 @@ class Trainer:
         ident = cache_identity(self.identity["teacher_hash"], self.identity["tokenizer_hash"], self.teacher_layers,
                                self.identity["data_hash"], len(self.data), self.data.tokens.shape[1],
                                self.teacher_facts.width, store, self.names["teacher"], top_k=top_k,
-                               tail_samples=self.cfg.targets.tail_samples)
+                               tail_samples=self.cfg.targets.tail_samples,
+                               lens=[lens_target(p) for p in self.pairs] if self.lens_cached else ())
         if store and self.t_rows:  # a padded teacher head: the cache holds logits over the real rows only
             ident["vocab_rows"] = self.t_rows
         path = Path(self.cfg.targets.cache_dir) if self.cfg.targets.cache_dir else default_cache_path(ident)
@@ -539,6 +547,9 @@ class Trainer:
         cross-tokenizer pair, whose targets gather every paired layer into the student's positions."""
         if self.cross:
             return self.targets(tokens, index)
+        if self.lens_cached:  # and the teacher's cached lens top-k at the stage's pairs
+            return self.targets(tokens, index, states=self.stage_states[stage.index],
+                                lens=[lens_target(p) for p in stage.pairs])
         return self.targets(tokens, index, states=self.stage_states[stage.index])
 
     def _context(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int) -> StepContext:
@@ -569,8 +580,9 @@ class Trainer:
         out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
                                    teacher_mask=teacher.mask) if self.need_logits else None)
         context = self._context(stage, batch, teacher, step)
-        for x in layer_inputs:
+        for pair, x in zip(stage.pairs, layer_inputs, strict=False):  # none in the end-to-end stage
             x.context = context
+            x.teacher_readout = teacher.lens.get(lens_target(pair))  # a cached lens readout (`targets`)
         values, self._pair_values = {}, {}
         for name, obj, _, options in self.objectives:
             if obj.kind == "layer":

@@ -40,7 +40,8 @@ forwards are not live at once):
   the upcast of full half-precision parameters to fp32 masters, (4 − w)·P_tr); P_tr: LoRA r·Σ(in + out) over the
   adapted layers of the trainable blocks, else their parameters;
 - teacher targets: n·(4·K_s·d_T + logits): 4·V_T online or from a dense cache, 8·top_k + 4 + 8·tail_samples
-  from a top-k cache (int32 ids, fp32 log-probabilities and tail), 0 without teacher logits;
+  from a top-k cache (int32 ids, fp32 log-probabilities and tail), 0 without teacher logits; a top-k cache of a
+  term reading the teacher's lens (lens_kl) adds its cached lens top-k, the same top-k bytes per active pair;
 - teacher forward (online): n·b·((m_T + 1)·f_T + V_T if teacher logits);
 - student activations saved for backward, per token over the blocks from the stage's shallowest trainable
   block to the last block (logits) or to its deepest paired block:
@@ -62,7 +63,8 @@ forwards are not live at once):
 - layer terms: n·4·(3·d_S + d_T + 3·S) per active pair (mapped target and contribution, the teacher's
   contribution, three S × S Grams a sequence); fisher's vocabulary chunks (16 MiB) are not counted;
 - layer readouts, per active pair: a term reading both logit lenses (lens_kl) n·(2·b + 12)·max(V_S, V_T) (the
-  two lens logits, the KL's fp32 copies and gradient); an intervention (interchange) a second student pass
+  two lens logits, the KL's fp32 copies and gradient), from a top-k cache nothing per token (the student's head
+  is fused into the KL, `objectives.readout_kl_loss`: chunks of 16 MiB, not counted); an intervention (interchange) a second student pass
   (its activations as above, its logits n·(b + 8)·V_S) and a teacher forward n·b·((m_T + 1)·f_T + V_T), whose
   weights a cached run then keeps;
 - backward: one block's activation gradients, n·(8·d_S + b·m·f_S).
@@ -76,7 +78,8 @@ their concatenation, the fp16 copy and the serialised buffer). Training (the bri
 teacher's CKA stack, G at every stage boundary when `figures`, cached reads 2·n·c_s (a micro-batch's rows of the
 stage's states, c_s = 2·K_s·d_T + the logits' bytes below, and their concatenation). The larger of the two
 phases.
-Disk: the target cache N·S·c, c = 2·K·d_T + 2·V_T (dense logits) or 6·top_k + 2 + 6·tail_samples (top-k);
+Disk: the target cache N·S·c, c = 2·K·d_T + 2·V_T (dense logits) or 6·top_k + 2 + 6·tail_samples (top-k), the
+top-k bytes once more per pair for a term reading the teacher's lens (the lens readouts);
 checkpoints (keep_checkpoints + 1)·(w·P_S + M + 8·P_tr) (the whole student with its fp32 adapters or masters,
 AdamW's moments; the newest is written before the oldest goes); the trained student w·P_S.
 Steps: stages (paired student layers in frontier mode, else 1) × schedule.stage_steps (or their sum), each of
@@ -394,7 +397,8 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     n_c = min(cfg.cka_max_tokens, N_d)
     rank = sc.lora_rank if sc.adapter == "lora" else None
     logit_bytes = {"dense": 2 * t.vocab, "topk": 6 * tg.top_k + 2 + 6 * tg.tail_samples}.get(store, 0)
-    stored = 2 * K * t.d + logit_bytes  # bytes per token in the target cache
+    lens_cached = cached and store == "topk" and "teacher_lens" in term_needs  # lens top-k per pair (`targets`)
+    stored = 2 * K * t.d + logit_bytes * (1 + (len(pairs) if lens_cached else 0))  # bytes per token in the cache
     if store is None:
         logits_on_gpu = 4 * t.vocab if teacher_logits else 0
     else:
@@ -415,7 +419,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
     stages = build_stages(sc, pairs)
     plan.stages, plan.steps = len(stages), stages[-1].end
     best: dict[str, int] = {}
-    most_masters = most_read = 0
+    most_masters = most_read = most_lens = 0
     for stage in stages:
         K_s = len(stage_states(stage.pairs, pairs)) if layer_terms and stage.pairs else 0
         everything = sc.trainable == "all" or stage.is_global
@@ -433,13 +437,14 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         acts += 4 * (s.d + 1) + b * s.d if logits else 0
         linear = (max if recompute else sum)(s.blocks[i].linear_weights for i in path)
         masters = n_train * (4 if rank else 4 - w)
+        lens_reads = len(stage.pairs) if lens_cached else 0  # the stage's cached lens readouts
         readouts = len(stage.pairs) * n * (
-            ((2 * b + 12) * max(s.vocab, t.vocab) if "teacher_lens" in term_needs else 0)
+            ((2 * b + 12) * max(s.vocab, t.vocab) if "teacher_lens" in term_needs and not lens_cached else 0)
             + (acts + (b + 8) * s.vocab + teacher_mlp + b * t.vocab if "teacher_model" in term_needs else 0))
         kept_teacher = not cached or "teacher_model" in term_needs  # an intervention runs the teacher
         rows = {weights[0]: w * t.params if kept_teacher else 0, weights[1]: w * s.params,
                 "trainable state": 12 * n_train + masters, "teacher diagnostic states": diag_states,
-                "teacher targets": n * (4 * K_s * t.d + logits_on_gpu),
+                "teacher targets": n * (4 * K_s * t.d + logits_on_gpu * (1 + lens_reads)),
                 "teacher forward": 0 if cached or not K else n * (teacher_mlp
                                                                   + (b * t.vocab if teacher_logits else 0)),
                 "student activations": n * acts,
@@ -454,7 +459,7 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
         if sum(rows.values()) > sum(best.values()):
             best, plan.worst = rows, f"stage {stage.index}, {stage.label}"
         plan.trainable, most_masters = max(plan.trainable, n_train), max(most_masters, masters)
-        most_read = max(most_read, K_s)
+        most_read, most_lens = max(most_read, K_s), max(most_lens, lens_reads)
     plan.stage_states = most_read
     plan.gpu_training = {k: v for k, v in best.items() if v}
 
@@ -466,7 +471,8 @@ def make_plan(cfg: AlignConfig, teacher: ModelShape, student: ModelShape) -> Pla
                        "target cache build": 6 * tg.shard_sequences * d.seq_len * stored if cached else 0}
     plan.host_training = {"data": data_bytes, "teacher CKA stack": cka_stack,
                           "CKA grid": cka_grid if cfg.figures else 0,
-                          "cached reads": 2 * n * (2 * most_read * t.d + logit_bytes) if cached else 0}
+                          "cached reads": 2 * n * (2 * most_read * t.d + logit_bytes * (1 + most_lens)) if cached
+                          else 0}
     plan.host_setup = {k: v for k, v in plan.host_setup.items() if v}
     plan.host_training = {k: v for k, v in plan.host_training.items() if v}
     checkpoint = w * s.params + most_masters + 8 * plan.trainable

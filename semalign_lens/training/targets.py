@@ -17,7 +17,10 @@ teacher's top-k ids (int32), their log-probabilities (fp16) and the log of the r
 back as a `SparseLogits` (see `semalign_lens.sparse_logits`), with `tail_samples` also ids drawn from the
 teacher's tail (int32) and their log-probabilities (fp16), drawn with a generator seeded by the shard
 index, so a rebuilt cache holds the same draws. A shard names the states `embed` and `post.<layer>` on disk
-(`_to_disk` / `_from_disk` convert between those names and the record, nowhere else). `meta.json`
+(`_to_disk` / `_from_disk` convert between those names and the record, nowhere else). A top-k cache of a
+run whose terms read the teacher's logit lens (`lens_kl`) also holds, per pair target ((1 − w)·h[low] +
+w·h[high]), that lens's top-k in the same form (`lens_readout_keys`), so a step reads it instead of running
+the teacher's final norm and head (ours). `meta.json`
 is written last, so an interrupted build is never mistaken for a cache; it records each shard's size and
 sha256, checked when the cache is opened, so a shard damaged since (truncated, overwritten, copied halfway)
 is named in one line and the cache built again instead of trained on. A cache from before these records is
@@ -59,6 +62,34 @@ ID_KEYS = {"topk_ids", "tail_ids"}  # int32 in the shards; everything else fp16
 def logit_keys(store: str | None, tail_samples: int = 0) -> list[str]:
     """The shard keys of a cache's logits: none, dense, or top-k (and the tail samples when there are any)."""
     return LOGIT_KEYS.get(store, []) + (SAMPLE_KEYS if store == "topk" and tail_samples else [])
+
+
+def lens_target(pair: LayerPair) -> tuple[int, int, float]:
+    """A pair's teacher target as (low, high, weight): what a cached logit-lens readout is keyed by."""
+    return pair.teacher_low, pair.teacher_high, float(pair.weight)
+
+
+def lens_readout_keys(target, tail_samples: int = 0) -> list[str]:
+    """The shard keys of the teacher's cached logit-lens top-k at one pair target: `lens.{low}` (an exact pair)
+    or `lens.{low}-{high}@{weight}`, then a top-k cache's own key names."""
+    low, high, weight = target
+    name = f"lens.{low}" if low == high else f"lens.{low}-{high}@{weight!r}"
+    return [f"{name}:{key}" for key in logit_keys("topk", tail_samples)]
+
+
+def _is_ids(key: str) -> bool:
+    return key.split(":")[-1] in ID_KEYS
+
+
+def _sparse_items(keys: list[str], sparse: SparseLogits) -> dict[str, torch.Tensor]:
+    """A `SparseLogits` as shard items under `keys` (`logit_keys("topk", m)` or `lens_readout_keys`)."""
+    return dict(zip(keys, (sparse.ids, sparse.logprobs, sparse.tail_logmass, sparse.tail_ids, sparse.tail_logprobs),
+                    strict=False))
+
+
+def _sparse_of(keys: list[str], items: dict[str, torch.Tensor]) -> SparseLogits:
+    """`_sparse_items` read back (popped from `items`)."""
+    return SparseLogits(*(items.pop(k) for k in keys))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -168,10 +199,13 @@ def _to_fp16(name: str, t: torch.Tensor) -> torch.Tensor:
 
 def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], data_hash: str, n_sequences: int,
                    seq_len: int, d_teacher: int, logits: str | None, teacher_name: str,
-                   top_k: int | None = None, tail_samples: int = 0) -> dict:
+                   top_k: int | None = None, tail_samples: int = 0,
+                   lens: Sequence[tuple[int, int, float]] = ()) -> dict:
     """What a cache holds. `logits`: None, 'dense' or 'topk' (then with `top_k`, and `tail_samples` when
     there are any); without logits the key is `False`, as before logits had modes, so such caches keep their
-    automatic paths (and a top-k cache without tail samples keeps its key)."""
+    automatic paths (and a top-k cache without tail samples keeps its key). `lens`: the pair targets
+    (`lens_target`) at which a top-k cache also holds the teacher's logit-lens top-k (a key only when there are
+    any, so caches without them keep their paths)."""
     identity = {"format": CACHE_FORMAT, "teacher": teacher_name, "teacher_hash": teacher_hash,
                 "tokenizer_hash": tokenizer_hash, "layers": sorted(set(layers)), "data_hash": data_hash,
                 "n_sequences": n_sequences, "seq_len": seq_len, "d_teacher": d_teacher, "logits": logits or False}
@@ -179,6 +213,8 @@ def cache_identity(teacher_hash: str, tokenizer_hash: str, layers: list[int], da
         identity["top_k"] = top_k
         if tail_samples:
             identity["tail_samples"] = tail_samples
+        if lens:
+            identity["lens"] = [list(t) for t in sorted(set(map(tuple, lens)))]
     return identity
 
 
@@ -227,6 +263,11 @@ def check_cache(path: Path, identity: dict, notes: bool = True) -> dict | None:
         raise SemalignError(f"target cache {path} holds {meta.get('tail_samples', 0)} tail samples per position, but "
                             f"this run asks for targets.tail_samples = {identity.get('tail_samples', 0)}; set "
                             "tail_samples to match, or use another targets.cache_dir (or leave it unset)")
+    if missing := sorted(set(map(tuple, identity.get("lens", []))) - set(map(tuple, meta.get("lens", [])))):
+        raise SemalignError(f"target cache {path} holds no top-k logit-lens readout of the teacher at pair target(s) "
+                            f"{[list(t) for t in missing]} ([low, high, weight]), which this run's lens term reads "
+                            "(a cache built before it held them, or for another pairing); delete it to build it "
+                            "again, or use another targets.cache_dir (or leave it unset)")
     if "files" not in meta:
         return _rebuild(path, "it records no shard checksums (built by an older version)", notes)
     for shard, problem in shard_problems(path, meta):
@@ -277,6 +318,8 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
     layers = identity["layers"]
     mode = identity["logits"] or None
     samples = identity.get("tail_samples", 0)
+    lens_targets = [tuple(t) for t in identity.get("lens", [])]
+    lens = lens_fn(teacher, identity.get("vocab_rows")) if lens_targets else None
     n = tokens.shape[0]
     shards = list(range(0, n, shard_sequences))
     for i, start in enumerate(tqdm(shards, desc="caching teacher targets", disable=not progress, leave=False)):
@@ -294,17 +337,27 @@ def _build_cache(path: Path, identity: dict, teacher, tokens: torch.Tensor, shar
             if mode == "dense":
                 store["logits"] = logits
             elif mode == "topk":
-                sparse = SparseLogits.from_logits(logits, identity["top_k"], samples, draws)
-                store.update(topk_ids=sparse.ids, topk_logprobs=sparse.logprobs, tail_logmass=sparse.tail_logmass)
-                if samples:
-                    store.update(tail_ids=sparse.tail_ids, tail_logprobs=sparse.tail_logprobs)
+                store.update(_sparse_items(logit_keys("topk", samples),
+                                           SparseLogits.from_logits(logits, identity["top_k"], samples, draws)))
+                for target in lens_targets:  # what `lens_kl` reads: the lens on the pair's target, as online
+                    with autocast():
+                        z = lens(_target_state(states, target))
+                    store.update(_sparse_items(lens_readout_keys(target, samples),
+                                               SparseLogits.from_logits(z, identity["top_k"], samples, draws)))
             for key, value in store.items():
-                out.setdefault(key, []).append(value.cpu() if key in ID_KEYS else value.float().cpu())
-        write_shard(path, i, {k: torch.cat(v) if k in ID_KEYS else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
+                out.setdefault(key, []).append(value.cpu() if _is_ids(key) else value.float().cpu())
+        write_shard(path, i, {k: torch.cat(v) if _is_ids(k) else _to_fp16(k, torch.cat(v)) for k, v in out.items()},
                     "then rerun the same command, which builds the cache again (targets.cache_dir or SEMALIGN_CACHE "
                     "put it elsewhere)")
     return write_index(path, META, len(shards), {**identity, "shard_sequences": shard_sequences, "dtype": "float16",
-                                                 "keys": _disk_names(StateSet.of(layers)) + logit_keys(mode, samples)})
+                                                 "keys": _disk_names(StateSet.of(layers)) + logit_keys(mode, samples)
+                                                 + [k for t in lens_targets for k in lens_readout_keys(t, samples)]})
+
+
+def _target_state(states: ResidualStates, target) -> torch.Tensor:
+    """(1 − w)·h[low] + w·h[high] of a teacher forward's states, in float32 as the online targets hand it over."""
+    low, high, weight = target
+    return LayerPair(0, low, high, weight).target({b: states.post[b].float() for b in {low, high}})
 
 
 @torch.no_grad()
@@ -343,22 +396,25 @@ class CachedTargets:
         return self._files[shard]
 
     def __call__(self, tokens: torch.Tensor, index: torch.Tensor | None = None,
-                 states: StateSet | None = None) -> ResidualStates:
+                 states: StateSet | None = None, lens: Sequence[tuple[int, int, float]] = ()) -> ResidualStates:
+        """`lens`: the pair targets whose cached logit-lens top-k to read too (the record's `lens`)."""
         if index is None:
             raise SemalignError("cached targets are looked up by dataset index; pass the batch indices")
-        per = self.meta["shard_sequences"]
+        per, samples = self.meta["shard_sequences"], self.meta.get("tail_samples", 0)
         states = self.states if states is None else states
-        keys = _disk_names(states) + logit_keys(self.logits, self.meta.get("tail_samples", 0))
+        readout_keys = {tuple(t): lens_readout_keys(t, samples) for t in lens}
+        keys = (_disk_names(states) + logit_keys(self.logits, samples)
+                + [k for ks in readout_keys.values() for k in ks])
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for i in index.tolist():
             f = self._file(i // per)
             for key in keys:
                 rows[key].append(f.get_slice(key)[i % per: i % per + 1])
-        out = {k: torch.cat(v).to(self.device) if k in ID_KEYS else torch.cat(v).to(self.device, torch.float32)
+        out = {k: torch.cat(v).to(self.device) if _is_ids(k) else torch.cat(v).to(self.device, torch.float32)
                for k, v in rows.items()}
         got = _from_disk(out, states)
         got.logits = out.get("logits")
         if self.logits == "topk":
-            got.logits = SparseLogits(out["topk_ids"], out["topk_logprobs"], out["tail_logmass"], out.get("tail_ids"),
-                                      out.get("tail_logprobs"))
+            got.logits = _sparse_of(logit_keys("topk", samples), out)
+            got.lens = {t: _sparse_of(ks, out) for t, ks in readout_keys.items()}
         return got

@@ -186,6 +186,27 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
     assert resumed[0]["score_stdlib_test_ce"] == pytest.approx(rows["curve"][1]["score_stdlib_test_ce"], abs=1e-6)
 
 
+def test_the_prebuilt_cache_holds_the_lens_readouts_when_lens_kl_runs(tmp_path, tiny_pair):
+    """With `lens-kl` in the profile the task's cache is built as its (states, top-k logits and the teacher's lens
+    top-k per pair), and serves kd too; without it, no lens readouts are built."""
+    from semalign_lens.training import Trainer
+    from semalign_lens.training.methods import method_config
+
+    table = load("transfer_table")
+    for methods, lens in ((["kd", "lens-kl"], True), (["kd"], False)):
+        profile = replace(table.PROFILES["tiny"], methods=methods)
+        tr = table.build_task("code", profile, tiny_pair.teacher, tiny_pair.student)
+        cache = tmp_path / f"cache-{len(methods)}"
+        table.prebuild_cache(profile, tr, tiny_pair.teacher, tiny_pair.student, cache, tmp_path)
+        meta = json.loads((cache / "meta.json").read_text())
+        assert ("lens" in meta) == lens
+        for method in methods:  # each opens the prebuilt cache (a lens-kl run would refuse one without readouts)
+            cfg = method_config(table.run_config(profile, tr, "frontier", 2, 0, cache), method)
+            Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tr.data, diag_data=tr.diag,
+                    run_dir=tmp_path / f"run-{method}")
+        assert json.loads((cache / "meta.json").read_text()) == meta  # served as built, nothing rebuilt
+
+
 def test_a_budget_beyond_the_transfer_set_is_refused():
     from semalign_lens.core.errors import SemalignError
 

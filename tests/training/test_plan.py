@@ -346,8 +346,15 @@ def test_the_end_to_end_stage_and_the_readout_terms_are_planned(shapes):
                      t, s)
     assert (both.stages, both.steps) == (kd.stages + 1, kd.steps + 10)
     assert both.trainable == 32 * kd.trainable and both.worst == f"stage {kd.stages}, global"
-    lens = make_plan(load_align_config(None, {**base, "objective.terms": {"lens_kl": 1.0, "kl": 1.0}}), t, s)
-    assert lens.gpu_training["layer readouts"] == 8 * 256 * (2 * 2 + 12) * 32000
+    lens_cfg = load_align_config(None, {**base, "objective.terms": {"lens_kl": 1.0, "kl": 1.0}})
+    lens = make_plan(lens_cfg, t, s)  # the top-k cache holds the teacher's lens top-k; the student's head is fused
+    assert "layer readouts" not in lens.gpu_training  # into the KL: no vocabulary-sized tensor per token
+    top_k = 6 * 64 + 2  # bytes per token of a top-64 readout, once more per pair (kd.stages: one pair a stage)
+    assert lens.disk["target cache"] - kd.disk["target cache"] == (
+        lens_cfg.data.n_sequences * lens_cfg.data.seq_len * kd.stages * top_k)
+    dense = make_plan(load_align_config(None, {**base, "targets.cache_logits": "dense",
+                                               "objective.terms": {"lens_kl": 1.0, "kl": 1.0}}), t, s)
+    assert dense.gpu_training["layer readouts"] == 8 * 256 * (2 * 2 + 12) * 32000  # both lenses read each step
     assert "teacher weights (float32)" not in kd.gpu_training
     swap = make_plan(load_align_config(None, {**base, "objective.terms": {"interchange": 1.0, "kl": 1.0}}), t, s)
     assert swap.gpu_training["teacher weights (float32)"] == 4 * PUBLISHED["llama2-13b"]

@@ -59,16 +59,20 @@ def test_every_layer_term_takes_balance_and_does_not_receive_it():
 
 
 def test_the_trainer_keeps_what_the_terms_need_with_cached_targets(tmp_path, tiny_pair, tokens):
-    """Cached targets release the teacher; `lens_kl` keeps its logit lens, `interchange` the whole model."""
+    """Cached targets release the teacher; `lens_kl` keeps its logit lens (not with a top-k cache, which holds the
+    lens's top-k), `interchange` the whole model."""
     from semalign_lens.training import Trainer
 
     kept = {}
-    for terms in ({"kl": 1.0}, {"lens_kl": 1.0, "kl": 1.0}, {"interchange": 1.0, "kl": 1.0}):
-        cfg = make_cfg(tmp_path / "run", **{"objective.terms": terms, "targets.mode": "cached",
-                                            "targets.cache_logits": "dense", "targets.cache_dir": str(tmp_path / "c")})
-        trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
-        kept[next(iter(terms))] = (trainer.teacher is not None, trainer.teacher_lens is not None)
-    assert kept == {"kl": (False, False), "lens_kl": (False, True), "interchange": (True, False)}
+    for store in ("dense", "topk"):
+        for terms in ({"kl": 1.0}, {"lens_kl": 1.0, "kl": 1.0}, {"interchange": 1.0, "kl": 1.0}):
+            cfg = make_cfg(tmp_path / "run", **{"objective.terms": terms, "targets.mode": "cached",
+                                                "targets.cache_logits": store, "targets.top_k": 16,
+                                                "targets.cache_dir": str(tmp_path / f"c-{store}-{len(kept)}")})
+            trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+            kept[f"{next(iter(terms))} {store}"] = (trainer.teacher is not None, trainer.teacher_lens is not None)
+    assert kept == {"kl dense": (False, False), "lens_kl dense": (False, True), "interchange dense": (True, False),
+                    "kl topk": (False, False), "lens_kl topk": (False, False), "interchange topk": (True, False)}
 
 
 def test_unknown_needs_and_a_cross_tokenizer_interchange_are_refused():

@@ -19,7 +19,7 @@ What is the paper's and what is inferred (SemAlign v1, v2 and the ACL version of
 | `ce`            | output | not SemAlign: plain next-token cross-entropy, the supervised (SFT) control. |
 | `shared_kl`     | output | ours, cross-tokenizer pairs: KL on the shared vocabulary (renormalised) at aligned positions (`cross_vocab`). |
 | `uld`           | output | not SemAlign: Universal Logit Distillation (Boizard et al. 2024), sorted-probability Wasserstein-1 (`cross_vocab`). |
-| `lens_kl`       | layer  | published (DistillLens, arXiv 2602.13567): KL between the teacher's and the student's logit-lens distributions per pair, depth-weighted, annealed to zero over its stage; needs an output KL beside it (`lens_kl`). |
+| `lens_kl`       | layer  | published (DistillLens, arXiv 2602.13567): KL between the teacher's and the student's logit-lens distributions per pair, depth-weighted, annealed to zero over its stage; needs an output KL beside it (`lens_kl`). From a top-k target cache: the teacher's lens top-k cached per pair, the bucket KL with the student's head fused in (ours). |
 | `interchange`   | layer  | published (DIITO, arXiv 2112.02505): KL between teacher and student outputs under the same interchange of paired-layer states between sequences of the batch (`interchange`). |
 | `relation_kl`   | layer  | published (MiniLMv2, arXiv 2012.15828): KL over softmax-normalised self-relations of the residual states per relation head, at one upper-middle pair (`relation_kl`). |
 
@@ -66,6 +66,7 @@ from .losses import (
                      fisher_quadratic,
                      kl_loss,
                      next_token_mask,
+                     readout_kl_loss,
                      relation_cka,
                      relation_loss,
 )
@@ -83,10 +84,11 @@ from .registry import (
                      register_objective,
 )
 from .relation_kl import relation_kl_loss
-from .sparse_logits import SparseLogits, sparse_kl_sum
+from .sparse_logits import SparseLogits, sparse_kl_sum, sparse_readout_kl_sum
 
 __all__ = ["INTERFACES", "KL_CHUNK_ELEMENTS", "LAYER_OPTIONS", "NEEDS", "OBJECTIVES", "LayerInputs", "Lens",
            "Objective", "OutputInputs", "SparseLogits", "StepContext", "ce_loss", "cosine_loss", "cosine_onehot_loss",
            "fisher_loss", "fisher_quadratic", "get_objective", "hint_loss", "interchange_loss", "kl_loss",
-           "lens_kl_loss", "next_token_mask", "register_objective", "relation_cka", "relation_kl_loss",
-           "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum", "uld_loss"]
+           "lens_kl_loss", "next_token_mask", "readout_kl_loss", "register_objective", "relation_cka",
+           "relation_kl_loss", "relation_loss", "shared_kl_loss", "sp_gram", "sp_loss", "sparse_kl_sum",
+           "sparse_readout_kl_sum", "uld_loss"]

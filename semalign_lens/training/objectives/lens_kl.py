@@ -15,7 +15,11 @@ the Jensen-Shannon one. Here (what is ours, and why):
   at that fraction of the stage, then skipped: no readout computed), so the layer guidance shapes the start of
   a stage and the output KL alone finishes it;
 - two tokenizers: both readouts restricted to the shared strings and renormalised there (`shared_kl_loss`,
-  the cross-tokenizer output term's divergence), at the aligned positions the mask holds.
+  the cross-tokenizer output term's divergence), at the aligned positions the mask holds;
+- with a top-k target cache, the teacher's readout is cached once per pair target as its top-k tokens plus one
+  tail bucket (`targets.lens_readout_keys`), and the term is the same bucket KL as the output term's from that
+  cache (`sparse_logits`: exact at k = V, a lower bound of the full KL at τ = 1 otherwise, the tempered tail
+  modelled at τ ≠ 1), so a step runs no teacher head and no dense teacher softmax.
 The trainer refuses `lens_kl` without an output KL term (`needs` "output_kl").
 """
 
@@ -29,8 +33,9 @@ from jaxtyping import Bool, Float, Int
 
 from ...core.errors import SemalignError
 from .cross_vocab import shared_kl_loss
-from .losses import Lens, kl_loss
+from .losses import Lens, kl_loss, readout_kl_loss
 from .registry import LayerInputs, Objective, register_objective
+from .sparse_logits import SparseLogits
 
 ANNEALS = ("linear", "none")
 
@@ -48,20 +53,28 @@ def anneal_factor(progress: float, until: float, anneal: str = "linear") -> floa
 
 
 def lens_kl_loss(student_state: Float[torch.Tensor, "batch pos d_s"],
-                 teacher_state: Float[torch.Tensor, "batch pos d_t"], mask: Bool[torch.Tensor, "batch pos"],
-                 student_lens: Lens, teacher_lens: Lens, direction: Literal["forward", "reverse"] = "forward",
+                 teacher: Float[torch.Tensor, "batch pos d_t"] | SparseLogits, mask: Bool[torch.Tensor, "batch pos"],
+                 student_lens: Lens, teacher_lens: Lens | None, direction: Literal["forward", "reverse"] = "forward",
                  temperature: float = 1.0,
                  shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None,
                  autocast=nullcontext) -> torch.Tensor:
     """Mean over real positions of KL between the teacher's and the student's logit-lens distributions.
 
+    `teacher`: the teacher's state, read here through `teacher_lens`, or its readout cached as top-k + tail
+    ([batch, pos, k] `SparseLogits`; `teacher_lens` unused), then compared with the bucket KL the output KL uses
+    on that cache, the student's head fused in (`readout_kl_loss`: no [n, vocab] tensor outlives a chunk of rows;
+    no teacher head, no teacher softmax).
     `shared` (student ids, teacher ids): a cross-tokenizer pair, both distributions renormalised on the shared
-    strings. The teacher side is a constant. `autocast`: the context the readouts run in (the trainer's, so a lens
-    reads as the model's own head does: at the student's last layer the term is the output KL)."""
+    strings (dense only: such a pair reads its teacher online). The teacher side is a constant. `autocast`: the
+    context the readouts run in (the trainer's, so a lens reads as the model's own head does: at the student's
+    last layer the term is the output KL)."""
+    if isinstance(teacher, SparseLogits):
+        with autocast():
+            return readout_kl_loss(student_state[mask], student_lens, teacher.rows(mask), direction, temperature)
     with autocast():
         s = student_lens(student_state[mask])
         with torch.no_grad():
-            t = teacher_lens(teacher_state[mask])
+            t = teacher_lens(teacher[mask])
     rows = torch.ones(s.shape[0], 1, dtype=torch.bool, device=s.device)
     if shared is None:
         return kl_loss(s[:, None], t[:, None], rows, direction=direction, temperature=temperature)
@@ -75,15 +88,17 @@ def _lens_kl(x: LayerInputs, direction: str, temperature: float, depth_power: fl
     if not (isinstance(anneal_until, (int, float)) and anneal_until > 0):
         raise SemalignError(f"lens_kl anneal_until must be a positive fraction of the stage, got {anneal_until!r}")
     ctx = x.context
-    if ctx is None or ctx.teacher_lens is None or x.teacher_state is None:
+    cached = x.teacher_readout is not None
+    if ctx is None or not (cached or (ctx.teacher_lens is not None and x.teacher_state is not None)):
         raise SemalignError("the 'lens_kl' objective reads the teacher's state through the teacher's logit lens; "
                             "train it through the Trainer, which hands both over (LayerInputs.context)")
     factor = anneal_factor(ctx.progress, anneal_until, anneal) * depth_weight(
         x.student_layer, ctx.n_student_layers, depth_power)
     if factor == 0.0:  # annealed away: the readouts are not computed at all
         return x.state.sum() * 0.0
-    return factor * lens_kl_loss(x.state, x.teacher_state, x.mask, x.lens, ctx.teacher_lens, direction,
-                                 temperature, ctx.shared, ctx.autocast)
+    teacher = x.teacher_readout if cached else x.teacher_state
+    return factor * lens_kl_loss(x.state, teacher, x.mask, x.lens, ctx.teacher_lens, direction, temperature,
+                                 ctx.shared, ctx.autocast)
 
 
 register_objective(Objective(

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...core.errors import SemalignError
 from ...models.readout import LogitLens
-from .sparse_logits import SparseLogits, sparse_kl_sum
+from .sparse_logits import SparseLogits, sparse_kl_sum, sparse_readout_kl_sum
 
 Lens = Callable[[Float[torch.Tensor, "n d"]], Float[torch.Tensor, "n vocab"]]
 
@@ -271,10 +271,7 @@ def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"],
     `SparseLogits` teacher (cached top-k) gives the KL over its top-k tokens plus one tail bucket
     (`sparse_logits`), both directions.
     """
-    if direction not in ("forward", "reverse"):
-        raise SemalignError(f"kl direction must be 'forward' or 'reverse', got {direction!r}")
-    if not temperature > 0:
-        raise SemalignError(f"kl temperature must be positive, got {temperature!r}")
+    _check_kl(direction, temperature)
     vocab = student_logits.shape[-1]
     s = student_logits.reshape(-1, vocab) if bool(mask.all()) else student_logits[mask]
     if isinstance(teacher_logits, SparseLogits):
@@ -285,6 +282,35 @@ def kl_loss(student_logits: Float[torch.Tensor, "batch pos vocab"],
         total = _ChunkedKL.apply(s, t.detach(), direction == "forward", float(temperature), int(chunk))
     loss = total / max(1, s.shape[0])
     return loss * (temperature ** 2 if scale_by_t2 else 1.0)
+
+
+def _check_kl(direction: str, temperature: float) -> None:
+    if direction not in ("forward", "reverse"):
+        raise SemalignError(f"kl direction must be 'forward' or 'reverse', got {direction!r}")
+    if not temperature > 0:
+        raise SemalignError(f"kl temperature must be positive, got {temperature!r}")
+
+
+def readout_kl_loss(h: Float[torch.Tensor, "n d"], lens: Lens, teacher: SparseLogits,
+                    direction: Literal["forward", "reverse"] = "forward", temperature: float = 1.0,
+                    scale_by_t2: bool = True) -> torch.Tensor:
+    """`kl_loss` of the readout lens(h) against a top-k teacher ([n, k] `SparseLogits`), the mean over the n rows.
+
+    With a `LogitLens` the head is fused into the bucket KL (`sparse_readout_kl_sum`; its matmuls in the autocast
+    dtype where autocast is on, as the readout would run): no [n, vocab] tensor outlives a chunk of rows, where the
+    unfused readout holds its logits, their fp32 gradient and that gradient's cast at once. Any other lens: its
+    readout, then `kl_loss`. The same value and gradient either way (tested)."""
+    rows = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
+    if not (isinstance(lens, LogitLens) and isinstance(lens.head, torch.nn.Linear)):
+        return kl_loss(lens(h)[:, None], teacher, rows, direction, temperature, scale_by_t2)
+    _check_kl(direction, temperature)
+    x = lens.normed(h)
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lens.weight.dtype
+    with torch.autocast(device, enabled=False):
+        total = sparse_readout_kl_sum(x, lens.weight, lens.bias, teacher, direction == "forward", temperature,
+                                      max(1, KL_CHUNK_ELEMENTS // lens.weight.shape[0]), dtype)
+    return total / max(1, h.shape[0]) * (temperature ** 2 if scale_by_t2 else 1.0)
 
 
 def cosine_onehot_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],

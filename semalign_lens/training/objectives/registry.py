@@ -22,9 +22,10 @@ from .sparse_logits import SparseLogits
 
 INTERFACES = ("state", "contribution")
 # What a term may declare it needs beyond its tensors (`Objective.needs`; ours): the trainer then keeps the plain
-# teacher in memory (`teacher_model`: an intervention runs it), keeps its logit lens (`teacher_lens`), refuses a
-# config without an output KL beside the term (`output_kl`), or refuses a cross-tokenizer pair (`one_vocabulary`:
-# the term swaps or compares positions one for one).
+# teacher in memory (`teacher_model`: an intervention runs it), keeps its logit lens (`teacher_lens`; with a top-k
+# target cache the cache holds that lens's top-k at each pair target instead, `LayerInputs.teacher_readout`),
+# refuses a config without an output KL beside the term (`output_kl`), or refuses a cross-tokenizer pair
+# (`one_vocabulary`: the term swaps or compares positions one for one).
 NEEDS = ("teacher_model", "teacher_lens", "output_kl", "one_vocabulary")
 # Options every layer term accepts beside its own, read by the trainer, not by the term (`training.terms`):
 # `balance` scales the term by α = L_out / L_term, detached, every step (Minitron, arXiv 2407.14679).
@@ -78,6 +79,9 @@ class LayerInputs:
     lens: Lens
     teacher_state: Float[torch.Tensor, "batch pos d_t"] | None = None
     teacher_contribution: Float[torch.Tensor, "batch pos d_t"] | None = None
+    # the teacher's logit lens on `teacher_state`, as top-k + tail from a top-k target cache (terms that need
+    # `teacher_lens`); None: read `teacher_state` through `context.teacher_lens`
+    teacher_readout: SparseLogits | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # from trainer plugins (e.g. a learned projector)
     context: StepContext | None = None  # set by the trainer on a training step
 

@@ -15,9 +15,10 @@ from safetensors import safe_open
 from semalign_lens.core.errors import SemalignError
 from semalign_lens.data.tokens import TokenBatch
 from semalign_lens.models.plain import clean_copy
+from semalign_lens.models.readout import LogitLens
 from semalign_lens.training import Trainer, align, load_align_config
-from semalign_lens.training.objectives import kl_loss
-from semalign_lens.training.objectives.sparse_logits import SparseLogits
+from semalign_lens.training.objectives import kl_loss, readout_kl_loss
+from semalign_lens.training.objectives.sparse_logits import SparseLogits, sparse_readout_kl_sum
 
 
 def _mask(batch=3, pos=6):
@@ -90,6 +91,49 @@ def test_sparse_kl_value_and_gradient_match_an_autograd_reference(direction, tau
     assert torch.allclose(got.double(), ref, atol=1e-5)
     assert torch.allclose(x.grad.double(), y.grad, atol=1e-6)
     assert x.grad[~mask].abs().max() == 0  # padding positions get no gradient
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_the_head_fused_readout_kl_matches_the_autograd_reference(direction, tau):
+    """`readout_kl_loss` with a `LogitLens` (the head fused into the bucket KL, never forming the logits) against
+    `_bucket_kl` of the readout computed with autograd: value, and gradients into the states and into a trainable
+    head's weight and bias; in row chunks of 2 (`sparse_readout_kl_sum`) the same."""
+    torch.manual_seed(0)
+    lens = LogitLens(torch.nn.LayerNorm(7), torch.nn.Linear(7, 30))
+    h = torch.randn(10, 7, requires_grad=True)
+    sparse = SparseLogits.from_logits(torch.randn(10, 30) * 2, 5)
+    got = readout_kl_loss(h, lens, sparse, direction, tau)
+    fused = torch.autograd.grad(got, [h, lens.head.weight, lens.head.bias])
+    ref = _bucket_kl(lens(h).double()[None], SparseLogits(sparse.ids[None], sparse.logprobs[None],
+                                                          sparse.tail_logmass[None]),
+                     torch.ones(1, 10, dtype=torch.bool), direction, tau)
+    expected = torch.autograd.grad(ref, [h, lens.head.weight, lens.head.bias])
+    assert got.item() == pytest.approx(ref.item(), abs=1e-5)
+    for a, b in zip(fused, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    chunked = sparse_readout_kl_sum(lens.normed(h), lens.weight, lens.bias, sparse, direction == "forward", tau, 2)
+    assert chunked.item() / 10 * tau**2 == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_the_head_fused_readout_kl_equals_the_unfused_one_with_tail_samples_and_under_autocast():
+    """Tail samples enter the fused value as the unfused one's; under bf16 autocast both read the head in bf16
+    (the fused path casts once, as autocast would), so they agree to rounding."""
+    torch.manual_seed(1)
+    lens = LogitLens(torch.nn.LayerNorm(8), torch.nn.Linear(8, 64, bias=False))
+    h = torch.randn(12, 8, requires_grad=True)
+    sparse = SparseLogits.from_logits(torch.randn(12, 64) * 3, 6, tail_samples=4,
+                                      generator=torch.Generator().manual_seed(0))
+    plain = lambda x: lens(x)  # noqa: E731  (any callable lens: the readout, then kl_loss)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fused, unfused = readout_kl_loss(h, lens, sparse), readout_kl_loss(h, plain, sparse)
+        (g_fused,), (g_unfused,) = torch.autograd.grad(fused, [h]), torch.autograd.grad(unfused, [h])
+        tol = 2e-2 if autocast else 1e-5
+        assert fused.item() == pytest.approx(unfused.item(), rel=tol)
+        torch.testing.assert_close(g_fused, g_unfused, rtol=tol, atol=tol * g_unfused.abs().max().item())
+    assert fused.item() != pytest.approx(readout_kl_loss(h, lens, SparseLogits(sparse.ids, sparse.logprobs,
+                                                                               sparse.tail_logmass)).item(), rel=1e-4)
 
 
 def test_sparse_logits_hold_the_top_k_and_the_tail_mass():
