@@ -290,7 +290,7 @@ def run_leg(name: str, device: str, dtype: str, size_name: str, work: Path, teac
     cached = _with(base, targets={"mode": "cached", "cache_logits": "topk", "top_k": 64,
                                   "cache_dir": str(leg_dir / "targets")})
     for method in CACHED_METHODS:
-        result = run_method(method, cached, teacher=teacher, student=student, data=TokenBatch(data.tokens, data.mask),
+        result = run_method(method, cached, sl.ModelPair(teacher, student), data=TokenBatch(data.tokens, data.mask),
                             diag_data=data.diag, run_dir=leg_dir / f"{method}-cached", lean=True)
         trained[f"{method}-cached"] = _record_run(numbers, f"{method}-cached", result, get_method(method).terms)
         numbers[f"align.{method}-cached.trainable"] = sum(result.trainable_params.values())

@@ -173,8 +173,8 @@ def _row(tr: TaskRun, schedule: str, method: str, seed: int, steps: int, profile
             **{f"score_{k}": v for k, v in scores.items()}}
 
 
-def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: TaskRun, profile: Profile, teacher,
-              student, work: Path, cache: Path, maps: dict, done: set, emit) -> None:
+def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: TaskRun, profile: Profile, pair,
+              work: Path, cache: Path, maps: dict, done: set, emit) -> None:
     """Train one (method, schedule, seed) at every budget not in `done`, calling `emit(row)` per budget.
 
     frontier: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
@@ -182,8 +182,8 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
     def train(steps: int, run_dir: Path):
         cfg = run_config(profile, tr, schedule, steps, seed, cache)
         kind = get_method(method).transfer_kind or cfg.transfer.kind
-        return method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
-                              run_dir=run_dir, transfer=maps.get(kind), lean=True)
+        return method_trainer(method, cfg, pair, data=tr.data, diag_data=tr.diag, run_dir=run_dir,
+                              transfer=maps.get(kind), lean=True)
 
     todo = [b for b in budgets if (tr.task.name, schedule, method, seed, b) not in done]
     if not todo:
@@ -221,7 +221,7 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
+def prebuild_cache(profile: Profile, tr: TaskRun, pair, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
     (none for a cross-tokenizer pair, which reads its teacher online)."""
     from semalign_lens.training import Trainer
@@ -229,7 +229,7 @@ def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: P
     if profile.vocab != "shared":
         return
     cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), "kd")
-    Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
+    Trainer(cfg, pair, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 
 
@@ -608,7 +608,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         tr = refs[name]
         caches[name] = work / f"cache-{name}"
         if any(k not in done for k in keys(name)):  # a finished table re-summarised with --resume needs no teacher pass
-            prebuild_cache(profile, tr, teacher, student, caches[name], work)
+            prebuild_cache(profile, tr, pair, caches[name], work)
             if not cross:
                 log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
     # Control first (sft, kd), then the rest; seeds inside, so a run cut short has whole curves of 3 seeds.
@@ -620,8 +620,8 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                     if time.time() > deadline:
                         skipped.append(f"{name}/{schedule}/{method}/seed {seed}")
                         continue
-                    run_curve(method, schedule, seed, budgets_of(name), tr, profile, teacher, student, work,
-                              caches[name], maps, done, emit)
+                    run_curve(method, schedule, seed, budgets_of(name), tr, profile, pair, work, caches[name],
+                              maps, done, emit)
     have = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
     finished = all(k in have for t in refs for k in keys(t))
     finalize(final=finished)

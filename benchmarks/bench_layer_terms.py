@@ -51,8 +51,7 @@ def main() -> None:
         base.figures, base.progress = False, False
         if name == "gradcos":
             base.gradcos_every = 1
-        trainer = method_trainer("lens-kl" if name == "gradcos" else name, base, teacher=pair.teacher,
-                                 student=pair.student, data=data, run_dir=work / name, lean=True)
+        trainer = method_trainer("lens-kl" if name == "gradcos" else name, base, pair, data=data, run_dir=work / name, lean=True)
         stage = trainer.stages[0 if args.stage == "first" else -1]
         trainer._prepare_run_dir()
         trainer._open_stage(stage)

@@ -260,7 +260,7 @@ def run_demo(profile: str | DemoProfile = "demo", out_dir: str | Path = "runs/de
     after, runs = {}, {}
     for method in profile.methods:
         bar.start(f"train {method}")
-        result = run_method(method, base, teacher=teacher, student=student, data=train, diag_data=diag,
+        result = run_method(method, base, pair, data=train, diag_data=diag,
                             run_dir=out / "runs" / method, pairing=pairing, plugins=[_StepNote(bar)])
         after[method] = task.evaluate(result.student)
         per_problem[f"student + {method}"] = humaneval_problem_ce(result.student, tokenizer=student.tokenizer,

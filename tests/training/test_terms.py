@@ -66,7 +66,7 @@ def test_the_trainer_keeps_what_the_terms_need_with_cached_targets(tmp_path, tin
     for terms in ({"kl": 1.0}, {"lens_kl": 1.0, "kl": 1.0}, {"interchange": 1.0, "kl": 1.0}):
         cfg = make_cfg(tmp_path / "run", **{"objective.terms": terms, "targets.mode": "cached",
                                             "targets.cache_logits": "dense", "targets.cache_dir": str(tmp_path / "c")})
-        trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+        trainer = Trainer(cfg, tiny_pair, data=tokens)
         kept[next(iter(terms))] = (trainer.teacher is not None, trainer.teacher_lens is not None)
     assert kept == {"kl": (False, False), "lens_kl": (False, True), "interchange": (True, False)}
 
