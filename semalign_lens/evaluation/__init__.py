@@ -78,18 +78,26 @@ from .knowledge import (
                              split_facts,
                              teacher_known_facts,
 )
-from .scoring import cross_entropy, forward_logits, model_device, model_tokenizer, plain_model, token_nll
+from .scoring import (
+    cross_entropy,
+    forward_logits,
+    model_device,
+    model_tokenizer,
+    plain_model,
+    sequence_nll,
+    token_nll,
+)
 from .stats import gap_closed, mean_ci, paired_difference, summarize_seeds
-from .transfer_tasks import TransferTask, code_task, knowledge_task
+from .transfer_tasks import TaskScores, TransferTask, code_task, knowledge_task
 
 __all__ = [
     "EVAL_SETS", "HUMANEVAL_STOP", "STDLIB_TEST_EVAL_FRACTION", "EvalSet", "Fact", "FactSet",
-    "TransferTask", "answer_scores", "as_batch", "check_completion", "check_no_overlap", "code_task",
+    "TaskScores", "TransferTask", "answer_scores", "as_batch", "check_completion", "check_no_overlap", "code_task",
     "code_transfer_batch", "code_transfer_data", "code_transfer_texts", "compare_cross_entropy", "cross_entropy",
     "decode_batch", "document_start", "eval_set", "eval_sets", "evenly_spaced", "fact_eval_texts", "fact_scores",
     "fact_transfer_texts", "forward_logits", "gap_closed", "greedy_generate", "humaneval_pass_at_1",
     "humaneval_problem_ce", "humaneval_problems", "humaneval_solution_batch", "humaneval_solution_ce", "knowledge_task",
     "load_facts", "load_texts_jsonl", "mean_ci", "model_device", "model_tokenizer", "package_execution_enabled",
     "paired_difference", "plain_model", "prompt_answer_batch", "pydoc_texts", "read_jsonl", "run_program",
-    "split_facts", "stdlib_test_split", "summarize_seeds", "teacher_known_facts", "token_nll", "truncate_completion",
+    "sequence_nll", "split_facts", "stdlib_test_split", "summarize_seeds", "teacher_known_facts", "token_nll", "truncate_completion",
 ]

@@ -80,6 +80,32 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | No
     return logits[..., :rows]
 
 
+def _scored_logits(model, batch: TokenBatch, score_mask, batch_size: int, precision: str, progress: bool, desc: str,
+                   rows: int | None):
+    """(first sequence's index, logits, tokens, scored [n, pos-1]) per `batch_size` sequences that score a token,
+    each batch trimmed to its longest sequence, under no_grad in eval mode (the mode restored after)."""
+    if score_mask is None:
+        score_mask = batch.mask
+    if score_mask.shape != batch.mask.shape:
+        raise SemalignError(f"score_mask {tuple(score_mask.shape)} and batch {tuple(batch.mask.shape)} differ")
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    try:
+        for i in tqdm(range(0, len(batch), batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
+            mask = batch.mask[i: i + batch_size]
+            width = int(mask.sum(1).max())
+            tokens = batch.tokens[i: i + batch_size, :width]
+            scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
+            if not scored.any():
+                continue
+            with torch.no_grad(), autocast(precision, device):
+                logits = forward_logits(model, tokens, rows)
+            yield i, logits, tokens.to(device), scored.to(device)
+    finally:
+        model.train(was_training)
+
+
 def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
               batch_size: int = 8, precision: str = "auto", progress: bool = False,
               desc: str = "cross-entropy", rows: int | None = None) -> tuple[float, int]:
@@ -90,30 +116,30 @@ def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch po
     softmax is over the real vocabulary rows (`forward_logits`; `rows`), in fp32 whatever the model's dtype,
     on the model's device: one number per batch comes back to the host.
     """
-    if score_mask is None:
-        score_mask = batch.mask
-    if score_mask.shape != batch.mask.shape:
-        raise SemalignError(f"score_mask {tuple(score_mask.shape)} and batch {tuple(batch.mask.shape)} differ")
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    starts = range(0, len(batch), batch_size)
-    device = model_device(model)
-    try:
-        for i in tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
-            mask = batch.mask[i: i + batch_size]
-            width = int(mask.sum(1).max())
-            tokens = batch.tokens[i: i + batch_size, :width]
-            scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
-            if not scored.any():
-                continue
-            with torch.no_grad(), autocast(precision, device):
-                logits = forward_logits(model, tokens, rows)
-            count += int(scored.sum())
-            total += next_token_nll(logits, tokens.to(device), scored.to(device)).item()
-    finally:
-        model.train(was_training)
+    for _, logits, tokens, scored in _scored_logits(model, batch, score_mask, batch_size, precision, progress, desc,
+                                                    rows):
+        count += int(scored.sum())
+        total += next_token_nll(logits, tokens, scored).item()
     return total, count
+
+
+def sequence_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+                 batch_size: int = 8, precision: str = "auto", rows: int | None = None
+                 ) -> tuple[float, int, list[float], list[int]]:
+    """`token_nll`'s (total, count), and each sequence's own NLL and scored tokens, from the same forwards: a
+    per-item view (HumanEval per problem) and the total it sums to without scoring anything twice. The total is
+    `token_nll`'s to the bit (the same batches, summed the same way)."""
+    total, count = 0.0, 0
+    nll, counts = [0.0] * len(batch), [0] * len(batch)
+    for start, logits, tokens, scored in _scored_logits(model, batch, score_mask, batch_size, precision, False, "",
+                                                        rows):
+        count += int(scored.sum())
+        total += next_token_nll(logits, tokens, scored).item()
+        for r in range(len(tokens)):
+            counts[start + r] = int(scored[r].sum())
+            nll[start + r] = next_token_nll(logits[r: r + 1], tokens[r: r + 1], scored[r: r + 1]).item()
+    return total, count, nll, counts
 
 
 def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | None = None, max_len: int | None = 512,

@@ -60,6 +60,8 @@ def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
     assert list(result.cka) == maps and all((d / "diagnostics" / f"{m}.json").exists() for m in maps)
     again = AlignResult.from_run_dir(d)  # what the result carries is what the directory holds
     assert again.records == result.records and again.cka == result.cka and again.final == result.final
+    assert (again.config, again.pairing, again.provenance, again.student_path) == \
+        (result.config, result.pairing, result.provenance, result.student_path)
     assert draw_run(result) == d / "report.html" == result.report_path
     for name in ("figures/loss_curves.html", "figures/projections.html", *(f"figures/{m}.html" for m in maps)):
         assert (d / name).exists(), name
