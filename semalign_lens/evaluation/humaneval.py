@@ -20,7 +20,9 @@ from ..core.errors import SemalignError
 from ..data.tasks.code import humaneval_problems
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import document_start, evenly_spaced, prompt_answer_batch, with_document_start
-from .scoring import cross_entropy, model_device, model_tokenizer, sequence_nll
+from ..models.likelihood import sequence_nll
+from ..models.plain import model_device
+from .scoring import cross_entropy, model_tokenizer
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 

@@ -13,10 +13,11 @@ from ..data.tasks.facts import Fact, FactSet, load_facts
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import TokenBatch, prompt_answer_batch, tokenize
 from ..data.transfer import check_no_overlap, code_transfer_data, code_transfer_texts
+from ..models.likelihood import sequence_nll, token_nll
 from .eval_sets import eval_set
 from .humaneval import humaneval_solution_batch, problem_table
 from .knowledge import fact_eval_texts, fact_scores, fact_transfer_texts, teacher_known_facts
-from .scoring import model_tokenizer, sequence_nll, token_nll
+from .scoring import model_tokenizer
 
 
 @dataclass

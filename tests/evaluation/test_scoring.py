@@ -39,16 +39,15 @@ def test_padding_is_masked(tiny_hf):
 
 
 def test_blocks_score_as_hf_computes_its_loss(tiny_hf):
-    """Unpadded blocks (what pretraining validates on): the token-weighted mean of HF's own `labels=` loss, and
-    the pretraining metric is the same number (both sum `objectives.next_token_nll`)."""
-    from semalign_lens.training.pretrain import mean_cross_entropy
+    """Unpadded blocks (what pretraining validates on): the token-weighted mean of HF's own `labels=` loss."""
+    from semalign_lens.training.pretrain import validation_loss
 
     _, student_hf, _ = tiny_hf
     blocks = torch.randint(1, 300, (3, 17), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = sum(student_hf(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
     assert ev.cross_entropy(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
-    assert mean_cross_entropy(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
+    assert validation_loss(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
 
 
 def test_sequence_nll_is_token_nll_with_each_sequence_beside_it(tiny_hf):
