@@ -107,7 +107,7 @@ PROFILES = {
     # (`analysis/paper_profile.sh`); on 2 CPU cores one run takes hours.
     "paper": Profile(seq_len=256, n_transfer=1000, per_file=2, epochs=5, batch_size=64, budgets=[6, 15, 30, 78],
                      heldout_tokens=65536, humaneval_limit=None, knowledge_steps=78, lr=2e-4),
-    # The cross-tokenizer pair (issue 16): the student with its own 8k BPE, the teacher read online on its own
+    # The cross-tokenizer pair: the student with its own 8k BPE, the teacher read online on its own
     # tokenization of each block, layer terms and KL at aligned positions; scored in bits per byte (the
     # teacher's line is then on the same bytes). Code only by default (`--tasks code knowledge` adds the facts).
     "cross": Profile(student="stdlib-student-8k", vocab="intersection", seq_len=64, n_transfer=2160, per_file=3,

@@ -1,4 +1,5 @@
-"""Step cost of the issue-30 layer terms against logit KD, with cached targets. A benchmark, not a test.
+"""Step cost of the layer terms (lens-KL, interchange, relation-KL) against logit KD, with cached targets. A
+benchmark, not a test.
 
 Per method, `Trainer._step` at the start of a frontier stage (the lens term is then active: it anneals to zero
 by mid-stage and costs nothing after), on the transfer table's shape: batch 8 x 64 tokens, LoRA r16 on

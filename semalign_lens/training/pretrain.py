@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.atomic import write_json_atomic
-from ..core.checks import check_output_dir, read_utf8
+from ..core.atomic import as_json, write_json_atomic
+from ..core.checks import check_output_dir, read_json
 from ..core.config import from_dict, require_positive, to_dict
 from ..core.errors import Interrupted, SemalignError, writing
 from ..core.precision import autocast, check_precision, precision_record
@@ -176,9 +176,9 @@ def _check_resume_config(run_dir: Path, cfg: PretrainConfig) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
-    now = json.loads(json.dumps(to_dict(cfg)))
+    now = as_json(to_dict(cfg))
     ignorable = {"checkpoint_minutes", "log_every"}
-    defaults = json.loads(json.dumps(to_dict(PretrainConfig())))
+    defaults = as_json(to_dict(PretrainConfig()))
     diff = sorted(k for k in set(saved) | set(now) if k not in ignorable
                   and saved.get(k, defaults.get(k)) != now.get(k))  # a key added since keeps its default
     if diff:
@@ -303,11 +303,7 @@ def pretrain_run_config(run_dir: Path) -> PretrainConfig:
     if not saved.is_file():
         raise SemalignError(f"{run_dir} is not a pretraining run directory (no config.json); point --run-dir at the "
                             "directory `semalign zoo pretrain-student --run-dir` wrote")
-    try:
-        data = json.loads(read_utf8(saved, "run config"))
-    except json.JSONDecodeError as err:
-        raise SemalignError(f"{saved} is not valid JSON ({err.msg} at line {err.lineno}); restore it or start a new "
-                            "run") from None
+    data = read_json(saved, "run config", "restore it or start a new run")
     if not isinstance(data, dict) or "model_type" in data or {"teacher", "student"} <= set(data):
         what = "a model directory" if isinstance(data, dict) and "model_type" in data else (
             "a `semalign align` run directory" if isinstance(data, dict) else "not a run directory")

@@ -173,3 +173,13 @@ def test_neuron_delta_adds_only_at_located_neurons():
     assert torch.equal(out[index], net(vectors)) and not out[[0, 2, 4, 5]].any()
     out = laten.NeuronDelta(net, vectors, index, axis=1)(torch.zeros(5, 6))
     assert torch.equal(out[:, index], net(vectors).T) and not out[:, [0, 2, 4, 5]].any()
+
+
+def test_the_method_table_lists_every_registered_method_in_row_order():
+    """The package docstring's table is the reader's list of methods: it names each registered one, in row order."""
+    import re
+
+    from semalign_lens.training import methods
+
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", methods.__doc__, flags=re.MULTILINE)
+    assert listed == list(methods.ROW_ORDER) == [m for m in methods.METHODS if m in methods.ROW_ORDER]
