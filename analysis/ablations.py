@@ -81,8 +81,9 @@ def pairs_text(pairing) -> str:
 class Runner:
     """Trains one (method, pairing, seed) on the shared config; caches teacher targets per pairing."""
 
-    def __init__(self, args, teacher, student, task, data, diag, work: Path):
-        self.args, self.teacher, self.student, self.task = args, teacher, student, task
+    def __init__(self, args, pair, task, data, diag, work: Path):
+        self.args, self.pair, self.task = args, pair, task
+        teacher, student = pair.teacher, pair.student
         self.data, self.diag, self.work = data, diag, work
         self.n_student = student.cfg.n_layers
         self.total_steps = args.steps * self.n_student
@@ -121,7 +122,7 @@ class Runner:
         cfg.targets.cache_dir = str(self._cache_for(tuple(pairing.teacher_layers_needed)))
         run_dir = self.work / f"run-{len(self.done)}"
         t0 = time.perf_counter()
-        result = run_method(m, cfg, teacher=self.teacher, student=self.student, data=self.data, diag_data=self.diag,
+        result = run_method(m, cfg, self.pair, data=self.data, diag_data=self.diag,
                             pairing=pairing, run_dir=run_dir, lean=True)
         train_s = time.perf_counter() - t0
         score = self.task.evaluate(result.student)[self.task.metric]
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     data = task.transfer.select(torch.arange(args.n_transfer))
     diag = task.transfer.select(torch.arange(args.n_transfer, args.n_transfer + n_diag))
     work = Path(tempfile.mkdtemp(prefix="ablations-"))
-    runner = Runner(args, teacher, student, task, data, diag, work)
+    runner = Runner(args, pair, task, data, diag, work)
     print(f"code task: before {runner.before:.4f}, teacher {runner.teacher_score:.4f} ({task.metric}, "
           f"{'higher' if task.higher_is_better else 'lower'} is better)", flush=True)
     t = lap("task", t)

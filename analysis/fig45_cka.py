@@ -93,7 +93,7 @@ def top_dimension_share(stack: list[torch.Tensor]) -> list[float]:
     return shares
 
 
-def align_student(args, teacher, student, work: Path):
+def align_student(args, pair, work: Path):
     """A short SemAlign run (the package defaults, sized by --steps / --align-*); returns (bridge, result)."""
     from semalign_lens.training import align, load_align_config
 
@@ -104,8 +104,8 @@ def align_student(args, teacher, student, work: Path):
         "transfer.kind": "dual", "objective.terms": {"relation": 1.0, "kl": 1.0},
         "schedule.stage_steps": args.steps, "schedule.lr": args.lr, "schedule.adapter": "full",
         "cka_max_tokens": 512})
-    result = align(cfg, teacher=teacher, student=student)
-    aligned = load_model(result.student, tokenizer=student.tokenizer, name="aligned student")
+    result = align(cfg, pair)
+    aligned = load_model(result.student, tokenizer=pair.student.tokenizer, name="aligned student")
     return aligned, result
 
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="fig45-"))
     try:
-        aligned, result = align_student(args, teacher, student, work)
+        aligned, result = align_student(args, pair, work)
         A = accumulated_resid(aligned, batch, drop_first=True)
         align_info = {"steps": result.final["step"], "elapsed_s": round(result.final["elapsed_s"], 1),
                       "stages": [{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()

@@ -1,4 +1,4 @@
-"""The GPU check (issue 33, item 6; ours): every stage once in bf16 on a device, gated against fp32 on the CPU.
+"""The GPU check (ours): every stage once in bf16 on a device, gated against fp32 on the CPU.
 
     python analysis/gpu_check.py run --device cuda --out DIR              # on a GPU machine (scripts/gpu_check.sh)
     python analysis/gpu_check.py run --device cpu --size smoke --out DIR  # the dry run: the bf16 leg on the CPU
@@ -92,10 +92,10 @@ class Tolerance:
 
 # First match wins. bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %), compounded over blocks and
 # optimizer steps. On the CPU at the gpu size, bf16 against fp32 moved the states by at most 1.2 % (relative
-# error), CKA by 3e-4, fidelity fractions by 0.007, loss terms by 2e-3 and cross-entropy by 1e-3 nats (issue 33's
-# closing note). The bounds are 4x (states) to ~20x those, leaving room for the GPU's own bf16 kernels (cuBLAS,
-# SDPA attention), which round differently: on the deeper embedded pair the README's bf16 figures are +0.03 nats
-# of CE and 0.02 on the training terms. A device bug (a dropped cast, a stale cache, the wrong weights) moves
+# error), CKA by 3e-4, fidelity fractions by 0.007, loss terms by 2e-3 and cross-entropy by 1e-3 nats. The
+# bounds are 4x (states) to ~20x those, leaving room for the GPU's own bf16 kernels (cuBLAS, SDPA attention),
+# which round differently: on the deeper embedded pair the README's bf16 figures are +0.03 nats of CE and 0.02
+# on the training terms. A device bug (a dropped cast, a stale cache, the wrong weights) moves
 # these numbers by far more.
 TOLERANCES: list[tuple[str, Tolerance]] = [
     ("placement.*", Tolerance("exact")),  # where and in what dtype each leg's models really were
@@ -290,7 +290,7 @@ def run_leg(name: str, device: str, dtype: str, size_name: str, work: Path, teac
     cached = _with(base, targets={"mode": "cached", "cache_logits": "topk", "top_k": 64,
                                   "cache_dir": str(leg_dir / "targets")})
     for method in CACHED_METHODS:
-        result = run_method(method, cached, teacher=teacher, student=student, data=TokenBatch(data.tokens, data.mask),
+        result = run_method(method, cached, sl.ModelPair(teacher, student), data=TokenBatch(data.tokens, data.mask),
                             diag_data=data.diag, run_dir=leg_dir / f"{method}-cached", lean=True)
         trained[f"{method}-cached"] = _record_run(numbers, f"{method}-cached", result, get_method(method).terms)
         numbers[f"align.{method}-cached.trainable"] = sum(result.trainable_params.values())

@@ -117,7 +117,7 @@ PROFILES = {
     # (`analysis/paper_profile.sh`); on 2 CPU cores one run takes hours.
     "paper": Profile(seq_len=256, n_transfer=1000, per_file=2, epochs=5, batch_size=64, budgets=[6, 15, 30, 78],
                      heldout_tokens=65536, humaneval_limit=None, knowledge_steps=78, lr=2e-4),
-    # The cross-tokenizer pair (issue 16): the student with its own 8k BPE, the teacher read online on its own
+    # The cross-tokenizer pair: the student with its own 8k BPE, the teacher read online on its own
     # tokenization of each block, layer terms and KL at aligned positions; scored in bits per byte (the
     # teacher's line is then on the same bytes). Code only by default (`--tasks code knowledge` adds the facts).
     "cross": Profile(student="stdlib-student-8k", vocab="intersection", seq_len=64, n_transfer=2160, per_file=3,
@@ -192,8 +192,8 @@ def _row(tr: TaskRun, schedule: str, method: str, seed: int, steps: int, profile
             **{f"score_{k}": v for k, v in scores.items()}}
 
 
-def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: TaskRun, profile: Profile, teacher,
-              student, work: Path, cache: Path, maps: dict, done: set, emit) -> None:
+def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: TaskRun, profile: Profile, pair,
+              work: Path, cache: Path, maps: dict, done: set, emit) -> None:
     """Train one (method, schedule, seed) at every budget not in `done`, calling `emit(row)` per budget.
 
     frontier and local-global: a separate run per budget (the stages split the budget). all: one run, evaluated at each budget
@@ -201,8 +201,8 @@ def run_curve(method: str, schedule: str, seed: int, budgets: list[int], tr: Tas
     def train(steps: int, run_dir: Path):
         cfg = run_config(profile, tr, schedule, steps, seed, cache)
         kind = get_method(method).transfer_kind or cfg.transfer.kind
-        return method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
-                              run_dir=run_dir, transfer=maps.get(kind), lean=True)
+        return method_trainer(method, cfg, pair, data=tr.data, diag_data=tr.diag, run_dir=run_dir,
+                              transfer=maps.get(kind), lean=True)
 
     todo = [b for b in budgets if (tr.task.name, schedule, method, seed, b) not in done]
     if not todo:
@@ -248,8 +248,8 @@ def diagnosed(method: str) -> bool:
     return any(o.kind == "layer" for o in objs) and any(o.kind == "output" and o.needs_teacher_logits for o in objs)
 
 
-def gradient_rows(method: str, schedule: str, steps: int, every: int, tr: TaskRun, profile: Profile, teacher,
-                  student, work: Path, cache: Path, maps: dict) -> list[dict]:
+def gradient_rows(method: str, schedule: str, steps: int, every: int, tr: TaskRun, profile: Profile, pair,
+                  work: Path, cache: Path, maps: dict) -> list[dict]:
     """One seed-0 run of `method` at `steps`, measuring every `every` steps how each layer term's gradient lines up
     with the output KL's (`training/gradcos.py`): its gradcos records. A run of its own, so that no score row of
     the table carries the diagnostic's extra backward passes."""
@@ -258,8 +258,8 @@ def gradient_rows(method: str, schedule: str, steps: int, every: int, tr: TaskRu
     kind = get_method(method).transfer_kind or cfg.transfer.kind
     run_dir = work / f"gradcos-{tr.task.name}-{schedule}-{method}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    result = method_trainer(method, cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag,
-                            run_dir=run_dir, transfer=maps.get(kind), lean=True).run()
+    result = method_trainer(method, cfg, pair, data=tr.data, diag_data=tr.diag, run_dir=run_dir,
+                            transfer=maps.get(kind), lean=True).run()
     shutil.rmtree(run_dir, ignore_errors=True)
     return [{"task": tr.task.name, "schedule": schedule, "method": method, "run_steps": steps,
              **{k: r[k] for k in ("step", "stage", "term", "student_layer", "cos", "norm_ratio")}}
@@ -278,7 +278,7 @@ def gradient_summary(rows):
                  norm_ratio_median=("norm_ratio", "median")).reset_index()
 
 
-def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: Path, work: Path) -> None:
+def prebuild_cache(profile: Profile, tr: TaskRun, pair, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
     (none for a cross-tokenizer pair, which reads its teacher online). Built as `lens-kl`'s when the profile runs it:
     that cache also holds the teacher's logit-lens top-k per pair, and serves every other method."""
@@ -288,7 +288,7 @@ def prebuild_cache(profile: Profile, tr: TaskRun, teacher, student, cache_dir: P
         return
     builder = "lens-kl" if "lens-kl" in profile.methods else "kd"
     cfg = method_config(run_config(profile, tr, "frontier", max(profile.budgets), 0, cache_dir), builder)
-    Trainer(cfg, teacher=teacher, student=student, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
+    Trainer(cfg, pair, data=tr.data, diag_data=tr.diag, run_dir=work / "cache-warmup")
     shutil.rmtree(work / "cache-warmup", ignore_errors=True)
 
 
@@ -679,7 +679,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         tr = refs[name]
         caches[name] = work / f"cache-{name}"
         if any(k not in done for k in keys(name)):  # a finished table re-summarised with --resume needs no teacher pass
-            prebuild_cache(profile, tr, teacher, student, caches[name], work)
+            prebuild_cache(profile, tr, pair, caches[name], work)
             if not cross:
                 log(f"teacher targets cached for {name} (top {profile.top_k} logits + paired states)")
     # Control first (sft, kd), then the rest; seeds inside, so a run cut short has whole curves of 3 seeds.
@@ -691,8 +691,8 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                     if time.time() > deadline:
                         skipped.append(f"{name}/{schedule}/{method}/seed {seed}")
                         continue
-                    run_curve(method, schedule, seed, budgets_of(name), tr, profile, teacher, student, work,
-                              caches[name], maps, done, emit)
+                    run_curve(method, schedule, seed, budgets_of(name), tr, profile, pair, work, caches[name],
+                              maps, done, emit)
     if args.gradcos and "code" in profile.tasks:
         measured = {(r["schedule"], r["method"]) for r in grad_rows}
         for schedule in profile.schedules:
@@ -701,7 +701,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                     skipped.append(f"gradcos/{schedule}/{method}")
                     continue
                 rows = gradient_rows(method, schedule, args.gradcos_budget, args.gradcos, refs["code"], profile,
-                                     teacher, student, work, caches["code"], maps)
+                                     pair, work, caches["code"], maps)
                 grad_rows.extend(rows)
                 log(f"gradient diagnostic {schedule} {method}: {len(rows)} records")
                 finalize(final=False)

@@ -102,6 +102,7 @@ def worker(case: str, rounds: int) -> dict:
     import torch
 
     from semalign_lens.models.load import load_model
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.models.plain import clean_copy
     from semalign_lens.models.residuals import residual_states
     from semalign_lens.training import Trainer, load_align_config
@@ -117,7 +118,7 @@ def worker(case: str, rounds: int) -> dict:
         "data.diag_sequences": 2, "objective.terms": terms, "schedule.mode": mode, "schedule.lr": 1e-4,
         "targets.mode": targets, "targets.cache_dir": str(Path(run_dir) / "cache"),
         "targets.cache_logits": targets == "cached" and "kl" in terms})
-    trainer = Trainer(cfg, teacher=teacher, student=student)
+    trainer = Trainer(cfg, ModelPair(teacher, student))
     stage = trainer.stages[-1] if which == "last" else trainer.stages[0]
     trainer._open_stage(stage)
     plain = clean_copy(student, share_weights=False).train()

@@ -1,4 +1,4 @@
-"""CKA timing and precision at the issue's shapes: SmolLM2 (31 points: resid_pre of block 0 + 30 resid_post,
+"""CKA timing and precision at the embedded pair's shapes: SmolLM2 (31 points: resid_pre of block 0 + 30 resid_post,
 d=576) x the default student (7 points, d=256), 8192 tokens.
 
     python benchmarks/bench_cka.py                    # random data of the real shapes, 2 threads

@@ -1,4 +1,5 @@
-"""Step cost of the issue-30 layer terms against logit KD, with cached targets. A benchmark, not a test.
+"""Step cost of the layer terms (lens-KL, interchange, relation-KL) against logit KD, with cached targets. A
+benchmark, not a test.
 
 Per method, `Trainer._step` at the start of a frontier stage (the lens term is then active: it anneals to zero
 by mid-stage and costs nothing after), on the transfer table's shape: batch 8 x 64 tokens, LoRA r16 on
@@ -59,8 +60,7 @@ def main() -> None:
         base.figures, base.progress = False, False
         if name == "gradcos":
             base.gradcos_every = 1
-        trainer = method_trainer("lens-kl" if name == "gradcos" else name, base, teacher=pair.teacher,
-                                 student=pair.student, data=data, run_dir=work / name, lean=True)
+        trainer = method_trainer("lens-kl" if name == "gradcos" else name, base, pair, data=data, run_dir=work / name, lean=True)
         stage = trainer.stages[0 if args.stage == "first" else -1]
         trainer._prepare_run_dir()
         trainer._open_stage(stage)

@@ -89,6 +89,7 @@ def steps(teacher, student, k: int, seq_len: int, n_sequences: int, batch: int, 
     import torch
     from safetensors import safe_open
 
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.training import Trainer, load_align_config
     from semalign_lens.training.targets import logit_keys
 
@@ -98,10 +99,11 @@ def steps(teacher, student, k: int, seq_len: int, n_sequences: int, batch: int, 
             "data.batch_size": batch, "data.diag_sequences": 2, "schedule.lr": 1e-4, "targets.mode": "cached",
             "targets.cache_logits": "topk", "targets.top_k": k}
     runs = {"kl": ("kl", 0), "kl+samples": ("kl", samples), "ce": ("ce", 0)}
+    pair = ModelPair(teacher, student)
     trainers = {name: Trainer(load_align_config(None, {**base, "run_dir": str(work / name),
                                                        "objective.terms": {term: 1.0}, "targets.tail_samples": m,
                                                        "targets.cache_dir": str(work / f"cache-{m}")}),
-                              teacher=teacher, student=student) for name, (term, m) in runs.items()}
+                              pair) for name, (term, m) in runs.items()}
     per_token = {}
     for m in (0, samples):
         with safe_open(str(work / f"cache-{m}" / "shard-00000.safetensors"), "pt") as f:

@@ -563,12 +563,12 @@ cfg = sl.load_align_config(None, {
     ("md", """\
 ## Train
 
-`align(cfg, teacher=..., student=...)` uses the already-loaded models (otherwise it loads `cfg.teacher` and
+`align(cfg, pair)` trains the already-loaded, already-checked pair (without it, it loads `cfg.teacher` and
 `cfg.student`). The caller's student is not modified: `result.student` is the trained copy (a plain Hugging
 Face model), also saved to `run_dir/student`. The trainer writes records (metrics, CKA maps, the config, the
 pairing); `draw_run(result)` draws the run's figures and its `report.html` from them."""),
     ("code", '''\
-result = sl.align(cfg, teacher=teacher, student=student)
+result = sl.align(cfg, pair)
 sl.draw_run(result)
 print(f"finished={result.finished}, {result.final['step']} steps in {result.final['elapsed_s']:.1f} s")
 sorted(p.name for p in result.run_dir.iterdir())'''),
@@ -680,8 +680,8 @@ rows = []
 for seed in SEEDS:
     for method in METHODS:
         cfg = sl.shared_config(profile, len(knowledge.data), seed=seed)
-        result = sl.run_method(method, cfg, teacher=teacher, student=student, data=knowledge.data,
-                               diag_data=knowledge.diag, run_dir=work / f"{method}-s{seed}", lean=True)
+        result = sl.run_method(method, cfg, pair, data=knowledge.data, diag_data=knowledge.diag,
+                               run_dir=work / f"{method}-s{seed}", lean=True)
         rows.append({"method": method, "seed": seed, "steps": result.steps,
                      "trainable": sum(result.trainable_params.values()), **task.evaluate(result.student)})
 runs = pd.DataFrame(rows)
@@ -847,7 +847,7 @@ cfg = sl.load_align_config(None, {
     "data.batch_size": 4 if FAST else 8, "data.diag_sequences": 2, "schedule.adapter": "lora",
     "schedule.stage_steps": 2 if FAST else 12, "pairing.student_layers": [1, 3, 5],
     "objective.terms": {"relation": 1.0, "shared_kl": 1.0}})
-result = sl.align(cfg, teacher=teacher, student=student)
+result = sl.align(cfg, pair)
 vocab = json.loads((Path(result.run_dir) / "provenance.json").read_text())["vocab"]
 print(f"{vocab['aligned_student_positions']:.1%} of the student's training positions aligned")
 result.metrics().query("kind == 'train'")[["step", "stage", "relation", "shared_kl", "loss"]].round(4)"""),

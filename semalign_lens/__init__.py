@@ -8,7 +8,7 @@
     cka = sl.cka_matrix(sl.accumulated_resid(pair.teacher, batch, drop_first=True),
                         sl.accumulated_resid(pair.student, batch, drop_first=True))
     pairing = sl.make_pairing("proportional", pair.teacher.cfg.n_layers, pair.student.cfg.n_layers)
-    result = sl.align(sl.AlignConfig(), teacher=pair.teacher, student=pair.student, pairing=pairing)
+    result = sl.align(sl.AlignConfig(), pair, pairing=pairing)
     sl.draw_run(result)                                               # its figures and report.html
     sl.evaluation.cross_entropy(result.student, ["def mul(a, b):\\n    return a * b\\n"], tokenizer=pair.tokenizer)
 

@@ -268,6 +268,16 @@ def _align_config_help() -> str:
     return config_help(AlignConfig)
 
 
+ALIGN_CONFIG = "the align config file, TOML or JSON (see configs/); omitted: the defaults"
+
+
+def _config_options(p: argparse.ArgumentParser, config: str, example: str, default: str | None = None) -> None:
+    """--config FILE and repeatable --set KEY=VALUE overrides: how every command that reads a config takes it."""
+    p.add_argument("--config", default=default, help=config)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {example} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="semalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -291,9 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("align", help="run a SemAlign alignment from a TOML/JSON config (see configs/)",
                        epilog=_align_config_help, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="config file; omitted = the defaults (teacher smollm2-135m, stdlib-student)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set schedule.stage_steps=20 (repeatable)")
+    _config_options(p, f"{ALIGN_CONFIG} (teacher smollm2-135m, student stdlib-student)", "schedule.stage_steps=20")
     p.add_argument("--stop-after-steps", type=int, default=None, help="stop (with a checkpoint) after N steps")
     p.set_defaults(func=_cmd_align)
 
@@ -301,8 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "alone; refuses a run that will not fit")
     p.add_argument("teacher", metavar="TEACHER", help="zoo name, HF directory, config.json, .gguf or Hub name")
     p.add_argument("student", metavar="STUDENT")
-    p.add_argument("--config", help="the align config file (omitted: the defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    _config_options(p, ALIGN_CONFIG, "schedule.adapter=lora")
     p.add_argument("--gpu-memory", type=float, metavar="GIB", help="GPU budget (default: the CUDA device's free memory)")
     p.add_argument("--host-memory", type=float, metavar="GIB", help="host RAM budget (default: available RAM)")
     p.add_argument("--disk", type=float, metavar="GIB", help="disk budget (default: free at the cache or run dir)")
@@ -390,10 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="the built-in model zoo").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="list zoo names").set_defaults(func=_cmd_zoo_list)
     p = zoo.add_parser("pretrain-student", help="pretrain the embedded student (resumes if RUN_DIR has a checkpoint)")
-    p.add_argument("--config", default=str(Path(__file__).parent / "models" / "zoo" / "configs" / "stdlib_student.json"))
+    _config_options(p, "the pretraining config file (default: the embedded student's)", "total_tokens=1000000",
+                    default=str(Path(__file__).parent / "models" / "zoo" / "configs" / "stdlib_student.json"))
     p.add_argument("--run-dir", default="runs/stdlib-student")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set total_tokens=1000000 (repeatable)")
     p.set_defaults(func=_cmd_pretrain)
     p = zoo.add_parser("train-tokenizer", help="learn a byte-level BPE on the student corpus's training files")
     p.add_argument("--vocab-size", type=int, default=8192)

@@ -96,10 +96,10 @@ def test_every_stage_on_every_family(tmp_path, teacher_family, student_family):
         if lora_refused and schedule["schedule.adapter"] == "lora":  # said up front, refused before anything runs
             assert "none of the family's LoRA targets" in lora_refused
             with pytest.raises(SemalignError, match="none of the family's LoRA targets"):
-                Trainer(cfg, teacher=pair.teacher, student=pair.student, data=data)
+                Trainer(cfg, pair, data=data)
             assert not (tmp_path / "lora").exists()
             continue
-        trainer = Trainer(cfg, teacher=pair.teacher, student=pair.student, data=data)
+        trainer = Trainer(cfg, pair, data=data)
         before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
         result = trainer.run()
         after = result.student.state_dict()
@@ -196,7 +196,7 @@ def test_seeking_across_families_initialises_each_layer_from_the_teachers_layer_
 
     pair, _, _ = _pair("gpt_neox", "llama")
     plugin = SeekingPlugin(seed_sequences=4)
-    tr = Trainer(_laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+    tr = Trainer(_laten_cfg(tmp_path), pair,
                  data=_tokens(pair.student.tokenizer), plugins=[plugin])
     stage = tr.stages[0]
     x = _tokens(pair.student.tokenizer).tokens[:2]
@@ -243,7 +243,7 @@ def test_laten_refuses_a_family_without_one_up_and_down_projection_in_one_line(t
 
     pair, _, _ = _pair("phi3", "phi3")  # fused gate_up_proj
     with pytest.raises(SemalignError, match=r"one up and one down projection; the teacher \(phi3\) has no such pair"):
-        run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+        run_method("laten", _laten_cfg(tmp_path), pair,
                    data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
 
 
@@ -259,7 +259,7 @@ def test_laten_changes_only_located_neurons_in_other_families(tmp_path, family, 
 
     pair, _, _ = _pair(family, family)
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
-    result = run_method("laten", _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+    result = run_method("laten", _laten_cfg(tmp_path), pair,
                         data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
     after = result.student.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -357,7 +357,7 @@ def test_seeking_and_laten_run_on_a_native_pair(tmp_path, method):
 
     pair, _, _ = _pair("native", "native_gated")
     before = {k: v.clone() for k, v in clean_copy(pair.student, share_weights=True).state_dict().items()}
-    result = run_method(method, _laten_cfg(tmp_path), teacher=pair.teacher, student=pair.student,
+    result = run_method(method, _laten_cfg(tmp_path), pair,
                         data=_tokens(pair.student.tokenizer), run_dir=tmp_path / "r")
     after = result.student.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -387,7 +387,7 @@ def test_families_that_cannot_run_are_refused_in_one_line_when_loaded(tmp_path):
     cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
                                    "figures": False, "data.batch_size": 4})
     with pytest.raises(SemalignError, match=r"bridge for the teacher .* fails on a forward pass"):  # no load_model
-        Trainer(cfg, teacher=bridge, student=student, data=_tokens(tok))
+        Trainer(cfg, ModelPair(bridge, student), data=_tokens(tok))
     assert not (tmp_path / "r").exists()
     handle.remove()
     ctrl = AutoConfig.for_model("ctrl", n_layer=2, n_embd=32, n_head=2, dff=64, vocab_size=len(tok))
@@ -411,7 +411,7 @@ def test_a_student_whose_blocks_share_weights_is_refused_up_front(tmp_path):
     cfg = load_align_config(None, {"run_dir": str(tmp_path / "r"), "progress": False, "report": False,
                                    "figures": False, "data.batch_size": 4, "schedule.adapter": "full"})
     with pytest.raises(SemalignError, match="the student tiny-zamba2: " + shared):
-        Trainer(cfg, teacher=teacher, student=student, data=_tokens(student.tokenizer))
+        Trainer(cfg, ModelPair(teacher, student), data=_tokens(student.tokenizer))
     assert not (tmp_path / "r").exists()
 
 
@@ -422,5 +422,5 @@ def test_lora_targets_a_block_lacks_are_refused_before_training_naming_its_layer
                                    "schedule.lora_targets": ["c_attn"]})
     with pytest.raises(SemalignError, match=r"the student tiny-llama, block 0: LoRA target\(s\) \['c_attn'\] are not linear "
                                             r"layers of this block; its linear .* are \['down_proj'"):
-        Trainer(cfg, teacher=pair.teacher, student=pair.student, data=_tokens(pair.student.tokenizer))
+        Trainer(cfg, pair, data=_tokens(pair.student.tokenizer))
     assert not (tmp_path / "r").exists()

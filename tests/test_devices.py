@@ -377,7 +377,7 @@ def test_training_runs_where_the_trainer_is(run, models, gpu_pair, gpu_cross_pai
         "schedule.adapter": "lora", "schedule.lora_rank": 4, "pairing.student_layers": [0, 2],
         "targets.cache_dir": str(tmp_path / "cache"), **overrides})
     with VirtualGPU() as gpu:
-        trainer = Trainer(cfg, teacher=pair.teacher, student=pair.student,
+        trainer = Trainer(cfg, pair,
                           data=code_transfer_batch(pair.student.tokenizer, 12, 24),
                           accelerator=MetaAccelerator(cpu=True), plugins=[plugin()] if plugin else [])
         assert model_device(trainer.student) == META

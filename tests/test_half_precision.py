@@ -207,7 +207,7 @@ def test_a_bf16_pair_trains_like_the_fp32_pair(pairs, tmp_path, adapter, targets
     for name in ("float32", "bfloat16"):
         cfg = _cfg(tmp_path / name, **{"schedule.adapter": adapter, **targets,
                                        "targets.cache_dir": str(tmp_path / f"cache-{name}")})
-        result = align(cfg, teacher=pairs[name].teacher, student=pairs[name].student, data=data)
+        result = align(cfg, pairs[name], data=data)
         assert result.finished
         runs[name] = _terms(result.run_dir)
     assert len(runs["float32"]) == len(runs["bfloat16"]) > 0
@@ -230,7 +230,7 @@ def test_a_half_precision_stage_trains_fp32_master_weights(pairs, tmp_path):
     pair = pairs["bfloat16"]
     before = clean_copy(pair.student, share_weights=False)
     cfg = _cfg(tmp_path / "run", **{"schedule.lr": 1e-5, "objective.terms": {"relation": 1.0}})
-    partial = align(cfg, teacher=pair.teacher, student=pair.student, data=_data(), stop_after_steps=1)
+    partial = align(cfg, pair, data=_data(), stop_after_steps=1)
     layer = parts(partial.student).layers[0]  # stage 0 (student layer 0) is open after one of its two steps
     old = parts(before).layers[0]
     assert {p.dtype for p in layer.parameters()} == {torch.float32}
@@ -239,7 +239,7 @@ def test_a_half_precision_stage_trains_fp32_master_weights(pairs, tmp_path):
     rounded = [n for n in changed if torch.equal(layer.get_parameter(n).to(torch.bfloat16), old.get_parameter(n))]
     assert rounded  # ... where bf16 would have lost it: this lr's update rounds back to the bf16 weights
     assert {p.dtype for p in parts(partial.student).layers[2].parameters()} == {torch.bfloat16}
-    done = align(cfg, teacher=pair.teacher, student=pair.student, data=_data())  # resumes, finishes both stages
+    done = align(cfg, pair, data=_data())  # resumes, finishes both stages
     assert done.finished and {p.dtype for p in done.student.parameters()} == {torch.bfloat16}
 
 
@@ -270,7 +270,7 @@ def test_the_embedded_pair_in_bf16_loads_passes_the_copy_check_and_trains(tmp_pa
     ids = torch.randint(1, 49152, (4, 16), generator=torch.Generator().manual_seed(0))
     cfg = _cfg(tmp_path / "run", **{"data.batch_size": 2, "data.diag_sequences": 2, "schedule.stage_steps": 2,
                                     "pairing.student_layers": [5], "schedule.adapter": "lora"})
-    result = align(cfg, teacher=teacher, student=student, data=TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool)))
+    result = align(cfg, ModelPair(teacher, student), data=TokenBatch(ids, torch.ones_like(ids, dtype=torch.bool)))
     assert result.finished
     terms = _terms(result.run_dir)
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in terms)

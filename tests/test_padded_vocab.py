@@ -182,7 +182,7 @@ def test_align_on_a_padded_pair_equals_its_unpadded_twin(padded, twin, tmp_path,
     runs = {}
     for name, pair in (("padded", padded), ("twin", twin)):
         cfg = _cfg(tmp_path, name, **targets, **{k: v.format(name) for k, v in cache.items()})
-        result = align(cfg, teacher=pair.teacher, student=pair.student, data=data)
+        result = align(cfg, pair, data=data)
         assert result.finished
         runs[name] = _records(result.run_dir)
         if name == "padded":

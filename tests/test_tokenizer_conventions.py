@@ -211,14 +211,14 @@ def test_bad_tokenizer_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
 
 def test_declaring_the_separator_in_the_config_fixes_a_tokenizer_without_one(tmp_path):
     t_dir, s_dir = _refusal(tmp_path, "chatml", strip=["eos_token"])
-    teacher, student = load_model(t_dir), load_model(s_dir)
-    cfg = load_align_config(None, {"run_dir": str(tmp_path / "run"), "progress": False, "report": False,
+    cfg = load_align_config(None, {"teacher": str(t_dir), "student": str(s_dir), "run_dir": str(tmp_path / "run"),
+                                   "progress": False, "report": False,
                                    "figures": False, "data.source": str(_text_dir(tmp_path)), "data.seq_len": 24,
                                    "data.n_sequences": 8, "data.batch_size": 4, "data.diag_sequences": 2,
                                    "data.document_start": "<|endoftext|>", "schedule.stage_steps": 1,
                                    "objective.terms": {"kl": 1.0}})
-    result = Trainer(cfg, teacher=teacher, student=student).run()
-    sep = student.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    result = Trainer(cfg).run()
+    sep = load_model(s_dir).tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert document_start(load_model(result.student_path).tokenizer) == sep  # the saved student keeps it
 
 

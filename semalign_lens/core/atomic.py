@@ -50,6 +50,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def as_json(obj: Any, default=str) -> Any:
+    """`obj` as it reads back from the file `write_json_atomic` writes (tuples become lists, anything else not
+    JSON becomes `default(it)`): a record kept in memory equal to its file."""
+    return json.loads(json.dumps(obj, default=default))
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Replace `path` whole or not at all, durably, safe beside other writers; a refused write is one line
     naming `path`."""

@@ -135,6 +135,16 @@ def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def read_json(path: str | os.PathLike, what: str = "file", fix: str = "") -> Any:
+    """The JSON value in `path` (read as `read_utf8` reads it), or a one-line error naming the file, where its JSON
+    breaks, and `fix` (what to do instead)."""
+    try:
+        return json.loads(read_utf8(path, what))
+    except json.JSONDecodeError as err:
+        raise SemalignError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+                            + (f"; {fix}" if fix else "")) from None
+
+
 _ST_HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB
 
 

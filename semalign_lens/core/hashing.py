@@ -74,6 +74,11 @@ def files_sha256(paths: Iterable[str | os.PathLike]) -> str | None:
     return digests[0] if len(digests) == 1 else sha256_hex("".join(digests))
 
 
+def safetensors_sha256(folder: Path) -> str | None:
+    """A model directory's weights: the sha256 of its .safetensors files in name order (None for none)."""
+    return files_sha256(sorted(Path(folder).glob("*.safetensors")))
+
+
 def path_key(path: Path, root: Path) -> str:
     """sha1 of a file's path relative to `root`: a deterministic shuffle of a file tree, and its hash splits."""
     return hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -61,6 +62,13 @@ class StageBar:
     def detail(self, text: str) -> None:
         """Progress inside the running stage (e.g. "step 3/12"), shown after its name."""
         self.bar.set_postfix_str(f"{self.current}… {text}")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """The body as the stage `name`: `start(name)` before it, `done()` after it."""
+        self.start(name)
+        yield
+        self.done()
 
     def done(self) -> float:
         seconds = round(time.time() - self.clock, 1)

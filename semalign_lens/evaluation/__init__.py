@@ -5,8 +5,8 @@ SemAlign paper, whose tables report only benchmark accuracies on Llama-2 models)
 
 - **Cross-entropy** (nats/token) is teacher-forced, padding masked, and optionally restricted to a
   `score_mask` (e.g. HumanEval solution tokens given the prompt). It runs on a `TransformerBridge` and on a
-  plain HF causal LM; `semalign_lens.training.pretrain.mean_cross_entropy` is the special case of unpadded blocks
-  of an HF model (same number on the same blocks; see `tests/evaluation/test_scoring.py`).
+  plain HF causal LM, through the one scoring loop of the package (`models.likelihood.token_nll`, which student
+  pretraining's validation loss runs too).
 - **Named evaluation sets** for the teacher-vs-student table (`EVAL_SETS`): held-out standard-library files
   (the validation split of `zoo/corpus.py`), a held-out slice of the standard library's *test* files,
   HumanEval prompt + canonical solution, and pydoc prose (`pydoc_data.topics`, which *is* in the student's
@@ -56,6 +56,8 @@ from ..data.transfer import (
                              code_transfer_texts,
                              decode_batch,
 )
+from ..models.likelihood import forward_logits, plain_model, sequence_nll, token_nll
+from ..models.plain import model_device
 from .eval_sets import EVAL_SETS, EvalSet, compare_cross_entropy, eval_set, eval_sets, pydoc_texts
 from .humaneval import (
                              HUMANEVAL_STOP,
@@ -78,18 +80,18 @@ from .knowledge import (
                              split_facts,
                              teacher_known_facts,
 )
-from .scoring import cross_entropy, forward_logits, model_device, model_tokenizer, plain_model, token_nll
+from .scoring import cross_entropy, model_tokenizer
 from .stats import gap_closed, mean_ci, paired_difference, summarize_seeds
-from .transfer_tasks import TransferTask, code_task, knowledge_task
+from .transfer_tasks import TaskScores, TransferTask, code_task, knowledge_task
 
 __all__ = [
     "EVAL_SETS", "HUMANEVAL_STOP", "STDLIB_TEST_EVAL_FRACTION", "EvalSet", "Fact", "FactSet",
-    "TransferTask", "answer_scores", "as_batch", "check_completion", "check_no_overlap", "code_task",
+    "TaskScores", "TransferTask", "answer_scores", "as_batch", "check_completion", "check_no_overlap", "code_task",
     "code_transfer_batch", "code_transfer_data", "code_transfer_texts", "compare_cross_entropy", "cross_entropy",
     "decode_batch", "document_start", "eval_set", "eval_sets", "evenly_spaced", "fact_eval_texts", "fact_scores",
     "fact_transfer_texts", "forward_logits", "gap_closed", "greedy_generate", "humaneval_pass_at_1",
     "humaneval_problem_ce", "humaneval_problems", "humaneval_solution_batch", "humaneval_solution_ce", "knowledge_task",
     "load_facts", "load_texts_jsonl", "mean_ci", "model_device", "model_tokenizer", "package_execution_enabled",
     "paired_difference", "plain_model", "prompt_answer_batch", "pydoc_texts", "read_jsonl", "run_program",
-    "split_facts", "stdlib_test_split", "summarize_seeds", "teacher_known_facts", "token_nll", "truncate_completion",
+    "sequence_nll", "split_facts", "stdlib_test_split", "summarize_seeds", "teacher_known_facts", "token_nll", "truncate_completion",
 ]

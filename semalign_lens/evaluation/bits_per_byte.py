@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from ..core.errors import SemalignError
 from ..data.text_bytes import bits_per_byte, token_bytes
 from ..data.tokens import tokenize
+from ..models.likelihood import token_nll
 from .eval_sets import EVAL_SETS, eval_set
-from .scoring import token_nll
 
 
 def block_texts(tokens, tokenizer) -> list[str]:

@@ -16,8 +16,9 @@ from ..core.errors import SemalignError
 from ..data import corpus
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import TokenBatch, as_batch, evenly_spaced, require_document_start, tokenize
+from ..models.likelihood import token_nll
 from .humaneval import humaneval_subset
-from .scoring import model_tokenizer, token_nll
+from .scoring import model_tokenizer
 
 EVAL_SETS: dict[str, str] = {
     "stdlib_val": "held-out standard-library files (validation split of the student's corpus)",

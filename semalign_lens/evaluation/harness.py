@@ -3,7 +3,7 @@ side by side, with the harness's own metric names and standard errors.
 
 The harness is EleutherAI's lm-evaluation-harness (`lm-eval` on PyPI, an optional extra of this package:
 `pip install 'semalign-lens[eval]'`); the wrapping is ours. Each model runs as the harness's `HFLM` holding an
-already loaded HF model: the plain copy that shares a bridge's weights (`scoring.plain_model`), so every
+already loaded HF model: the plain copy that shares a bridge's weights (`models.likelihood.plain_model`), so every
 source `load_model` takes (zoo name, directory, GGUF, Hub name, a bridge in Python) and a trained student
 (`<run>/student`, or the `semalign align` run directory itself) is scored by the harness's own code.
 
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_output_file, require_choices, require_int
+from ..core.checks import check_output_file, is_hf_model, require_choices, require_int
 from ..core.errors import SemalignError
 from ..data import tokens as data
-from .scoring import is_hf_model, model_tokenizer, plain_model
+from ..models.likelihood import plain_model
+from .scoring import model_tokenizer
 
 EXTRA = "eval"
 INSTALL = "pip install 'semalign-lens[eval]' (or pip install 'lm-eval>=0.4')"

@@ -20,7 +20,9 @@ from ..core.errors import SemalignError
 from ..data.tasks.code import humaneval_problems
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import document_start, evenly_spaced, prompt_answer_batch, with_document_start
-from .scoring import cross_entropy, model_device, model_tokenizer, token_nll
+from ..models.likelihood import sequence_nll
+from ..models.plain import model_device
+from .scoring import cross_entropy, model_tokenizer
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 
@@ -55,21 +57,28 @@ def humaneval_solution_ce(model, *, tokenizer=None, limit: int | None = None, ma
     return cross_entropy(model, batch, score_mask=score, batch_size=batch_size, precision=precision, progress=progress)
 
 
-def humaneval_problem_ce(model, *, tokenizer=None, limit: int | None = None, precision: str = "auto"):
+def humaneval_problem_ce(model, *, tokenizer=None, limit: int | None = None, precision: str = "auto",
+                         batch_size: int = 1):
     """Per problem: CE (nats/token) of the canonical solution given the prompt, its scored tokens, and the
     same NLL in bits per byte of the solution (`bpb`: comparable across tokenizers), as a DataFrame (task_id,
     ce, tokens, bpb). `humaneval_solution_ce` is its token-weighted mean; this is the view that shows *which*
     problems a student gained or lost on."""
-    import pandas as pd
-
     tok = model_tokenizer(model, tokenizer)
     batch, score, problems = humaneval_solution_batch(tok, limit)
+    _, _, nll, counts = sequence_nll(model, batch, score, batch_size=batch_size, precision=precision)
+    return problem_table(tok, batch, score, problems, nll, counts)
+
+
+def problem_table(tokenizer, batch, score, problems: Sequence[dict], nll: Sequence[float], counts: Sequence[int]):
+    """The per-problem frame (task_id, ce, tokens, bpb) of HumanEval solution NLLs (`scoring.sequence_nll` over
+    `humaneval_solution_batch`'s batch and score mask, read with `tokenizer`)."""
+    import pandas as pd
+
     rows = []
     for i, problem in enumerate(problems):
         one, mask = batch.select([i]), score[i: i + 1]
-        total, count = token_nll(model, one, mask, batch_size=1, precision=precision)
-        rows.append({"task_id": problem["task_id"], "ce": total / count, "tokens": count,
-                     "bpb": bits_per_byte(total, scored_bytes(tok, one, mask))})
+        rows.append({"task_id": problem["task_id"], "ce": nll[i] / counts[i], "tokens": counts[i],
+                     "bpb": bits_per_byte(nll[i], scored_bytes(tokenizer, one, mask))})
     return pd.DataFrame(rows)
 
 

@@ -14,7 +14,9 @@ from ..core.errors import SemalignError
 from ..core.precision import autocast
 from ..data.tasks.facts import Fact
 from ..data.tokens import TokenBatch, prompt_answer_batch
-from .scoring import forward_logits, model_device, model_tokenizer
+from ..models.likelihood import forward_logits
+from ..models.plain import model_device
+from .scoring import model_tokenizer
 
 
 def answer_scores(model, batch: TokenBatch, score: torch.Tensor, batch_size: int = 16,

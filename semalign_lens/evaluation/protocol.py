@@ -9,15 +9,17 @@ for every method, and only the method's loss terms differ (`baselines.method_con
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ..core.atomic import write_json_atomic
 from ..core.errors import SemalignError
 from ..data.tokens import TokenBatch
-from . import TransferTask, code_task, greedy_generate, knowledge_task
+from . import TransferTask, code_task, gap_closed, greedy_generate, knowledge_task
+from .transfer_tasks import TaskScores
 
 
 @dataclass
@@ -101,7 +103,8 @@ def split_transfer(batch: TokenBatch, n_diag: int) -> tuple[TokenBatch, TokenBat
 
 @dataclass
 class TaskRun:
-    """A transfer task ready to train on: training and diagnostic sequences, and the reference scores."""
+    """A transfer task ready to train on: training and diagnostic sequences, and the reference scores (the
+    untrained student's and the teacher's metrics; `references` holds their full `TaskScores`)."""
 
     task: TransferTask
     data: TokenBatch
@@ -109,6 +112,7 @@ class TaskRun:
     n_transfer: int
     before: dict[str, float]
     teacher: dict[str, float]
+    references: dict[str, TaskScores] = field(default_factory=dict)  # "before", "teacher"
 
 
 def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int | None = None,
@@ -130,8 +134,9 @@ def build_task(name: str, profile: RunProfile, teacher, student, n_transfer: int
         n = len(data)
     else:
         raise SemalignError(f"unknown task {name!r}; valid: code, knowledge")
-    before, reference = _references(task, teacher, student, cache)
-    return TaskRun(task, data, diag, n, before=before, teacher=reference)
+    refs = _references(task, teacher, student, cache)
+    return TaskRun(task, data, diag, n, before=refs["before"].metrics, teacher=refs["teacher"].metrics,
+                   references=refs)
 
 
 def _facts(spec: str):
@@ -146,19 +151,22 @@ def _weights_id(model) -> str | None:
     return getattr(getattr(model, "provenance", None), "weights_sha256", None)
 
 
-def _references(task: TransferTask, teacher, student, cache: Path | None) -> tuple[dict, dict]:
-    """(student before, teacher) scores, cached by weights hashes and the task spec (not the transfer data)."""
+def _references(task: TransferTask, teacher, student, cache: Path | None) -> dict[str, TaskScores]:
+    """{"before": the untrained student's scores, "teacher": the teacher's}, cached by weights hashes and the task
+    spec (not the transfer data)."""
     spec = {k: v for k, v in task.meta.items()
             if k not in ("teacher_table", "n_transfer", "transfer_files", "transfer_texts")}
     key = json.dumps([task.name, _weights_id(teacher), _weights_id(student), spec], sort_keys=True, default=str)
     usable = cache is not None and None not in (_weights_id(teacher), _weights_id(student))
     store = json.loads(cache.read_text()) if usable and cache.exists() else {}
-    if key not in store:
-        store[key] = {"before": task.evaluate(student), "teacher": task.evaluate(teacher)}
-        if usable:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cache, store)  # an interrupt never leaves half a file for the next run to read
-    return store[key]["before"], store[key]["teacher"]
+    if key in store:  # an entry holds each model's metrics and, since per-problem scores exist, those too
+        return {role: TaskScores.from_record(r if "metrics" in r else {"metrics": r}) for role, r in store[key].items()}
+    refs = {"before": task.score(student), "teacher": task.score(teacher)}
+    if usable:
+        store[key] = {role: scores.record() for role, scores in refs.items()}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache, store)  # an interrupt never leaves half a file for the next run to read
+    return refs
 
 
 def _tiny_known_facts(teacher):
@@ -173,3 +181,14 @@ def _tiny_known_facts(teacher):
         if answer.startswith(" ") and answer.strip():
             facts.append(Fact("t", s, answer, templates))
     return facts or [Fact("t", "x", " x", templates)]
+
+
+def results_table(metric: str, higher_is_better: bool, before: dict, teacher: dict,
+                  after: dict[str, dict]) -> pd.DataFrame:
+    """Rows: student before, teacher, each method; columns: every metric, and gap closed on `metric`."""
+    rows = [{"model": "student (before)", **before}, {"model": "teacher", **teacher}]
+    rows += [{"model": f"student + {name}", **scores} for name, scores in after.items()]
+    table = pd.DataFrame(rows)
+    table[f"gap_closed ({metric})"] = [
+        gap_closed(before[metric], r[metric], teacher[metric], higher_is_better) for r in rows]
+    return table

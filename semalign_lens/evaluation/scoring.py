@@ -1,23 +1,17 @@
-"""Forward passes and teacher-forced cross-entropy, on a TransformerBridge or a plain HF causal LM.
+"""Teacher-forced cross-entropy of texts or token batches, on a TransformerBridge or a plain HF causal LM.
 
-Every other scorer of the package (eval sets, HumanEval, facts) goes through `forward_logits` / `token_nll`,
-so a bridge is always scored through the same weight-sharing plain copy (`plain_model`).
+Every scorer of the package (eval sets, HumanEval, facts) reads logits through `models.likelihood`
+(`forward_logits`, `token_nll`), so a bridge is always scored through the same weight-sharing plain copy.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
-from jaxtyping import Bool, Float, Int
-from tqdm.auto import tqdm
 
-from ..core.checks import is_hf_model
 from ..core.errors import SemalignError
-from ..core.precision import autocast
-from ..data.tokens import TokenBatch, as_batch
-from ..models.plain import model_device
-from ..training.objectives.losses import next_token_nll
+from ..data.tokens import as_batch
+from ..models.likelihood import token_nll
+from ..models.load import vocab_rows
 
 
 def model_tokenizer(model, tokenizer=None):
@@ -26,94 +20,6 @@ def model_tokenizer(model, tokenizer=None):
     if tok is None:
         raise SemalignError("this model carries no tokenizer (plain HF model); pass tokenizer=")
     return tok
-
-
-_PLAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def plain_model(model):
-    """The model to run for scores: an HF model as is; a raw-mode bridge as a weight-sharing plain HF copy.
-
-    Why: a TransformerBridge forward pays for its hook points and eager attention (measured here: ~1.5-2x
-    the CPU time of the same weights as a stock HF model with sdpa), and in raw mode its logits equal HF's.
-    The copy shares the bridge's tensors (no memory, and later weight edits show through); hooks attached to
-    the bridge do not run in it. Compatibility-mode bridges, native ones (no HF model behind them), and
-    families whose plain copy cannot be rebuilt exactly (`hf.clean_copy` refuses them) are run as themselves:
-    the copy is a speed-up, never a condition for scoring.
-    """
-    if is_hf_model(model):
-        return model
-    from ..models.load import model_mode
-
-    hf = getattr(model, "original_model", None)
-    if model_mode(model) != "raw" or getattr(hf, "config", None) is None:
-        return model
-    if model not in _PLAIN:
-        from ..models.plain import clean_copy
-
-        try:
-            _PLAIN[model] = clean_copy(model, share_weights=True).eval()
-        except SemalignError:
-            _PLAIN[model] = None  # not the model itself: a weak key whose value holds it would never be freed
-    return _PLAIN[model] or model
-
-
-def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], rows: int | None = None
-                   ) -> Float[torch.Tensor, "batch pos vocab"]:
-    """Logits of a TransformerBridge or an HF causal LM, on the model's device, over the real vocabulary rows
-    (`rows`, default `models.load.vocab_rows(model)`: a head padded beyond its tokenizer gives no padded column). The
-    tokens go to the model's device (a student trained on a GPU is scored where it is, and its [batch, pos, V]
-    logits never cross to the host: reduce them there). Right padding needs no attention mask (causal).
-
-    Scores are over the real rows only (ours): a padded row is never a target, and the softmax over the
-    tokenizer's rows is the model's distribution over text; it differs from the all-rows one by the log of
-    (1 + the mass on padded rows), which a trained model keeps near 0 (they never appear in its data)."""
-    from ..models.load import vocab_rows
-
-    rows = vocab_rows(model) if rows is None else rows
-    model = plain_model(model)
-    device = model_device(model)
-    if is_hf_model(model):
-        logits = model(input_ids=tokens.to(device), use_cache=False).logits
-    else:
-        logits = model(tokens.to(device), return_type="logits")
-    return logits[..., :rows]
-
-
-def token_nll(model, batch: TokenBatch, score_mask: Bool[torch.Tensor, "batch pos"] | None = None,
-              batch_size: int = 8, precision: str = "auto", progress: bool = False,
-              desc: str = "cross-entropy", rows: int | None = None) -> tuple[float, int]:
-    """(sum of next-token NLL in nats, number of scored tokens) over `batch`.
-
-    Position t is scored when token t is real (and in `score_mask`, if given) and t >= 1: it is predicted
-    from positions < t. Padding never counts. Runs under no_grad in eval mode and restores the mode. The
-    softmax is over the real vocabulary rows (`forward_logits`; `rows`), in fp32 whatever the model's dtype,
-    on the model's device: one number per batch comes back to the host.
-    """
-    if score_mask is None:
-        score_mask = batch.mask
-    if score_mask.shape != batch.mask.shape:
-        raise SemalignError(f"score_mask {tuple(score_mask.shape)} and batch {tuple(batch.mask.shape)} differ")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    starts = range(0, len(batch), batch_size)
-    device = model_device(model)
-    try:
-        for i in tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
-            mask = batch.mask[i: i + batch_size]
-            width = int(mask.sum(1).max())
-            tokens = batch.tokens[i: i + batch_size, :width]
-            scored = (score_mask[i: i + batch_size, :width] & mask[:, :width])[:, 1:]
-            if not scored.any():
-                continue
-            with torch.no_grad(), autocast(precision, device):
-                logits = forward_logits(model, tokens, rows)
-            count += int(scored.sum())
-            total += next_token_nll(logits, tokens.to(device), scored.to(device)).item()
-    finally:
-        model.train(was_training)
-    return total, count
 
 
 def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | None = None, max_len: int | None = 512,
@@ -127,8 +33,6 @@ def cross_entropy(model, data, *, tokenizer=None, score_mask: torch.Tensor | Non
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     batch = as_batch(data, tok, max_len)
-    from ..models.load import vocab_rows
-
     total, count = token_nll(model, batch, score_mask, batch_size=batch_size, precision=precision, progress=progress,
                              rows=vocab_rows(model, tokenizer))
     if count == 0:

@@ -8,7 +8,7 @@ the paper's future work asks for pairing "based on layer outputs").
 (least squares, `fit_affine_map`) on the `fit` tokens. On the `heldout` sequences the student's residual at s
 is replaced by the mapped teacher state and the student runs on from there (a hook on the block of the
 weight-sharing plain copy the scorers run, else the bridge's own `blocks.0.hook_in` / `blocks.{b}.hook_out`),
-scored by `evaluation.scoring.token_nll`. The **stitching penalty** is the
+scored by `models.likelihood.token_nll`. The **stitching penalty** is the
 student's held-out next-token cross-entropy then, minus its own (nats/token): 0 = the teacher state, read
 linearly, serves the student as well as its own; one full forward's worth of evidence per cell, not a
 geometric proxy.
@@ -51,8 +51,8 @@ from ..core.errors import SemalignError
 from ..data.tokens import TokenBatch
 from ..lens.capture import accumulated_resid, hook_name
 from ..lens.similarity import cross_products, paired_tokens, precision_dtype, residual_labels
+from ..models.likelihood import plain_model, token_nll
 from ..models.plain import parts
-from .scoring import plain_model, token_nll
 
 
 @dataclass
@@ -147,7 +147,7 @@ class StitchingMap:
 def _overwritten(model, point: int, overwrite: Callable[[Tensor], Tensor]):
     """While open, `model`'s forwards run with the residual at `point` (0 = block 0's input, b + 1 = block b's
     output) replaced by `overwrite(state)`. The scorers run the weight-sharing plain HF copy where there is one
-    (`evaluation.scoring.plain_model`: no hook points, sdpa attention, 3-5x faster here), so the hook goes on its
+    (`models.likelihood.plain_model`: no hook points, sdpa attention, 3-5x faster here), so the hook goes on its
     block (`models.plain.parts`; point 0 is block 0's input, the `embed` of `models.residuals.ResidualStates`); a
     bridge scored as itself gets its own residual hook (`lens.capture.hook_name`)."""
     plain = plain_model(model)
@@ -268,7 +268,7 @@ def _points(points: Sequence[int] | None, n_layers: int, role: str) -> list[int]
 
 def _heldout_nll(model, batch: TokenBatch, score: Bool[Tensor, "seq pos"], rows_per_forward: int, precision: str,
                  point: int | None = None, keep: Tensor | None = None, states: Tensor | None = None) -> float:
-    """Summed next-token NLL of `batch` over the `score` targets (`evaluation.scoring.token_nll`), optionally with
+    """Summed next-token NLL of `batch` over the `score` targets (`models.likelihood.token_nll`), optionally with
     the residual at `point` overwritten at the `keep` positions by the rows of `states` (`[n_kept, d]`, in the
     order of those positions), `rows_per_forward` sequences at a time."""
     if point is None:

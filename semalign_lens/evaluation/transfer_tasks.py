@@ -13,25 +13,51 @@ from ..data.tasks.facts import Fact, FactSet, load_facts
 from ..data.text_bytes import bits_per_byte, scored_bytes
 from ..data.tokens import TokenBatch, prompt_answer_batch, tokenize
 from ..data.transfer import check_no_overlap, code_transfer_data, code_transfer_texts
+from ..models.likelihood import sequence_nll, token_nll
 from .eval_sets import eval_set
-from .humaneval import humaneval_solution_batch
+from .humaneval import humaneval_solution_batch, problem_table
 from .knowledge import fact_eval_texts, fact_scores, fact_transfer_texts, teacher_known_facts
-from .scoring import model_tokenizer, token_nll
+from .scoring import model_tokenizer
+
+
+@dataclass
+class TaskScores:
+    """One model's scores on a task: {metric: value}, and one row per item where the task has items worth
+    seeing one by one (the code task's HumanEval problems: task_id, ce, tokens, bpb), from the same forwards."""
+
+    metrics: dict[str, float]
+    per_problem: Any = None  # a DataFrame, or None
+
+    def record(self) -> dict:
+        """As JSON (a references cache)."""
+        rows = None if self.per_problem is None else self.per_problem.to_dict("records")
+        return {"metrics": self.metrics, "per_problem": rows}
+
+    @classmethod
+    def from_record(cls, record: dict) -> TaskScores:
+        import pandas as pd
+
+        rows = record.get("per_problem")
+        return cls(record["metrics"], None if rows is None else pd.DataFrame(rows))
 
 
 @dataclass
 class TransferTask:
     """Everything a method needs for one task: transfer data, and a scorer of a model.
 
-    `evaluate(model)` returns {metric: value}; `metric` is the headline one, `higher_is_better` its direction.
+    `score(model)` returns its `TaskScores`, `evaluate(model)` just their {metric: value}; `metric` is the
+    headline one, `higher_is_better` its direction.
     """
 
     name: str
     transfer: TokenBatch
-    evaluate: Callable[[Any], dict[str, float]]
+    score: Callable[[Any], TaskScores]
     metric: str
     higher_is_better: bool
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return self.score(model).metrics
 
 
 def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_limit: int | None = 48,
@@ -48,7 +74,7 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
     tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer
     if heldout_tokens < seq_len:
         raise SemalignError(f"heldout_tokens = {heldout_tokens} is less than one block of seq_len = {seq_len}; the "
-                            "code task's headline score needs held-out tokens (the issue asks for >= 16384)")
+                            "code task's headline score needs held-out tokens: raise heldout_tokens (default 16384)")
     transfer, n_files = code_transfer_data(tokenizer, n_transfer, seq_len, per_file)
     batch, score, problems = humaneval_solution_batch(tokenizer, limit=humaneval_limit)
     sources = code_transfer_texts(n_files)
@@ -62,21 +88,25 @@ def code_task(tokenizer, n_transfer: int = 256, seq_len: int = 128, humaneval_li
 
     foreign: dict[int, dict] = {}  # another tokenizer's own tokenisation of the same texts, built once
 
-    def evaluate(model) -> dict[str, float]:
+    def score_model(model) -> TaskScores:
         own = getattr(model, "tokenizer", None)
         if own is None or own.get_vocab() == tokenizer.get_vocab():
-            sets = scored
+            own, sets = tokenizer, scored
         else:
             if id(own) not in foreign:
                 foreign[id(own)] = _same_texts(own, heldout, tokenizer, problems)
             sets = foreign[id(own)]
         out = {}
         for name, (b, m, n_bytes) in sets.items():
-            total, count = token_nll(model, b, m, batch_size=8, precision=precision)
+            if name == "humaneval":  # per problem from the same forwards (`sequence_nll`)
+                total, count, nll, counts = sequence_nll(model, b, m, batch_size=8, precision=precision)
+                per_problem = problem_table(own, b, m, problems, nll, counts)
+            else:
+                total, count = token_nll(model, b, m, batch_size=8, precision=precision)
             out[f"{name}_ce"], out[f"{name}_bpb"] = total / count, bits_per_byte(total, n_bytes)
-        return out
+        return TaskScores(out, per_problem)
 
-    return TransferTask("code", transfer, evaluate, "stdlib_test_ce", higher_is_better=False,
+    return TransferTask("code", transfer, score_model, "stdlib_test_ce", higher_is_better=False,
                         meta={"n_transfer": n_transfer, "seq_len": seq_len, "humaneval_problems": len(problems),
                               "transfer_files": n_files, "heldout_tokens": heldout.n_tokens,
                               "heldout_files": heldout.meta["files"], "heldout_bytes": scored["stdlib_test"][2],
@@ -123,12 +153,12 @@ def knowledge_task(teacher, facts: FactSet | Sequence[Fact] | str | Path | None 
                      names=("knowledge transfer phrasings", "held-out phrasings"))
     transfer = tokenize(getattr(student_tokenizer, "tokenizer", None) or student_tokenizer or tok, texts)
 
-    def evaluate(model) -> dict[str, float]:
+    def score_model(model) -> TaskScores:
         scores = fact_scores(model, kept, "eval", n_eval, getattr(model, "tokenizer", None) or tok, precision)
-        return {"answer_logprob": float(scores["answer_logprob"].mean()),
-                "exact_match": float(scores["exact_match"].mean())}
+        return TaskScores({"answer_logprob": float(scores["answer_logprob"].mean()),
+                           "exact_match": float(scores["exact_match"].mean())})
 
-    return TransferTask("knowledge", transfer, evaluate, "answer_logprob", higher_is_better=True,
+    return TransferTask("knowledge", transfer, score_model, "answer_logprob", higher_is_better=True,
                         meta={"facts": len(facts), "teacher_known": len(kept), "n_eval": n_eval,
                               "transfer_texts": len(texts), "kept_ids": [f.id for f in kept],
                               "teacher_table": table})

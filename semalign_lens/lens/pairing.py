@@ -34,7 +34,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -47,7 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..core.checks import check_output_file, read_utf8, require_hooked
+from ..core.checks import check_output_file, read_json, require_hooked
 from ..core.errors import SemalignError
 from .capture import parse_hook_name
 
@@ -83,9 +82,11 @@ def layer_of(value: int | float | str) -> int | float:
         if point not in ("resid_pre", "resid_post"):  # a block's attention or MLP write is not a residual state
             raise SemalignError(point)
     except SemalignError:
+        point = None
+    if point not in ("resid_pre", "resid_post"):  # a block's attention or MLP write is no residual state
         raise SemalignError(f"pairing layer {value!r} is neither a block index nor a residual hook name; use b, "
                             "blocks.b.hook_resid_post or blocks.b.hook_resid_pre (= block b − 1's output), or the "
-                            "bridge's blocks.b.hook_out / hook_in") from None
+                            "bridge's blocks.b.hook_out / hook_in")
     layer = block if point == "resid_post" else block - 1
     if layer < 0:
         raise SemalignError(f"pairing layer {value!r} is the embeddings, which are never paired; pair a block's "
@@ -315,11 +316,7 @@ class LayerPairing:
         path = Path(path)
         if not path.exists():
             raise SemalignError(f"pairing file {path} does not exist")
-        try:
-            data = json.loads(read_utf8(path, "pairing file"))
-        except json.JSONDecodeError as err:
-            raise SemalignError(f"{path} is not valid JSON ({err}); write pairings with LayerPairing.save") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "pairing file", "write pairings with LayerPairing.save"))
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_output_file, read_utf8, require_choices
+from ..core.checks import check_output_file, read_json, read_utf8, require_choices
 from ..core.errors import SemalignError, writing
 from .pairing import LayerPair, LayerPairing
 
@@ -97,10 +97,7 @@ def load_pairs(source: str | os.PathLike) -> list[LayerPair]:
     if not path.is_file():
         raise SemalignError(f"pairing file {path} does not exist; pass a file written by LayerPairing.save or the "
                             "directory of a semalign align run")
-    try:
-        data = json.loads(read_utf8(path, "pairing file"))
-    except json.JSONDecodeError as err:
-        raise SemalignError(f"{path} is not valid JSON ({err}); pass a file written by LayerPairing.save") from None
+    data = read_json(path, "pairing file", "pass a file written by LayerPairing.save")
     if isinstance(data, list):  # a run's record of its pairs (`LayerPair.record`)
         try:
             return [LayerPair(**record) for record in data]
@@ -200,11 +197,7 @@ def _block_index(name: str) -> int:
 
 
 def _read_modelopt(path: Path) -> dict:
-    try:
-        data = json.loads(read_utf8(path, "ModelOpt export"))
-    except json.JSONDecodeError as err:
-        raise SemalignError(f"{path} is not valid JSON ({err}); pass a file written by export_pairing(..., "
-                            "'modelopt', ...)") from None
+    data = read_json(path, "ModelOpt export", "pass a file written by export_pairing(..., 'modelopt', ...)")
     if not isinstance(data, dict) or not isinstance(data.get("criterion_layers"), list):
         raise SemalignError(f"{path} has no criterion_layers list; pass a file written by export_pairing(..., "
                             "'modelopt', ...)")

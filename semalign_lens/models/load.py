@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from ..core.checks import check_safetensors, require_hooked, require_tokenizer
+from ..core.checks import check_safetensors, is_hf_model, require_hooked, require_tokenizer
 from ..core.errors import SemalignError
-from ..core.hashing import files_sha256
+from ..core.hashing import safetensors_sha256
 from .architectures import NATIVE_TYPE
 
 MODES = ("raw", "compat")
@@ -61,10 +61,6 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _weights_hash(folder: Path) -> str | None:
-    return files_sha256(sorted(folder.glob("*.safetensors")))
 
 
 def _offline_alternatives() -> str:
@@ -305,7 +301,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
     config.json, intact safetensors headers, tokenizer files); what transformers still refuses, and weights
     that do not fit the config, become one-line `SemalignError`s naming the directory."""
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if mode not in MODES:
         raise SemalignError(f"mode must be one of {MODES}, got {mode!r}")
@@ -335,7 +331,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         return source
     dtype = dtype or torch.float32
     device = _target_device(device)
-    if isinstance(source, PreTrainedModel):
+    if is_hf_model(source):
         if tokenizer is None:
             raise SemalignError("an in-memory HF model needs its tokenizer: load_model(model, tokenizer=tok)")
         # The bridge rewires the HF modules it wraps, so wrap a copy and leave the caller's model intact.
@@ -351,7 +347,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
         if config["model_type"].startswith(NATIVE_TYPE):  # a native model saved by the trainer (`native`)
             bridge = _load_native_dir(folder, config, tokenizer, dtype, device)
             return _finish(bridge, mode, Provenance(source=name or str(source), kind=kind, path=str(folder),
-                                                    weights_sha256=_weights_hash(folder),
+                                                    weights_sha256=safetensors_sha256(folder),
                                                     dtype=str(dtype).replace("torch.", ""), mode=mode))
         hf_model, info = _from_pretrained(AutoModelForCausalLM, folder, "model", dtype=dtype, output_loading_info=True)
         missing = sorted(info.get("missing_keys") or [])
@@ -361,7 +357,7 @@ def load_model(source: Any, *, tokenizer: Any = None, name: str | None = None, d
                                 f"{missing[0]}); the config and weights come from different models: re-download or "
                                 "re-export the model")
         hf_model = hf_model.to(device)  # TransformerLens leaves a model it is handed where it is
-        path, label, weights_hash = str(folder), name or str(source), _weights_hash(folder)
+        path, label, weights_hash = str(folder), name or str(source), safetensors_sha256(folder)
     else:
         raise SemalignError(f"cannot load a model from {type(source).__name__}; pass a zoo name, a path, a Hub "
                             "name, or an HF PreTrainedModel with tokenizer=")

@@ -131,7 +131,7 @@ def card_from_run(run_dir: str | Path, out_dir: str | Path, max_tokens: int = 16
     from ..data import corpus
     from ..evaluation.bits_per_byte import bits_per_byte_table
     from ..models.load import load_model
-    from ..training.pretrain import mean_cross_entropy, pretrain_run_config
+    from ..training.pretrain import pretrain_run_config, validation_loss
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = pretrain_run_config(run_dir)
@@ -142,7 +142,7 @@ def card_from_run(run_dir: str | Path, out_dir: str | Path, max_tokens: int = 16
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     root = corpus.stdlib_root()
     val = [root / f for f in json.loads((run_dir / "corpus.json").read_text())["val_file_list"]]
-    val_loss = mean_cross_entropy(hf, corpus.blocks(corpus.token_stream(val, tokenizer), cfg.seq_len),
+    val_loss = validation_loss(hf, corpus.blocks(corpus.token_stream(val, tokenizer), cfg.seq_len),
                                   precision="fp32")
     names = dict.fromkeys([cfg.teacher, "stdlib-student", cfg.name])
     models = {n: load_model(str(out_dir) if n == cfg.name else n, name=n) for n in names}

@@ -20,7 +20,7 @@ share of the global batch's tokens, so averaged gradients and logged losses equa
 whole-batch ones on the same global batch. Which processes load the teacher, how the others wait for the main
 process's own work (the map, the target cache, diagnostics) and why FSDP/DeepSpeed configs are refused:
 `processes.py`. The main process writes every record to `metrics.jsonl` and, where `trackers` names them, to
-the experiment trackers (`trackers.py`).
+the experiment trackers (`trackers.py`), and keeps it: the `AlignResult` a run returns carries its records.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.atomic import write_json_atomic
+from ..core.atomic import as_json, write_json_atomic
 from ..core.checks import require_int
 from ..core.errors import Interrupted, SemalignError, writing
 from ..core.precision import autocast, precision_record, resolve_precision
@@ -50,7 +50,10 @@ from ..lens.capture import accumulated_resid
 from ..lens.interchange import interchange_logits
 from ..lens.pairing import LayerPair
 from ..models.architectures import lora_problem
+from ..models.inspect import trainer_problem
+from ..models.load import check_bridge_runs, head_rows, load_model, model_name, vocab_rows
 from ..models.lora import save_lora
+from ..models.pair import ModelPair
 from ..models.plain import clean_copy, parts, skeleton, underlying_hf, weights_fingerprint
 from ..models.readout import lens_fn
 from ..models.residuals import ResidualStates, residual_states
@@ -100,7 +103,7 @@ class NonFiniteLossError(SemalignError):
 class AlignResult:
     """What a run leaves, as records: the final numbers, every metric record, the CKA maps, the config,
     pairing and provenance it wrote, the saved student (and the page, once `reports.run.draw_run` drew it).
-    Consumers read these fields, not the run directory's files."""
+    Each field equals what the run directory's files hold; consumers read the fields, not the files."""
 
     run_dir: Path
     final: dict
@@ -115,6 +118,11 @@ class AlignResult:
     # a finished run's experiment trackers (`AlignConfig.trackers`), open for the figures drawn above the trainer
     # (`reports.tracking.track_figures`) until `end_trackers()`
     trackers: Trackers | None = None
+    # what the fairness rule fixes across the methods of one comparison: trainable parameters per stage, the
+    # training data's hash, the steps (set by the trainer; unknown when drawn again from a directory)
+    trainable_params: dict[int, int] = field(default_factory=dict)
+    data_hash: str = ""
+    steps: int = 0
 
     @property
     def finished(self) -> bool:
@@ -145,21 +153,20 @@ class AlignResult:
                    provenance=read("provenance.json", {}))
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-
 # ----------------------------------------------------------------------------------------------- trainer
 
 class Trainer:
     """SemAlign training of a student against a teacher; `run()` trains (or resumes) and returns the result.
 
     Everything that can be wrong with the input is checked in the constructor, before any training: first
-    what needs no model (`preflight`: run_dir, data source, model sources, depths), then the config (strict
-    keys, positive rates and weights), the models' shared vocabulary, mode and depths (the teacher at least as
-    deep as the student), the pairing against both models, the transfer map's shape, and a target cache's
-    identity.
+    what needs no model (`preflight`: the config, run_dir, data source, model sources, depths), then what needs
+    the loaded models (the trainer's own needs of each model, the pairing against both, the transfer map's
+    shape, a target cache's identity). The pair itself is checked once, where it is built (`ModelPair`): a pair
+    passed in is taken as it is, and a pair loaded from the config's sources is built here.
 
-    The Python API may pass already-loaded models (TransformerBridges from `load_model`), a pairing (a
-    `LayerPairing`, `LayerPair`s or rows), a `TransferMap` and token batches instead of the config's sources.
+    The Python API may pass an already-loaded, validated `ModelPair` (`ModelPair(teacher, student)`,
+    `ModelPair.load(...)`), a pairing (a `LayerPairing`, `LayerPair`s or rows), a `TransferMap` and token
+    batches instead of the config's sources.
 
     `plugins` (duck-typed, every hook optional) extend a run for methods that need more than loss terms:
     `setup(trainer, teacher)` once after construction (`teacher` is the caller's model, there even when the
@@ -172,24 +179,34 @@ class Trainer:
     progress display (the demo's stage bar) follows a run whose own bar is off.
     """
 
-    def __init__(self, config: AlignConfig | None = None, *, teacher=None, student=None, pairing=None,
+    def __init__(self, config: AlignConfig | None = None, pair: ModelPair | None = None, *, pairing=None,
                  transfer=None, data: TokenBatch | None = None, diag_data: TokenBatch | None = None,
                  run_dir: str | Path | None = None, accelerator=None, plugins: Sequence[Any] = ()):
-
-        from ..models.inspect import trainer_problem
-        from ..models.load import check_bridge_runs, head_rows, load_model, model_name, vocab_rows
-        from ..models.pair import ModelPair, vocabulary_mismatch
-
-        if config is not None and not isinstance(config, AlignConfig):
-            raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
-                                f"{type(config).__name__}")
-        self.cfg = cfg = config or AlignConfig()
-        cfg.validate()
         # every check that needs no loaded model, before anything loads or is written (training/preflight.py)
-        preflight(cfg, run_dir or cfg.run_dir, teacher=teacher, student=student, data=data, pairing=pairing,
-                  transfer=transfer)
-        self.run_dir = Path(run_dir or cfg.run_dir)
-        # the process group waits PROCESS_GROUP_TIMEOUT for the main process's own work; FSDP/DeepSpeed refused
+        self.cfg = preflight(config, run_dir, pair=pair, data=data, pairing=pairing, transfer=transfer)
+        self.run_dir = Path(run_dir or self.cfg.run_dir)
+        self.plugins = list(plugins)
+        self._join_processes(accelerator)
+        self._read_objectives()
+        teacher, student, shared = self._load_models(pair)
+        self._check_models(teacher, student, shared)
+        self._read_data(data, diag_data, student, teacher)
+        self._copy_models(teacher, student)
+        self._pair_layers(pairing, shared)
+        self._build_transfer(transfer, teacher, student, shared)
+        self._record_run(teacher, student, shared)
+        self._check_resume_identity()
+        self.targets = self._make_targets()
+        self._start_training_state()
+        self._start_plugins(teacher)
+        self._release_teacher()
+
+    # ------------------------------------------------------------------------------------------- construction
+    def _join_processes(self, accelerator) -> None:
+        """This process's place in the run: the accelerator (FSDP/DeepSpeed refused, `processes`), its trackers,
+        its share of the batch, and a run directory no other process trains in."""
+        cfg = self.cfg
+        # the process group waits PROCESS_GROUP_TIMEOUT for the main process's own work
         self.acc = accelerator or run_accelerator(cfg.trackers, self.run_dir / TRACKER_DIR)
         refuse_sharding(self.acc)
         missing = sorted(set(cfg.trackers) - {str(t) for t in self.acc.log_with})
@@ -206,6 +223,11 @@ class Trainer:
                                 "processes; choose a multiple of the process count")
         if self.main:  # another process training in run_dir: refused before anything loads (run() takes the lock)
             refuse_if_locked(self.run_dir, "run_dir")
+
+    def _read_objectives(self) -> None:
+        """The config's loss terms, what they need (teacher states, logits, a teacher lens), the micro-batch, and
+        the precision the steps compute in."""
+        cfg = self.cfg
         self.objectives: list[tuple[str, Objective, float, dict]] = [
             (name, get_objective(name), float(w), get_objective(name).options(cfg.objective.options.get(name)))
             for name, w in cfg.objective.terms.items()]
@@ -216,7 +238,7 @@ class Trainer:
                     warnings.warn(f"objective {name!r} takes {obj.batch_statistic}: with train.micro_batch_size = "
                                   f"{self.micro_batch} each micro-batch takes its own, so the step's gradient "
                                   "differs from the whole batch's; unset train.micro_batch_size for the exact "
-                                  "one", stacklevel=2)
+                                  "one", stacklevel=3)
         self.need_logits = any(o.kind == "output" for _, o, _, _ in self.objectives)
         self.need_teacher_logits = any(o.needs_teacher_logits for _, o, _, _ in self.objectives)
         self.need_teacher_states = any(o.kind == "layer" for _, o, _, _ in self.objectives)
@@ -225,62 +247,78 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = lambda: autocast(self.precision, self.device)
 
-        # sources are read into host memory (what `semalign plan` counts); the plain copies below move to the device.
-        # The teacher only where it is used (`processes.teacher_everywhere`); the main process checks the pair and
-        # builds the map once, and the others wait here for what they need of it (`setup.MainSetup`)
+    def _load_models(self, pair: ModelPair | None) -> tuple[Any, Any, MainSetup | None]:
+        """(teacher, student, what the main process sends): the caller's pair, or the config's sources read into
+        host memory (what `semalign plan` counts); the plain copies move to the device later. The teacher only
+        where it is used (`processes.teacher_everywhere`); the main process checks the pair and builds the map
+        once, and the others wait here for what they need of it (`setup.MainSetup`)."""
+        cfg = self.cfg
         # a term reading the teacher's logit lens (lens_kl) reads it from a top-k target cache (`targets`), else
         # keeps the lens (its final norm and head) and runs it every step
         self.lens_cached = ("teacher_lens" in self.needs and cfg.targets.mode == "cached"
                             and cfg.targets.logits_store == "topk")
         runs_teacher = "teacher_model" in self.needs or ("teacher_lens" in self.needs and not self.lens_cached)
-        if not (self.main or teacher_everywhere(cfg, self.need_teacher_states or self.need_teacher_logits, plugins,
-                                                runs_teacher)):
-            teacher = None
-        elif teacher is None:
-            teacher = load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu")
-        student = student if student is not None else load_model(cfg.student, dtype=cfg.torch_dtype, device="cpu")
+        needs_teacher = self.main or teacher_everywhere(
+            cfg, self.need_teacher_states or self.need_teacher_logits, self.plugins, runs_teacher)
+        if pair is not None:
+            teacher, student = (pair.teacher if needs_teacher else None), pair.student
+        else:
+            teacher = load_model(cfg.teacher, dtype=cfg.torch_dtype, device="cpu") if needs_teacher else None
+            student = load_model(cfg.student, dtype=cfg.torch_dtype, device="cpu")
         shared = None if self.main else from_main(self.acc, None, "the teacher's checks, diagnostics and map",
                                                   say=cfg.progress)
         # a half-precision student computes in its dtype: autocast to it, whatever `precision` says, so the fp32
         # master weights of a stage (`schedule._fp32_masters`) run beside its frozen bf16/fp16 weights
-        half = next((p.dtype for p in student.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
-        if half is not None:
-            self.autocast = lambda: torch.autocast(self.device.type, dtype=half)
+        self.half = next((p.dtype for p in student.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
+        if self.half is not None:
+            self.autocast = lambda: torch.autocast(self.device.type, dtype=self.half)
         self.cross = cfg.vocab == "intersection"
         if cfg.data.document_start is not None:  # declared on the tokenizers, so the saved student keeps it
             for model in (student,) if self.cross or teacher is None else (student, teacher):
                 set_document_start(model.tokenizer, cfg.data.document_start)
+        if pair is None and shared is None:  # the pair's checks, once, where the pair is built
+            pair = ModelPair(teacher, student, vocab=cfg.vocab)
+        self.alignment = pair.alignment if shared is None else shared.alignment
+        return teacher, student, shared
+
+    def _check_models(self, teacher, student, shared: MainSetup | None) -> None:
+        """What the trainer needs of each model beyond a valid pair (by the main process; the others take its
+        results): the real vocabulary rows, terms that fit the kind of vocabulary, known blocks with an exact
+        plain copy, and LoRA targets the student has."""
         self.teacher_facts = TeacherFacts.of(teacher) if shared is None else shared.teacher
-        if shared is None:  # the pair's checks, by the main process (the others take its results)
-            if not self.cross and (problem := vocabulary_mismatch(teacher, student)) is not None:
-                raise SemalignError(f"{problem}; set vocab = 'intersection' to train through the shared token "
-                                    "strings at aligned positions (training/cross_pair.py)")
-            # same loading mode, teacher at least as deep; a cross-tokenizer pair's shared tokens (a tiny share
-            # refused)
-            self.alignment = ModelPair(teacher, student, vocab=cfg.vocab).alignment
-            # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None
-            # where a head has no padding (nothing is sliced)
-            self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m)
-                                        for m in (teacher, student))
-            if not self.cross and (self.t_rows or self.s_rows):
-                self.t_rows = self.s_rows = vocab_rows(student)  # one tokenizer: the KL compares the common real rows
-            self._check_objectives_fit_vocab()
-            for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
-                if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
-                    check_bridge_runs(model, f"the {role} {model_name(model)}")
-                if (problem := trainer_problem(model, f"the {role} {model_name(model)}", trained=role == "student")):
-                    raise SemalignError(problem)
-            if cfg.schedule.adapter == "lora" and (problem := lora_problem(
-                    skeleton(underlying_hf(student)), f"student {model_name(student)}",
-                    cfg.schedule.lora_targets)) is not None:
-                raise SemalignError(problem)
-        else:
-            self.alignment, (self.t_rows, self.s_rows) = shared.alignment, shared.rows
+        self.depths = (self.teacher_facts.blocks, student.cfg.n_layers)
         self.names = {"teacher": self.teacher_facts.name, "student": model_name(student)}
-        self.models_provenance = {"teacher": self.teacher_facts.provenance,
-                                  "student": getattr(student, "provenance", None)}
+        if shared is not None:
+            self.t_rows, self.s_rows = shared.rows
+            return
+        # the real vocabulary rows (`models.vocab_rows`) every output term, lens and cached logit reads; None
+        # where a head has no padding (nothing is sliced)
+        self.t_rows, self.s_rows = (None if vocab_rows(m) == head_rows(m) else vocab_rows(m)
+                                    for m in (teacher, student))
+        if not self.cross and (self.t_rows or self.s_rows):
+            self.t_rows = self.s_rows = vocab_rows(student)  # one tokenizer: the KL compares the common real rows
+        self._check_objectives_fit_vocab()
+        for role, model in (("teacher", teacher), ("student", student)):  # known blocks, an exact plain copy
+            if getattr(model, "provenance", None) is None:  # a bridge not from load_model, so never probed
+                check_bridge_runs(model, f"the {role} {model_name(model)}")
+            if (problem := trainer_problem(model, f"the {role} {model_name(model)}", trained=role == "student")):
+                raise SemalignError(problem)
+        if self.cfg.schedule.adapter == "lora" and (problem := lora_problem(
+                skeleton(underlying_hf(student)), f"student {model_name(student)}",
+                self.cfg.schedule.lora_targets)) is not None:
+            raise SemalignError(problem)
+
+    def _check_objectives_fit_vocab(self) -> None:
+        """Every term fits the pair's kind of vocabulary (`Objective.vocab_problem`)."""
+        for _, obj, _, _ in self.objectives:
+            if (problem := obj.vocab_problem(self.cross)) is not None:
+                raise SemalignError(problem)
+
+    def _read_data(self, data: TokenBatch | None, diag_data: TokenBatch | None, student, teacher) -> None:
+        """The training and diagnostic sequences (the caller's batches or the config's source), and the
+        diagnostic positions where teacher and student states compare (all real ones for one vocabulary)."""
+        cfg = self.cfg
         self.tokenizer = student.tokenizer
-        n_teacher, n_student = self.teacher_facts.blocks, student.cfg.n_layers
         self.data = (AlignData.from_batches(data, diag_data, cfg.data.diag_sequences) if data is not None
                      else build_data(cfg.data, self.tokenizer))
         if len(self.data) < cfg.data.batch_size:
@@ -288,18 +326,23 @@ class Trainer:
                                 f"{cfg.data.batch_size}; add data or lower data.batch_size")
         if self.cross:  # the teacher reads its own tokenization of every block
             self.data = self.data.with_teacher_views(student.tokenizer, teacher.tokenizer)
-        # the diagnostic positions where teacher and student states compare (all real ones for one vocabulary)
         self.diag_mask = (self.data.diag.mask & self.data.diag_teacher.aligned) if self.cross else self.data.diag.mask
 
-        # plain HF copies: the teacher's weights shared, the student's copied (the caller's model is untouched)
+    def _copy_models(self, teacher, student) -> None:
+        """Plain HF copies on the device: the teacher's weights shared, the student's copied (the caller's model
+        is untouched), and the student's logit lens."""
         self.teacher = (None if teacher is None else
                         clean_copy(teacher, share_weights=True).to(self.device).eval().requires_grad_(False))
         self.student = clean_copy(student, share_weights=False).to(self.device)
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
         self.lens = lens_fn(self.student, self.s_rows)
-        # the teacher's diagnostic states, its logit-lens top-1 ids at the paired layers, CKA stack and pairing:
-        # the main process's (diagnostics run there)
+
+    def _pair_layers(self, pairing, shared: MainSetup | None) -> None:
+        """The teacher's diagnostic states and CKA stack (the main process's: diagnostics run there), the layer
+        pairs (checked against both depths) and the stages that train them."""
+        cfg = self.cfg
+        n_teacher, n_student = self.depths
         self.teacher_diag, self.teacher_top1, self.teacher_stack = ResidualStates(), {}, None
         if shared is None:
             diag_tokens = (self.data.diag_teacher if self.cross else self.data.diag).tokens.to(self.device)
@@ -319,33 +362,31 @@ class Trainer:
         self.pairs.sort(key=lambda p: p.student_layer)
         self.prev = {p.student_layer: (self.pairs[i - 1] if i else None) for i, p in enumerate(self.pairs)}
         self.stages = build_stages(cfg.schedule, self.pairs)
+        self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
+        # the teacher states each stage's layer terms read (none without a layer term)
+        self.stage_states = {st.index: stage_states(st.pairs if self.need_teacher_states else (), self.pairs)
+                             for st in self.stages}
+
+    def _build_transfer(self, transfer, teacher, student, shared: MainSetup | None) -> None:
+        """The teacher's lens top-1 ids at the paired layers (for the diagnostics) and the TransferMap, by the
+        main process; the others take its map."""
         if shared is None:
             self.teacher_top1 = lens_top1(self.teacher, self.teacher_diag, [p.nearest_teacher_layer for p in self.pairs],
                                           self.autocast, rows=self.t_rows)
             if self.cross:  # teacher ids -> the student's id of the same string (-1: unshared, never agrees)
                 ids = teacher_to_student_ids(self.alignment, self.teacher_facts.head_rows).to(self.device)
                 self.teacher_top1 = {k: ids[v] for k, v in self.teacher_top1.items()}
-            self.transfer, excluded = resolve_transfer(cfg, transfer, teacher, student, self.alignment)
+            self.transfer, self.excluded = resolve_transfer(self.cfg, transfer, teacher, student, self.alignment)
         else:
-            self.transfer, excluded = shared.transfer, shared.excluded
+            self.transfer, self.excluded = shared.transfer, shared.excluded
         self.shared_ids = None if not self.cross else (self.alignment.student_ids.to(self.device),
                                                        self.alignment.teacher_ids.to(self.device))
-        self.provenance = {"teacher": self.models_provenance["teacher"], "student": self.models_provenance["student"],
-                           "processes": self.world, "pairing": [p.record() for p in self.pairs],
-                           "transfer": repr(self.transfer), "transfer_excluded_ids": excluded,
-                           "data": self.data.source, "precision": {
-                               **precision_record(cfg.precision, self.device),
-                               "model_dtype": {"teacher": self.teacher_facts.dtype,
-                                               "student": str(next(student.parameters()).dtype)[6:]},
-                               **({"autocast": str(half)[6:]} if half is not None else {})},
-                           "vocab_rows": {"teacher": self.teacher_facts.vocab_rows, "student": vocab_rows(student),
-                                          "head_rows": [self.teacher_facts.head_rows, head_rows(student)]}}
-        if self.cross:
-            self.provenance["vocab"] = {**self.alignment.describe(),
-                                        "aligned_student_positions": self.data.teacher.share,
-                                        "aligned_diagnostic_positions": self.data.diag_teacher.share}
-        self.provenance = json.loads(json.dumps(
-            self.provenance, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+    def _record_run(self, teacher, student, shared: MainSetup | None) -> None:
+        """The run's provenance and identity (what a resume must match), then what the main process sends the
+        others (what they wait for in `_load_models`)."""
+        self.provenance = as_json(self._provenance(student), default=lambda o: o.to_dict() if hasattr(o, "to_dict")
+                                  else str(o))
         self.identity = {"teacher_hash": weights_fingerprint(self.teacher) if shared is None else shared.teacher_hash,
                          "student_hash": weights_fingerprint(self.student),
                          "tokenizer_hash": tokenizer_fingerprint(self.tokenizer),
@@ -353,30 +394,50 @@ class Trainer:
                          "transfer": repr(self.transfer), "pairs": [p.record() for p in self.pairs]}
         if self.cross:
             self.identity["teacher_tokenizer_hash"] = tokenizer_fingerprint(teacher.tokenizer)
-        if self.main:  # what the others wait for above
+        if self.main:
             from_main(self.acc, MainSetup(self.teacher_facts, self.identity["teacher_hash"], (self.t_rows, self.s_rows),
-                                          self.alignment, self.pairs, self.transfer, excluded), "")
-        self._check_resume_identity()
-        self.teacher_layers = sorted({t for p in self.pairs for t in p.teacher_layers})
-        # the teacher states each stage's layer terms read (none without a layer term)
-        self.stage_states = {st.index: stage_states(st.pairs if self.need_teacher_states else (), self.pairs)
-                             for st in self.stages}
-        self.targets = self._make_targets()
+                                          self.alignment, self.pairs, self.transfer, self.excluded), "")
+
+    def _provenance(self, student) -> dict:
+        """Where the models, pairing, map, data and precision of this run came from."""
+        provenance = {"teacher": self.teacher_facts.provenance, "student": getattr(student, "provenance", None),
+                      "processes": self.world, "pairing": [p.record() for p in self.pairs],
+                      "transfer": repr(self.transfer), "transfer_excluded_ids": self.excluded,
+                      "data": self.data.source, "precision": {
+                          **precision_record(self.cfg.precision, self.device),
+                          "model_dtype": {"teacher": self.teacher_facts.dtype,
+                                          "student": str(next(student.parameters()).dtype)[6:]},
+                          **({"autocast": str(self.half)[6:]} if self.half is not None else {})},
+                      "vocab_rows": {"teacher": self.teacher_facts.vocab_rows, "student": vocab_rows(student),
+                                     "head_rows": [self.teacher_facts.head_rows, head_rows(student)]}}
+        if self.cross:
+            provenance["vocab"] = {**self.alignment.describe(),
+                                   "aligned_student_positions": self.data.teacher.share,
+                                   "aligned_diagnostic_positions": self.data.diag_teacher.share}
+        return provenance
+
+    def _start_training_state(self) -> None:
+        """No stage open yet, and the run's records as far as they are written (`_resume` reads them back)."""
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
         self._open: int | None = None
         self._metrics_path = self.run_dir / "metrics.jsonl"
+        self.records: list[dict] = []  # every metric record, as `metrics.jsonl` holds it (main process)
+        self.cka_records: dict[str, dict] = {}  # the CKA maps, as `diagnostics/` holds them (main process)
         self.stage_params: dict[int, int] = {}  # trainable parameter count per stage (fairness record)
-        self.plugins = list(plugins)
+
+    def _start_plugins(self, teacher) -> None:
         for plugin in self.plugins:
             if hasattr(plugin, "setup"):
                 plugin.setup(self, teacher)
-        # a term reading teacher states through the teacher's logit lens (lens_kl) keeps its final norm and head,
-        # unless the cache holds the lens's top-k
+
+    def _release_teacher(self) -> None:
+        """Keep the teacher's final norm and head where a term reads teacher states through its logit lens
+        (lens_kl), and drop the teacher itself when no step runs it (the caller may keep it)."""
         self.teacher_lens = (lens_fn(self.teacher, self.t_rows) if "teacher_lens" in self.needs and not self.lens_cached
-                             else None)
+                             else None)  # a top-k cache holds the lens's top-k instead
         if self.targets.mode in ("cached", "none") and "teacher_model" not in self.needs:  # no step runs the teacher
-            self.teacher = None  # the trainer holds no teacher during training (the caller may)
+            self.teacher = None
             gc.collect()
 
     def _cka_keep(self) -> torch.Tensor:
@@ -399,12 +460,6 @@ class Trainer:
         keep = self._cka_keep().to(self.device)
         return torch.stack([x[keep].float().cpu() for x in self.teacher_diag.stream()])
 
-    def _check_objectives_fit_vocab(self) -> None:
-        """Every term fits the pair's kind of vocabulary (`Objective.vocab_problem`)."""
-        for _, obj, _, _ in self.objectives:
-            if (problem := obj.vocab_problem(self.cross)) is not None:
-                raise SemalignError(problem)
-
     # ------------------------------------------------------------------------------------------- setup
     def _check_resume_identity(self) -> None:
         """A run directory with checkpoints resumes only with the same models, data, pairing and config."""
@@ -412,7 +467,7 @@ class Trainer:
             return
         path = self.run_dir / "identity.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
-        now = json.loads(json.dumps(self.identity))
+        now = as_json(self.identity)
         diff = sorted(k for k in now if saved.get(k) != now[k])
         cfg_path = self.run_dir / "config.json"
         if cfg_path.exists():
@@ -453,9 +508,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- logging
     def _log(self, record: dict) -> None:
+        """One metric record: kept (`records`, what `AlignResult` carries), appended to `metrics.jsonl` and sent to
+        the experiment trackers, by the main process."""
         if self.main:
+            line = json.dumps(record)
+            self.records.append(json.loads(line))
             with writing(self._metrics_path), open(self._metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line + "\n")
             if self.trackers is not None:
                 self.trackers.log(record)
 
@@ -510,6 +569,13 @@ class Trainer:
             lines = self._metrics_path.read_text().splitlines(keepends=True)[: state["metrics_lines"]]
             self._metrics_path.write_text("".join(lines))
         return int(state["step"]), float(state["elapsed_s"])
+
+    def _read_records(self) -> None:
+        """The records a previous start in this run directory left (none in a new one): the steps before a
+        resume belong to the run's records."""
+        if self.main:
+            self.records = read_metrics(self._metrics_path)
+            self.cka_records = cka_maps(self.run_dir)
 
     # ------------------------------------------------------------------------------------------- the step
     def _layer_inputs(self, pair: LayerPair, s_states: ResidualStates, t_states: ResidualStates,
@@ -698,17 +764,18 @@ class Trainer:
         """The map as a record (`diagnostics/{name}.json`), with the pairing's cells marked for the page."""
         marks = [(t_labels.index(str(p.nearest_teacher_layer)), s_labels.index(str(p.student_layer)))
                  for p in self.pairs]
+        record = {"matrix": matrix.tolist(), "teacher_labels": t_labels, "student_labels": s_labels, "title": title,
+                  "pairs": marks}
         (self.run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json",
-                          {"matrix": matrix.tolist(), "teacher_labels": t_labels, "student_labels": s_labels,
-                           "title": title, "pairs": marks})
+        write_json_atomic(self.run_dir / "diagnostics" / f"{name}.json", record)
+        self.cka_records[name] = as_json(record)
 
     # ------------------------------------------------------------------------------------------- run
     def _prepare_run_dir(self) -> None:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
-            write_json_atomic(self.run_dir / "identity.json", json.loads(json.dumps(self.identity)))
+            write_json_atomic(self.run_dir / "identity.json", self.identity)
             write_json_atomic(self.run_dir / "provenance.json", self.provenance)
             write_json_atomic(self.run_dir / "pairing.json", [p.record() for p in self.pairs])
             if hasattr(self.transfer, "save") and not (self.run_dir / "transfer.safetensors").exists():
@@ -750,6 +817,7 @@ class Trainer:
 
     def _run(self, stop_after_steps: int | None) -> AlignResult:
         step, elapsed = self._resume()
+        self._read_records()
         self._at = step
         if self.trackers is not None:
             self.trackers.start(self.cfg.to_dict(), self.run_dir, self.cfg.tracker_project, step)
@@ -791,27 +859,43 @@ class Trainer:
                 self._save(step, stage, closed=False, elapsed=time.time() - t_start)
         bar.close()
         if step < total:
-            return AlignResult(self.run_dir, {"step": step, "finished": False}, student=self.student)
+            return self._result({"step": step, "finished": False})
         return self._finish(total, time.time() - t_start)
 
     def _term_names(self) -> list[str]:
         return [n for n, _, _, _ in self.objectives]
 
     def _finish(self, total: int, elapsed: float) -> AlignResult:
-        final_path = self.run_dir / "final.json"
-        student_dir = self.run_dir / "student"
+        """The final record (`final.json`: each stage's last losses, each paired layer's last diagnostics) and the
+        saved student, by the main process."""
+        final = {"finished": True, "step": total}
         if self.main:
-            records = read_metrics(self._metrics_path)  # the file, not memory: it holds the steps before a resume
-            stages = [r for r in records if r.get("kind") == "stage" and r["when"] == "end"]
-            last_diag = {r["student_layer"]: r for r in records if r.get("kind") == "diag"}
-            final = {"finished": True, "step": total, "elapsed_s": elapsed, "stages": stages,
-                     "diagnostics": {f"L{k}": {m: v for m, v in r.items() if m not in ("kind", "stage", "when")}
-                                     for k, r in sorted(last_diag.items())}}
+            stages = [r for r in self.records if r.get("kind") == "stage" and r["when"] == "end"]
+            last_diag = {r["student_layer"]: r for r in self.records if r.get("kind") == "diag"}
+            final.update(elapsed_s=elapsed, stages=stages,
+                         diagnostics={f"L{k}": {m: v for m, v in r.items() if m not in ("kind", "stage", "when")}
+                                      for k, r in sorted(last_diag.items())})
+            student_dir = self.run_dir / "student"
             self._save_student(student_dir)
             final["student_path"] = str(student_dir)
-            write_json_atomic(final_path, final)
+            write_json_atomic(self.run_dir / "final.json", final)
         self.acc.wait_for_everyone()
-        return AlignResult.from_run_dir(self.run_dir, student=self.student)
+        return self._result(final)
+
+    def _result(self, final: dict) -> AlignResult:
+        """What the run leaves, from the records the main process kept as it wrote them; another process of a
+        finished run reads them from the run directory the main process wrote."""
+        if final["finished"] and not self.main:
+            result = AlignResult.from_run_dir(self.run_dir, student=self.student)
+        else:
+            final = as_json(final)
+            result = AlignResult(self.run_dir, final, Path(final["student_path"]) if "student_path" in final else None,
+                                 student=self.student, records=list(self.records), cka=dict(self.cka_records),
+                                 config=self.cfg.to_dict(), pairing=as_json([p.record() for p in self.pairs]),
+                                 provenance=self.provenance)
+        result.trainable_params = dict(self.stage_params)
+        result.data_hash, result.steps = self.identity["data_hash"], self.stages[-1].end
+        return result
 
     def _save_student(self, out: Path) -> None:
         """The trained student as an HF directory (config, model.safetensors, tokenizer): `load_model(out)`."""
@@ -825,9 +909,11 @@ class Trainer:
 
 # ----------------------------------------------------------------------------------------------- entry points
 
-def align(config: AlignConfig | None = None, *, stop_after_steps: int | None = None, **inputs) -> AlignResult:
-    """Run (or resume) one alignment. `inputs`: teacher, student, pairing, transfer, data, diag_data, run_dir,
-    accelerator, plugins — each optional, overriding the config's sources (see `Trainer`)."""
-    if stop_after_steps is not None:
+def align(config: AlignConfig | None = None, pair: ModelPair | None = None, *, stop_after_steps: int | None = None,
+          **inputs) -> AlignResult:
+    """Run (or resume) one alignment of `pair` (a validated `ModelPair`; None: the config's teacher and student).
+    `inputs`: pairing, transfer, data, diag_data, run_dir, accelerator, plugins — each optional, overriding the
+    config's sources (see `Trainer`)."""
+    if stop_after_steps is not None:  # before anything loads
         require_int("stop_after_steps", stop_after_steps)
-    return Trainer(config, **inputs).run(stop_after_steps=stop_after_steps)
+    return Trainer(config, pair, **inputs).run(stop_after_steps=stop_after_steps)

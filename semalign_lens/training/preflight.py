@@ -1,11 +1,11 @@
 """The checks a run passes before anything loads or is written (`preflight`, the first thing `Trainer` does).
 
-Everything that can be checked from the config and the file system alone is checked here, so a refused
-`semalign align` prints its one-line error first and last (no loading bars, no warnings before it) and an
-existing run directory is left exactly as it was: the run directory (a directory, writable, not another
-tool's, a resumable checkpoint whose config matches), the data source (exists, text files, UTF-8, JSONL
-records), saved pairing / transfer files, both model sources (`models.load.inspect_source`: config, weights
-headers, tokenizer files, without loading), and, where the sources' configs say so cheaply, both depths
+Everything that can be checked from the config and the file system alone is checked here (the config itself
+first), so a refused `semalign align` prints its one-line error first and last (no loading bars, no warnings
+before it) and an existing run directory is left exactly as it was: the run directory (a directory, writable,
+not another tool's, a resumable checkpoint whose config matches), the data source (exists, text files, UTF-8,
+JSONL records), saved pairing / transfer files, both model sources (`models.load.inspect_source`: config,
+weights headers, tokenizer files, without loading), and, where the sources' configs say so cheaply, both depths
 (the teacher at least as deep as the student), the vocabulary sizes and the pairing against both depths.
 What needs the loaded models (vocabulary contents, weight identity of a resumed run) is checked by
 `Trainer` right after loading, still before any output is written.
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import check_output_dir, require_hooked
+from ..core.checks import check_output_dir
 from ..core.errors import SemalignError
 from .config import AlignConfig, config_diff
 
@@ -73,40 +73,50 @@ def check_run_dir(run_dir: Path, cfg: AlignConfig) -> None:
                                 "models, or choose a new run_dir")
 
 
-def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, student: Any = None, data: Any = None,
-              pairing: Any = None, transfer: Any = None) -> None:
-    """Refuse a run whose inputs are wrong before any model loads or any file is written (module docstring)."""
+def preflight(config: AlignConfig | None, run_dir: str | Path | None, *, pair: Any = None, data: Any = None,
+              pairing: Any = None, transfer: Any = None) -> AlignConfig:
+    """Refuse a run whose inputs are wrong before any model loads or any file is written (module docstring);
+    returns the checked config (`config`, or the defaults). A given `pair` was checked where it was built
+    (`models.pair.ModelPair`): only its kind of vocabulary is held against the config's."""
+    from ..lens.pairing import LayerPairing
+    from ..lens.semantics.basis import KINDS
     from ..models.load import model_name
-    from ..models.pair import check_pair_sources
+    from ..models.pair import ModelPair, check_pair_sources
     from .dataset import check_source
     from .setup import check_pairs, resolve_pairing
 
-    for role, model in (("teacher", teacher), ("student", student)):
-        if model is not None:
-            require_hooked(model, role)  # before anything else: a plain HF model is the commonest API slip
-    check_run_dir(Path(run_dir).expanduser(), cfg)
+    if config is not None and not isinstance(config, AlignConfig):
+        raise SemalignError(f"config must be an AlignConfig (AlignConfig(...) or load_align_config(path)), got "
+                            f"{type(config).__name__}")
+    cfg = config or AlignConfig()
+    cfg.validate()
+    if pair is not None and not isinstance(pair, ModelPair):  # before anything else: the commonest API slip
+        raise SemalignError(f"pair must be a ModelPair (ModelPair(teacher, student) of models from load_model, or "
+                            f"ModelPair.load(teacher_source, student_source)), got {type(pair).__name__}")
+    if pair is not None and pair.vocab != cfg.vocab:
+        raise SemalignError(f"the pair was built with vocab={pair.vocab!r} but the config trains vocab = "
+                            f"{cfg.vocab!r}; set vocab = {pair.vocab!r} in the config, or build the pair with "
+                            f"ModelPair(teacher, student, vocab={cfg.vocab!r})")
+    check_run_dir(Path(run_dir or cfg.run_dir).expanduser(), cfg)
     if cfg.targets.mode == "cached" and cfg.targets.cache_dir:
         check_output_dir(cfg.targets.cache_dir, "targets.cache_dir")
     if data is None:
         check_source(cfg.data)
     if pairing is None and cfg.pairing.pairs is None and cfg.pairing.path:
-        from ..lens.pairing import LayerPairing
-
         LayerPairing.load(cfg.pairing.path)
-    if transfer is None and not cfg.transfer.path:
-        from ..lens.semantics.basis import KINDS
-
-        if cfg.transfer.kind not in KINDS:
-            raise SemalignError(f"transfer.kind must be one of {KINDS}, got {cfg.transfer.kind!r}")
+    if transfer is None and not cfg.transfer.path and cfg.transfer.kind not in KINDS:
+        raise SemalignError(f"transfer.kind must be one of {KINDS}, got {cfg.transfer.kind!r}")
     if transfer is None and cfg.transfer.path and not Path(cfg.transfer.path).exists():
         raise SemalignError(f"transfer.path {cfg.transfer.path} does not exist; point it at a saved TransferMap "
                             "(TransferMap.save), or remove it to build the map from both models")
-    n_t, n_s = check_pair_sources(cfg.teacher if teacher is None else teacher,
-                                  cfg.student if student is None else student, vocab=cfg.vocab)
-    t_name = model_name(teacher) if teacher is not None else cfg.teacher
-    s_name = model_name(student) if student is not None else cfg.student
+    if pair is None:
+        (n_t, n_s), t_name, s_name = check_pair_sources(cfg.teacher, cfg.student, vocab=cfg.vocab), cfg.teacher, \
+            cfg.student
+    else:
+        n_t, n_s = pair.teacher.cfg.n_layers, pair.student.cfg.n_layers
+        t_name, s_name = model_name(pair.teacher), model_name(pair.student)
     if n_t is None or n_s is None:
-        return
+        return cfg
     pc = cfg.pairing
     if pc.student_layers is not None:
         bad = [s for s in pc.student_layers if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < n_s]
@@ -115,3 +125,4 @@ def preflight(cfg: AlignConfig, run_dir: str | Path, *, teacher: Any = None, stu
                                 f"{s_name}, which has {n_s} blocks (valid 0..{n_s - 1})")
     if pairing is None and not (pc.pairs is None and not pc.path and pc.strategy == "cka"):
         check_pairs(resolve_pairing(cfg, None, n_t, n_s), n_t, n_s, t_name, s_name)
+    return cfg

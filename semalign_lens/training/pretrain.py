@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.atomic import write_json_atomic
-from ..core.checks import check_output_dir, read_utf8
+from ..core.atomic import as_json, write_json_atomic
+from ..core.checks import check_output_dir, read_json
 from ..core.config import from_dict, require_positive, to_dict
 from ..core.errors import Interrupted, SemalignError, writing
 from ..core.precision import autocast, check_precision, precision_record
 from ..core.runlock import run_lock
 from ..data import corpus
-from ..data.tokens import require_document_start
+from ..data.tokens import as_batch, require_document_start
+from ..models.likelihood import token_nll
 from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
-from .objectives.losses import next_token_nll
 from .schedule import warmup_then_decay
 
 
@@ -137,11 +137,6 @@ def tokenizer_dir(cfg: PretrainConfig) -> Path:
     return path
 
 
-def lr_at(cfg: PretrainConfig, step: int) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio * lr` over the whole run."""
-    return warmup_then_decay(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-
-
 def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Block indices of batch `step`: a deterministic function of (seed, step)."""
     start = step * batch_size
@@ -169,19 +164,10 @@ def load_corpus(cfg: PretrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Ten
     return train, val, info
 
 
-@torch.no_grad()
-def mean_cross_entropy(model, token_blocks: torch.Tensor, batch_size: int = 8, precision: str = "auto") -> float:
-    """Mean next-token cross-entropy (nats/token) over all predicted positions of `token_blocks`."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(token_blocks), batch_size):
-        x = token_blocks[i: i + batch_size]
-        with autocast(precision, x.device):
-            logits = model(input_ids=x).logits.float()
-        total += next_token_nll(logits, x).item()
-        count += x[:, 1:].numel()
-    model.train(was_training)
+def validation_loss(model, token_blocks: torch.Tensor, precision: str = "auto") -> float:
+    """Mean next-token cross-entropy (nats/token) over every predicted position of the unpadded `token_blocks`
+    (`models.likelihood.token_nll`, the loop every score of the package runs)."""
+    total, count = token_nll(model, as_batch(token_blocks), precision=precision)
     return total / count
 
 
@@ -190,9 +176,9 @@ def _check_resume_config(run_dir: Path, cfg: PretrainConfig) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
-    now = json.loads(json.dumps(to_dict(cfg)))
+    now = as_json(to_dict(cfg))
     ignorable = {"checkpoint_minutes", "log_every"}
-    defaults = json.loads(json.dumps(to_dict(PretrainConfig())))
+    defaults = as_json(to_dict(PretrainConfig()))
     diff = sorted(k for k in set(saved) | set(now) if k not in ignorable
                   and saved.get(k, defaults.get(k)) != now.get(k))  # a key added since keeps its default
     if diff:
@@ -266,8 +252,9 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, 
     for step in bar:
         t0 = time.time()
         x = train[batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
+        lr = warmup_then_decay(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)  # over the whole run
         for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
+            g["lr"] = lr
         with autocast(cfg.precision, x.device):
             out = model(input_ids=x, labels=x)
             loss = out.loss
@@ -289,10 +276,10 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, 
         tok_s = tokens_per_step / max(1e-9, time.time() - t0)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}")
         if done % cfg.log_every == 0 or done == cfg.steps:
-            log({"step": done, "tokens": done * tokens_per_step, "loss": loss_value, "lr": lr_at(cfg, step),
+            log({"step": done, "tokens": done * tokens_per_step, "loss": loss_value, "lr": lr,
                  "grad_norm": float(grad_norm), "tok_s": tok_s, "elapsed_s": time.time() - t_start})
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            val_loss = mean_cross_entropy(model, val[eval_idx], precision=cfg.precision)
+            val_loss = validation_loss(model, val[eval_idx], precision=cfg.precision)
             log({"step": done, "tokens": done * tokens_per_step, "val_loss": val_loss,
                  "elapsed_s": time.time() - t_start})
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 or done == end:
@@ -301,7 +288,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, stop_after_steps: int | None, 
     bar.close()
     final = {"step": end, "loss": loss_value, "elapsed_s": time.time() - t_start, "finished": end == cfg.steps}
     if end == cfg.steps:
-        final["val_loss_full"] = mean_cross_entropy(model, val, precision=cfg.precision)
+        final["val_loss_full"] = validation_loss(model, val, precision=cfg.precision)
         final["tokens_seen"] = cfg.steps * tokens_per_step
         write_json_atomic(run_dir / "final.json", final)
     return final
@@ -316,11 +303,7 @@ def pretrain_run_config(run_dir: Path) -> PretrainConfig:
     if not saved.is_file():
         raise SemalignError(f"{run_dir} is not a pretraining run directory (no config.json); point --run-dir at the "
                             "directory `semalign zoo pretrain-student --run-dir` wrote")
-    try:
-        data = json.loads(read_utf8(saved, "run config"))
-    except json.JSONDecodeError as err:
-        raise SemalignError(f"{saved} is not valid JSON ({err.msg} at line {err.lineno}); restore it or start a new "
-                            "run") from None
+    data = read_json(saved, "run config", "restore it or start a new run")
     if not isinstance(data, dict) or "model_type" in data or {"teacher", "student"} <= set(data):
         what = "a model directory" if isinstance(data, dict) and "model_type" in data else (
             "a `semalign align` run directory" if isinstance(data, dict) else "not a run directory")

@@ -7,7 +7,6 @@ and must write its outputs. The numbers are meaningless at this size; only the p
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import sys
@@ -156,13 +155,12 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
     tr = table.build_task("code", profile, tiny_pair.teacher, tiny_pair.student)
     maps = table.transfer_maps(tiny_pair.teacher, tiny_pair.student, ["kd"])
     cache = tmp_path / "cache"
-    table.prebuild_cache(profile, tr, tiny_pair.teacher, tiny_pair.student, cache, tmp_path)
+    table.prebuild_cache(profile, tr, tiny_pair, cache, tmp_path)
     rows = {}
     for name, budgets in (("curve", [2, 4]), ("alone", [2])):
-        out = []
-        student = copy.deepcopy(tiny_pair.student)
-        table.run_curve("kd", "all", 0, budgets, tr, profile, tiny_pair.teacher, student, tmp_path / name, cache,
-                        maps, set(), out.append)
+        out = []  # each run trains its own copy of the student (the pair's is never changed)
+        table.run_curve("kd", "all", 0, budgets, tr, profile, tiny_pair, tmp_path / name, cache, maps, set(),
+                        out.append)
         rows[name] = out
     assert [r["steps"] for r in rows["curve"]] == [2, 4]
     assert rows["curve"][0]["score_stdlib_test_ce"] == pytest.approx(rows["alone"][0]["score_stdlib_test_ce"], abs=1e-6)
@@ -174,14 +172,13 @@ def test_the_all_schedule_evaluated_on_the_way_equals_separate_runs(tmp_path, ti
     def killed_after_first(row):  # the process dies right after writing the 2-step row
         raise Killed
 
-    work, student = tmp_path / "killed", copy.deepcopy(tiny_pair.student)
+    work = tmp_path / "killed"
     with pytest.raises(Killed):
-        table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, student, work, cache, maps, set(),
-                        killed_after_first)
+        table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair, work, cache, maps, set(), killed_after_first)
     assert latest_step(work / "code-all-kd-s0") == 2
     resumed = []
-    table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair.teacher, copy.deepcopy(tiny_pair.student), work,
-                    cache, maps, {("code", "all", "kd", 0, 2)}, resumed.append)
+    table.run_curve("kd", "all", 0, [2, 4], tr, profile, tiny_pair, work, cache, maps, {("code", "all", "kd", 0, 2)},
+                    resumed.append)
     assert [r["steps"] for r in resumed] == [4]  # from the 2-step checkpoint, not from the start
     assert resumed[0]["score_stdlib_test_ce"] == pytest.approx(rows["curve"][1]["score_stdlib_test_ce"], abs=1e-6)
 
@@ -197,12 +194,12 @@ def test_the_prebuilt_cache_holds_the_lens_readouts_when_lens_kl_runs(tmp_path, 
         profile = replace(table.PROFILES["tiny"], methods=methods)
         tr = table.build_task("code", profile, tiny_pair.teacher, tiny_pair.student)
         cache = tmp_path / f"cache-{len(methods)}"
-        table.prebuild_cache(profile, tr, tiny_pair.teacher, tiny_pair.student, cache, tmp_path)
+        table.prebuild_cache(profile, tr, tiny_pair, cache, tmp_path)
         meta = json.loads((cache / "meta.json").read_text())
         assert ("lens" in meta) == lens
         for method in methods:  # each opens the prebuilt cache (a lens-kl run would refuse one without readouts)
             cfg = method_config(table.run_config(profile, tr, "frontier", 2, 0, cache), method)
-            Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tr.data, diag_data=tr.diag,
+            Trainer(cfg, tiny_pair, data=tr.data, diag_data=tr.diag,
                     run_dir=tmp_path / f"run-{method}")
         assert json.loads((cache / "meta.json").read_text()) == meta  # served as built, nothing rebuilt
 
@@ -239,8 +236,8 @@ def test_local_then_global_splits_the_budget_and_trains_every_block_last(tmp_pat
     table.check_budgets([4], 2, 4, 48, 1, schedules=["frontier"])
     table.check_budgets([8], 2, 4, 48, 1, schedules=["local-global"])  # 6 + 2
     maps = table.transfer_maps(tiny_pair.teacher, tiny_pair.student, ["semalign"])
-    rows = table.gradient_rows("semalign", "local-global", 12, 2, tr, profile, tiny_pair.teacher,
-                               copy.deepcopy(tiny_pair.student), tmp_path, tmp_path / "cache", maps)
+    rows = table.gradient_rows("semalign", "local-global", 12, 2, tr, profile, tiny_pair, tmp_path,
+                               tmp_path / "cache", maps)
     assert rows and all(-1 <= r["cos"] <= 1 and r["norm_ratio"] > 0 for r in rows)
     assert {r["stage"] for r in rows} == {0, 1}  # measured in the frontier stages; the global one has no layer term
     assert {r["student_layer"] for r in rows} == set(profile.student_layers)

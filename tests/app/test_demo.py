@@ -106,7 +106,7 @@ def test_demo_terminal_is_quiet(tmp_path, progress):
 def test_verdict_says_whether_and_how_much_it_transferred():
     import pandas as pd
 
-    from semalign_lens.demo import verdict
+    from semalign_lens.reports.demo import verdict
 
     def table(sft, semalign):
         return pd.DataFrame({"model": ["student (before)", "teacher", "student + sft", "student + semalign"],
@@ -126,8 +126,8 @@ def test_verdict_says_whether_and_how_much_it_transferred():
 def test_pairing_story_names_the_trained_pairs_the_task_mismatch_and_low_cka():
     import pandas as pd
 
-    from semalign_lens.demo import pairing_story
     from semalign_lens.lens.pairing import make_pairing
+    from semalign_lens.reports.demo import pairing_story
 
     pairing = make_pairing("proportional", 6, 3, student_layers=[0, 2])
     cka = pd.DataFrame({"0": [0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.4], "1": [0.5] * 7, "2": [0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.2]},

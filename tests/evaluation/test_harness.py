@@ -28,7 +28,7 @@ from semalign_lens.data.tokens import prompt_answer_batch  # noqa: E402
 from semalign_lens.evaluation.harness import eval_source, harness_eval, harness_model  # noqa: E402
 from semalign_lens.evaluation.humaneval import greedy_generate  # noqa: E402
 from semalign_lens.evaluation.knowledge import answer_scores  # noqa: E402
-from semalign_lens.evaluation.scoring import plain_model  # noqa: E402
+from semalign_lens.models.likelihood import plain_model  # noqa: E402
 from semalign_lens.models.load import load_model  # noqa: E402
 from semalign_lens.models.zoo import STUDENT_DIR  # noqa: E402
 

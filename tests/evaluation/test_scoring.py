@@ -39,16 +39,30 @@ def test_padding_is_masked(tiny_hf):
 
 
 def test_blocks_score_as_hf_computes_its_loss(tiny_hf):
-    """Unpadded blocks (what pretraining validates on): the token-weighted mean of HF's own `labels=` loss, and
-    the pretraining metric is the same number (both sum `objectives.next_token_nll`)."""
-    from semalign_lens.training.pretrain import mean_cross_entropy
+    """Unpadded blocks (what pretraining validates on): the token-weighted mean of HF's own `labels=` loss."""
+    from semalign_lens.training.pretrain import validation_loss
 
     _, student_hf, _ = tiny_hf
     blocks = torch.randint(1, 300, (3, 17), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = sum(student_hf(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
     assert ev.cross_entropy(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
-    assert mean_cross_entropy(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
+    assert validation_loss(student_hf, blocks, precision="fp32") == pytest.approx(reference, rel=1e-5)
+
+
+def test_sequence_nll_is_token_nll_with_each_sequence_beside_it(tiny_hf):
+    """The total of `sequence_nll` is `token_nll`'s to the bit (same batches); each sequence's NLL and count are
+    HF's `labels=` loss on that sequence alone, unpadded, times its predicted tokens."""
+    _, student_hf, tok = tiny_hf
+    batch = tokenize(tok, TEXTS)
+    total, count, nll, counts = ev.sequence_nll(student_hf, batch, batch_size=2, precision="fp32")
+    assert (total, count) == ev.token_nll(student_hf, batch, batch_size=2, precision="fp32")
+    for text, got, n in zip(TEXTS, nll, counts, strict=True):
+        ids = tokenize(tok, [text]).tokens
+        with torch.no_grad():
+            loss = student_hf(input_ids=ids, labels=ids).loss.item()
+        assert n == ids.shape[1] - 1 and got == pytest.approx(loss * n, rel=1e-5)
+    assert sum(nll) == pytest.approx(total, rel=1e-6) and sum(counts) == count
 
 
 def test_score_mask_scores_only_answer_tokens(tiny_hf):

@@ -186,7 +186,7 @@ def test_bad_inputs_get_one_line(tiny_pair, batches, call, match):
 def test_a_bridge_without_a_plain_copy_is_stitched_through_its_own_hooks(tiny_hf, batches):
     """A TransformerLens-native bridge has no HF model behind it: the forwards run the bridge itself, with the
     residual hook (`blocks.b.hook_out`) doing the replacing."""
-    from semalign_lens.evaluation.scoring import plain_model
+    from semalign_lens.models.likelihood import plain_model
     from semalign_lens.models.tiny import TinyArch, tiny_native_bridge
 
     native = tiny_native_bridge("native_gated", TinyArch(2, 32, 2, 1, 64), tiny_hf[2], 0).eval()

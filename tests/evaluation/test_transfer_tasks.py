@@ -62,3 +62,24 @@ def test_knowledge_task_across_tokenizers_trains_and_scores_each_model_in_its_ow
     for model in (pair.student, pair.teacher):
         ref = fact_scores(model, kept, "eval", 1, model.tokenizer)
         assert task.evaluate(model)["answer_logprob"] == pytest.approx(float(ref["answer_logprob"].mean()))
+
+
+def test_code_task_scores_humaneval_once_per_problem_and_in_total(tiny_pair):
+    """`score` gives the HumanEval per-problem frame from the forwards that give `humaneval_ce`: its token-weighted
+    mean is that CE, and each problem's CE is the one a forward of that problem alone gives
+    (`humaneval_problem_ce`, batches of one)."""
+    import pandas as pd
+
+    task = ev.code_task(tiny_pair.student.tokenizer, n_transfer=4, seq_len=32, humaneval_limit=4, heldout_tokens=96,
+                        precision="fp32")
+    scores = task.score(tiny_pair.teacher)
+    table = scores.per_problem
+    assert scores.metrics == task.evaluate(tiny_pair.teacher)
+    assert len(table) == 4 and (table["tokens"] > 0).all()
+    pooled = (table["ce"] * table["tokens"]).sum() / table["tokens"].sum()
+    assert pooled == pytest.approx(scores.metrics["humaneval_ce"], rel=1e-6)
+    alone = ev.humaneval_problem_ce(tiny_pair.teacher, limit=4, precision="fp32")
+    pd.testing.assert_frame_equal(table, alone, rtol=1e-5)
+    again = ev.TaskScores.from_record(json.loads(json.dumps(scores.record())))  # a references cache round trip
+    assert again.metrics == scores.metrics
+    pd.testing.assert_frame_equal(again.per_problem, table)

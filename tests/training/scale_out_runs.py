@@ -41,7 +41,7 @@ def run_jobs(jobs_path: Path, out: Path) -> None:
             assert main(["align", "--config", str(config), "--set", f"run_dir={run_dir}"]) == 0, job["name"]
         elif job.get("method"):
             cfg = load_align_config(None, job["config"])
-            run_method(job["method"], cfg, teacher=None, student=None, data=None, run_dir=run_dir, lean=True)
+            run_method(job["method"], cfg, data=None, run_dir=run_dir, lean=True)
         else:
             align(load_align_config(None, {**job["config"], "run_dir": str(run_dir)}))
         record["loads"][job["name"]] = sorted(loads)

@@ -143,7 +143,7 @@ def _cfg(tmp_path, **overrides):
 def test_targets_are_the_teachers_states_at_aligned_positions(tmp_path, cross_pair):
     data = _text_blocks(cross_pair.student.tokenizer, 8, 24)
     tr = Trainer(_cfg(tmp_path, **{"objective.terms": {"cosine": 1.0, "shared_kl": 1.0}}),
-                 teacher=cross_pair.teacher, student=cross_pair.student, data=data)
+                 cross_pair, data=data)
     index = torch.tensor([5, 2])
     got = tr.targets(data.tokens[index], index)
     hf = clean_copy(cross_pair.teacher, share_weights=True).eval()
@@ -173,7 +173,7 @@ def test_diagnostics_read_only_aligned_positions(tmp_path, cross_pair):
     data = _text_blocks(cross_pair.student.tokenizer, 10, 24)
     cfg = _cfg(tmp_path, **{"objective.terms": {"cosine": 1.0, "shared_kl": 1.0}, "schedule.stage_steps": 1,
                             "precision": "fp32"})
-    tr = Trainer(cfg, teacher=cross_pair.teacher, student=cross_pair.student, data=data)
+    tr = Trainer(cfg, cross_pair, data=data)
     tr.run(stop_after_steps=1)
     first = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line).get("kind") == "diag")
@@ -195,12 +195,11 @@ def test_diagnostics_read_only_aligned_positions(tmp_path, cross_pair):
 
 def test_cross_pair_trains_and_resumes_exactly(tmp_path, cross_pair):
     data = _text_blocks(cross_pair.student.tokenizer, 12, 24)
-    kw = dict(teacher=cross_pair.teacher, student=cross_pair.student, data=data)
-    whole = align(_cfg(tmp_path / "a"), **kw)
+    whole = align(_cfg(tmp_path / "a"), cross_pair, data=data)
     assert whole.finished
-    stopped = align(_cfg(tmp_path / "b"), stop_after_steps=3, **kw)
+    stopped = align(_cfg(tmp_path / "b"), cross_pair, stop_after_steps=3, data=data)
     assert not stopped.finished
-    resumed = align(_cfg(tmp_path / "b"), **kw)
+    resumed = align(_cfg(tmp_path / "b"), cross_pair, data=data)
     a, b = whole.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     before = clean_copy(cross_pair.student, share_weights=False).state_dict()
@@ -211,12 +210,12 @@ def test_cross_pair_trains_and_resumes_exactly(tmp_path, cross_pair):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"objective.terms": {"kl": 1.0}}, "use 'shared_kl'"),
-    ({"vocab": "shared"}, 'pair them through their shared token strings \(vocab="intersection"\)'),
+    ({"vocab": "shared"}, "the pair was built with vocab='intersection' but the config trains vocab = 'shared'"),
 ])
 def test_cross_pair_refusals(tmp_path, cross_pair, overrides, message):
     data = _text_blocks(cross_pair.student.tokenizer, 8, 24)
     with pytest.raises(SemalignError, match=message):
-        Trainer(_cfg(tmp_path, **overrides), teacher=cross_pair.teacher, student=cross_pair.student, data=data)
+        Trainer(_cfg(tmp_path, **overrides), cross_pair, data=data)
 
 
 def test_cached_targets_are_refused_for_a_cross_pair(tmp_path):
@@ -226,11 +225,11 @@ def test_cached_targets_are_refused_for_a_cross_pair(tmp_path):
 
 def test_shared_kl_needs_a_cross_pair(tmp_path, tiny_pair, tokens):
     with pytest.raises(SemalignError, match="with one shared vocabulary use 'kl'"):
-        Trainer(_cfg(tmp_path, vocab="shared"), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+        Trainer(_cfg(tmp_path, vocab="shared"), tiny_pair, data=tokens)
 
 
 def test_a_full_vocabulary_map_is_refused_on_a_cross_pair(tmp_path, cross_pair, tiny_pair, tokens):
     full = TransferMap(SemanticBasis.from_model(tiny_pair.teacher), SemanticBasis.from_model(tiny_pair.student))
     data = _text_blocks(cross_pair.student.tokenizer, 8, 24)
     with pytest.raises(SemalignError, match="built on the full vocabulary"):
-        Trainer(_cfg(tmp_path), teacher=cross_pair.teacher, student=cross_pair.student, data=data, transfer=full)
+        Trainer(_cfg(tmp_path), cross_pair, data=data, transfer=full)

@@ -29,7 +29,7 @@ def test_at_k_equal_to_the_vocabulary_the_cached_term_trains_as_the_online_one(t
     pairing = {"pairing.pairs": [[0, 0, 1, 0.5], [1, 2, 3, 0.25], [2, 5, 5, 0.0]]}
     online = run(make_cfg(tmp_path / "online", **LENS, **pairing), tiny_pair, tokens).metrics().query("kind == 'train'")
     cfg = _cached(tmp_path, 384, **pairing)
-    assert Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens).teacher_lens is None
+    assert Trainer(cfg, tiny_pair, data=tokens).teacher_lens is None
     cached = run(cfg, tiny_pair, tokens).metrics().query("kind == 'train'")
     assert len(cached) == len(online) == 6
     for term in ("lens_kl", "kl"):
@@ -74,7 +74,7 @@ def test_the_cache_holds_the_lens_readouts_the_terms_read_and_each_stage_reads_i
     kd = make_cfg(tmp_path / "kd", **{"objective.terms": {"kl": 1.0}, "targets.mode": "cached",
                                       "targets.cache_logits": "topk", "targets.top_k": 16,
                                       "targets.cache_dir": str(tmp_path / "kd-cache")})
-    Trainer(kd, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    Trainer(kd, tiny_pair, data=tokens)
     kd_meta = json.loads((tmp_path / "kd-cache" / "meta.json").read_text())
     assert "lens" not in kd_meta and not any(k.startswith("lens.") for k in kd_meta["keys"])
 
@@ -85,10 +85,10 @@ def test_a_cache_without_the_lens_readouts_is_refused_in_one_line(tmp_path, tiny
     new cache beside the old one (and a cache without readouts keeps its old key)."""
     kd = make_cfg(tmp_path, **{"objective.terms": {"kl": 1.0}, "targets.mode": "cached", "targets.cache_logits": "topk",
                                "targets.top_k": 16, "targets.cache_dir": str(tmp_path / "cache")})
-    Trainer(kd, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    Trainer(kd, tiny_pair, data=tokens)
     with pytest.raises(SemalignError, match=r"holds no top-k logit-lens readout .* \[\[1, 1, 0\.0\], \[3, 3, 0\.0\], "
                                             r"\[5, 5, 0\.0\]\].*delete it to build it again") as err:
-        Trainer(_cached(tmp_path, 16), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+        Trainer(_cached(tmp_path, 16), tiny_pair, data=tokens)
     assert "\n" not in str(err.value)
     plain = cache_identity("t", "k", [1, 3, 5], "d", 20, 16, 64, "topk", "tiny", top_k=16)
     with_lens = cache_identity("t", "k", [1, 3, 5], "d", 20, 16, 64, "topk", "tiny", top_k=16,

@@ -60,6 +60,8 @@ def test_run_directory_holds_everything(tmp_path, tiny_pair, tokens):
     assert list(result.cka) == maps and all((d / "diagnostics" / f"{m}.json").exists() for m in maps)
     again = AlignResult.from_run_dir(d)  # what the result carries is what the directory holds
     assert again.records == result.records and again.cka == result.cka and again.final == result.final
+    assert (again.config, again.pairing, again.provenance, again.student_path) == \
+        (result.config, result.pairing, result.provenance, result.student_path)
     assert draw_run(result) == d / "report.html" == result.report_path
     for name in ("figures/loss_curves.html", "figures/projections.html", *(f"figures/{m}.html" for m in maps)):
         assert (d / name).exists(), name
@@ -133,15 +135,15 @@ def test_plugins_add_parameters_and_resume_exactly(tmp_path, tiny_pair, tokens):
     register_objective(Objective("projected_mse_test", "layer", _projected_mse, source="test"), replace=True)
     try:
         over = {"objective.terms": {"projected_mse_test": 1.0}, "schedule.stage_steps": 3}
-        whole = Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+        whole = Trainer(make_cfg(tmp_path / "a", **over), tiny_pair,
                         data=tokens, plugins=[ProjectorPlugin()])
         a = whole.run()
         layer_params = sum(p.numel() for p in whole.student.model.layers[0].parameters())
         assert whole.stage_params[0] == layer_params + 32 * 64
-        b1 = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+        b1 = Trainer(make_cfg(tmp_path / "b", **over), tiny_pair,
                      data=tokens, plugins=[ProjectorPlugin()]).run(stop_after_steps=2)  # mid-stage 0
         assert not b1.finished
-        b = Trainer(make_cfg(tmp_path / "b", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+        b = Trainer(make_cfg(tmp_path / "b", **over), tiny_pair,
                     data=tokens, plugins=[ProjectorPlugin()]).run()
         assert b.final["stages"] == a.final["stages"]
     finally:
@@ -358,6 +360,7 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
     from transformers import LlamaForCausalLM
 
     from semalign_lens.models.load import load_model
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.training.pretrain import StudentArch
 
     tok = smollm2.tokenizer
@@ -368,14 +371,14 @@ def test_short_run_on_the_real_teacher(tmp_path, smollm2):
                          name="random-2x64")
     over = {"data.source": "code-transfer", "data.seq_len": 32, "data.n_sequences": 8, "schedule.stage_steps": 1,
             "objective.terms": {"relation": 1.0, "fisher": 1.0, "kl": 1.0}}
-    result = align(make_cfg(tmp_path / "online", **over), teacher=smollm2, student=student)
+    result = align(make_cfg(tmp_path / "online", **over), ModelPair(smollm2, student))
     assert result.finished and [p["teacher_low"] for p in json.loads((result.run_dir / "pairing.json").read_text())] \
         == [14, 29]
     assert result.final["stages"][-1]["loss"] > 0
     over["objective.terms"] = {"relation": 1.0, "cosine_onehot": 1.0}
     cached = align(make_cfg(tmp_path / "cached", **over, **{"targets.mode": "cached",
                                                            "targets.cache_dir": str(tmp_path / "cache")}),
-                   teacher=smollm2, student=student)
+                   ModelPair(smollm2, student))
     assert cached.finished
     assert load_model(cached.student_path).cfg.n_layers == 2
 
@@ -389,7 +392,7 @@ def test_on_step_plugins_see_every_step(tmp_path, tiny_pair, tokens):
             seen.append((step, total))
 
     cfg = make_cfg(tmp_path, **{"schedule.stage_steps": 2})
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, plugins=[Note()])
+    trainer = Trainer(cfg, tiny_pair, data=tokens, plugins=[Note()])
     trainer.run()
     total = trainer.stages[-1].end
     assert seen == [(k, total) for k in range(1, total + 1)]

@@ -69,7 +69,7 @@ def test_each_method_trains_only_the_paired_layers(name, tiny_pair, cross_pair, 
         base_config.vocab = "intersection"
         transfer = code_transfer_batch(cross_pair.student.tokenizer, 16, 24)
     before = _weights(tiny_pair.student)
-    result = baselines.run_method(name, base_config, teacher=tiny_pair.teacher, student=tiny_pair.student,
+    result = baselines.run_method(name, base_config, tiny_pair,
                                   data=transfer, run_dir=tmp_path)
     assert result.finished
     after = {k: v.detach() for k, v in result.student.state_dict().items()}
@@ -125,7 +125,7 @@ def test_seeking_requires_lora(tiny_pair, base_config, transfer, tmp_path):
     cfg = from_dict(AlignConfig, {**base_config.to_dict(), "schedule": {**base_config.to_dict()["schedule"],
                                                                         "adapter": "full"}})
     with pytest.raises(SemalignError, match="adapter = 'lora'"):
-        baselines.run_method("seeking", cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=transfer,
+        baselines.run_method("seeking", cfg, tiny_pair, data=transfer,
                              run_dir=tmp_path)
 
 
@@ -161,7 +161,7 @@ def test_plugin_objectives_refuse_to_run_without_their_plugin(tiny_pair, base_co
     for term in ("fitnets", "laten_l2"):
         cfg = from_dict(AlignConfig, {**base_config.to_dict(), "objective": {"terms": {term: 1.0}}})
         with pytest.raises(SemalignError, match="run_method"):
-            Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=transfer,
+            Trainer(cfg, tiny_pair, data=transfer,
                     run_dir=tmp_path / term).run()
 
 
@@ -173,3 +173,13 @@ def test_neuron_delta_adds_only_at_located_neurons():
     assert torch.equal(out[index], net(vectors)) and not out[[0, 2, 4, 5]].any()
     out = laten.NeuronDelta(net, vectors, index, axis=1)(torch.zeros(5, 6))
     assert torch.equal(out[:, index], net(vectors).T) and not out[:, [0, 2, 4, 5]].any()
+
+
+def test_the_method_table_lists_every_registered_method_in_row_order():
+    """The package docstring's table is the reader's list of methods: it names each registered one, in row order."""
+    import re
+
+    from semalign_lens.training import methods
+
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", methods.__doc__, flags=re.MULTILINE)
+    assert listed == list(methods.ROW_ORDER) == [m for m in methods.METHODS if m in methods.ROW_ORDER]

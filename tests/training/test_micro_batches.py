@@ -18,7 +18,7 @@ def one_step(tmp_path, tiny_pair, tokens, stage_index=0, plugins=(), **over):
     """The trainer's first step of a stage on a global batch of 8: (its record, the accumulated gradients the
     optimiser saw, the trainable parameters after the step)."""
     cfg = make_cfg(tmp_path, **{"data.batch_size": 8, "schedule.lr": 1e-3, **over})
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, plugins=plugins)
+    trainer = Trainer(cfg, tiny_pair, data=tokens, plugins=plugins)
     stage = trainer.stages[stage_index]
     trainer._open_stage(stage)
     seen: list[torch.Tensor] = []

@@ -304,6 +304,7 @@ def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tin
     the same micro-batch without checkpointing)."""
     from semalign_lens.data.tokens import TokenBatch
     from semalign_lens.models.load import load_model
+    from semalign_lens.models.pair import ModelPair
 
     cfg = make_cfg(tmp_path, precision=precision, dtype=dtype, **{
         "schedule.adapter": adapter, "data.seq_len": 16, "data.n_sequences": 20, "train.micro_batch_size": micro,
@@ -311,7 +312,7 @@ def test_a_real_step_keeps_no_more_than_the_plan_counts(tmp_path, tiny_pair, tin
     models = (tiny_pair.teacher, tiny_pair.student) if dtype == "float32" else (
         load_model(m, tokenizer=tiny_hf[2], name=f"tiny-{role}", dtype=cfg.torch_dtype)
         for role, m in zip(("teacher", "student"), tiny_hf[:2], strict=True))
-    trainer = Trainer(cfg, **dict(zip(("teacher", "student"), models, strict=True)), data=tokens)
+    trainer = Trainer(cfg, ModelPair(*models), data=tokens)
     stage = trainer.stages[0]
     trainer._open_stage(stage)
     index, batch = trainer._local_batch(0)

@@ -16,7 +16,7 @@ from semalign_lens.core.errors import SemalignError
 from semalign_lens.data import corpus
 from semalign_lens.models.tiny import tiny_tokenizer_dir
 from semalign_lens.training import checkpoint
-from semalign_lens.training.pretrain import PretrainConfig, batch_indices, lr_at, pretrain
+from semalign_lens.training.pretrain import PretrainConfig, batch_indices, pretrain
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -70,10 +70,14 @@ def test_batches_are_a_function_of_seed_and_step():
 
 
 def test_lr_schedule_warms_up_then_decays(tiny_corpus):
+    """Pretraining's schedule is the aligner's (`schedule.warmup_then_decay`) over the whole run."""
+    from semalign_lens.training.schedule import warmup_then_decay
+
     cfg = tiny_config(tiny_corpus, total_tokens=4 * 64 * 100, warmup_steps=10)
-    assert lr_at(cfg, 0) == pytest.approx(cfg.lr / 10)
-    assert lr_at(cfg, 9) == pytest.approx(cfg.lr)
-    assert lr_at(cfg, cfg.steps - 1) == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.01)
+    lr_at = lambda step: warmup_then_decay(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)  # noqa: E731
+    assert lr_at(0) == pytest.approx(cfg.lr / 10)
+    assert lr_at(9) == pytest.approx(cfg.lr)
+    assert lr_at(cfg.steps - 1) == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.01)
 
 
 def test_resume_after_stop_reproduces_uninterrupted_run(tiny_corpus, tmp_path):
@@ -88,6 +92,12 @@ def test_resume_after_stop_reproduces_uninterrupted_run(tiny_corpus, tmp_path):
     for step, loss in _losses(tmp_path / "whole").items():
         assert split_losses[step] == pytest.approx(loss, abs=1e-6), step
     assert resumed["val_loss_full"] == pytest.approx(whole["val_loss_full"], abs=1e-6)
+    # the learning rate each step trained at: warmup over 2 steps, then cosine to 0.1 x peak over the other 4
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    assert lr[1] == pytest.approx(peak / 2) and lr[2] == pytest.approx(peak)
+    assert lr[6] == pytest.approx(floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
     assert whole["val_loss_full"] < math.log(384) - 0.1  # it learns: below chance after 6 steps
 
 

@@ -34,7 +34,7 @@ def test_an_accelerator_set_up_for_fsdp_is_refused(tmp_path, tiny_pair, tokens):
 
     fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
     with pytest.raises(SemalignError, match=r"^accelerate is configured for FSDP,"):
-        Trainer(make_cfg(tmp_path), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+        Trainer(make_cfg(tmp_path), tiny_pair, data=tokens,
                 accelerator=fsdp)
 
 
@@ -68,7 +68,7 @@ def test_what_the_main_process_sends_the_others_survives_the_broadcast(tmp_path,
 
     sent = []
     monkeypatch.setattr(loop, "from_main", lambda acc, value, *a, **k: sent.append(value) or value)
-    trainer = Trainer(make_cfg(tmp_path), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    trainer = Trainer(make_cfg(tmp_path), tiny_pair, data=tokens)
     setup = pickle.loads(pickle.dumps(sent[0]))
     assert setup.pairs == trainer.pairs and setup.teacher_hash == trainer.identity["teacher_hash"]
     assert torch.equal(setup.transfer.matrix, trainer.transfer.matrix) and repr(setup.transfer) == repr(trainer.transfer)

@@ -17,7 +17,7 @@ def first_step(tmp_path, tiny_pair, tokens, checkpointing: bool, adapter: str, s
     ran, the bytes autograd kept for backward outside any checkpoint, the student)."""
     cfg = make_cfg(tmp_path, **{"train.activation_checkpointing": checkpointing, "schedule.adapter": adapter,
                                 "schedule.lora_rank": 4})
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    trainer = Trainer(cfg, tiny_pair, data=tokens)
     stage = trainer.stages[stage_index]
     trainer._open_stage(stage)
     index, batch = trainer._local_batch(stage.start)

@@ -14,16 +14,14 @@ def test_pairing_from_a_saved_layer_pairing_and_by_cka(tmp_path, tiny_pair, toke
     from semalign_lens.lens.pairing import pair_proportional
 
     saved = pair_proportional(6, 3, student_layers=[1, 2]).save(tmp_path / "pairing.json")
-    trainer = Trainer(make_cfg(tmp_path / "a", **{"pairing.path": str(saved)}), teacher=tiny_pair.teacher,
-                      student=tiny_pair.student, data=tokens)
+    trainer = Trainer(make_cfg(tmp_path / "a", **{"pairing.path": str(saved)}), tiny_pair, data=tokens)
     assert [(p.student_layer, p.teacher_low) for p in trainer.pairs] == [(1, 3), (2, 5)]
     assert len(trainer.stages) == 2
-    trainer = Trainer(make_cfg(tmp_path / "b", **{"pairing.strategy": "cka"}), teacher=tiny_pair.teacher,
-                      student=tiny_pair.student, data=tokens)
+    trainer = Trainer(make_cfg(tmp_path / "b", **{"pairing.strategy": "cka"}), tiny_pair, data=tokens)
     lows = [p.teacher_low for p in trainer.pairs]
     assert [p.student_layer for p in trainer.pairs] == [0, 1, 2] and lows == sorted(lows)
     with pytest.raises(SemalignError, match="built for a 8-layer teacher .* the models have 6 and 3 layers"):
-        Trainer(make_cfg(tmp_path / "c"), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+        Trainer(make_cfg(tmp_path / "c"), tiny_pair, data=tokens,
                 pairing=pair_proportional(8, 3))
 
 

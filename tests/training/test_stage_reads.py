@@ -74,11 +74,11 @@ def test_the_teacher_is_released_once_targets_are_cached(tmp_path, mode, monkeyp
     """The teacher read by the trainer itself from its directory: with cached targets, once the trainer is
     built no storage of its weights is alive (neither the loaded bridge nor the plain copy that built the
     cache); online, the trainer holds them all."""
-    import semalign_lens.models.load as models
+    import semalign_lens.training.loop as loop
 
     teacher, student, text = _write_tiny_models(tmp_path)
     storages: list[StorageWeakRef] = []
-    load = models.load_model
+    load = loop.load_model
 
     def load_noting_the_teacher(source, *args, **kwargs):
         model = load(source, *args, **kwargs)
@@ -86,7 +86,7 @@ def test_the_teacher_is_released_once_targets_are_cached(tmp_path, mode, monkeyp
             storages.extend(StorageWeakRef(p.untyped_storage()) for p in model.parameters())
         return model
 
-    monkeypatch.setattr(models, "load_model", load_noting_the_teacher)
+    monkeypatch.setattr(loop, "load_model", load_noting_the_teacher)  # the loader the trainer calls
     cfg = make_cfg(tmp_path, teacher=str(teacher), student=str(student),
                    **{"data.source": str(text), "data.seq_len": 32, "data.n_sequences": 8, "targets.mode": mode,
                       "targets.cache_dir": str(tmp_path / "cache"), "objective.terms": {"relation": 1.0}})

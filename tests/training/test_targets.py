@@ -19,7 +19,7 @@ def test_cached_targets_reproduce_online_losses_without_the_teacher(tmp_path, ti
     cache = tmp_path / "cache"
     cfg = make_cfg(tmp_path / "off", **over, **{"targets.mode": "cached", "targets.cache_dir": str(cache),
                                                 "targets.shard_sequences": 3})
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    trainer = Trainer(cfg, tiny_pair, data=tokens)
     assert trainer.teacher is None  # the teacher is not held during training
     cached = trainer.run()
     assert (cache / "meta.json").exists() and len(list(cache.glob("shard-*.safetensors"))) == 7  # ceil(20 / 3)
@@ -39,6 +39,7 @@ def test_cached_kl_needs_cached_logits_and_then_works(tmp_path, tiny_pair, token
 
 
 def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny_pair, tokens):
+    from semalign_lens.models.pair import ModelPair
     from semalign_lens.models.tiny import tiny_pair as build
 
     cache = tmp_path / "cache"
@@ -47,14 +48,14 @@ def test_cache_from_another_teacher_layer_or_tokenizer_is_refused(tmp_path, tiny
     run(make_cfg(tmp_path / "a", **over), tiny_pair, tokens, stop_after_steps=1)
     other = build(seed=7)
     with pytest.raises(SemalignError, match="another teacher weights"):
-        Trainer(make_cfg(tmp_path / "b", **over), teacher=other.teacher, student=tiny_pair.student, data=tokens)
+        Trainer(make_cfg(tmp_path / "b", **over), ModelPair(other.teacher, tiny_pair.student), data=tokens)
     with pytest.raises(SemalignError, match=r"holds teacher layers \[1, 3, 5\].*needs \[4\]"):
-        Trainer(make_cfg(tmp_path / "c", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+        Trainer(make_cfg(tmp_path / "c", **over), tiny_pair, data=tokens,
                 pairing=[[0, 4, 4, 0.0]])
     meta = json.loads((cache / "meta.json").read_text())
     (cache / "meta.json").write_text(json.dumps({**meta, "tokenizer_hash": "0" * 64}))
     with pytest.raises(SemalignError, match="another tokenizer"):
-        Trainer(make_cfg(tmp_path / "d", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+        Trainer(make_cfg(tmp_path / "d", **over), tiny_pair, data=tokens)
     assert not (tmp_path / "b" / "run" / "checkpoints").exists()
 
 
@@ -66,7 +67,7 @@ def test_damaged_or_unchecked_cache_is_noted_and_built_again(tmp_path, tiny_pair
             "targets.shard_sequences": 8}
 
     def trainer(name):
-        return Trainer(make_cfg(tmp_path / name, **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+        return Trainer(make_cfg(tmp_path / name, **over), tiny_pair,
                        data=tokens)
 
     trainer("a")

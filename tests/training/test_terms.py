@@ -69,7 +69,7 @@ def test_the_trainer_keeps_what_the_terms_need_with_cached_targets(tmp_path, tin
             cfg = make_cfg(tmp_path / "run", **{"objective.terms": terms, "targets.mode": "cached",
                                                 "targets.cache_logits": store, "targets.top_k": 16,
                                                 "targets.cache_dir": str(tmp_path / f"c-{store}-{len(kept)}")})
-            trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+            trainer = Trainer(cfg, tiny_pair, data=tokens)
             kept[f"{next(iter(terms))} {store}"] = (trainer.teacher is not None, trainer.teacher_lens is not None)
     assert kept == {"kl dense": (False, False), "lens_kl dense": (False, True), "interchange dense": (True, False),
                     "kl topk": (False, False), "lens_kl topk": (False, False), "interchange topk": (True, False)}

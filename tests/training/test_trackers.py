@@ -188,4 +188,4 @@ def test_trackers_and_an_accelerator_without_them_are_refused(tmp_path, tiny_pai
 
     cfg = make_cfg(tmp_path, trackers=["tensorboard"])
     with pytest.raises(SemalignError, match=r"trackers \['tensorboard'\] are not among the given accelerator's"):
-        Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, accelerator=Accelerator(cpu=True))
+        Trainer(cfg, tiny_pair, data=tokens, accelerator=Accelerator(cpu=True))

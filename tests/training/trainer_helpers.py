@@ -24,7 +24,7 @@ def make_cfg(tmp_path: Path, **overrides) -> AlignConfig:
 
 
 def run(cfg, tiny_pair, tokens, stop_after_steps=None, **kw):
-    return align(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens,
+    return align(cfg, tiny_pair, data=tokens,
                  stop_after_steps=stop_after_steps, **kw)
 
 

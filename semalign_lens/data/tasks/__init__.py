@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...core.checks import read_utf8
+from ...core.checks import read_json, read_utf8
 from ...core.errors import SemalignError
 from .batch import ALIGN, PairBatch, tokenize_pairs
 from .code import humaneval_task
@@ -50,10 +50,7 @@ def load_task(spec: str | Path | Task, *, tokenizer=None, n: int | None = None, 
         raise SemalignError(f"task {text!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor an "
                             "existing .json/.jsonl file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(read_utf8(path, "task file"))
-        except json.JSONDecodeError as err:
-            raise SemalignError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        data = read_json(path, "task file")
         if isinstance(data, dict) and "facts" in data:
             return fact_task(load_facts(path), tokenizer=tokenizer, seed=seed, n=n)
     elif path.suffix == ".jsonl":

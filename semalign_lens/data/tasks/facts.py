@@ -15,7 +15,6 @@ reads a user's file in the same format, or a JSONL file with one fact per line c
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ...core.checks import read_utf8
+from ...core.checks import read_json
 from ...core.errors import SemalignError
 from .schema import PromptPair, Task, check_fields, raise_problems, read_records
 
@@ -111,10 +110,7 @@ def _read_fact_file(path: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """(header, records): a JSON object with 'types' and 'facts', or a JSONL file of standalone facts."""
     if path.suffix == ".jsonl":
         return {"name": path.stem}, read_records(path)
-    try:
-        data = json.loads(read_utf8(path, "facts file"))
-    except json.JSONDecodeError as err:
-        raise SemalignError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    data = read_json(path, "facts file")
     if not isinstance(data, Mapping) or "facts" not in data:
         raise SemalignError(f"{path} must be a JSON object with 'facts' (a list) and 'types' "
                             "({type: {templates: [...]}}); see semalign_lens/data/tasks/facts.json")

@@ -24,6 +24,7 @@ fields replaced, and `run_method` trains it.
 | `seeking` | ce | sensitivity-located teacher blocks → SVD → LoRA init, then fine-tuning (Zhong et al.) |
 | `laten` | ce + laten_l2 | located teacher neurons → hypernetwork → added to located student neurons (Tan et al.) |
 | `semalign` | relation + kl | SemAlign v2 (relation geometry of the mapped residual) with the dual map |
+| `semalign-layer` | relation | SemAlign v2's layer term alone, no output KL (dual map) |
 | `semalign-cosine` | cosine + kl | SemAlign v1's layer loss with v2's output KL, dual map |
 | `semalign-fisher` | fisher + kl | the ACL version's Fisher-weighted quadratic on aligned logits, dual map |
 | `semalign-paper-map` | relation + kl | `semalign` with the paper's own (non-dual) recomposition |

@@ -87,7 +87,7 @@ def method_config(base, method: str | Method):
     return cfg
 
 
-def method_trainer(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
+def method_trainer(method: str | Method, base, pair=None, *, data, run_dir, pairing=None, transfer=None,
                    diag_data=None, lean: bool = False, plugins: Sequence = ()):
     """The trainer of `run_method`, built but not run: for callers that train in pieces
     (`trainer.run(stop_after_steps=n)`) and evaluate `trainer.student` in between.
@@ -101,23 +101,18 @@ def method_trainer(method: str | Method, base, *, teacher, student, data, run_di
         cfg.figures = False
     if transfer is not None and getattr(transfer, "kind", None) != cfg.transfer.kind:
         transfer = None
-    return Trainer(cfg, teacher=teacher, student=student, data=data, diag_data=diag_data, pairing=pairing,
-                   transfer=transfer, run_dir=run_dir,
+    return Trainer(cfg, pair, data=data, diag_data=diag_data, pairing=pairing, transfer=transfer, run_dir=run_dir,
                    plugins=([m.plugin()] if m.plugin is not None else []) + list(plugins))
 
 
-def run_method(method: str | Method, base, *, teacher, student, data, run_dir, pairing=None, transfer=None,
+def run_method(method: str | Method, base, pair=None, *, data, run_dir, pairing=None, transfer=None,
                diag_data=None, lean: bool = False, plugins: Sequence = ()):
-    """Train `student` with `method` under the shared `base` config; returns the trainer's `AlignResult`,
-    with `trainable_params` ({stage: count}), `data_hash` and `steps` added (what the fairness rule fixes).
+    """Train the student of `pair` (a validated `ModelPair`; None: the config's) with `method` under the shared
+    `base` config; returns the trainer's `AlignResult`, whose `trainable_params` ({stage: count}), `data_hash`
+    and `steps` are what the fairness rule fixes.
 
     `transfer`: a prebuilt `TransferMap` (reused across methods to save time); ignored by methods whose map
     kind differs from it. `lean`: skip CKA heatmaps and figure files (the benchmark's setting).
     """
-    trainer = method_trainer(method, base, teacher=teacher, student=student, data=data, run_dir=run_dir,
-                             pairing=pairing, transfer=transfer, diag_data=diag_data, lean=lean, plugins=plugins)
-    result = trainer.run()
-    result.trainable_params = dict(trainer.stage_params)  # per stage; the fairness record of the row
-    result.data_hash = trainer.identity["data_hash"]
-    result.steps = trainer.stages[-1].end
-    return result
+    return method_trainer(method, base, pair, data=data, run_dir=run_dir, pairing=pairing, transfer=transfer,
+                          diag_data=diag_data, lean=lean, plugins=plugins).run()

@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch.utils.checkpoint import checkpoint
 
 from ...core.errors import SemalignError
+from ...models.likelihood import next_token_nll
 from ...models.readout import LogitLens
 from .sparse_logits import SparseLogits, sparse_kl_sum, sparse_readout_kl_sum
 
@@ -332,17 +333,6 @@ def cosine_onehot_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: I
     y_norm = math.sqrt((1 - eps_ls + eps_ls / vocab) ** 2 + (vocab - 1) * (eps_ls / vocab) ** 2)
     cos = dot / (z.norm(dim=-1).clamp(min=eps) * y_norm)
     return 1.0 - _masked_mean(cos, valid)
-
-
-def next_token_nll(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],
-                   scored: Bool[torch.Tensor, "batch pos_1"] | None = None) -> torch.Tensor:
-    """Summed next-token negative log-likelihood (nats, fp32) of `tokens[:, 1:]` under `logits[:, :-1]`, over the
-    `scored` positions (None: all). The one cross-entropy of the package: the trainer's loss and held-out metric,
-    the evaluation's scores and the pretraining's validation loss all sum it."""
-    z, target = logits[:, :-1], tokens[:, 1:]
-    if scored is None or bool(scored.all()):  # no boolean gather: it would copy [n, vocab] logits
-        return F.cross_entropy(z.reshape(-1, z.shape[-1]).float(), target.reshape(-1), reduction="sum")
-    return F.cross_entropy(z[scored].float(), target[scored], reduction="sum")
 
 
 def ce_loss(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Int[torch.Tensor, "batch pos"],

@@ -244,7 +244,7 @@ def make_cfg(tmp_path: Path, **overrides):
 
 
 def run(cfg, tiny_pair, tokens, **kw):
-    return align(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens, **kw)
+    return align(cfg, tiny_pair, data=tokens, **kw)
 
 
 def test_top_k_beyond_the_vocabulary_is_refused_before_the_cache_is_built(tmp_path, tiny_pair, tokens):
@@ -258,7 +258,7 @@ def test_top_k_beyond_the_vocabulary_is_refused_before_the_cache_is_built(tmp_pa
 def test_top_k_cache_holds_ids_log_probs_and_tail_mass(tmp_path, tiny_pair, tokens):
     cache = tmp_path / "cache"
     cfg = make_cfg(tmp_path, **{"targets.cache_dir": str(cache), "precision": "fp32"})  # fp16 storage error only
-    trainer = Trainer(cfg, teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    trainer = Trainer(cfg, tiny_pair, data=tokens)
     meta = json.loads((cache / "meta.json").read_text())
     assert (meta["logits"], meta["top_k"]) == ("topk", 8)
     with safe_open(str(cache / "shard-00000.safetensors"), "pt") as f:
@@ -282,25 +282,24 @@ def test_top_k_cache_holds_ids_log_probs_and_tail_mass(tmp_path, tiny_pair, toke
 def test_top_k_cache_with_another_top_k_mode_or_data_is_refused(tmp_path, tiny_pair, tokens):
     cache = tmp_path / "cache"
     over = {"targets.cache_dir": str(cache)}
-    Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    Trainer(make_cfg(tmp_path / "a", **over), tiny_pair, data=tokens)
     cases = [({"targets.top_k": 4}, tokens, r"holds the teacher's top 8 tokens per position, but this run asks for "
                                             r"targets.top_k = 4"),
              ({"targets.cache_logits": "dense"}, tokens, "holds topk teacher logits, but this run asks for dense"),
              ({}, TokenBatch(tokens.tokens.flip(0), tokens.mask), "another training data")]
     for i, (extra, data, message) in enumerate(cases):
         with pytest.raises(SemalignError, match=message) as err:
-            Trainer(make_cfg(tmp_path / f"b{i}", **over, **extra), teacher=tiny_pair.teacher,
-                    student=tiny_pair.student, data=data)
+            Trainer(make_cfg(tmp_path / f"b{i}", **over, **extra), tiny_pair, data=data)
         assert "\n" not in str(err.value)
     # a run that reads no logits may use the cache's states
     Trainer(make_cfg(tmp_path / "c", **over, **{"objective.terms": {"relation": 1.0}, "targets.top_k": 4}),
-            teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+            tiny_pair, data=tokens)
 
 
 def test_top_k_cache_with_tail_samples_holds_the_draws_and_refuses_another_count(tmp_path, tiny_pair, tokens):
     cache = tmp_path / "cache"
     over = {"targets.cache_dir": str(cache), "precision": "fp32", "targets.tail_samples": 5}
-    trainer = Trainer(make_cfg(tmp_path / "a", **over), teacher=tiny_pair.teacher, student=tiny_pair.student,
+    trainer = Trainer(make_cfg(tmp_path / "a", **over), tiny_pair,
                       data=tokens)
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["tail_samples"] == 5 and meta["keys"][-2:] == ["tail_ids", "tail_logprobs"]
@@ -315,10 +314,9 @@ def test_top_k_cache_with_tail_samples_holds_the_draws_and_refuses_another_count
     assert not (batch.tail_ids[..., :, None] == batch.ids[..., None, :]).any()
     with pytest.raises(SemalignError, match=r"holds 5 tail samples per position, but this run asks for "
                                             r"targets.tail_samples = 0"):
-        Trainer(make_cfg(tmp_path / "b", **{**over, "targets.tail_samples": 0}), teacher=tiny_pair.teacher,
-                student=tiny_pair.student, data=tokens)
+        Trainer(make_cfg(tmp_path / "b", **{**over, "targets.tail_samples": 0}), tiny_pair, data=tokens)
     shutil.rmtree(cache)  # rebuilt: the same draws (a generator seeded per shard)
-    Trainer(make_cfg(tmp_path / "c", **over), teacher=tiny_pair.teacher, student=tiny_pair.student, data=tokens)
+    Trainer(make_cfg(tmp_path / "c", **over), tiny_pair, data=tokens)
     with safe_open(str(cache / "shard-00000.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("tail_ids"), drawn)
 
