@@ -27,7 +27,7 @@ Methods (M = the task metric, by default the teacher-forced answer log-prob of t
   per prompt, as in Seeking's per-sample sum).
 - `laten` (LaTen's static log-prob increase, Tan et al. 2025; **adapted**): LaTen scores a module's output
   o against the residual r before it as log p(y|r+o) − log p(y|r), read through the final norm with the
-  *final* residual's scale and the LM head (the "cached" logit lens, TransformerLens's `apply_ln_to_stack`;
+  *final* residual's scale and the LM head (the "frozen" logit lens, TransformerLens's `apply_ln_to_stack`;
   `models.readout.logit_lens`), at the last position for the last answer token. Here the module
   is the whole block (o = block write, r = resid_pre), and the increase is summed over every answer token at
   the position that predicts it (teacher-forced, like the other methods).
@@ -463,7 +463,7 @@ def parameter_sensitivity(model, batch: PairBatch, *, metric: str = "logprob", n
 def logprob_increase(model, batch: PairBatch, *, batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
                      progress: bool = True) -> pd.DataFrame:
     """`laten` rows: Σ over answer tokens of log p(y | resid_post_l) − log p(y | resid_pre_l), read by the
-    "cached" logit lens (`models.readout.logit_lens` with the final residual's norm scale, TransformerLens's
+    "frozen" logit lens (`models.readout.logit_lens` with the final residual's norm scale, TransformerLens's
     `apply_ln_to_stack`): affine in the state, so a block's increase is not distorted by its own norm."""
     from ..models.readout import Readout
 

@@ -1,10 +1,11 @@
 """A model's logit lens: its final norm, then its LM head, read on any residual state.
 
-One readout, two views. `Readout` is the tensor view for analysis (detached fp32 parts of a bridge or plain
-model; the norm's scale recomputed on each state, or taken from the final residual as TransformerLens's cached
-`ln_final.hook_scale`). `LogitLens` is the module view for training (the plain model's own norm and head
-modules, so gradients reach a trainable head). Both read the real vocabulary rows only (`models.load.vocab_rows`:
-a head padded beyond its tokenizer reads no padded row).
+One readout, `read_logits` (the norm's arithmetic written out, then the head), with the norm's scale recomputed
+on each state or frozen at the final residual's (`READOUTS`), and two views of its parts: `Readout` holds
+detached fp32 copies, for analysis (a readout never holds the model or its graph); `LogitLens` is a module
+holding the plain model's own norm and head modules, for training (their parameters enter the same arithmetic,
+so gradients reach a trainable head and norm). Both read the real vocabulary rows only
+(`models.load.vocab_rows`: a head padded beyond its tokenizer reads no padded row).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -20,6 +22,12 @@ from ..core.checks import is_hf_model, require_hooked
 from ..core.errors import SemalignError
 from .load import model_name, vocab_rows
 from .plain import parts
+
+# The norm's scale, by the label each analysis reports (TransformerLens's meaning of each).
+READOUTS = {
+    "recompute": "final norm recomputed on each state (TransformerLens: logit_lens, accumulated_resid(apply_ln=True))",
+    "frozen": "final norm at the final residual's scale (TransformerLens: apply_ln_to_stack, ln_final.hook_scale)",
+}
 
 
 def unembedding(model) -> Float[Tensor, "d vocab"]:
@@ -37,8 +45,26 @@ def unembedding(model) -> Float[Tensor, "d vocab"]:
     return W_U.detach()
 
 
+def norm_parts(module: nn.Module, *, offset: bool | None = None, rms: bool | None = None, eps: float | None = None
+               ) -> dict[str, Any]:
+    """An HF norm module as the parts `normed` takes: {norm: rms|layer, weight, bias, eps}, with the module's own
+    parameters (not detached: gradients reach them through the readout).
+
+    `offset`: the gain is `1 + w` (Gemma's norms; None: read from the class name); `rms`: None reads it from the
+    class name; `eps`: used when the module names none (else 1e-5)."""
+    name = type(module).__name__.lower()
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if (("gemma" in name) if offset is None else offset) and isinstance(weight, Tensor):
+        weight = 1.0 + weight
+    eps = next((float(e) for e in (getattr(module, "variance_epsilon", None), getattr(module, "eps", None), eps)
+                if e is not None), 1e-5)
+    return {"norm": "rms" if (("rms" in name) if rms is None else rms) else "layer", "eps": eps,
+            "weight": weight if isinstance(weight, Tensor) else None,
+            "bias": bias if isinstance(bias, Tensor) else None}
+
+
 def final_norm(model) -> dict[str, Any]:
-    """The final norm of a TransformerBridge as plain data: {norm: rms|layer|none, weight, bias, eps}.
+    """The final norm of a TransformerBridge as plain data: {norm: rms|layer|none, weight, bias, eps}, detached.
 
     Reads the HF module under `model.ln_final` (the gain actually used), applying Gemma-style `1 + w`
     offsets when the bridge says so. In compatibility mode the gain is already folded into W_U and reads
@@ -48,28 +74,48 @@ def final_norm(model) -> dict[str, Any]:
     if ln is None:
         return {"norm": "none", "weight": None, "bias": None, "eps": 0.0}
     mod = getattr(ln, "_original_component", None)
-    mod = ln if mod is None else mod
-    weight = getattr(mod, "weight", None)
-    bias = getattr(mod, "bias", None)
-    if getattr(ln, "uses_weight_offset", False) and weight is not None:
-        weight = 1.0 + weight
-    eps = next((float(e) for e in (getattr(mod, "variance_epsilon", None), getattr(mod, "eps", None),
-                                   getattr(getattr(model, "cfg", None), "eps", None)) if e is not None), 1e-5)
-    rms = getattr(ln, "uses_rms_norm", None)
-    if rms is None:
-        rms = "rms" in type(mod).__name__.lower()
-    return {"norm": "rms" if rms else "layer", "eps": eps,
-            "weight": None if weight is None else weight.detach(),
-            "bias": None if not isinstance(bias, Tensor) else bias.detach()}
+    found = norm_parts(ln if mod is None else mod, offset=bool(getattr(ln, "uses_weight_offset", False)),
+                       rms=getattr(ln, "uses_rms_norm", None), eps=getattr(getattr(model, "cfg", None), "eps", None))
+    detach = lambda t: None if t is None else t.detach()  # noqa: E731
+    return {**found, "weight": detach(found["weight"]), "bias": detach(found["bias"])}
 
 
 # ------------------------------------------------------------------------------------------ readout
+def normed(h: Float[Tensor, "... d"], *, norm: str, weight: Tensor | None, bias: Tensor | None, eps: float,
+           dtype: torch.dtype, final: Float[Tensor, "... d"] | None = None) -> Float[Tensor, "... d"]:
+    """The final norm of `h` in `dtype` (rms | layer | none: centre for a LayerNorm, divide by the scale, then
+    gain and bias). The scale is taken in fp32 at least and the result cast back before the gain, as HF's norms do.
+
+    `final` None ("recompute"): the scale of each state itself, each read as if it were the last block's output.
+    `final` given ("frozen"): the scale of the last block's output at the same positions (broadcastable to h),
+    TransformerLens's cached `ln_final.hook_scale` (`apply_ln_to_stack`): the readout is then affine in h, so the
+    parts of a residual sum read as parts of the model's own logits (LaTen's attribution)."""
+    x = h.to(dtype)
+    if norm in ("rms", "layer"):
+        centred = (lambda t: t - t.mean(-1, keepdim=True)) if norm == "layer" else (lambda t: t)  # noqa: E731
+        wide = torch.promote_types(dtype, torch.float32)
+        x_wide = centred(x.to(wide))
+        ref = x_wide if final is None else centred(final.to(dtype).to(wide))
+        x = (x_wide * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+    if weight is not None:
+        x = x * weight
+    return x if bias is None else x + bias
+
+
+def read_logits(h: Float[Tensor, "... d"], norm: dict[str, Any], head: Float[Tensor, "vocab d"],
+                head_bias: Float[Tensor, " vocab"] | None = None, final: Float[Tensor, "... d"] | None = None
+                ) -> Float[Tensor, "... vocab"]:
+    """The logit lens: `normed(h)` (`norm`: the parts `norm_parts` gives), then the head (`head`: [vocab, d], as
+    an `nn.Linear` holds it), in the head's dtype (states captured to the host are read where the head is)."""
+    return F.linear(normed(h, **norm, dtype=head.dtype, final=final), head, head_bias)
+
+
 @dataclass(eq=False)
 class Readout:
-    """A model's logit-lens head as plain tensors: final norm, then W_U + b_U (`logit_lens` names the two readouts).
+    """A model's logit-lens head as plain tensors: final norm, then W_U + b_U, read by `read_logits`.
 
     The tensor view, for analysis: detached fp32 copies, so a readout never holds the model or its graph.
-    `LogitLens` below is the module view of the same two parts, for training.
+    `LogitLens` below is the module view of the same parts, for training.
     """
 
     W_U: Float[Tensor, "d vocab"]
@@ -106,39 +152,16 @@ class Readout:
 
     def __call__(self, h: Float[Tensor, "... d"], final: Float[Tensor, "... d"] | None = None
                  ) -> Float[Tensor, "... vocab"]:
-        x = self._centred(h)
-        if self.norm in ("rms", "layer"):
-            ref = x if final is None else self._centred(final)
-            x = x * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            x = x * self.weight
-        if self.bias is not None:
-            x = x + self.bias
-        logits = x @ self.W_U
-        return logits if self.b_U is None else logits + self.b_U
-
-    def _centred(self, h: Tensor) -> Tensor:
-        x = h.to(self.W_U)  # states captured to the host are read where the head is, in its dtype
-        return x - x.mean(-1, keepdim=True) if self.norm == "layer" else x
-
-
-# The two logit-lens readouts, by the label each analysis reports (TransformerLens's meaning of each).
-READOUTS = {
-    "recompute": "final norm recomputed on each state (TransformerLens: logit_lens, accumulated_resid(apply_ln=True))",
-    "cached": "final norm at the final residual's scale (TransformerLens: apply_ln_to_stack, ln_final.hook_scale)",
-}
+        """`read_logits` on these parts; `final`: the last block's output, for the "frozen" scale (`normed`)."""
+        norm = {"norm": self.norm, "weight": self.weight, "bias": self.bias, "eps": self.eps}
+        return read_logits(h, norm, self.W_U.T, self.b_U, final)
 
 
 def logit_lens(model_or_readout, h: Float[Tensor, "... d"], *, final: Float[Tensor, "... d"] | None = None
                ) -> Float[Tensor, "... vocab"]:
-    """Logits of residual states `h` read through the model's final norm and head (`READOUTS`).
-
-    Without `final` ("recompute"), the norm's scale is recomputed on each state: each is read as if it were
-    the last block's output. With `final` ("cached"), the last block's output at the same positions
-    (broadcastable to h), the norm divides by final's scale, which is TransformerLens's cached
-    `ln_final.hook_scale` (`apply_ln_to_stack`): the readout is then affine in h, so the parts of a residual
-    sum read as parts of the model's own logits (LaTen's attribution).
-    """
+    """Logits of residual states `h` read through the model's final norm and head (`READOUTS`): without
+    `final` the norm's scale is recomputed on each state ("recompute"); with `final`, the last block's output at
+    the same positions, it is frozen at final's scale ("frozen", `normed`)."""
     readout = model_or_readout if isinstance(model_or_readout, Readout) else Readout.from_model(model_or_readout)
     wide = [t.shape[-1] for t in (h, final) if t is not None and t.shape[-1] != readout.d_model]
     if wide:
@@ -148,11 +171,12 @@ def logit_lens(model_or_readout, h: Float[Tensor, "... d"], *, final: Float[Tens
 
 
 class LogitLens(torch.nn.Module):
-    """A model's logit lens as its parts: final `norm` (a module), then z = norm(h) Wᵀ + b.
+    """A model's logit lens as its own modules: final `norm`, then `head`, read by `read_logits`.
 
-    The module view, for training: it holds the model's own modules, so gradients reach a trainable head, and
-    exposing the head weight lets `objectives.fisher_loss` fuse the head matmul with the loss, so that no
-    vocabulary-sized tensor outlives a chunk of tokens. `Readout` above is the tensor view of the same parts.
+    The module view, for training: the norm's and head's parameters enter the readout themselves, so gradients
+    reach a trainable head and norm, and exposing the head weight lets `objectives.fisher_loss` fuse the head
+    matmul with the loss, so that no vocabulary-sized tensor outlives a chunk of tokens. `Readout` above is the
+    tensor view of the same parts.
     """
 
     def __init__(self, norm: torch.nn.Module, head: torch.nn.Linear, rows: int | None = None):
@@ -160,9 +184,9 @@ class LogitLens(torch.nn.Module):
         self.norm, self.head = norm, head
         self.rows = rows  # the real vocabulary rows (`models.load.vocab_rows`); None: every head row
 
-    def normed(self, h: torch.Tensor) -> torch.Tensor:
-        """norm(h), `h` first cast to the head's dtype (fp32 states read through a bf16 student's head)."""
-        return self.norm(h.to(self.head.weight.dtype))
+    def normed(self, h: torch.Tensor, final: torch.Tensor | None = None) -> torch.Tensor:
+        """The final norm of `h`, in the head's dtype (fp32 states read through a bf16 student's head)."""
+        return normed(h, **norm_parts(self.norm), dtype=self.head.weight.dtype, final=final)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -173,9 +197,8 @@ class LogitLens(torch.nn.Module):
         bias = self.head.bias
         return bias if bias is None or self.rows is None else bias[: self.rows]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.normed(h))
-        return z if self.rows is None else z[..., : self.rows]
+    def forward(self, h: torch.Tensor, final: torch.Tensor | None = None) -> torch.Tensor:
+        return read_logits(h, norm_parts(self.norm), self.weight, self.bias, final)
 
 
 def lens_fn(model: nn.Module, rows: int | None = None):

@@ -43,9 +43,33 @@ def test_both_views_read_what_hf_computes(tiny_pair):
             gain.copy_(kept)
 
 
-def test_the_module_view_carries_gradients_to_the_head(tiny_pair):
-    """What the trainer needs of the module view, and the tensor view cannot give: a trainable head."""
+def test_the_module_and_tensor_views_read_alike_at_both_scales(tiny_pair):
+    """The module view (a plain copy's own norm and head) and the tensor view (the bridge's detached fp32 parts)
+    give the same logits, the norm's scale recomputed on each state and frozen at the final residual's."""
+    model = tiny_pair.teacher
+    lens, readout = lens_fn(clean_copy(model, share_weights=True)), Readout.from_model(model)
+    torch.manual_seed(0)
+    h, final = torch.randn(2, 5, model.cfg.d_model) * 3, torch.randn(2, 5, model.cfg.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(lens(h), readout(h), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(lens(h, final), readout(h, final), atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(lens(h), lens(h, final), atol=1e-3)  # the two scales differ: both were read
+
+
+def test_the_module_view_carries_gradients_to_the_head_and_norm(tiny_pair):
+    """What the trainer needs of the module view, and the tensor view cannot give: a trainable head and norm. The
+    gradients are HF's own, through its norm and head modules' forwards."""
     plain = clean_copy(tiny_pair.student, share_weights=False)
-    lens = lens_fn(plain)
-    lens(torch.randn(3, tiny_pair.student.cfg.d_model)).logsumexp(-1).sum().backward()
-    assert parts(plain).head.weight.grad is not None and parts(plain).head.weight.grad.abs().sum() > 0
+    norm, head = parts(plain).norm, parts(plain).head
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, norm.weight.numel()))
+    h = torch.randn(3, tiny_pair.student.cfg.d_model)
+    grads = []
+    for read in (lens_fn(plain), lambda x: head(norm(x))):
+        plain.zero_grad()
+        read(h).logsumexp(-1).sum().backward()
+        grads.append((head.weight.grad.clone(), norm.weight.grad.clone()))
+    (head_grad, norm_grad), (hf_head_grad, hf_norm_grad) = grads
+    assert head_grad.abs().sum() > 0 and norm_grad.abs().sum() > 0
+    torch.testing.assert_close(head_grad, hf_head_grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(norm_grad, hf_norm_grad, atol=1e-6, rtol=1e-5)

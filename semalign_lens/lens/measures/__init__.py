@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ...core.checks import require_choices
 from ...core.errors import SemalignError
+from ...core.registry import Registry
 from ..similarity import PermutationNull, States
 from . import neighbours, procrustes, rsa
 from .compare import MeasureComparison, Reading, compare_measures
@@ -76,7 +77,7 @@ class Measure:
         return sorted(n for n, p in params if p.kind is p.KEYWORD_ONLY and n not in taken)
 
 
-MEASURES: dict[str, Measure] = {
+MEASURES: Registry[Measure] = Registry("similarity measure", {
     "cka": Measure(_cka_grids, {"debiased": False}, True, "CKA, 0..1"),
     "cka_debiased": Measure(_cka_grids, {"debiased": True}, True, "debiased CKA, about -0.1..1"),
     "procrustes": Measure(procrustes.grids, {"cross_validated": False}, False, "radians, 0..π/2"),
@@ -84,13 +85,11 @@ MEASURES: dict[str, Measure] = {
     "mutual_knn": Measure(neighbours.grids, {"cknna": False}, True, "fraction of shared neighbours, 0..1"),
     "cknna": Measure(neighbours.grids, {"cknna": True}, True, "CKNNA, about -1..1"),
     "rsa": Measure(rsa.grids, {}, True, "Spearman ρ, -1..1"),
-}
+})
 
 
 def _lookup(name: str, options: dict) -> Measure:
-    if name not in MEASURES:
-        raise SemalignError(f"unknown similarity measure {name!r}; choose one of {', '.join(MEASURES)}")
-    measure = MEASURES[name]
+    measure = MEASURES.lookup(name)
     valid = measure.options()
     bad = sorted(set(options) - set(valid))
     if bad:

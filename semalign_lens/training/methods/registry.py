@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...core.errors import SemalignError
+from ...core.registry import Registry
 from ..loop import Trainer
 
 # The one output KL every row with `kl` uses. τ = 1, measured (analysis/TRANSFER.md, "Why τ = 1"): at τ = 2 the
@@ -50,25 +50,19 @@ class Method:
         return any(get_objective(t).cross_vocab for t in self.terms)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
-    if method.name in METHODS and not replace:
-        raise SemalignError(f"a method named {method.name!r} is already registered; pick another name or "
-                            "pass replace=True")
-    METHODS[method.name] = method
-    return method
+    """Add `method` as a row of the transfer table (a taken name is an error unless `replace`)."""
+    return METHODS.register(method.name, method, replace=replace)
 
 
 def get_method(name: str | Method) -> Method:
     """The registered method `name`; an unknown name is an error listing the valid ones."""
     if isinstance(name, Method):
         return name
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise SemalignError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}") from None
+    return METHODS.lookup(name)
 
 
 def method_config(base, method: str | Method):

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from ...core.errors import SemalignError
+from ...core.registry import Registry
 from .losses import Lens, ce_loss, cosine_loss, cosine_onehot_loss, fisher_loss, kl_loss, relation_loss
 from .sparse_logits import SparseLogits
 
@@ -162,7 +163,7 @@ class Objective:
         return {**self.defaults, **{k: v for k, v in given.items() if k not in shared}}
 
 
-OBJECTIVES: dict[str, Objective] = {}
+OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 def register_objective(objective: Objective, *, replace: bool = False) -> Objective:
@@ -172,19 +173,12 @@ def register_objective(objective: Objective, *, replace: bool = False) -> Object
     if not set(objective.needs) <= set(NEEDS):
         raise SemalignError(f"objective {objective.name!r} needs {sorted(set(objective.needs) - set(NEEDS))}, which "
                             f"the trainer does not provide; valid needs: {', '.join(NEEDS)}")
-    if objective.name in OBJECTIVES and not replace:
-        raise SemalignError(f"an objective named {objective.name!r} is already registered; pick another name "
-                            "or pass replace=True")
-    OBJECTIVES[objective.name] = objective
-    return objective
+    return OBJECTIVES.register(objective.name, objective, replace=replace)
 
 
 def get_objective(name: str) -> Objective:
     """The registered objective `name`; an unknown name is an error listing the registered ones."""
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise SemalignError(f"unknown objective {name!r}; registered objectives: {sorted(OBJECTIVES)}") from None
+    return OBJECTIVES.lookup(name)
 
 
 def _check_interface(value: str) -> str:

@@ -17,7 +17,7 @@ def test_logit_lens_matches_the_model(tiny_pair):
 
 def test_the_two_readouts_are_transformer_lens_own(tiny_pair):
     """Against TL's `ActivationCache` over the bridge's `run_with_cache` (final-norm gain made non-trivial):
-    "recompute" (no `final`) is `accumulated_resid(apply_ln=True)` through W_U; "cached" (`final` = the last
+    "recompute" (no `final`) is `accumulated_resid(apply_ln=True)` through W_U; "frozen" (`final` = the last
     block's output) is `apply_ln_to_stack` (÷ the cached `ln_final.hook_scale`), then the gain and W_U. They
     differ off the last layer and both give the model's logits on it."""
     model = tiny_pair.teacher

@@ -16,6 +16,8 @@ from semalign_lens.training.objectives.sparse_logits import SparseLogits
 
 
 class _RMS(nn.Module):
+    eps = 1e-6  # read by the lens (`models.readout.norm_parts`), as an HF norm names its own
+
     def __init__(self, d: int):
         super().__init__()
         self.weight = nn.Parameter(torch.rand(d) + 0.5)
