@@ -669,11 +669,14 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
     def budgets_of(task: str) -> list[int]:
         return profile.budgets if task == "code" else [profile.knowledge_steps]
 
-    def keys(task: str) -> list[tuple]:
-        return [(task, s, m, seed, b) for s in profile.schedules for m in profile.methods for seed in profile.seeds
-                for b in budgets_of(task)]
+    def keys(task: str, p: Profile = profile) -> list[tuple]:
+        return [(task, s, get_method(m).name, seed, b) for s in p.schedules for m in p.methods for seed in p.seeds
+                for b in (p.budgets if task == "code" else [p.knowledge_steps])]
 
-    planned = sum(len(keys(t)) for t in refs)
+    # the table is finished when the profile's whole plan is, whatever subset this invocation runs
+    whole = replace(PROFILES[args.profile])
+    plan = {k for t in dict.fromkeys([*whole.tasks, *refs]) for k in keys(t, whole)} | {k for t in refs for k in keys(t)}
+    planned = len(plan)
     caches = {}
     for name in profile.tasks:
         tr = refs[name]
@@ -706,10 +709,10 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
                 log(f"gradient diagnostic {schedule} {method}: {len(rows)} records")
                 finalize(final=False)
     have = {(r["task"], r["schedule"], r["method"], int(r["seed"]), int(r["steps"])) for r in records}
-    finished = all(k in have for t in refs for k in keys(t))
+    finished = plan <= have
     finalize(final=finished)
-    if finished and not any(getattr(args, n) for n in ("methods", "tasks", "seeds", "schedules", "budgets")):
-        shutil.rmtree(work, ignore_errors=True)  # a subset keeps the teacher caches for the next one
+    if finished:  # until then the teacher caches serve the next invocation
+        shutil.rmtree(work, ignore_errors=True)
     log(f"done in {(time.time() - t_start) / 60:.1f} min; {len(records)} runs, {len(skipped)} skipped")
     return 0
 

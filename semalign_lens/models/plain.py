@@ -12,7 +12,7 @@ Residual states of a copy (or of a bridge) are read by `models.residuals`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -139,8 +139,11 @@ def _check_same_logits(source: nn.Module, copy: nn.Module) -> None:
     dtype = next((p.dtype for p in source.parameters() if p.dtype in HALF), torch.float32)
     was = source.training, copy.training
     source.eval(), copy.eval()
-    try:  # a caller's autocast would run both in bf16, where eager and sdpa attention round differently
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+    # a caller's autocast would run both in bf16, where eager and sdpa attention round differently
+    no_autocast = (torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type)
+                   else nullcontext())
+    try:
+        with torch.no_grad(), no_autocast:
             half = dtype in HALF  # per-block upcasting needs the blocks; an fp32 model runs as it is
             with computing_in_fp32(source, _blocks_of(source, copy) if half else ()):
                 want = logits_of(source(input_ids=tokens, use_cache=False)).float()

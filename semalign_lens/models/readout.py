@@ -107,7 +107,8 @@ def read_logits(h: Float[Tensor, "... d"], norm: dict[str, Any], head: Float[Ten
                 ) -> Float[Tensor, "... vocab"]:
     """The logit lens: `normed(h)` (`norm`: the parts `norm_parts` gives), then the head (`head`: [vocab, d], as
     an `nn.Linear` holds it), in the head's dtype (states captured to the host are read where the head is)."""
-    return F.linear(normed(h, **norm, dtype=head.dtype, final=final), head, head_bias)
+    final = None if final is None else final.to(head.device)
+    return F.linear(normed(h.to(head.device), **norm, dtype=head.dtype, final=final), head, head_bias)
 
 
 @dataclass(eq=False)

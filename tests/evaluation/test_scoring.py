@@ -102,7 +102,7 @@ def test_the_plain_copy_is_built_the_same_inside_a_callers_autocast(tiny_pair):
 
     from semalign_lens.core.checks import is_hf_model
     from semalign_lens.core.precision import autocast
-    from semalign_lens.evaluation.scoring import plain_model
+    from semalign_lens.models.likelihood import plain_model
 
     bridge = copy.deepcopy(tiny_pair.teacher)  # not yet in the copy cache
     with autocast("bf16", torch.device("cpu")):

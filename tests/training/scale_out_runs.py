@@ -31,6 +31,9 @@ def run_jobs(jobs_path: Path, out: Path) -> None:
         return load(source, *args, **kwargs)
 
     models.load_model = load_noting_the_source
+    from semalign_lens.training import loop  # the trainer loads the config's sources with its own import
+
+    loop.load_model = load_noting_the_source
     record = {"loads": {}}
     for job in json.loads(Path(jobs_path).read_text()):
         loads.clear()
