@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "transfer"
 OUT_CROSS = ROOT / "out" / "transfer-cross"  # the cross-tokenizer profile's runs
 SCHEDULES = ("frontier", "all", "local-global")
-GLOBAL_SHARE = 3  # local-global: the last 1/GLOBAL_SHARE of a budget is one end-to-end KD stage
+GLOBAL_SHARE = 3  # local-global: the last 1/GLOBAL_SHARE of a budget is one end-to-end stage on the output terms
 CURVE_METHODS = ["sft", "kd", "semalign", "semalign-layer", "fitnets",
                  "lens-kl", "relation-kl", "semalign-balanced", "interchange"]
 # The two roles the comparisons name, by the pair's vocabulary: a cross-tokenizer pair's KD and SemAlign rows
