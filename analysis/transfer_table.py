@@ -1,6 +1,6 @@
 """The transfer benchmark: budget curves of every method x schedule x seed, a positive control, paired differences.
 
-    python analysis/transfer_table.py                    # the committed table (code + knowledge, ~6-8 h on 2 cores)
+    python analysis/transfer_table.py                    # the committed table (~6-8 h est., 2 cores AMD EPYC, native bf16)
     python analysis/transfer_table.py --resume           # continue an interrupted run (any number of times)
     python analysis/transfer_table.py --profile quick    # a smaller curve in about 15 minutes
     python analysis/transfer_table.py --profile tiny     # tiny random pair: a pipeline check in seconds
