@@ -202,6 +202,21 @@ class LogitLens(torch.nn.Module):
         return read_logits(h, norm_parts(self.norm), self.weight, self.bias, final)
 
 
+def lens_is_output(model: nn.Module, lens: LogitLens) -> bool:
+    """Whether `lens` on the last block's output gives `model`'s own logits (one forward of 8 tokens; ours). False
+    where the model's head does more than final norm + head (a logit soft-cap, a logit scale): a term at the last
+    layer may read the model's logits for its lens only where this holds."""
+    from .residuals import residual_states
+
+    last = len(parts(model).layers) - 1
+    tokens = torch.arange(8)[None] % (lens.rows or lens.head.weight.shape[0])
+    with torch.no_grad():
+        states = residual_states(model, tokens, [last], logits=True)
+        read = lens(states.post[last]).float()
+    out = states.logits[..., : read.shape[-1]].float()
+    return read.shape == out.shape and bool((read - out).abs().max() <= 1e-2 * (1.0 + out.abs().max()))
+
+
 def lens_fn(model: nn.Module, rows: int | None = None):
     """The logit lens of `model` ([n, d] -> [n, vocab]: final norm, then the LM head) as a `LogitLens`, over the
     first `rows` head rows (the real vocabulary, `models.load.vocab_rows`; None: all)."""

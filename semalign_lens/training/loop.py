@@ -55,7 +55,7 @@ from ..models.load import check_bridge_runs, head_rows, load_model, model_name, 
 from ..models.lora import save_lora
 from ..models.pair import ModelPair
 from ..models.plain import clean_copy, parts, skeleton, underlying_hf, weights_fingerprint
-from ..models.readout import lens_fn
+from ..models.readout import lens_fn, lens_is_output
 from ..models.residuals import ResidualStates, residual_states
 from .checkpoint import latest_checkpoint, latest_step, load_checkpoint, save_checkpoint
 from .config import AlignConfig, config_diff
@@ -337,6 +337,7 @@ class Trainer:
         self.student.requires_grad_(False).train()
         self.n_student_layers = len(parts(self.student).layers)
         self.lens = lens_fn(self.student, self.s_rows)
+        self.lens_is_output = lens_is_output(self.student, self.lens)  # a lens term may then read the logits
 
     def _pair_layers(self, pairing, shared: MainSetup | None) -> None:
         """The teacher's diagnostic states and CKA stack (the main process's: diagnostics run there), the layer
@@ -618,13 +619,15 @@ class Trainer:
                                 lens=[lens_target(p) for p in stage.pairs])
         return self.targets(tokens, index, states=self.stage_states[stage.index])
 
-    def _context(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int) -> StepContext:
+    def _context(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int,
+                 logits: torch.Tensor | None) -> StepContext:
         """What the step tells the terms that need more than their tensors (`training.objectives.StepContext`)."""
         return StepContext(step, (step - stage.start) / stage.steps, tuple(self.pairs), self.n_student_layers,
                            batch.tokens, batch.mask, student=self.student, teacher=self.teacher,
                            teacher_lens=self.teacher_lens, teacher_states=teacher, shared=self.shared_ids,
                            rows=(self.s_rows, self.t_rows), autocast=self.autocast, seed=self.cfg.seed,
-                           swapped_logits=interchange_logits)
+                           swapped_logits=interchange_logits,
+                           student_logits=logits if self.lens_is_output else None)
 
     def _terms(self, stage: Stage, batch: TokenBatch, teacher: ResidualStates, step: int = 0
                ) -> dict[str, torch.Tensor]:
@@ -645,7 +648,7 @@ class Trainer:
                         if self.need_teacher_states else [])
         out_inputs = (OutputInputs(logits, batch.tokens, batch.mask, teacher.logits, shared=self.shared_ids,
                                    teacher_mask=teacher.mask) if self.need_logits else None)
-        context = self._context(stage, batch, teacher, step)
+        context = self._context(stage, batch, teacher, step, logits)
         for pair, x in zip(stage.pairs, layer_inputs, strict=False):  # none in the end-to-end stage
             x.context = context
             x.teacher_readout = teacher.lens.get(lens_target(pair))  # a cached lens readout (`targets`)

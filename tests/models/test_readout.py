@@ -73,3 +73,22 @@ def test_the_module_view_carries_gradients_to_the_head_and_norm(tiny_pair):
     assert head_grad.abs().sum() > 0 and norm_grad.abs().sum() > 0
     torch.testing.assert_close(head_grad, hf_head_grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(norm_grad, hf_norm_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_the_lens_on_the_last_block_is_the_output_unless_the_head_does_more():
+    """`lens_is_output`: a Llama's (final norm, then head) lens on its last block's output is its logits; a
+    Gemma-2 with a logit soft-cap of 1 (real ones use 30 on logits of that size) and a model whose head output is
+    scaled afterwards are not (their logits are not lens(h)), so no lens term may read their logits for it."""
+    from semalign_lens.models.readout import lens_is_output
+    from semalign_lens.models.tiny import TINY_STUDENT, tiny_family_model
+
+    llama = tiny_family_model("llama", TINY_STUDENT, 64, seed=0)
+    assert lens_is_output(llama, lens_fn(llama))
+    gemma = tiny_family_model("gemma2", TINY_STUDENT, 64, seed=0)
+    gemma.config.final_logit_softcapping = 1.0
+    with torch.no_grad():  # logits well past the cap, as a trained model's are
+        gemma.lm_head.weight.mul_(50.0)
+    assert not lens_is_output(gemma, lens_fn(gemma))
+    scaled = tiny_family_model("llama", TINY_STUDENT, 64, seed=1)
+    scaled.lm_head.register_forward_hook(lambda module, args, out: out * 0.5)
+    assert not lens_is_output(scaled, lens_fn(scaled))

@@ -19,7 +19,10 @@ the Jensen-Shannon one. Here (what is ours, and why):
 - with a top-k target cache, the teacher's readout is cached once per pair target as its top-k tokens plus one
   tail bucket (`targets.lens_readout_keys`), and the term is the same bucket KL as the output term's from that
   cache (`sparse_logits`: exact at k = V, a lower bound of the full KL at τ = 1 otherwise, the tempered tail
-  modelled at τ ≠ 1), so a step runs no teacher head and no dense teacher softmax.
+  modelled at τ ≠ 1), so a step runs no teacher head and no dense teacher softmax;
+- at the student's last layer the lens is the model's own output (the trainer checks it once,
+  `models.readout.lens_is_output`), so the term reads the step's logits (`StepContext.student_logits`) instead
+  of reading the state through the head a second time: same value, one head matmul and its backward fewer.
 The trainer refuses `lens_kl` without an output KL term (`needs` "output_kl").
 """
 
@@ -57,7 +60,8 @@ def lens_kl_loss(student_state: Float[torch.Tensor, "batch pos d_s"],
                  student_lens: Lens, teacher_lens: Lens | None, direction: Literal["forward", "reverse"] = "forward",
                  temperature: float = 1.0,
                  shared: tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]] | None = None,
-                 autocast=nullcontext) -> torch.Tensor:
+                 autocast=nullcontext,
+                 student_logits: Float[torch.Tensor, "batch pos vocab"] | None = None) -> torch.Tensor:
     """Mean over real positions of KL between the teacher's and the student's logit-lens distributions.
 
     `teacher`: the teacher's state, read here through `teacher_lens`, or its readout cached as top-k + tail
@@ -67,7 +71,13 @@ def lens_kl_loss(student_state: Float[torch.Tensor, "batch pos d_s"],
     `shared` (student ids, teacher ids): a cross-tokenizer pair, both distributions renormalised on the shared
     strings (dense only: such a pair reads its teacher online). The teacher side is a constant. `autocast`: the
     context the readouts run in (the trainer's, so a lens reads as the model's own head does: at the student's
-    last layer the term is the output KL)."""
+    last layer the term is the output KL). `student_logits`: the student's readout of `student_state` already
+    made (the step's logits, when the state is the last block's output); then it is not read again."""
+    if student_logits is not None and shared is None:
+        if not isinstance(teacher, SparseLogits):
+            with autocast(), torch.no_grad():
+                teacher = teacher_lens(teacher)
+        return kl_loss(student_logits, teacher, mask, direction=direction, temperature=temperature)
     if isinstance(teacher, SparseLogits):
         with autocast():
             return readout_kl_loss(student_state[mask], student_lens, teacher.rows(mask), direction, temperature)
@@ -97,8 +107,9 @@ def _lens_kl(x: LayerInputs, direction: str, temperature: float, depth_power: fl
     if factor == 0.0:  # annealed away: the readouts are not computed at all
         return x.state.sum() * 0.0
     teacher = x.teacher_readout if cached else x.teacher_state
+    last = x.student_layer == ctx.n_student_layers - 1  # the lens there is the output, when the trainer says so
     return factor * lens_kl_loss(x.state, teacher, x.mask, x.lens, ctx.teacher_lens, direction, temperature,
-                                 ctx.shared, ctx.autocast)
+                                 ctx.shared, ctx.autocast, ctx.student_logits if last else None)
 
 
 register_objective(Objective(

@@ -56,6 +56,9 @@ class StepContext:
     autocast: Callable[[], Any] = nullcontext
     seed: int = 0
     swapped_logits: Callable[..., torch.Tensor] | None = None  # `lens.interchange.interchange_logits`
+    # the step's student logits, given only where the student's lens on its last block's output is those logits
+    # (`models.readout.lens_is_output`): a lens term at the last layer reads them instead of a second readout
+    student_logits: Float[torch.Tensor, "batch pos vocab"] | None = None
 
     def pair(self, student_layer: int):
         """The run's pair of `student_layer`."""

@@ -192,3 +192,40 @@ def test_at_the_last_pair_the_trainer_s_lens_kl_is_the_output_kl(tmp_path, tiny_
                                 "objective.options": {"lens_kl": {"anneal": "none"}}, "schedule.stage_steps": 2})
     train = run(cfg, tiny_pair, tokens).metrics().query("kind == 'train'")
     assert train["lens_kl"].to_numpy() == pytest.approx(train["kl"].to_numpy(), rel=1e-6)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_given_the_student_s_logits_it_reads_them_not_the_state_with_the_same_value_and_gradient(cached):
+    """At the student's last layer the trainer hands the step's logits over (`StepContext.student_logits`): the
+    term then reads them instead of the state through the head, dense teacher or cached top-k, and gives the
+    by-hand KL and the gradient of the readout path."""
+    lens_s, lens_t = _lens(5, 11, 0), _lens(7, 11, 1)
+    h_s, h_t = torch.randn(2, 4, 5, requires_grad=True), torch.randn(2, 4, 7)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    with torch.no_grad():
+        teacher = SparseLogits.from_logits(lens_t(h_t), 11) if cached else h_t
+    read = lens_kl_loss(h_s, teacher, mask, lens_s, lens_t)
+    reused = lens_kl_loss(h_s, teacher, mask, lens_s, lens_t, student_logits=lens_s(h_s))
+    assert reused.item() == pytest.approx(_by_hand(h_s, h_t, mask, lens_s, lens_t, 1.0), rel=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(reused, h_s)[0], torch.autograd.grad(read, h_s)[0],
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_the_trainer_reads_the_logits_at_the_last_pair_only_where_the_lens_is_the_output(tmp_path, tiny_pair, tokens,
+                                                                                        monkeypatch):
+    """The same two-stage run with the logits reused at the last pair and with every readout made again (the
+    check forced to say no) logs the same lens_kl values."""
+    from trainer_helpers import make_cfg, run
+
+    from semalign_lens.training import loop
+
+    def lens_kl(name):
+        cfg = make_cfg(tmp_path / name, **{"objective.terms": {"lens_kl": 1.0, "kl": 1.0},
+                                           "pairing.student_layers": [1, 2],
+                                           "objective.options": {"lens_kl": {"anneal": "none"}},
+                                           "schedule.stage_steps": 2})
+        return run(cfg, tiny_pair, tokens).metrics().query("kind == 'train'")["lens_kl"].to_numpy()
+
+    reused = lens_kl("reused")
+    monkeypatch.setattr(loop, "lens_is_output", lambda model, lens: False)
+    assert reused == pytest.approx(lens_kl("read"), rel=1e-5)
