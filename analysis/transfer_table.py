@@ -278,6 +278,27 @@ def gradient_summary(rows):
                  norm_ratio_median=("norm_ratio", "median")).reset_index()
 
 
+def gradient_figures(rows, out: Path) -> list[Path]:
+    """Per (schedule, method) of the gradient diagnostic, the run report's own figure (`reports.run.gradcos_figure`:
+    the cosine and the norm ratio against the step, per layer term and paired layer) as `gradcos/<schedule>-<method>
+    .html`; the paths written."""
+    import pandas as pd
+
+    from semalign_lens.reports.run import gradcos_figure
+
+    written = []
+    frame = pd.DataFrame(rows)
+    for (schedule, method), g in (frame.groupby(["schedule", "method"], sort=False) if len(frame) else ()):
+        path = out / "gradcos" / f"{schedule}-{method}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = [{**r, "kind": "gradcos"} for r in g.to_dict("records")]
+        gradcos_figure(records).update_layout(title=f"{method}, {schedule} schedule: gradient agreement of each "
+                                                    "layer term with the output KL").write_html(
+            path, include_plotlyjs="cdn")
+        written.append(path)
+    return written
+
+
 def prebuild_cache(profile: Profile, tr: TaskRun, pair, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
     (none for a cross-tokenizer pair, which reads its teacher online). Built as `lens-kl`'s when the profile runs it:
@@ -636,6 +657,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         gradients = gradient_summary(grad_rows)
         if grad_rows:
             pd.DataFrame(grad_rows).to_csv(gradcos_path, index=False)
+            gradient_figures(grad_rows, out)
         for name, frame in (("summary", summary), ("control", controls), ("paired", pairs),
                             ("gradcos_summary", gradients)):
             frame.to_csv(out / f"{name}.csv", index=False)
@@ -879,7 +901,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   "output KL on the trainable parameters, and their norm ratio, each at its share of the loss "
                   "(`training/gradcos.py`). A negative mean cosine: the two compete and the step is a compromise; "
                   "near zero with a large ratio: the layer term spends the step on directions the output does not "
-                  "read.", "", gr.to_markdown(index=False), ""]
+                  "read. Per step, as a run report draws it: `gradcos/<schedule>-<method>.html` beside this file's "
+                  "outputs.", "", gr.to_markdown(index=False), ""]
     kinds = meta.get("knowledge_types")
     if kinds:
         lines += ["## Knowledge facts kept, by type", "", "Teacher exact match on the held-out phrasing "
@@ -896,8 +919,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
               "teacher pass for the cache comes first: about 5 minutes on 2 cores).", ""]
     lines += [] if cross else NOTES
     lines += ["## Files", "", f"`analysis/{meta['out']}/`: runs.csv (every run: scores, steps, tokens, trainable "
-              "parameters, data hash, times), summary.csv, control.csv, paired.csv, gradcos.csv and "
-              "gradcos_summary.csv (the gradient diagnostic), meta.json, budget_curve.html, "
+              "parameters, data hash, times), summary.csv, control.csv, paired.csv, gradcos.csv, "
+              "gradcos_summary.csv and gradcos/*.html (the gradient diagnostic), meta.json, budget_curve.html, "
               "budget_curve.png" + (", knowledge_teacher_filter.csv (the teacher on every held-out phrasing)"
                                     if "knowledge" in meta["tasks"] else "") + ".", ""]
     if cross:  # a section of the shared table's file: its title first, every heading one level down

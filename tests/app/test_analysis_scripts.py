@@ -243,6 +243,8 @@ def test_local_then_global_splits_the_budget_and_trains_every_block_last(tmp_pat
     assert {r["student_layer"] for r in rows} == set(profile.student_layers)
     summary = table.gradient_summary(rows)
     assert summary["steps"].sum() == len(rows)
+    (page,) = table.gradient_figures(rows, tmp_path / "out")  # the run report's figure, one per schedule and method
+    assert page.name == "local-global-semalign.html" and "local-global schedule: gradient agreement" in page.read_text()
     assert table.diagnosed("semalign") and not table.diagnosed("kd") and not table.diagnosed("sft")
 
 
