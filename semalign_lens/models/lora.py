@@ -107,6 +107,7 @@ def merge_lora(module: nn.Module) -> int:
         parent, _, name = path.rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, name, layer.get_base_layer())
         count += 1
-    if count and hasattr(module, "peft_config"):
-        del module.peft_config
+    for m in module.modules() if count else ():  # peft's record sits on each module `add_lora` was given
+        if hasattr(m, "peft_config"):
+            del m.peft_config
     return count

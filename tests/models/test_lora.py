@@ -58,3 +58,22 @@ def test_a_target_the_block_lacks_names_its_linear_and_conv1d_layers():
     with pytest.raises(SemalignError, match=r"LoRA target\(s\) \['o_proj'\] are not linear layers of this block; "
                                             r"its linear \(or Conv1D\) layers are \['keep', 'v_proj'\]"):
         add_lora(_block(True), ["o_proj"], 2, 4.0)
+
+
+def test_a_block_merged_from_the_whole_model_takes_a_new_adapter_without_peft_s_warning(recwarn):
+    """A stage adapts blocks and merges from the whole student (`schedule.close_stage`); a later stage (the
+    end-to-end one of local-then-global) adapts the same block again: peft finds no stale record of the first
+    adapter and says nothing, and the new adapter starts from the merged weight (its B is zero)."""
+    model = nn.Module()
+    model.block = _block(False)
+    add_lora(model.block, ["v_proj"], 2, 4.0, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        lora_factors(lora_layers(model)[0][1])[1].fill_(0.5)
+    merged = dense_weight(model.block.v_proj).detach().clone()
+    x = torch.randn(3, 7)
+    before = model.block.v_proj(x).detach()
+    assert merge_lora(model) == 1
+    add_lora(model.block, ["v_proj"], 2, 4.0, torch.Generator().manual_seed(8))
+    assert not [w for w in recwarn if "peft_config" in str(w.message)]
+    assert torch.allclose(model.block.v_proj(x), before, atol=1e-6)
+    assert not torch.equal(merged, dense_weight(model.block.v_proj))  # the first adapter is in the weight now
