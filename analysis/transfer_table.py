@@ -299,6 +299,42 @@ def gradient_figures(rows, out: Path) -> list[Path]:
     return written
 
 
+def gradient_png(gradients, path: Path) -> bool:
+    """The gradient summary as a PNG for TRANSFER.md: per schedule, one bar per (method, paired student layer) of
+    the mean cosine with the output KL's gradient, its norm ratio written beside it; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    schedules = list(dict.fromkeys(gradients["schedule"]))
+    labels = [f"{m} · L{int(k)}" for m, k in dict.fromkeys(zip(gradients["method"], gradients["student_layer"],
+                                                                 strict=True))]
+    fig, axes = plt.subplots(1, len(schedules), figsize=(5.2 * len(schedules), 0.3 * len(labels) + 1.4),
+                             squeeze=False, sharey=True)
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(gradients["method"]))}
+    for ax, schedule in zip(axes[0], schedules, strict=True):
+        g = gradients[gradients["schedule"] == schedule]
+        y = [labels.index(f"{m} · L{int(k)}") for m, k in zip(g["method"], g["student_layer"], strict=True)]
+        ax.barh(y, g["cos_mean"], color=[colours[m] for m in g["method"]])
+        for yi, cos, ratio in zip(y, g["cos_mean"], g["norm_ratio_median"], strict=True):
+            ax.text(cos + (0.03 if cos >= 0 else -0.03), yi, f"×{ratio:.2f}", va="center", fontsize=7,
+                    ha="left" if cos >= 0 else "right")
+        ax.axvline(0, c="grey", lw=1)
+        ax.set_xlim(-1.15, 1.15)
+        ax.set_title(f"{schedule}: mean cos(∇ layer term, ∇ output KL)", fontsize=9)
+        ax.set_xlabel("cosine (×: median norm ratio, layer / KL)", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=7)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def prebuild_cache(profile: Profile, tr: TaskRun, pair, cache_dir: Path, work: Path) -> None:
     """Build the task's teacher-target cache (paired states + top-k logits) once, before any method reads it
     (none for a cross-tokenizer pair, which reads its teacher online). Built as `lens-kl`'s when the profile runs it:
@@ -658,6 +694,7 @@ def _run_table(args, argv: list[str] | None, profile: Profile, out: Path) -> int
         if grad_rows:
             pd.DataFrame(grad_rows).to_csv(gradcos_path, index=False)
             gradient_figures(grad_rows, out)
+            gradient_png(gradients, out / "gradcos.png")
         for name, frame in (("summary", summary), ("control", controls), ("paired", pairs),
                             ("gradcos_summary", gradients)):
             frame.to_csv(out / f"{name}.csv", index=False)
@@ -902,7 +939,8 @@ def write_summary(path: Path, meta: dict, runs, summary, controls, pairs, refs: 
                   "(`training/gradcos.py`). A negative mean cosine: the two compete and the step is a compromise; "
                   "near zero with a large ratio: the layer term spends the step on directions the output does not "
                   "read. Per step, as a run report draws it: `gradcos/<schedule>-<method>.html` beside this file's "
-                  "outputs.", "", gr.to_markdown(index=False), ""]
+                  "outputs.", "", f"![gradient diagnostic]({meta['out']}/gradcos.png)", "",
+                  gr.to_markdown(index=False), ""]
     kinds = meta.get("knowledge_types")
     if kinds:
         lines += ["## Knowledge facts kept, by type", "", "Teacher exact match on the held-out phrasing "

@@ -245,6 +245,7 @@ def test_local_then_global_splits_the_budget_and_trains_every_block_last(tmp_pat
     assert summary["steps"].sum() == len(rows)
     (page,) = table.gradient_figures(rows, tmp_path / "out")  # the run report's figure, one per schedule and method
     assert page.name == "local-global-semalign.html" and "local-global schedule: gradient agreement" in page.read_text()
+    assert table.gradient_png(summary, tmp_path / "gradcos.png") and (tmp_path / "gradcos.png").stat().st_size > 0
     assert table.diagnosed("semalign") and not table.diagnosed("kd") and not table.diagnosed("sft")
 
 
