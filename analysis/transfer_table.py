@@ -299,15 +299,24 @@ def gradient_figures(rows, out: Path) -> list[Path]:
     return written
 
 
-def gradient_png(gradients, path: Path) -> bool:
-    """The gradient summary as a PNG for TRANSFER.md: per schedule, one bar per (method, paired student layer) of
-    the mean cosine with the output KL's gradient, its norm ratio written beside it; False without matplotlib."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None where matplotlib (the `analysis` extra) is missing:
+    the tables' PNGs are then left out."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def gradient_png(gradients, path: Path) -> bool:
+    """The gradient summary as a PNG for TRANSFER.md: per schedule, one bar per (method, paired student layer) of
+    the mean cosine with the output KL's gradient, its norm ratio written beside it; False without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
         return False
     schedules = list(dict.fromkeys(gradients["schedule"]))
     labels = [f"{m} · L{int(k)}" for m, k in dict.fromkeys(zip(gradients["method"], gradients["student_layer"],
@@ -517,12 +526,8 @@ def off_scale(panel) -> list[str]:
 def budget_png(summary, path: Path) -> bool:
     """The same curves as a PNG for TRANSFER.md (matplotlib, the `analysis` extra); False when not installed.
     The teacher's line is left out: on a cross-entropy axis it is far below the curves."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     panels = _panels(summary)
     cols = 2 if len(panels) > 1 else 1
